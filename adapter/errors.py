@@ -1,0 +1,162 @@
+"""One error type per fault, each with a stable numeric code used on the wire.
+
+The adapter answers a bad request with a `Status` code plus the numbers that explain it; the
+driver turns that pair back into the exception below, so the user sees the same exact message
+whichever process detected the fault. Retryable errors are the ones a sender may simply try
+again later (the request itself was well formed).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    OK = 0
+    UNKNOWN_ID = 1
+    OWN_ID = 2
+    BAD_COUNT = 3
+    BAD_OFFSET = 4
+    OUT_OF_BOUNDS = 5
+    TOO_LARGE = 6
+    DESTINATION_FULL = 7
+    LOCK_TIMEOUT = 8
+    DESTINATION_DOWN = 9
+    SOURCE_MISMATCH = 10
+    MALFORMED = 11
+    RING_CORRUPT = 12
+    ADAPTER_GONE = 13
+
+
+class XpmoveError(Exception):
+    """Base of every error this system raises on purpose."""
+
+    status: Status = Status.MALFORMED
+    retryable = False
+
+
+class UnknownNetworkId(XpmoveError):
+    status = Status.UNKNOWN_ID
+
+
+class OwnNetworkId(XpmoveError):
+    status = Status.OWN_ID
+
+
+class BadCount(XpmoveError):
+    status = Status.BAD_COUNT
+
+
+class BadOffset(XpmoveError):
+    status = Status.BAD_OFFSET
+
+
+class OutOfBounds(XpmoveError):
+    status = Status.OUT_OF_BOUNDS
+
+
+class TooLarge(XpmoveError):
+    status = Status.TOO_LARGE
+
+
+class SourceMismatch(XpmoveError):
+    status = Status.SOURCE_MISMATCH
+
+
+class MalformedRequest(XpmoveError):
+    status = Status.MALFORMED
+
+
+class RingCorrupt(XpmoveError):
+    status = Status.RING_CORRUPT
+
+
+class RetryableError(XpmoveError):
+    retryable = True
+
+
+class DestinationFull(RetryableError):
+    status = Status.DESTINATION_FULL
+
+
+class LockTimeout(RetryableError):
+    status = Status.LOCK_TIMEOUT
+
+
+class DestinationDown(RetryableError):
+    status = Status.DESTINATION_DOWN
+
+
+class AdapterGone(RetryableError):
+    """The driver lost its pipes to the adapter (adapter died or closed them)."""
+
+    status = Status.ADAPTER_GONE
+
+
+ERROR_BY_STATUS: dict[Status, type[XpmoveError]] = {
+    cls.status: cls
+    for cls in (
+        UnknownNetworkId,
+        OwnNetworkId,
+        BadCount,
+        BadOffset,
+        OutOfBounds,
+        TooLarge,
+        SourceMismatch,
+        MalformedRequest,
+        RingCorrupt,
+        DestinationFull,
+        LockTimeout,
+        DestinationDown,
+        AdapterGone,
+    )
+}
+
+
+def describe(
+    status: int, *, src_id: int, dst_id: int, offset: int, count: int, detail: int
+) -> str:
+    """The exact message for a failed move, built from the request and the adapter's detail."""
+    move = f"move of count {count} at offset {offset} from network ID {src_id} to {dst_id}"
+    messages = {
+        Status.UNKNOWN_ID: f"unknown destination network ID {dst_id} ({move})",
+        Status.OWN_ID: f"destination network ID {dst_id} is the sender's own ({move})",
+        Status.BAD_COUNT: f"count {count} must be > 0 ({move})",
+        Status.BAD_OFFSET: f"source offset {offset} must be >= 0 ({move})",
+        Status.OUT_OF_BOUNDS: (
+            f"source range [{offset}, {offset + count}) exceeds the region of network ID "
+            f"{src_id} (size {detail})"
+        ),
+        Status.TOO_LARGE: (
+            f"count {count} exceeds the largest record network ID {dst_id}'s receive area "
+            f"can hold ({detail} bytes)"
+        ),
+        Status.DESTINATION_FULL: (
+            f"destination network ID {dst_id} is full: its receive area has {detail} bytes "
+            f"free ({move}); retry later"
+        ),
+        Status.LOCK_TIMEOUT: f"timed out after {detail} ms waiting for the lock of {dst_id}",
+        Status.DESTINATION_DOWN: f"destination network ID {dst_id} is not running; retry later",
+        Status.SOURCE_MISMATCH: (
+            f"source network ID {src_id} in the request is not the sender's ({detail})"
+        ),
+        Status.MALFORMED: f"malformed request (detail {detail})",
+        Status.RING_CORRUPT: f"receive area of network ID {dst_id} is corrupt (detail {detail})",
+        Status.ADAPTER_GONE: "the adapter is gone; retry after it restarts",
+    }
+    try:
+        return messages[Status(status)]
+    except (ValueError, KeyError):
+        return f"unknown status {status} ({move})"
+
+
+def error_for(
+    status: int, *, src_id: int, dst_id: int, offset: int, count: int, detail: int
+) -> XpmoveError:
+    """Rebuild the typed exception for a status code received over the wire."""
+    try:
+        cls = ERROR_BY_STATUS[Status(status)]
+    except (ValueError, KeyError):
+        cls = MalformedRequest
+    return cls(describe(status, src_id=src_id, dst_id=dst_id, offset=offset, count=count,
+                        detail=detail))

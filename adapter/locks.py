@@ -1,0 +1,119 @@
+"""Lock bookkeeping for the per-destination locks (pure state machine, no semaphores).
+
+The POSIX semaphore is the lock itself; this table is the adapter's knowledge of *who* holds
+it, which a bare semaphore cannot tell. Only the adapter ever acquires a destination lock
+(Fig 11 1103 / Fig 12 1203); in the Fig 12 flow it hands the held lock to a driver, which frees
+it by posting the semaphore (1205). The adapter learns of that free the next time its own
+non-blocking acquire succeeds, and only then settles the grant. If the holder dies first, the
+adapter takes the lock back (Invariant 5: locks always come back).
+
+    FREE --acquire--> HELD --release--> FREE
+                      HELD --grant----> GRANTED --settle (holder freed it)--> HELD
+                                        GRANTED --reclaim (holder died)-----> HELD
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class LockState(Enum):
+    FREE = "free"
+    HELD = "held"  # held by the adapter itself
+    GRANTED = "granted"  # handed to a driver (Fig 12)
+
+
+class LockEvent(Enum):
+    ACQUIRE = "acquire"
+    RELEASE = "release"
+    GRANT = "grant"
+    SETTLE = "settle"
+    RECLAIM = "reclaim"
+
+
+TRANSITIONS: dict[tuple[LockState, LockEvent], LockState] = {
+    (LockState.FREE, LockEvent.ACQUIRE): LockState.HELD,
+    (LockState.HELD, LockEvent.RELEASE): LockState.FREE,
+    (LockState.HELD, LockEvent.GRANT): LockState.GRANTED,
+    (LockState.GRANTED, LockEvent.SETTLE): LockState.HELD,
+    (LockState.GRANTED, LockEvent.RECLAIM): LockState.HELD,
+}
+
+
+class LockStateError(RuntimeError):
+    """An illegal transition: a bug in the adapter, never a partition's fault."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the adapter handed a driver in the Fig 12 flow, to check when it comes back."""
+
+    holder: int  # network ID of the driver holding the lock
+    destination: int
+    commit_value: int  # the head the holder must publish when its moves are done
+    first_seqs: tuple[tuple[int, int], ...]  # (source index, first seq granted) per pair, for rollback
+    granted_at: float
+
+
+@dataclass
+class LockRecord:
+    state: LockState = LockState.FREE
+    grant: Grant | None = None
+    waits: int = 0  # how many times a request found this lock busy
+
+
+@dataclass
+class LockBook:
+    records: dict[int, LockRecord] = field(default_factory=dict)
+
+    def record(self, destination: int) -> LockRecord:
+        return self.records.setdefault(destination, LockRecord())
+
+    def _step(self, destination: int, event: LockEvent) -> LockRecord:
+        rec = self.record(destination)
+        try:
+            rec.state = TRANSITIONS[(rec.state, event)]
+        except KeyError:
+            raise LockStateError(
+                f"lock of network ID {destination}: event {event.value} illegal in state "
+                f"{rec.state.value}"
+            ) from None
+        return rec
+
+    def state(self, destination: int) -> LockState:
+        return self.record(destination).state
+
+    def acquired(self, destination: int) -> None:
+        self._step(destination, LockEvent.ACQUIRE)
+
+    def released(self, destination: int) -> None:
+        self._step(destination, LockEvent.RELEASE)
+
+    def granted(self, grant: Grant) -> None:
+        rec = self._step(grant.destination, LockEvent.GRANT)
+        rec.grant = grant
+
+    def _end_grant(self, destination: int, event: LockEvent) -> Grant:
+        rec = self._step(destination, event)
+        grant, rec.grant = rec.grant, None
+        assert grant is not None
+        return grant
+
+    def settled(self, destination: int) -> Grant:
+        """The holder freed the lock; the adapter holds it again. Returns the finished grant."""
+        return self._end_grant(destination, LockEvent.SETTLE)
+
+    def reclaimed(self, destination: int) -> Grant:
+        """The holder died; the adapter takes the lock back. Returns the abandoned grant."""
+        return self._end_grant(destination, LockEvent.RECLAIM)
+
+    def granted_to(self, holder: int) -> list[int]:
+        """Destinations whose lock is currently granted to `holder`."""
+        return [
+            dst for dst, rec in self.records.items()
+            if rec.state is LockState.GRANTED and rec.grant and rec.grant.holder == holder
+        ]
+
+    def all_free(self) -> bool:
+        return all(rec.state is LockState.FREE for rec in self.records.values())

@@ -1,0 +1,153 @@
+"""The driver <-> adapter wire protocol: fixed binary frames over pipes (sans-I/O).
+
+Request  = REQUEST_HEADER (magic, version, op, request ID, move count) + count x MOVE
+Reply    = REPLY_HEADER (magic, version, op, request ID, frame status, result count)
+           + count x RESULT, one per move, in request order.
+
+Every field is a fixed-width little-endian integer; MOVE fields are signed 64-bit so a
+negative or huge value arrives intact and is rejected by name instead of wrapping.
+A frame is at most MAX_REQUEST_SIZE bytes. Nothing is ever unpickled (Invariant 6): the
+adapter decodes a frame once into private immutable objects and uses only those.
+
+A request carries a vector of moves (up to MAX_MOVES) so the control path can be amortised;
+the patent's literal flow is the vector of one.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from adapter.errors import Status
+
+MAGIC = 0x4D58  # "XM"
+VERSION = 1
+MAX_MOVES = 256
+
+REQUEST_HEADER = struct.Struct("<HBBII")  # magic, version, op, request ID, moves
+MOVE = struct.Struct("<qqqq")  # source ID, destination ID, source offset, count
+REPLY_HEADER = struct.Struct("<HBBIiI")  # magic, version, op, request ID, status, results
+# status, detail, seq, source address, destination (payload) address, count, commit value
+RESULT = struct.Struct("<qqQQQQQ")
+MAX_REQUEST_SIZE = REQUEST_HEADER.size + MAX_MOVES * MOVE.size
+MAX_REPLY_SIZE = REPLY_HEADER.size + MAX_MOVES * RESULT.size
+U64 = (1 << 64) - 1
+
+
+class Op(IntEnum):
+    MOVE = 1  # Fig 11: the adapter executes the move
+    GRANT = 2  # Fig 12: the adapter returns the lock and physical addresses
+
+
+class ProtocolViolation(Exception):
+    """The byte stream cannot be trusted any more: the adapter closes the pipe."""
+
+
+@dataclass(frozen=True)
+class Move:
+    src_id: int
+    dst_id: int
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Request:
+    op: int
+    request_id: int
+    moves: tuple[Move, ...]
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    detail: int = 0
+    seq: int = 0
+    src_address: int = 0
+    dst_address: int = 0
+    count: int = 0
+    commit_value: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    op: int
+    request_id: int
+    status: int
+    results: tuple[Result, ...]
+
+
+def encode_request(op: int, request_id: int, moves: list[Move] | tuple[Move, ...]) -> bytes:
+    if not 1 <= len(moves) <= MAX_MOVES:
+        raise ValueError(f"a request carries 1..{MAX_MOVES} moves, got {len(moves)}")
+    parts = [REQUEST_HEADER.pack(MAGIC, VERSION, op, request_id, len(moves))]
+    parts += [MOVE.pack(m.src_id, m.dst_id, m.offset, m.count) for m in moves]
+    return b"".join(parts)
+
+
+def _clamp(value: int) -> int:
+    """Results carry u64 fields; errors echo values that may be negative or huge."""
+    return value & U64
+
+
+def encode_reply(op: int, request_id: int, status: int, results: list[Result]) -> bytes:
+    parts = [REPLY_HEADER.pack(MAGIC, VERSION, op & 0xFF, request_id, status, len(results))]
+    parts += [
+        RESULT.pack(r.status, r.detail, _clamp(r.seq), _clamp(r.src_address),
+                    _clamp(r.dst_address), _clamp(r.count), _clamp(r.commit_value))
+        for r in results
+    ]
+    return b"".join(parts)
+
+
+class RequestDecoder:
+    """Incremental request parser for one pipe: feed bytes, take complete requests.
+
+    A frame with a bad magic, version or move count makes the stream untrustworthy
+    (ProtocolViolation: close the pipe). An unknown op in an otherwise well-framed request is
+    returned as a Request whose op the adapter rejects with a MALFORMED reply.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def next_request(self) -> Request | None:
+        buf = self._buffer
+        if len(buf) < REQUEST_HEADER.size:
+            return None
+        magic, version, op, request_id, n = REQUEST_HEADER.unpack_from(buf, 0)
+        if magic != MAGIC or version != VERSION:
+            raise ProtocolViolation(f"bad frame header: magic {magic:#x} version {version}")
+        if not 1 <= n <= MAX_MOVES:
+            raise ProtocolViolation(f"bad move count {n} (allowed 1..{MAX_MOVES})")
+        size = REQUEST_HEADER.size + n * MOVE.size
+        if len(buf) < size:
+            return None
+        moves = tuple(Move(*MOVE.unpack_from(buf, REQUEST_HEADER.size + i * MOVE.size))
+                      for i in range(n))
+        del buf[:size]
+        return Request(op, request_id, moves)
+
+
+def decode_reply_header(data: bytes) -> tuple[int, int, int, int]:
+    """(op, request ID, status, result count) of a reply header, validated."""
+    magic, version, op, request_id, status, n = REPLY_HEADER.unpack(data)
+    if magic != MAGIC or version != VERSION or n > MAX_MOVES:
+        raise ProtocolViolation(f"bad reply header: magic {magic:#x} version {version} n {n}")
+    return op, request_id, status, n
+
+
+def decode_results(data: bytes, n: int) -> tuple[Result, ...]:
+    return tuple(Result(*RESULT.unpack_from(data, i * RESULT.size)) for i in range(n))
+
+
+def malformed_reply(op: int, request_id: int) -> bytes:
+    return encode_reply(op, request_id, Status.MALFORMED, [])

@@ -1,0 +1,53 @@
+"""Reading and writing a destination's ring state in the segment (the thin I/O side of ring.py).
+
+The counters live in the hypervisor's control area (layout.py), not in the partition's region,
+so no user code can forge them. `head` is written only by whoever holds the destination's lock
+(adapter in Fig 11, granted driver in Fig 12) and always LAST, after header and payload:
+publishing it is the commit. `tail` is written only by the receiving partition.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from adapter.ring import HEADER_SIZE, KIND_PAD, KIND_RECORD, RECORD_HEADER, Reservation
+from hypervisor.layout import HEAD_OFFSET, TAIL_OFFSET, PartitionLayout
+
+U64 = struct.Struct("<Q")
+
+
+def read_head(memory: memoryview, dst: PartitionLayout) -> int:
+    return U64.unpack_from(memory, dst.control + HEAD_OFFSET)[0]
+
+
+def read_tail(memory: memoryview, dst: PartitionLayout) -> int:
+    return U64.unpack_from(memory, dst.control + TAIL_OFFSET)[0]
+
+
+def publish_head(memory: memoryview, control: int, head: int) -> None:
+    """The commit: make every record before `head` visible to the receiver."""
+    U64.pack_into(memory, control + HEAD_OFFSET, head)
+
+
+def publish_tail(memory: memoryview, control: int, tail: int) -> None:
+    U64.pack_into(memory, control + TAIL_OFFSET, tail)
+
+
+def write_record_header(
+    memory: memoryview, dst: PartitionLayout, reservation: Reservation, source_id: int, seq: int
+) -> int:
+    """Write the PAD marker (if any) and the record header; return the payload's address."""
+    if reservation.pad_position is not None:
+        RECORD_HEADER.pack_into(memory, dst.receive_base + reservation.pad_position,
+                                KIND_PAD, 0, 0, 0)
+    address = dst.receive_base + reservation.position
+    RECORD_HEADER.pack_into(memory, address, KIND_RECORD, source_id, seq, reservation.length)
+    return address + HEADER_SIZE
+
+
+def read_seq(memory: memoryview, address: int) -> int:
+    return U64.unpack_from(memory, address)[0]
+
+
+def write_seq(memory: memoryview, address: int, seq: int) -> None:
+    U64.pack_into(memory, address, seq)

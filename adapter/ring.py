@@ -1,0 +1,126 @@
+"""Receive-area ring arithmetic (pure: no I/O, no shared memory).
+
+A destination's receive area is a ring of `capacity` bytes holding records:
+
+    header (RECORD_HEADER: kind, source network ID, per-pair sequence number, length)
+    payload (length bytes), padded to ALIGN.
+
+`head` and `tail` are monotonically increasing byte counters (never wrapped; u64 lasts
+centuries), so `head - tail` is the number of unconsumed bytes and position = counter % capacity.
+
+Invariants:
+* A record never wraps: its header and payload are contiguous, so a move is ONE copy. When a
+  record does not fit before the end, the rest of the ring is skipped (a PAD header marks it
+  when there is room for one; a tail shorter than a header is skipped implicitly).
+* `head` is published only after header and payload are written: a reader never sees a torn
+  record, and a writer that dies before publishing leaves nothing visible.
+* A writer never passes `tail`: when there is no room the move fails with DestinationFull,
+  unconsumed data is never overwritten.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from adapter.errors import DestinationFull, RingCorrupt, TooLarge
+
+RECORD_HEADER = struct.Struct("<IIQQ")  # kind, source network ID, sequence number, length
+HEADER_SIZE = RECORD_HEADER.size
+ALIGN = 8
+KIND_RECORD = 0x31434552  # b"REC1"
+KIND_PAD = 0x31444150  # b"PAD1"
+
+
+def align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def record_size(length: int) -> int:
+    """Bytes a record of `length` payload bytes occupies in the ring."""
+    return align(HEADER_SIZE + length)
+
+
+def max_payload(capacity: int) -> int:
+    """The largest payload a ring of `capacity` bytes can ever hold (when empty)."""
+    return capacity - HEADER_SIZE
+
+
+def check_counters(head: int, tail: int, capacity: int) -> None:
+    """Reject counters no correct writer/reader pair could have produced."""
+    if not (0 <= tail <= head and head - tail <= capacity and head % ALIGN == 0
+            and tail % ALIGN == 0):
+        raise RingCorrupt(f"ring counters head {head} tail {tail} invalid for capacity {capacity}")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Where a record of `length` bytes goes, decided under the destination's lock."""
+
+    position: int  # ring offset of the record header
+    length: int
+    pad_position: int | None  # ring offset of a PAD header to write first, if any
+    new_head: int  # the value to publish once the record is written
+
+    @property
+    def payload_position(self) -> int:
+        return self.position + HEADER_SIZE
+
+
+def reserve(head: int, tail: int, capacity: int, length: int) -> Reservation:
+    """Place a record of `length` bytes at `head`, or raise TooLarge / DestinationFull."""
+    check_counters(head, tail, capacity)
+    if length <= 0 or record_size(length) > capacity:
+        raise TooLarge(f"record of {length} bytes does not fit a ring of {capacity} bytes")
+    need = record_size(length)
+    pos = head % capacity
+    if pos + need <= capacity:
+        skip, position = 0, pos
+    else:
+        skip, position = capacity - pos, 0
+    free = capacity - (head - tail)
+    if skip + need > free:
+        raise DestinationFull(f"need {skip + need} bytes, {free} free")
+    pad = pos if skip >= HEADER_SIZE else None
+    return Reservation(position, length, pad, head + skip + need)
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """A committed record found by the reader at ring offset `position`."""
+
+    position: int
+    source_id: int
+    seq: int
+    length: int
+    next_tail: int  # the tail to publish once the payload has been consumed
+
+    @property
+    def payload_position(self) -> int:
+        return self.position + HEADER_SIZE
+
+
+def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordView | None:
+    """The next committed record at or after `tail`, skipping padding; None when empty.
+
+    `read_header(position)` returns the unpacked RECORD_HEADER at a ring offset; it is the only
+    window onto memory, so this stays pure and testable.
+    """
+    check_counters(head, tail, capacity)
+    while tail < head:
+        pos = tail % capacity
+        if capacity - pos < HEADER_SIZE:
+            tail += capacity - pos
+            continue
+        kind, source_id, seq, length = read_header(pos)
+        if kind == KIND_PAD:
+            tail += capacity - pos
+            continue
+        if kind != KIND_RECORD or pos + record_size(length) > capacity:
+            raise RingCorrupt(f"bad record header kind {kind:#x} length {length} at {pos}")
+        end = tail + record_size(length)
+        if end > head:
+            raise RingCorrupt(f"record at {pos} of length {length} runs past head {head}")
+        return RecordView(pos, source_id, seq, length, end)
+    return None
+

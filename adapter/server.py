@@ -1,0 +1,401 @@
+"""The adapter process: a thin I/O shell around translation, ring and lock bookkeeping.
+
+One single-threaded select loop serves every partition's request pipe. A request whose
+destination lock is busy (granted to a Fig 12 driver) is parked, never waited on, so one busy
+destination cannot stall the others; parked requests are retried each turn and fail with
+LOCK_TIMEOUT at their deadline. Each partition has at most one request in flight at the adapter
+(the pipe is not read while one is parked or a reply is unsent), which bounds memory whatever
+a partition floods us with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import selectors
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import posix_ipc
+
+from adapter import receive_area
+from adapter.errors import Status, XpmoveError
+from adapter.locks import Grant, LockBook, LockState
+from adapter.moves import mvxl
+from adapter.protocol import (
+    MAX_REQUEST_SIZE,
+    Op,
+    ProtocolViolation,
+    Request,
+    RequestDecoder,
+    Result,
+    encode_reply,
+    malformed_reply,
+)
+from adapter.ring import Reservation, reserve
+from adapter.translation import PartitionState, Translation, TranslationTable
+from hypervisor.control import Channel
+from hypervisor.layout import SegmentLayout
+from hypervisor.memory import PhysicalMemory
+
+PARKED_POLL_S = 0.0002  # how often parked requests retry a busy lock
+READ_CHUNK = 65536
+
+
+@dataclass
+class Connection:
+    """One partition's pair of pipes, as seen by the adapter."""
+
+    network_id: int
+    request_fd: int
+    reply_fd: int
+    decoder: RequestDecoder = field(default_factory=RequestDecoder)
+    outbox: bytearray = field(default_factory=bytearray)
+    parked: Request | None = None
+    parked_deadline: float = 0.0
+    open: bool = True
+
+    def ready_for_request(self) -> bool:
+        return self.open and self.parked is None and not self.outbox
+
+
+class Adapter:
+    def __init__(self, boot: dict):
+        self.layout = SegmentLayout.from_dict(boot["layout"])
+        self.by_id = self.layout.by_id()
+        self.table = TranslationTable(self.layout.partitions)
+        self.memory = PhysicalMemory.attach(boot["segment"])
+        self.mem = self.memory.view
+        self.locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
+        self.bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
+        self.lock_timeout = float(boot["lock_timeout_s"])
+        self.book = LockBook()
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.control = Channel(socket.socket(fileno=boot["control_fd"]))
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.control.sock, selectors.EVENT_READ, None)
+        self.connections: dict[int, Connection] = {}
+        self._watched: set[int] = set()
+        for c in boot["connections"]:
+            self.attach(c["network_id"], c["request_fd"], c["reply_fd"])
+        self.running = True
+
+    # -- connections -------------------------------------------------------------------
+    def attach(self, network_id: int, request_fd: int, reply_fd: int) -> None:
+        os.set_blocking(reply_fd, False)
+        conn = Connection(network_id, request_fd, reply_fd)
+        self.connections[network_id] = conn
+        self.table.set_state(network_id, PartitionState.ACTIVE)
+        self.watch(conn)
+
+    def watch(self, conn: Connection) -> None:
+        """Read requests only while ready for one; watch the reply pipe while a reply waits.
+
+        Not reading is the back-pressure: a partition that floods us fills its own pipe.
+        """
+        if not conn.open:
+            return
+        want_read = conn.ready_for_request() and conn.decoder.buffered < MAX_REQUEST_SIZE
+        self._set_watch(conn.request_fd, selectors.EVENT_READ, want_read, ("request", conn))
+        self._set_watch(conn.reply_fd, selectors.EVENT_WRITE, bool(conn.outbox), ("reply", conn))
+
+    def _set_watch(self, fd: int, events: int, wanted: bool, data: tuple) -> None:
+        registered = fd in self._watched
+        if wanted and not registered:
+            self.selector.register(fd, events, data)
+            self._watched.add(fd)
+        elif not wanted and registered:
+            self.selector.unregister(fd)
+            self._watched.discard(fd)
+
+    def close_connection(self, conn: Connection, why: str) -> None:
+        """The partition died or broke the protocol: free what it holds, stop serving it."""
+        if not conn.open:
+            return
+        conn.open = False
+        self.counters["connections_closed"] += 1
+        for fd in (conn.request_fd, conn.reply_fd):
+            if fd in self._watched:
+                self.selector.unregister(fd)
+                self._watched.discard(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        conn.parked = None
+        self.table.set_state(conn.network_id, PartitionState.DEAD)
+        for dst in self.book.granted_to(conn.network_id):
+            self._take_back(dst)
+        if self.running:
+            self._log(f"closed connection of network ID {conn.network_id}: {why}")
+
+    # -- locks -------------------------------------------------------------------------
+    def _try_lock(self, dst: int) -> bool:
+        state = self.book.state(dst)
+        try:
+            self.locks[dst].acquire(0)
+        except posix_ipc.BusyError:
+            return False
+        if state is LockState.GRANTED:
+            self._settle(dst, self.book.settled(dst))
+        else:
+            self.book.acquired(dst)
+        return True
+
+    def _settle(self, dst: int, grant: Grant) -> None:
+        """A grant ended: if its holder never published the commit, undo its sequence numbers."""
+        layout = self.by_id[dst]
+        if receive_area.read_head(self.mem, layout) != grant.commit_value:
+            self.counters["grants_abandoned"] += 1
+            for src_index, first_seq in grant.first_seqs:
+                receive_area.write_seq(self.mem, self.layout.seq_address(src_index, layout.index),
+                                       first_seq - 1)
+
+    def _take_back(self, dst: int) -> None:
+        """The holder of a granted lock died: the lock comes back (Invariant 5)."""
+        try:
+            self.locks[dst].acquire(0)
+            grant = self.book.settled(dst)  # it had freed the lock before dying
+        except posix_ipc.BusyError:
+            grant = self.book.reclaimed(dst)
+            self.counters["locks_reclaimed"] += 1
+        self._settle(dst, grant)
+        self._unlock(dst)
+
+    def _unlock(self, dst: int) -> None:
+        self.book.released(dst)
+        self.locks[dst].release()
+
+    # -- requests ----------------------------------------------------------------------
+    def handle(self, conn: Connection, request: Request, now: float) -> bool:
+        """Serve one request; False if it had to be parked on a busy lock."""
+        if request.op not in (Op.MOVE, Op.GRANT):
+            self.errors["malformed"] += 1
+            self._reply(conn, malformed_reply(request.op, request.request_id))
+            return True
+        self.counters["requests"] += 1
+        results: list[Result | None] = [None] * len(request.moves)
+        checked: list[tuple[int, Translation]] = []
+        for i, move in enumerate(request.moves):
+            try:
+                if move.src_id != conn.network_id:
+                    self.errors["source_mismatch"] += 1
+                    results[i] = Result(Status.SOURCE_MISMATCH, conn.network_id)
+                    continue
+                checked.append((i, self.table.translate(move.src_id, move.dst_id, move.offset,
+                                                        move.count)))
+            except XpmoveError as exc:
+                results[i] = self._failure(exc, move.src_id)
+        destinations = sorted({t.dst.network_id for _, t in checked})
+        taken: list[int] = []
+        for dst in destinations:
+            if not self._try_lock(dst):
+                for d in taken:
+                    self._unlock(d)
+                self.book.record(dst).waits += 1
+                self.counters["lock_waits"] += 1
+                return False
+            taken.append(dst)
+        self._execute(conn, request.op, checked, results)
+        self._reply(conn, encode_reply(request.op, request.request_id, Status.OK, results))
+        return True
+
+    def _failure(self, exc: XpmoveError, src_id: int) -> Result:
+        self.errors[exc.status.name.lower()] += 1
+        detail = 0
+        if exc.status is Status.OUT_OF_BOUNDS and src_id in self.table:
+            detail = self.table.entry(src_id).layout.size
+        return Result(exc.status, detail)
+
+    def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
+                 results: list[Result | None]) -> None:
+        """All destination locks are held: reserve, write headers, move (Fig 11) or grant."""
+        heads: dict[int, int] = {}
+        first_seqs: dict[int, tuple[int, int]] = {}
+        for i, t in checked:
+            dst = t.dst
+            head = heads.get(dst.network_id)
+            if head is None:
+                head = receive_area.read_head(self.mem, dst)
+            try:
+                r: Reservation = reserve(head, receive_area.read_tail(self.mem, dst),
+                                         dst.receive_size, t.count)
+            except XpmoveError as exc:
+                results[i] = self._failure(exc, t.src.network_id)
+                if exc.status is Status.DESTINATION_FULL:
+                    tail = receive_area.read_tail(self.mem, dst)
+                    results[i] = Result(Status.DESTINATION_FULL, dst.receive_size - (head - tail))
+                continue
+            seq_address = self.layout.seq_address(t.src.index, dst.index)
+            seq = receive_area.read_seq(self.mem, seq_address) + 1
+            receive_area.write_seq(self.mem, seq_address, seq)
+            first_seqs.setdefault(dst.network_id, (t.src.index, seq))
+            payload = receive_area.write_record_header(self.mem, dst, r, t.src.network_id, seq)
+            if op == Op.MOVE:
+                mvxl(self.mem, payload, t.src_address, t.count)
+            heads[dst.network_id] = r.new_head
+            results[i] = Result(Status.OK, 0, seq, t.src_address, payload, t.count, r.new_head)
+            self.counters["moves"] += 1
+            self.counters["bytes"] += t.count
+        for dst_id in {t.dst.network_id for _, t in checked}:
+            if dst_id not in heads:
+                self._unlock(dst_id)
+            elif op == Op.MOVE:
+                receive_area.publish_head(self.mem, self.by_id[dst_id].control, heads[dst_id])
+                self._unlock(dst_id)
+                self.bells[dst_id].release()
+            else:
+                src_index, seq = first_seqs[dst_id]
+                self.book.granted(Grant(conn.network_id, dst_id, heads[dst_id],
+                                        ((src_index, seq),), time.monotonic()))
+                self.counters["grants"] += 1
+
+    def _reply(self, conn: Connection, frame: bytes) -> None:
+        conn.outbox += frame
+        self._flush(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        while conn.outbox and conn.open:
+            try:
+                n = os.write(conn.reply_fd, conn.outbox)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EBADF):
+                    self.close_connection(conn, "reply pipe closed")
+                    return
+                raise
+            del conn.outbox[:n]
+
+    # -- loop --------------------------------------------------------------------------
+    def serve(self, conn: Connection, now: float) -> None:
+        """Process as many buffered requests of `conn` as it may have in flight."""
+        while conn.ready_for_request():
+            try:
+                request = conn.decoder.next_request()
+            except ProtocolViolation as exc:
+                self.errors["malformed"] += 1
+                self.counters["frames_rejected"] += 1
+                self._reply(conn, malformed_reply(0, 0))
+                self.close_connection(conn, str(exc))
+                return
+            if request is None:
+                return
+            if not self.handle(conn, request, now):
+                conn.parked = request
+                conn.parked_deadline = now + self.lock_timeout
+                return
+
+    def retry_parked(self, now: float) -> None:
+        for conn in list(self.connections.values()):
+            request = conn.parked
+            if request is None or not conn.open:
+                continue
+            conn.parked = None
+            if self.handle(conn, request, now):
+                self.serve(conn, now)
+            elif now >= conn.parked_deadline:
+                self.errors["lock_timeout"] += 1
+                ms = int(self.lock_timeout * 1000)
+                self._reply(conn, encode_reply(request.op, request.request_id, Status.OK,
+                                               [Result(Status.LOCK_TIMEOUT, ms)] *
+                                               len(request.moves)))
+                self.serve(conn, now)
+            else:
+                conn.parked = request
+            self.watch(conn)
+
+    def read_from(self, conn: Connection, now: float) -> None:
+        try:
+            data = os.read(conn.request_fd, READ_CHUNK)
+        except OSError as exc:
+            self.close_connection(conn, f"read failed: {exc}")
+            return
+        if not data:
+            self.close_connection(conn, "request pipe EOF (partition gone)")
+            return
+        conn.decoder.feed(data)
+        self.serve(conn, now)
+
+    def on_control(self, message: dict) -> None:
+        cmd = message.get("cmd")
+        if cmd == "stats":
+            self.control.send({"event": "stats", "stats": self.stats()})
+        elif cmd == "stop":
+            self.running = False
+        elif cmd == "mark":
+            self.table.set_state(int(message["network_id"]), PartitionState(message["state"]))
+
+    def settle_finished_grants(self) -> None:
+        """Settle every grant whose holder already freed the lock, so states are current."""
+        for dst, rec in list(self.book.records.items()):
+            if rec.state is LockState.GRANTED and self._try_lock(dst):
+                self._unlock(dst)
+
+    def stats(self) -> dict:
+        self.settle_finished_grants()
+        return {
+            "counters": dict(self.counters),
+            "errors": dict(self.errors),
+            "locks": {str(dst): rec.state.value for dst, rec in self.book.records.items()},
+            "lock_waits": {str(dst): rec.waits for dst, rec in self.book.records.items()},
+        }
+
+    def run(self) -> None:
+        self.control.send({"event": "ready", "pid": os.getpid()})
+        while self.running:
+            parked = any(c.parked for c in self.connections.values())
+            for key, _ in self.selector.select(PARKED_POLL_S if parked else None):
+                now = time.monotonic()
+                if key.data is None:
+                    self.on_control_readable()
+                    continue
+                kind, conn = key.data
+                if kind == "request":
+                    self.read_from(conn, now)
+                else:
+                    self._flush(conn)
+                    self.serve(conn, now)
+                self.watch(conn)
+            if parked:
+                self.retry_parked(time.monotonic())
+        self.shutdown()
+
+    def on_control_readable(self) -> None:
+        if not self.control.feed_available():
+            self.running = False  # the hypervisor is gone: so are we
+            return
+        while (message := self.control.pending()) is not None:
+            self.on_control(message)
+
+    def shutdown(self) -> None:
+        self.running = False
+        for conn in list(self.connections.values()):
+            self.close_connection(conn, "adapter stopping")
+        self.memory.close()
+
+    @staticmethod
+    def _log(text: str) -> None:
+        print(f"adapter: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="xpmove adapter process (started by the hypervisor)")
+    parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
+    args = parser.parse_args(argv)
+    adapter = Adapter(json.loads(args.boot))
+    try:
+        adapter.run()
+    except KeyboardInterrupt:
+        adapter.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

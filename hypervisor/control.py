@@ -1,0 +1,111 @@
+"""Control channel between the hypervisor and its children: length-prefixed JSON frames.
+
+JSON, never pickle (Invariant 6): a child's message is data, not code. Frames are limited to
+MAX_MESSAGE bytes; anything longer is a protocol violation. The channel is an AF_UNIX socket
+pair so that file descriptors can be passed later (e.g. fresh adapter pipes).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import time
+
+LENGTH = struct.Struct("<I")
+MAX_MESSAGE = 1 << 20
+
+
+class ControlError(Exception):
+    """The peer closed the channel or sent something that is not a control frame."""
+
+
+def encode_message(message: dict) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    if len(body) > MAX_MESSAGE:
+        raise ControlError(f"control message of {len(body)} bytes exceeds {MAX_MESSAGE}")
+    return LENGTH.pack(len(body)) + body
+
+
+class MessageReader:
+    """Incremental decoder (pure): feed bytes, take whole messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_message(self) -> dict | None:
+        if len(self._buffer) < LENGTH.size:
+            return None
+        (n,) = LENGTH.unpack_from(self._buffer)
+        if n > MAX_MESSAGE:
+            raise ControlError(f"control frame of {n} bytes exceeds {MAX_MESSAGE}")
+        if len(self._buffer) < LENGTH.size + n:
+            return None
+        body = bytes(self._buffer[LENGTH.size:LENGTH.size + n])
+        del self._buffer[:LENGTH.size + n]
+        try:
+            message = json.loads(body)
+        except ValueError as exc:
+            raise ControlError(f"control frame is not JSON: {exc}") from None
+        if not isinstance(message, dict):
+            raise ControlError(f"control frame is not an object: {type(message).__name__}")
+        return message
+
+
+class Channel:
+    """A blocking control channel on one end of a socket pair."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._reader = MessageReader()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: dict) -> None:
+        try:
+            self.sock.sendall(encode_message(message))
+        except OSError as exc:
+            raise ControlError(f"control channel closed: {exc}") from None
+
+    def receive(self, timeout: float | None = None) -> dict | None:
+        """The next message, or None if `timeout` passes first. Raises ControlError on EOF."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._reader.next_message()
+            if message is not None:
+                return message
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.sock], [], [], remaining)
+            if not ready:
+                return None
+            try:
+                data = self.sock.recv(65536)
+            except OSError as exc:
+                raise ControlError(f"control channel closed: {exc}") from None
+            if not data:
+                raise ControlError("control channel closed by peer")
+            self._reader.feed(data)
+
+    def feed_available(self) -> bool:
+        """Read what is available without blocking (for select loops). False on EOF."""
+        try:
+            data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self._reader.feed(data)
+        return True
+
+    def pending(self) -> dict | None:
+        return self._reader.next_message()
+
+    def close(self) -> None:
+        self.sock.close()

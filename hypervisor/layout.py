@@ -1,0 +1,118 @@
+"""Where everything lives in the physical-memory segment (pure arithmetic, no I/O).
+
+Segment layout, all offsets page-aligned:
+
+    [0, control_size)            control area, owned by the hypervisor, never part of any region:
+                                 one RING_CONTROL_SIZE block per partition (the destination's ring
+                                 state, guarded by that destination's lock) followed by the
+                                 per-pair sequence table (adapter-written).
+    [base_i, base_i + size_i)    partition i's region (its "real storage"); the last
+                                 receive_size bytes of it are its receive area (a ring of records).
+
+Invariant: regions never overlap each other or the control area, and every region starts on a
+page boundary. The adapter's translation table and the drivers' view of peers are both built
+from the `PartitionLayout` list computed here, so there is exactly one source of truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from hypervisor.config import PAGE_SIZE, MachineConfig
+
+CACHE_LINE = 64
+# Per-destination ring control block: line 0 written by the lock holder (head), line 1 by the
+# receiver (tail, sleeping flag). Two lines so producer and consumer do not false-share.
+RING_CONTROL_SIZE = 2 * CACHE_LINE
+HEAD_OFFSET = 0
+TAIL_OFFSET = CACHE_LINE
+SEQ_ENTRY_SIZE = 8
+
+
+def page_align(n: int) -> int:
+    """Round `n` up to a whole number of pages."""
+    return -(-n // PAGE_SIZE) * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class PartitionLayout:
+    """One partition's place in the segment: everything a translation needs."""
+
+    index: int
+    name: str
+    network_id: int
+    base: int
+    size: int
+    receive_base: int  # physical address of the receive area (inside the region)
+    receive_size: int
+    control: int  # physical address of this partition's ring control block
+
+    @property
+    def receive_offset(self) -> int:
+        """Offset of the receive area within the partition's own region."""
+        return self.receive_base - self.base
+
+    def to_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PartitionLayout:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    partitions: tuple[PartitionLayout, ...]
+    control_size: int
+    seq_table: int  # physical address of the n*n per-pair sequence table
+    total_size: int
+
+    def seq_address(self, src_index: int, dst_index: int) -> int:
+        """Address of the u64 'last committed sequence number' for the pair src -> dst."""
+        n = len(self.partitions)
+        return self.seq_table + (src_index * n + dst_index) * SEQ_ENTRY_SIZE
+
+    def by_id(self) -> dict[int, PartitionLayout]:
+        return {p.network_id: p for p in self.partitions}
+
+    def to_dict(self) -> dict:
+        return {
+            "partitions": [p.to_dict() for p in self.partitions],
+            "control_size": self.control_size,
+            "seq_table": self.seq_table,
+            "total_size": self.total_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SegmentLayout:
+        return cls(
+            partitions=tuple(PartitionLayout.from_dict(p) for p in data["partitions"]),
+            control_size=int(data["control_size"]),
+            seq_table=int(data["seq_table"]),
+            total_size=int(data["total_size"]),
+        )
+
+
+def plan_segment(config: MachineConfig) -> SegmentLayout:
+    """Carve the segment: control area first, then each partition's page-aligned region."""
+    n = len(config.partitions)
+    seq_table = n * RING_CONTROL_SIZE
+    control_size = page_align(seq_table + n * n * SEQ_ENTRY_SIZE)
+    cursor = control_size
+    parts = []
+    for index, p in enumerate(config.partitions):
+        base = cursor
+        parts.append(
+            PartitionLayout(
+                index=index,
+                name=p.name,
+                network_id=p.network_id,
+                base=base,
+                size=p.memory_size,
+                receive_base=base + p.memory_size - p.receive_size,
+                receive_size=p.receive_size,
+                control=index * RING_CONTROL_SIZE,
+            )
+        )
+        cursor = base + page_align(p.memory_size)
+    return SegmentLayout(tuple(parts), control_size, seq_table, cursor)

@@ -1,0 +1,249 @@
+"""Per-run IPC names and the run registry that lets a later launch sweep a killed run.
+
+POSIX shared memory and named semaphores outlive the processes that created them. Every
+name of a run therefore carries a random per-run prefix and is written to a registry
+file *before* the object is created; `RunRegistry.sweep` unlinks the names of runs whose
+owner is dead. Nothing here survives a reboot, and neither do the IPC objects, so the
+registry needs crash consistency (atomic replace) but not durability (no fsync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterable
+
+import posix_ipc
+import psutil
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 30  # macOS PSHMNAMLEN is 31 including the NUL; Linux allows far more
+PREFIX_RE = re.compile(r"xpm-[0-9a-f]{8}", re.ASCII)
+_WHAT_RE = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
+DEFAULT_RUN_DIR = "/tmp/xpmove-runs"
+RUN_DIR_ENV = "XPMOVE_RUN_DIR"
+# Tolerance when comparing create times: psutil derives them from the boot time, which
+# another process may compute slightly differently after a clock step. Erring towards
+# "still alive" only delays a sweep; erring the other way would unlink a live run.
+CREATE_TIME_SLACK_S = 1.0
+
+
+def new_run_prefix() -> str:
+    """A fresh prefix such as "xpm-3f9a1c2b": random, so concurrent runs never collide."""
+    return f"xpm-{secrets.token_hex(4)}"
+
+
+def ipc_name(prefix: str, what: str) -> str:
+    """The IPC name "/<prefix>-<what>", e.g. "/xpm-3f9a1c2b-lock-3"; ValueError if invalid.
+
+    Checked here so a bad name fails at the call site, not as an obscure OS error later.
+    """
+    if PREFIX_RE.fullmatch(prefix) is None:
+        raise ValueError(f"run prefix {prefix!r} does not match {PREFIX_RE.pattern}")
+    if _WHAT_RE.fullmatch(what) is None:
+        raise ValueError(f"IPC name part {what!r} does not match {_WHAT_RE.pattern}")
+    name = f"/{prefix}-{what}"
+    if len(name) > NAME_MAX:
+        raise ValueError(f"IPC name {name!r} is {len(name)} chars, over the limit {NAME_MAX}")
+    return name
+
+
+def _belongs(prefix: str, name: object) -> bool:
+    return isinstance(name, str) and name.startswith(f"/{prefix}-") and len(name) <= NAME_MAX
+
+
+def _unlink_all(shm: Iterable[str], sem: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Unlink every name; return (unlinked, failed). Absent names are neither."""
+    unlinked: list[str] = []
+    failed: list[str] = []
+    for names, unlink in (
+        (shm, posix_ipc.unlink_shared_memory),
+        (sem, posix_ipc.unlink_semaphore),
+    ):
+        for name in names:
+            try:
+                unlink(name)
+            except posix_ipc.ExistentialError:
+                continue
+            except (posix_ipc.Error, OSError, ValueError) as e:
+                # Keep going: one stuck name must not leak all the others.
+                log.warning("cannot unlink %s: %s", name, e)
+                failed.append(name)
+                continue
+            unlinked.append(name)
+    return unlinked, failed
+
+
+def unlink_quietly(shm: Iterable[str] = (), sem: Iterable[str] = ()) -> list[str]:
+    """Unlink shared-memory and semaphore names, ignoring ones already gone.
+
+    Idempotent, so every exit path (clean shutdown, signal handler, sweep) may call it.
+    Returns the names that existed and were unlinked by this call.
+    """
+    return _unlink_all(shm, sem)[0]
+
+
+def _owner_alive(pid: int, create_time: float) -> bool:
+    """True unless the owner is certainly dead: gone, a zombie, or its pid reused."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - create_time) <= CREATE_TIME_SLACK_S
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # someone's process exists under that pid: leave the record alone
+
+
+class RunRegistry:
+    """One JSON file per live run in a registry directory.
+
+    A record is {"prefix", "owner_pid", "owner_create_time", "shm": [...], "sem": [...]}.
+    Default directory: env XPMOVE_RUN_DIR or /tmp/xpmove-runs (created 0o700). Each
+    record has a single writer (its run's hypervisor); writes are atomic (tmp file +
+    os.replace), so a reader sees the old record or the new one, never a torn one.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        if directory is None:
+            directory = os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        st = os.lstat(self.directory)
+        # /tmp is shared: refuse a directory someone else planted or can write into,
+        # since sweep unlinks whatever names its records list.
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(f"run registry {self.directory!r} is not a directory")
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise PermissionError(
+                f"run registry {self.directory!r} must be owned by uid {os.getuid()} and not "
+                f"writable by others (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
+            )
+
+    def _path(self, prefix: str) -> str:
+        if PREFIX_RE.fullmatch(prefix) is None:
+            raise ValueError(f"run prefix {prefix!r} does not match {PREFIX_RE.pattern}")
+        return os.path.join(self.directory, f"{prefix}.json")
+
+    def _write_tmp(self, prefix: str, record: dict) -> str:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{prefix}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f, indent=1)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def _read(self, path: str) -> dict:
+        with open(path) as f:
+            record = json.load(f)
+        if not isinstance(record, dict):
+            raise ValueError("record is not a JSON object")
+        return record
+
+    def register(self, prefix: str, owner_pid: int) -> None:
+        """Create the run's record; FileExistsError if the prefix is already registered."""
+        path = self._path(prefix)
+        record = {
+            "prefix": prefix,
+            "owner_pid": owner_pid,
+            "owner_create_time": psutil.Process(owner_pid).create_time(),
+            "shm": [],
+            "sem": [],
+        }
+        tmp = self._write_tmp(prefix, record)
+        try:
+            os.link(tmp, path)  # atomic and exclusive: never overwrite another run's record
+        finally:
+            os.unlink(tmp)
+
+    def add(self, prefix: str, *, shm: Iterable[str] = (), sem: Iterable[str] = ()) -> None:
+        """Record names BEFORE creating them, so a crash in between cannot leak them."""
+        path = self._path(prefix)
+        shm, sem = list(shm), list(sem)
+        for name in (*shm, *sem):
+            if not _belongs(prefix, name):
+                raise ValueError(f"IPC name {name!r} does not belong to run {prefix!r}")
+        record = self._read(path)
+        for key, names in (("shm", shm), ("sem", sem)):
+            listed = record.setdefault(key, [])
+            listed.extend(n for n in dict.fromkeys(names) if n not in listed)
+        os.replace(self._write_tmp(prefix, record), path)
+
+    def remove(self, prefix: str) -> None:
+        """Drop the run's record once everything it lists is unlinked; idempotent."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(prefix))
+
+    def _record_paths(self) -> list[tuple[str, str]]:
+        try:
+            entries = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        out = []
+        for entry in entries:
+            prefix, ext = os.path.splitext(entry)
+            if ext == ".json" and PREFIX_RE.fullmatch(prefix):
+                out.append((prefix, os.path.join(self.directory, entry)))
+        return out
+
+    def _load(self, prefix: str, path: str) -> dict | None:
+        """The record at path, or None (with a warning) if it is unreadable or corrupt."""
+        try:
+            record = self._read(path)
+            if record.get("prefix") != prefix:
+                raise ValueError(f"prefix {record.get('prefix')!r} does not match file name")
+            for key in ("shm", "sem"):
+                if not isinstance(record.get(key), list):
+                    raise ValueError(f"{key!r} is not a list")
+            pid, created = record.get("owner_pid"), record.get("owner_create_time")
+            if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+                raise ValueError(f"owner_pid {pid!r} is not a pid")
+            is_number = isinstance(created, int | float) and not isinstance(created, bool)
+            if not is_number or not math.isfinite(created):
+                raise ValueError(f"owner_create_time {created!r} is not a finite number")
+        except FileNotFoundError:
+            return None  # removed since listdir: the run shut down cleanly
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable run record %s: %s", path, e)
+            return None
+        return record
+
+    def records(self) -> list[dict]:
+        """Every readable record, sorted by prefix; corrupt files are skipped with a warning."""
+        return [r for p, path in self._record_paths() if (r := self._load(p, path)) is not None]
+
+    def sweep(self) -> list[str]:
+        """Unlink the names of every run whose owner is dead and drop its record.
+
+        Live owners' records are left alone. Only names under the record's own prefix are
+        unlinked, so a damaged record cannot take out another program's objects. A record
+        whose names could not all be unlinked is kept for the next sweep.
+        """
+        unlinked: list[str] = []
+        for prefix, path in self._record_paths():
+            record = self._load(prefix, path)
+            if record is None or _owner_alive(record["owner_pid"], record["owner_create_time"]):
+                continue
+            names = {}
+            for key in ("shm", "sem"):
+                names[key] = [n for n in record[key] if _belongs(prefix, n)]
+                for bad in (n for n in record[key] if not _belongs(prefix, n)):
+                    log.warning("run record %s: ignoring foreign name %r", path, bad)
+            done, failed = _unlink_all(names["shm"], names["sem"])
+            unlinked.extend(done)
+            if failed:
+                log.warning("run record %s kept: could not unlink %s", path, failed)
+                continue
+            self.remove(prefix)
+        return unlinked

@@ -1,0 +1,148 @@
+"""The partition's device driver: asks the adapter to move data, over its pair of pipes.
+
+send() is Fig 11 (flow "fig11": the adapter moves) or Fig 12 (flow "fig12": the adapter
+returns the lock and physical addresses, the driver executes MVXL, publishes the commit, frees
+the lock and rings the destination's doorbell). Errors come back as the typed exceptions of
+adapter.errors; retryable ones (destination full, lock timeout) are retried until `timeout`
+when the caller asks to wait.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import posix_ipc
+
+from adapter import receive_area
+from adapter.errors import AdapterGone, RetryableError, Status, XpmoveError, error_for
+from adapter.moves import mvxl
+from adapter.protocol import (
+    REPLY_HEADER,
+    RESULT,
+    Move,
+    Op,
+    ProtocolViolation,
+    Result,
+    decode_reply_header,
+    decode_results,
+    encode_request,
+)
+from hypervisor.layout import SegmentLayout
+
+FLOWS = {"fig11": Op.MOVE, "fig12": Op.GRANT}
+RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A move the adapter accepted: where it went and its per-pair sequence number."""
+
+    dst_id: int
+    seq: int
+    count: int
+
+
+class Driver:
+    def __init__(
+        self,
+        network_id: int,
+        physical: memoryview,
+        layout: SegmentLayout,
+        request_fd: int,
+        reply_fd: int,
+        locks: dict[int, posix_ipc.Semaphore],
+        bells: dict[int, posix_ipc.Semaphore],
+    ):
+        self.network_id = network_id
+        self.physical = physical
+        self.by_id = layout.by_id()
+        self.request_fd = request_fd
+        self.reply_fd = reply_fd
+        self.locks = locks
+        self.bells = bells
+        self._request_id = 0
+        self._mutex = threading.Lock()
+
+    def send(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
+             timeout: float | None = None) -> Sent:
+        """Move `count` bytes at `offset` of our own memory to network ID `dst_id`.
+
+        With `timeout`, retryable errors are retried until it passes; the last one is raised.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = RETRY_BACKOFF_S[0]
+        while True:
+            outcome = self.send_many([(dst_id, offset, count)], flow)[0]
+            if isinstance(outcome, Sent):
+                return outcome
+            if not (outcome.retryable and deadline is not None and time.monotonic() < deadline):
+                raise outcome
+            time.sleep(pause)  # back-off before a retry, not synchronisation
+            pause = min(pause * 2, RETRY_BACKOFF_S[1])
+
+    def send_many(self, moves: list[tuple[int, int, int]], flow: str = "fig11"
+                  ) -> list[Sent | XpmoveError]:
+        """One request carrying several moves; one outcome (Sent or the error) per move."""
+        try:
+            op = FLOWS[flow]
+        except KeyError:
+            raise ValueError(f"flow {flow!r} is not one of {sorted(FLOWS)}") from None
+        wire = [Move(self.network_id, dst, offset, count) for dst, offset, count in moves]
+        with self._mutex:
+            results = self._round_trip(op, wire)
+            if op == Op.GRANT:
+                self._execute_grants(wire, results)
+        return [
+            Sent(m.dst_id, r.seq, m.count) if r.status == Status.OK else
+            error_for(r.status, src_id=m.src_id, dst_id=m.dst_id, offset=m.offset,
+                      count=m.count, detail=r.detail)
+            for m, r in zip(wire, results, strict=True)
+        ]
+
+    def _execute_grants(self, moves: list[Move], results: tuple[Result, ...]) -> None:
+        """Fig 12 steps 1204-1205: MVXL each granted move, commit, free the lock, ring."""
+        commits: dict[int, int] = {}
+        for m, r in zip(moves, results, strict=True):
+            if r.status == Status.OK:
+                mvxl(self.physical, r.dst_address, r.src_address, r.count)
+                commits[m.dst_id] = max(r.commit_value, commits.get(m.dst_id, 0))
+        for dst, head in commits.items():
+            receive_area.publish_head(self.physical, self.by_id[dst].control, head)
+            self.locks[dst].release()
+            self.bells[dst].release()
+
+    def _round_trip(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
+        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+        frame = encode_request(op, self._request_id, moves)
+        try:
+            written = 0
+            while written < len(frame):
+                written += os.write(self.request_fd, frame[written:])
+        except OSError as exc:
+            raise AdapterGone(f"the adapter is gone ({exc}); retry after it restarts") from None
+        _, request_id, status, n = decode_reply_header(self._read_exact(REPLY_HEADER.size))
+        results = decode_results(self._read_exact(n * RESULT.size), n)
+        if status != Status.OK:
+            raise error_for(status, src_id=self.network_id, dst_id=moves[0].dst_id,
+                            offset=moves[0].offset, count=moves[0].count, detail=0)
+        if request_id != self._request_id or n != len(moves):
+            raise ProtocolViolation(f"reply {request_id} with {n} results does not answer "
+                                    f"request {self._request_id} of {len(moves)} moves")
+        return results
+
+    def _read_exact(self, n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            chunk = os.read(self.reply_fd, n - got)
+            if not chunk:
+                raise AdapterGone("the adapter closed the reply pipe; retry after it restarts")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RetryableError)

@@ -1,0 +1,146 @@
+"""A partition process: maps the segment, runs its device driver and a user workload.
+
+Started by the hypervisor with a JSON boot block; obeys JSON commands on its control channel
+(see `Partition.COMMANDS`). The command set doubles as the integration tests' hands: every
+driver call a test makes runs here, in a real partition process, over real pipes.
+Exits when told to stop or when the hypervisor's end of the channel closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import zlib
+
+import posix_ipc
+
+from adapter.errors import XpmoveError
+from hypervisor.control import Channel, ControlError
+from hypervisor.layout import SegmentLayout
+from hypervisor.memory import PhysicalMemory
+from partitions.driver import Driver
+from partitions.memory import PartitionView
+from partitions.receiver import Receiver
+from partitions.workload import PlanError, TrafficPlan, Traffic
+
+
+def error_reply(exc: BaseException) -> dict:
+    return {"ok": False, "error": type(exc).__name__, "message": str(exc),
+            "retryable": bool(getattr(exc, "retryable", False))}
+
+
+class Partition:
+    def __init__(self, boot: dict):
+        self.network_id = int(boot["network_id"])
+        self.layout = SegmentLayout.from_dict(boot["layout"])
+        self.own = self.layout.by_id()[self.network_id]
+        self.memory = PhysicalMemory.attach(boot["segment"])
+        locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
+        bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
+        self.view = PartitionView(self.memory.view, self.own)
+        self.driver = Driver(self.network_id, self.memory.view, self.layout,
+                             boot["request_fd"], boot["reply_fd"], locks, bells)
+        self.receiver = Receiver(self.memory.view, self.own, bells[self.network_id])
+        self.traffic = Traffic(self.network_id, self.driver, self.receiver, self.view)
+        self.control = Channel(socket.socket(fileno=boot["control_fd"]))
+        self.running = True
+
+    # -- commands (each returns the reply dict) -------------------------------------------
+    def cmd_ping(self, msg: dict) -> dict:
+        return {"ok": True, "pid": os.getpid()}
+
+    def cmd_write(self, msg: dict) -> dict:
+        self.view.write(int(msg["offset"]), bytes.fromhex(msg["hex"]))
+        return {"ok": True}
+
+    def cmd_read(self, msg: dict) -> dict:
+        return {"ok": True, "hex": self.view.read(int(msg["offset"]), int(msg["count"])).hex()}
+
+    def cmd_checksum(self, msg: dict) -> dict:
+        return {"ok": True, "crc32": zlib.crc32(self.view.buffer(0, self.view.size))}
+
+    def cmd_mvcl(self, msg: dict) -> dict:
+        self.view.mvcl(int(msg["destination"]), int(msg["source"]), int(msg["count"]))
+        return {"ok": True}
+
+    def cmd_send(self, msg: dict) -> dict:
+        sent = self.driver.send(int(msg["dst"]), int(msg["offset"]), int(msg["count"]),
+                                msg.get("flow", "fig11"), msg.get("timeout"))
+        return {"ok": True, "seq": sent.seq}
+
+    def cmd_send_many(self, msg: dict) -> dict:
+        outcomes = self.driver.send_many([tuple(m) for m in msg["moves"]],
+                                         msg.get("flow", "fig11"))
+        return {"ok": True, "outcomes": [
+            {"ok": True, "seq": o.seq} if not isinstance(o, XpmoveError) else error_reply(o)
+            for o in outcomes]}
+
+    def cmd_receive(self, msg: dict) -> dict:
+        packet = self.receiver.receive(float(msg.get("timeout", 0.0)))
+        if packet is None:
+            return {"ok": True, "packet": None}
+        return {"ok": True, "packet": {"source_id": packet.source_id, "seq": packet.seq,
+                                       "hex": packet.payload.hex()}}
+
+    def cmd_traffic(self, msg: dict) -> dict:
+        plan = TrafficPlan.from_message(msg, self.own.receive_offset)
+        self.traffic.start_receiving()
+        self.traffic.start_sending(plan)
+        return {"ok": True}
+
+    def cmd_receive_on(self, msg: dict) -> dict:
+        self.traffic.start_receiving()
+        return {"ok": True}
+
+    def cmd_stats(self, msg: dict) -> dict:
+        return {"ok": True, "stats": self.traffic.snapshot(),
+                "pending_bytes": self.receiver.pending_bytes()}
+
+    def cmd_stop(self, msg: dict) -> dict:
+        self.traffic.stop()
+        self.running = False
+        return {"ok": True, "stats": self.traffic.snapshot()}
+
+    def dispatch(self, msg: dict) -> dict:
+        handler = getattr(self, f"cmd_{msg.get('cmd')}", None)
+        if handler is None:
+            return {"ok": False, "error": "UnknownCommand", "message": f"cmd {msg.get('cmd')!r}"}
+        try:
+            return handler(msg)
+        except (XpmoveError, PlanError, ValueError, KeyError, TypeError) as exc:
+            return error_reply(exc)
+
+    def run(self) -> None:
+        self.control.send({"event": "ready", "pid": os.getpid()})
+        try:
+            while self.running:
+                msg = self.control.receive()
+                self.control.send(self.dispatch(msg))
+        except ControlError:
+            pass  # the hypervisor is gone: so are we
+        finally:
+            self.traffic.stop()
+
+
+def set_affinity(cpus: list[int] | None) -> None:
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="xpmove partition (started by the hypervisor)")
+    parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hypervisor coordinates shutdown
+    boot = json.loads(args.boot)
+    set_affinity(boot.get("cpus"))
+    Partition(boot).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

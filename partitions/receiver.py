@@ -1,0 +1,90 @@
+"""The receive side: takes committed records out of this partition's receive area.
+
+Arrivals are learnt from the doorbell semaphore, never by spinning: a mover posts it after
+publishing `head`. Posts accumulate, so a wake-up may find nothing (already drained); that is
+harmless. The tail is published after a record is consumed: only then may a writer reuse the
+space (nothing unconsumed is ever overwritten).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import posix_ipc
+
+from adapter import receive_area
+from adapter.ring import RECORD_HEADER, skip_to_record
+from hypervisor.layout import PartitionLayout
+
+
+@dataclass(frozen=True)
+class Packet:
+    source_id: int
+    seq: int
+    payload: bytes
+
+
+Handler = Callable[[int, int, memoryview], None]  # (source ID, seq, payload view)
+
+
+class Receiver:
+    def __init__(self, physical: memoryview, own: PartitionLayout, bell: posix_ipc.Semaphore):
+        self.physical = physical
+        self.own = own
+        self.bell = bell
+        self._area = physical[own.receive_base:own.receive_base + own.receive_size]
+
+    def _header(self, position: int) -> tuple[int, int, int, int]:
+        return RECORD_HEADER.unpack_from(self._area, position)
+
+    def drain(self, handler: Handler, limit: int | None = None) -> int:
+        """Hand every committed record (up to `limit`) to `handler`; return how many.
+
+        The payload view is valid only during the call: the space is released right after.
+        """
+        head = receive_area.read_head(self.physical, self.own)
+        tail = receive_area.read_tail(self.physical, self.own)
+        done = 0
+        while limit is None or done < limit:
+            record = skip_to_record(tail, head, self.own.receive_size, self._header)
+            if record is None:
+                break
+            start = record.payload_position
+            with self._area[start:start + record.length] as payload:
+                handler(record.source_id, record.seq, payload)
+            tail = record.next_tail
+            receive_area.publish_tail(self.physical, self.own.control, tail)
+            done += 1
+        return done
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until the doorbell rings or `timeout` passes; True if it rang."""
+        try:
+            self.bell.acquire(timeout)
+            return True
+        except posix_ipc.BusyError:
+            return False
+
+    def receive(self, timeout: float = 0.0) -> Packet | None:
+        """The next packet (a copy), waiting up to `timeout` seconds for one."""
+        got: list[Packet] = []
+
+        def keep(source_id: int, seq: int, payload: memoryview) -> None:
+            got.append(Packet(source_id, seq, bytes(payload)))
+
+        deadline = time.monotonic() + timeout
+        while not self.drain(keep, limit=1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.wait(remaining)
+        return got[0]
+
+    def pending_bytes(self) -> int:
+        return (receive_area.read_head(self.physical, self.own)
+                - receive_area.read_tail(self.physical, self.own))
+
+    def close(self) -> None:
+        self._area.release()
