@@ -52,7 +52,8 @@ class Grant:
     holder: int  # network ID of the driver holding the lock
     destination: int
     commit_value: int  # the head the holder must publish when its moves are done
-    first_seqs: tuple[tuple[int, int], ...]  # (source index, first seq granted) per pair, for rollback
+    # (source index, first seq granted) per pair: what to roll back if abandoned
+    first_seqs: tuple[tuple[int, int], ...]
     granted_at: float
 
 

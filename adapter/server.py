@@ -386,7 +386,7 @@ class Adapter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="xpmove adapter process (started by the hypervisor)")
+    parser = argparse.ArgumentParser(description="xpmove adapter (started by the hypervisor)")
     parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
     args = parser.parse_args(argv)
     adapter = Adapter(json.loads(args.boot))

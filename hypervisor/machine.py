@@ -234,6 +234,12 @@ class Machine:
                     final[nid] = reply.get("stats", {})
                 except MachineError:
                     pass
+        if self.adapter is not None and self.adapter.state is ProcessState.RUNNING:
+            try:  # the adapter goes first, so partitions leaving is not news to it
+                self.adapter.channel.send({"cmd": "stop"})
+                self.adapter.proc.wait(STOP_TIMEOUT_S)
+            except (ControlError, subprocess.TimeoutExpired):
+                pass
         children = self.children()
         for child in children:
             if child.state in (ProcessState.STARTING, ProcessState.RUNNING):

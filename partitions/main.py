@@ -25,7 +25,7 @@ from hypervisor.memory import PhysicalMemory
 from partitions.driver import Driver
 from partitions.memory import PartitionView
 from partitions.receiver import Receiver
-from partitions.workload import PlanError, TrafficPlan, Traffic
+from partitions.workload import PlanError, Traffic, TrafficPlan
 
 
 def error_reply(exc: BaseException) -> dict:
@@ -101,8 +101,8 @@ class Partition:
                 "pending_bytes": self.receiver.pending_bytes()}
 
     def cmd_stop(self, msg: dict) -> dict:
+        """Quiesce: end the workload and report. The process exits when the channel closes."""
         self.traffic.stop()
-        self.running = False
         return {"ok": True, "stats": self.traffic.snapshot()}
 
     def dispatch(self, msg: dict) -> dict:

@@ -1,0 +1,144 @@
+"""`xpmove launch`: start the machine, run the built-in all-to-all traffic, report, stop.
+
+Every partition sends verified packets to every other partition in both flows (Fig 11 and
+Fig 12); receivers check source, per-pair sequence and every byte. The run is bounded by a
+packet count or a duration; Ctrl-C or SIGTERM ends it early, still shutting down cleanly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hypervisor.config import MachineConfig
+from hypervisor.machine import Machine
+
+POLL_S = 0.2
+DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
+
+
+@dataclass(frozen=True)
+class TrafficOptions:
+    packets: int | None = 500  # per peer and flow
+    duration: float | None = None
+    size: int = 1024
+    flows: tuple[str, ...] = ("fig11", "fig12")
+
+
+def totals(stats: dict[int, dict]) -> tuple[int, int]:
+    """(packets accepted by the adapter for delivery, packets verified at receivers)."""
+    sent = sum(sum(s.get("sent", {}).values()) for s in stats.values())
+    received = sum(sum(s.get("received", {}).values()) for s in stats.values())
+    return sent, received
+
+
+def collect(machine: Machine) -> dict[int, dict]:
+    return {nid: machine.call(nid, {"cmd": "stats"})["stats"]
+            for nid, child in machine.partitions.items() if child.proc.poll() is None}
+
+
+def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> dict[int, dict]:
+    ids = list(machine.partitions)
+    for nid in ids:
+        reply = machine.call(nid, {
+            "cmd": "traffic", "peers": [p for p in ids if p != nid], "flows": list(options.flows),
+            "size": options.size, "packets": options.packets, "duration": options.duration})
+        if not reply.get("ok"):
+            raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
+    expected = None
+    if options.packets is not None:
+        expected = options.packets * len(options.flows) * len(ids) * (len(ids) - 1)
+    drain_deadline = None
+    with Progress(TextColumn("[bold]traffic"), BarColumn(), TextColumn("{task.completed:,} "
+                  "of {task.total:,} packets verified"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("traffic", total=expected)
+        while True:
+            for child in machine.poll():
+                console.print(f"[red]{child.name} died (exit code {child.exit_code})")
+            stats = collect(machine)
+            sent, received = totals(stats)
+            progress.update(task, completed=received, total=expected or max(sent, 1))
+            senders_done = all(s["sender_done"] for s in stats.values())
+            if senders_done and received >= sent:
+                return stats
+            if senders_done:
+                drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
+                if time.monotonic() > drain_deadline:
+                    console.print(f"[red]receivers still missing {sent - received} packets "
+                                  f"after {DRAIN_TIMEOUT_S} s")
+                    return stats
+            time.sleep(POLL_S)  # pacing the report, not synchronisation
+
+
+def partition_table(machine: Machine, stats: dict[int, dict]) -> Table:
+    table = Table(title="partitions (packets and bytes out / in; bad = corrupt + gaps + dups)")
+    for col in ("name", "ID", "state", "pkts out", "MB out", "pkts in", "MB in", "bad",
+                "errors", "p50 us", "p99 us"):
+        table.add_column(col, justify="left" if col in ("name", "state", "errors") else "right")
+    for nid, child in machine.partitions.items():
+        s = stats.get(nid, {})
+        errors = ", ".join(f"{k} {v}" for k, v in s.get("errors", {}).items()) or "0"
+        bad = s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
+        table.add_row(child.name, str(nid), child.state.value,
+                      f"{sum(s.get('sent', {}).values()):,}", f"{s.get('bytes_out', 0) / 1e6:.1f}",
+                      f"{sum(s.get('received', {}).values()):,}",
+                      f"{s.get('bytes_in', 0) / 1e6:.1f}", str(bad), errors,
+                      f"{s.get('latency_p50_us', 0):.0f}", f"{s.get('latency_p99_us', 0):.0f}")
+    return table
+
+
+def adapter_table(adapter: dict) -> Table:
+    table = Table(title="adapter")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for k, v in sorted(adapter.get("counters", {}).items()):
+        table.add_row(k, f"{v:,}")
+    for k, v in sorted(adapter.get("errors", {}).items()):
+        table.add_row(f"errors: {k}", f"{v:,}")
+    busy = [k for k, state in adapter.get("locks", {}).items() if state != "free"]
+    table.add_row("locks not free", ", ".join(busy) or "none")
+    return table
+
+
+def launch(config: MachineConfig, options: TrafficOptions, console: Console | None = None) -> int:
+    """Run the machine once; 0 when every accepted packet arrived intact and all shut down."""
+    console = console or Console()
+    machine = Machine(config)
+    stats: dict[int, dict] = {}
+    adapter: dict = {}
+    interrupted = False
+    try:
+        machine.start()
+        console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} partitions, "
+                      f"segment {machine.layout.total_size:,} bytes")
+        try:
+            stats = run_traffic(machine, options, console)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: stopping the machine")
+            stats = collect(machine)
+        adapter = machine.adapter_stats()
+    finally:
+        final = machine.stop()
+    stats.update(final)
+    console.print(partition_table(machine, stats))
+    if adapter:
+        console.print(adapter_table(adapter))
+    sent, received = totals(stats)
+    bad = sum(s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
+              for s in stats.values())
+    dead = [c.name for c in machine.children() if c.state.value == "dead"]
+    clean = (received == sent and bad == 0 and not dead
+             and all(v == "free" for v in adapter.get("locks", {}).values()))
+    verdict = "[green]clean" if clean else "[red]NOT clean"
+    console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, "
+                  f"{bad} corrupt/gap/duplicate, dead: {', '.join(dead) or 'none'}; "
+                  f"all IPC names unlinked")
+    if interrupted:
+        return 130
+    return 0 if clean else 1
