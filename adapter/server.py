@@ -326,7 +326,7 @@ class Adapter:
     def on_control(self, message: dict) -> None:
         cmd = message.get("cmd")
         if cmd == "stats":
-            self.control.send({"event": "stats", "stats": self.stats()})
+            self.control.send({"id": message.get("id"), "stats": self.stats()})
         elif cmd == "stop":
             self.running = False
         elif cmd == "mark":

@@ -78,6 +78,7 @@ class Machine:
         self.partitions: dict[int, Child] = {}
         self._started = False
         self._stopped = False
+        self._call_id = 0
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
@@ -183,16 +184,23 @@ class Machine:
         return self._call(self.partitions[network_id], message, timeout)
 
     def _call(self, child: Child, message: dict, timeout: float) -> dict:
+        """One command, one reply. Replies carry the command's id, so a reply left over from
+        an interrupted call (Ctrl-C mid-call) is recognised and dropped, never mistaken."""
+        self._call_id += 1
+        call_id = self._call_id
+        deadline = time.monotonic() + timeout
         try:
-            child.channel.send(message)
-            reply = child.channel.receive(timeout)
+            child.channel.send({**message, "id": call_id})
+            while True:
+                reply = child.channel.receive(max(0.0, deadline - time.monotonic()))
+                if reply is None:
+                    raise MachineError(f"{child.name} did not answer {message.get('cmd')!r} "
+                                       f"within {timeout} s")
+                if reply.pop("id", None) == call_id:
+                    return reply
         except ControlError as exc:
             self.poll()
             raise MachineError(f"{child.name}: {exc}") from None
-        if reply is None:
-            raise MachineError(f"{child.name} did not answer {message.get('cmd')!r} "
-                               f"within {timeout} s")
-        return reply
 
     def adapter_stats(self, timeout: float = CALL_TIMEOUT_S) -> dict:
         if self.adapter is None:

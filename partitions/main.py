@@ -119,7 +119,7 @@ class Partition:
         try:
             while self.running:
                 msg = self.control.receive()
-                self.control.send(self.dispatch(msg))
+                self.control.send({**self.dispatch(msg), "id": msg.get("id")})
         except ControlError:
             pass  # the hypervisor is gone: so are we
         finally:
