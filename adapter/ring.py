@@ -42,12 +42,22 @@ def record_size(length: int) -> int:
 
 
 def max_payload(capacity: int) -> int:
-    """The largest payload a ring of `capacity` bytes can ever hold (when empty)."""
-    return capacity - HEADER_SIZE
+    """The largest payload a ring of `capacity` bytes accepts: half the ring, less a header.
+
+    Not `capacity - HEADER_SIZE`: a record never wraps, so one that does not fit before the end
+    needs the skipped tail *plus* its own size free. With records of up to half the ring, an
+    empty ring always has that room wherever its head stands (the head is past the middle
+    whenever such a record must wrap), so draining the ring is always enough for a sender to
+    make progress. A bigger record could be refused as "full" forever by an empty ring.
+    """
+    return (capacity // 2) // ALIGN * ALIGN - HEADER_SIZE
 
 
 def check_counters(head: int, tail: int, capacity: int) -> None:
     """Reject counters no correct writer/reader pair could have produced."""
+    if capacity <= 0 or capacity % ALIGN:
+        # a wrap would leave head unaligned and the ring unreadable from then on
+        raise RingCorrupt(f"ring capacity {capacity} is not a positive multiple of {ALIGN}")
     if not (0 <= tail <= head and head - tail <= capacity and head % ALIGN == 0
             and tail % ALIGN == 0):
         raise RingCorrupt(f"ring counters head {head} tail {tail} invalid for capacity {capacity}")
@@ -70,7 +80,7 @@ class Reservation:
 def reserve(head: int, tail: int, capacity: int, length: int) -> Reservation:
     """Place a record of `length` bytes at `head`, or raise TooLarge / DestinationFull."""
     check_counters(head, tail, capacity)
-    if length <= 0 or record_size(length) > capacity:
+    if length <= 0 or length > max_payload(capacity):
         raise TooLarge(f"record of {length} bytes does not fit a ring of {capacity} bytes")
     need = record_size(length)
     pos = head % capacity
