@@ -52,9 +52,10 @@ class Grant:
     holder: int  # network ID of the driver holding the lock
     destination: int
     commit_value: int  # the head the holder must publish when its moves are done
-    # (source index, first seq granted) per pair: what to roll back if abandoned
-    first_seqs: tuple[tuple[int, int], ...]
     granted_at: float
+    # Found in the segment by a restarted adapter: the reply may never have reached the holder,
+    # so the grant expires after the lock timeout instead of waiting for the holder forever.
+    recovered: bool = False
 
 
 @dataclass

@@ -11,9 +11,18 @@ from __future__ import annotations
 import struct
 
 from adapter.ring import HEADER_SIZE, KIND_PAD, KIND_RECORD, RECORD_HEADER, Reservation
-from hypervisor.layout import HEAD_OFFSET, TAIL_OFFSET, PartitionLayout
+from hypervisor.layout import (
+    HEAD_OFFSET,
+    HOLDER_OFFSET,
+    PENDING_OFFSET,
+    TAIL_OFFSET,
+    PartitionLayout,
+    SegmentLayout,
+)
 
-U64 = struct.Struct("<Q")
+# Native "Q", not "<Q": CPython packs standard-size formats byte by byte, so a reader in another
+# process could see a torn counter; native format is one aligned 8-byte store/load.
+U64 = struct.Struct("Q")
 
 
 def read_head(memory: memoryview, dst: PartitionLayout) -> int:
@@ -51,3 +60,38 @@ def read_seq(memory: memoryview, address: int) -> int:
 
 def write_seq(memory: memoryview, address: int, seq: int) -> None:
     U64.pack_into(memory, address, seq)
+
+
+PENDING = struct.Struct("QQQ")  # pending head, source index, first sequence number
+
+
+def begin_commit(memory: memoryview, dst: PartitionLayout, new_head: int, src_index: int,
+                 first_seq: int) -> None:
+    """Record the commit about to happen, BEFORE the sequence table or the ring change."""
+    PENDING.pack_into(memory, dst.control + PENDING_OFFSET, new_head, src_index, first_seq)
+
+
+def set_holder(memory: memoryview, dst: PartitionLayout, holder: int) -> None:
+    U64.pack_into(memory, dst.control + HOLDER_OFFSET, holder)
+
+
+def read_holder(memory: memoryview, dst: PartitionLayout) -> int:
+    return U64.unpack_from(memory, dst.control + HOLDER_OFFSET)[0]
+
+
+def settle_commit(memory: memoryview, layout: SegmentLayout, dst: PartitionLayout) -> bool:
+    """Finish the bookkeeping of the last commit to `dst`; False if it was abandoned.
+
+    Called with the lock held, when a grant ends or a restarted adapter recovers. If `head`
+    never reached the pending head, the record stays invisible and the pair's sequence number
+    goes back to what it was, so receivers see no gap and senders no phantom success.
+    """
+    pending_head, src_index, first_seq = PENDING.unpack_from(memory, dst.control
+                                                             + PENDING_OFFSET)
+    head = read_head(memory, dst)
+    U64.pack_into(memory, dst.control + HOLDER_OFFSET, 0)
+    if pending_head == 0 or head == pending_head:
+        return True
+    write_seq(memory, layout.seq_address(src_index, dst.index), first_seq - 1)
+    U64.pack_into(memory, dst.control + PENDING_OFFSET, head)
+    return False

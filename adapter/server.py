@@ -82,12 +82,45 @@ class Adapter:
         self.selector.register(self.control.sock, selectors.EVENT_READ, None)
         self.connections: dict[int, Connection] = {}
         self._watched: set[int] = set()
+        self.recover_locks()
         for c in boot["connections"]:
             self.attach(c["network_id"], c["request_fd"], c["reply_fd"])
         self.running = True
 
+    def recover_locks(self) -> None:
+        """Bring every destination lock to a known state from what the segment says.
+
+        On a first start every lock is free and this changes nothing. After an adapter crash a
+        lock may still be taken by the dead adapter (taken back here, its half-done commit
+        settled) or granted to a live driver (kept as a grant, which expires if its holder
+        never frees it, in case the grant reply died with the old adapter).
+        """
+        for dst_id, dst in self.by_id.items():
+            holder = receive_area.read_holder(self.mem, dst)
+            if holder and holder in self.by_id:
+                self.book.acquired(dst_id)
+                self.book.granted(Grant(holder, dst_id, 0, time.monotonic(), recovered=True))
+                continue
+            try:
+                self.locks[dst_id].acquire(0)
+            except posix_ipc.BusyError:
+                self.counters["locks_reclaimed"] += 1  # held by the adapter that died
+            self.book.acquired(dst_id)
+            self._settle(dst_id)
+            self._unlock(dst_id)
+
+    def expire_recovered_grants(self, now: float) -> None:
+        for dst, rec in list(self.book.records.items()):
+            grant = rec.grant
+            if (rec.state is LockState.GRANTED and grant is not None and grant.recovered
+                    and now - grant.granted_at > self.lock_timeout):
+                self._take_back(dst)
+
     # -- connections -------------------------------------------------------------------
     def attach(self, network_id: int, request_fd: int, reply_fd: int) -> None:
+        old = self.connections.get(network_id)
+        if old is not None and old.open:
+            self.close_connection(old, "replaced by a new incarnation")
         os.set_blocking(reply_fd, False)
         conn = Connection(network_id, request_fd, reply_fd)
         self.connections[network_id] = conn
@@ -143,29 +176,26 @@ class Adapter:
         except posix_ipc.BusyError:
             return False
         if state is LockState.GRANTED:
-            self._settle(dst, self.book.settled(dst))
+            self.book.settled(dst)
+            self._settle(dst)
         else:
             self.book.acquired(dst)
         return True
 
-    def _settle(self, dst: int, grant: Grant) -> None:
-        """A grant ended: if its holder never published the commit, undo its sequence numbers."""
-        layout = self.by_id[dst]
-        if receive_area.read_head(self.mem, layout) != grant.commit_value:
+    def _settle(self, dst: int) -> None:
+        """A grant ended (or a restarted adapter found one): undo it if never committed."""
+        if not receive_area.settle_commit(self.mem, self.layout, self.by_id[dst]):
             self.counters["grants_abandoned"] += 1
-            for src_index, first_seq in grant.first_seqs:
-                receive_area.write_seq(self.mem, self.layout.seq_address(src_index, layout.index),
-                                       first_seq - 1)
 
     def _take_back(self, dst: int) -> None:
         """The holder of a granted lock died: the lock comes back (Invariant 5)."""
         try:
             self.locks[dst].acquire(0)
-            grant = self.book.settled(dst)  # it had freed the lock before dying
+            self.book.settled(dst)  # it had freed the lock before dying
         except posix_ipc.BusyError:
-            grant = self.book.reclaimed(dst)
+            self.book.reclaimed(dst)
             self.counters["locks_reclaimed"] += 1
-        self._settle(dst, grant)
+        self._settle(dst)
         self._unlock(dst)
 
     def _unlock(self, dst: int) -> None:
@@ -215,45 +245,52 @@ class Adapter:
 
     def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
                  results: list[Result | None]) -> None:
-        """All destination locks are held: reserve, write headers, move (Fig 11) or grant."""
-        heads: dict[int, int] = {}
-        first_seqs: dict[int, tuple[int, int]] = {}
+        """All destination locks are held: reserve, record the commit, move (Fig 11) or grant.
+
+        Per destination the order is what makes a crash at any point recoverable: pending
+        commit first, then sequence numbers, headers and payload, and `head` last.
+        """
+        by_dst: dict[int, list[tuple[int, Translation]]] = {}
         for i, t in checked:
-            dst = t.dst
-            head = heads.get(dst.network_id)
-            if head is None:
-                head = receive_area.read_head(self.mem, dst)
-            try:
-                r: Reservation = reserve(head, receive_area.read_tail(self.mem, dst),
-                                         dst.receive_size, t.count)
-            except XpmoveError as exc:
-                results[i] = self._failure(exc, t.src.network_id)
-                if exc.status is Status.DESTINATION_FULL:
-                    tail = receive_area.read_tail(self.mem, dst)
-                    results[i] = Result(Status.DESTINATION_FULL, dst.receive_size - (head - tail))
-                continue
-            seq_address = self.layout.seq_address(t.src.index, dst.index)
-            seq = receive_area.read_seq(self.mem, seq_address) + 1
-            receive_area.write_seq(self.mem, seq_address, seq)
-            first_seqs.setdefault(dst.network_id, (t.src.index, seq))
-            payload = receive_area.write_record_header(self.mem, dst, r, t.src.network_id, seq)
-            if op == Op.MOVE:
-                mvxl(self.mem, payload, t.src_address, t.count)
-            heads[dst.network_id] = r.new_head
-            results[i] = Result(Status.OK, 0, seq, t.src_address, payload, t.count, r.new_head)
-            self.counters["moves"] += 1
-            self.counters["bytes"] += t.count
-        for dst_id in {t.dst.network_id for _, t in checked}:
-            if dst_id not in heads:
+            by_dst.setdefault(t.dst.network_id, []).append((i, t))
+        for dst_id, moves in by_dst.items():
+            dst = self.by_id[dst_id]
+            head = receive_area.read_head(self.mem, dst)
+            tail = receive_area.read_tail(self.mem, dst)
+            placed: list[tuple[int, Translation, Reservation]] = []
+            for i, t in moves:
+                try:
+                    r = reserve(head, tail, dst.receive_size, t.count)
+                except XpmoveError as exc:
+                    results[i] = self._failure(exc, t.src.network_id)
+                    if exc.status is Status.DESTINATION_FULL:
+                        results[i] = Result(Status.DESTINATION_FULL,
+                                            dst.receive_size - (head - tail))
+                    continue
+                placed.append((i, t, r))
+                head = r.new_head
+            if not placed:
                 self._unlock(dst_id)
-            elif op == Op.MOVE:
-                receive_area.publish_head(self.mem, self.by_id[dst_id].control, heads[dst_id])
+                continue
+            src = placed[0][1].src
+            seq_address = self.layout.seq_address(src.index, dst.index)
+            first_seq = receive_area.read_seq(self.mem, seq_address) + 1
+            receive_area.begin_commit(self.mem, dst, head, src.index, first_seq)
+            receive_area.write_seq(self.mem, seq_address, first_seq + len(placed) - 1)
+            for seq, (i, t, r) in enumerate(placed, start=first_seq):
+                payload = receive_area.write_record_header(self.mem, dst, r, src.network_id, seq)
+                if op == Op.MOVE:
+                    mvxl(self.mem, payload, t.src_address, t.count)
+                results[i] = Result(Status.OK, 0, seq, t.src_address, payload, t.count, head)
+                self.counters["moves"] += 1
+                self.counters["bytes"] += t.count
+            if op == Op.MOVE:
+                receive_area.publish_head(self.mem, dst.control, head)
                 self._unlock(dst_id)
                 self.bells[dst_id].release()
             else:
-                src_index, seq = first_seqs[dst_id]
-                self.book.granted(Grant(conn.network_id, dst_id, heads[dst_id],
-                                        ((src_index, seq),), time.monotonic()))
+                receive_area.set_holder(self.mem, dst, conn.network_id)
+                self.book.granted(Grant(conn.network_id, dst_id, head, time.monotonic()))
                 self.counters["grants"] += 1
 
     def _reply(self, conn: Connection, frame: bytes) -> None:
@@ -329,8 +366,10 @@ class Adapter:
             self.control.send({"id": message.get("id"), "stats": self.stats()})
         elif cmd == "stop":
             self.running = False
-        elif cmd == "mark":
-            self.table.set_state(int(message["network_id"]), PartitionState(message["state"]))
+        elif cmd == "attach":  # a (re)started partition's fresh pipes
+            request_fd, reply_fd = message["fds"]
+            self.attach(int(message["network_id"]), request_fd, reply_fd)
+            self.control.send({"id": message.get("id"), "ok": True})
 
     def settle_finished_grants(self) -> None:
         """Settle every grant whose holder already freed the lock, so states are current."""
@@ -351,7 +390,10 @@ class Adapter:
         self.control.send({"event": "ready", "pid": os.getpid()})
         while self.running:
             parked = any(c.parked for c in self.connections.values())
-            for key, _ in self.selector.select(PARKED_POLL_S if parked else None):
+            recovering = any(rec.grant is not None and rec.grant.recovered
+                             for rec in self.book.records.values())
+            poll = parked or recovering
+            for key, _ in self.selector.select(PARKED_POLL_S if poll else None):
                 now = time.monotonic()
                 if key.data is None:
                     self.on_control_readable()
@@ -363,6 +405,8 @@ class Adapter:
                     self._flush(conn)
                     self.serve(conn, now)
                 self.watch(conn)
+            if recovering:
+                self.expire_recovered_grants(time.monotonic())
             if parked:
                 self.retry_parked(time.monotonic())
         self.shutdown()

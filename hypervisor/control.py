@@ -11,6 +11,7 @@ import json
 import select
 import socket
 import struct
+import threading
 import time
 
 LENGTH = struct.Struct("<I")
@@ -56,27 +57,56 @@ class MessageReader:
         return message
 
 
+MAX_FDS = 16
+
+
 class Channel:
-    """A blocking control channel on one end of a socket pair."""
+    """A blocking control channel on one end of a socket pair.
+
+    A message may carry file descriptors (SCM_RIGHTS): the sender sets "fds": n and the n
+    descriptors travel with its bytes; the receiver finds them as a list under "fds".
+    """
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._reader = MessageReader()
+        self._fds: list[int] = []
+        self._send_lock = threading.Lock()  # whole frames, even from two threads
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
         try:
-            self.sock.sendall(encode_message(message))
+            with self._send_lock:
+                if fds:
+                    data = encode_message({**message, "fds": len(fds)})
+                    sent = socket.send_fds(self.sock, [data], list(fds))
+                    self.sock.sendall(data[sent:])
+                else:
+                    self.sock.sendall(encode_message(message))
         except OSError as exc:
             raise ControlError(f"control channel closed: {exc}") from None
+
+    def _recv(self, flags: int = 0) -> bytes:
+        data, fds, _, _ = socket.recv_fds(self.sock, 65536, MAX_FDS, flags)
+        self._fds.extend(fds)
+        return data
+
+    def _next(self) -> dict | None:
+        message = self._reader.next_message()
+        if message is not None and "fds" in message:
+            n = int(message["fds"])
+            if n > len(self._fds):
+                raise ControlError(f"message announces {n} descriptors, {len(self._fds)} came")
+            message["fds"], self._fds = self._fds[:n], self._fds[n:]
+        return message
 
     def receive(self, timeout: float | None = None) -> dict | None:
         """The next message, or None if `timeout` passes first. Raises ControlError on EOF."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            message = self._reader.next_message()
+            message = self._next()
             if message is not None:
                 return message
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -84,7 +114,7 @@ class Channel:
             if not ready:
                 return None
             try:
-                data = self.sock.recv(65536)
+                data = self._recv()
             except OSError as exc:
                 raise ControlError(f"control channel closed: {exc}") from None
             if not data:
@@ -94,7 +124,7 @@ class Channel:
     def feed_available(self) -> bool:
         """Read what is available without blocking (for select loops). False on EOF."""
         try:
-            data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            data = self._recv(socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         except OSError:
@@ -105,7 +135,7 @@ class Channel:
         return True
 
     def pending(self) -> dict | None:
-        return self._reader.next_message()
+        return self._next()
 
     def close(self) -> None:
         self.sock.close()

@@ -7,7 +7,9 @@ packet count or a duration; Ctrl-C or SIGTERM ends it early, still shutting down
 
 from __future__ import annotations
 
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -105,6 +107,17 @@ def adapter_table(adapter: dict) -> Table:
     return table
 
 
+@contextmanager
+def signals_deferred():
+    """A second Ctrl-C (or SIGTERM) must not cut the clean-up short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def launch(config: MachineConfig, options: TrafficOptions, console: Console | None = None) -> int:
     """Run the machine once; 0 when every accepted packet arrived intact and all shut down."""
     console = console or Console()
@@ -113,18 +126,19 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     adapter: dict = {}
     interrupted = False
     try:
-        machine.start()
-        console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} partitions, "
-                      f"segment {machine.layout.total_size:,} bytes")
         try:
+            machine.start()
+            console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
+                          f"partitions, segment {machine.layout.total_size:,} bytes")
             stats = run_traffic(machine, options, console)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
-            stats = collect(machine)
-        adapter = machine.adapter_stats()
+            stats = collect(machine) if machine.running else {}
+        adapter = machine.adapter_stats() if machine.running else {}
     finally:
-        final = machine.stop()
+        with signals_deferred():
+            final = machine.stop()
     stats.update(final)
     console.print(partition_table(machine, stats))
     if adapter:

@@ -21,10 +21,18 @@ from dataclasses import asdict, dataclass
 from hypervisor.config import PAGE_SIZE, MachineConfig
 
 CACHE_LINE = 64
-# Per-destination ring control block: line 0 written by the lock holder (head), line 1 by the
-# receiver (tail, sleeping flag). Two lines so producer and consumer do not false-share.
+# Per-destination ring control block. Line 0 is written under the destination's lock:
+#   head          committed byte counter (publishing it IS the commit)
+#   pending_*     the commit in progress: the head it will publish, and the pair and first
+#                 sequence number it consumed, so whoever settles it (this adapter, or a
+#                 restarted one) can roll the pair's sequence back if the commit never happened
+#   holder        network ID of the driver the lock is granted to (Fig 12), 0 if none
+# Line 1 is written by the receiver (tail). Two lines so producer and consumer do not
+# false-share.
 RING_CONTROL_SIZE = 2 * CACHE_LINE
 HEAD_OFFSET = 0
+PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
+HOLDER_OFFSET = 32
 TAIL_OFFSET = CACHE_LINE
 SEQ_ENTRY_SIZE = 8
 

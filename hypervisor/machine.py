@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import posix_ipc
 
-from hypervisor.config import MachineConfig
+from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout, plan_segment
 from hypervisor.lifecycle import ProcessEvent, ProcessState, next_state
@@ -51,6 +51,32 @@ class Child:
 
 
 @dataclass
+class Pipes:
+    """One partition's two pipes to the adapter: requests one way, replies the other."""
+
+    request_r: int
+    request_w: int
+    reply_r: int
+    reply_w: int
+
+    @classmethod
+    def open(cls) -> Pipes:
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        return cls(request_r, request_w, reply_r, reply_w)
+
+    def adapter_ends(self) -> tuple[int, int]:
+        return self.request_r, self.reply_w
+
+    def driver_ends(self) -> tuple[int, int]:
+        return self.request_w, self.reply_r
+
+    def close(self) -> None:
+        for fd in (self.request_r, self.request_w, self.reply_r, self.reply_w):
+            os.close(fd)
+
+
+@dataclass
 class Names:
     segment: str
     locks: dict[int, str] = field(default_factory=dict)
@@ -79,6 +105,8 @@ class Machine:
         self._started = False
         self._stopped = False
         self._call_id = 0
+        self.events: list[str] = []  # what supervision did, for the operator
+        self.restarts: dict[int | str, int] = {}
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
@@ -129,41 +157,43 @@ class Machine:
         child_end.close()
         return Child(name, network_id, proc, Channel(parent_end))
 
+    def _spawn_adapter(self, pipes: dict[int, Pipes]) -> Child:
+        boot = {
+            **self._common_boot(),
+            "lock_timeout_s": self.config.lock_timeout_s,
+            "connections": [{"network_id": nid, "request_fd": p.request_r, "reply_fd": p.reply_w}
+                            for nid, p in pipes.items()],
+        }
+        fds = [fd for p in pipes.values() for fd in p.adapter_ends()]
+        return self._spawn("adapter.server", boot, fds, "adapter", None)
+
+    def _spawn_partition(self, p: PartitionConfig, pipes: Pipes) -> Child:
+        boot = {**self._common_boot(), "network_id": p.network_id,
+                "request_fd": pipes.request_w, "reply_fd": pipes.reply_r,
+                "cpus": list(p.cpus) if p.cpus else None}
+        return self._spawn("partitions.main", boot, list(pipes.driver_ends()), p.name,
+                           p.network_id)
+
     def _spawn_all(self) -> None:
-        common = self._common_boot()
-        pipes: dict[int, tuple[int, int, int, int]] = {}
+        pipes = {p.network_id: Pipes.open() for p in self.config.partitions}
         try:
+            self.adapter = self._spawn_adapter(pipes)
             for p in self.config.partitions:
-                req_r, req_w = os.pipe()
-                rep_r, rep_w = os.pipe()
-                pipes[p.network_id] = (req_r, req_w, rep_r, rep_w)
-            adapter_boot = {
-                **common,
-                "lock_timeout_s": self.config.lock_timeout_s,
-                "connections": [
-                    {"network_id": nid, "request_fd": fds[0], "reply_fd": fds[3]}
-                    for nid, fds in pipes.items()
-                ],
-            }
-            adapter_fds = [fd for fds in pipes.values() for fd in (fds[0], fds[3])]
-            self.adapter = self._spawn("adapter.server", adapter_boot, adapter_fds, "adapter", None)
-            for p in self.config.partitions:
-                _, req_w, rep_r, _ = pipes[p.network_id]
-                boot = {**common, "network_id": p.network_id, "request_fd": req_w,
-                        "reply_fd": rep_r, "cpus": list(p.cpus) if p.cpus else None}
-                self.partitions[p.network_id] = self._spawn(
-                    "partitions.main", boot, [req_w, rep_r], p.name, p.network_id)
+                self.partitions[p.network_id] = self._spawn_partition(p, pipes[p.network_id])
         finally:
-            for fds in pipes.values():  # children have their copies; EOF must mean death
-                for fd in fds:
-                    os.close(fd)
+            for p in pipes.values():  # children have their copies; EOF must mean death
+                p.close()
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped and self.adapter is not None
 
     def children(self) -> list[Child]:
         return ([self.adapter] if self.adapter else []) + list(self.partitions.values())
 
-    def _await_ready(self) -> None:
+    def _await_ready(self, children: list[Child] | None = None) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        for child in self.children():
+        for child in children or self.children():
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -183,14 +213,15 @@ class Machine:
         """Send a command to a partition and return its reply."""
         return self._call(self.partitions[network_id], message, timeout)
 
-    def _call(self, child: Child, message: dict, timeout: float) -> dict:
+    def _call(self, child: Child, message: dict, timeout: float,
+              fds: tuple[int, ...] = ()) -> dict:
         """One command, one reply. Replies carry the command's id, so a reply left over from
         an interrupted call (Ctrl-C mid-call) is recognised and dropped, never mistaken."""
         self._call_id += 1
         call_id = self._call_id
         deadline = time.monotonic() + timeout
         try:
-            child.channel.send({**message, "id": call_id})
+            child.channel.send({**message, "id": call_id}, fds)
             while True:
                 reply = child.channel.receive(max(0.0, deadline - time.monotonic()))
                 if reply is None:
@@ -215,7 +246,13 @@ class Machine:
 
     # -- supervision ---------------------------------------------------------------------
     def poll(self) -> list[Child]:
-        """Reap children that exited; return those that died without being asked to."""
+        """Reap children that exited; restart them per policy. Returns those that died.
+
+        The adapter always comes back: a new process, its translation table rebuilt from the
+        partition table, its locks recovered from the segment, every live driver handed fresh
+        pipes. Partitions come back per the config's restart policy, under the same network
+        ID and memory (their receive area keeps what was not consumed yet).
+        """
         died = []
         for child in self.children():
             code = child.proc.poll()
@@ -226,7 +263,58 @@ class Machine:
             child.step(ProcessEvent.EXITED)
             if was_running:
                 died.append(child)
+        if self._stopped:
+            return died
+        for child in died:
+            self.events.append(f"{child.name} died (exit code {child.exit_code})")
+            if child.network_id is None:
+                self.restart_adapter()
+            elif self._should_restart(child):
+                self.restart_partition(child.network_id)
         return died
+
+    def _should_restart(self, child: Child) -> bool:
+        policy = self.config.restart
+        failed = child.exit_code != 0
+        wanted = policy == "always" or (policy == "on-failure" and failed)
+        return wanted and self.restarts.get(child.network_id, 0) < self.config.restart_limit
+
+    def restart_adapter(self) -> None:
+        old = self.adapter
+        assert old is not None
+        old.channel.close()
+        live = {nid: c for nid, c in self.partitions.items() if c.state is ProcessState.RUNNING}
+        pipes = {nid: Pipes.open() for nid in live}
+        try:
+            self.adapter = self._spawn_adapter(pipes)
+            self._await_ready([self.adapter])
+            for nid in live:
+                self._call(live[nid], {"cmd": "reconnect"}, CALL_TIMEOUT_S,
+                           fds=pipes[nid].driver_ends())
+        finally:
+            for p in pipes.values():
+                p.close()
+        self.restarts["adapter"] = self.restarts.get("adapter", 0) + 1
+        self.events.append(f"adapter restarted (pid {self.adapter.proc.pid}), "
+                           f"{len(live)} drivers reconnected")
+
+    def restart_partition(self, network_id: int) -> None:
+        old = self.partitions[network_id]
+        old.channel.close()
+        old.step(ProcessEvent.RESTART)
+        config = next(p for p in self.config.partitions if p.network_id == network_id)
+        pipes = Pipes.open()
+        try:
+            assert self.adapter is not None
+            self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
+                       CALL_TIMEOUT_S, fds=pipes.adapter_ends())
+            child = self._spawn_partition(config, pipes)
+        finally:
+            pipes.close()
+        self.partitions[network_id] = child
+        self._await_ready([child])
+        self.restarts[network_id] = self.restarts.get(network_id, 0) + 1
+        self.events.append(f"{child.name} restarted (pid {child.proc.pid})")
 
     # -- stop ----------------------------------------------------------------------------
     def stop(self) -> dict[int, dict]:

@@ -34,6 +34,7 @@ from hypervisor.layout import SegmentLayout
 
 FLOWS = {"fig11": Op.MOVE, "fig12": Op.GRANT}
 RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
+RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,12 @@ class Driver:
         self.reply_fd = reply_fd
         self.locks = locks
         self.bells = bells
+        self.layout = layout
         self._request_id = 0
         self._mutex = threading.Lock()
+        self._connected = threading.Event()
+        self._connected.set()
+        self.reconnect_wait = RECONNECT_WAIT_S
 
     def send(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
              timeout: float | None = None) -> Sent:
@@ -92,7 +97,7 @@ class Driver:
             raise ValueError(f"flow {flow!r} is not one of {sorted(FLOWS)}") from None
         wire = [Move(self.network_id, dst, offset, count) for dst, offset, count in moves]
         with self._mutex:
-            results = self._round_trip(op, wire)
+            results = self._survive_restart(op, wire)
             if op == Op.GRANT:
                 self._execute_grants(wire, results)
         return [
@@ -101,6 +106,17 @@ class Driver:
                       count=m.count, detail=r.detail)
             for m, r in zip(wire, results, strict=True)
         ]
+
+    def grant(self, dst_id: int, offset: int, count: int) -> Result:
+        """Fig 12 step 1203 alone: the lock and addresses, with the move left to the caller,
+        who must then MVXL, publish the commit and free the lock (see _execute_grants)."""
+        move = Move(self.network_id, dst_id, offset, count)
+        with self._mutex:
+            (result,) = self._round_trip(Op.GRANT, [move])
+        if result.status != Status.OK:
+            raise error_for(result.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
+                            count=count, detail=result.detail)
+        return result
 
     def _execute_grants(self, moves: list[Move], results: tuple[Result, ...]) -> None:
         """Fig 12 steps 1204-1205: MVXL each granted move, commit, free the lock, ring."""
@@ -113,6 +129,54 @@ class Driver:
             receive_area.publish_head(self.physical, self.by_id[dst].control, head)
             self.locks[dst].release()
             self.bells[dst].release()
+
+    def reconnect(self, request_fd: int, reply_fd: int) -> None:
+        """Fresh pipes to a restarted adapter (from the hypervisor); wakes a waiting request."""
+        old = (self.request_fd, self.reply_fd)
+        self.request_fd, self.reply_fd = request_fd, reply_fd
+        for fd in old:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._connected.set()
+
+    def _pair_seqs(self, moves: list[Move]) -> dict[int, int]:
+        """Last committed sequence number of each pair (me -> destination) in the request."""
+        me = self.by_id[self.network_id].index
+        return {m.dst_id: receive_area.read_seq(
+                    self.physical, self.layout.seq_address(me, self.by_id[m.dst_id].index))
+                for m in moves if m.dst_id in self.by_id}
+
+    def _survive_restart(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
+        """A round trip that outlives an adapter crash without losing or doubling a move.
+
+        If the adapter dies with our request in flight, wait for the restarted one (it has
+        settled every half-done commit before we are reconnected), then learn from the
+        per-pair sequence numbers whether our moves committed: committed ones are reported as
+        sent, the rest are sent again. A Fig 12 grant never commits without us, so it is
+        always sent again.
+        """
+        before = self._pair_seqs(moves)
+        try:
+            return self._round_trip(op, moves)
+        except AdapterGone:
+            self._connected.clear()
+            if not self._connected.wait(self.reconnect_wait):
+                raise
+        after = self._pair_seqs(moves) if op == Op.MOVE else before
+        committed: dict[int, int] = {d: after[d] - before[d] for d in before}
+        redo = [m for m in moves if committed.get(m.dst_id, 0) == 0]
+        redone = iter(self._round_trip(op, redo) if redo else ())
+        results = []
+        for m in moves:
+            if committed.get(m.dst_id, 0) > 0:
+                committed[m.dst_id] -= 1
+                before[m.dst_id] += 1
+                results.append(Result(Status.OK, seq=before[m.dst_id], count=m.count))
+            else:
+                results.append(next(redone))
+        return tuple(results)
 
     def _round_trip(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
         self._request_id = (self._request_id + 1) & 0xFFFFFFFF
