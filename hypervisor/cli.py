@@ -43,6 +43,34 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                  flows=flows))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from hypervisor.bench import BenchOptions, bench
+    from hypervisor.benchcore import parse_size
+
+    try:
+        sizes = None if args.sizes is None else tuple(parse_size(s) for s in
+                                                      args.sizes.split(","))
+    except ValueError as exc:
+        raise SystemExit(f"xpmove: --sizes: {exc}") from None
+    transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
+    if args.batch < 1:
+        raise SystemExit(f"xpmove: --batch {args.batch} must be >= 1")
+    if args.packets is not None and args.packets < 1:
+        raise SystemExit(f"xpmove: --packets {args.packets} must be >= 1")
+    if args.duration is not None and not args.duration > 0:
+        raise SystemExit(f"xpmove: --duration {args.duration} must be > 0")
+    options = BenchOptions(
+        transports=transports, sizes=sizes,
+        duration=args.duration if args.duration is not None else 2.0, packets=args.packets,
+        topology=args.topology, pairs=args.pairs, batch=args.batch, json_path=args.json,
+        plot_path=args.plot, command=" ".join(["xpmove", *sys.argv[1:]]))
+    width = None if sys.stdout.isatty() else 140  # keep lines and tables whole in logs
+    code, _ = bench(_config(args.config), options, Console(width=width))
+    return code
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed = RunRegistry().sweep()
     for name in removed:
@@ -63,6 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024, help="packet size in bytes (default 1024)")
     p.add_argument("--flows", default="fig11,fig12", help="comma list of fig11, fig12")
     p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("bench", help="Fig 14 load generator: S = dT/dC of the adapter's flows "
+                       "against the prior art (tcp, virtual switch)")
+    p.add_argument("--config", help="TOML machine config (default: built-in four partitions)")
+    p.add_argument("--transports", default="fig11,fig12,vswitch,tcp",
+                   help="comma list of fig11, fig12, vswitch, tcp (default: all four)")
+    p.add_argument("--sizes", default=None,
+                   help="comma list of packet sizes, e.g. 64,1KiB,64KiB (default 64, 1 KiB, "
+                        "64 KiB, 1 MiB, each capped to the largest packet the rings accept)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of sending per run (default 2)")
+    p.add_argument("--packets", type=int, default=None,
+                   help="packets per sender and destination per run (instead of --duration)")
+    p.add_argument("--topology", choices=("pairs", "all-to-all"), default="pairs",
+                   help="pairs: 1->2, 3->4, ... (default); all-to-all: every ordered pair")
+    p.add_argument("--pairs", default=None, help="explicit routes SRC:DST,... (overrides "
+                   "--topology), e.g. 1:2,3:4")
+    p.add_argument("--batch", type=int, default=1,
+                   help="packets per request (fig11/fig12: moves per adapter request; tcp/vswitch:"
+                        " frames per sendall); 1 = the patent's literal flow")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH.png", help="draw Fig 14 (needs matplotlib: "
+                   "pip install -e '.[plot]')")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("cleanup", help="unlink IPC names left by runs whose launcher died")
     p.set_defaults(func=cmd_cleanup)

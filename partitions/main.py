@@ -25,7 +25,18 @@ from hypervisor.memory import PhysicalMemory
 from partitions.driver import Driver
 from partitions.memory import PartitionView
 from partitions.receiver import Receiver
+from partitions.transports import (
+    AdapterFlow,
+    AdapterRing,
+    SwitchPort,
+    TcpLinks,
+    TcpListener,
+    TransportError,
+)
 from partitions.workload import PlanError, Traffic, TrafficPlan
+
+ADAPTER_FLOWS = ("fig11", "fig12")
+TRANSPORTS = (*ADAPTER_FLOWS, "tcp", "vswitch")
 
 
 def error_reply(exc: BaseException) -> dict:
@@ -45,7 +56,15 @@ class Partition:
         self.driver = Driver(self.network_id, self.memory.view, self.layout,
                              boot["request_fd"], boot["reply_fd"], locks, bells)
         self.receiver = Receiver(self.memory.view, self.own, bells[self.network_id])
-        self.traffic = Traffic(self.network_id, self.driver, self.receiver, self.view)
+        self.traffic = Traffic(self.network_id, self.view, self.own.receive_offset)
+        # Every transport this partition can send or receive with (partitions/transports.py).
+        self.ring = AdapterRing(self.receiver)
+        self.tcp_in = TcpListener()
+        self.tcp_out = TcpLinks(self.network_id)
+        self.switch = SwitchPort(self.network_id)
+        self.senders = {"fig11": AdapterFlow(self.driver, "fig11"),
+                        "fig12": AdapterFlow(self.driver, "fig12"),
+                        "tcp": self.tcp_out, "vswitch": self.switch}
         self.control = Channel(socket.socket(fileno=boot["control_fd"]))
         self.running = True
 
@@ -87,14 +106,70 @@ class Partition:
                                        "hex": packet.payload.hex()}}
 
     def cmd_traffic(self, msg: dict) -> dict:
-        plan = TrafficPlan.from_message(msg, self.own.receive_offset)
-        self.traffic.start_receiving()
-        self.traffic.start_sending(plan)
+        plan = TrafficPlan.from_message(msg, self.own.receive_offset, ADAPTER_FLOWS)
+        self.traffic.start_receiving(self.ring)
+        self.traffic.start_sending(plan, {f: self.senders[f] for f in plan.flows})
         return {"ok": True}
 
     def cmd_receive_on(self, msg: dict) -> dict:
-        self.traffic.start_receiving()
+        self.traffic.start_receiving(self.ring)
         return {"ok": True}
+
+    # -- load generator (hypervisor/bench.py): one transport per run ----------------------
+    def cmd_bench_open(self, msg: dict) -> dict:
+        """Start a run: zero the counters and get ready to receive on `transport`.
+
+        tcp: listen on a fresh loopback port (returned); vswitch: connect to the switch on
+        `vswitch_port` and wait for its acknowledgement; fig11/fig12: the receive ring.
+        """
+        transport = msg.get("transport")
+        if transport not in TRANSPORTS:
+            raise PlanError(f"transport: unknown {transport!r} (known: {list(TRANSPORTS)})")
+        self._close_sockets()
+        self.traffic.reset()
+        reply: dict = {"ok": True, "pid": os.getpid()}
+        try:
+            if transport in ADAPTER_FLOWS:
+                self.traffic.start_receiving(self.ring)
+            elif transport == "tcp":
+                reply["port"] = self.tcp_in.open()
+                self.traffic.start_receiving(self.tcp_in)
+            else:
+                self.switch.connect(int(msg["vswitch_port"]))
+                self.traffic.start_receiving(self.switch)
+        except (TransportError, OSError) as exc:
+            self._close_sockets()
+            return error_reply(exc)
+        return reply
+
+    def cmd_bench_send(self, msg: dict) -> dict:
+        """Send to `peers` on `transport` (tcp: connect to `ports` first), in a thread."""
+        transport = msg.get("transport")
+        plan = TrafficPlan.from_message({**msg, "flows": [transport]}, self.own.receive_offset,
+                                        TRANSPORTS)
+        try:
+            if transport == "tcp":
+                self.tcp_out.connect({int(k): int(v) for k, v in msg["ports"].items()})
+        except (TransportError, OSError) as exc:
+            return error_reply(exc)
+        self.traffic.start_sending(plan, {transport: self.senders[transport]})
+        return {"ok": True, "batch_used": self.traffic.batch_used}
+
+    def cmd_bench_count(self, msg: dict) -> dict:
+        return {"ok": True, **self.traffic.counts()}
+
+    def cmd_bench_close(self, msg: dict) -> dict:
+        """End a run: stop sending, close the run's sockets, report (with latency samples)."""
+        stopped = self.traffic.stop_sending()
+        self._close_sockets()
+        stats = self.traffic.snapshot(int(msg.get("latency_samples", 0)))
+        return {"ok": True, "stopped": stopped, "stats": stats}
+
+    def _close_sockets(self) -> None:
+        self.tcp_out.close()
+        for channel, endpoint in (("tcp", self.tcp_in), ("vswitch", self.switch)):
+            self.traffic.stop_receiving(channel)
+            endpoint.close()
 
     def cmd_stats(self, msg: dict) -> dict:
         return {"ok": True, "stats": self.traffic.snapshot(),
@@ -124,6 +199,7 @@ class Partition:
             pass  # the hypervisor is gone: so are we
         finally:
             self.traffic.stop()
+            self._close_sockets()
 
 
 def set_affinity(cpus: list[int] | None) -> None:

@@ -1,26 +1,37 @@
 """The built-in user workload: send verified packets to peers, verify every arrival.
 
-Runs inside a partition process on two threads: a sender that fills packets in the partition's
-own memory and hands them to the driver, and a receiver that sleeps on the doorbell and checks
-each record (source, per-pair sequence number, contents). Counters are plain ints updated by one
-thread each, read by the command loop for snapshots.
+Runs inside a partition process: one sender thread fills packets in the partition's own memory
+and hands them, a batch at a time, to a send transport (partitions/transports.py: the adapter's
+two flows, or the prior art's tcp and virtual switch); one receiver thread per receive endpoint
+checks each arrival (source, per-pair sequence number, contents) with the same memcmp-speed
+check whatever carried it. Counters are plain ints updated by one thread each, read by the
+command loop for snapshots.
+
+Sequence numbers are checked per *channel* (the adapter's rings, tcp, vswitch): each has its own
+per-pair numbering, which lives as long as the partition, so `reset()` between benchmark runs
+zeroes the counters but not the expected next sequence numbers.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
-from adapter.errors import XpmoveError
-from partitions.driver import FLOWS, Driver
 from partitions.memory import PartitionView
 from partitions.pattern import MIN_PACKET, Pattern
-from partitions.receiver import Receiver
+from partitions.transports import (
+    Batch,
+    ReceiveEndpoint,
+    SendTransport,
+    batch_capacity,
+    make_batch,
+)
 
-WAKE_TIMEOUT_S = 0.05  # receiver re-checks its stop flag at least this often
-LATENCY_SAMPLES = 100_000
+WAKE_TIMEOUT_S = 0.05  # receivers re-check their stop flag at least this often
+LATENCY_SAMPLES = 100_000  # kept per channel; beyond it every other sample is dropped
+JOIN_TIMEOUT_S = 10.0
 
 
 class PlanError(ValueError):
@@ -35,24 +46,29 @@ class TrafficPlan:
     packets: int | None  # per peer and flow; None = until `duration` or stop
     duration: float | None
     send_timeout: float = 5.0
+    batch: int = 1  # packets per request (adapter) or per sendall (sockets), to one peer
 
     @classmethod
-    def from_message(cls, msg: dict, view_size: int) -> TrafficPlan:
+    def from_message(cls, msg: dict, view_size: int, known_flows=("fig11", "fig12")
+                     ) -> TrafficPlan:
         peers = tuple(int(p) for p in msg.get("peers", ()))
         flows = tuple(msg.get("flows", ("fig11",)))
         size = int(msg.get("size", 256))
         packets = msg.get("packets")
         duration = msg.get("duration")
+        batch = int(msg.get("batch", 1))
         for f in flows:
-            if f not in FLOWS:
-                raise PlanError(f"flows: unknown flow {f!r} (known: {sorted(FLOWS)})")
+            if f not in known_flows:
+                raise PlanError(f"flows: unknown flow {f!r} (known: {sorted(known_flows)})")
         if not MIN_PACKET <= size <= view_size:
             raise PlanError(f"size: {size} must be in [{MIN_PACKET}, {view_size}]")
         if packets is None and duration is None:
             raise PlanError("packets/duration: give at least one bound")
+        if batch < 1:
+            raise PlanError(f"batch: {batch} must be >= 1")
         return cls(peers, flows, size, None if packets is None else int(packets),
                    None if duration is None else float(duration),
-                   float(msg.get("send_timeout", 5.0)))
+                   float(msg.get("send_timeout", 5.0)), batch)
 
 
 @dataclass
@@ -62,114 +78,226 @@ class ReceiveStats:
     corrupt: int = 0
     gaps: int = 0
     duplicates: int = 0
-    last_seq: dict = field(default_factory=dict)
     latencies_ns: list = field(default_factory=list)
+    latency_stride: int = 1
+    arrivals: int = 0
+
+
+class _ReceiveThread:
+    def __init__(self, endpoint: ReceiveEndpoint, handler, name: str):
+        self.endpoint = endpoint
+        self.stop = threading.Event()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._loop, args=(handler,), daemon=True,
+                                       name=name)
+        self.thread.start()
+
+    def _loop(self, handler) -> None:
+        try:
+            while not self.stop.is_set():
+                self.endpoint.poll(handler, WAKE_TIMEOUT_S)
+        except Exception as exc:  # reported by counts(); closed under us at stop is normal
+            if not self.stop.is_set():
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join(JOIN_TIMEOUT_S)
 
 
 class Traffic:
-    def __init__(self, network_id: int, driver: Driver, receiver: Receiver, view: PartitionView):
+    def __init__(self, network_id: int, view: PartitionView, sender_space: int):
         self.network_id = network_id
-        self.driver = driver
-        self.receiver = receiver
         self.view = view
+        self.sender_space = sender_space  # [0, sender_space) of own memory holds packets
         self.pattern = Pattern(view.layout.receive_offset)
+        self._last_seq: dict[tuple[str, int], int] = {}
+        self._receivers: dict[str, _ReceiveThread] = {}
+        self._rx: dict[str, ReceiveStats] = {}
+        self.sender_done = threading.Event()
+        self.sender_done.set()
+        self._send_stop = threading.Event()
+        self._transports: dict[str, SendTransport] = {}
+        self.batch_used = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters (between benchmark runs); sequence expectations are kept."""
+        if not self.sender_done.is_set():
+            raise PlanError("reset: the sender is still running")
         self.sent: Counter = Counter()
         self.bytes_out = 0
         self.errors: Counter = Counter()
-        self.rx = ReceiveStats()
-        self.sender_done = threading.Event()
-        self.sender_done.set()
-        self._stop = threading.Event()
-        self._receiver_thread: threading.Thread | None = None
+        for rx in self._rx.values():
+            fresh = ReceiveStats()
+            rx.__dict__.update(fresh.__dict__)
 
     # -- receive side --------------------------------------------------------------------
-    def start_receiving(self) -> None:
-        if self._receiver_thread is None:
-            self._receiver_thread = threading.Thread(target=self._receive_loop, daemon=True,
-                                                     name="receiver")
-            self._receiver_thread.start()
-
-    def _on_packet(self, source_id: int, seq: int, payload: memoryview) -> None:
-        rx = self.rx
-        ok, _counter, sent_ns = self.pattern.check(payload, source_id, self.network_id)
-        if not ok:
-            rx.corrupt += 1
+    def start_receiving(self, endpoint: ReceiveEndpoint) -> None:
+        channel = endpoint.channel
+        if channel in self._receivers:
             return
-        last = rx.last_seq.get(source_id, 0)
-        if seq <= last:
-            rx.duplicates += 1
-            return
-        if seq != last + 1:
-            rx.gaps += seq - last - 1
-        rx.last_seq[source_id] = seq
-        rx.received[source_id] += 1
-        rx.bytes_in += len(payload)
-        if len(rx.latencies_ns) < LATENCY_SAMPLES:
-            rx.latencies_ns.append(time.monotonic_ns() - sent_ns)
+        rx = self._rx.setdefault(channel, ReceiveStats())
+        self._receivers[channel] = _ReceiveThread(
+            endpoint, self._make_handler(channel, rx), f"receiver-{channel}")
 
-    def _receive_loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.receiver.drain(self._on_packet):
-                self.receiver.wait(WAKE_TIMEOUT_S)
+    def stop_receiving(self, channel: str) -> None:
+        receiver = self._receivers.pop(channel, None)
+        if receiver is not None:
+            receiver.join()
+            if receiver.error:
+                self.errors[f"receiver-{channel}"] += 1
+
+    def _make_handler(self, channel: str, rx: ReceiveStats):
+        check = self.pattern.check
+        own = self.network_id
+        last_seq = self._last_seq
+        clock = time.monotonic_ns
+
+        def on_packet(source_id: int, seq: int, payload: memoryview) -> None:
+            ok, _counter, sent_ns = check(payload, source_id, own)
+            if not ok:
+                rx.corrupt += 1
+                return
+            key = (channel, source_id)
+            last = last_seq.get(key, 0)
+            if seq <= last:
+                rx.duplicates += 1
+                return
+            if seq != last + 1:
+                rx.gaps += seq - last - 1
+            last_seq[key] = seq
+            rx.received[source_id] += 1
+            rx.bytes_in += len(payload)
+            rx.arrivals += 1
+            if rx.arrivals % rx.latency_stride == 0:
+                rx.latencies_ns.append(clock() - sent_ns)
+                if len(rx.latencies_ns) >= LATENCY_SAMPLES:
+                    del rx.latencies_ns[::2]
+                    rx.latency_stride *= 2
+
+        return on_packet
 
     # -- send side -----------------------------------------------------------------------
-    def start_sending(self, plan: TrafficPlan) -> None:
+    def start_sending(self, plan: TrafficPlan, transports: dict[str, SendTransport]) -> None:
         if not self.sender_done.is_set():
             raise PlanError("traffic: already sending")
+        missing = [f for f in plan.flows if f not in transports]
+        if missing:
+            raise PlanError(f"flows: no transport for {missing}")
+        batches = {}
+        n = plan.batch
+        for flow in plan.flows:
+            room = transports[flow].header_room
+            try:
+                n = min(n, batch_capacity(self.sender_space, plan.size, room, plan.batch))
+            except ValueError as exc:
+                raise PlanError(str(exc)) from None
+        region = self.view.buffer(0, self.sender_space)
+        for flow in plan.flows:
+            batches[flow] = make_batch(region, plan.size, transports[flow].header_room, n)
+        self.batch_used = n
+        self._transports = transports
+        self._send_stop = threading.Event()
         self.sender_done.clear()
-        threading.Thread(target=self._send_loop, args=(plan,), daemon=True, name="sender").start()
+        threading.Thread(target=self._send_loop, args=(plan, batches, self._send_stop),
+                         daemon=True, name="sender").start()
 
-    def _send_loop(self, plan: TrafficPlan) -> None:
-        counters: dict[int, int] = defaultdict(int)
-        buf = self.view.buffer(0, plan.size)
+    def _send_loop(self, plan: TrafficPlan, batches: dict[str, Batch],
+                   stop: threading.Event) -> None:
+        counters: Counter = Counter()
+        fill = self.pattern.fill
+        me = self.network_id
+        clock = time.monotonic_ns
         end = None if plan.duration is None else time.monotonic() + plan.duration
-        rounds = 0
+        done = 0  # packets per peer and flow so far
+        n = self.batch_used
         try:
-            while not self._stop.is_set():
-                if plan.packets is not None and rounds >= plan.packets:
+            while not stop.is_set():
+                if plan.packets is not None and done >= plan.packets:
                     break
                 if end is not None and time.monotonic() >= end:
                     break
+                k = n if plan.packets is None else min(n, plan.packets - done)
                 for peer in plan.peers:
                     for flow in plan.flows:
-                        counters[peer] += 1
-                        self.pattern.fill(buf, self.network_id, peer, counters[peer],
-                                          time.monotonic_ns())
-                        try:
-                            self.driver.send(peer, 0, plan.size, flow, timeout=plan.send_timeout)
-                        except XpmoveError as exc:
-                            self.errors[type(exc).__name__] += 1
-                            counters[peer] -= 1
-                            continue
-                        self.sent[peer] += 1
-                        self.bytes_out += plan.size
-                rounds += 1
+                        batch = batches[flow].prefix(k)
+                        c = counters[peer]
+                        for slot in batch.slots:
+                            c += 1
+                            fill(slot.payload, me, peer, c, clock())
+                        counters[peer] = c
+                        sent = self._transports[flow].send(peer, batch, self.errors,
+                                                           plan.send_timeout, stop)
+                        self.sent[peer] += sent
+                        self.bytes_out += sent * plan.size
+                done += k
+        except Exception as exc:  # a broken transport ends this run, reported as an error
+            self.errors[f"sender: {type(exc).__name__}: {exc}"] += 1
         finally:
-            buf.release()
             self.sender_done.set()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.sender_done.wait(10)
-        if self._receiver_thread is not None:
-            self._receiver_thread.join(10)
+    def stop_sending(self) -> bool:
+        """Stop the sender; if it is stuck in a transport, close that transport. True if done."""
+        self._send_stop.set()
+        if self.sender_done.wait(1.0):
+            return True
+        for transport in self._transports.values():
+            transport.close()
+        return self.sender_done.wait(JOIN_TIMEOUT_S)
 
-    def snapshot(self) -> dict:
-        lat = sorted(self.rx.latencies_ns)
+    def stop(self) -> None:
+        self.stop_sending()
+        for channel in list(self._receivers):
+            self.stop_receiving(channel)
+
+    # -- reports -------------------------------------------------------------------------
+    def counts(self) -> dict:
+        """The cheap counters the load generator polls while a run goes on."""
+        rxs = list(self._rx.values())
+        return {
+            "sent": sum(self.sent.values()),
+            "bytes_out": self.bytes_out,
+            "failed": sum(self.errors.values()),
+            "received": sum(sum(rx.received.values()) for rx in rxs),
+            "bytes_in": sum(rx.bytes_in for rx in rxs),
+            "corrupt": sum(rx.corrupt for rx in rxs),
+            "gaps": sum(rx.gaps for rx in rxs),
+            "duplicates": sum(rx.duplicates for rx in rxs),
+            "sender_done": self.sender_done.is_set(),
+            "receiver_errors": {c: r.error for c, r in self._receivers.items() if r.error},
+        }
+
+    def latencies_us(self, limit: int) -> list[float]:
+        """Up to `limit` latency samples (microseconds), evenly spread over the run."""
+        lat = [x for rx in self._rx.values() for x in rx.latencies_ns]
+        step = max(1, -(-len(lat) // limit)) if limit > 0 else len(lat) + 1
+        return [x / 1000 for x in lat[::step]]
+
+    def snapshot(self, latency_samples: int = 0) -> dict:
+        lat = sorted(x for rx in self._rx.values() for x in rx.latencies_ns)
 
         def pct(q: float) -> float:
             return lat[min(len(lat) - 1, int(q * len(lat)))] / 1000 if lat else 0.0
 
-        return {
+        received: Counter = Counter()
+        for rx in self._rx.values():
+            received.update(rx.received)
+        counts = self.counts()
+        snap = {
             "sent": {str(k): v for k, v in self.sent.items()},
             "bytes_out": self.bytes_out,
-            "received": {str(k): v for k, v in self.rx.received.items()},
-            "bytes_in": self.rx.bytes_in,
-            "corrupt": self.rx.corrupt,
-            "gaps": self.rx.gaps,
-            "duplicates": self.rx.duplicates,
+            "received": {str(k): v for k, v in received.items()},
+            "bytes_in": counts["bytes_in"],
+            "corrupt": counts["corrupt"],
+            "gaps": counts["gaps"],
+            "duplicates": counts["duplicates"],
             "errors": dict(self.errors),
             "sender_done": self.sender_done.is_set(),
             "latency_p50_us": pct(0.5),
             "latency_p99_us": pct(0.99),
+            "batch_used": self.batch_used,
         }
+        if latency_samples:
+            snap["latency_samples_us"] = self.latencies_us(latency_samples)
+        return snap

@@ -1,0 +1,654 @@
+"""`xpmove bench`: the load generator of Fig 14, the invention side by side with the prior art.
+
+One machine, one run per (packet size, transport), sizes in the outer loop so the transports
+of one size are measured back to back under the same conditions:
+
+* ``fig11`` / ``fig12``: partitions move packets through the cross-partition adapter.
+* ``vswitch``: the prior art of Fig 7B, TCP on loopback through a virtual switch process that
+  the bench starts next to the machine (hypervisor/vswitch.py).
+* ``tcp``: the prior art without the switch, partition to partition over TCP on loopback.
+
+The same partition processes send the same packets (partitions/pattern.py) and verify every
+one with the same check; partitions/transports.py holds all per-transport code.
+
+While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and verified, asked
+of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
+partitions, the adapter for fig11/fig12, the switch for vswitch, and this process, whose
+polling is thus charged to every transport alike). S = dT/dC is fitted by
+hypervisor.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was lost
+or corrupt (or a run failed), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psutil
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from adapter.ring import max_payload
+from hypervisor import benchcore
+from hypervisor.benchcore import Sample, SlopeError, human_size, interval_line, si
+from hypervisor.config import MachineConfig
+from hypervisor.layout import SegmentLayout
+from hypervisor.machine import Machine, MachineError
+from hypervisor.names import RunRegistry
+from partitions.pattern import MIN_PACKET
+from partitions.transports import FRAME
+
+TRANSPORTS = ("fig11", "fig12", "vswitch", "tcp")
+ADAPTER_FLOWS = ("fig11", "fig12")
+DEFAULT_SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
+SAMPLE_S = 0.1
+REPORT_S = 0.5
+DRAIN_TIMEOUT_S = 15.0  # after the senders stop, how long receivers may take to catch up
+PACKETS_TIMEOUT_S = 120.0  # a --packets run that takes longer than this is cut off
+LATENCY_SAMPLES = 20_000  # per receiver, for the pooled percentiles
+MEMCPY_BLOCK = 1 << 20
+MEMCPY_SECONDS = 0.3
+SWITCH_TIMEOUT_S = 10.0
+
+
+class BenchError(RuntimeError):
+    """A run could not be carried out (a partition refused, a process died)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    transports: tuple[str, ...] = TRANSPORTS
+    sizes: tuple[int, ...] | None = None  # None: DEFAULT_SIZES, capped to what the rings take
+    duration: float | None = 2.0  # seconds of sending per run (ignored with packets)
+    packets: int | None = None  # per sender and destination
+    topology: str = "pairs"
+    pairs: str | None = None  # explicit "1:2,3:4", overrides topology
+    batch: int = 1
+    json_path: str | None = None
+    plot_path: str | None = None
+    warmup: float = benchcore.WARMUP
+    tail: float = benchcore.TAIL
+    command: str = ""
+
+
+# -- processes on the path --------------------------------------------------------------------
+
+
+class VSwitchProcess:
+    """The virtual switch child: started and stopped (always reaped) by the bench."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.final: dict = {}
+
+    def start(self) -> VSwitchProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "hypervisor.vswitch"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = _read_line(self.proc, SWITCH_TIMEOUT_S)
+        parts = line.split()
+        if len(parts) != 4 or parts[:2] != ["vswitch", "listening"]:
+            self.stop()
+            raise BenchError(f"vswitch did not start (said {line!r}, exit {self.proc.poll()})")
+        self.port = int(parts[3])
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> dict:
+        """EOF on its stdin stops it; it answers with its counters. Always reaped."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return self.final
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            line = _read_line(proc, SWITCH_TIMEOUT_S)
+            try:
+                self.final = json.loads(line) if line else {}
+            except ValueError:
+                self.final = {"unparsed": line}
+            proc.wait(SWITCH_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        return self.final
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of a child's stdout, waiting at most `timeout` (never blocks past it)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    out = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in out:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        out += chunk
+    return out.decode(errors="replace").strip()
+
+
+class CpuMeter:
+    """Sum of user + system CPU seconds of a fixed set of processes (psutil)."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def by_process(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                t = proc.cpu_times()
+            except psutil.Error as exc:
+                raise BenchError(f"{name} (pid {proc.pid}) is gone: {exc}") from None
+            out[name] = t.user + t.system
+        return out
+
+    def total(self) -> float:
+        return sum(self.by_process().values())
+
+
+def memcpy_bandwidth(memory: memoryview, src: int, dst: int, block: int = MEMCPY_BLOCK,
+                     seconds: float = MEMCPY_SECONDS) -> float:
+    """Bytes per second of repeated `block`-byte memoryview copies between two segment places."""
+    with memory[src:src + block] as a, memory[dst:dst + block] as b:
+        b[:] = a  # fault the pages in
+        copies = 0
+        start = time.perf_counter()
+        while True:
+            for _ in range(8):
+                b[:] = a
+            copies += 8
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return copies * block / elapsed
+
+
+def host_info(machine: Machine) -> dict:
+    by_index = sorted(machine.layout.partitions, key=lambda p: p.index)
+    src, dst = by_index[0].base, by_index[1 % len(by_index)].base
+    if src == dst:
+        dst = src + MEMCPY_BLOCK
+    assert machine.memory is not None
+    bw = memcpy_bandwidth(machine.memory.view, src, dst)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "memcpy_GBps": bw / 1e9,
+        "memcpy_block_bytes": MEMCPY_BLOCK,
+        "memcpy_note": "repeated 1 MiB memoryview slice copies between two partitions' "
+                       "regions of the shared segment, in the bench process",
+    }
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunPlan:
+    transport: str
+    size: int
+    routes: list[tuple[int, int]]
+
+    @property
+    def senders(self) -> list[int]:
+        return sorted({s for s, _ in self.routes})
+
+    @property
+    def receivers(self) -> list[int]:
+        return sorted({d for _, d in self.routes})
+
+    @property
+    def participants(self) -> list[int]:
+        return sorted(set(self.senders) | set(self.receivers))
+
+    def peers(self, sender: int) -> list[int]:
+        return [d for s, d in self.routes if s == sender]
+
+    @property
+    def label(self) -> str:
+        return f"{self.transport:>7} {human_size(self.size):>7}"
+
+
+@dataclass
+class Bench:
+    machine: Machine
+    options: BenchOptions
+    console: Console
+    switch: VSwitchProcess | None = None
+    progress: Progress | None = None
+    runs: list[dict] = field(default_factory=list)
+
+    def call(self, nid: int, msg: dict) -> dict:
+        reply = self.machine.call(nid, msg)
+        if not reply.get("ok"):
+            raise BenchError(f"partition {nid} refused {msg.get('cmd')!r}: "
+                             f"{reply.get('error')}: {reply.get('message')}")
+        return reply
+
+    def path_pids(self, transport: str) -> dict[str, int]:
+        pids = {"bench": os.getpid()}
+        for nid, child in self.machine.partitions.items():
+            pids[f"partition {nid} ({child.name})"] = self.machine.pid(nid)
+        if transport in ADAPTER_FLOWS:
+            pids["adapter"] = self.machine.pid()
+        if transport == "vswitch":
+            assert self.switch is not None
+            pids["vswitch"] = self.switch.pid
+        return pids
+
+    def run(self, plan: RunPlan) -> dict:
+        o = self.options
+        ports: dict[int, int] = {}
+        for nid in plan.participants:
+            msg = {"cmd": "bench_open", "transport": plan.transport}
+            if plan.transport == "vswitch":
+                assert self.switch is not None
+                msg["vswitch_port"] = self.switch.port
+            reply = self.call(nid, msg)
+            if "port" in reply:
+                ports[nid] = reply["port"]
+        stats: dict[int, dict] = {}
+        try:
+            meter = CpuMeter(self.path_pids(plan.transport))
+            cpu0 = meter.by_process()
+            t0 = time.monotonic()
+            batch_used = o.batch
+            for s in plan.senders:
+                peers = plan.peers(s)
+                reply = self.call(s, {
+                    "cmd": "bench_send", "transport": plan.transport, "peers": peers,
+                    "size": plan.size, "batch": o.batch, "packets": o.packets,
+                    "duration": None if o.packets is not None else o.duration,
+                    "ports": {str(d): ports[d] for d in peers if d in ports}})
+                batch_used = min(batch_used, reply.get("batch_used", o.batch))
+            samples, sent, failed = self._sample(plan, meter, t0)
+            cpu1 = meter.by_process()
+        finally:
+            for nid in plan.participants:
+                try:
+                    stats[nid] = self.call(nid, {"cmd": "bench_close",
+                                                 "latency_samples": LATENCY_SAMPLES})["stats"]
+                except (BenchError, MachineError) as exc:
+                    self.console.print(f"[red]closing the run on partition {nid}: {exc}")
+        return self._result(plan, samples, sent, failed, stats, batch_used,
+                            {k: cpu1[k] - cpu0[k] for k in cpu0})
+
+    def _counts(self, plan: RunPlan) -> dict[int, dict]:
+        return {nid: self.call(nid, {"cmd": "bench_count"}) for nid in plan.participants}
+
+    def _sample(self, plan: RunPlan, meter: CpuMeter, t0: float
+                ) -> tuple[list[Sample], int, int]:
+        o = self.options
+        cpu0 = meter.total()
+        samples = [Sample(0.0, 0.0, 0, 0, True)]
+        expected = None if o.packets is None else o.packets * len(plan.routes)
+        limit = PACKETS_TIMEOUT_S if o.packets is not None else (o.duration or 0) + \
+            DRAIN_TIMEOUT_S
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(plan.label, total=expected or o.duration or 1)
+        last_report = samples[0]
+        drain_deadline = None
+        next_at = t0 + SAMPLE_S
+        try:
+            while True:
+                time.sleep(max(0.0, next_at - time.monotonic()))  # pacing the samples
+                next_at += SAMPLE_S
+                counts = self._counts(plan)
+                cpu = meter.total() - cpu0
+                now = time.monotonic() - t0
+                received = sum(counts[r]["received"] for r in plan.receivers)
+                nbytes = sum(counts[r]["bytes_in"] for r in plan.receivers)
+                bad = sum(counts[r]["corrupt"] + counts[r]["duplicates"] for r in plan.receivers)
+                sent = sum(counts[s]["sent"] for s in plan.senders)
+                failed = sum(counts[s]["failed"] for s in plan.senders)
+                done = [counts[s]["sender_done"] for s in plan.senders]
+                broken = {n: c["receiver_errors"] for n, c in counts.items()
+                          if c.get("receiver_errors")}
+                if broken:
+                    raise BenchError(f"receiver failed during {plan.transport} "
+                                     f"{human_size(plan.size)}: {broken}")
+                samples.append(Sample(now, cpu, received, nbytes, not any(done)))
+                if now - last_report.wall_s >= REPORT_S - 1e-6:
+                    last = samples[-1]
+                    self._print(interval_line(plan.label, last_report.wall_s, last.wall_s,
+                                              last.packets - last_report.packets,
+                                              last.bytes - last_report.bytes,
+                                              last.cpu_s - last_report.cpu_s))
+                    last_report = last
+                if self.progress is not None and task is not None:
+                    self.progress.update(task, completed=received if expected else min(
+                        now, o.duration or 1))
+                dead = self.machine.poll()
+                if dead:
+                    raise BenchError(f"{', '.join(c.name for c in dead)} died during "
+                                     f"{plan.transport} {plan.size} B")
+                if self.switch is not None and self.switch.proc is not None \
+                        and self.switch.proc.poll() is not None:
+                    raise BenchError("the virtual switch died")
+                if all(done):
+                    if received + bad >= sent:
+                        break
+                    drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
+                    if time.monotonic() > drain_deadline:
+                        self._print(f"[red]{plan.label}: receivers still miss "
+                                    f"{sent - received - bad} packets after {DRAIN_TIMEOUT_S} s")
+                        break
+                if now > limit:
+                    self._print(f"[red]{plan.label}: cut off after {limit:.0f} s")
+                    break
+        finally:
+            if self.progress is not None and task is not None:
+                self.progress.remove_task(task)
+        return samples, sent, failed
+
+    def _print(self, text: str) -> None:
+        (self.progress.console if self.progress is not None else self.console).print(
+            text, highlight=False)
+
+    def _result(self, plan: RunPlan, samples: list[Sample], sent: int, failed: int,
+                stats: dict[int, dict], batch_used: int, cpu_by: dict[str, float]) -> dict:
+        o = self.options
+        rx = [stats.get(r, {}) for r in plan.receivers]
+        packets = sum(sum(s.get("received", {}).values()) for s in rx)
+        nbytes = sum(s.get("bytes_in", 0) for s in rx)
+        corrupt = sum(s.get("corrupt", 0) + s.get("duplicates", 0) for s in rx)
+        errors: dict[str, int] = {}
+        for s in stats.values():
+            for k, v in s.get("errors", {}).items():
+                errors[k] = errors.get(k, 0) + v
+        sent = max(sent, sum(sum(stats.get(s, {}).get("sent", {}).values())
+                             for s in plan.senders))
+        attempted = sent + sum(errors.values())
+        lost = max(0, attempted - packets - corrupt)
+        latencies = [x for s in rx for x in s.get("latency_samples_us", [])]
+        last = samples[-1]
+        try:
+            fit = benchcore.fit_s(samples, o.warmup, o.tail)
+            s_value, fit_info = fit.s, {"first": fit.first, "last": fit.last,
+                                        "samples": fit.used, "steady": fit.steady}
+        except SlopeError as exc:
+            s_value, fit_info = 0.0, {"error": str(exc)}
+        wall = max(last.wall_s, 1e-9)
+        return {
+            "transport": plan.transport,
+            "packet_size": plan.size,
+            "packets": packets,
+            "bytes": nbytes,
+            "cpu_s": last.cpu_s,
+            "wall_s": last.wall_s,
+            "S": s_value,
+            "pps": packets / wall,
+            "bytes_per_s": nbytes / wall,
+            "latency_p50_us": benchcore.percentile(latencies, 0.50),
+            "latency_p99_us": benchcore.percentile(latencies, 0.99),
+            "lost": lost,
+            "corrupt": corrupt,
+            "series": [[round(s.cpu_s, 5), s.packets] for s in samples],
+            # more than the required shape:
+            "wall_series": [round(s.wall_s, 4) for s in samples],
+            "fit": fit_info,
+            "sent": sent,
+            "send_errors": errors,
+            "gaps": sum(s.get("gaps", 0) for s in rx),
+            "routes": [list(r) for r in plan.routes],
+            "batch": o.batch,
+            "batch_used": batch_used,
+            "cpu_by_process": {k: round(v, 4) for k, v in cpu_by.items()},
+            "latency_samples": len(latencies),
+        }
+
+
+# -- summary, JSON, plot ----------------------------------------------------------------------
+
+
+def relative_to_tcp(runs: list[dict]) -> None:
+    tcp = {r["packet_size"]: r["S"] for r in runs if r["transport"] == "tcp"}
+    for r in runs:
+        base = tcp.get(r["packet_size"])
+        r["S_vs_tcp"] = r["S"] / base if base and r["S"] else None
+
+
+def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Table]:
+    detail = Table(title="Fig 14: S = dT/dC = packets delivered and verified per CPU-second "
+                         "of every process on the path")
+    for col in ("transport", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s",
+                "MB/s", "%memcpy", "p50 us", "p99 us", "lost", "corrupt"):
+        detail.add_column(col, justify="left" if col == "transport" else "right",
+                          no_wrap=True)
+    for r in runs:
+        rel = r.get("S_vs_tcp")
+        detail.add_row(
+            r["transport"], human_size(r["packet_size"]), f"{r['packets']:,}",
+            f"{r['cpu_s']:.2f}", f"{r['wall_s']:.2f}", _s_cell(r),
+            f"{rel:.2f}x" if rel else "-", f"{r['pps']:,.0f}", f"{r['bytes_per_s'] / 1e6:,.1f}",
+            f"{100 * r['bytes_per_s'] / (memcpy_gbps * 1e9):.1f}" if memcpy_gbps else "-",
+            f"{r['latency_p50_us']:,.0f}", f"{r['latency_p99_us']:,.0f}",
+            _flag(r["lost"]), _flag(r["corrupt"]))
+    sizes = sorted({r["packet_size"] for r in runs})
+    transports = list(dict.fromkeys(r["transport"] for r in runs))
+    matrix = Table(title="S by packet size (x tcp)")
+    matrix.add_column("transport")
+    for size in sizes:
+        matrix.add_column(human_size(size), justify="right")
+    by = {(r["transport"], r["packet_size"]): r for r in runs}
+    for t in transports:
+        cells = []
+        for size in sizes:
+            r = by.get((t, size))
+            if r is None:
+                cells.append("-")
+                continue
+            rel = r.get("S_vs_tcp")
+            cells.append(_s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
+        matrix.add_row(t, *cells)
+    return [detail, matrix]
+
+
+def _s_cell(r: dict, fmt=lambda x: f"{x:,.0f}") -> str:
+    return "-" if "error" in r.get("fit", {}) else fmt(r["S"])
+
+
+def _flag(n: int) -> str:
+    return "0" if n == 0 else f"[bold red]{n}"
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("xpmove bench: --plot needs matplotlib, the optional 'plot' extra: "
+                         "pip install -e '.[plot]'") from None
+
+
+def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
+    """Cumulative packets (y) against CPU seconds (x): a panel per size, a line per transport."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["packet_size"] for r in runs})
+    transports = list(dict.fromkeys(r["transport"] for r in runs))
+    colors = dict(zip(transports, ("tab:blue", "tab:green", "tab:red", "tab:orange",
+                                   "tab:purple", "tab:brown"), strict=False))
+    cols = 2 if len(sizes) > 1 else 1
+    rows = -(-len(sizes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, size in zip(axes.flat, sizes, strict=False):
+        for r in runs:
+            if r["packet_size"] != size:
+                continue
+            xs = [p[0] for p in r["series"]]
+            ys = [p[1] for p in r["series"]]
+            ax.plot(xs, ys, color=colors.get(r["transport"]), linewidth=1.6,
+                    label=f"{r['transport']}: S = {si(r['S'])} pkt/CPU-s")
+        ax.set_title(f"packet size {human_size(size)}", fontsize=10)
+        ax.set_xlabel("CPU seconds consumed (C)", fontsize=9)
+        ax.set_ylabel("packets delivered (T)", fontsize=9)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 4))
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    for ax in list(axes.flat)[len(sizes):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "Fig 14: cumulative packets against CPU consumed (S = dT/dC)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def size_limit(layout: SegmentLayout, transports: tuple[str, ...]) -> tuple[int, str]:
+    """The largest packet every partition can send (sender area) and receive (its ring)."""
+    limit, why = None, ""
+    for p in layout.partitions:
+        for cap, what in ((p.receive_offset - FRAME.size, f"sender area of {p.name}"),
+                          (max_payload(p.receive_size) if any(
+                              t in ADAPTER_FLOWS for t in transports) else None,
+                           f"{human_size(p.receive_size)} receive ring of {p.name}")):
+            if cap is not None and (limit is None or cap < limit):
+                limit, why = cap, what
+    assert limit is not None
+    return limit, why
+
+
+def choose_sizes(options: BenchOptions, layout: SegmentLayout, console: Console
+                 ) -> tuple[int, ...]:
+    """The run's packet sizes: given ones are checked, default ones capped to the limit."""
+    limit, why = size_limit(layout, options.transports)
+    if options.sizes is None:
+        sizes = tuple(dict.fromkeys(min(s, limit) for s in DEFAULT_SIZES))
+        for s in DEFAULT_SIZES:
+            if s > limit:
+                console.print(f"note: default size {human_size(s)} capped to {limit:,} B, the "
+                              f"largest packet the {why} accepts")
+        return sizes
+    for size in options.sizes:
+        if size < MIN_PACKET:
+            raise SystemExit(f"xpmove bench: --sizes: {size} is below the minimum packet of "
+                             f"{MIN_PACKET} bytes")
+        if size > limit:
+            raise SystemExit(f"xpmove bench: --sizes: {size:,} B is larger than the {why} "
+                             f"accepts ({limit:,} B)")
+    return options.sizes
+
+
+def bench(config: MachineConfig, options: BenchOptions, console: Console | None = None,
+          registry: RunRegistry | None = None) -> tuple[int, dict]:
+    """Run every (size, transport); return (exit status, results in the --json shape)."""
+    console = console or Console()
+    for t in options.transports:
+        if t not in TRANSPORTS:
+            raise SystemExit(f"xpmove bench: --transports: unknown {t!r} (use {TRANSPORTS})")
+    if options.plot_path:
+        require_matplotlib()
+    machine = Machine(config, registry=registry)
+    sizes = choose_sizes(options, machine.layout, console)
+    ids = [p.network_id for p in config.partitions]
+    try:
+        route_list = (benchcore.parse_routes(options.pairs, ids) if options.pairs
+                      else benchcore.routes(ids, options.topology))
+    except ValueError as exc:
+        raise SystemExit(f"xpmove bench: {exc}") from None
+    switch = VSwitchProcess() if "vswitch" in options.transports else None
+    results: dict = {"runs": [], "host": {}}
+    interrupted = failed = False
+    try:
+        try:
+            machine.start()
+            if switch is not None:
+                switch.start()
+            results["host"] = host_info(machine)
+            console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
+                          f"partitions; routes {', '.join(f'{s}->{d}' for s, d in route_list)}; "
+                          f"batch {options.batch}; memcpy "
+                          f"{results['host']['memcpy_GBps']:.1f} GB/s")
+            b = Bench(machine, options, console, switch)
+            plans = [RunPlan(t, size, route_list) for size in sizes
+                     for t in options.transports]
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed:,.1f}/{task.total:,.1f}"),
+                          TimeElapsedColumn(), console=console, transient=True,
+                          refresh_per_second=4) as progress:
+                b.progress = progress
+                overall = progress.add_task("runs", total=len(plans))
+                for plan in plans:
+                    results["runs"].append(b.run(plan))
+                    progress.advance(overall)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: stopping the machine")
+        except (BenchError, MachineError) as exc:
+            failed = True
+            console.print(f"[red]bench failed: {exc}")
+    finally:
+        if switch is not None:
+            results["vswitch"] = switch.stop()
+        machine.stop()
+    runs = results["runs"]
+    relative_to_tcp(runs)
+    results["method"] = {
+        "T": "packets delivered and verified (Pattern.check) at the receivers",
+        "C": "user+system CPU seconds (psutil) of all partitions, the adapter (fig11/fig12), "
+             "the virtual switch (vswitch) and the bench process, since the run started",
+        "S": "least-squares slope of T over C on the samples taken while every sender was "
+             f"still sending, minus the first {options.warmup:.0%} and last {options.tail:.0%} "
+             "of them (all samples if fewer than 3 remain)",
+        "sample_interval_s": SAMPLE_S,
+        "warmup_fraction": options.warmup,
+        "tail_fraction": options.tail,
+    }
+    results["options"] = {"transports": list(options.transports), "sizes": list(sizes),
+                          "duration": options.duration, "packets": options.packets,
+                          "topology": options.pairs or options.topology, "batch": options.batch,
+                          "command": options.command}
+    if runs:
+        for table in summary_tables(runs, results["host"].get("memcpy_GBps", 0.0)):
+            console.print(table)
+    if options.json_path:
+        with open(options.json_path, "w") as f:
+            json.dump(results, f, indent=1)
+        console.print(f"results written to {options.json_path}")
+    if options.plot_path and runs:
+        plot_fig14(runs, options.plot_path)
+        console.print(f"Fig 14 drawn to {options.plot_path}")
+    bad = [r for r in runs if r["lost"] or r["corrupt"]]
+    for r in bad:
+        console.print(f"[red]{r['transport']} {human_size(r['packet_size'])}: {r['lost']} lost, "
+                      f"{r['corrupt']} corrupt; send errors {r['send_errors']}")
+    if interrupted:
+        return 130, results
+    ok = not bad and not failed and len(runs) == len(sizes) * len(options.transports)
+    console.print("[green]all packets delivered and verified" if ok else "[red]NOT clean")
+    return (0 if ok else 1), results

@@ -1,0 +1,537 @@
+"""Every way a partition can send and receive packets, in one place.
+
+The workload (workload.py) fills verified packets in the partition's own memory and hands a
+`Batch` of them to a *send transport*; a *receive endpoint* hands every arriving packet to the
+workload's check. Four transports share that interface, so the load generator measures the
+same packets with the same checks whatever carries them:
+
+* ``fig11`` / ``fig12`` -- the invention: the device driver asks the adapter to move the
+  bytes (one request carrying ``len(batch)`` moves, `Driver.send_many`); they land in the
+  destination's receive ring (`AdapterRing`).
+* ``tcp`` -- prior art, partitions talk to each other directly over TCP on loopback
+  (`TcpLinks` to send, `TcpListener` to receive).
+* ``vswitch`` -- prior art, the virtual LAN of Fig 7B: every partition holds one TCP
+  connection to the hypervisor's virtual switch (hypervisor/vswitch.py), which forwards each
+  frame to the connection of its destination ID (`SwitchPort` sends and receives).
+
+On the socket transports a packet travels as a frame: FRAME header (destination ID, source ID,
+per-pair sequence number, payload length) then the payload. The sender lays the frames of a
+batch out back to back in its own memory (header right before each payload), so N frames go
+in ONE ``sendall`` with no extra copy. `FrameReader` (pure, no I/O) turns received bytes back
+into frames; the virtual switch uses it too.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adapter.errors import XpmoveError
+from adapter.protocol import MAX_MOVES
+from partitions.driver import RETRY_BACKOFF_S, Driver, Sent
+from partitions.receiver import Receiver
+
+FRAME = struct.Struct("<IIQQ")  # destination ID, source ID, per-pair sequence number, length
+MAX_FRAME_PAYLOAD = 64 << 20  # a frame announcing more is a protocol violation
+LOOPBACK = "127.0.0.1"
+GREEDY_READ = 256 << 10  # most bytes one receive call asks for when no large frame is pending
+LARGE_FRAME = 4 << 10  # frames above this are read exactly (no over-read, no compaction)
+READER_CAPACITY = 1 << 20
+CONNECT_TIMEOUT_S = 10.0
+
+Handler = Callable[[int, int, memoryview], None]  # (source ID, sequence number, payload)
+
+
+class FrameError(Exception):
+    """The byte stream is not a sequence of frames any more: close the connection."""
+
+
+class TransportError(Exception):
+    """A transport could not be set up (connect, listen, hello); names the peer."""
+
+
+# -- batches: where the packets of one request live in the sender's memory ------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    offset: int  # payload offset in the partition's own region (what the adapter is told)
+    frame: memoryview  # header room + payload
+    payload: memoryview
+
+
+@dataclass(frozen=True)
+class Batch:
+    """`len(slots)` packet slots laid out back to back; `span` covers all their frames."""
+
+    slots: tuple[Slot, ...]
+    span: memoryview
+    stride: int
+
+    def prefix(self, n: int) -> Batch:
+        return self if n == len(self.slots) else Batch(self.slots[:n], self.span[:n * self.stride],
+                                                       self.stride)
+
+
+def batch_capacity(space: int, size: int, header_room: int, wanted: int) -> int:
+    """How many packets of `size` one batch may carry in `space` bytes of sender memory."""
+    stride = header_room + size
+    if stride > space:
+        raise ValueError(f"size: a {size}-byte packet (+{header_room} header) does not fit the "
+                         f"{space}-byte sender area")
+    return max(1, min(wanted, MAX_MOVES, space // stride))
+
+
+def make_batch(region: memoryview, size: int, header_room: int, n: int) -> Batch:
+    """Slots for `n` packets at the start of `region` (the sender area of own memory)."""
+    stride = header_room + size
+    span = region[:n * stride]
+    slots = tuple(Slot(i * stride + header_room, span[i * stride:(i + 1) * stride],
+                       span[i * stride + header_room:(i + 1) * stride]) for i in range(n))
+    return Batch(slots, span, stride)
+
+
+# -- the interfaces ---------------------------------------------------------------------------
+
+
+class SendTransport:
+    name: str = ""
+    channel: str = ""  # the receive-side sequence space the packets land in
+    header_room: int = 0  # bytes the transport writes in front of each payload
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        """Send every packet of `batch` to `dst`; return how many the transport accepted.
+
+        Failures are counted in `errors` by exception name, one per packet.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Unblock a sender stuck in `send` and release connections (idempotent)."""
+
+
+class ReceiveEndpoint:
+    channel: str = ""
+
+    def poll(self, handler: Handler, timeout: float) -> int:
+        """Hand every packet that has arrived to `handler`; if none, wait up to `timeout`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sockets (idempotent)."""
+
+
+# -- fig11 / fig12: through the adapter -------------------------------------------------------
+
+
+class AdapterFlow(SendTransport):
+    """Fig 11 (adapter moves) or Fig 12 (driver moves): one request carries the whole batch."""
+
+    channel = "adapter"
+
+    def __init__(self, driver: Driver, flow: str):
+        self.driver = driver
+        self.name = flow
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        size = len(batch.slots[0].payload)
+        pending = [(dst, s.offset, size) for s in batch.slots]
+        deadline = time.monotonic() + timeout
+        pause = RETRY_BACKOFF_S[0]
+        sent = 0
+        while True:
+            try:
+                outcomes = self.driver.send_many(pending, self.name)
+            except XpmoveError as exc:
+                errors[type(exc).__name__] += len(pending)
+                return sent
+            retry = []
+            why = ""
+            for move, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, Sent):
+                    sent += 1
+                elif outcome.retryable:
+                    retry.append(move)
+                    why = type(outcome).__name__
+                else:
+                    errors[type(outcome).__name__] += 1
+            if not retry:
+                return sent
+            if stop.is_set() or time.monotonic() >= deadline:
+                errors[why] += len(retry)
+                return sent
+            pending = retry
+            time.sleep(pause)  # back-off while the destination drains, not synchronisation
+            pause = min(pause * 2, RETRY_BACKOFF_S[1])
+
+
+class AdapterRing(ReceiveEndpoint):
+    """This partition's receive area, filled by the adapter (Fig 11) or granted drivers."""
+
+    channel = "adapter"
+
+    def __init__(self, receiver: Receiver):
+        self.receiver = receiver
+
+    def poll(self, handler: Handler, timeout: float) -> int:
+        n = self.receiver.drain(handler)
+        if not n:
+            self.receiver.wait(timeout)
+        return n
+
+
+# -- frames (pure) ----------------------------------------------------------------------------
+
+
+class FrameReader:
+    """Incremental frame decoder over one preallocated buffer (pure: the caller does I/O).
+
+    ``recv_buffer()`` gives the memory the next receive call should fill, ``wrote(n)`` says how
+    much it did. Small frames are read greedily (many per call); a frame above LARGE_FRAME is
+    read exactly to its end, so large frames start at offset 0 and are never moved. A partial
+    small frame is moved to the front only when the free space runs low.
+    """
+
+    def __init__(self, capacity: int = READER_CAPACITY, max_payload: int = MAX_FRAME_PAYLOAD):
+        self._buf = bytearray(capacity)
+        self._mv = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.max_payload = max_payload
+
+    @property
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    def _need(self) -> int | None:
+        """Total size of the frame at the start, if its header has arrived."""
+        if self._end - self._start < FRAME.size:
+            return None
+        length = FRAME.unpack_from(self._mv, self._start)[3]
+        if length > self.max_payload:
+            raise FrameError(f"frame announces {length} bytes (limit {self.max_payload})")
+        return FRAME.size + length
+
+    def _move_to_front(self, capacity: int) -> None:
+        have = self._end - self._start
+        if capacity != len(self._buf):
+            old, old_mv = self._buf, self._mv
+            self._buf = bytearray(capacity)
+            self._mv = memoryview(self._buf)
+            self._mv[:have] = old_mv[self._start:self._end]
+            old_mv.release()
+            del old
+        elif have:
+            self._mv[:have] = self._mv[self._start:self._end]
+        self._start, self._end = 0, have
+
+    def recv_buffer(self) -> memoryview:
+        """Where the next receive should write (a view: release it after the call)."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        need = self._need()
+        cap = len(self._buf)
+        if need is not None and need > LARGE_FRAME:
+            if need > cap:
+                self._move_to_front(max(2 * need, cap))
+            elif self._start + need > cap:
+                self._move_to_front(cap)
+            return self._mv[self._end:self._start + need]
+        if cap - self._end < GREEDY_READ:
+            self._move_to_front(cap)
+        return self._mv[self._end:self._end + GREEDY_READ]
+
+    def wrote(self, n: int) -> None:
+        if n < 0 or self._end + n > len(self._buf):
+            raise ValueError(f"wrote {n} bytes past the receive buffer")
+        self._end += n
+
+    def frame(self) -> tuple[int, int, int, int] | None:
+        """(destination, source, seq, length) of the whole frame at the front, else None."""
+        need = self._need()
+        if need is None or self._end - self._start < need:
+            return None
+        return FRAME.unpack_from(self._mv, self._start)
+
+    def frame_view(self) -> memoryview:
+        """Header and payload of the whole frame at the front (release after use)."""
+        length = FRAME.unpack_from(self._mv, self._start)[3]
+        return self._mv[self._start:self._start + FRAME.size + length]
+
+    def consume(self) -> None:
+        length = FRAME.unpack_from(self._mv, self._start)[3]
+        self._start += FRAME.size + length
+
+    def drain(self, handler: Handler) -> int:
+        """Hand every whole frame's (source, seq, payload) to `handler`; return how many."""
+        n = 0
+        mv = self._mv
+        while True:
+            header = self.frame()
+            if header is None:
+                return n
+            _dst, src, seq, length = header
+            begin = self._start + FRAME.size
+            with mv[begin:begin + length] as payload:
+                handler(src, seq, payload)
+            self._start = begin + length
+            n += 1
+
+
+def hello_frame(network_id: int) -> bytes:
+    """The first frame on every connection: who is talking (destination 0 = the link itself)."""
+    return FRAME.pack(0, network_id, 0, 0)
+
+
+def recv_into_reader(sock: socket.socket, reader: FrameReader) -> int:
+    """One receive call into the reader; 0 means the peer closed."""
+    with reader.recv_buffer() as buf:
+        n = sock.recv_into(buf)
+    reader.wrote(n)
+    return n
+
+
+def connect(port: int, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
+    sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class _FrameSender:
+    """Shared by tcp and vswitch: number the frames of a batch and send them in one sendall."""
+
+    header_room = FRAME.size
+
+    def __init__(self, network_id: int):
+        self.network_id = network_id
+        self._seq: Counter = Counter()  # per destination; lives as long as the partition
+
+    def _socket_for(self, dst: int) -> socket.socket:
+        raise NotImplementedError
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        n = len(batch.slots)
+        try:
+            sock = self._socket_for(dst)
+        except KeyError:
+            errors["NoConnection"] += n
+            return 0
+        seq = self._seq[dst]
+        for slot in batch.slots:
+            seq += 1
+            FRAME.pack_into(slot.frame, 0, dst, self.network_id, seq, len(slot.payload))
+        try:
+            sock.sendall(batch.span)
+        except OSError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        self._seq[dst] = seq
+        return n
+
+
+class _SocketEndpoint(ReceiveEndpoint):
+    """A selector over connections, each with its FrameReader; frames go to the handler."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._readers: dict[socket.socket, FrameReader] = {}
+        self.protocol_errors = 0
+
+    def _add(self, sock: socket.socket, reader: FrameReader | None = None) -> None:
+        self._readers[sock] = reader or FrameReader()
+        self._selector.register(sock, selectors.EVENT_READ, None)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._readers.pop(sock, None)
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        _shutdown(sock)
+
+    def _on_readable(self, key: selectors.SelectorKey, handler: Handler) -> int:
+        sock = key.fileobj
+        reader = self._readers[sock]
+        try:
+            if recv_into_reader(sock, reader) == 0:
+                self._drop(sock)
+                return 0
+            return reader.drain(handler)
+        except (OSError, FrameError):
+            self.protocol_errors += 1
+            self._drop(sock)
+            return 0
+
+    def poll(self, handler: Handler, timeout: float) -> int:
+        n = 0
+        for key, _ in self._selector.select(timeout):
+            n += self._on_readable(key, handler)
+        return n
+
+    def close(self) -> None:
+        for sock in list(self._readers):
+            self._drop(sock)
+
+
+# -- tcp: partition to partition --------------------------------------------------------------
+
+
+class TcpListener(_SocketEndpoint):
+    """Accepts connections from peers on 127.0.0.1; each starts with a hello frame."""
+
+    channel = "tcp"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listener: socket.socket | None = None
+
+    def open(self) -> int:
+        """Listen on an ephemeral loopback port and return it (a fresh one per run)."""
+        self.close()
+        self._selector = selectors.DefaultSelector()
+        listener = socket.create_server((LOOPBACK, 0), backlog=64)
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, selectors.EVENT_READ, "listener")
+        return listener.getsockname()[1]
+
+    def _on_readable(self, key: selectors.SelectorKey, handler: Handler) -> int:
+        if key.data != "listener":
+            return super()._on_readable(key, handler)
+        try:
+            sock, _ = key.fileobj.accept()
+        except BlockingIOError:
+            return 0
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._add(sock, _HelloReader())
+        return 0
+
+    def close(self) -> None:
+        super().close()
+        if self._listener is not None:
+            try:
+                self._selector.unregister(self._listener)
+            except (KeyError, ValueError):
+                pass
+            self._listener.close()
+            self._listener = None
+
+
+class _HelloReader(FrameReader):
+    """A FrameReader that expects (and swallows) one hello frame before any packet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peer: int | None = None
+
+    def drain(self, handler: Handler) -> int:
+        if self.peer is None:
+            header = self.frame()
+            if header is None:
+                return 0
+            dst, src, _seq, length = header
+            if dst != 0 or length != 0:
+                raise FrameError(f"expected a hello frame, got destination {dst} length {length}")
+            self.peer = src
+            self.consume()
+        return super().drain(handler)
+
+
+class TcpLinks(_FrameSender, SendTransport):
+    """One TCP connection to each peer's listener (opened per run, closed after it)."""
+
+    name = "tcp"
+    channel = "tcp"
+
+    def __init__(self, network_id: int):
+        super().__init__(network_id)
+        self._socks: dict[int, socket.socket] = {}
+
+    def connect(self, ports: dict[int, int]) -> None:
+        for peer, port in ports.items():
+            if peer in self._socks:
+                continue
+            try:
+                sock = connect(port)
+                sock.sendall(hello_frame(self.network_id))
+            except OSError as exc:
+                raise TransportError(f"tcp: cannot connect to partition {peer} on "
+                                     f"{LOOPBACK}:{port}: {exc}") from None
+            self._socks[peer] = sock
+
+    def _socket_for(self, dst: int) -> socket.socket:
+        return self._socks[dst]
+
+    def close(self) -> None:
+        socks, self._socks = self._socks, {}
+        for sock in socks.values():
+            _shutdown(sock)
+
+
+# -- vswitch: through the hypervisor's virtual switch -----------------------------------------
+
+
+class SwitchPort(_FrameSender, SendTransport, _SocketEndpoint):
+    """This partition's single connection to the virtual switch: sends and receives on it."""
+
+    name = "vswitch"
+    channel = "vswitch"
+
+    def __init__(self, network_id: int):
+        _FrameSender.__init__(self, network_id)
+        _SocketEndpoint.__init__(self)
+        self._sock: socket.socket | None = None
+
+    def connect(self, port: int, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Connect, say hello and wait for the switch's acknowledgement (we are reachable)."""
+        if self._sock is not None:
+            return
+        reader = FrameReader()
+        try:
+            sock = connect(port, timeout)
+            sock.sendall(hello_frame(self.network_id))
+            sock.settimeout(timeout)
+            deadline = time.monotonic() + timeout
+            while (header := reader.frame()) is None:
+                if time.monotonic() > deadline or recv_into_reader(sock, reader) == 0:
+                    raise TransportError(f"vswitch on port {port} closed before acknowledging")
+            sock.settimeout(None)
+        except OSError as exc:
+            raise TransportError(f"vswitch: cannot connect on {LOOPBACK}:{port}: {exc}") from None
+        if header != (self.network_id, 0, 0, 0):
+            _shutdown(sock)
+            raise TransportError(f"vswitch refused network ID {self.network_id}: {header}")
+        reader.consume()
+        self._sock = sock
+        self._selector = selectors.DefaultSelector()
+        self._add(sock, reader)
+
+    def _socket_for(self, dst: int) -> socket.socket:
+        if self._sock is None:
+            raise KeyError(dst)
+        return self._sock
+
+    def close(self) -> None:
+        _SocketEndpoint.close(self)
+        self._sock = None
