@@ -39,6 +39,7 @@ from adapter.ring import max_payload
 from hypervisor import benchcore
 from hypervisor.benchcore import Sample, SlopeError, human_size, interval_line, si
 from hypervisor.config import MachineConfig
+from hypervisor.launch import signals_deferred
 from hypervisor.layout import SegmentLayout
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
@@ -73,6 +74,7 @@ class BenchOptions:
     batch: int = 1
     json_path: str | None = None
     plot_path: str | None = None
+    markdown_path: str | None = None
     warmup: float = benchcore.WARMUP
     tail: float = benchcore.TAIL
     command: str = ""
@@ -183,13 +185,35 @@ def memcpy_bandwidth(memory: memoryview, src: int, dst: int, block: int = MEMCPY
                 return copies * block / elapsed
 
 
+def memcpy_dram_bandwidth(memory: memoryview, blocks: list[int], block: int = MEMCPY_BLOCK,
+                          seconds: float = MEMCPY_SECONDS) -> float:
+    """Like memcpy_bandwidth, cycling through `blocks` (first half -> second half) so the
+    working set outgrows the caches: closer to what a stream of fresh packets gets."""
+    half = len(blocks) // 2
+    pairs = list(zip(blocks[:half], blocks[half:2 * half], strict=True))
+    copies = 0
+    start = time.perf_counter()
+    while True:
+        for src, dst in pairs:
+            memory[dst:dst + block] = memory[src:src + block]
+        copies += len(pairs)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return copies * block / elapsed
+
+
 def host_info(machine: Machine) -> dict:
+    """The host, and the segment's memcpy bandwidth measured before any traffic, in the
+    partitions' sender areas (below their receive areas; nothing is in flight yet)."""
     by_index = sorted(machine.layout.partitions, key=lambda p: p.index)
     src, dst = by_index[0].base, by_index[1 % len(by_index)].base
     if src == dst:
         dst = src + MEMCPY_BLOCK
     assert machine.memory is not None
     bw = memcpy_bandwidth(machine.memory.view, src, dst)
+    blocks = [p.base + k * MEMCPY_BLOCK for p in by_index
+              for k in range(p.receive_offset // MEMCPY_BLOCK)]
+    dram = memcpy_dram_bandwidth(machine.memory.view, blocks) if len(blocks) >= 2 else bw
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "cpu_count": os.cpu_count(),
@@ -201,8 +225,12 @@ def host_info(machine: Machine) -> dict:
         "memory_bytes": psutil.virtual_memory().total,
         "memcpy_GBps": bw / 1e9,
         "memcpy_block_bytes": MEMCPY_BLOCK,
-        "memcpy_note": "repeated 1 MiB memoryview slice copies between two partitions' "
-                       "regions of the shared segment, in the bench process",
+        "memcpy_note": "repeated 1 MiB memoryview slice copies between the same two places "
+                       "of the shared segment (cache-resident), in the bench process",
+        "memcpy_dram_GBps": dram / 1e9,
+        "memcpy_dram_working_set_bytes": (len(blocks) // 2) * 2 * MEMCPY_BLOCK,
+        "memcpy_dram_note": "1 MiB copies cycling through every partition's sender area, "
+                            "working set above the caches when the segment is large enough",
     }
 
 
@@ -340,7 +368,7 @@ class Bench:
                     self._print(interval_line(plan.label, last_report.wall_s, last.wall_s,
                                               last.packets - last_report.packets,
                                               last.bytes - last_report.bytes,
-                                              last.cpu_s - last_report.cpu_s))
+                                              last.cpu_s - last_report.cpu_s), markup=False)
                     last_report = last
                 if self.progress is not None and task is not None:
                     self.progress.update(task, completed=received if expected else min(
@@ -368,9 +396,9 @@ class Bench:
                 self.progress.remove_task(task)
         return samples, sent, failed
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, markup: bool = True) -> None:
         (self.progress.console if self.progress is not None else self.console).print(
-            text, highlight=False)
+            text, highlight=False, markup=markup)
 
     def _result(self, plan: RunPlan, samples: list[Sample], sent: int, failed: int,
                 stats: dict[int, dict], batch_used: int, cpu_by: dict[str, float]) -> dict:
@@ -440,6 +468,7 @@ def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Table]:
                          "of every process on the path")
     for col in ("transport", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s",
                 "MB/s", "%memcpy", "p50 us", "p99 us", "lost", "corrupt"):
+        # %memcpy: bytes/s against the memcpy bandwidth over a working set above the caches
         detail.add_column(col, justify="left" if col == "transport" else "right",
                           no_wrap=True)
     for r in runs:
@@ -469,6 +498,40 @@ def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Table]:
             cells.append(_s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
         matrix.add_row(t, *cells)
     return [detail, matrix]
+
+
+def markdown_summary(results: dict) -> str:
+    """The results as Markdown tables (for benchmarks/README.md)."""
+    runs = results["runs"]
+    host = results.get("host", {})
+    lines = ["| transport | size | packets | CPU s | wall s | S (pkt/CPU-s) | S / S_tcp | pkt/s "
+             "| MB/s | p50 us | p99 us | lost | corrupt |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        rel = r.get("S_vs_tcp")
+        lines.append(
+            f"| {r['transport']} | {human_size(r['packet_size'])} | {r['packets']:,} | "
+            f"{r['cpu_s']:.2f} | {r['wall_s']:.2f} | {_s_cell(r)} | "
+            f"{f'{rel:.2f}' if rel else '-'} | {r['pps']:,.0f} | {r['bytes_per_s'] / 1e6:,.1f} | "
+            f"{r['latency_p50_us']:,.0f} | {r['latency_p99_us']:,.0f} | {r['lost']} | "
+            f"{r['corrupt']} |")
+    sizes = sorted({r["packet_size"] for r in runs})
+    by = {(r["transport"], r["packet_size"]): r for r in runs}
+    lines += ["", "| S (x tcp) | " + " | ".join(human_size(s) for s in sizes) + " |",
+              "|---|" + "---:|" * len(sizes)]
+    for t in dict.fromkeys(r["transport"] for r in runs):
+        cells = []
+        for size in sizes:
+            r = by.get((t, size))
+            rel = r.get("S_vs_tcp") if r else None
+            cells.append("-" if r is None else _s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    if host:
+        lines += ["", f"Host: {host.get('cpu_count')} CPUs, {host.get('platform')}, Python "
+                      f"{host.get('python')}; memcpy {host.get('memcpy_GBps', 0):.1f} GB/s "
+                      f"(1 MiB, in cache), {host.get('memcpy_dram_GBps', 0):.1f} GB/s (over "
+                      f"{host.get('memcpy_dram_working_set_bytes', 0) >> 20} MiB)."]
+    return "\n".join(lines) + "\n"
 
 
 def _s_cell(r: dict, fmt=lambda x: f"{x:,.0f}") -> str:
@@ -592,8 +655,9 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             results["host"] = host_info(machine)
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
                           f"partitions; routes {', '.join(f'{s}->{d}' for s, d in route_list)}; "
-                          f"batch {options.batch}; memcpy "
-                          f"{results['host']['memcpy_GBps']:.1f} GB/s")
+                          f"batch {options.batch}; memcpy {results['host']['memcpy_GBps']:.1f}"
+                          f" GB/s in cache, {results['host']['memcpy_dram_GBps']:.1f} GB/s "
+                          f"over {results['host']['memcpy_dram_working_set_bytes'] >> 20} MiB")
             b = Bench(machine, options, console, switch)
             plans = [RunPlan(t, size, route_list) for size in sizes
                      for t in options.transports]
@@ -613,9 +677,10 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             failed = True
             console.print(f"[red]bench failed: {exc}")
     finally:
-        if switch is not None:
-            results["vswitch"] = switch.stop()
-        machine.stop()
+        with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
+            if switch is not None:
+                results["vswitch"] = switch.stop()
+            machine.stop()
     runs = results["runs"]
     relative_to_tcp(runs)
     results["method"] = {
@@ -634,12 +699,16 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                           "topology": options.pairs or options.topology, "batch": options.batch,
                           "command": options.command}
     if runs:
-        for table in summary_tables(runs, results["host"].get("memcpy_GBps", 0.0)):
+        for table in summary_tables(runs, results["host"].get("memcpy_dram_GBps", 0.0)):
             console.print(table)
     if options.json_path:
         with open(options.json_path, "w") as f:
             json.dump(results, f, indent=1)
         console.print(f"results written to {options.json_path}")
+    if options.markdown_path:
+        with open(options.markdown_path, "w") as f:
+            f.write(markdown_summary(results))
+        console.print(f"Markdown tables written to {options.markdown_path}")
     if options.plot_path and runs:
         plot_fig14(runs, options.plot_path)
         console.print(f"Fig 14 drawn to {options.plot_path}")

@@ -65,7 +65,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         transports=transports, sizes=sizes,
         duration=args.duration if args.duration is not None else 2.0, packets=args.packets,
         topology=args.topology, pairs=args.pairs, batch=args.batch, json_path=args.json,
-        plot_path=args.plot, command=" ".join(["xpmove", *sys.argv[1:]]))
+        plot_path=args.plot, markdown_path=args.markdown,
+        command=" ".join(["xpmove", *sys.argv[1:]]))
     width = None if sys.stdout.isatty() else 140  # keep lines and tables whole in logs
     code, _ = bench(_config(args.config), options, Console(width=width))
     return code
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH.png", help="draw Fig 14 (needs matplotlib: "
                    "pip install -e '.[plot]')")
+    p.add_argument("--markdown", metavar="PATH", help="write the summary as Markdown tables")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("cleanup", help="unlink IPC names left by runs whose launcher died")
