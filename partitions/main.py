@@ -86,6 +86,56 @@ class Partition:
         self.view.mvcl(int(msg["destination"]), int(msg["source"]), int(msg["count"]))
         return {"ok": True}
 
+    # -- TEST/DIAGNOSTIC HOOK (tests/integration/test_fuzz_protocol.py) -------------------
+    def cmd_raw(self, msg: dict) -> dict:
+        """Write `hex` to the adapter's request pipe AS IS (no driver, no framing) while reading
+        up to `replies` whole reply frames (-1: until the adapter closes the pipe), until done
+        or `timeout` s pass. Returns bytes written, reply bytes, and `closed` if the adapter
+        closed a pipe. Only the protocol fuzzer uses it; the driver's stream is then the
+        caller's problem."""
+        import select
+        import time
+
+        from adapter.protocol import REPLY_HEADER, RESULT
+
+        data, want = bytes.fromhex(msg.get("hex", "")), int(msg.get("replies", 0))
+        deadline = time.monotonic() + float(msg.get("timeout", 5.0))
+        written, got, start, frames, epipe, eof = 0, bytearray(), 0, 0, False, False
+        with self.driver._mutex:
+            req, rep = self.driver.request_fd, self.driver.reply_fd
+            while True:
+                need = REPLY_HEADER.size
+                if len(got) - start >= need:
+                    need += REPLY_HEADER.unpack_from(got, start)[-1] * RESULT.size
+                if len(got) - start >= need:
+                    start, frames = start + need, frames + 1
+                    continue
+                reading = not eof and (want < 0 or frames < want)
+                writing = not epipe and written < len(data)
+                if not (reading or writing):
+                    break
+                left = max(0.0, deadline - time.monotonic())
+                r, w, _ = select.select([rep] if reading else [], [req] if writing else [], [],
+                                        left)
+                if not (r or w):
+                    break  # out of time: back-pressure, or no (more) reply
+                if w:
+                    os.set_blocking(req, False)
+                    try:
+                        written += os.write(req, data[written:])
+                    except BlockingIOError:
+                        pass
+                    except BrokenPipeError:
+                        epipe = True
+                    finally:
+                        os.set_blocking(req, True)
+                if r:
+                    chunk = os.read(rep, need - (len(got) - start))
+                    eof = not chunk
+                    got += chunk
+        return {"ok": True, "written": written, "hex": bytes(got).hex(), "frames": frames,
+                "closed": epipe or eof}
+
     def cmd_send(self, msg: dict) -> dict:
         sent = self.driver.send(int(msg["dst"]), int(msg["offset"]), int(msg["count"]),
                                 msg.get("flow", "fig11"), msg.get("timeout"))
