@@ -8,7 +8,7 @@ publishing it is the commit. `tail` is written only by the receiving partition.
 
 from __future__ import annotations
 
-import struct
+from array import array
 
 from adapter.ring import HEADER_SIZE, KIND_PAD, KIND_RECORD, RECORD_HEADER, Reservation
 from hypervisor.layout import (
@@ -20,32 +20,45 @@ from hypervisor.layout import (
     SegmentLayout,
 )
 
-# Native "Q", not "<Q": CPython packs standard-size formats byte by byte, so a reader in another
-# process could see a torn counter; native format is one aligned 8-byte store/load.
-U64 = struct.Struct("Q")
+
+def words(memory: memoryview) -> memoryview:
+    """The segment as native 8-byte words, the only view counters are read or written through.
+
+    Not struct.pack_into: CPython zero-fills the target before packing, so a reader in another
+    process can see a counter momentarily 0 (a "torn" head below the tail). A word store
+    through a 'Q' memoryview is one aligned 8-byte store, a load one aligned 8-byte load.
+    """
+    return memory.cast("Q")
 
 
-def read_head(memory: memoryview, dst: PartitionLayout) -> int:
-    return U64.unpack_from(memory, dst.control + HEAD_OFFSET)[0]
+def _word(address: int) -> int:
+    return address >> 3
 
 
-def read_tail(memory: memoryview, dst: PartitionLayout) -> int:
-    return U64.unpack_from(memory, dst.control + TAIL_OFFSET)[0]
+def read_head(words: memoryview, dst: PartitionLayout) -> int:
+    return words[_word(dst.control + HEAD_OFFSET)]
 
 
-def publish_head(memory: memoryview, control: int, head: int) -> None:
+def read_tail(words: memoryview, dst: PartitionLayout) -> int:
+    return words[_word(dst.control + TAIL_OFFSET)]
+
+
+def publish_head(words: memoryview, control: int, head: int) -> None:
     """The commit: make every record before `head` visible to the receiver."""
-    U64.pack_into(memory, control + HEAD_OFFSET, head)
+    words[_word(control + HEAD_OFFSET)] = head
 
 
-def publish_tail(memory: memoryview, control: int, tail: int) -> None:
-    U64.pack_into(memory, control + TAIL_OFFSET, tail)
+def publish_tail(words: memoryview, control: int, tail: int) -> None:
+    words[_word(control + TAIL_OFFSET)] = tail
 
 
 def write_record_header(
     memory: memoryview, dst: PartitionLayout, reservation: Reservation, source_id: int, seq: int
 ) -> int:
-    """Write the PAD marker (if any) and the record header; return the payload's address."""
+    """Write the PAD marker (if any) and the record header; return the payload's address.
+
+    struct.pack_into is fine here: nobody reads a record before its commit is published.
+    """
     if reservation.pad_position is not None:
         RECORD_HEADER.pack_into(memory, dst.receive_base + reservation.pad_position,
                                 KIND_PAD, 0, 0, 0)
@@ -54,44 +67,47 @@ def write_record_header(
     return address + HEADER_SIZE
 
 
-def read_seq(memory: memoryview, address: int) -> int:
-    return U64.unpack_from(memory, address)[0]
+def read_seq(words: memoryview, address: int) -> int:
+    return words[_word(address)]
 
 
-def write_seq(memory: memoryview, address: int, seq: int) -> None:
-    U64.pack_into(memory, address, seq)
+def write_seq(words: memoryview, address: int, seq: int) -> None:
+    words[_word(address)] = seq
 
 
-PENDING = struct.Struct("QQQ")  # pending head, source index, first sequence number
-
-
-def begin_commit(memory: memoryview, dst: PartitionLayout, new_head: int, src_index: int,
+def begin_commit(words: memoryview, dst: PartitionLayout, new_head: int, src_index: int,
                  first_seq: int) -> None:
     """Record the commit about to happen, BEFORE the sequence table or the ring change."""
-    PENDING.pack_into(memory, dst.control + PENDING_OFFSET, new_head, src_index, first_seq)
+    base = _word(dst.control + PENDING_OFFSET)
+    words[base:base + 3] = array("Q", (new_head, src_index, first_seq))
 
 
-def set_holder(memory: memoryview, dst: PartitionLayout, holder: int) -> None:
-    U64.pack_into(memory, dst.control + HOLDER_OFFSET, holder)
+def set_holder(words: memoryview, dst: PartitionLayout, holder: int) -> None:
+    words[_word(dst.control + HOLDER_OFFSET)] = holder
 
 
-def read_holder(memory: memoryview, dst: PartitionLayout) -> int:
-    return U64.unpack_from(memory, dst.control + HOLDER_OFFSET)[0]
+def read_holder(words: memoryview, dst: PartitionLayout) -> int:
+    return words[_word(dst.control + HOLDER_OFFSET)]
 
 
-def settle_commit(memory: memoryview, layout: SegmentLayout, dst: PartitionLayout) -> bool:
+def read_pending(words: memoryview, dst: PartitionLayout) -> tuple[int, int, int]:
+    """(pending head, source index, first sequence number) of the last commit begun."""
+    base = _word(dst.control + PENDING_OFFSET)
+    return words[base], words[base + 1], words[base + 2]
+
+
+def settle_commit(words: memoryview, layout: SegmentLayout, dst: PartitionLayout) -> bool:
     """Finish the bookkeeping of the last commit to `dst`; False if it was abandoned.
 
     Called with the lock held, when a grant ends or a restarted adapter recovers. If `head`
     never reached the pending head, the record stays invisible and the pair's sequence number
     goes back to what it was, so receivers see no gap and senders no phantom success.
     """
-    pending_head, src_index, first_seq = PENDING.unpack_from(memory, dst.control
-                                                             + PENDING_OFFSET)
-    head = read_head(memory, dst)
-    U64.pack_into(memory, dst.control + HOLDER_OFFSET, 0)
+    pending_head, src_index, first_seq = read_pending(words, dst)
+    head = read_head(words, dst)
+    set_holder(words, dst, 0)
     if pending_head == 0 or head == pending_head:
         return True
-    write_seq(memory, layout.seq_address(src_index, dst.index), first_seq - 1)
-    U64.pack_into(memory, dst.control + PENDING_OFFSET, head)
+    write_seq(words, layout.seq_address(src_index, dst.index), first_seq - 1)
+    words[_word(dst.control + PENDING_OFFSET)] = head
     return False

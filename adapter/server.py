@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import json
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -71,6 +73,7 @@ class Adapter:
         self.table = TranslationTable(self.layout.partitions)
         self.memory = PhysicalMemory.attach(boot["segment"])
         self.mem = self.memory.view
+        self.words = receive_area.words(self.mem)
         self.locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
         self.bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
         self.lock_timeout = float(boot["lock_timeout_s"])
@@ -96,7 +99,7 @@ class Adapter:
         never frees it, in case the grant reply died with the old adapter).
         """
         for dst_id, dst in self.by_id.items():
-            holder = receive_area.read_holder(self.mem, dst)
+            holder = receive_area.read_holder(self.words, dst)
             if holder and holder in self.by_id:
                 self.book.acquired(dst_id)
                 self.book.granted(Grant(holder, dst_id, 0, time.monotonic(), recovered=True))
@@ -184,7 +187,7 @@ class Adapter:
 
     def _settle(self, dst: int) -> None:
         """A grant ended (or a restarted adapter found one): undo it if never committed."""
-        if not receive_area.settle_commit(self.mem, self.layout, self.by_id[dst]):
+        if not receive_area.settle_commit(self.words, self.layout, self.by_id[dst]):
             self.counters["grants_abandoned"] += 1
 
     def _take_back(self, dst: int) -> None:
@@ -255,8 +258,8 @@ class Adapter:
             by_dst.setdefault(t.dst.network_id, []).append((i, t))
         for dst_id, moves in by_dst.items():
             dst = self.by_id[dst_id]
-            head = receive_area.read_head(self.mem, dst)
-            tail = receive_area.read_tail(self.mem, dst)
+            head = receive_area.read_head(self.words, dst)
+            tail = receive_area.read_tail(self.words, dst)
             placed: list[tuple[int, Translation, Reservation]] = []
             for i, t in moves:
                 try:
@@ -274,9 +277,9 @@ class Adapter:
                 continue
             src = placed[0][1].src
             seq_address = self.layout.seq_address(src.index, dst.index)
-            first_seq = receive_area.read_seq(self.mem, seq_address) + 1
-            receive_area.begin_commit(self.mem, dst, head, src.index, first_seq)
-            receive_area.write_seq(self.mem, seq_address, first_seq + len(placed) - 1)
+            first_seq = receive_area.read_seq(self.words, seq_address) + 1
+            receive_area.begin_commit(self.words, dst, head, src.index, first_seq)
+            receive_area.write_seq(self.words, seq_address, first_seq + len(placed) - 1)
             for seq, (i, t, r) in enumerate(placed, start=first_seq):
                 payload = receive_area.write_record_header(self.mem, dst, r, src.network_id, seq)
                 if op == Op.MOVE:
@@ -285,11 +288,11 @@ class Adapter:
                 self.counters["moves"] += 1
                 self.counters["bytes"] += t.count
             if op == Op.MOVE:
-                receive_area.publish_head(self.mem, dst.control, head)
+                receive_area.publish_head(self.words, dst.control, head)
                 self._unlock(dst_id)
                 self.bells[dst_id].release()
             else:
-                receive_area.set_holder(self.mem, dst, conn.network_id)
+                receive_area.set_holder(self.words, dst, conn.network_id)
                 self.book.granted(Grant(conn.network_id, dst_id, head, time.monotonic()))
                 self.counters["grants"] += 1
 
@@ -434,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
     args = parser.parse_args(argv)
     adapter = Adapter(json.loads(args.boot))
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
     try:
         adapter.run()
     except KeyboardInterrupt:

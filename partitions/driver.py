@@ -65,10 +65,12 @@ class Driver:
         self.locks = locks
         self.bells = bells
         self.layout = layout
+        self.words = receive_area.words(physical)
         self._request_id = 0
         self._mutex = threading.Lock()
         self._connected = threading.Event()
         self._connected.set()
+        self._closing = False
         self.reconnect_wait = RECONNECT_WAIT_S
 
     def send(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
@@ -126,7 +128,7 @@ class Driver:
                 mvxl(self.physical, r.dst_address, r.src_address, r.count)
                 commits[m.dst_id] = max(r.commit_value, commits.get(m.dst_id, 0))
         for dst, head in commits.items():
-            receive_area.publish_head(self.physical, self.by_id[dst].control, head)
+            receive_area.publish_head(self.words, self.by_id[dst].control, head)
             self.locks[dst].release()
             self.bells[dst].release()
 
@@ -141,11 +143,16 @@ class Driver:
                 pass
         self._connected.set()
 
+    def close(self) -> None:
+        """The partition is shutting down: wake any request waiting for a reconnect."""
+        self._closing = True
+        self._connected.set()
+
     def _pair_seqs(self, moves: list[Move]) -> dict[int, int]:
         """Last committed sequence number of each pair (me -> destination) in the request."""
         me = self.by_id[self.network_id].index
         return {m.dst_id: receive_area.read_seq(
-                    self.physical, self.layout.seq_address(me, self.by_id[m.dst_id].index))
+                    self.words, self.layout.seq_address(me, self.by_id[m.dst_id].index))
                 for m in moves if m.dst_id in self.by_id}
 
     def _survive_restart(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
@@ -162,7 +169,8 @@ class Driver:
             return self._round_trip(op, moves)
         except AdapterGone:
             self._connected.clear()
-            if not self._connected.wait(self.reconnect_wait):
+            # cleared first, then checked: a close() at any point is seen
+            if self._closing or not self._connected.wait(self.reconnect_wait) or self._closing:
                 raise
         after = self._pair_seqs(moves) if op == Op.MOVE else before
         committed: dict[int, int] = {d: after[d] - before[d] for d in before}

@@ -9,11 +9,14 @@ Exits when told to stop or when the hypervisor's end of the channel closes.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import queue
 import signal
 import socket
 import sys
+import threading
 import zlib
 
 import posix_ipc
@@ -66,7 +69,6 @@ class Partition:
                         "fig12": AdapterFlow(self.driver, "fig12"),
                         "tcp": self.tcp_out, "vswitch": self.switch}
         self.control = Channel(socket.socket(fileno=boot["control_fd"]))
-        self.running = True
 
     # -- commands (each returns the reply dict) -------------------------------------------
     def cmd_ping(self, msg: dict) -> dict:
@@ -221,6 +223,21 @@ class Partition:
             self.traffic.stop_receiving(channel)
             endpoint.close()
 
+    def cmd_hold_grant(self, msg: dict) -> dict:
+        """Fault-test hook: take a Fig 12 grant, copy half the bytes, never commit or free the
+        lock - the state a driver killed in the middle of its move leaves behind."""
+        result = self.driver.grant(int(msg["dst"]), 0, int(msg["count"]))
+        half = result.count // 2
+        self.memory.view[result.dst_address:result.dst_address + half] = (
+            self.memory.view[result.src_address:result.src_address + half])
+        return {"ok": True, "seq": result.seq}
+
+    def cmd_reconnect(self, msg: dict) -> dict:
+        """The adapter was restarted: take the fresh pipes the hypervisor passed along."""
+        request_fd, reply_fd = msg["fds"]
+        self.driver.reconnect(request_fd, reply_fd)
+        return {"ok": True}
+
     def cmd_stats(self, msg: dict) -> dict:
         return {"ok": True, "stats": self.traffic.snapshot(),
                 "pending_bytes": self.receiver.pending_bytes()}
@@ -240,16 +257,36 @@ class Partition:
             return error_reply(exc)
 
     def run(self) -> None:
+        """Read commands; run them in order on a worker thread, except `reconnect`, which is
+        handled at once: a command blocked on a dead adapter is waiting for exactly that."""
+        commands: queue.Queue[dict | None] = queue.Queue()
+        worker = threading.Thread(target=self._work, args=(commands,), daemon=True)
+        worker.start()
         self.control.send({"event": "ready", "pid": os.getpid()})
         try:
-            while self.running:
+            while True:
                 msg = self.control.receive()
-                self.control.send({**self.dispatch(msg), "id": msg.get("id")})
+                if msg.get("cmd") == "reconnect":
+                    self._reply(msg)
+                else:
+                    commands.put(msg)
         except ControlError:
             pass  # the hypervisor is gone: so are we
         finally:
+            commands.put(None)
+            self.driver.close()
             self.traffic.stop()
             self._close_sockets()
+
+    def _work(self, commands: queue.Queue) -> None:
+        while (msg := commands.get()) is not None:
+            self._reply(msg)
+
+    def _reply(self, msg: dict) -> None:
+        try:
+            self.control.send({**self.dispatch(msg), "id": msg.get("id")})
+        except ControlError:
+            pass
 
 
 def set_affinity(cpus: list[int] | None) -> None:
@@ -262,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hypervisor coordinates shutdown
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
     boot = json.loads(args.boot)
     set_affinity(boot.get("cpus"))
     Partition(boot).run()

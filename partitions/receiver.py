@@ -34,6 +34,7 @@ class Receiver:
         self.physical = physical
         self.own = own
         self.bell = bell
+        self.words = receive_area.words(physical)
         self._area = physical[own.receive_base:own.receive_base + own.receive_size]
 
     def _header(self, position: int) -> tuple[int, int, int, int]:
@@ -44,8 +45,8 @@ class Receiver:
 
         The payload view is valid only during the call: the space is released right after.
         """
-        head = receive_area.read_head(self.physical, self.own)
-        tail = receive_area.read_tail(self.physical, self.own)
+        head = receive_area.read_head(self.words, self.own)
+        tail = receive_area.read_tail(self.words, self.own)
         done = 0
         while limit is None or done < limit:
             record = skip_to_record(tail, head, self.own.receive_size, self._header)
@@ -55,7 +56,7 @@ class Receiver:
             with self._area[start:start + record.length] as payload:
                 handler(record.source_id, record.seq, payload)
             tail = record.next_tail
-            receive_area.publish_tail(self.physical, self.own.control, tail)
+            receive_area.publish_tail(self.words, self.own.control, tail)
             done += 1
         return done
 
@@ -83,8 +84,8 @@ class Receiver:
         return got[0]
 
     def pending_bytes(self) -> int:
-        return (receive_area.read_head(self.physical, self.own)
-                - receive_area.read_tail(self.physical, self.own))
+        return (receive_area.read_head(self.words, self.own)
+                - receive_area.read_tail(self.words, self.own))
 
     def close(self) -> None:
         self._area.release()

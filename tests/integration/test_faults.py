@@ -75,9 +75,6 @@ def test_partition_death_without_restart_is_reported(make_machine):
     assert send(m, 1, 3, b"others unaffected", "fig11")["ok"]
 
 
-@pytest.mark.xfail(strict=False, reason="known race, under investigation: after an adapter "
-                   "kill under load a receiver occasionally reads head 0 < tail (RingCorrupt) "
-                   "and the run stalls; see the closing note of issue 4")
 @pytest.mark.parametrize("flow", ["fig11", "fig12"])
 def test_adapter_killed_under_load(make_machine, flow):
     """kill -9 the adapter during traffic: restarted, drivers reconnect, nothing lost or doubled."""
