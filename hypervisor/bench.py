@@ -571,8 +571,17 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
                 continue
             xs = [p[0] for p in r["series"]]
             ys = [p[1] for p in r["series"]]
-            ax.plot(xs, ys, color=colors.get(r["transport"]), linewidth=1.6,
+            color = colors.get(r["transport"])
+            ax.plot(xs, ys, color=color, linewidth=1.6,
+                    linestyle=(0, (5, 2)) if r["transport"] == "fig12" else "-",
                     label=f"{r['transport']}: S = {si(r['S'])} pkt/CPU-s")
+            fit = r.get("fit", {})
+            if "first" in fit and fit.get("steady"):  # the fitted line over its window
+                wx = xs[fit["first"]:fit["last"] + 1]
+                wy = ys[fit["first"]:fit["last"] + 1]
+                mx, my = sum(wx) / len(wx), sum(wy) / len(wy)
+                ax.plot([wx[0], wx[-1]], [my + r["S"] * (wx[0] - mx), my + r["S"] * (wx[-1] - mx)],
+                        color="black", linewidth=0.8, linestyle="--")
         ax.set_title(f"packet size {human_size(size)}", fontsize=10)
         ax.set_xlabel("CPU seconds consumed (C)", fontsize=9)
         ax.set_ylabel("packets delivered (T)", fontsize=9)
@@ -582,8 +591,8 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
         ax.legend(fontsize=8, loc="upper left")
     for ax in list(axes.flat)[len(sizes):]:
         ax.set_visible(False)
-    fig.suptitle(title or "Fig 14: cumulative packets against CPU consumed (S = dT/dC)",
-                 fontsize=11)
+    fig.suptitle(title or "Fig 14: cumulative packets against CPU consumed; S = dT/dC, "
+                 "least-squares fit over the steady window (dashed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -388,6 +388,11 @@ class _SocketEndpoint(ReceiveEndpoint):
             n += self._on_readable(key, handler)
         return n
 
+    def _renew_selector(self) -> None:
+        """A fresh selector for a new run; the old one (and its epoll fd) is closed."""
+        self._selector.close()
+        self._selector = selectors.DefaultSelector()
+
     def close(self) -> None:
         for sock in list(self._readers):
             self._drop(sock)
@@ -408,7 +413,7 @@ class TcpListener(_SocketEndpoint):
     def open(self) -> int:
         """Listen on an ephemeral loopback port and return it (a fresh one per run)."""
         self.close()
-        self._selector = selectors.DefaultSelector()
+        self._renew_selector()
         listener = socket.create_server((LOOPBACK, 0), backlog=64)
         listener.setblocking(False)
         self._listener = listener
@@ -524,7 +529,7 @@ class SwitchPort(_FrameSender, SendTransport, _SocketEndpoint):
             raise TransportError(f"vswitch refused network ID {self.network_id}: {header}")
         reader.consume()
         self._sock = sock
-        self._selector = selectors.DefaultSelector()
+        self._renew_selector()
         self._add(sock, reader)
 
     def _socket_for(self, dst: int) -> socket.socket:
