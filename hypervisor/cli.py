@@ -72,6 +72,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from hypervisor.soak import report_table, soak
+
+    if args.duration <= 0 or args.kill_every <= 0:
+        raise SystemExit("xpmove: --duration and --kill-every must be > 0")
+    console = Console()
+    try:
+        report = soak(_config(args.config), args.duration, args.kill_every, args.size,
+                      args.seed, console)
+    except KeyboardInterrupt:
+        return 130
+    console.print(report_table(report))
+    verdict = "[green]passed" if report.ok else "[red]FAILED"
+    console.print(f"{verdict}: lost {report.lost}, duplicated {report.duplicated}, corrupt "
+                  f"{report.corrupt}, every lock free: {report.locks_free}")
+    return 0 if report.ok else 1
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed = RunRegistry().sweep()
     for name in removed:
@@ -117,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "pip install -e '.[plot]')")
     p.add_argument("--markdown", metavar="PATH", help="write the summary as Markdown tables")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("soak", help="all-to-all traffic while partitions and the adapter "
+                       "are killed; fails unless nothing is lost or duplicated")
+    p.add_argument("--config", help="TOML machine config (default: built-in four partitions)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
+    p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    p.add_argument("--size", type=int, default=1024, help="packet size in bytes")
+    p.add_argument("--seed", type=int, default=None, help="random seed for the victims")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("cleanup", help="unlink IPC names left by runs whose launcher died")
     p.set_defaults(func=cmd_cleanup)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hypervisor.config import MachineConfig
-from hypervisor.machine import Machine
+from hypervisor.machine import Machine, MachineError
 
 POLL_S = 0.2
 DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
@@ -39,8 +39,15 @@ def totals(stats: dict[int, dict]) -> tuple[int, int]:
 
 
 def collect(machine: Machine) -> dict[int, dict]:
-    return {nid: machine.call(nid, {"cmd": "stats"})["stats"]
-            for nid, child in machine.partitions.items() if child.proc.poll() is None}
+    """Stats of every partition that answers; one that dies meanwhile is left to poll()."""
+    stats = {}
+    for nid, child in list(machine.partitions.items()):
+        if child.proc.poll() is None:
+            try:
+                stats[nid] = machine.call(nid, {"cmd": "stats"})["stats"]
+            except MachineError:
+                continue
+    return stats
 
 
 def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> dict[int, dict]:

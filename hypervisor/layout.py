@@ -4,8 +4,10 @@ Segment layout, all offsets page-aligned:
 
     [0, control_size)            control area, owned by the hypervisor, never part of any region:
                                  one RING_CONTROL_SIZE block per partition (the destination's ring
-                                 state, guarded by that destination's lock) followed by the
-                                 per-pair sequence table (adapter-written).
+                                 state, guarded by that destination's lock), then the per-pair
+                                 sequence table (last sequence number committed, adapter-written),
+                                 then the per-pair delivered table (last sequence number consumed,
+                                 receiver-written before it frees the space).
     [base_i, base_i + size_i)    partition i's region (its "real storage"); the last
                                  receive_size bytes of it are its receive area (a ring of records).
 
@@ -80,6 +82,11 @@ class SegmentLayout:
         n = len(self.partitions)
         return self.seq_table + (src_index * n + dst_index) * SEQ_ENTRY_SIZE
 
+    def delivered_address(self, src_index: int, dst_index: int) -> int:
+        """Address of the u64 'last sequence number consumed by dst from src'."""
+        n = len(self.partitions)
+        return self.seq_table + (n * n + src_index * n + dst_index) * SEQ_ENTRY_SIZE
+
     def by_id(self) -> dict[int, PartitionLayout]:
         return {p.network_id: p for p in self.partitions}
 
@@ -105,7 +112,7 @@ def plan_segment(config: MachineConfig) -> SegmentLayout:
     """Carve the segment: control area first, then each partition's page-aligned region."""
     n = len(config.partitions)
     seq_table = n * RING_CONTROL_SIZE
-    control_size = page_align(seq_table + n * n * SEQ_ENTRY_SIZE)
+    control_size = page_align(seq_table + 2 * n * n * SEQ_ENTRY_SIZE)
     cursor = control_size
     parts = []
     for index, p in enumerate(config.partitions):

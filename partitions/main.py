@@ -58,10 +58,15 @@ class Partition:
         self.view = PartitionView(self.memory.view, self.own)
         self.driver = Driver(self.network_id, self.memory.view, self.layout,
                              boot["request_fd"], boot["reply_fd"], locks, bells)
-        self.receiver = Receiver(self.memory.view, self.own, bells[self.network_id])
+        self.receiver = Receiver(self.memory.view, self.layout, self.network_id,
+                                 bells[self.network_id])
         self.traffic = Traffic(self.network_id, self.view, self.own.receive_offset)
         # Every transport this partition can send or receive with (partitions/transports.py).
         self.ring = AdapterRing(self.receiver)
+        for peer in self.layout.partitions:  # a restarted partition continues its sequences
+            if peer.network_id != self.network_id:
+                self.traffic.expect_after(self.ring.channel, peer.network_id,
+                                          self.receiver.delivered(peer.network_id))
         self.tcp_in = TcpListener()
         self.tcp_out = TcpLinks(self.network_id)
         self.switch = SwitchPort(self.network_id)

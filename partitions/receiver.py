@@ -16,7 +16,7 @@ import posix_ipc
 
 from adapter import receive_area
 from adapter.ring import RECORD_HEADER, skip_to_record
-from hypervisor.layout import PartitionLayout
+from hypervisor.layout import SegmentLayout
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,17 @@ Handler = Callable[[int, int, memoryview], None]  # (source ID, seq, payload vie
 
 
 class Receiver:
-    def __init__(self, physical: memoryview, own: PartitionLayout, bell: posix_ipc.Semaphore):
+    def __init__(self, physical: memoryview, segment: SegmentLayout, network_id: int,
+                 bell: posix_ipc.Semaphore):
         self.physical = physical
-        self.own = own
+        self.segment = segment
+        self.own = segment.by_id()[network_id]
+        own = self.own
         self.bell = bell
+        self.redelivered = 0  # records a previous incarnation consumed but did not free
+        self._delivered_words = {
+            p.network_id: segment.delivered_address(p.index, own.index) >> 3
+            for p in segment.partitions}
         self.words = receive_area.words(physical)
         self._area = physical[own.receive_base:own.receive_base + own.receive_size]
 
@@ -52,12 +59,18 @@ class Receiver:
             record = skip_to_record(tail, head, self.own.receive_size, self._header)
             if record is None:
                 break
-            start = record.payload_position
-            with self._area[start:start + record.length] as payload:
-                handler(record.source_id, record.seq, payload)
+            slot = self._delivered_words.get(record.source_id)
+            if slot is not None and record.seq <= self.words[slot]:
+                self.redelivered += 1  # a killed incarnation handled it: exactly once
+            else:
+                start = record.payload_position
+                with self._area[start:start + record.length] as payload:
+                    handler(record.source_id, record.seq, payload)
+                if slot is not None:
+                    self.words[slot] = record.seq  # before the tail: a crash re-reads, never loses
+                done += 1
             tail = record.next_tail
             receive_area.publish_tail(self.words, self.own.control, tail)
-            done += 1
         return done
 
     def wait(self, timeout: float) -> bool:
@@ -82,6 +95,10 @@ class Receiver:
                 return None
             self.wait(remaining)
         return got[0]
+
+    def delivered(self, source_id: int) -> int:
+        """Last sequence number from `source_id` this partition consumed (any incarnation)."""
+        return self.words[self._delivered_words[source_id]]
 
     def pending_bytes(self) -> int:
         return (receive_area.read_head(self.words, self.own)

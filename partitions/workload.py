@@ -133,6 +133,11 @@ class Traffic:
             rx.__dict__.update(fresh.__dict__)
 
     # -- receive side --------------------------------------------------------------------
+    def expect_after(self, channel: str, source_id: int, seq: int) -> None:
+        """Sequence numbers from `source_id` on `channel` continue after `seq` (a restarted
+        partition picks up where its previous incarnation stopped)."""
+        self._last_seq[(channel, source_id)] = seq
+
     def start_receiving(self, endpoint: ReceiveEndpoint) -> None:
         channel = endpoint.channel
         if channel in self._receivers:

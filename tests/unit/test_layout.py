@@ -120,5 +120,9 @@ def test_one_partition_machine():
 def test_control_area_grows_with_the_sequence_table(n):
     parts = tuple(PartitionConfig(f"p{i}", i + 1, MIN_MEMORY, MIN_RECEIVE) for i in range(n))
     layout = plan_segment(MachineConfig(partitions=parts))
-    assert layout.control_size == page_align(n * RING_CONTROL_SIZE + n * n * SEQ_ENTRY_SIZE)
+    # ring blocks, then the committed and the delivered per-pair tables
+    assert layout.control_size == page_align(n * RING_CONTROL_SIZE + 2 * n * n * SEQ_ENTRY_SIZE)
+    last = layout.delivered_address(n - 1, n - 1)
+    assert layout.seq_address(n - 1, n - 1) < layout.delivered_address(0, 0)
+    assert last + SEQ_ENTRY_SIZE <= layout.control_size
     assert layout.partitions[0].base == layout.control_size
