@@ -39,7 +39,7 @@ from adapter.protocol import (
     encode_reply,
     malformed_reply,
 )
-from adapter.ring import Reservation, reserve
+from adapter.ring import Reservation, max_payload, reserve
 from adapter.translation import PartitionState, Translation, TranslationTable
 from hypervisor.control import Channel
 from hypervisor.layout import SegmentLayout
@@ -47,6 +47,16 @@ from hypervisor.memory import PhysicalMemory
 
 PARKED_POLL_S = 0.0002  # how often parked requests retry a busy lock
 READ_CHUNK = 65536
+
+
+@dataclass
+class Work:
+    """A validated request: per-move results so far, the checked moves, its lock deadline."""
+
+    request: Request
+    results: list[Result | None]
+    checked: list[tuple[int, Translation]]
+    deadline: float
 
 
 @dataclass
@@ -58,8 +68,7 @@ class Connection:
     reply_fd: int
     decoder: RequestDecoder = field(default_factory=RequestDecoder)
     outbox: bytearray = field(default_factory=bytearray)
-    parked: Request | None = None
-    parked_deadline: float = 0.0
+    parked: Work | None = None
     open: bool = True
 
     def ready_for_request(self) -> bool:
@@ -178,12 +187,24 @@ class Adapter:
             self.locks[dst].acquire(0)
         except posix_ipc.BusyError:
             return False
+        self._absorb_stray_releases(dst)
         if state is LockState.GRANTED:
             self.book.settled(dst)
             self._settle(dst)
         else:
             self.book.acquired(dst)
         return True
+
+    def _absorb_stray_releases(self, dst: int) -> None:
+        """We hold the lock, so its value must be 0. Any partition can open the semaphore by
+        name; an extra release would let two writers in. Take the surplus back, count it."""
+        sem = self.locks[dst]
+        while sem.value > 0:
+            try:
+                sem.acquire(0)
+            except posix_ipc.BusyError:
+                break
+            self.errors["stray_lock_release"] += 1
 
     def _settle(self, dst: int) -> None:
         """A grant ended (or a restarted adapter found one): undo it if never committed."""
@@ -206,44 +227,52 @@ class Adapter:
         self.locks[dst].release()
 
     # -- requests ----------------------------------------------------------------------
-    def handle(self, conn: Connection, request: Request, now: float) -> bool:
-        """Serve one request; False if it had to be parked on a busy lock."""
+    def handle(self, conn: Connection, request: Request, now: float) -> None:
+        """Serve one request: validate it once, then move or grant, or park it on a busy lock."""
         if request.op not in (Op.MOVE, Op.GRANT):
             self.errors["malformed"] += 1
             self._reply(conn, malformed_reply(request.op, request.request_id))
-            return True
+            return
         self.counters["requests"] += 1
-        results: list[Result | None] = [None] * len(request.moves)
-        checked: list[tuple[int, Translation]] = []
+        work = Work(request, [None] * len(request.moves), [], now + self.lock_timeout)
         for i, move in enumerate(request.moves):
             try:
                 if move.src_id != conn.network_id:
                     self.errors["source_mismatch"] += 1
-                    results[i] = Result(Status.SOURCE_MISMATCH, conn.network_id)
+                    work.results[i] = Result(Status.SOURCE_MISMATCH, conn.network_id)
                     continue
-                checked.append((i, self.table.translate(move.src_id, move.dst_id, move.offset,
-                                                        move.count)))
+                work.checked.append((i, self.table.translate(move.src_id, move.dst_id,
+                                                             move.offset, move.count)))
             except XpmoveError as exc:
-                results[i] = self._failure(exc, move.src_id)
-        destinations = sorted({t.dst.network_id for _, t in checked})
+                work.results[i] = self._failure(exc, move.src_id, move.dst_id)
+        if not self.attempt(conn, work):
+            conn.parked = work
+
+    def attempt(self, conn: Connection, work: Work) -> bool:
+        """Take every destination lock of `work` (all or none, in order) and execute it."""
         taken: list[int] = []
-        for dst in destinations:
+        for dst in sorted({t.dst.network_id for _, t in work.checked}):
             if not self._try_lock(dst):
                 for d in taken:
                     self._unlock(d)
-                self.book.record(dst).waits += 1
-                self.counters["lock_waits"] += 1
+                if conn.parked is None:  # count a wait once, not once per retry
+                    self.book.record(dst).waits += 1
+                    self.counters["lock_waits"] += 1
                 return False
             taken.append(dst)
-        self._execute(conn, request.op, checked, results)
-        self._reply(conn, encode_reply(request.op, request.request_id, Status.OK, results))
+        self._execute(conn, work.request.op, work.checked, work.results)
+        self._reply(conn, encode_reply(work.request.op, work.request.request_id, Status.OK,
+                                       work.results))
         return True
 
-    def _failure(self, exc: XpmoveError, src_id: int) -> Result:
+    def _failure(self, exc: XpmoveError, src_id: int, dst_id: int = 0) -> Result:
+        """The wire form of a failed check: status plus the limit that explains it."""
         self.errors[exc.status.name.lower()] += 1
         detail = 0
         if exc.status is Status.OUT_OF_BOUNDS and src_id in self.table:
             detail = self.table.entry(src_id).layout.size
+        elif exc.status is Status.TOO_LARGE and dst_id in self.table:
+            detail = max_payload(self.table.entry(dst_id).layout.receive_size)
         return Result(exc.status, detail)
 
     def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
@@ -327,28 +356,28 @@ class Adapter:
                 return
             if request is None:
                 return
-            if not self.handle(conn, request, now):
-                conn.parked = request
-                conn.parked_deadline = now + self.lock_timeout
-                return
+            self.handle(conn, request, now)
 
     def retry_parked(self, now: float) -> None:
+        """Retry the locks of parked requests; past the deadline, answer LOCK_TIMEOUT for the
+        moves still waiting (moves that already failed their checks keep their own error)."""
         for conn in list(self.connections.values()):
-            request = conn.parked
-            if request is None or not conn.open:
+            work = conn.parked
+            if work is None or not conn.open:
                 continue
-            conn.parked = None
-            if self.handle(conn, request, now):
+            if self.attempt(conn, work):
+                conn.parked = None
                 self.serve(conn, now)
-            elif now >= conn.parked_deadline:
-                self.errors["lock_timeout"] += 1
+            elif now >= work.deadline:
+                conn.parked = None
                 ms = int(self.lock_timeout * 1000)
-                self._reply(conn, encode_reply(request.op, request.request_id, Status.OK,
-                                               [Result(Status.LOCK_TIMEOUT, ms)] *
-                                               len(request.moves)))
+                waiting = [i for i, r in enumerate(work.results) if r is None]
+                self.errors["lock_timeout"] += len(waiting)
+                for i in waiting:
+                    work.results[i] = Result(Status.LOCK_TIMEOUT, ms)
+                self._reply(conn, encode_reply(work.request.op, work.request.request_id,
+                                               Status.OK, work.results))
                 self.serve(conn, now)
-            else:
-                conn.parked = request
             self.watch(conn)
 
     def read_from(self, conn: Connection, now: float) -> None:

@@ -562,8 +562,6 @@ def test_flood_without_reading_replies_blocks_only_the_flooder(rig):
     rig.done()
 
 
-@pytest.mark.xfail(strict=True, reason="adapter/server.py Adapter._failure sends detail 0 for "
-                   "TOO_LARGE, so the message says the receive area can hold '0 bytes'")
 def test_too_large_message_names_the_real_limit(rig):
     lease = rig.lease()
     m = lease.machine
@@ -599,15 +597,11 @@ def park_behind_a_grant(rig: Rig) -> tuple[list[dict], int]:
     return outcomes, counted
 
 
-@pytest.mark.xfail(strict=True, reason="adapter/server.py Adapter.retry_parked answers every move "
-                   "of a timed-out request LOCK_TIMEOUT, even moves that failed validation")
 def test_a_parked_request_keeps_its_validation_errors(rig):
     outcomes, _ = park_behind_a_grant(rig)
     assert outcomes[1]["error"] == "UnknownNetworkId", outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="adapter/server.py Adapter.handle re-validates a parked "
-                   "request on every retry (every 0.2 ms) and counts its errors each time")
 def test_a_parked_request_counts_its_errors_once(rig):
     _, counted = park_behind_a_grant(rig)
     assert counted == 1, f"one invalid move counted {counted} times"
