@@ -165,9 +165,6 @@ class CpuMeter:
             out[name] = t.user + t.system
         return out
 
-    def total(self) -> float:
-        return sum(self.by_process().values())
-
 
 def memcpy_bandwidth(memory: memoryview, src: int, dst: int, block: int = MEMCPY_BLOCK,
                      seconds: float = MEMCPY_SECONDS) -> float:
@@ -271,6 +268,7 @@ class Bench:
     switch: VSwitchProcess | None = None
     progress: Progress | None = None
     runs: list[dict] = field(default_factory=list)
+    last_cpu: dict[str, float] = field(default_factory=dict)
 
     def call(self, nid: int, msg: dict) -> dict:
         reply = self.machine.call(nid, msg)
@@ -315,8 +313,8 @@ class Bench:
                     "duration": None if o.packets is not None else o.duration,
                     "ports": {str(d): ports[d] for d in peers if d in ports}})
                 batch_used = min(batch_used, reply.get("batch_used", o.batch))
-            samples, sent, failed = self._sample(plan, meter, t0)
-            cpu1 = meter.by_process()
+            samples, sent, failed = self._sample(plan, meter, t0, sum(cpu0.values()))
+            cpu1 = self.last_cpu  # read with the last sample, so it adds up to its C
         finally:
             for nid in plan.participants:
                 try:
@@ -330,10 +328,14 @@ class Bench:
     def _counts(self, plan: RunPlan) -> dict[int, dict]:
         return {nid: self.call(nid, {"cmd": "bench_count"}) for nid in plan.participants}
 
-    def _sample(self, plan: RunPlan, meter: CpuMeter, t0: float
+    def _sample(self, plan: RunPlan, meter: CpuMeter, t0: float, cpu0: float
                 ) -> tuple[list[Sample], int, int]:
+        """Sample T and C until every sender is done and every packet is in (or timed out).
+
+        `t0` and `cpu0` were read before the first sender started, and the receivers' counters
+        were zeroed before that, so T and C share one origin.
+        """
         o = self.options
-        cpu0 = meter.total()
         samples = [Sample(0.0, 0.0, 0, 0, True)]
         expected = None if o.packets is None else o.packets * len(plan.routes)
         limit = PACKETS_TIMEOUT_S if o.packets is not None else (o.duration or 0) + \
@@ -347,9 +349,10 @@ class Bench:
         try:
             while True:
                 time.sleep(max(0.0, next_at - time.monotonic()))  # pacing the samples
-                next_at += SAMPLE_S
+                next_at = max(next_at + SAMPLE_S, time.monotonic() + SAMPLE_S / 2)
                 counts = self._counts(plan)
-                cpu = meter.total() - cpu0
+                self.last_cpu = meter.by_process()
+                cpu = sum(self.last_cpu.values()) - cpu0
                 now = time.monotonic() - t0
                 received = sum(counts[r]["received"] for r in plan.receivers)
                 nbytes = sum(counts[r]["bytes_in"] for r in plan.receivers)

@@ -50,6 +50,7 @@ def check_results(results: dict, transports, sizes, expected_packets: int) -> No
         series = r["series"]
         assert series[0] == [0.0, 0] and series[-1][1] == expected_packets
         assert all(len(p) == 2 for p in series)
+        assert sum(r["cpu_by_process"].values()) == pytest.approx(series[-1][0], abs=1e-3)
         assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(series, series[1:], strict=False))
 
 
