@@ -268,7 +268,7 @@ def _default_dict() -> dict[str, object]:
     names = ("alpha", "bravo", "charlie", "delta")
     return {
         "partition": [
-            {"name": n, "network_id": i, "memory": "8MiB", "receive_area": "2MiB"}
+            {"name": n, "network_id": i, "memory": "8MiB", "receive_area": "4MiB"}
             for i, n in enumerate(names, start=1)
         ]
     }

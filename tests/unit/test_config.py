@@ -69,7 +69,7 @@ def test_default_config_is_four_partitions_of_8mib() -> None:
     cfg = default_config()
     assert [p.name for p in cfg.partitions] == ["alpha", "bravo", "charlie", "delta"]
     assert [p.network_id for p in cfg.partitions] == [1, 2, 3, 4]
-    assert all(p.memory_size == 8 * MiB and p.receive_size == 2 * MiB for p in cfg.partitions)
+    assert all(p.memory_size == 8 * MiB and p.receive_size == 4 * MiB for p in cfg.partitions)
     assert all(p.cpus is None for p in cfg.partitions)
     assert (cfg.lock_timeout_s, cfg.restart, cfg.restart_limit) == (1.0, "never", 3)
     assert total_memory(cfg) == 32 * MiB
