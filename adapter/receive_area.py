@@ -15,6 +15,7 @@ from hypervisor.layout import (
     HEAD_OFFSET,
     HOLDER_OFFSET,
     PENDING_OFFSET,
+    SLEEPING_OFFSET,
     TAIL_OFFSET,
     PartitionLayout,
     SegmentLayout,
@@ -50,6 +51,26 @@ def publish_head(words: memoryview, control: int, head: int) -> None:
 
 def publish_tail(words: memoryview, control: int, tail: int) -> None:
     words[_word(control + TAIL_OFFSET)] = tail
+
+
+def set_sleeping(words: memoryview, dst: PartitionLayout, sleeping: bool) -> None:
+    words[_word(dst.control + SLEEPING_OFFSET)] = int(sleeping)
+
+
+def ring_doorbell(words: memoryview, dst: PartitionLayout, bell) -> bool:
+    """After a commit: wake the receiver if (and only if) it sleeps. Doorbells suppressed
+    while it is draining save a futex wake-up per move.
+
+    The caller has freed the destination lock (sem_post, an atomic read-modify-write, a full
+    barrier on x86) between publishing `head` and reading `sleeping`; the receiver does a
+    sem_trywait between setting `sleeping` and reading `head`. So one of the two sees the
+    other's store, and a wake-up is not lost. Where that reasoning does not hold (weaker
+    memory models), the receiver's bounded wait still picks the record up.
+    """
+    if words[_word(dst.control + SLEEPING_OFFSET)]:
+        bell.release()
+        return True
+    return False
 
 
 def write_record_header(

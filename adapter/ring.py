@@ -21,7 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from adapter.errors import DestinationFull, RingCorrupt, TooLarge
 
@@ -63,8 +63,7 @@ def check_counters(head: int, tail: int, capacity: int) -> None:
         raise RingCorrupt(f"ring counters head {head} tail {tail} invalid for capacity {capacity}")
 
 
-@dataclass(frozen=True)
-class Reservation:
+class Reservation(NamedTuple):
     """Where a record of `length` bytes goes, decided under the destination's lock."""
 
     position: int  # ring offset of the record header
@@ -95,8 +94,7 @@ def reserve(head: int, tail: int, capacity: int, length: int) -> Reservation:
     return Reservation(position, length, pad, head + skip + need)
 
 
-@dataclass(frozen=True)
-class RecordView:
+class RecordView(NamedTuple):
     """A committed record found by the reader at ring offset `position`."""
 
     position: int

@@ -309,17 +309,19 @@ class Adapter:
             first_seq = receive_area.read_seq(self.words, seq_address) + 1
             receive_area.begin_commit(self.words, dst, head, src.index, first_seq)
             receive_area.write_seq(self.words, seq_address, first_seq + len(placed) - 1)
+            moved = 0
             for seq, (i, t, r) in enumerate(placed, start=first_seq):
                 payload = receive_area.write_record_header(self.mem, dst, r, src.network_id, seq)
                 if op == Op.MOVE:
                     mvxl(self.mem, payload, t.src_address, t.count)
                 results[i] = Result(Status.OK, 0, seq, t.src_address, payload, t.count, head)
-                self.counters["moves"] += 1
-                self.counters["bytes"] += t.count
+                moved += t.count
+            self.counters["moves"] += len(placed)
+            self.counters["bytes"] += moved
             if op == Op.MOVE:
                 receive_area.publish_head(self.words, dst.control, head)
                 self._unlock(dst_id)
-                self.bells[dst_id].release()
+                receive_area.ring_doorbell(self.words, dst, self.bells[dst_id])
             else:
                 receive_area.set_holder(self.words, dst, conn.network_id)
                 self.book.granted(Grant(conn.network_id, dst_id, head, time.monotonic()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from adapter.errors import (
     BadCount,
@@ -36,8 +37,7 @@ class TranslationEntry:
     state: PartitionState = PartitionState.ACTIVE
 
 
-@dataclass(frozen=True)
-class Translation:
+class Translation(NamedTuple):
     """A checked move: physical source address plus both table entries."""
 
     src: PartitionLayout

@@ -29,13 +29,14 @@ CACHE_LINE = 64
 #                 sequence number it consumed, so whoever settles it (this adapter, or a
 #                 restarted one) can roll the pair's sequence back if the commit never happened
 #   holder        network ID of the driver the lock is granted to (Fig 12), 0 if none
-# Line 1 is written by the receiver (tail). Two lines so producer and consumer do not
-# false-share.
+# Line 1 is written by the receiver: tail, and `sleeping` (1 while it waits on its doorbell, so
+# movers ring only then). Two lines so producer and consumer do not false-share.
 RING_CONTROL_SIZE = 2 * CACHE_LINE
 HEAD_OFFSET = 0
 PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
 HOLDER_OFFSET = 32
 TAIL_OFFSET = CACHE_LINE
+SLEEPING_OFFSET = CACHE_LINE + 8
 SEQ_ENTRY_SIZE = 8
 
 

@@ -128,9 +128,10 @@ class Driver:
                 mvxl(self.physical, r.dst_address, r.src_address, r.count)
                 commits[m.dst_id] = max(r.commit_value, commits.get(m.dst_id, 0))
         for dst, head in commits.items():
-            receive_area.publish_head(self.words, self.by_id[dst].control, head)
+            layout = self.by_id[dst]
+            receive_area.publish_head(self.words, layout.control, head)
             self.locks[dst].release()
-            self.bells[dst].release()
+            receive_area.ring_doorbell(self.words, layout, self.bells[dst])
 
     def reconnect(self, request_fd: int, reply_fd: int) -> None:
         """Fresh pipes to a restarted adapter (from the hypervisor); wakes a waiting request."""

@@ -74,12 +74,26 @@ class Receiver:
         return done
 
     def wait(self, timeout: float) -> bool:
-        """Sleep until the doorbell rings or `timeout` passes; True if it rang."""
+        """Sleep until the doorbell rings or `timeout` passes; True if there may be records.
+
+        Movers ring only while `sleeping` is set (see receive_area.ring_doorbell): set it, then
+        look once more (after a trywait, which is a barrier) before really sleeping.
+        """
+        receive_area.set_sleeping(self.words, self.own, True)
         try:
+            try:
+                self.bell.acquire(0)
+                return True
+            except posix_ipc.BusyError:
+                pass
+            if self.pending_bytes():
+                return True
             self.bell.acquire(timeout)
             return True
         except posix_ipc.BusyError:
             return False
+        finally:
+            receive_area.set_sleeping(self.words, self.own, False)
 
     def receive(self, timeout: float = 0.0) -> Packet | None:
         """The next packet (a copy), waiting up to `timeout` seconds for one."""
