@@ -39,6 +39,10 @@ U64 = (1 << 64) - 1
 class Op(IntEnum):
     MOVE = 1  # Fig 11: the adapter executes the move
     GRANT = 2  # Fig 12: the adapter returns the lock and physical addresses
+    # Fig 11 multiple-write: each move names a run of records the sender laid out back to back
+    # (RECORD_HEADER + payload, padded); ONE MVXL moves the run, the adapter rewrites every
+    # header (source, sequence) itself. Result: seq = first sequence number, detail = records.
+    MOVE_RUN = 3
 
 
 class ProtocolViolation(Exception):

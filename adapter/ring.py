@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from adapter.errors import DestinationFull, RingCorrupt, TooLarge
+from adapter.errors import BadCount, DestinationFull, RingCorrupt, TooLarge
 
 RECORD_HEADER = struct.Struct("<IIQQ")  # kind, source network ID, sequence number, length
 HEADER_SIZE = RECORD_HEADER.size
@@ -132,3 +132,22 @@ def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordVi
         return RecordView(pos, source_id, seq, length, end)
     return None
 
+
+
+def split_run(count: int, read_length) -> list[int]:
+    """The payload lengths of a run of `count` bytes of back-to-back records (multiple-write).
+
+    `read_length(offset)` reads the length field of the header at `offset` of the run (sender
+    memory: untrusted). Every record must have a length > 0 and the records must tile the run
+    exactly; otherwise BadCount names the offending offset and value.
+    """
+    if count < record_size(1) or count % ALIGN:
+        raise BadCount(f"run of {count} bytes: must be a multiple of {ALIGN} holding >= 1 record")
+    lengths, offset = [], 0
+    while offset < count:
+        length = read_length(offset)
+        if length <= 0 or offset + record_size(length) > count:
+            raise BadCount(f"run of {count} bytes: record at offset {offset} has length {length}")
+        lengths.append(length)
+        offset += record_size(length)
+    return lengths

@@ -22,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 import posix_ipc
 
@@ -39,7 +40,17 @@ from adapter.protocol import (
     encode_reply,
     malformed_reply,
 )
-from adapter.ring import Reservation, max_payload, reserve
+from adapter.ring import (
+    HEADER_SIZE,
+    KIND_PAD,
+    KIND_RECORD,
+    RECORD_HEADER,
+    Reservation,
+    max_payload,
+    record_size,
+    reserve,
+    split_run,
+)
 from adapter.translation import PartitionState, Translation, TranslationTable
 from hypervisor.control import Channel
 from hypervisor.layout import SegmentLayout
@@ -57,6 +68,7 @@ class Work:
     results: list[Result | None]
     checked: list[tuple[int, Translation]]
     deadline: float
+    runs: dict[int, list[int]] = field(default_factory=dict)  # move -> record lengths
 
 
 @dataclass
@@ -229,7 +241,7 @@ class Adapter:
     # -- requests ----------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request, now: float) -> None:
         """Serve one request: validate it once, then move or grant, or park it on a busy lock."""
-        if request.op not in (Op.MOVE, Op.GRANT):
+        if request.op not in (Op.MOVE, Op.GRANT, Op.MOVE_RUN):
             self.errors["malformed"] += 1
             self._reply(conn, malformed_reply(request.op, request.request_id))
             return
@@ -241,8 +253,10 @@ class Adapter:
                     self.errors["source_mismatch"] += 1
                     work.results[i] = Result(Status.SOURCE_MISMATCH, conn.network_id)
                     continue
-                work.checked.append((i, self.table.translate(move.src_id, move.dst_id,
-                                                             move.offset, move.count)))
+                t = self.table.translate(move.src_id, move.dst_id, move.offset, move.count)
+                if request.op == Op.MOVE_RUN:
+                    work.runs[i] = split_run(t.count, partial(self._run_length, t.src_address))
+                work.checked.append((i, t))
             except XpmoveError as exc:
                 work.results[i] = self._failure(exc, move.src_id, move.dst_id)
         if not self.attempt(conn, work):
@@ -260,7 +274,7 @@ class Adapter:
                     self.counters["lock_waits"] += 1
                 return False
             taken.append(dst)
-        self._execute(conn, work.request.op, work.checked, work.results)
+        self._execute(conn, work.request.op, work.checked, work.results, work.runs)
         self._reply(conn, encode_reply(work.request.op, work.request.request_id, Status.OK,
                                        work.results))
         return True
@@ -275,8 +289,12 @@ class Adapter:
             detail = max_payload(self.table.entry(dst_id).layout.receive_size)
         return Result(exc.status, detail)
 
+    def _run_length(self, base: int, offset: int) -> int:
+        """Length field of the record header at `offset` of a run in sender memory."""
+        return RECORD_HEADER.unpack_from(self.mem, base + offset)[3]
+
     def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
-                 results: list[Result | None]) -> None:
+                 results: list[Result | None], runs: dict[int, list[int]]) -> None:
         """All destination locks are held: reserve, record the commit, move (Fig 11) or grant.
 
         Per destination the order is what makes a crash at any point recoverable: pending
@@ -291,10 +309,12 @@ class Adapter:
             tail = receive_area.read_tail(self.words, dst)
             placed: list[tuple[int, Translation, Reservation]] = []
             for i, t in moves:
+                # a run is placed like one record spanning it: contiguous, never wrapped
+                length = t.count - HEADER_SIZE if i in runs else t.count
                 try:
-                    r = reserve(head, tail, dst.receive_size, t.count)
+                    r = reserve(head, tail, dst.receive_size, length)
                 except XpmoveError as exc:
-                    results[i] = self._failure(exc, t.src.network_id)
+                    results[i] = self._failure(exc, t.src.network_id, dst_id)
                     if exc.status is Status.DESTINATION_FULL:
                         results[i] = Result(Status.DESTINATION_FULL,
                                             dst.receive_size - (head - tail))
@@ -305,20 +325,29 @@ class Adapter:
                 self._unlock(dst_id)
                 continue
             src = placed[0][1].src
+            records = sum(len(runs[i]) if i in runs else 1 for i, _, _ in placed)
             seq_address = self.layout.seq_address(src.index, dst.index)
-            first_seq = receive_area.read_seq(self.words, seq_address) + 1
-            receive_area.begin_commit(self.words, dst, head, src.index, first_seq)
-            receive_area.write_seq(self.words, seq_address, first_seq + len(placed) - 1)
+            seq = receive_area.read_seq(self.words, seq_address) + 1
+            receive_area.begin_commit(self.words, dst, head, src.index, seq)
+            receive_area.write_seq(self.words, seq_address, seq + records - 1)
             moved = 0
-            for seq, (i, t, r) in enumerate(placed, start=first_seq):
-                payload = receive_area.write_record_header(self.mem, dst, r, src.network_id, seq)
-                if op == Op.MOVE:
-                    mvxl(self.mem, payload, t.src_address, t.count)
-                results[i] = Result(Status.OK, 0, seq, t.src_address, payload, t.count, head)
+            for i, t, r in placed:
+                if i in runs:
+                    payload = self._move_run(dst, r, t, src.network_id, seq, runs[i])
+                    results[i] = Result(Status.OK, len(runs[i]), seq, t.src_address, payload,
+                                        t.count, head)
+                    seq += len(runs[i])
+                else:
+                    payload = receive_area.write_record_header(self.mem, dst, r, src.network_id,
+                                                               seq)
+                    if op == Op.MOVE:
+                        mvxl(self.mem, payload, t.src_address, t.count)
+                    results[i] = Result(Status.OK, 0, seq, t.src_address, payload, t.count, head)
+                    seq += 1
                 moved += t.count
-            self.counters["moves"] += len(placed)
+            self.counters["moves"] += records
             self.counters["bytes"] += moved
-            if op == Op.MOVE:
+            if op != Op.GRANT:
                 receive_area.publish_head(self.words, dst.control, head)
                 self._unlock(dst_id)
                 receive_area.ring_doorbell(self.words, dst, self.bells[dst_id])
@@ -326,6 +355,21 @@ class Adapter:
                 receive_area.set_holder(self.words, dst, conn.network_id)
                 self.book.granted(Grant(conn.network_id, dst_id, head, time.monotonic()))
                 self.counters["grants"] += 1
+
+    def _move_run(self, dst, r: Reservation, t: Translation, src_id: int, seq: int,
+                  lengths: list[int]) -> int:
+        """Multiple-write: ONE MVXL for the whole run, then every header rewritten by us from
+        the lengths validated at request time (the sender's headers are never trusted)."""
+        start = dst.receive_base + r.position
+        if r.pad_position is not None:
+            RECORD_HEADER.pack_into(self.mem, dst.receive_base + r.pad_position, KIND_PAD, 0, 0, 0)
+        mvxl(self.mem, start, t.src_address, t.count)
+        pack, at = RECORD_HEADER.pack_into, start
+        for length in lengths:
+            pack(self.mem, at, KIND_RECORD, src_id, seq, length)
+            seq += 1
+            at += record_size(length)
+        return start
 
     def _reply(self, conn: Connection, frame: bytes) -> None:
         conn.outbox += frame

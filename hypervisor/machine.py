@@ -87,11 +87,16 @@ class Names:
 
 
 class Machine:
+    # Every run prefix this process created: lets a test suite check its own leaks precisely,
+    # even while other runs on the machine come and go.
+    prefixes_created: list[str] = []
+
     def __init__(self, config: MachineConfig, registry: RunRegistry | None = None):
         self.config = config
         self.layout: SegmentLayout = plan_segment(config)
         self.registry = registry or RunRegistry()
         self.prefix = new_run_prefix()
+        Machine.prefixes_created.append(self.prefix)
         ids = [p.network_id for p in config.partitions]
         self.names = Names(
             segment=ipc_name(self.prefix, "mem"),

@@ -42,8 +42,9 @@ class Sent:
     """A move the adapter accepted: where it went and its per-pair sequence number."""
 
     dst_id: int
-    seq: int
-    count: int
+    seq: int  # of the first record
+    count: int  # bytes
+    records: int = 1
 
 
 class Driver:
@@ -109,6 +110,18 @@ class Driver:
             for m, r in zip(wire, results, strict=True)
         ]
 
+    def send_run(self, dst_id: int, offset: int, count: int) -> Sent | XpmoveError:
+        """Fig 11 multiple-write: move `count` bytes of back-to-back records at `offset` (each
+        RECORD_HEADER with its length filled in, then the payload, padded to 8) in ONE request
+        and ONE MVXL. The adapter checks the lengths and writes every header itself."""
+        move = Move(self.network_id, dst_id, offset, count)
+        with self._mutex:
+            (r,) = self._survive_restart(Op.MOVE_RUN, [move])
+        if r.status != Status.OK:
+            return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
+                             count=count, detail=r.detail)
+        return Sent(dst_id, r.seq, count, r.detail)
+
     def grant(self, dst_id: int, offset: int, count: int) -> Result:
         """Fig 12 step 1203 alone: the lock and addresses, with the move left to the caller,
         who must then MVXL, publish the commit and free the lock (see _execute_grants)."""
@@ -173,8 +186,13 @@ class Driver:
             # cleared first, then checked: a close() at any point is seen
             if self._closing or not self._connected.wait(self.reconnect_wait) or self._closing:
                 raise
-        after = self._pair_seqs(moves) if op == Op.MOVE else before
+        after = self._pair_seqs(moves) if op != Op.GRANT else before
         committed: dict[int, int] = {d: after[d] - before[d] for d in before}
+        if op == Op.MOVE_RUN:  # a request carries one run; it committed whole or not at all
+            if all(committed.values()):
+                return tuple(Result(Status.OK, committed[m.dst_id], before[m.dst_id] + 1,
+                                    count=m.count) for m in moves)
+            return self._round_trip(op, moves)
         redo = [m for m in moves if committed.get(m.dst_id, 0) == 0]
         redone = iter(self._round_trip(op, redo) if redo else ())
         results = []

@@ -22,6 +22,7 @@ import zlib
 import posix_ipc
 
 from adapter.errors import XpmoveError
+from adapter.ring import RECORD_HEADER, record_size
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout
 from hypervisor.memory import PhysicalMemory
@@ -154,6 +155,23 @@ class Partition:
         return {"ok": True, "outcomes": [
             {"ok": True, "seq": o.seq} if not isinstance(o, XpmoveError) else error_reply(o)
             for o in outcomes]}
+
+    def cmd_send_run(self, msg: dict) -> dict:
+        """Lay out `payloads` (hex) as back-to-back records at `offset` and send them as one
+        multiple-write run. `lengths` (optional) overrides the header length fields, so tests
+        can hand the adapter a run that lies about its records."""
+        payloads = [bytes.fromhex(h) for h in msg["payloads"]]
+        lengths = msg.get("lengths") or [len(p) for p in payloads]
+        offset = int(msg["offset"])
+        at = offset
+        for payload, length in zip(payloads, lengths, strict=True):
+            header = RECORD_HEADER.pack(0, 0, 0, length)
+            self.view.write(at, header + payload)
+            at += record_size(len(payload))
+        outcome = self.driver.send_run(int(msg["dst"]), offset, at - offset)
+        if isinstance(outcome, XpmoveError):
+            return error_reply(outcome)
+        return {"ok": True, "seq": outcome.seq, "records": outcome.records}
 
     def cmd_receive(self, msg: dict) -> dict:
         packet = self.receiver.receive(float(msg.get("timeout", 0.0)))

@@ -365,7 +365,7 @@ fuzzy_moves = st.one_of(
     st.tuples(st.just(1), st.sampled_from([2, 3]), offsets, counts),
     st.tuples(odd_ids, st.sampled_from([2, 3]), st.integers(0, 64), st.integers(1, 64)))
 moves_lists = st.lists(st.one_of(valid_moves, fuzzy_moves), min_size=1, max_size=4)
-ops = st.sampled_from([Op.MOVE, Op.GRANT, Op.MOVE, Op.GRANT, 0, 3, 255])
+ops = st.sampled_from([Op.MOVE, Op.GRANT, Op.MOVE, Op.GRANT, 0, 4, 255])
 request_ids = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 2**32 - 1]))
 
 

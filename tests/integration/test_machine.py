@@ -230,3 +230,29 @@ def test_stop_unlinks_every_name(make_machine):
     assert not names_exist(m)
     assert all(c.proc.poll() is not None for c in m.children())
     assert len(pids) == 3
+
+
+def test_multiple_write_run_arrives_as_records(machine):
+    """Fig 11 multiple-write: one request, one MVXL, every record delivered with its own seq."""
+    payloads = [payload(1, 2, n, i) for i, n in enumerate((64, 5, 1000, 13))]
+    assert send(machine, 1, 2, b"single", "fig11")["seq"] == 1
+    reply = machine.call(1, {"cmd": "send_run", "dst": 2, "offset": 8,
+                             "payloads": [p.hex() for p in payloads]})
+    assert reply == {"ok": True, "seq": 2, "records": 4}
+    assert bytes.fromhex(receive(machine, 2)["hex"]) == b"single"
+    for seq, data in enumerate(payloads, start=2):
+        packet = receive(machine, 2)
+        assert (packet["source_id"], packet["seq"], bytes.fromhex(packet["hex"])) == (1, seq, data)
+    assert receive(machine, 2, timeout=0) is None
+
+
+@pytest.mark.parametrize("lengths", [[64, 0], [64, 4000], [64, -1 & (2**63 - 1)]])
+def test_multiple_write_run_that_lies_is_refused(machine, lengths):
+    before = checksums(machine)
+    reply = machine.call(1, {"cmd": "send_run", "dst": 2, "offset": 0, "lengths": lengths,
+                             "payloads": [payload(1, 2, 64).hex(), payload(1, 2, 16).hex()]})
+    assert reply["ok"] is False and reply["error"] == "BadCount", reply
+    assert receive(machine, 2, timeout=0) is None
+    after = checksums(machine)
+    assert after[2] == before[2] and after[3] == before[3]  # nothing moved anywhere
+    assert set(machine.adapter_stats()["locks"].values()) == {"free"}

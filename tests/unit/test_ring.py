@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from adapter.errors import DestinationFull, RingCorrupt, TooLarge
+from adapter.errors import BadCount, DestinationFull, RingCorrupt, TooLarge
 from adapter.ring import (
     ALIGN,
     HEADER_SIZE,
@@ -379,3 +379,24 @@ class RingSimulation(RuleBasedStateMachine):
 
 TestRingSimulation = RingSimulation.TestCase
 TestRingSimulation.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+def test_split_run_tiles_records_exactly():
+    from adapter.ring import split_run
+
+    lengths = [64, 5, 1000]
+    offsets, at = {}, 0
+    for n in lengths:
+        offsets[at] = n
+        at += record_size(n)
+    assert split_run(at, offsets.__getitem__) == lengths
+
+
+@pytest.mark.parametrize("count, table", [
+    (0, {}), (12, {}), (40, {0: 0}), (40, {0: 17}), (64, {0: 8, 32: 99}), (64, {0: -3}),
+])
+def test_split_run_rejects_runs_that_do_not_tile(count, table):
+    from adapter.ring import split_run
+
+    with pytest.raises(BadCount):
+        split_run(count, lambda offset: table.get(offset, 0))
