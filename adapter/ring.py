@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from adapter.errors import BadCount, DestinationFull, RingCorrupt, TooLarge
@@ -108,11 +109,11 @@ class RecordView(NamedTuple):
         return self.position + HEADER_SIZE
 
 
-def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordView | None:
-    """The next committed record at or after `tail`, skipping padding; None when empty.
+def iter_records(tail: int, head: int, capacity: int, read_header) -> Iterator[RecordView]:
+    """Every committed record from `tail` up to `head`, in order, skipping padding.
 
     `read_header(position)` returns the unpacked RECORD_HEADER at a ring offset; it is the only
-    window onto memory, so this stays pure and testable.
+    window onto memory, so this stays pure and testable. Counters are checked once per call.
     """
     check_counters(head, tail, capacity)
     while tail < head:
@@ -124,14 +125,19 @@ def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordVi
         if kind == KIND_PAD:
             tail += capacity - pos
             continue
-        if kind != KIND_RECORD or pos + record_size(length) > capacity:
+        size = align(HEADER_SIZE + length)
+        if kind != KIND_RECORD or pos + size > capacity:
             raise RingCorrupt(f"bad record header kind {kind:#x} length {length} at {pos}")
-        end = tail + record_size(length)
+        end = tail + size
         if end > head:
             raise RingCorrupt(f"record at {pos} of length {length} runs past head {head}")
-        return RecordView(pos, source_id, seq, length, end)
-    return None
+        yield RecordView(pos, source_id, seq, length, end)
+        tail = end
 
+
+def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordView | None:
+    """The next committed record at or after `tail`, skipping padding; None when empty."""
+    return next(iter_records(tail, head, capacity, read_header), None)
 
 
 def split_run(count: int, read_length) -> list[int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import posix_ipc
 
 from adapter import receive_area
-from adapter.ring import RECORD_HEADER, skip_to_record
+from adapter.ring import HEADER_SIZE, RECORD_HEADER, iter_records
 from hypervisor.layout import SegmentLayout
 
 
@@ -50,27 +50,30 @@ class Receiver:
     def drain(self, handler: Handler, limit: int | None = None) -> int:
         """Hand every committed record (up to `limit`) to `handler`; return how many.
 
-        The payload view is valid only during the call: the space is released right after.
+        The payload view is valid only during the call. Each record is marked delivered (per
+        source, in the control area) right after its handler returns; the space is released
+        (tail published) once for the whole batch.
         """
-        head = receive_area.read_head(self.words, self.own)
-        tail = receive_area.read_tail(self.words, self.own)
+        words, area, delivered = self.words, self._area, self._delivered_words
+        head = receive_area.read_head(words, self.own)
+        tail = receive_area.read_tail(words, self.own)
         done = 0
-        while limit is None or done < limit:
-            record = skip_to_record(tail, head, self.own.receive_size, self._header)
-            if record is None:
+        for position, source_id, seq, length, next_tail in iter_records(
+                tail, head, self.own.receive_size, self._header):
+            if limit is not None and done >= limit:
                 break
-            slot = self._delivered_words.get(record.source_id)
-            if slot is not None and record.seq <= self.words[slot]:
+            tail = next_tail
+            slot = delivered.get(source_id)
+            if slot is not None and seq <= words[slot]:
                 self.redelivered += 1  # a killed incarnation handled it: exactly once
-            else:
-                start = record.payload_position
-                with self._area[start:start + record.length] as payload:
-                    handler(record.source_id, record.seq, payload)
-                if slot is not None:
-                    self.words[slot] = record.seq  # before the tail: a crash re-reads, never loses
-                done += 1
-            tail = record.next_tail
-            receive_area.publish_tail(self.words, self.own.control, tail)
+                continue
+            start = position + HEADER_SIZE
+            handler(source_id, seq, area[start:start + length])
+            if slot is not None:
+                words[slot] = seq  # before the tail: a crash re-reads, never loses
+            done += 1
+        if tail != receive_area.read_tail(words, self.own):
+            receive_area.publish_tail(words, self.own.control, tail)
         return done
 
     def wait(self, timeout: float) -> bool:
