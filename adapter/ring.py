@@ -157,3 +157,15 @@ def split_run(count: int, read_length) -> list[int]:
         lengths.append(length)
         offset += record_size(length)
     return lengths
+
+
+def uniform_run_shape(count: int, first_length: int) -> tuple[int, int] | None:
+    """(stride, records) if a run of `count` bytes can be records all of `first_length` bytes:
+    the common case of a batch of equal packets, which the adapter checks and writes with a
+    handful of strided word operations instead of a Python loop per record."""
+    if first_length <= 0:
+        return None
+    stride = record_size(first_length)
+    if count < stride or count % stride:
+        return None
+    return stride, count // stride

@@ -256,3 +256,18 @@ def test_multiple_write_run_that_lies_is_refused(machine, lengths):
     after = checksums(machine)
     assert after[2] == before[2] and after[3] == before[3]  # nothing moved anywhere
     assert set(machine.adapter_stats()["locks"].values()) == {"free"}
+
+
+def test_multiple_write_equal_records_take_the_vector_path(machine):
+    """A run of equal packets (the batched workload's case) is checked and headed in bulk."""
+    payloads = [payload(3, 4, 64, i) for i in range(50)]
+    reply = machine.call(3, {"cmd": "send_run", "dst": 4, "offset": 0,
+                             "payloads": [p.hex() for p in payloads]})
+    assert reply == {"ok": True, "seq": 1, "records": 50}
+    for seq, data in enumerate(payloads, start=1):
+        packet = receive(machine, 4)
+        assert (packet["source_id"], packet["seq"], bytes.fromhex(packet["hex"])) == (3, seq, data)
+    lie = machine.call(3, {"cmd": "send_run", "dst": 4, "offset": 0, "lengths": [64] * 9 + [65],
+                           "payloads": [p.hex() for p in payloads[:10]]})
+    assert lie["ok"] is False and lie["error"] == "BadCount", lie
+    assert receive(machine, 4, timeout=0) is None

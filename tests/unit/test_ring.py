@@ -400,3 +400,12 @@ def test_split_run_rejects_runs_that_do_not_tile(count, table):
 
     with pytest.raises(BadCount):
         split_run(count, lambda offset: table.get(offset, 0))
+
+
+def test_uniform_run_shape():
+    from adapter.ring import uniform_run_shape
+
+    assert uniform_run_shape(88 * 10, 64) == (88, 10)
+    assert uniform_run_shape(88 * 10 + 8, 64) is None
+    assert uniform_run_shape(40, 0) is None
+    assert uniform_run_shape(32, 64) is None
