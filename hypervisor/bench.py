@@ -28,7 +28,8 @@ import select
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import psutil
 from rich.console import Console
@@ -38,7 +39,7 @@ from rich.table import Table
 from adapter.ring import max_payload
 from hypervisor import benchcore
 from hypervisor.benchcore import Sample, SlopeError, human_size, interval_line, si
-from hypervisor.config import MachineConfig
+from hypervisor.config import ConfigError, MachineConfig, load_config
 from hypervisor.launch import signals_deferred
 from hypervisor.layout import SegmentLayout
 from hypervisor.machine import Machine, MachineError
@@ -57,6 +58,11 @@ LATENCY_SAMPLES = 20_000  # per receiver, for the pooled percentiles
 MEMCPY_BLOCK = 1 << 20
 MEMCPY_SECONDS = 0.3
 SWITCH_TIMEOUT_S = 10.0
+DEFAULT_BATCHES = (1, 32)  # the patent's literal flow, and batched
+LATENCY_SIZE = 64
+LATENCY_PACKETS = 200
+LATENCY_INTERVAL_S = 0.002  # pace of the lone packets: one per 2 ms, each alone on the path
+SIXTEEN = Path(__file__).resolve().parents[1] / "configs" / "sixteen.toml"
 
 
 class BenchError(RuntimeError):
@@ -71,7 +77,13 @@ class BenchOptions:
     packets: int | None = None  # per sender and destination
     topology: str = "pairs"
     pairs: str | None = None  # explicit "1:2,3:4", overrides topology
-    batch: int = 1
+    batches: tuple[int, ...] = DEFAULT_BATCHES  # every (transport, size) runs once per value
+    latency: bool = True  # the lone-packet latency phase
+    latency_packets: int = LATENCY_PACKETS
+    latency_interval: float = LATENCY_INTERVAL_S
+    single_stream: bool = True  # the single-stream 1 MiB phase (memcpy target)
+    scaling: bool = False  # the 2- against 16-partition phase
+    scaling_config: str | None = None  # None: configs/sixteen.toml
     json_path: str | None = None
     plot_path: str | None = None
     markdown_path: str | None = None
@@ -239,6 +251,8 @@ class RunPlan:
     transport: str
     size: int
     routes: list[tuple[int, int]]
+    batch: int = 1
+    phase: str = "main"  # main | single-stream | scaling
 
     @property
     def senders(self) -> list[int]:
@@ -257,7 +271,7 @@ class RunPlan:
 
     @property
     def label(self) -> str:
-        return f"{self.transport:>7} {human_size(self.size):>7}"
+        return f"{self.transport:>7} b{self.batch:<3} {human_size(self.size):>7}"
 
 
 @dataclass
@@ -288,42 +302,95 @@ class Bench:
             pids["vswitch"] = self.switch.pid
         return pids
 
-    def run(self, plan: RunPlan) -> dict:
-        o = self.options
+    def _open(self, transport: str, participants: list[int]) -> dict[int, int]:
+        """bench_open on every participant; the tcp listeners' ports."""
         ports: dict[int, int] = {}
-        for nid in plan.participants:
-            msg = {"cmd": "bench_open", "transport": plan.transport}
-            if plan.transport == "vswitch":
+        for nid in participants:
+            msg = {"cmd": "bench_open", "transport": transport}
+            if transport == "vswitch":
                 assert self.switch is not None
                 msg["vswitch_port"] = self.switch.port
             reply = self.call(nid, msg)
             if "port" in reply:
                 ports[nid] = reply["port"]
+        return ports
+
+    def _close(self, participants: list[int]) -> dict[int, dict]:
+        """bench_close on every participant (each tried, whatever the others said)."""
         stats: dict[int, dict] = {}
+        for nid in participants:
+            try:
+                stats[nid] = self.call(nid, {"cmd": "bench_close",
+                                             "latency_samples": LATENCY_SAMPLES})["stats"]
+            except (BenchError, MachineError) as exc:
+                self.console.print(f"[red]closing the run on partition {nid}: {exc}")
+        return stats
+
+    def run(self, plan: RunPlan) -> dict:
+        o = self.options
+        ports = self._open(plan.transport, plan.participants)
         try:
             meter = CpuMeter(self.path_pids(plan.transport))
             cpu0 = meter.by_process()
             t0 = time.monotonic()
-            batch_used = o.batch
+            batch_used = plan.batch
             for s in plan.senders:
                 peers = plan.peers(s)
                 reply = self.call(s, {
                     "cmd": "bench_send", "transport": plan.transport, "peers": peers,
-                    "size": plan.size, "batch": o.batch, "packets": o.packets,
+                    "size": plan.size, "batch": plan.batch, "packets": o.packets,
                     "duration": None if o.packets is not None else o.duration,
                     "ports": {str(d): ports[d] for d in peers if d in ports}})
-                batch_used = min(batch_used, reply.get("batch_used", o.batch))
+                batch_used = min(batch_used, reply.get("batch_used", plan.batch))
             samples, sent, failed = self._sample(plan, meter, t0, sum(cpu0.values()))
             cpu1 = self.last_cpu  # read with the last sample, so it adds up to its C
         finally:
-            for nid in plan.participants:
-                try:
-                    stats[nid] = self.call(nid, {"cmd": "bench_close",
-                                                 "latency_samples": LATENCY_SAMPLES})["stats"]
-                except (BenchError, MachineError) as exc:
-                    self.console.print(f"[red]closing the run on partition {nid}: {exc}")
+            stats = self._close(plan.participants)
         return self._result(plan, samples, sent, failed, stats, batch_used,
                             {k: cpu1[k] - cpu0[k] for k in cpu0})
+
+    def lone_latency(self, transport: str, route: tuple[int, int]) -> dict:
+        """One-way latency of lone 64 B packets: batch 1, one route, one packet per
+        `latency_interval` (far longer than a packet takes), so each travels on an idle path.
+        The latency is the receiver's clock at verification minus the send time in the packet
+        (CLOCK_MONOTONIC, shared by every process)."""
+        o = self.options
+        src, dst = route
+        participants = sorted({src, dst})
+        n = o.latency_packets
+        ports = self._open(transport, participants)
+        try:
+            self.call(src, {"cmd": "bench_send", "transport": transport, "peers": [dst],
+                            "size": LATENCY_SIZE, "batch": 1, "packets": n, "duration": None,
+                            "interval": o.latency_interval,
+                            "ports": {str(dst): ports[dst]} if dst in ports else {}})
+            deadline = time.monotonic() + n * o.latency_interval + DRAIN_TIMEOUT_S
+            while True:
+                time.sleep(SAMPLE_S / 2)  # polling interval against a deadline
+                rx, tx = (self.call(nid, {"cmd": "bench_count"}) for nid in (dst, src))
+                if rx["received"] + rx["corrupt"] + rx["duplicates"] >= n or (
+                        tx["sender_done"] and rx["received"] + rx["corrupt"] >= tx["sent"]):
+                    break
+                if self.machine.poll():
+                    raise BenchError(f"a partition died during the {transport} latency phase")
+                if time.monotonic() > deadline:
+                    self._print(f"[red]{transport} latency: cut off with {rx['received']} of "
+                                f"{n} packets in")
+                    break
+        finally:
+            stats = self._close(participants)
+        rx_stats, tx_stats = stats.get(dst, {}), stats.get(src, {})
+        lat = rx_stats.get("latency_samples_us", [])
+        received = sum(rx_stats.get("received", {}).values())
+        corrupt = rx_stats.get("corrupt", 0) + rx_stats.get("duplicates", 0)
+        attempted = sum(tx_stats.get("sent", {}).values()) + sum(
+            tx_stats.get("errors", {}).values())
+        return {"transport": transport, "packet_size": LATENCY_SIZE, "batch": 1,
+                "route": list(route), "interval_s": o.latency_interval, "packets": received,
+                "p50_us": benchcore.percentile(lat, 0.50),
+                "p99_us": benchcore.percentile(lat, 0.99),
+                "max_us": max(lat, default=0.0), "samples": len(lat),
+                "lost": max(0, attempted - received - corrupt), "corrupt": corrupt}
 
     def _counts(self, plan: RunPlan) -> dict[int, dict]:
         return {nid: self.call(nid, {"cmd": "bench_count"}) for nid in plan.participants}
@@ -363,8 +430,7 @@ class Bench:
                 broken = {n: c["receiver_errors"] for n, c in counts.items()
                           if c.get("receiver_errors")}
                 if broken:
-                    raise BenchError(f"receiver failed during {plan.transport} "
-                                     f"{human_size(plan.size)}: {broken}")
+                    raise BenchError(f"receiver failed during {plan.label.strip()}: {broken}")
                 samples.append(Sample(now, cpu, received, nbytes, not any(done)))
                 if now - last_report.wall_s >= REPORT_S - 1e-6:
                     last = samples[-1]
@@ -379,7 +445,7 @@ class Bench:
                 dead = self.machine.poll()
                 if dead:
                     raise BenchError(f"{', '.join(c.name for c in dead)} died during "
-                                     f"{plan.transport} {plan.size} B")
+                                     f"{plan.transport} b{plan.batch} {plan.size} B")
                 if self.switch is not None and self.switch.proc is not None \
                         and self.switch.proc.poll() is not None:
                     raise BenchError("the virtual switch died")
@@ -449,7 +515,9 @@ class Bench:
             "send_errors": errors,
             "gaps": sum(s.get("gaps", 0) for s in rx),
             "routes": [list(r) for r in plan.routes],
-            "batch": o.batch,
+            "batch": plan.batch,
+            "label": f"{plan.transport} b{plan.batch}",
+            "phase": plan.phase,
             "batch_used": batch_used,
             "cpu_by_process": {k: round(v, 4) for k, v in cpu_by.items()},
             "latency_samples": len(latencies),
@@ -460,81 +528,172 @@ class Bench:
 
 
 def relative_to_tcp(runs: list[dict]) -> None:
-    tcp = {r["packet_size"]: r["S"] for r in runs if r["transport"] == "tcp"}
+    """S_vs_tcp: S over the tcp run of the same size AND batch (the targets compare bests)."""
+    tcp = {(r["packet_size"], r.get("batch", 1)): r["S"] for r in runs if r["transport"] == "tcp"}
     for r in runs:
-        base = tcp.get(r["packet_size"])
+        base = tcp.get((r["packet_size"], r.get("batch", 1)))
         r["S_vs_tcp"] = r["S"] / base if base and r["S"] else None
+
+
+def _label(r: dict) -> str:
+    return r.get("label") or f"{r['transport']} b{r.get('batch', 1)}"
+
+
+TARGETS_CAPTION = ("adapter = the better of fig11/fig12 at its best batch; it is compared with "
+                   "tcp at ITS best batch (never the tcp run of the same batch), so no ratio is "
+                   "flattered by a handicapped tcp")
 
 
 def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Table]:
     detail = Table(title="Fig 14: S = dT/dC = packets delivered and verified per CPU-second "
-                         "of every process on the path")
-    for col in ("transport", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s",
+                         "of every process on the path (S/tcp: tcp of the same batch)")
+    for col in ("run", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s",
                 "MB/s", "%memcpy", "p50 us", "p99 us", "lost", "corrupt"):
         # %memcpy: bytes/s against the memcpy bandwidth over a working set above the caches
-        detail.add_column(col, justify="left" if col == "transport" else "right",
-                          no_wrap=True)
+        detail.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
     for r in runs:
-        rel = r.get("S_vs_tcp")
-        detail.add_row(
-            r["transport"], human_size(r["packet_size"]), f"{r['packets']:,}",
-            f"{r['cpu_s']:.2f}", f"{r['wall_s']:.2f}", _s_cell(r),
-            f"{rel:.2f}x" if rel else "-", f"{r['pps']:,.0f}", f"{r['bytes_per_s'] / 1e6:,.1f}",
-            f"{100 * r['bytes_per_s'] / (memcpy_gbps * 1e9):.1f}" if memcpy_gbps else "-",
-            f"{r['latency_p50_us']:,.0f}", f"{r['latency_p99_us']:,.0f}",
-            _flag(r["lost"]), _flag(r["corrupt"]))
+        detail.add_row(_label(r), *_detail_cells(r, memcpy_gbps))
+    matrix = Table(title="S by packet size (x tcp of the same batch)")
+    matrix.add_column("run")
     sizes = sorted({r["packet_size"] for r in runs})
-    transports = list(dict.fromkeys(r["transport"] for r in runs))
-    matrix = Table(title="S by packet size (x tcp)")
-    matrix.add_column("transport")
     for size in sizes:
         matrix.add_column(human_size(size), justify="right")
-    by = {(r["transport"], r["packet_size"]): r for r in runs}
-    for t in transports:
+    for label, cells in _matrix(runs, sizes):
+        matrix.add_row(label, *cells)
+    return [detail, matrix]
+
+
+def _detail_cells(r: dict, memcpy_gbps: float) -> list[str]:
+    rel = r.get("S_vs_tcp")
+    return [human_size(r["packet_size"]), f"{r['packets']:,}", f"{r['cpu_s']:.2f}",
+            f"{r['wall_s']:.2f}", _s_cell(r), f"{rel:.2f}x" if rel else "-", f"{r['pps']:,.0f}",
+            f"{r['bytes_per_s'] / 1e6:,.1f}",
+            f"{100 * r['bytes_per_s'] / (memcpy_gbps * 1e9):.1f}" if memcpy_gbps else "-",
+            f"{r['latency_p50_us']:,.0f}", f"{r['latency_p99_us']:,.0f}",
+            _flag(r["lost"]), _flag(r["corrupt"])]
+
+
+def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
+    by = {(_label(r), r["packet_size"]): r for r in runs}
+    out = []
+    for label in dict.fromkeys(_label(r) for r in sorted(
+            runs, key=lambda r: (TRANSPORTS.index(r["transport"]) if r["transport"] in
+                                 TRANSPORTS else 99, r.get("batch", 1)))):
         cells = []
         for size in sizes:
-            r = by.get((t, size))
-            if r is None:
-                cells.append("-")
-                continue
-            rel = r.get("S_vs_tcp")
-            cells.append(_s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
-        matrix.add_row(t, *cells)
-    return [detail, matrix]
+            r = by.get((label, size))
+            rel = r.get("S_vs_tcp") if r else None
+            cells.append("-" if r is None else _s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
+        out.append((label, cells))
+    return out
+
+
+def latency_table(latency: dict[str, dict]) -> Table:
+    table = Table(title="Lone 64 B packets, batch 1, one route, one packet per "
+                        f"{next(iter(latency.values()))['interval_s'] * 1e3:g} ms: one-way "
+                        "latency (send timestamp in the packet to verified at the receiver)")
+    for col in ("transport", "route", "packets", "p50 us", "p99 us", "max us", "lost",
+                "corrupt"):
+        table.add_column(col, justify="left" if col == "transport" else "right")
+    for t, r in latency.items():
+        table.add_row(t, f"{r['route'][0]}->{r['route'][1]}", f"{r['packets']:,}",
+                      f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}", f"{r['max_us']:,.0f}",
+                      _flag(r["lost"]), _flag(r["corrupt"]))
+    return table
+
+
+def scaling_table(scaling: list[dict]) -> Table:
+    table = Table(title="Scaling: 1 KiB all-to-all, per-packet CPU = 1/S (steady window) and "
+                        "C/T (whole run), every process on the path")
+    for col in ("run", "partitions", "routes", "packets", "S", "us/pkt (1/S)", "us/pkt (C/T)",
+                "lost", "corrupt"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in scaling:
+        table.add_row(*_scaling_cells(r))
+    return table
+
+
+def _scaling_cells(r: dict) -> list[str]:
+    return [_label(r), str(r["partitions"]), str(len(r["routes"])), f"{r['packets']:,}",
+            _s_cell(r), f"{1e6 / r['S']:.1f}" if r["S"] else "-",
+            f"{1e6 * r['cpu_s'] / r['packets']:.1f}" if r["packets"] else "-",
+            _flag(r["lost"]), _flag(r["corrupt"])]
+
+
+def targets_table(targets: list[dict]) -> Table:
+    table = Table(title="Targets of the performance issue (one run)", caption=TARGETS_CAPTION)
+    for col in ("target", "measured", "goal", "verdict", "compared"):
+        table.add_column(col, justify="right" if col in ("measured", "goal") else "left")
+    style = {True: "[bold green]", False: "[bold red]", None: "[yellow]"}
+    for t in targets:
+        table.add_row(t["name"], _measured(t), t["target"], style[t["met"]] + _verdict(t),
+                      t.get("detail", ""))
+    return table
+
+
+def _measured(t: dict) -> str:
+    return benchcore.format_measured(benchcore.Target(t["name"], t["measured"], t["target"],
+                                                      t["met"]))
+
+
+def _verdict(t: dict) -> str:
+    return benchcore.verdict(benchcore.Target(t["name"], t["measured"], t["target"], t["met"]))
 
 
 def markdown_summary(results: dict) -> str:
     """The results as Markdown tables (for benchmarks/README.md)."""
     runs = results["runs"]
     host = results.get("host", {})
-    lines = ["| transport | size | packets | CPU s | wall s | S (pkt/CPU-s) | S / S_tcp | pkt/s "
+    lines = ["| run | size | packets | CPU s | wall s | S (pkt/CPU-s) | S / S_tcp | pkt/s "
              "| MB/s | p50 us | p99 us | lost | corrupt |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         rel = r.get("S_vs_tcp")
         lines.append(
-            f"| {r['transport']} | {human_size(r['packet_size'])} | {r['packets']:,} | "
+            f"| {_label(r)} | {human_size(r['packet_size'])} | {r['packets']:,} | "
             f"{r['cpu_s']:.2f} | {r['wall_s']:.2f} | {_s_cell(r)} | "
             f"{f'{rel:.2f}' if rel else '-'} | {r['pps']:,.0f} | {r['bytes_per_s'] / 1e6:,.1f} | "
             f"{r['latency_p50_us']:,.0f} | {r['latency_p99_us']:,.0f} | {r['lost']} | "
             f"{r['corrupt']} |")
     sizes = sorted({r["packet_size"] for r in runs})
-    by = {(r["transport"], r["packet_size"]): r for r in runs}
-    lines += ["", "| S (x tcp) | " + " | ".join(human_size(s) for s in sizes) + " |",
-              "|---|" + "---:|" * len(sizes)]
-    for t in dict.fromkeys(r["transport"] for r in runs):
-        cells = []
-        for size in sizes:
-            r = by.get((t, size))
-            rel = r.get("S_vs_tcp") if r else None
-            cells.append("-" if r is None else _s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "| S (x tcp of the same batch) | " + " | ".join(human_size(s) for s in sizes)
+              + " |", "|---|" + "---:|" * len(sizes)]
+    for label, cells in _matrix(runs, sizes):
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if results.get("single_stream"):
+        lines += ["", "Single stream (one route):", "",
+                  "| run | size | packets | S (pkt/CPU-s) | MB/s | lost | corrupt |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in results["single_stream"]:
+            lines.append(f"| {_label(r)} | {human_size(r['packet_size'])} | {r['packets']:,} | "
+                         f"{_s_cell(r)} | {r['bytes_per_s'] / 1e6:,.1f} | {r['lost']} | "
+                         f"{r['corrupt']} |")
+    if results.get("latency"):
+        lines += ["", "Lone 64 B packets (batch 1, one route, paced):", "",
+                  "| transport | packets | p50 us | p99 us | max us | lost | corrupt |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for t, r in results["latency"].items():
+            lines.append(f"| {t} | {r['packets']:,} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | "
+                         f"{r['max_us']:,.0f} | {r['lost']} | {r['corrupt']} |")
+    if results.get("scaling"):
+        lines += ["", "Scaling, 1 KiB all-to-all:", "",
+                  "| run | partitions | routes | packets | S | us/pkt (1/S) | us/pkt (C/T) | lost"
+                  " | corrupt |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in results["scaling"]:
+            lines.append("| " + " | ".join(_scaling_cells(r)) + " |")
+    if results.get("targets"):
+        lines += ["", "| target | measured | goal | verdict | compared |",
+                  "|---|---:|---:|---|---|"]
+        for t in results["targets"]:
+            lines.append(f"| {t['name']} | {_measured(t)} | {t['target']} | {_verdict(t)} | "
+                         f"{t.get('detail', '')} |")
+        lines += ["", f"({TARGETS_CAPTION}.)"]
     if host:
         lines += ["", f"Host: {host.get('cpu_count')} CPUs, {host.get('platform')}, Python "
                       f"{host.get('python')}; memcpy {host.get('memcpy_GBps', 0):.1f} GB/s "
                       f"(1 MiB, in cache), {host.get('memcpy_dram_GBps', 0):.1f} GB/s (over "
                       f"{host.get('memcpy_dram_working_set_bytes', 0) >> 20} MiB)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).replace("[bold red]", "") + "\n"
 
 
 def _s_cell(r: dict, fmt=lambda x: f"{x:,.0f}") -> str:
@@ -565,6 +724,9 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
     transports = list(dict.fromkeys(r["transport"] for r in runs))
     colors = dict(zip(transports, ("tab:blue", "tab:green", "tab:red", "tab:orange",
                                    "tab:purple", "tab:brown"), strict=False))
+    batches = sorted({r.get("batch", 1) for r in runs})
+    dashes = dict(zip(batches, ("-", (0, (5, 2)), (0, (1, 1)), (0, (3, 1, 1, 1))),
+                      strict=False))
     cols = 2 if len(sizes) > 1 else 1
     rows = -(-len(sizes) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
@@ -575,9 +737,9 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
             xs = [p[0] for p in r["series"]]
             ys = [p[1] for p in r["series"]]
             color = colors.get(r["transport"])
-            ax.plot(xs, ys, color=color, linewidth=1.6,
-                    linestyle=(0, (5, 2)) if r["transport"] == "fig12" else "-",
-                    label=f"{r['transport']}: S = {si(r['S'])} pkt/CPU-s")
+            ax.plot(xs, ys, color=color, linewidth=1.6 if r["transport"] != "fig12" else 1.1,
+                    linestyle=dashes.get(r.get("batch", 1), "-"),
+                    label=f"{_label(r)}: S = {si(r['S'])} pkt/CPU-s")
             fit = r.get("fit", {})
             if "first" in fit and fit.get("steady"):  # the fitted line over its window
                 wx = xs[fit["first"]:fit["last"] + 1]
@@ -591,7 +753,7 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 4))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=7 if len(batches) > 1 else 8, loc="upper left")
     for ax in list(axes.flat)[len(sizes):]:
         ax.set_visible(False)
     fig.suptitle(title or "Fig 14: cumulative packets against CPU consumed; S = dT/dC, "
@@ -639,15 +801,67 @@ def choose_sizes(options: BenchOptions, layout: SegmentLayout, console: Console
     return options.sizes
 
 
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:,.1f}/{task.total:,.1f}"), TimeElapsedColumn(),
+                    console=console, transient=True, refresh_per_second=4)
+
+
+def scaling_configs(options: BenchOptions) -> tuple[MachineConfig, MachineConfig]:
+    """The scaling phase's machines: the first two partitions of the sixteen-partition config,
+    and all of them (checked before anything starts)."""
+    path = options.scaling_config or str(SIXTEEN)
+    try:
+        big = load_config(path)
+    except ConfigError as exc:
+        raise SystemExit(f"xpmove bench: --scaling: {exc}") from None
+    if len(big.partitions) < 3:
+        raise SystemExit(f"xpmove bench: --scaling: {path} has {len(big.partitions)} "
+                         f"partitions; it needs more than 2")
+    return replace(big, partitions=big.partitions[:2]), big
+
+
+def scaling_phase(options: BenchOptions, configs: tuple[MachineConfig, ...], console: Console,
+                  registry: RunRegistry | None) -> list[dict]:
+    """fig11/fig12 at 1 KiB all-to-all on each machine in turn (never two at once), per batch."""
+    flows = [t for t in options.transports if t in ADAPTER_FLOWS] or list(ADAPTER_FLOWS)
+    out: list[dict] = []
+    for cfg in configs:
+        machine = Machine(cfg, registry=registry)
+        try:
+            machine.start()
+            ids = [p.network_id for p in cfg.partitions]
+            route_list = benchcore.routes(ids, "all-to-all")
+            console.print(f"scaling: {len(ids)} partitions up, {len(route_list)} routes")
+            with _progress(console) as progress:
+                b = Bench(machine, options, console, None, progress)
+                for batch in options.batches:
+                    for t in flows:
+                        r = b.run(RunPlan(t, benchcore.SCALING_SIZE, route_list, batch,
+                                          "scaling"))
+                        r["partitions"] = len(ids)
+                        out.append(r)
+        finally:
+            with signals_deferred():
+                machine.stop()
+    return out
+
+
 def bench(config: MachineConfig, options: BenchOptions, console: Console | None = None,
           registry: RunRegistry | None = None) -> tuple[int, dict]:
-    """Run every (size, transport); return (exit status, results in the --json shape)."""
+    """Run every (size, batch, transport), then the single-stream, lone-packet latency and
+    (with options.scaling) scaling phases; evaluate the performance issue's targets.
+    Return (exit status, results in the --json shape). Missed targets do not change the
+    exit status: they are reported."""
     console = console or Console()
     for t in options.transports:
         if t not in TRANSPORTS:
             raise SystemExit(f"xpmove bench: --transports: unknown {t!r} (use {TRANSPORTS})")
+    if not options.batches or any(b < 1 for b in options.batches):
+        raise SystemExit(f"xpmove bench: --batch {options.batches}: give values >= 1")
     if options.plot_path:
         require_matplotlib()
+    scaling_cfgs = scaling_configs(options) if options.scaling else None
     machine = Machine(config, registry=registry)
     sizes = choose_sizes(options, machine.layout, console)
     ids = [p.network_id for p in config.partitions]
@@ -658,6 +872,11 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         raise SystemExit(f"xpmove bench: {exc}") from None
     switch = VSwitchProcess() if "vswitch" in options.transports else None
     results: dict = {"runs": [], "host": {}}
+    adapter_flows = [t for t in options.transports if t in ADAPTER_FLOWS]
+    big = [s for s in sizes if benchcore.matches_size(s, benchcore.MiB_)]
+    stream_plans = [RunPlan(t, big[0], route_list[:1], batch, "single-stream")
+                    for batch in options.batches for t in adapter_flows] \
+        if options.single_stream and big and len(route_list) > 1 else []
     interrupted = failed = False
     try:
         try:
@@ -667,21 +886,30 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             results["host"] = host_info(machine)
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
                           f"partitions; routes {', '.join(f'{s}->{d}' for s, d in route_list)}; "
-                          f"batch {options.batch}; memcpy {results['host']['memcpy_GBps']:.1f}"
-                          f" GB/s in cache, {results['host']['memcpy_dram_GBps']:.1f} GB/s "
+                          f"batch {','.join(map(str, options.batches))}; memcpy "
+                          f"{results['host']['memcpy_GBps']:.1f} GB/s in cache, "
+                          f"{results['host']['memcpy_dram_GBps']:.1f} GB/s "
                           f"over {results['host']['memcpy_dram_working_set_bytes'] >> 20} MiB")
             b = Bench(machine, options, console, switch)
-            plans = [RunPlan(t, size, route_list) for size in sizes
-                     for t in options.transports]
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          TextColumn("{task.completed:,.1f}/{task.total:,.1f}"),
-                          TimeElapsedColumn(), console=console, transient=True,
-                          refresh_per_second=4) as progress:
+            plans = [RunPlan(t, size, route_list, batch) for size in sizes
+                     for batch in options.batches for t in options.transports]
+            with _progress(console) as progress:
                 b.progress = progress
-                overall = progress.add_task("runs", total=len(plans))
+                overall = progress.add_task("runs", total=len(plans) + len(stream_plans))
                 for plan in plans:
                     results["runs"].append(b.run(plan))
                     progress.advance(overall)
+                if stream_plans:
+                    results["single_stream"] = []
+                for plan in stream_plans:
+                    results["single_stream"].append(b.run(plan))
+                    progress.advance(overall)
+                if options.latency:
+                    results["latency"] = {}
+                    lone = progress.add_task("lone 64 B packets", total=len(options.transports))
+                    for t in options.transports:
+                        results["latency"][t] = b.lone_latency(t, route_list[0])
+                        progress.advance(lone)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
@@ -693,6 +921,15 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             if switch is not None:
                 results["vswitch"] = switch.stop()
             machine.stop()
+    if scaling_cfgs is not None and not interrupted and not failed:
+        try:
+            results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: scaling phase stopped")
+        except (BenchError, MachineError) as exc:
+            failed = True
+            console.print(f"[red]scaling phase failed: {exc}")
     runs = results["runs"]
     relative_to_tcp(runs)
     results["method"] = {
@@ -705,14 +942,42 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         "sample_interval_s": SAMPLE_S,
         "warmup_fraction": options.warmup,
         "tail_fraction": options.tail,
+        "S_vs_tcp": "S over the tcp run of the same size and batch",
+        "targets": TARGETS_CAPTION + "; memcpy = the out-of-cache figure (host.memcpy_dram_GBps)"
+                   "; per-packet CPU = 1/S; latency = lone 64 B packets, batch 1, paced",
     }
     results["options"] = {"transports": list(options.transports), "sizes": list(sizes),
                           "duration": options.duration, "packets": options.packets,
-                          "topology": options.pairs or options.topology, "batch": options.batch,
+                          "topology": options.pairs or options.topology,
+                          "batches": list(options.batches), "latency": options.latency,
+                          "latency_packets": options.latency_packets,
+                          "latency_interval_s": options.latency_interval,
+                          "single_stream": options.single_stream, "scaling": options.scaling,
                           "command": options.command}
+    host = results["host"]
+    dram_mib = host.get("memcpy_dram_working_set_bytes", 0) >> 20
+    targets = benchcore.evaluate_targets(
+        runs, stream_runs=runs + results.get("single_stream", []),
+        memcpy_bps=host.get("memcpy_dram_GBps", 0.0) * 1e9, latency=results.get("latency"),
+        transports=options.transports, scaling=results.get("scaling"),
+        memcpy_what=f"memoryview copies over {dram_mib} MiB, out of cache")
+    results["targets"] = [t.as_json() for t in targets]
     if runs:
-        for table in summary_tables(runs, results["host"].get("memcpy_dram_GBps", 0.0)):
+        for table in summary_tables(runs, host.get("memcpy_dram_GBps", 0.0)):
             console.print(table)
+    if results.get("single_stream"):
+        stream = Table(title="Single stream (one route), for the memcpy target")
+        for col in ("run", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s", "MB/s",
+                    "%memcpy", "p50 us", "p99 us", "lost", "corrupt"):
+            stream.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+        for r in results["single_stream"]:
+            stream.add_row(_label(r), *_detail_cells(r, host.get("memcpy_dram_GBps", 0.0)))
+        console.print(stream)
+    if results.get("latency"):
+        console.print(latency_table(results["latency"]))
+    if results.get("scaling"):
+        console.print(scaling_table(results["scaling"]))
+    console.print(targets_table(results["targets"]))
     if options.json_path:
         with open(options.json_path, "w") as f:
             json.dump(results, f, indent=1)
@@ -724,12 +989,19 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     if options.plot_path and runs:
         plot_fig14(runs, options.plot_path)
         console.print(f"Fig 14 drawn to {options.plot_path}")
-    bad = [r for r in runs if r["lost"] or r["corrupt"]]
+    checked = [*runs, *results.get("single_stream", []), *results.get("scaling", []),
+               *results.get("latency", {}).values()]
+    bad = [r for r in checked if r["lost"] or r["corrupt"]]
     for r in bad:
-        console.print(f"[red]{r['transport']} {human_size(r['packet_size'])}: {r['lost']} lost, "
-                      f"{r['corrupt']} corrupt; send errors {r['send_errors']}")
+        console.print(f"[red]{_label(r)} {human_size(r['packet_size'])}: {r['lost']} lost, "
+                      f"{r['corrupt']} corrupt; send errors {r.get('send_errors', '-')}")
     if interrupted:
         return 130, results
-    ok = not bad and not failed and len(runs) == len(sizes) * len(options.transports)
+    complete = (len(runs) == len(sizes) * len(options.batches) * len(options.transports)
+                and len(results.get("single_stream", [])) == len(stream_plans)
+                and (not options.latency or len(results.get("latency", {}))
+                     == len(options.transports))
+                and (not options.scaling or bool(results.get("scaling"))))
+    ok = not bad and not failed and complete
     console.print("[green]all packets delivered and verified" if ok else "[red]NOT clean")
     return (0 if ok else 1), results

@@ -55,8 +55,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"xpmove: --sizes: {exc}") from None
     transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
-    if args.batch < 1:
-        raise SystemExit(f"xpmove: --batch {args.batch} must be >= 1")
+    try:
+        batches = tuple(dict.fromkeys(int(b) for b in args.batch.split(",") if b.strip()))
+    except ValueError:
+        raise SystemExit(f"xpmove: --batch {args.batch!r}: give a comma list of integers, "
+                         f"e.g. 1,32") from None
+    if not batches or min(batches) < 1:
+        raise SystemExit(f"xpmove: --batch {args.batch!r}: every value must be >= 1")
+    if args.latency_packets < 1:
+        raise SystemExit(f"xpmove: --latency-packets {args.latency_packets} must be >= 1")
     if args.packets is not None and args.packets < 1:
         raise SystemExit(f"xpmove: --packets {args.packets} must be >= 1")
     if args.duration is not None and not args.duration > 0:
@@ -64,8 +71,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(
         transports=transports, sizes=sizes,
         duration=args.duration if args.duration is not None else 2.0, packets=args.packets,
-        topology=args.topology, pairs=args.pairs, batch=args.batch, json_path=args.json,
-        plot_path=args.plot, markdown_path=args.markdown,
+        topology=args.topology, pairs=args.pairs, batches=batches, json_path=args.json,
+        plot_path=args.plot, markdown_path=args.markdown, latency=args.latency,
+        latency_packets=args.latency_packets, single_stream=args.single_stream,
+        scaling=args.scaling, scaling_config=args.scaling_config,
         command=" ".join(["xpmove", *sys.argv[1:]]))
     width = None if sys.stdout.isatty() else 140  # keep lines and tables whole in logs
     code, _ = bench(_config(args.config), options, Console(width=width))
@@ -129,9 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pairs: 1->2, 3->4, ... (default); all-to-all: every ordered pair")
     p.add_argument("--pairs", default=None, help="explicit routes SRC:DST,... (overrides "
                    "--topology), e.g. 1:2,3:4")
-    p.add_argument("--batch", type=int, default=1,
-                   help="packets per request (fig11/fig12: moves per adapter request; tcp/vswitch:"
-                        " frames per sendall); 1 = the patent's literal flow")
+    p.add_argument("--batch", default="1,32",
+                   help="comma list of packets per request (fig11/fig12: moves per adapter "
+                        "request; tcp/vswitch: frames per sendall); every run is done per value; "
+                        "1 = the patent's literal flow (default 1,32)")
+    p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                   help="lone 64 B packets, batch 1, paced, one route: one-way p50/p99 per "
+                        "transport (default on)")
+    p.add_argument("--latency-packets", type=int, default=200,
+                   help="lone packets per transport in the latency phase (default 200)")
+    p.add_argument("--single-stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="fig11/fig12 at 1 MiB on one route, for the memcpy target (default on)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also fig11/fig12 at 1 KiB all-to-all with 2 and 16 partitions "
+                        "(per-packet CPU target; off by default)")
+    p.add_argument("--scaling-config", default=None, metavar="F",
+                   help="config for --scaling (default configs/sixteen.toml; its first two "
+                        "partitions make the small machine)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH.png", help="draw Fig 14 (needs matplotlib: "
                    "pip install -e '.[plot]')")

@@ -47,6 +47,8 @@ class TrafficPlan:
     duration: float | None
     send_timeout: float = 5.0
     batch: int = 1  # packets per request (adapter) or per sendall (sockets), to one peer
+    interval: float | None = None  # paced (the bench's lone-packet latency): one round per
+    # `interval` seconds, so each packet travels alone on an idle path
 
     @classmethod
     def from_message(cls, msg: dict, view_size: int, known_flows=("fig11", "fig12")
@@ -57,6 +59,7 @@ class TrafficPlan:
         packets = msg.get("packets")
         duration = msg.get("duration")
         batch = int(msg.get("batch", 1))
+        interval = msg.get("interval")
         for f in flows:
             if f not in known_flows:
                 raise PlanError(f"flows: unknown flow {f!r} (known: {sorted(known_flows)})")
@@ -66,9 +69,12 @@ class TrafficPlan:
             raise PlanError("packets/duration: give at least one bound")
         if batch < 1:
             raise PlanError(f"batch: {batch} must be >= 1")
+        if interval is not None and not 0 < float(interval) <= 1.0:
+            raise PlanError(f"interval: {interval} must be in (0, 1] seconds")
         return cls(peers, flows, size, None if packets is None else int(packets),
                    None if duration is None else float(duration),
-                   float(msg.get("send_timeout", 5.0)), batch)
+                   float(msg.get("send_timeout", 5.0)), batch,
+                   None if interval is None else float(interval))
 
 
 @dataclass
@@ -217,8 +223,13 @@ class Traffic:
         end = None if plan.duration is None else time.monotonic() + plan.duration
         done = 0  # packets per peer and flow so far
         n = self.batch_used
+        next_round = time.monotonic()
         try:
             while not stop.is_set():
+                if plan.interval is not None:  # paced: wait for the round's start time
+                    if stop.wait(max(0.0, next_round - time.monotonic())):
+                        break
+                    next_round = max(next_round + plan.interval, time.monotonic())
                 if plan.packets is not None and done >= plan.packets:
                     break
                 if end is not None and time.monotonic() >= end:

@@ -28,14 +28,22 @@ RUN_KEYS = {"transport": str, "packet_size": int, "packets": int, "bytes": int, 
             "series": list}
 
 
-def check_results(results: dict, transports, sizes, expected_packets: int) -> None:
-    assert set(results) >= {"runs", "host"}
+TARGET_KEYS = {"name", "measured", "target", "met"}
+
+
+def check_results(results: dict, transports, sizes, expected_packets: int,
+                  batches=(1,)) -> None:
+    assert set(results) >= {"runs", "host", "targets"}
     host = results["host"]
     assert host["cpu_count"] >= 1 and host["memcpy_GBps"] > 0
     assert host["platform"] and host["python"]
     runs = results["runs"]
-    assert [(r["transport"], r["packet_size"]) for r in runs] == [
-        (t, s) for s in sizes for t in transports]
+    assert [(r["transport"], r["packet_size"], r["batch"]) for r in runs] == [
+        (t, s, b) for s in sizes for b in batches for t in transports]
+    assert all(r["label"] == f"{r['transport']} b{r['batch']}" for r in runs)
+    assert len(results["targets"]) == 8
+    for t in results["targets"]:
+        assert set(t) >= TARGET_KEYS and t["met"] in (True, False, None), t
     for r in runs:
         for key, kind in RUN_KEYS.items():
             assert isinstance(r[key], kind), (key, r[key])
@@ -59,28 +67,51 @@ def no_children_left() -> bool:
 
 
 def test_every_transport_pairs(registry, tmp_path):
-    path = tmp_path / "bench.json"
+    """Literal and batched runs side by side, then lone 64 B packets on every transport."""
+    path, md = tmp_path / "bench.json", tmp_path / "bench.md"
     sizes = (64, 4096)
-    options = BenchOptions(transports=TRANSPORTS, sizes=sizes, packets=60,
-                           json_path=str(path))
-    code, results = bench(small_config(4), options, Console(file=io.StringIO()), registry)
-    assert code == 0
+    options = BenchOptions(transports=TRANSPORTS, sizes=sizes, packets=40, batches=(1, 4),
+                           latency_packets=15, json_path=str(path), markdown_path=str(md))
+    out = io.StringIO()
+    code, results = bench(small_config(4), options, Console(file=out, width=200), registry)
+    assert code == 0, out.getvalue()
     on_disk = json.loads(path.read_text())
-    check_results(on_disk, TRANSPORTS, sizes, expected_packets=60 * 2)  # routes 1->2, 3->4
+    check_results(on_disk, TRANSPORTS, sizes, expected_packets=40 * 2,  # routes 1->2, 3->4
+                  batches=(1, 4))
     assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
-    assert on_disk["vswitch"]["counters"]["frames"] == 2 * 60 * 2
+    assert on_disk["vswitch"]["counters"]["frames"] == 2 * 2 * 40 * 2 + 15
+    assert {r["batch_used"] for r in on_disk["runs"]} == {1, 4}
+    assert list(on_disk["latency"]) == list(TRANSPORTS)
+    for lat in on_disk["latency"].values():
+        assert lat["packets"] == 15 and lat["lost"] == 0 and lat["corrupt"] == 0, lat
+        assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]
+    verdicts = {t["name"]: t["met"] for t in on_disk["targets"]}
+    assert verdicts["lone 64 B p50 reported for every transport"] is True
+    assert verdicts["lone 64 B p50 fig11 / tcp"] is not None
+    assert verdicts["S adapter / S tcp at 1 KiB"] is None  # no 1 KiB run: not measured
+    assert "Targets of the performance issue" in out.getvalue()
+    assert "| lone 64 B p50 fig11 / tcp |" in md.read_text()
     assert no_children_left()
 
 
-def test_batches_all_to_all(registry):
-    """--batch: several moves per adapter request, several frames per sendall."""
+def test_batches_all_to_all_and_scaling(registry, tmp_path):
+    """--batch: several moves per adapter request, several frames per sendall; --scaling on a
+    small config (the default one has sixteen partitions) starts two more machines in turn."""
+    three = tmp_path / "three.toml"
+    three.write_text("".join(f'[[partition]]\nname = "s{i}"\nnetwork_id = {i}\n'
+                             f'memory = "1MiB"\nreceive_area = "256KiB"\n' for i in (1, 2, 3)))
     sizes = (1000,)
-    options = BenchOptions(transports=TRANSPORTS, sizes=sizes, packets=24, batch=8,
-                           topology="all-to-all")
+    options = BenchOptions(transports=TRANSPORTS, sizes=sizes, packets=24, batches=(8,),
+                           topology="all-to-all", latency=False, scaling=True,
+                           scaling_config=str(three))
     code, results = bench(small_config(3), options, Console(file=io.StringIO()), registry)
     assert code == 0
-    check_results(results, TRANSPORTS, sizes, expected_packets=24 * 6)
+    check_results(results, TRANSPORTS, sizes, expected_packets=24 * 6, batches=(8,))
     assert {r["batch_used"] for r in results["runs"]} == {8}
+    scaling = results["scaling"]
+    assert [(r["partitions"], r["transport"], len(r["routes"])) for r in scaling] == [
+        (2, "fig11", 2), (2, "fig12", 2), (3, "fig11", 6), (3, "fig12", 6)]
+    assert all(r["packets"] == 24 * len(r["routes"]) and not r["lost"] for r in scaling)
     assert no_children_left()
 
 
@@ -90,17 +121,23 @@ def test_command_line_json_and_plot(tmp_path):
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "loadgen.py"), "--packets", "30", "--sizes",
-         "64,2KiB", "--transports", "fig12,tcp", "--json", str(out), "--plot", str(png)],
+         "64,2KiB", "--transports", "fig12,tcp", "--batch", "1", "--latency-packets", "5",
+         "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=6 * TIMEOUT, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     check_results(json.loads(out.read_text()), ("fig12", "tcp"), (64, 2048), 60)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "S by packet size (x tcp)" in proc.stdout
+    assert "S by packet size (x tcp" in proc.stdout
+    assert "Targets of the performance issue" in proc.stdout
 
 
 def test_bad_size_rejected_before_anything_starts(registry):
     before = set(os.listdir("/dev/shm"))
     with pytest.raises(SystemExit, match="larger than"):
         bench(small_config(2), BenchOptions(sizes=(1 << 20,), packets=1),
+              Console(file=io.StringIO()), registry)
+    with pytest.raises(SystemExit, match="--scaling"):
+        bench(small_config(2), BenchOptions(packets=1, scaling=True,
+                                            scaling_config="/nonexistent.toml"),
               Console(file=io.StringIO()), registry)
     assert set(os.listdir("/dev/shm")) == before
