@@ -57,8 +57,10 @@ def test_adapter_restart_idle(make_machine):
     m = make_machine(small_config())
     assert send(m, 1, 2, b"before", "fig11")["seq"] == 1
     old = m.pid()
+    killed_at = time.monotonic()
     kill(old)
     wait_for(lambda: restarted(m, "adapter"), what="adapter restart")
+    assert time.monotonic() - killed_at < 1.0  # the bound: back within 1 s
     assert m.pid() != old
     for flow in ("fig11", "fig12"):
         assert send(m, 1, 2, flow.encode(), flow, timeout=TIMEOUT)["ok"]
