@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import posix_ipc
 
@@ -37,8 +37,7 @@ RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
 RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 
 
-@dataclass(frozen=True)
-class Sent:
+class Sent(NamedTuple):
     """A move the adapter accepted: where it went and its per-pair sequence number."""
 
     dst_id: int

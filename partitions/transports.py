@@ -144,6 +144,7 @@ class AdapterFlow(SendTransport):
         # in front of each payload, so the batch is already laid out as the ring will hold it.
         self.runs = runs and flow == "fig11"
         self.header_room = HEADER_SIZE if self.runs else 0
+        self._headed: Batch | None = None
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
@@ -183,8 +184,10 @@ class AdapterFlow(SendTransport):
     def _send_runs(self, dst: int, batch: Batch, errors: Counter, timeout: float,
                    stop: threading.Event) -> int:
         """The batch in runs no larger than the destination takes, one request each."""
-        for slot in batch.slots:
-            RECORD_HEADER.pack_into(slot.frame, 0, 0, 0, 0, len(slot.payload))
+        if batch is not self._headed:  # header room survives packet fills: write it once
+            for slot in batch.slots:
+                RECORD_HEADER.pack_into(slot.frame, 0, 0, 0, 0, len(slot.payload))
+            self._headed = batch
         per_run = max(1, max_payload(self.driver.by_id[dst].receive_size) // batch.stride)
         deadline = time.monotonic() + timeout
         sent = 0
