@@ -35,8 +35,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
     for f in flows:
         if f not in ("fig11", "fig12"):
             raise SystemExit(f"xpmove: --flows: unknown flow {f!r} (use fig11, fig12)")
-    if args.size < 24:
-        raise SystemExit(f"xpmove: --size {args.size} is below the minimum packet of 24 bytes")
     packets = None if args.duration is not None and args.packets is None else (args.packets or 500)
     return launch(_config(args.config),
                   TrafficOptions(packets=packets, duration=args.duration, size=args.size,

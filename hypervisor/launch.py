@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from adapter.ring import max_payload
 from hypervisor.config import MachineConfig
 from hypervisor.machine import Machine, MachineError
+from partitions.pattern import MIN_PACKET
 
 POLL_S = 0.2
 DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
@@ -125,9 +127,20 @@ def signals_deferred():
             signal.signal(sig, handler)
 
 
+def largest_packet(config: MachineConfig) -> int:
+    """The biggest packet every partition can both hold (sender area) and receive (ring)."""
+    return min(min(p.memory_size - p.receive_size, max_payload(p.receive_size))
+               for p in config.partitions)
+
+
 def launch(config: MachineConfig, options: TrafficOptions, console: Console | None = None) -> int:
-    """Run the machine once; 0 when every accepted packet arrived intact and all shut down."""
+    """Run the machine once; 0 when every packet was accepted and arrived intact, and all
+    shut down."""
     console = console or Console()
+    limit = largest_packet(config)
+    if not MIN_PACKET <= options.size <= limit:
+        raise SystemExit(f"xpmove: --size {options.size} must be in [{MIN_PACKET}, {limit}] for "
+                         f"this config (sender area and half a receive ring)")
     machine = Machine(config)
     stats: dict[int, dict] = {}
     adapter: dict = {}
@@ -154,12 +167,13 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     bad = sum(s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
               for s in stats.values())
     dead = [c.name for c in machine.children() if c.state.value == "dead"]
-    clean = (received == sent and bad == 0 and not dead
+    refused = sum(sum(s.get("errors", {}).values()) for s in stats.values())
+    clean = (received == sent and bad == 0 and not dead and refused == 0
              and all(v == "free" for v in adapter.get("locks", {}).values()))
     verdict = "[green]clean" if clean else "[red]NOT clean"
     console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, "
-                  f"{bad} corrupt/gap/duplicate, dead: {', '.join(dead) or 'none'}; "
-                  f"all IPC names unlinked")
+                  f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
+                  f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
     if interrupted:
         return 130
     return 0 if clean else 1

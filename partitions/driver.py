@@ -17,7 +17,7 @@ from typing import NamedTuple
 import posix_ipc
 
 from adapter import receive_area
-from adapter.errors import AdapterGone, RetryableError, Status, XpmoveError, error_for
+from adapter.errors import AdapterGone, Status, XpmoveError, error_for
 from adapter.moves import mvxl
 from adapter.protocol import (
     REPLY_HEADER,
@@ -233,6 +233,3 @@ class Driver:
             got += len(chunk)
         return b"".join(chunks)
 
-
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, RetryableError)

@@ -271,3 +271,13 @@ def test_multiple_write_equal_records_take_the_vector_path(machine):
                            "payloads": [p.hex() for p in payloads[:10]]})
     assert lie["ok"] is False and lie["error"] == "BadCount", lie
     assert receive(machine, 4, timeout=0) is None
+
+
+@pytest.mark.parametrize("size", ["10", "3000000"])
+def test_launch_refuses_a_packet_size_the_machine_cannot_carry(size):
+    before = set(os.listdir("/dev/shm"))
+    result = subprocess.run([sys.executable, "-m", "hypervisor.cli", "launch", "--size", size],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode != 0
+    assert f"--size {size} must be in [24, 2097128]" in result.stderr
+    assert set(os.listdir("/dev/shm")) == before
