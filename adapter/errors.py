@@ -93,6 +93,14 @@ class AdapterGone(RetryableError):
     status = Status.ADAPTER_GONE
 
 
+class InDoubt(XpmoveError):
+    """The adapter died with the move in flight and no restarted adapter came back in time:
+    the move may or may not have committed. Not retryable as is (a blind retry could deliver
+    it twice); the pair's sequence numbers tell which."""
+
+    status = Status.ADAPTER_GONE
+
+
 ERROR_BY_STATUS: dict[Status, type[XpmoveError]] = {
     cls.status: cls
     for cls in (

@@ -54,7 +54,8 @@ class Grant:
     commit_value: int  # the head the holder must publish when its moves are done
     granted_at: float
     # Found in the segment by a restarted adapter: the reply may never have reached the holder,
-    # so the grant expires after the lock timeout instead of waiting for the holder forever.
+    # so the grant ends as soon as the holder proves it is not moving (see
+    # Adapter.take_back_recovered) instead of waiting for a release that may never come.
     recovered: bool = False
 
 

@@ -8,8 +8,6 @@ publishing it is the commit. `tail` is written only by the receiving partition.
 
 from __future__ import annotations
 
-from array import array
-
 from adapter.ring import HEADER_SIZE, KIND_PAD, KIND_RECORD, RECORD_HEADER, Reservation
 from hypervisor.layout import (
     HEAD_OFFSET,
@@ -61,11 +59,12 @@ def ring_doorbell(words: memoryview, dst: PartitionLayout, bell) -> bool:
     """After a commit: wake the receiver if (and only if) it sleeps. Doorbells suppressed
     while it is draining save a futex wake-up per move.
 
-    The caller has freed the destination lock (sem_post, an atomic read-modify-write, a full
-    barrier on x86) between publishing `head` and reading `sleeping`; the receiver does a
-    sem_trywait between setting `sleeping` and reading `head`. So one of the two sees the
-    other's store, and a wake-up is not lost. Where that reasoning does not hold (weaker
-    memory models), the receiver's bounded wait still picks the record up.
+    Ordering: the mover publishes `head`, frees the lock (sem_post: an atomic
+    read-modify-write, a full barrier on x86), then reads `sleeping`; the receiver sets
+    `sleeping`, then reads `head`. The receiver's side has no guaranteed barrier (a trywait on
+    a zero semaphore is a plain load), so a wake-up can be missed; the receiver's wait is
+    therefore always bounded (50 ms in the workload), which turns a miss into a late pick-up,
+    never a lost record or a hang.
     """
     if words[_word(dst.control + SLEEPING_OFFSET)]:
         bell.release()
@@ -98,9 +97,15 @@ def write_seq(words: memoryview, address: int, seq: int) -> None:
 
 def begin_commit(words: memoryview, dst: PartitionLayout, new_head: int, src_index: int,
                  first_seq: int) -> None:
-    """Record the commit about to happen, BEFORE the sequence table or the ring change."""
+    """Record the commit about to happen, BEFORE the sequence table or the ring change.
+
+    Pair and first sequence number are stored before the pending head, each as one word: a
+    crash between the stores leaves the previous pending head, which settles as done.
+    """
     base = _word(dst.control + PENDING_OFFSET)
-    words[base:base + 3] = array("Q", (new_head, src_index, first_seq))
+    words[base + 1] = src_index
+    words[base + 2] = first_seq
+    words[base] = new_head
 
 
 def set_holder(words: memoryview, dst: PartitionLayout, holder: int) -> None:

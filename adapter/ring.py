@@ -140,17 +140,31 @@ def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordVi
     return next(iter_records(tail, head, capacity, read_header), None)
 
 
-def split_run(count: int, read_length) -> list[int]:
+MAX_RUN_RECORDS = 8192  # records one request may carry in runs: bounds the adapter's work
+
+
+def check_run_size(count: int) -> None:
+    """A run is a multiple of ALIGN holding at least one record; checked before any read."""
+    if count < record_size(1) or count % ALIGN:
+        raise BadCount(f"run of {count} bytes: must be a multiple of {ALIGN} holding >= 1 record")
+
+
+def split_run(count: int, read_length, max_records: int = MAX_RUN_RECORDS) -> list[int]:
     """The payload lengths of a run of `count` bytes of back-to-back records (multiple-write).
 
     `read_length(offset)` reads the length field of the header at `offset` of the run (sender
-    memory: untrusted). Every record must have a length > 0 and the records must tile the run
-    exactly; otherwise BadCount names the offending offset and value.
+    memory: untrusted); it is only called for a header lying wholly inside the run. Every
+    record must have a length > 0 and the records must tile the run exactly, in at most
+    `max_records` records; otherwise BadCount names the offending offset and value.
     """
-    if count < record_size(1) or count % ALIGN:
-        raise BadCount(f"run of {count} bytes: must be a multiple of {ALIGN} holding >= 1 record")
+    check_run_size(count)
     lengths, offset = [], 0
     while offset < count:
+        if offset + HEADER_SIZE > count:
+            raise BadCount(f"run of {count} bytes: {count - offset} bytes at offset {offset} "
+                           f"cannot hold a record header")
+        if len(lengths) >= max_records:
+            raise BadCount(f"run of {count} bytes: more than {max_records} records")
         length = read_length(offset)
         if length <= 0 or offset + record_size(length) > count:
             raise BadCount(f"run of {count} bytes: record at offset {offset} has length {length}")

@@ -28,7 +28,7 @@ from functools import partial
 import posix_ipc
 
 from adapter import receive_area
-from adapter.errors import Status, XpmoveError
+from adapter.errors import BadCount, Status, XpmoveError
 from adapter.locks import Grant, LockBook, LockState
 from adapter.moves import mvxl
 from adapter.protocol import (
@@ -46,8 +46,10 @@ from adapter.ring import (
     HEADER_SIZE,
     KIND_PAD,
     KIND_RECORD,
+    MAX_RUN_RECORDS,
     RECORD_HEADER,
     Reservation,
+    check_run_size,
     max_payload,
     record_size,
     reserve,
@@ -116,6 +118,10 @@ class Adapter:
         self.recover_locks()
         for c in boot["connections"]:
             self.attach(c["network_id"], c["request_fd"], c["reply_fd"])
+        for network_id in self.by_id:
+            if network_id not in self.connections:  # dead when we started: not a destination
+                self.table.set_state(network_id, PartitionState.DEAD)
+                self.take_back_recovered(network_id)
         self.running = True
 
     def recover_locks(self) -> None:
@@ -123,8 +129,8 @@ class Adapter:
 
         On a first start every lock is free and this changes nothing. After an adapter crash a
         lock may still be taken by the dead adapter (taken back here, its half-done commit
-        settled) or granted to a live driver (kept as a grant, which expires if its holder
-        never frees it, in case the grant reply died with the old adapter).
+        settled) or granted to a driver (kept as a grant until its holder frees it or proves it
+        is not moving: take_back_recovered; the grant reply may have died with the old adapter).
         """
         for dst_id, dst in self.by_id.items():
             holder = receive_area.read_holder(self.words, dst)
@@ -140,11 +146,13 @@ class Adapter:
             self._settle(dst_id)
             self._unlock(dst_id)
 
-    def expire_recovered_grants(self, now: float) -> None:
-        for dst, rec in list(self.book.records.items()):
-            grant = rec.grant
-            if (rec.state is LockState.GRANTED and grant is not None and grant.recovered
-                    and now - grant.granted_at > self.lock_timeout):
+    def take_back_recovered(self, holder: int) -> None:
+        """Recovered grants of `holder` end when it proves it is not mid-move: it is not
+        connected, its pipe closed, or it sent a new request (its driver sends one at a time
+        and finishes a grant before asking again)."""
+        for dst in self.book.granted_to(holder):
+            grant = self.book.record(dst).grant
+            if grant is not None and grant.recovered:
                 self._take_back(dst)
 
     # -- connections -------------------------------------------------------------------
@@ -253,7 +261,9 @@ class Adapter:
             self._reply(conn, malformed_reply(request.op, request.request_id))
             return
         self.counters["requests"] += 1
+        self.take_back_recovered(conn.network_id)
         work = Work(request, [None] * len(request.moves), [], now + self.lock_timeout)
+        budget = MAX_RUN_RECORDS
         for i, move in enumerate(request.moves):
             try:
                 if move.src_id != conn.network_id:
@@ -262,7 +272,8 @@ class Adapter:
                     continue
                 t = self.table.translate(move.src_id, move.dst_id, move.offset, move.count)
                 if request.op == Op.MOVE_RUN:
-                    work.runs[i] = self._run_lengths(t)
+                    work.runs[i] = self._run_lengths(t, budget)
+                    budget -= len(work.runs[i])
                 work.checked.append((i, t))
             except XpmoveError as exc:
                 work.results[i] = self._failure(exc, move.src_id, move.dst_id)
@@ -281,7 +292,14 @@ class Adapter:
                     self.counters["lock_waits"] += 1
                 return False
             taken.append(dst)
-        self._execute(conn, work.request.op, work.checked, work.results, work.runs)
+        try:
+            self._execute(conn, work.request.op, work.checked, work.results, work.runs)
+        except Exception:
+            for dst in taken:  # a bug, not a partition's fault: never leave a lock behind
+                if self.book.state(dst) is LockState.HELD:
+                    self._settle(dst)
+                    self._unlock(dst)
+            raise
         self._reply(conn, encode_reply(work.request.op, work.request.request_id, Status.OK,
                                        work.results))
         return True
@@ -300,19 +318,23 @@ class Adapter:
         """Length field of the record header at `offset` of a run in sender memory."""
         return RECORD_HEADER.unpack_from(self.mem, base + offset)[3]
 
-    def _run_lengths(self, t: Translation) -> list[int]:
-        """The validated record lengths of a run; equal-sized runs are checked in one strided
-        read of the length words, anything else record by record (split_run)."""
+    def _run_lengths(self, t: Translation, budget: int) -> list[int]:
+        """The validated record lengths of a run (at most `budget` records); equal-sized runs
+        are checked in one strided read of the length words, anything else record by record
+        (split_run). Nothing is read before the run's size is known to hold a record."""
+        check_run_size(t.count)
         if VECTOR_HEADERS and t.src_address % ALIGN == 0:
             first = self.words[(t.src_address + LENGTH_FIELD) >> 3]
             shape = uniform_run_shape(t.count, first)
             if shape is not None:
                 stride, n = shape
+                if n > budget:
+                    raise BadCount(f"run of {t.count} bytes: more than {budget} records")
                 start, step = (t.src_address + LENGTH_FIELD) >> 3, stride >> 3
                 lengths = self.words[start:start + n * step:step].tolist()
                 if lengths.count(first) == n:
                     return lengths
-        return split_run(t.count, partial(self._run_length, t.src_address))
+        return split_run(t.count, partial(self._run_length, t.src_address), budget)
 
     def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
                  results: list[Result | None], runs: dict[int, list[int]]) -> None:
@@ -432,7 +454,15 @@ class Adapter:
                 return
             if request is None:
                 return
-            self.handle(conn, request, now)
+            try:
+                self.handle(conn, request, now)
+            except Exception as exc:  # the adapter outlives any one request, whatever it was
+                self.errors["internal"] += 1
+                self._log(f"request {request.request_id} of network ID {conn.network_id} "
+                          f"failed: {type(exc).__name__}: {exc}")
+                self._reply(conn, malformed_reply(request.op, request.request_id))
+                self.close_connection(conn, "internal error")
+                return
 
     def retry_parked(self, now: float) -> None:
         """Retry the locks of parked requests; past the deadline, answer LOCK_TIMEOUT for the
@@ -498,10 +528,7 @@ class Adapter:
         self.control.send({"event": "ready", "pid": os.getpid()})
         while self.running:
             parked = any(c.parked for c in self.connections.values())
-            recovering = any(rec.grant is not None and rec.grant.recovered
-                             for rec in self.book.records.values())
-            poll = parked or recovering
-            for key, _ in self.selector.select(PARKED_POLL_S if poll else None):
+            for key, _ in self.selector.select(PARKED_POLL_S if parked else None):
                 now = time.monotonic()
                 if key.data is None:
                     self.on_control_readable()
@@ -513,8 +540,6 @@ class Adapter:
                     self._flush(conn)
                     self.serve(conn, now)
                 self.watch(conn)
-            if recovering:
-                self.expire_recovered_grants(time.monotonic())
             if parked:
                 self.retry_parked(time.monotonic())
         self.shutdown()

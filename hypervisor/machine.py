@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +111,7 @@ class Machine:
         self._started = False
         self._stopped = False
         self._call_id = 0
+        self._polling = False
         self.events: list[str] = []  # what supervision did, for the operator
         self.restarts: dict[int | str, int] = {}
 
@@ -235,7 +237,8 @@ class Machine:
                 if reply.pop("id", None) == call_id:
                     return reply
         except ControlError as exc:
-            self.poll()
+            if not self._polling:
+                self.poll()
             raise MachineError(f"{child.name}: {exc}") from None
 
     def adapter_stats(self, timeout: float = CALL_TIMEOUT_S) -> dict:
@@ -243,6 +246,13 @@ class Machine:
             raise MachineError("no adapter")
         reply = self._call(self.adapter, {"cmd": "stats"}, timeout)
         return reply["stats"]
+
+    def kill(self, network_id: int | None = None, sig: int = signal.SIGKILL) -> None:
+        """Signal a child (the adapter by default); a no-op if it was already reaped, so a
+        recycled pid is never hit."""
+        child = self.adapter if network_id is None else self.partitions[network_id]
+        assert child is not None
+        child.proc.send_signal(sig)
 
     def pid(self, network_id: int | None = None) -> int:
         child = self.adapter if network_id is None else self.partitions[network_id]
@@ -258,6 +268,15 @@ class Machine:
         pipes. Partitions come back per the config's restart policy, under the same network
         ID and memory (their receive area keeps what was not consumed yet).
         """
+        if self._polling:
+            return []
+        self._polling = True
+        try:
+            return self._supervise()
+        finally:
+            self._polling = False
+
+    def _supervise(self) -> list[Child]:
         died = []
         for child in self.children():
             code = child.proc.poll()
@@ -272,10 +291,13 @@ class Machine:
             return died
         for child in died:
             self.events.append(f"{child.name} died (exit code {child.exit_code})")
-            if child.network_id is None:
-                self.restart_adapter()
-            elif self._should_restart(child):
-                self.restart_partition(child.network_id)
+            try:
+                if child.network_id is None:
+                    self.restart_adapter()
+                elif self._should_restart(child):
+                    self.restart_partition(child.network_id)
+            except MachineError as exc:  # e.g. another child died meanwhile: next poll retries
+                self.events.append(f"restart of {child.name} failed: {exc}")
         return died
 
     def _should_restart(self, child: Child) -> bool:
@@ -294,8 +316,11 @@ class Machine:
             self.adapter = self._spawn_adapter(pipes)
             self._await_ready([self.adapter])
             for nid in live:
-                self._call(live[nid], {"cmd": "reconnect"}, CALL_TIMEOUT_S,
-                           fds=pipes[nid].driver_ends())
+                try:
+                    self._call(live[nid], {"cmd": "reconnect"}, CALL_TIMEOUT_S,
+                               fds=pipes[nid].driver_ends())
+                except MachineError:
+                    continue  # that partition died meanwhile: the next poll restarts it
         finally:
             for p in pipes.values():
                 p.close()

@@ -132,7 +132,7 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
                 next_kill += kill_every
                 victim = None if rng.random() < ADAPTER_SHARE else rng.choice(
                     list(machine.partitions))
-                os.kill(machine.pid(victim), signal.SIGKILL)
+                machine.kill(victim)
                 report.kills += 1
                 report.adapter_kills += victim is None
                 console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import posix_ipc
 
 from adapter import receive_area
-from adapter.errors import AdapterGone, Status, XpmoveError, error_for
+from adapter.errors import AdapterGone, InDoubt, Status, XpmoveError, error_for
 from adapter.moves import mvxl
 from adapter.protocol import (
     REPLY_HEADER,
@@ -30,6 +30,7 @@ from adapter.protocol import (
     decode_results,
     encode_request,
 )
+from adapter.translation import TranslationTable
 from hypervisor.layout import SegmentLayout
 
 FLOWS = {"fig11": Op.MOVE, "fig12": Op.GRANT}
@@ -68,9 +69,11 @@ class Driver:
         self.words = receive_area.words(physical)
         self._request_id = 0
         self._mutex = threading.Lock()
-        self._connected = threading.Event()
-        self._connected.set()
+        self._reconnected = threading.Condition()
+        self._generation = 0
+        self._stale_fds: list[int] = []
         self._closing = False
+        self._table = TranslationTable(layout.partitions)  # the adapter's checks, to resolve
         self.reconnect_wait = RECONNECT_WAIT_S
 
     def send(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
@@ -114,8 +117,11 @@ class Driver:
         RECORD_HEADER with its length filled in, then the payload, padded to 8) in ONE request
         and ONE MVXL. The adapter checks the lengths and writes every header itself."""
         move = Move(self.network_id, dst_id, offset, count)
-        with self._mutex:
-            (r,) = self._survive_restart(Op.MOVE_RUN, [move])
+        try:
+            with self._mutex:
+                (r,) = self._survive_restart(Op.MOVE_RUN, [move])
+        except XpmoveError as exc:
+            return exc
         if r.status != Status.OK:
             return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
                              count=count, detail=r.detail)
@@ -135,31 +141,58 @@ class Driver:
     def _execute_grants(self, moves: list[Move], results: tuple[Result, ...]) -> None:
         """Fig 12 steps 1204-1205: MVXL each granted move, commit, free the lock, ring."""
         commits: dict[int, int] = {}
-        for m, r in zip(moves, results, strict=True):
-            if r.status == Status.OK:
-                mvxl(self.physical, r.dst_address, r.src_address, r.count)
-                commits[m.dst_id] = max(r.commit_value, commits.get(m.dst_id, 0))
-        for dst, head in commits.items():
-            layout = self.by_id[dst]
-            receive_area.publish_head(self.words, layout.control, head)
-            self.locks[dst].release()
-            receive_area.ring_doorbell(self.words, layout, self.bells[dst])
+        granted = {m.dst_id for m, r in zip(moves, results, strict=True) if r.status == Status.OK}
+        try:
+            for m, r in zip(moves, results, strict=True):
+                if r.status == Status.OK:
+                    mvxl(self.physical, r.dst_address, r.src_address, r.count)
+                    commits[m.dst_id] = max(r.commit_value, commits.get(m.dst_id, 0))
+            for dst, head in commits.items():
+                receive_area.publish_head(self.words, self.by_id[dst].control, head)
+        finally:  # every granted lock comes back, committed or not (then the adapter undoes it)
+            for dst in granted:
+                self.locks[dst].release()
+                if dst in commits:
+                    receive_area.ring_doorbell(self.words, self.by_id[dst], self.bells[dst])
 
     def reconnect(self, request_fd: int, reply_fd: int) -> None:
-        """Fresh pipes to a restarted adapter (from the hypervisor); wakes a waiting request."""
-        old = (self.request_fd, self.reply_fd)
-        self.request_fd, self.reply_fd = request_fd, reply_fd
-        for fd in old:
+        """Fresh pipes to a restarted adapter (from the hypervisor); wakes a waiting request.
+
+        A generation number, not a flag: a reconnect that lands before the sender noticed the
+        old adapter's death is still seen. The old descriptors are closed only with no request
+        in flight (under the driver's mutex), so a sender never writes to a recycled number.
+        """
+        with self._reconnected:
+            self._stale_fds += [self.request_fd, self.reply_fd]
+            self.request_fd, self.reply_fd = request_fd, reply_fd
+            self._generation += 1
+            self._reconnected.notify_all()
+        if self._mutex.acquire(blocking=False):
+            try:
+                self._close_stale()
+            finally:
+                self._mutex.release()
+
+    def _close_stale(self) -> None:
+        with self._reconnected:
+            stale, self._stale_fds = self._stale_fds, []
+        for fd in stale:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._connected.set()
 
     def close(self) -> None:
         """The partition is shutting down: wake any request waiting for a reconnect."""
-        self._closing = True
-        self._connected.set()
+        with self._reconnected:
+            self._closing = True
+            self._reconnected.notify_all()
+
+    def _await_reconnect(self, generation: int) -> bool:
+        with self._reconnected:
+            self._reconnected.wait_for(
+                lambda: self._closing or self._generation > generation, self.reconnect_wait)
+            return not self._closing and self._generation > generation
 
     def _pair_seqs(self, moves: list[Move]) -> dict[int, int]:
         """Last committed sequence number of each pair (me -> destination) in the request."""
@@ -178,13 +211,27 @@ class Driver:
         always sent again.
         """
         before = self._pair_seqs(moves)
+        generation = self._generation
         try:
             return self._round_trip(op, moves)
-        except AdapterGone:
-            self._connected.clear()
-            # cleared first, then checked: a close() at any point is seen
-            if self._closing or not self._connected.wait(self.reconnect_wait) or self._closing:
-                raise
+        except AdapterGone as exc:
+            if not self._await_reconnect(generation):
+                if op == Op.GRANT:
+                    raise  # a grant never commits without us: nothing is in doubt
+                raise InDoubt(f"{exc}; the adapter did not come back within "
+                              f"{self.reconnect_wait} s, so whether the move committed is "
+                              f"unknown (compare the pair's sequence numbers)") from None
+        self._close_stale()
+        try:
+            return self._resolve(op, moves, before)
+        except AdapterGone as exc:
+            raise InDoubt(f"{exc} again while resolving a move after a restart") from None
+
+    def _resolve(self, op: int, moves: list[Move], before: dict[int, int]
+                 ) -> tuple[Result, ...]:
+        """After a restart: which moves of the lost request committed (per-pair sequence
+        numbers), and a fresh request for the rest. Moves that fail the adapter's own
+        deterministic checks (translate) cannot have committed and are not credited."""
         after = self._pair_seqs(moves) if op != Op.GRANT else before
         committed: dict[int, int] = {d: after[d] - before[d] for d in before}
         if op == Op.MOVE_RUN:  # a request carries one run; it committed whole or not at all
@@ -192,17 +239,24 @@ class Driver:
                 return tuple(Result(Status.OK, committed[m.dst_id], before[m.dst_id] + 1,
                                     count=m.count) for m in moves)
             return self._round_trip(op, moves)
-        redo = [m for m in moves if committed.get(m.dst_id, 0) == 0]
+        redo = [m for m in moves if committed.get(m.dst_id, 0) == 0 or not self._valid(m)]
         redone = iter(self._round_trip(op, redo) if redo else ())
         results = []
         for m in moves:
-            if committed.get(m.dst_id, 0) > 0:
+            if committed.get(m.dst_id, 0) > 0 and self._valid(m):
                 committed[m.dst_id] -= 1
                 before[m.dst_id] += 1
                 results.append(Result(Status.OK, seq=before[m.dst_id], count=m.count))
             else:
                 results.append(next(redone))
         return tuple(results)
+
+    def _valid(self, move: Move) -> bool:
+        try:
+            self._table.translate(move.src_id, move.dst_id, move.offset, move.count)
+        except XpmoveError:
+            return False
+        return True
 
     def _round_trip(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
         self._request_id = (self._request_id + 1) & 0xFFFFFFFF

@@ -80,7 +80,8 @@ class Receiver:
         """Sleep until the doorbell rings or `timeout` passes; True if there may be records.
 
         Movers ring only while `sleeping` is set (see receive_area.ring_doorbell): set it, then
-        look once more (after a trywait, which is a barrier) before really sleeping.
+        look once more before really sleeping. Always give a finite timeout: a doorbell can be
+        missed (see ring_doorbell), a record never is.
         """
         receive_area.set_sleeping(self.words, self.own, True)
         try:

@@ -605,3 +605,40 @@ def test_a_parked_request_keeps_its_validation_errors(rig):
 def test_a_parked_request_counts_its_errors_once(rig):
     _, counted = park_behind_a_grant(rig)
     assert counted == 1, f"one invalid move counted {counted} times"
+
+
+RUN_EDGES = [(8, 8), (16, 16), (40, 40), (41, 40), (24, 24), (48, 40)]
+
+
+@pytest.mark.parametrize("back, count", RUN_EDGES)
+def test_a_run_at_the_end_of_the_segment_is_refused_not_crashing(make_machine, back, count):
+    """Multiple-write runs too small to hold a record, at the very end of the last region:
+    refused by name before any read, and the adapter keeps serving."""
+    m = make_machine(small_config(n=3))
+    last = m.layout.partitions[-1]
+    pid = m.pid()
+    reply = raw(m, last.network_id,
+                frame(Op.MOVE_RUN, 7, [(last.network_id, 1, last.size - back, count)]), replies=1)
+    [(op, rid, status, results)] = parse_replies(bytes.fromhex(reply["hex"]))
+    assert (op, rid, status) == (Op.MOVE_RUN, 7, Status.OK)
+    assert results[0].status == Status.BAD_COUNT, results
+    assert m.adapter.proc.poll() is None and m.pid() == pid
+    assert m.call(1, {"cmd": "write", "offset": 0, "hex": "ab" * 8})["ok"]
+    assert m.call(1, {"cmd": "send", "dst": 2, "offset": 0, "count": 8})["ok"]
+
+
+def test_a_run_of_too_many_records_is_refused(make_machine):
+    """The adapter's work per request is bounded: a run may not hold more than
+    MAX_RUN_RECORDS records (here: 8193 minimal records, not all of one size)."""
+    from adapter.ring import MAX_RUN_RECORDS, RECORD_HEADER
+
+    m = make_machine(small_config(n=3, memory=2 * 1024 * 1024, receive=1024 * 1024))
+    n = MAX_RUN_RECORDS + 1
+    sizes = [8] * (n - 1) + [16]
+    blob = b"".join(RECORD_HEADER.pack(0, 0, 0, s) + bytes(s) for s in sizes)
+    for at in range(0, len(blob), 60_000):
+        assert m.call(1, {"cmd": "write", "offset": at, "hex": blob[at:at + 60_000].hex()})["ok"]
+    reply = raw(m, 1, frame(Op.MOVE_RUN, 1, [(1, 2, 0, len(blob))]), replies=1)
+    [(_, _, _, results)] = parse_replies(bytes.fromhex(reply["hex"]))
+    assert results[0].status == Status.BAD_COUNT
+    assert m.adapter.proc.poll() is None
