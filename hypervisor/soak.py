@@ -5,6 +5,8 @@ The books are kept where no kill can reach them: the segment's per-pair tables. 
 was accepted; `delivered` (the last sequence number each receiver consumed, written before it
 frees the space) is what arrived. After the traffic drains, lost = committed - delivered over
 all pairs. Duplicates are counted by the receivers (a sequence number seen twice).
+If the drain times out, the pairs that disagree are listed; with XPMOVE_DEBUG=1 set, every
+partition also dumps its threads' stacks to stderr (faulthandler on SIGUSR1).
 """
 
 from __future__ import annotations
@@ -150,10 +152,9 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
                 console.print(f"[red]drain timed out: {committed - delivered} not delivered")
                 for line in pair_detail(machine):
                     console.print(f"  {line}")
-                if os.environ.get("XPMOVE_DEBUG"):
+                if os.environ.get("XPMOVE_DEBUG"):  # every partition dumps its threads' stacks
                     for nid in machine.partitions:
-                        os.kill(machine.pid(nid), signal.SIGUSR1)
-                    time.sleep(0.5)
+                        machine.kill(nid, signal.SIGUSR1)
                 for nid, st in stats.items():
                     console.print(f"  partition {nid}: errors {st.get('errors')} "
                                   f"{st.get('receiver_errors', '')}")
