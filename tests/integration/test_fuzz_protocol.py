@@ -642,3 +642,38 @@ def test_a_run_of_too_many_records_is_refused(make_machine):
     [(_, _, _, results)] = parse_replies(bytes.fromhex(reply["hex"]))
     assert results[0].status == Status.BAD_COUNT
     assert m.adapter.proc.poll() is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=24),
+       lie=st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(-5, 400))))
+def test_fuzzed_multiple_write_runs(rig, sizes, lie):
+    """Random runs, honest or with one lying length: an honest run arrives record by record,
+    byte for byte, with consecutive sequence numbers; a lying one is either refused (BadCount)
+    or, if the lie still tiles the run, delivered as the records it describes. Either way the
+    adapter lives, no lock stays taken and nothing lands outside the destination's ring."""
+    lease = rig.lease()
+    m, src, dst = lease.machine, lease.sender, lease.receiver
+    payloads = [bytes((i * 7 + j) & 0xFF for j in range(n)) for i, n in enumerate(sizes)]
+    lengths = list(sizes)
+    if lie is not None and lie[0] < len(lengths):
+        lengths[lie[0]] = lie[1]
+    others = [n for n in m.partitions if n not in (src, dst)]
+    before = {n: m.call(n, {"cmd": "checksum"})["crc32"] for n in others}
+    reply = m.call(src, {"cmd": "send_run", "dst": dst, "offset": 0, "lengths": lengths,
+                         "payloads": [p.hex() for p in payloads]})
+    got = []
+    while (packet := m.call(dst, {"cmd": "receive", "timeout": 0})["packet"]) is not None:
+        got.append(packet)
+    if lengths == sizes:
+        assert reply["ok"] and reply["records"] == len(sizes), reply
+        assert [bytes.fromhex(p["hex"]) for p in got] == payloads
+        assert [p["seq"] for p in got] == list(range(reply["seq"], reply["seq"] + len(sizes)))
+    elif reply["ok"]:
+        assert len(got) == reply["records"]
+    else:
+        assert reply["error"] == "BadCount" and not got, reply
+    assert m.adapter.proc.poll() is None and m.pid() == rig.adapter_pid
+    after = {n: m.call(n, {"cmd": "checksum"})["crc32"] for n in others}
+    assert after == before  # no byte outside the sender's own writes and the destination
+    assert set(m.adapter_stats()["locks"].values()) == {"free"}
