@@ -115,6 +115,7 @@ class Adapter:
         self.selector.register(self.control.sock, selectors.EVENT_READ, None)
         self.connections: dict[int, Connection] = {}
         self._watched: set[int] = set()
+        self._recovered_holders: set[int] = set()
         self.recover_locks()
         for c in boot["connections"]:
             self.attach(c["network_id"], c["request_fd"], c["reply_fd"])
@@ -137,6 +138,7 @@ class Adapter:
             if holder and holder in self.by_id:
                 self.book.acquired(dst_id)
                 self.book.granted(Grant(holder, dst_id, 0, time.monotonic(), recovered=True))
+                self._recovered_holders.add(holder)
                 continue
             try:
                 self.locks[dst_id].acquire(0)
@@ -150,6 +152,9 @@ class Adapter:
         """Recovered grants of `holder` end when it proves it is not mid-move: it is not
         connected, its pipe closed, or it sent a new request (its driver sends one at a time
         and finishes a grant before asking again)."""
+        if holder not in self._recovered_holders:  # the common case, on every request: O(1)
+            return
+        self._recovered_holders.discard(holder)
         for dst in self.book.granted_to(holder):
             grant = self.book.record(dst).grant
             if grant is not None and grant.recovered:

@@ -164,3 +164,22 @@ def test_soak_short_run(registry):
     assert report.accepted > 0 and report.accepted == report.delivered, report
     assert report.lost == report.duplicated == report.corrupt == 0, report
     assert report.locks_free, report
+
+
+def test_recovered_grant_ends_when_its_holder_asks_again(make_machine):
+    """The adapter dies while a live driver holds a Fig 12 grant it will never finish: the
+    restarted adapter keeps the lock granted (it cannot know the driver is not mid-move) until
+    that driver sends its next request, then takes it back and undoes the half-done record."""
+    m = make_machine(small_config(lock_timeout_s=5.0))
+    assert m.call(1, {"cmd": "hold_grant", "dst": 2, "count": 4000})["ok"]
+    kill(m.pid())
+    wait_for(lambda: restarted(m, "adapter"), what="adapter restart")
+    assert m.adapter_stats()["locks"]["2"] == "granted"
+    # the holder's next request (to anyone) proves it is not moving: the lock comes back
+    assert send(m, 1, 3, b"next request", "fig11")["ok"]
+    assert send(m, 4, 2, b"after the take-back", "fig11", timeout=TIMEOUT)["seq"] == 1
+    packet = receive(m, 2)
+    assert (packet["source_id"], bytes.fromhex(packet["hex"])) == (4, b"after the take-back")
+    assert receive(m, 2, timeout=0) is None  # the held record never became visible
+    assert send(m, 1, 2, b"holder again", "fig12")["seq"] == 1  # its seq was rolled back
+    assert set(m.adapter_stats()["locks"].values()) == {"free"}
