@@ -59,6 +59,9 @@ class TranslationTable:
         except KeyError:
             raise UnknownNetworkId(f"unknown network ID {network_id}") from None
 
+    def entries(self) -> list[TranslationEntry]:
+        return list(self._entries.values())
+
     def set_state(self, network_id: int, state: PartitionState) -> None:
         self.entry(network_id).state = state
 
