@@ -165,7 +165,7 @@ class Partition:
         offset = int(msg["offset"])
         at = offset
         for payload, length in zip(payloads, lengths, strict=True):
-            header = RECORD_HEADER.pack(0, 0, 0, length)
+            header = RECORD_HEADER.pack(0, 0, 0, length & 0xFFFF_FFFF_FFFF_FFFF)  # lies wrap
             self.view.write(at, header + payload)
             at += record_size(len(payload))
         outcome = self.driver.send_run(int(msg["dst"]), offset, at - offset)
@@ -276,7 +276,7 @@ class Partition:
             return {"ok": False, "error": "UnknownCommand", "message": f"cmd {msg.get('cmd')!r}"}
         try:
             return handler(msg)
-        except (XpmoveError, PlanError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # a bad command is answered, never the end of the worker
             return error_reply(exc)
 
     def run(self) -> None:

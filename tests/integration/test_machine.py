@@ -246,7 +246,7 @@ def test_multiple_write_run_arrives_as_records(machine):
     assert receive(machine, 2, timeout=0) is None
 
 
-@pytest.mark.parametrize("lengths", [[64, 0], [64, 4000], [64, -1 & (2**63 - 1)]])
+@pytest.mark.parametrize("lengths", [[64, 0], [64, 4000], [64, -1 & (2**63 - 1)], [64, -1]])
 def test_multiple_write_run_that_lies_is_refused(machine, lengths):
     before = checksums(machine)
     reply = machine.call(1, {"cmd": "send_run", "dst": 2, "offset": 0, "lengths": lengths,
