@@ -109,11 +109,11 @@ class RecordView(NamedTuple):
         return self.position + HEADER_SIZE
 
 
-def iter_records(tail: int, head: int, capacity: int, read_header) -> Iterator[RecordView]:
-    """Every committed record from `tail` up to `head`, in order, skipping padding.
+def next_record(tail: int, head: int, capacity: int, read_header) -> RecordView | None:
+    """The next committed record at or after `tail`, skipping padding; None when empty.
 
     `read_header(position)` returns the unpacked RECORD_HEADER at a ring offset; it is the only
-    window onto memory, so this stays pure and testable. Counters are checked once per call.
+    window onto memory, so this stays pure and testable.
     """
     check_counters(head, tail, capacity)
     while tail < head:
@@ -131,13 +131,18 @@ def iter_records(tail: int, head: int, capacity: int, read_header) -> Iterator[R
         end = tail + size
         if end > head:
             raise RingCorrupt(f"record at {pos} of length {length} runs past head {head}")
-        yield RecordView(pos, source_id, seq, length, end)
-        tail = end
+        return RecordView(pos, source_id, seq, length, end)
+    return None
 
 
-def skip_to_record(tail: int, head: int, capacity: int, read_header) -> RecordView | None:
-    """The next committed record at or after `tail`, skipping padding; None when empty."""
-    return next(iter_records(tail, head, capacity, read_header), None)
+def iter_records(tail: int, head: int, capacity: int, read_header) -> Iterator[RecordView]:
+    """Every committed record from `tail` up to `head`, in order, skipping padding."""
+    while (record := next_record(tail, head, capacity, read_header)) is not None:
+        yield record
+        tail = record.next_tail
+
+
+skip_to_record = next_record
 
 
 MAX_RUN_RECORDS = 8192  # records one request may carry in runs: bounds the adapter's work

@@ -2,23 +2,36 @@
 
 A packet is PACKET_HEADER (source ID, destination ID, per-pair packet counter, send timestamp)
 followed by a body cut from one shared byte pattern at an offset that depends on source and
-counter, so a misrouted, stale or torn packet fails the check. Verification is one slice
-comparison (memcmp speed), never a Python loop over bytes.
+counter, so a misrouted, stale or torn packet fails the check. Verification is memcmp speed,
+never a Python loop over bytes: one slice comparison per packet (`check`), or for a block of
+packets (`check_block`, one row each) a few vectorised comparisons for the whole block.
+
+Consecutive counters have consecutive offsets (mod _PERIOD), so the expected bodies of a run of
+packets are the rows of ONE strided view of the pattern: row i starts one byte after row i-1.
+Filling (`fill_rows`) and checking a block are each one numpy operation per _PERIOD packets.
 """
 
 from __future__ import annotations
 
 import struct
 
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
 PACKET_HEADER = struct.Struct("<IIQQ")  # source ID, destination ID, counter, send time (ns)
+PACKET_DTYPE = np.dtype([("source", "<u4"), ("destination", "<u4"), ("counter", "<u8"),
+                         ("sent_ns", "<u8")])
 MIN_PACKET = PACKET_HEADER.size
 _PERIOD = 251  # prime, so offsets cycle through all residues
+_ROW_BY_ROW = 2048  # bodies at least this long are compared row by row with memcmp
+_CHUNK = 64 << 10  # bytes of bodies compared per vectorised step (bounds the temporaries)
 
 
 class Pattern:
     def __init__(self, max_size: int):
         self._bytes = bytes(range(256)) * (max_size // 256 + 2)
         self._view = memoryview(self._bytes)
+        self._array = np.frombuffer(self._bytes, dtype=np.uint8)
 
     @staticmethod
     def _offset(src: int, counter: int) -> int:
@@ -28,12 +41,35 @@ class Pattern:
         k = self._offset(src, counter)
         return self._view[k:k + n]
 
+    def _bodies(self, src: int, first_counter: int, rows: int, n: int):
+        """(first row, rows, expected bodies) per stretch of consecutive pattern offsets."""
+        row, offset = 0, self._offset(src, first_counter)
+        while row < rows:
+            take = min(rows - row, _PERIOD - offset)
+            yield row, take, as_strided(self._array[offset:], shape=(take, n), strides=(1, 1),
+                                        writeable=False)
+            row, offset = row + take, 0
+
     def fill(self, buf: memoryview, src: int, dst: int, counter: int, sent_ns: int) -> None:
         """Write a packet of len(buf) bytes (>= MIN_PACKET) into `buf`."""
         if len(buf) < MIN_PACKET:
             raise ValueError(f"packet size {len(buf)} is below the minimum {MIN_PACKET}")
         PACKET_HEADER.pack_into(buf, 0, src, dst, counter, sent_ns)
         buf[MIN_PACKET:] = self._body(src, counter, len(buf) - MIN_PACKET)
+
+    def fill_rows(self, rows: np.ndarray, src: int, dst: int, first_counter: int,
+                  sent_ns: int) -> None:
+        """Write packets `first_counter`, `first_counter + 1`, ... into the rows of `rows`
+        (one packet per row, all stamped `sent_ns`): the same bytes as `fill` per row."""
+        count, size = rows.shape
+        if size < MIN_PACKET:
+            raise ValueError(f"packet size {size} is below the minimum {MIN_PACKET}")
+        header = np.empty(count, dtype=PACKET_DTYPE)
+        header["source"], header["destination"], header["sent_ns"] = src, dst, sent_ns
+        header["counter"] = np.arange(first_counter, first_counter + count, dtype=np.uint64)
+        rows[:, :MIN_PACKET] = header.view(np.uint8).reshape(count, MIN_PACKET)
+        for row, take, expected in self._bodies(src, first_counter, count, size - MIN_PACKET):
+            rows[row:row + take, MIN_PACKET:] = expected
 
     def check(self, payload: memoryview, src: int, dst: int) -> tuple[bool, int, int]:
         """(intact, counter, send time) of a received packet claimed to come from `src`."""
@@ -45,3 +81,30 @@ class Pattern:
         ok = (p_src == src and p_dst == dst
               and self._bytes.startswith(payload[MIN_PACKET:], self._offset(src, counter)))
         return ok, counter, sent_ns
+
+    def check_block(self, rows: np.ndarray, src: int, dst: int) -> np.ndarray | None:
+        """The send timestamps of a block of packets (one per row) claimed to come from `src`,
+        if every one is intact and their counters are consecutive; else None (then `check`
+        each row to learn which are bad)."""
+        count, size = rows.shape
+        if size < MIN_PACKET or count == 0:
+            return None
+        header = np.ascontiguousarray(rows[:, :MIN_PACKET]).view(PACKET_DTYPE).ravel()
+        counters = header["counter"]
+        first = int(counters[0])
+        if not ((header["source"] == src).all() and (header["destination"] == dst).all()
+                and (counters - counters[0] == np.arange(count, dtype=np.uint64)).all()):
+            return None
+        n = size - MIN_PACKET
+        for row, take, expected in self._bodies(src, first, count, n):
+            bodies = rows[row:row + take, MIN_PACKET:]
+            if n >= _ROW_BY_ROW:
+                start = self._offset(src, first + row)
+                if not all(self._bytes.startswith(bodies[i], start + i) for i in range(take)):
+                    return None
+                continue
+            step = max(1, _CHUNK // max(n, 1))
+            for i in range(0, take, step):
+                if not np.array_equal(bodies[i:i + step], expected[i:i + step]):
+                    return None
+        return header["sent_ns"]

@@ -29,12 +29,20 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from adapter.errors import XpmoveError
 from adapter.protocol import MAX_MOVES
-from adapter.ring import ALIGN, HEADER_SIZE, RECORD_HEADER, max_payload
+from adapter.ring import ALIGN, HEADER_SIZE, MAX_RUN_RECORDS, RECORD_HEADER, max_payload
+from partitions.blocks import (
+    HEADER_DTYPE,
+    BlockHandler,
+    as_bytes,
+    find_block,
+    payload_rows,
+)
 from partitions.driver import RETRY_BACKOFF_S, Driver, Sent
 from partitions.receiver import Receiver
 
@@ -45,8 +53,6 @@ GREEDY_READ = 256 << 10  # most bytes one receive call asks for when no large fr
 LARGE_FRAME = 4 << 10  # frames above this are read exactly (no over-read, no compaction)
 READER_CAPACITY = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
-
-Handler = Callable[[int, int, memoryview], None]  # (source ID, sequence number, payload)
 
 
 class FrameError(Exception):
@@ -69,24 +75,36 @@ class Slot:
 
 @dataclass(frozen=True)
 class Batch:
-    """`len(slots)` packet slots laid out back to back; `span` covers all their frames."""
+    """`len(slots)` packet slots laid out back to back; `span` covers all their frames.
+
+    `frames` is the same memory as one numpy row per slot (header room + payload), so a whole
+    batch is filled and stamped with a few vectorised writes; `payloads` is its payload part.
+    """
 
     slots: tuple[Slot, ...]
     span: memoryview
     stride: int
+    frames: np.ndarray
+
+    @property
+    def payloads(self) -> np.ndarray:
+        return self.frames[:, self.stride - len(self.slots[0].payload):]
 
     def prefix(self, n: int) -> Batch:
-        return self if n == len(self.slots) else Batch(self.slots[:n], self.span[:n * self.stride],
-                                                       self.stride)
+        if n == len(self.slots):
+            return self
+        return Batch(self.slots[:n], self.span[:n * self.stride], self.stride, self.frames[:n])
 
 
-def batch_capacity(space: int, size: int, header_room: int, wanted: int) -> int:
-    """How many packets of `size` one batch may carry in `space` bytes of sender memory."""
+def batch_capacity(space: int, size: int, header_room: int, wanted: int,
+                   most: int = MAX_MOVES) -> int:
+    """How many packets of `size` one batch may carry in `space` bytes of sender memory, at
+    most `most` (what one request of the transport may carry)."""
     stride = header_room + size
     if stride > space:
         raise ValueError(f"size: a {size}-byte packet (+{header_room} header) does not fit the "
                          f"{space}-byte sender area")
-    return max(1, min(wanted, MAX_MOVES, space // stride))
+    return max(1, min(wanted, most, space // stride))
 
 
 def make_batch(region: memoryview, size: int, header_room: int, n: int) -> Batch:
@@ -95,7 +113,7 @@ def make_batch(region: memoryview, size: int, header_room: int, n: int) -> Batch
     span = region[:n * stride]
     slots = tuple(Slot(i * stride + header_room, span[i * stride:(i + 1) * stride],
                        span[i * stride + header_room:(i + 1) * stride]) for i in range(n))
-    return Batch(slots, span, stride)
+    return Batch(slots, span, stride, as_bytes(span).reshape(n, stride))
 
 
 # -- the interfaces ---------------------------------------------------------------------------
@@ -105,6 +123,7 @@ class SendTransport:
     name: str = ""
     channel: str = ""  # the receive-side sequence space the packets land in
     header_room: int = 0  # bytes the transport writes in front of each payload
+    max_batch: int = MAX_MOVES  # packets one `send` call may carry
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
@@ -121,7 +140,7 @@ class SendTransport:
 class ReceiveEndpoint:
     channel: str = ""
 
-    def poll(self, handler: Handler, timeout: float) -> int:
+    def poll(self, handler: BlockHandler, timeout: float) -> int:
         """Hand every packet that has arrived to `handler`; if none, wait up to `timeout`."""
         raise NotImplementedError
 
@@ -144,6 +163,7 @@ class AdapterFlow(SendTransport):
         # in front of each payload, so the batch is already laid out as the ring will hold it.
         self.runs = runs and flow == "fig11"
         self.header_room = HEADER_SIZE if self.runs else 0
+        self.max_batch = MAX_RUN_RECORDS if self.runs else MAX_MOVES
         self._headed: Batch | None = None
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
@@ -216,7 +236,7 @@ class AdapterRing(ReceiveEndpoint):
     def __init__(self, receiver: Receiver):
         self.receiver = receiver
 
-    def poll(self, handler: Handler, timeout: float) -> int:
+    def poll(self, handler: BlockHandler, timeout: float) -> int:
         n = self.receiver.drain(handler)
         if not n:
             self.receiver.wait(timeout)
@@ -238,6 +258,7 @@ class FrameReader:
     def __init__(self, capacity: int = READER_CAPACITY, max_payload: int = MAX_FRAME_PAYLOAD):
         self._buf = bytearray(capacity)
         self._mv = memoryview(self._buf)
+        self._flat = as_bytes(self._buf)
         self._start = 0
         self._end = 0
         self.max_payload = max_payload
@@ -261,6 +282,7 @@ class FrameReader:
             old, old_mv = self._buf, self._mv
             self._buf = bytearray(capacity)
             self._mv = memoryview(self._buf)
+            self._flat = as_bytes(self._buf)
             self._mv[:have] = old_mv[self._start:self._end]
             old_mv.release()
             del old
@@ -305,20 +327,21 @@ class FrameReader:
         length = FRAME.unpack_from(self._mv, self._start)[3]
         self._start += FRAME.size + length
 
-    def drain(self, handler: Handler) -> int:
-        """Hand every whole frame's (source, seq, payload) to `handler`; return how many."""
+    def drain(self, handler: BlockHandler) -> int:
+        """Hand every whole frame to `handler`, a block of equal frames at a time; return how
+        many frames."""
         n = 0
-        mv = self._mv
+        flat = self._flat
         while True:
             header = self.frame()
             if header is None:
                 return n
-            _dst, src, seq, length = header
-            begin = self._start + FRAME.size
-            with mv[begin:begin + length] as payload:
-                handler(src, seq, payload)
-            self._start = begin + length
-            n += 1
+            stride = FRAME.size + header[3]
+            count = find_block(flat, self._start, stride, (self._end - self._start) // stride)
+            handler(header[1], header[2],
+                    payload_rows(flat, self._start, stride, count, header[3]))
+            self._start += count * stride
+            n += count
 
 
 def hello_frame(network_id: int) -> bytes:
@@ -355,6 +378,7 @@ class _FrameSender:
     """Shared by tcp and vswitch: number the frames of a batch and send them in one sendall."""
 
     header_room = FRAME.size
+    max_batch = MAX_RUN_RECORDS  # no protocol bound: as many frames as a fig11 run carries
 
     def __init__(self, network_id: int):
         self.network_id = network_id
@@ -372,9 +396,12 @@ class _FrameSender:
             errors["NoConnection"] += n
             return 0
         seq = self._seq[dst]
-        for slot in batch.slots:
-            seq += 1
-            FRAME.pack_into(slot.frame, 0, dst, self.network_id, seq, len(slot.payload))
+        header = np.empty(n, dtype=HEADER_DTYPE)
+        header["tag"], header["source"] = dst, self.network_id
+        header["seq"] = np.arange(seq + 1, seq + n + 1, dtype=np.uint64)
+        header["length"] = len(batch.slots[0].payload)
+        batch.frames[:, :FRAME.size] = header.view(np.uint8).reshape(n, FRAME.size)
+        seq += n
         try:
             sock.sendall(batch.span)
         except OSError as exc:
@@ -404,7 +431,7 @@ class _SocketEndpoint(ReceiveEndpoint):
             pass
         _shutdown(sock)
 
-    def _on_readable(self, key: selectors.SelectorKey, handler: Handler) -> int:
+    def _on_readable(self, key: selectors.SelectorKey, handler: BlockHandler) -> int:
         sock = key.fileobj
         reader = self._readers[sock]
         try:
@@ -417,7 +444,7 @@ class _SocketEndpoint(ReceiveEndpoint):
             self._drop(sock)
             return 0
 
-    def poll(self, handler: Handler, timeout: float) -> int:
+    def poll(self, handler: BlockHandler, timeout: float) -> int:
         n = 0
         for key, _ in self._selector.select(timeout):
             n += self._on_readable(key, handler)
@@ -455,7 +482,7 @@ class TcpListener(_SocketEndpoint):
         self._selector.register(listener, selectors.EVENT_READ, "listener")
         return listener.getsockname()[1]
 
-    def _on_readable(self, key: selectors.SelectorKey, handler: Handler) -> int:
+    def _on_readable(self, key: selectors.SelectorKey, handler: BlockHandler) -> int:
         if key.data != "listener":
             return super()._on_readable(key, handler)
         try:
@@ -485,7 +512,7 @@ class _HelloReader(FrameReader):
         super().__init__()
         self.peer: int | None = None
 
-    def drain(self, handler: Handler) -> int:
+    def drain(self, handler: BlockHandler) -> int:
         if self.peer is None:
             header = self.frame()
             if header is None:

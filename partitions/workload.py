@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from partitions.blocks import BlockHandler
 from partitions.memory import PartitionView
 from partitions.pattern import MIN_PACKET, Pattern
 from partitions.transports import (
@@ -159,14 +160,24 @@ class Traffic:
             if receiver.error:
                 self.errors[f"receiver-{channel}"] += 1
 
-    def _make_handler(self, channel: str, rx: ReceiveStats):
-        check = self.pattern.check
+    def _make_handler(self, channel: str, rx: ReceiveStats) -> BlockHandler:
+        check, check_block = self.pattern.check, self.pattern.check_block
         own = self.network_id
         last_seq = self._last_seq
         clock = time.monotonic_ns
 
-        def on_packet(source_id: int, seq: int, payload: memoryview) -> None:
-            ok, _counter, sent_ns = check(payload, source_id, own)
+        def sample_latency(first_arrival: int, sent_ns) -> None:
+            """Keep the latency of every `latency_stride`-th arrival, counting from 1."""
+            first = -first_arrival % rx.latency_stride
+            if first < len(sent_ns):
+                now = clock()
+                rx.latencies_ns.extend(now - int(t) for t in sent_ns[first::rx.latency_stride])
+                while len(rx.latencies_ns) >= LATENCY_SAMPLES:
+                    del rx.latencies_ns[::2]
+                    rx.latency_stride *= 2
+
+        def on_packet(source_id: int, seq: int, payload) -> None:
+            ok, _counter, sent_ns = check(memoryview(payload), source_id, own)
             if not ok:
                 rx.corrupt += 1
                 return
@@ -181,13 +192,27 @@ class Traffic:
             rx.received[source_id] += 1
             rx.bytes_in += len(payload)
             rx.arrivals += 1
-            if rx.arrivals % rx.latency_stride == 0:
-                rx.latencies_ns.append(clock() - sent_ns)
-                if len(rx.latencies_ns) >= LATENCY_SAMPLES:
-                    del rx.latencies_ns[::2]
-                    rx.latency_stride *= 2
+            sample_latency(rx.arrivals, (sent_ns,))
 
-        return on_packet
+        def on_block(source_id: int, first_seq: int, rows) -> None:
+            """The whole block at once when it is intact and in order (the common case);
+            otherwise packet by packet, so every bad one is counted exactly."""
+            key = (channel, source_id)
+            last = last_seq.get(key, 0)
+            sent_ns = check_block(rows, source_id, own) if first_seq > last else None
+            if sent_ns is None:
+                for i in range(len(rows)):
+                    on_packet(source_id, first_seq + i, rows[i])
+                return
+            count = len(rows)
+            rx.gaps += first_seq - last - 1
+            last_seq[key] = first_seq + count - 1
+            rx.received[source_id] += count
+            rx.bytes_in += rows.size
+            sample_latency(rx.arrivals + 1, sent_ns)
+            rx.arrivals += count
+
+        return on_block
 
     # -- send side -----------------------------------------------------------------------
     def start_sending(self, plan: TrafficPlan, transports: dict[str, SendTransport]) -> None:
@@ -199,9 +224,10 @@ class Traffic:
         batches = {}
         n = plan.batch
         for flow in plan.flows:
-            room = transports[flow].header_room
+            transport = transports[flow]
             try:
-                n = min(n, batch_capacity(self.sender_space, plan.size, room, plan.batch))
+                n = min(n, batch_capacity(self.sender_space, plan.size, transport.header_room,
+                                          plan.batch, transport.max_batch))
             except ValueError as exc:
                 raise PlanError(str(exc)) from None
         region = self.view.buffer(0, self.sender_space)
@@ -217,7 +243,7 @@ class Traffic:
     def _send_loop(self, plan: TrafficPlan, batches: dict[str, Batch],
                    stop: threading.Event) -> None:
         counters: Counter = Counter()
-        fill = self.pattern.fill
+        fill = self.pattern.fill_rows
         me = self.network_id
         clock = time.monotonic_ns
         end = None if plan.duration is None else time.monotonic() + plan.duration
@@ -238,11 +264,8 @@ class Traffic:
                 for peer in plan.peers:
                     for flow in plan.flows:
                         batch = batches[flow].prefix(k)
-                        c = counters[peer]
-                        for slot in batch.slots:
-                            c += 1
-                            fill(slot.payload, me, peer, c, clock())
-                        counters[peer] = c
+                        fill(batch.payloads, me, peer, counters[peer] + 1, clock())
+                        counters[peer] += k
                         sent = self._transports[flow].send(peer, batch, self.errors,
                                                            plan.send_timeout, stop)
                         self.sent[peer] += sent

@@ -1,0 +1,64 @@
+"""Blocks: runs of equal records handed to a receive handler in one call (pure, numpy).
+
+A receive ring record (adapter/ring.py: kind, source, seq, length) and a socket frame
+(transports.FRAME: destination, source, seq, length) share one header layout: two u32 and two
+u64, 24 bytes. Batched senders put many packets of one size from one source, with consecutive
+sequence numbers, back to back; a receiver finds such a run with ONE vectorised comparison of
+the strided headers and hands it over as a 2-D array of payloads (one row per packet), so the
+per-packet cost is numpy's, not the interpreter's. Anything irregular is simply a block of one.
+
+Invariant: a block never spans a ring wrap or a partial frame; its rows are views into the
+receive memory, valid only during the handler call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+HEADER_DTYPE = np.dtype([("tag", "<u4"), ("source", "<u4"), ("seq", "<u8"), ("length", "<u8")])
+HEADER_BYTES = HEADER_DTYPE.itemsize  # == adapter.ring.HEADER_SIZE == transports.FRAME.size
+MAX_BLOCK = 8192  # rows per handler call: bounds the work (and temporaries) of one call
+
+# (source ID, sequence number of the first row, payloads: one uint8 row per packet)
+BlockHandler = Callable[[int, int, np.ndarray], None]
+
+
+def as_bytes(buffer) -> np.ndarray:
+    """A flat uint8 array over `buffer` (no copy; writable if the buffer is)."""
+    return np.frombuffer(buffer, dtype=np.uint8)
+
+
+def header_view(flat: np.ndarray, offset: int, stride: int, count: int) -> np.ndarray:
+    """`count` headers at `offset`, `offset + stride`, ... of `flat`, as structured records."""
+    return np.ndarray((count,), dtype=HEADER_DTYPE, buffer=flat, offset=offset,
+                      strides=(stride,))
+
+
+def uniform_prefix(headers: np.ndarray) -> int:
+    """How many leading headers continue the first: same tag, source and length, and
+    sequence numbers counting up by one. Always >= 1 for a non-empty array."""
+    first = headers[0]
+    same = ((headers["tag"] == first["tag"]) & (headers["source"] == first["source"])
+            & (headers["length"] == first["length"])
+            & (headers["seq"] - first["seq"] == np.arange(len(headers), dtype=np.uint64)))
+    if same.all():
+        return len(headers)
+    return int(np.argmin(same))
+
+
+def payload_rows(flat: np.ndarray, offset: int, stride: int, count: int, length: int
+                 ) -> np.ndarray:
+    """The payloads of `count` records of `stride` bytes starting at `offset`, one row each
+    (each payload follows its HEADER_BYTES-byte header)."""
+    return flat[offset:offset + count * stride].reshape(count, stride)[
+        :, HEADER_BYTES:HEADER_BYTES + length]
+
+
+def find_block(flat: np.ndarray, offset: int, stride: int, most: int) -> int:
+    """Rows in the uniform block at `offset` (records of `stride` bytes, at most `most`)."""
+    most = min(most, MAX_BLOCK)
+    if most <= 1:
+        return most
+    return uniform_prefix(header_view(flat, offset, stride, most))
