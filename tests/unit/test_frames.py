@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
-from partitions.transports import FRAME, LARGE_FRAME, FrameError, FrameReader
+from partitions.blocks import MAX_BLOCK
+from partitions.transports import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
 
 
 def frame(dst: int, src: int, seq: int, payload: bytes) -> bytes:
     return FRAME.pack(dst, src, seq, len(payload)) + payload
 
 
-def feed(reader: FrameReader, data: bytes, chunks: list[int]) -> list[tuple[int, int, bytes]]:
-    """Deliver `data` in receive calls of at most the given sizes; collect every frame."""
+def feed(reader: FrameReader, data: bytes, chunks: list[int],
+         calls: list[int] | None = None) -> list[tuple[int, int, bytes]]:
+    """Deliver `data` in receive calls of at most the given sizes; collect every frame (and,
+    into `calls`, the number of rows of each handler call)."""
     got: list[tuple[int, int, bytes]] = []
 
-    def keep(src: int, seq: int, payload: memoryview) -> None:
-        got.append((src, seq, bytes(payload)))
+    def keep(src: int, first_seq: int, rows: np.ndarray) -> None:
+        assert rows.ndim == 2 and rows.dtype == np.uint8 and len(rows) >= 1
+        if calls is not None:
+            calls.append(len(rows))
+        got.extend((src, first_seq + i, row.tobytes()) for i, row in enumerate(rows))
 
     pos = 0
     i = 0
+    delivered = 0
     while pos < len(data):
         with reader.recv_buffer() as buf:
             n = min(len(buf), chunks[i % len(chunks)], len(data) - pos)
@@ -29,7 +37,8 @@ def feed(reader: FrameReader, data: bytes, chunks: list[int]) -> list[tuple[int,
         reader.wrote(n)
         pos += n
         i += 1
-        reader.drain(keep)
+        delivered += reader.drain(keep)
+        assert delivered == len(got)  # drain reports the frames it handed over
     return got
 
 
@@ -77,3 +86,86 @@ def test_frame_view_and_consume_for_forwarding():
         assert bytes(view) == frame(4, 1, 1, b"abc")
     reader.consume()
     assert reader.frame() is None  # the second one is still partial
+
+
+def equal_frames(count: int, size: int, src: int = 3, first_seq: int = 1, dst: int = 2
+                 ) -> list[tuple[int, int, bytes]]:
+    """`count` frames of one size from one source, consecutive seqs, distinct payloads."""
+    return [(src, first_seq + i,
+             bytes((i * 13 + j * 5 + src) % 256 for j in range(min(size, 97))) * (size // 97)
+             + bytes((i + j) % 256 for j in range(size % 97))) for i in range(count)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 40, 1000, LARGE_FRAME + 100])
+@pytest.mark.parametrize("chunks", [[1], [5, 24, 3], [100, 7], [997, 13], [4096], [1 << 20]])
+def test_equal_frames_in_any_split_arrive_in_order(size, chunks):
+    count = 40 if size <= LARGE_FRAME else 6
+    frames = equal_frames(count, size)
+    data = b"".join(frame(2, src, seq, p) for src, seq, p in frames)
+    reader = FrameReader(capacity=64 << 10)
+    assert feed(reader, data, chunks) == frames
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("size", [0, 24, 64, 1000])
+def test_equal_frames_at_once_form_blocks(size):
+    count = 300
+    frames = equal_frames(count, size, first_seq=2**40)
+    data = b"".join(frame(2, src, seq, p) for src, seq, p in frames)
+    calls: list[int] = []
+    reader = FrameReader(capacity=1 << 20)
+    assert feed(reader, data, [len(data)], calls) == frames
+    assert sum(calls) == count
+    assert len(calls) <= count // 10  # blocks really form
+    if len(data) <= GREEDY_READ:  # all of them buffered at once: one block
+        assert calls == [count]
+
+
+def test_blocks_stop_at_max_block():
+    count = MAX_BLOCK + 10
+    frames = equal_frames(count, 8)
+    data = b"".join(frame(2, src, seq, p) for src, seq, p in frames)
+    calls: list[int] = []
+    assert feed(FrameReader(capacity=1 << 20), data, [len(data)], calls) == frames
+    assert calls == [MAX_BLOCK, 10]
+
+
+def test_blocks_form_in_a_split_stream_too():
+    frames = equal_frames(500, 100)
+    data = b"".join(frame(2, src, seq, p) for src, seq, p in frames)
+    calls: list[int] = []
+    assert feed(FrameReader(capacity=64 << 10), data, [10_000, 333], calls) == frames
+    assert len(calls) < len(frames) / 5
+
+
+def mixed_stream(kind: str, count: int) -> list[tuple[int, int, int, bytes]]:
+    """(destination, source, seq, payload) frames that must not be merged into one block."""
+    out = []
+    for i in range(count):
+        payload = bytes((i * 7 + j) % 256 for j in range(50))
+        if kind == "sources":
+            out.append((2, 3 + i % 2, 1 + i // 2, payload))
+        elif kind == "lengths":
+            out.append((2, 3, 1 + i, payload[:50 - 8 * (i % 2)]))
+        elif kind == "destinations":
+            out.append((2 + i % 2, 3, 1 + i, payload))
+        elif kind == "gaps":
+            out.append((2, 3, 1 + 2 * i, payload))  # every seq skips one
+        else:  # runs of 1 to 5 equal frames, then a change of source and length
+            run = i // 5
+            out.append((2, 3 + run % 3, 1 + i, payload[:20 + run % 4]))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sources", "lengths", "destinations", "gaps", "runs"])
+@pytest.mark.parametrize("chunks", [[1 << 20], [1], [31, 64, 200]])
+def test_mixed_streams_deliver_every_frame(kind, chunks):
+    frames = mixed_stream(kind, 60)
+    data = b"".join(frame(dst, src, seq, p) for dst, src, seq, p in frames)
+    calls: list[int] = []
+    got = feed(FrameReader(capacity=64 << 10), data, chunks, calls)
+    assert got == [(src, seq, p) for _, src, seq, p in frames]
+    if kind != "runs":
+        assert calls == [1] * len(frames)  # no two neighbours belong together
+    elif chunks == [1 << 20]:
+        assert calls == [5] * (len(frames) // 5)
