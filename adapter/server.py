@@ -20,11 +20,11 @@ import signal
 import socket
 import sys
 import time
-from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 import posix_ipc
 
 from adapter import receive_area
@@ -104,6 +104,7 @@ class Adapter:
         self.memory = PhysicalMemory.attach(boot["segment"])
         self.mem = self.memory.view
         self.words = receive_area.words(self.mem)
+        self.word_array = np.frombuffer(self.mem, dtype=np.uint64)  # strided run headers
         self.locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
         self.bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
         self.lock_timeout = float(boot["lock_timeout_s"])
@@ -336,9 +337,8 @@ class Adapter:
                 if n > budget:
                     raise BadCount(f"run of {t.count} bytes: more than {budget} records")
                 start, step = (t.src_address + LENGTH_FIELD) >> 3, stride >> 3
-                lengths = self.words[start:start + n * step:step].tolist()
-                if lengths.count(first) == n:
-                    return lengths
+                if (self.word_array[start:start + n * step:step] == first).all():
+                    return [first] * n
         return split_run(t.count, partial(self._run_length, t.src_address), budget)
 
     def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
@@ -417,9 +417,10 @@ class Adapter:
             # three strided word stores: (kind, source), sequence numbers, lengths
             w, step = start >> 3, record_size(lengths[0]) >> 3
             end = w + n * step
-            self.words[w:end:step] = array("Q", [KIND_RECORD | src_id << 32]) * n
-            self.words[w + 1:end + 1:step] = array("Q", range(seq, seq + n))
-            self.words[w + 2:end + 2:step] = array("Q", lengths)
+            words = self.word_array
+            words[w:end:step] = KIND_RECORD | src_id << 32
+            words[w + 1:end + 1:step] = np.arange(seq, seq + n, dtype=np.uint64)
+            words[w + 2:end + 2:step] = lengths[0]
             return start
         pack, at = RECORD_HEADER.pack_into, start
         for length in lengths:
@@ -560,6 +561,7 @@ class Adapter:
         self.running = False
         for conn in list(self.connections.values()):
             self.close_connection(conn, "adapter stopping")
+        del self.word_array  # an export of the segment's view: gone before the view is
         self.memory.close()
 
     @staticmethod

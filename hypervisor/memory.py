@@ -33,8 +33,8 @@ class PhysicalMemory:
     def close(self) -> None:
         if self._map is None:
             return
-        self.view.release()
         try:
+            self.view.release()
             self._map.close()
         except BufferError:
             # A memoryview derived from the segment is still alive somewhere; the mapping goes

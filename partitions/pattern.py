@@ -6,9 +6,10 @@ counter, so a misrouted, stale or torn packet fails the check. Verification is m
 never a Python loop over bytes: one slice comparison per packet (`check`), or for a block of
 packets (`check_block`, one row each) a few vectorised comparisons for the whole block.
 
-Consecutive counters have consecutive offsets (mod _PERIOD), so the expected bodies of a run of
-packets are the rows of ONE strided view of the pattern: row i starts one byte after row i-1.
-Filling (`fill_rows`) and checking a block are each one numpy operation per _PERIOD packets.
+The pattern repeats every _PERIOD bytes and consecutive counters have consecutive offsets, so
+the expected bodies of a run of packets are the rows of ONE strided view of the pattern (row i
+starts one byte after row i-1): filling (`fill_rows`) or checking a block is one vectorised
+operation, whatever its length.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ PACKET_HEADER = struct.Struct("<IIQQ")  # source ID, destination ID, counter, se
 PACKET_DTYPE = np.dtype([("source", "<u4"), ("destination", "<u4"), ("counter", "<u8"),
                          ("sent_ns", "<u8")])
 MIN_PACKET = PACKET_HEADER.size
-_PERIOD = 251  # prime, so offsets cycle through all residues
-_ROW_BY_ROW = 2048  # bodies at least this long are compared row by row with memcmp
-_CHUNK = 64 << 10  # bytes of bodies compared per vectorised step (bounds the temporaries)
+_PERIOD = 256  # the pattern is bytes 0..255 repeated: a body is a slice at offset counter % 256
+_ROW_BY_ROW = 2048  # bodies at least this long are copied and compared row by row (memcpy/cmp)
+_CHUNK = 256 << 10  # bytes of bodies compared per vectorised step (bounds the temporaries)
+MAX_ROWS = 8192  # rows of one fill_rows/check_block call (bounds the pattern's length)
 
 
 class Pattern:
     def __init__(self, max_size: int):
-        self._bytes = bytes(range(256)) * (max_size // 256 + 2)
+        self._bytes = bytes(range(_PERIOD)) * ((max_size + MAX_ROWS) // _PERIOD + 2)
         self._view = memoryview(self._bytes)
         self._array = np.frombuffer(self._bytes, dtype=np.uint8)
 
@@ -41,14 +43,16 @@ class Pattern:
         k = self._offset(src, counter)
         return self._view[k:k + n]
 
-    def _bodies(self, src: int, first_counter: int, rows: int, n: int):
-        """(first row, rows, expected bodies) per stretch of consecutive pattern offsets."""
-        row, offset = 0, self._offset(src, first_counter)
-        while row < rows:
-            take = min(rows - row, _PERIOD - offset)
-            yield row, take, as_strided(self._array[offset:], shape=(take, n), strides=(1, 1),
-                                        writeable=False)
-            row, offset = row + take, 0
+    @staticmethod
+    def _check_rows(rows: int) -> None:
+        if rows > MAX_ROWS:
+            raise ValueError(f"{rows} rows in one block (at most {MAX_ROWS})")
+
+    def _bodies(self, src: int, first_counter: int, rows: int, n: int) -> np.ndarray:
+        """The expected bodies of `rows` consecutive packets: row i is the pattern at offset
+        (first offset + i), which is the body of counter first_counter + i (period 256)."""
+        return as_strided(self._array[self._offset(src, first_counter):], shape=(rows, n),
+                          strides=(1, 1), writeable=False)
 
     def fill(self, buf: memoryview, src: int, dst: int, counter: int, sent_ns: int) -> None:
         """Write a packet of len(buf) bytes (>= MIN_PACKET) into `buf`."""
@@ -64,12 +68,17 @@ class Pattern:
         count, size = rows.shape
         if size < MIN_PACKET:
             raise ValueError(f"packet size {size} is below the minimum {MIN_PACKET}")
+        self._check_rows(count)
         header = np.empty(count, dtype=PACKET_DTYPE)
         header["source"], header["destination"], header["sent_ns"] = src, dst, sent_ns
         header["counter"] = np.arange(first_counter, first_counter + count, dtype=np.uint64)
         rows[:, :MIN_PACKET] = header.view(np.uint8).reshape(count, MIN_PACKET)
-        for row, take, expected in self._bodies(src, first_counter, count, size - MIN_PACKET):
-            rows[row:row + take, MIN_PACKET:] = expected
+        n = size - MIN_PACKET
+        if n < _ROW_BY_ROW:
+            rows[:, MIN_PACKET:] = self._bodies(src, first_counter, count, n)
+            return
+        for i in range(count):  # large bodies: one memcpy each beats numpy's strided copy
+            memoryview(rows[i])[MIN_PACKET:] = self._body(src, first_counter + i, n)
 
     def check(self, payload: memoryview, src: int, dst: int) -> tuple[bool, int, int]:
         """(intact, counter, send time) of a received packet claimed to come from `src`."""
@@ -87,6 +96,7 @@ class Pattern:
         if every one is intact and their counters are consecutive; else None (then `check`
         each row to learn which are bad)."""
         count, size = rows.shape
+        self._check_rows(count)
         if size < MIN_PACKET or count == 0:
             return None
         header = np.ascontiguousarray(rows[:, :MIN_PACKET]).view(PACKET_DTYPE).ravel()
@@ -96,15 +106,17 @@ class Pattern:
                 and (counters - counters[0] == np.arange(count, dtype=np.uint64)).all()):
             return None
         n = size - MIN_PACKET
-        for row, take, expected in self._bodies(src, first, count, n):
-            bodies = rows[row:row + take, MIN_PACKET:]
-            if n >= _ROW_BY_ROW:
-                start = self._offset(src, first + row)
-                if not all(self._bytes.startswith(bodies[i], start + i) for i in range(take)):
-                    return None
-                continue
-            step = max(1, _CHUNK // max(n, 1))
-            for i in range(0, take, step):
+        bodies = rows[:, MIN_PACKET:]
+        if n >= _ROW_BY_ROW:
+            start = self._offset(src, first)
+            if not all(self._bytes.startswith(bodies[i], start + i) for i in range(count)):
+                return None
+        else:
+            expected = self._bodies(src, first, count, n)
+            if n % 8 == 0:  # compare words, not bytes (a third faster at 1 KiB)
+                bodies, expected, n = bodies.view(np.uint64), expected.view(np.uint64), n // 8
+            step = max(1, _CHUNK // max(1, n * bodies.itemsize))
+            for i in range(0, count, step):
                 if not np.array_equal(bodies[i:i + step], expected[i:i + step]):
                     return None
         return header["sent_ns"]
