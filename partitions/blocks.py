@@ -13,16 +13,23 @@ receive memory, valid only during the handler call.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import numpy as np
 
 HEADER_DTYPE = np.dtype([("tag", "<u4"), ("source", "<u4"), ("seq", "<u8"), ("length", "<u8")])
 HEADER_BYTES = HEADER_DTYPE.itemsize  # == adapter.ring.HEADER_SIZE == transports.FRAME.size
+HEADER = struct.Struct("<IIQQ")  # the same layout, for the few-records path
 MAX_BLOCK = 8192  # rows per handler call: bounds the work (and temporaries) of one call
+# Below this many rows a numpy call costs more than the interpreter (a few us each on a small
+# VM): blocks this short are found, filled and checked one packet at a time instead.
+SMALL_BLOCK = 16
 
-# (source ID, sequence number of the first row, payloads: one uint8 row per packet)
-BlockHandler = Callable[[int, int, np.ndarray], None]
+# (source ID, sequence number of the first row, payloads: one per packet, all the same length).
+# The payloads are a 2-D uint8 array (one row per packet) for a block of SMALL_BLOCK or more,
+# else a list of memoryviews: a lone packet is not worth a numpy call.
+BlockHandler = Callable[[int, int, "np.ndarray | list[memoryview]"], None]
 
 
 def as_bytes(buffer) -> np.ndarray:
@@ -56,9 +63,27 @@ def payload_rows(flat: np.ndarray, offset: int, stride: int, count: int, length:
         :, HEADER_BYTES:HEADER_BYTES + length]
 
 
+def payloads(view: memoryview, flat: np.ndarray, offset: int, stride: int, count: int,
+             length: int) -> np.ndarray | list[memoryview]:
+    """What a BlockHandler gets: `payload_rows`, or for a short block memoryviews of `view`
+    (the same memory as `flat`)."""
+    if count >= SMALL_BLOCK:
+        return payload_rows(flat, offset, stride, count, length)
+    start = offset + HEADER_BYTES
+    return [view[start + i * stride:start + i * stride + length] for i in range(count)]
+
+
 def find_block(flat: np.ndarray, offset: int, stride: int, most: int) -> int:
     """Rows in the uniform block at `offset` (records of `stride` bytes, at most `most`)."""
     most = min(most, MAX_BLOCK)
     if most <= 1:
+        return most
+    # the first few one by one: an interleaved ring (many sources) ends its blocks early
+    tag, source, seq, length = HEADER.unpack_from(flat, offset)
+    for i in range(1, min(most, SMALL_BLOCK)):
+        expected = (tag, source, (seq + i) & 0xFFFF_FFFF_FFFF_FFFF, length)  # u64, as numpy
+        if HEADER.unpack_from(flat, offset + i * stride) != expected:
+            return i
+    if most <= SMALL_BLOCK:
         return most
     return uniform_prefix(header_view(flat, offset, stride, most))

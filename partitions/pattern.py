@@ -17,7 +17,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+
+from partitions.blocks import SMALL_BLOCK
 
 PACKET_HEADER = struct.Struct("<IIQQ")  # source ID, destination ID, counter, send time (ns)
 PACKET_DTYPE = np.dtype([("source", "<u4"), ("destination", "<u4"), ("counter", "<u8"),
@@ -33,7 +34,6 @@ class Pattern:
     def __init__(self, max_size: int):
         self._bytes = bytes(range(_PERIOD)) * ((max_size + MAX_ROWS) // _PERIOD + 2)
         self._view = memoryview(self._bytes)
-        self._array = np.frombuffer(self._bytes, dtype=np.uint8)
 
     @staticmethod
     def _offset(src: int, counter: int) -> int:
@@ -51,8 +51,8 @@ class Pattern:
     def _bodies(self, src: int, first_counter: int, rows: int, n: int) -> np.ndarray:
         """The expected bodies of `rows` consecutive packets: row i is the pattern at offset
         (first offset + i), which is the body of counter first_counter + i (period 256)."""
-        return as_strided(self._array[self._offset(src, first_counter):], shape=(rows, n),
-                          strides=(1, 1), writeable=False)
+        return np.ndarray((rows, n), np.uint8, buffer=self._bytes,
+                          offset=self._offset(src, first_counter), strides=(1, 1))
 
     def fill(self, buf: memoryview, src: int, dst: int, counter: int, sent_ns: int) -> None:
         """Write a packet of len(buf) bytes (>= MIN_PACKET) into `buf`."""
@@ -69,6 +69,10 @@ class Pattern:
         if size < MIN_PACKET:
             raise ValueError(f"packet size {size} is below the minimum {MIN_PACKET}")
         self._check_rows(count)
+        if count < SMALL_BLOCK:
+            for i in range(count):
+                self.fill(memoryview(rows[i]), src, dst, first_counter + i, sent_ns)
+            return
         header = np.empty(count, dtype=PACKET_DTYPE)
         header["source"], header["destination"], header["sent_ns"] = src, dst, sent_ns
         header["counter"] = np.arange(first_counter, first_counter + count, dtype=np.uint64)

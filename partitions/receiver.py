@@ -22,7 +22,7 @@ import posix_ipc
 from adapter import receive_area
 from adapter.ring import RECORD_HEADER, next_record, record_size
 from hypervisor.layout import SegmentLayout
-from partitions.blocks import BlockHandler, as_bytes, find_block, payload_rows
+from partitions.blocks import BlockHandler, as_bytes, find_block, payloads
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class Receiver:
             skip = 0 if slot is None else max(0, min(count, words[slot] - seq + 1))
             self.redelivered += skip  # a killed incarnation handled them: exactly once
             if skip < count:
-                handler(source_id, seq + skip,
-                        payload_rows(flat, pos + skip * stride, stride, count - skip, length))
+                handler(source_id, seq + skip, payloads(
+                    self._area, flat, pos + skip * stride, stride, count - skip, length))
                 if slot is not None:
                     words[slot] = seq + count - 1  # before the tail: a crash re-reads
                 done += count - skip

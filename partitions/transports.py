@@ -38,10 +38,11 @@ from adapter.protocol import MAX_MOVES
 from adapter.ring import ALIGN, HEADER_SIZE, MAX_RUN_RECORDS, RECORD_HEADER, max_payload
 from partitions.blocks import (
     HEADER_DTYPE,
+    SMALL_BLOCK,
     BlockHandler,
     as_bytes,
     find_block,
-    payload_rows,
+    payloads,
 )
 from partitions.driver import RETRY_BACKOFF_S, Driver, Sent
 from partitions.receiver import Receiver
@@ -339,7 +340,7 @@ class FrameReader:
             stride = FRAME.size + header[3]
             count = find_block(flat, self._start, stride, (self._end - self._start) // stride)
             handler(header[1], header[2],
-                    payload_rows(flat, self._start, stride, count, header[3]))
+                    payloads(self._mv, flat, self._start, stride, count, header[3]))
             self._start += count * stride
             n += count
 
@@ -396,18 +397,28 @@ class _FrameSender:
             errors["NoConnection"] += n
             return 0
         seq = self._seq[dst]
+        if n < SMALL_BLOCK:
+            for slot in batch.slots:
+                seq += 1
+                FRAME.pack_into(slot.frame, 0, dst, self.network_id, seq, len(slot.payload))
+            return self._sendall(sock, batch, dst, seq, errors)
         header = np.empty(n, dtype=HEADER_DTYPE)
         header["tag"], header["source"] = dst, self.network_id
         header["seq"] = np.arange(seq + 1, seq + n + 1, dtype=np.uint64)
         header["length"] = len(batch.slots[0].payload)
         batch.frames[:, :FRAME.size] = header.view(np.uint8).reshape(n, FRAME.size)
-        seq += n
+        return self._sendall(sock, batch, dst, seq + n, errors)
+
+    def _sendall(self, sock: socket.socket, batch: Batch, dst: int, last_seq: int,
+                 errors: Counter) -> int:
+        """Send the numbered batch; `last_seq` becomes the destination's last on success."""
+        n = len(batch.slots)
         try:
             sock.sendall(batch.span)
         except OSError as exc:
             errors[type(exc).__name__] += n
             return 0
-        self._seq[dst] = seq
+        self._seq[dst] = last_seq
         return n
 
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from partitions.blocks import BlockHandler
+from partitions.blocks import SMALL_BLOCK, BlockHandler
 from partitions.memory import PartitionView
 from partitions.pattern import MIN_PACKET, Pattern
 from partitions.transports import (
@@ -199,7 +199,8 @@ class Traffic:
             otherwise packet by packet, so every bad one is counted exactly."""
             key = (channel, source_id)
             last = last_seq.get(key, 0)
-            sent_ns = check_block(rows, source_id, own) if first_seq > last else None
+            short = len(rows) < SMALL_BLOCK  # cheaper one by one
+            sent_ns = check_block(rows, source_id, own) if first_seq > last and not short else None
             if sent_ns is None:
                 for i in range(len(rows)):
                     on_packet(source_id, first_seq + i, rows[i])
@@ -243,7 +244,7 @@ class Traffic:
     def _send_loop(self, plan: TrafficPlan, batches: dict[str, Batch],
                    stop: threading.Event) -> None:
         counters: Counter = Counter()
-        fill = self.pattern.fill_rows
+        fill, fill_rows = self.pattern.fill, self.pattern.fill_rows
         me = self.network_id
         clock = time.monotonic_ns
         end = None if plan.duration is None else time.monotonic() + plan.duration
@@ -264,7 +265,12 @@ class Traffic:
                 for peer in plan.peers:
                     for flow in plan.flows:
                         batch = batches[flow].prefix(k)
-                        fill(batch.payloads, me, peer, counters[peer] + 1, clock())
+                        first, now = counters[peer] + 1, clock()
+                        if k < SMALL_BLOCK:
+                            for i, slot in enumerate(batch.slots):
+                                fill(slot.payload, me, peer, first + i, now)
+                        else:
+                            fill_rows(batch.payloads, me, peer, first, now)
                         counters[peer] += k
                         sent = self._transports[flow].send(peer, batch, self.errors,
                                                            plan.send_timeout, stop)

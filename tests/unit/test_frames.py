@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from partitions.blocks import MAX_BLOCK
+from partitions.blocks import MAX_BLOCK, SMALL_BLOCK
 from partitions.transports import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
 
 
@@ -21,8 +21,13 @@ def feed(reader: FrameReader, data: bytes, chunks: list[int],
     into `calls`, the number of rows of each handler call)."""
     got: list[tuple[int, int, bytes]] = []
 
-    def keep(src: int, first_seq: int, rows: np.ndarray) -> None:
-        assert rows.ndim == 2 and rows.dtype == np.uint8 and len(rows) >= 1
+    def keep(src: int, first_seq: int, rows) -> None:
+        # long blocks come as a 2-D uint8 array, short ones as memoryviews (blocks.payloads)
+        if len(rows) >= SMALL_BLOCK:
+            assert rows.ndim == 2 and rows.dtype == np.uint8
+        else:
+            assert len(rows) >= 1 and all(isinstance(r, memoryview) for r in rows)
+            assert len({len(r) for r in rows}) == 1
         if calls is not None:
             calls.append(len(rows))
         got.extend((src, first_seq + i, row.tobytes()) for i, row in enumerate(rows))
