@@ -561,7 +561,7 @@ class Adapter:
         self.running = False
         for conn in list(self.connections.values()):
             self.close_connection(conn, "adapter stopping")
-        del self.word_array  # an export of the segment's view: gone before the view is
+        self.word_array = None  # an export of the segment's view: gone before the view is
         self.memory.close()
 
     @staticmethod

@@ -135,5 +135,5 @@ class Receiver:
                 - receive_area.read_tail(self.words, self.own))
 
     def close(self) -> None:
-        del self._flat  # the array holds an export of the view
+        self._flat = None  # the array holds an export of the view (idempotent: close twice)
         self._area.release()
