@@ -21,7 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import NamedTuple
 
 from adapter.errors import BadCount, DestinationFull, RingCorrupt, TooLarge
@@ -133,16 +132,6 @@ def next_record(tail: int, head: int, capacity: int, read_header) -> RecordView 
             raise RingCorrupt(f"record at {pos} of length {length} runs past head {head}")
         return RecordView(pos, source_id, seq, length, end)
     return None
-
-
-def iter_records(tail: int, head: int, capacity: int, read_header) -> Iterator[RecordView]:
-    """Every committed record from `tail` up to `head`, in order, skipping padding."""
-    while (record := next_record(tail, head, capacity, read_header)) is not None:
-        yield record
-        tail = record.next_tail
-
-
-skip_to_record = next_record
 
 
 MAX_RUN_RECORDS = 8192  # records one request may carry in runs: bounds the adapter's work

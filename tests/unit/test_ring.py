@@ -1,7 +1,7 @@
 """Ring arithmetic of the receive area (adapter/ring.py), without processes or shared memory.
 
 The ring lives in a plain bytearray here; the producer is `reserve` plus the writes the adapter
-(or a Fig 12 driver) makes, the consumer is `skip_to_record` plus the receiver's tail update.
+(or a Fig 12 driver) makes, the consumer is `next_record` plus the receiver's tail update.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from adapter.ring import (
     align,
     check_counters,
     max_payload,
+    next_record,
     record_size,
     reserve,
-    skip_to_record,
 )
 
 CAP = 4096
@@ -185,7 +185,7 @@ def test_corrupt_counters_are_refused_by_both_sides(head, tail):
     with pytest.raises(RingCorrupt):
         reserve(head, tail, CAP, 8)
     with pytest.raises(RingCorrupt):
-        skip_to_record(tail, head, CAP, no_headers)
+        next_record(tail, head, CAP, no_headers)
 
 
 @pytest.mark.parametrize("capacity", [0, -4096, 4100, 1001])
@@ -194,7 +194,7 @@ def test_capacity_must_be_a_positive_multiple_of_align(capacity):
     with pytest.raises(RingCorrupt, match=f"capacity {capacity}"):
         reserve(0, 0, capacity, 8)
     with pytest.raises(RingCorrupt, match=f"capacity {capacity}"):
-        skip_to_record(0, 0, capacity, no_headers)
+        next_record(0, 0, capacity, no_headers)
 
 
 def test_ring_of_one_header_holds_nothing():
@@ -203,12 +203,12 @@ def test_ring_of_one_header_holds_nothing():
         reserve(0, 0, HEADER_SIZE, 1)
 
 
-# -- skip_to_record -------------------------------------------------------------------------
+# -- next_record -------------------------------------------------------------------------
 
 
 def test_empty_ring_has_no_record():
-    assert skip_to_record(0, 0, CAP, no_headers) is None
-    assert skip_to_record(5 * CAP + 64, 5 * CAP + 64, CAP, no_headers) is None
+    assert next_record(0, 0, CAP, no_headers) is None
+    assert next_record(5 * CAP + 64, 5 * CAP + 64, CAP, no_headers) is None
 
 
 def write(buf: bytearray, position: int, kind: int, source: int, seq: int, length: int) -> None:
@@ -218,7 +218,7 @@ def write(buf: bytearray, position: int, kind: int, source: int, seq: int, lengt
 def test_reads_a_committed_record():
     buf = bytearray(CAP)
     write(buf, 0, KIND_RECORD, 7, 1, 100)
-    view = skip_to_record(0, 128, CAP, header_reader(buf))
+    view = next_record(0, 128, CAP, header_reader(buf))
     assert view == RecordView(0, 7, 1, 100, 128)
     assert view.payload_position == HEADER_SIZE
 
@@ -228,7 +228,7 @@ def test_skips_a_pad_to_the_record_at_zero():
     head = CAP - 96
     write(buf, head, KIND_PAD, 0, 0, 0)
     write(buf, 0, KIND_RECORD, 3, 9, 100)
-    view = skip_to_record(head, head + 96 + 128, CAP, header_reader(buf))
+    view = next_record(head, head + 96 + 128, CAP, header_reader(buf))
     assert view == RecordView(0, 3, 9, 100, head + 96 + 128)
 
 
@@ -242,35 +242,35 @@ def test_skips_a_short_tail_without_reading_it():
         reads.append(position)
         return RECORD_HEADER.unpack_from(buf, position)
 
-    view = skip_to_record(tail, tail + 16 + 128, CAP, reader)
+    view = next_record(tail, tail + 16 + 128, CAP, reader)
     assert reads == [0] and view.next_tail == tail + 16 + 128
 
 
 def test_a_pad_alone_is_consumed_to_nothing():
     buf = bytearray(CAP)
     write(buf, CAP - 96, KIND_PAD, 0, 0, 0)
-    assert skip_to_record(CAP - 96, CAP, CAP, header_reader(buf)) is None
+    assert next_record(CAP - 96, CAP, CAP, header_reader(buf)) is None
 
 
 def test_garbage_header_is_corrupt():
     buf = bytearray(CAP)
     write(buf, 0, 0xDEADBEEF, 1, 1, 8)
     with pytest.raises(RingCorrupt, match="bad record header kind 0xdeadbeef length 8 at 0"):
-        skip_to_record(0, 32, CAP, header_reader(buf))
+        next_record(0, 32, CAP, header_reader(buf))
 
 
 def test_record_longer_than_the_ring_end_is_corrupt():
     buf = bytearray(CAP)
     write(buf, CAP - 64, KIND_RECORD, 1, 1, 2**64 - 1)
     with pytest.raises(RingCorrupt, match=f"length {2**64 - 1} at {CAP - 64}"):
-        skip_to_record(CAP - 64, CAP, CAP, header_reader(buf))
+        next_record(CAP - 64, CAP, CAP, header_reader(buf))
 
 
 def test_record_running_past_head_is_corrupt():
     buf = bytearray(CAP)
     write(buf, 0, KIND_RECORD, 1, 1, 1000)
     with pytest.raises(RingCorrupt, match="runs past head 128"):
-        skip_to_record(0, 128, CAP, header_reader(buf))
+        next_record(0, 128, CAP, header_reader(buf))
 
 
 # -- a simulated ring: producer and consumer driven at random -----------------------------------
@@ -342,7 +342,7 @@ class RingSimulation(RuleBasedStateMachine):
                 break
 
     def consume_one(self) -> bool:
-        view = skip_to_record(self.tail, self.head, self.capacity, header_reader(self.buf))
+        view = next_record(self.tail, self.head, self.capacity, header_reader(self.buf))
         if view is None:
             assert not self.live, "a committed record became invisible"
             assert self.tail == self.head, "padding is always followed by its record"
