@@ -15,16 +15,18 @@ adapter takes the lock back (Invariant 5: locks always come back).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class LockState(Enum):
+# StrEnum, not Enum: the adapter looks (state, event) up on every request, and a plain Enum
+# hashes in Python (hash of its name) where a str hashes in C.
+class LockState(StrEnum):
     FREE = "free"
     HELD = "held"  # held by the adapter itself
     GRANTED = "granted"  # handed to a driver (Fig 12)
 
 
-class LockEvent(Enum):
+class LockEvent(StrEnum):
     ACQUIRE = "acquire"
     RELEASE = "release"
     GRANT = "grant"
@@ -71,10 +73,15 @@ class LockBook:
     records: dict[int, LockRecord] = field(default_factory=dict)
 
     def record(self, destination: int) -> LockRecord:
-        return self.records.setdefault(destination, LockRecord())
+        rec = self.records.get(destination)  # not setdefault: that builds a record every call
+        if rec is None:
+            rec = self.records[destination] = LockRecord()
+        return rec
 
     def _step(self, destination: int, event: LockEvent) -> LockRecord:
-        rec = self.record(destination)
+        rec = self.records.get(destination)
+        if rec is None:
+            rec = self.record(destination)
         try:
             rec.state = TRANSITIONS[(rec.state, event)]
         except KeyError:

@@ -24,8 +24,10 @@ def check_range(offset: int, count: int, size: int, what: str) -> None:
 
 def _move(memory: memoryview, destination: int, source: int, count: int, kind: str) -> None:
     size = len(memory)
-    check_range(source, count, size, f"{kind} source")
-    check_range(destination, count, size, f"{kind} destination")
+    if not (count > 0 and source >= 0 and destination >= 0 and source + count <= size
+            and destination + count <= size):  # one guard on the hot path; then name the fault
+        check_range(source, count, size, f"{kind} source")
+        check_range(destination, count, size, f"{kind} destination")
     memory[destination:destination + count] = memory[source:source + count]
 
 

@@ -59,8 +59,9 @@ class Move(NamedTuple):
     count: int
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
+    """A decoded request (a NamedTuple like Move: one is built per request)."""
+
     op: int
     request_id: int
     moves: tuple[Move, ...]

@@ -8,6 +8,8 @@ publishing it is the commit. `tail` is written only by the receiving partition.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from adapter.ring import HEADER_SIZE, KIND_PAD, KIND_RECORD, RECORD_HEADER, Reservation
 from hypervisor.layout import (
     HEAD_OFFSET,
@@ -34,6 +36,22 @@ def _word(address: int) -> int:
     return address >> 3
 
 
+class RingWords(NamedTuple):
+    """The word indices of one destination's control block, computed once: the adapter's
+    per-request path indexes `words` with these directly (a helper call per counter costs
+    more than the store itself on the hot path)."""
+
+    head: int
+    pending: int  # pending head; then source index and first sequence number (begin_commit)
+    tail: int
+    sleeping: int
+
+    @classmethod
+    def of(cls, dst: PartitionLayout) -> RingWords:
+        return cls(_word(dst.control + HEAD_OFFSET), _word(dst.control + PENDING_OFFSET),
+                   _word(dst.control + TAIL_OFFSET), _word(dst.control + SLEEPING_OFFSET))
+
+
 def read_head(words: memoryview, dst: PartitionLayout) -> int:
     return words[_word(dst.control + HEAD_OFFSET)]
 
@@ -55,7 +73,7 @@ def set_sleeping(words: memoryview, dst: PartitionLayout, sleeping: bool) -> Non
     words[_word(dst.control + SLEEPING_OFFSET)] = int(sleeping)
 
 
-def ring_doorbell(words: memoryview, dst: PartitionLayout, bell) -> bool:
+def ring_doorbell(words: memoryview, ring: RingWords, bell) -> bool:
     """After a commit: wake the receiver if (and only if) it sleeps. Doorbells suppressed
     while it is draining save a futex wake-up per move.
 
@@ -66,7 +84,7 @@ def ring_doorbell(words: memoryview, dst: PartitionLayout, bell) -> bool:
     therefore always bounded (50 ms in the workload), which turns a miss into a late pick-up,
     never a lost record or a hang.
     """
-    if words[_word(dst.control + SLEEPING_OFFSET)]:
+    if words[ring.sleeping]:
         bell.release()
         return True
     return False
@@ -95,14 +113,14 @@ def write_seq(words: memoryview, address: int, seq: int) -> None:
     words[_word(address)] = seq
 
 
-def begin_commit(words: memoryview, dst: PartitionLayout, new_head: int, src_index: int,
+def begin_commit(words: memoryview, ring: RingWords, new_head: int, src_index: int,
                  first_seq: int) -> None:
     """Record the commit about to happen, BEFORE the sequence table or the ring change.
 
     Pair and first sequence number are stored before the pending head, each as one word: a
     crash between the stores leaves the previous pending head, which settles as done.
     """
-    base = _word(dst.control + PENDING_OFFSET)
+    base = ring.pending
     words[base + 1] = src_index
     words[base + 2] = first_seq
     words[base] = new_head

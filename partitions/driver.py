@@ -67,6 +67,7 @@ class Driver:
         self.bells = bells
         self.layout = layout
         self.words = receive_area.words(physical)
+        self.rings = {p.network_id: receive_area.RingWords.of(p) for p in layout.partitions}
         self._request_id = 0
         self._mutex = threading.Lock()
         self._reconnected = threading.Condition()
@@ -153,7 +154,7 @@ class Driver:
             for dst in granted:
                 self.locks[dst].release()
                 if dst in commits:
-                    receive_area.ring_doorbell(self.words, self.by_id[dst], self.bells[dst])
+                    receive_area.ring_doorbell(self.words, self.rings[dst], self.bells[dst])
 
     def reconnect(self, request_fd: int, reply_fd: int) -> None:
         """Fresh pipes to a restarted adapter (from the hypervisor); wakes a waiting request.
