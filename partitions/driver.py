@@ -20,6 +20,7 @@ from adapter import receive_area
 from adapter.errors import AdapterGone, InDoubt, Status, XpmoveError, error_for
 from adapter.moves import mvxl
 from adapter.protocol import (
+    MAX_REPLY_SIZE,
     REPLY_HEADER,
     RESULT,
     Move,
@@ -68,6 +69,10 @@ class Driver:
         self.layout = layout
         self.words = receive_area.words(physical)
         self.rings = {p.network_id: receive_area.RingWords.of(p) for p in layout.partitions}
+        me = self.by_id[network_id].index
+        # the word of the pair (me -> destination)'s last committed sequence number
+        self._seq_words = {p.network_id: layout.seq_address(me, p.index) >> 3
+                           for p in layout.partitions}
         self._request_id = 0
         self._mutex = threading.Lock()
         self._reconnected = threading.Condition()
@@ -197,10 +202,8 @@ class Driver:
 
     def _pair_seqs(self, moves: list[Move]) -> dict[int, int]:
         """Last committed sequence number of each pair (me -> destination) in the request."""
-        me = self.by_id[self.network_id].index
-        return {m.dst_id: receive_area.read_seq(
-                    self.words, self.layout.seq_address(me, self.by_id[m.dst_id].index))
-                for m in moves if m.dst_id in self.by_id}
+        words, seq_words = self.words, self._seq_words
+        return {m.dst_id: words[seq_words[m.dst_id]] for m in moves if m.dst_id in seq_words}
 
     def _survive_restart(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
         """A round trip that outlives an adapter crash without losing or doubling a move.
@@ -268,8 +271,11 @@ class Driver:
                 written += os.write(self.request_fd, frame[written:])
         except OSError as exc:
             raise AdapterGone(f"the adapter is gone ({exc}); retry after it restarts") from None
-        _, request_id, status, n = decode_reply_header(self._read_exact(REPLY_HEADER.size))
-        results = decode_results(self._read_exact(n * RESULT.size), n)
+        # usually ONE read: the adapter writes a reply in one go
+        reply = self._read_more(b"", REPLY_HEADER.size)
+        _, request_id, status, n = decode_reply_header(reply[:REPLY_HEADER.size])
+        reply = self._read_more(reply, REPLY_HEADER.size + n * RESULT.size)
+        results = decode_results(reply[REPLY_HEADER.size:], n)
         if status != Status.OK:
             raise error_for(status, src_id=self.network_id, dst_id=moves[0].dst_id,
                             offset=moves[0].offset, count=moves[0].count, detail=0)
@@ -278,13 +284,13 @@ class Driver:
                                     f"request {self._request_id} of {len(moves)} moves")
         return results
 
-    def _read_exact(self, n: int) -> bytes:
-        chunks, got = [], 0
-        while got < n:
-            chunk = os.read(self.reply_fd, n - got)
+    def _read_more(self, frame: bytes, size: int) -> bytes:
+        """`frame` read on to at least `size` bytes. Reading up to a whole reply's worth never
+        takes bytes of another: one request is in flight at a time (the mutex)."""
+        while len(frame) < size:
+            chunk = os.read(self.reply_fd, MAX_REPLY_SIZE - len(frame))
             if not chunk:
                 raise AdapterGone("the adapter closed the reply pipe; retry after it restarts")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+            frame += chunk
+        return frame
 

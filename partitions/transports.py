@@ -239,8 +239,8 @@ class AdapterRing(ReceiveEndpoint):
 
     def poll(self, handler: BlockHandler, timeout: float) -> int:
         n = self.receiver.drain(handler)
-        if not n:
-            self.receiver.wait(timeout)
+        if not n and self.receiver.wait(timeout):
+            n = self.receiver.drain(handler)  # woken: take what came, no second lap
         return n
 
 
