@@ -39,9 +39,10 @@ U64 = (1 << 64) - 1
 class Op(IntEnum):
     MOVE = 1  # Fig 11: the adapter executes the move
     GRANT = 2  # Fig 12: the adapter returns the lock and physical addresses
-    # Fig 11 multiple-write: each move names a run of records the sender laid out back to back
-    # (RECORD_HEADER + payload, padded); ONE MVXL moves the run, the adapter rewrites every
-    # header (source, sequence) itself. Result: seq = first sequence number, detail = records.
+    # Fig 11 multiple-write: each move names a run the sender laid out as it will land in the
+    # ring (adapter.ring.RUN_DESCRIPTOR: packets, packet length; then the packets, each padded
+    # to 8). ONE ring record and ONE MVXL per run; the adapter checks the descriptor and writes
+    # it again itself. Result: seq = first packet's sequence number, detail = packets.
     MOVE_RUN = 3
 
 

@@ -5,6 +5,10 @@ A destination's receive area is a ring of `capacity` bytes holding records:
     header (RECORD_HEADER: kind, source network ID, per-pair sequence number, length)
     payload (length bytes), padded to ALIGN.
 
+A record of kind RUN (Fig 11 multiple-write) carries several packets of one length in one
+record: its payload is RUN_DESCRIPTOR (packets, packet length) followed by the packets, each
+padded to ALIGN; its sequence number is the first packet's, the others follow one by one.
+
 `head` and `tail` are monotonically increasing byte counters (never wrapped; u64 lasts
 centuries), so `head - tail` is the number of unconsumed bytes and position = counter % capacity.
 
@@ -30,6 +34,8 @@ HEADER_SIZE = RECORD_HEADER.size
 ALIGN = 8
 KIND_RECORD = 0x31434552  # b"REC1"
 KIND_PAD = 0x31444150  # b"PAD1"
+KIND_RUN = 0x314E5552  # b"RUN1"
+RUN_DESCRIPTOR = struct.Struct("<II")  # packets, packet length (first bytes of a RUN payload)
 
 
 def align(n: int) -> int:
@@ -102,6 +108,7 @@ class RecordView(NamedTuple):
     seq: int
     length: int
     next_tail: int  # the tail to publish once the payload has been consumed
+    kind: int = KIND_RECORD  # or KIND_RUN: the payload is a run of packets (check_run)
 
     @property
     def payload_position(self) -> int:
@@ -125,55 +132,30 @@ def next_record(tail: int, head: int, capacity: int, read_header) -> RecordView 
             tail += capacity - pos
             continue
         size = align(HEADER_SIZE + length)
-        if kind != KIND_RECORD or pos + size > capacity:
+        if kind not in (KIND_RECORD, KIND_RUN) or pos + size > capacity:
             raise RingCorrupt(f"bad record header kind {kind:#x} length {length} at {pos}")
         end = tail + size
         if end > head:
             raise RingCorrupt(f"record at {pos} of length {length} runs past head {head}")
-        return RecordView(pos, source_id, seq, length, end)
+        return RecordView(pos, source_id, seq, length, end, kind)
     return None
 
 
-MAX_RUN_RECORDS = 8192  # records one request may carry in runs: bounds the adapter's work
+MAX_RUN_RECORDS = 8192  # packets one request may carry in runs: bounds a receiver's block
+MIN_RUN = RUN_DESCRIPTOR.size + ALIGN  # the smallest run: a descriptor and one 1-byte packet
 
 
-def check_run_size(count: int) -> None:
-    """A run is a multiple of ALIGN holding at least one record; checked before any read."""
-    if count < record_size(1) or count % ALIGN:
-        raise BadCount(f"run of {count} bytes: must be a multiple of {ALIGN} holding >= 1 record")
-
-
-def split_run(count: int, read_length, max_records: int = MAX_RUN_RECORDS) -> list[int]:
-    """The payload lengths of a run of `count` bytes of back-to-back records (multiple-write).
-
-    `read_length(offset)` reads the length field of the header at `offset` of the run (sender
-    memory: untrusted); it is only called for a header lying wholly inside the run. Every
-    record must have a length > 0 and the records must tile the run exactly, in at most
-    `max_records` records; otherwise BadCount names the offending offset and value.
-    """
-    check_run_size(count)
-    lengths, offset = [], 0
-    while offset < count:
-        if offset + HEADER_SIZE > count:
-            raise BadCount(f"run of {count} bytes: {count - offset} bytes at offset {offset} "
-                           f"cannot hold a record header")
-        if len(lengths) >= max_records:
-            raise BadCount(f"run of {count} bytes: more than {max_records} records")
-        length = read_length(offset)
-        if length <= 0 or offset + record_size(length) > count:
-            raise BadCount(f"run of {count} bytes: record at offset {offset} has length {length}")
-        lengths.append(length)
-        offset += record_size(length)
-    return lengths
-
-
-def uniform_run_shape(count: int, first_length: int) -> tuple[int, int] | None:
-    """(stride, records) if a run of `count` bytes can be records all of `first_length` bytes:
-    the common case of a batch of equal packets, which the adapter checks and writes with a
-    handful of strided word operations instead of a Python loop per record."""
-    if first_length <= 0:
-        return None
-    stride = record_size(first_length)
-    if count < stride or count % stride:
-        return None
-    return stride, count // stride
+def check_run(count: int, packets: int, packet_length: int,
+              max_packets: int = MAX_RUN_RECORDS) -> int:
+    """The packet stride of a run of `count` bytes that its descriptor says holds `packets`
+    packets of `packet_length` bytes; BadCount naming the values unless they tile the run
+    exactly (descriptor, then each packet padded to ALIGN) with 1..max_packets packets."""
+    if count < MIN_RUN or count % ALIGN:
+        raise BadCount(f"run of {count} bytes: must be a multiple of {ALIGN} and >= {MIN_RUN}")
+    if not 1 <= packets <= max_packets:
+        raise BadCount(f"run of {count} bytes: {packets} packets (allowed 1..{max_packets})")
+    stride = align(packet_length)
+    if packet_length < 1 or RUN_DESCRIPTOR.size + packets * stride != count:
+        raise BadCount(f"run of {count} bytes: {packets} packets of {packet_length} bytes do "
+                       f"not tile it")
+    return stride

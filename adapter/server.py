@@ -22,13 +22,11 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 
-import numpy as np
 import posix_ipc
 
 from adapter import receive_area
-from adapter.errors import BadCount, Status, XpmoveError
+from adapter.errors import Status, XpmoveError
 from adapter.locks import Grant, LockBook, LockState
 from adapter.moves import mvxl
 from adapter.protocol import (
@@ -42,29 +40,22 @@ from adapter.protocol import (
     malformed_reply,
 )
 from adapter.ring import (
-    ALIGN,
-    HEADER_SIZE,
     KIND_PAD,
-    KIND_RECORD,
+    KIND_RUN,
     MAX_RUN_RECORDS,
+    MIN_RUN,
     RECORD_HEADER,
+    RUN_DESCRIPTOR,
     Reservation,
-    check_run_size,
+    check_run,
     max_payload,
-    record_size,
     reserve,
-    split_run,
-    uniform_run_shape,
 )
 from adapter.translation import PartitionState, Translation, TranslationTable
 from hypervisor.control import Channel
 from hypervisor.layout import SegmentLayout
 from hypervisor.memory import PhysicalMemory
 
-# Record headers ("<IIQQ") seen as native words: (kind | source << 32), seq, length. True only
-# where native order is little-endian, else headers are written one by one.
-VECTOR_HEADERS = sys.byteorder == "little"
-LENGTH_FIELD = 16  # byte offset of the length in a record header
 PARKED_POLL_S = 0.0002  # how often parked requests retry a busy lock
 READ_CHUNK = 65536
 # Module aliases for the per-request path: an Enum class attribute lookup costs ~0.2 us here.
@@ -82,7 +73,7 @@ class Work:
     results: list[Result | None]
     checked: list[tuple[int, Translation]]
     deadline: float
-    runs: dict[int, list[int]] = field(default_factory=dict)  # move -> record lengths
+    runs: dict[int, tuple[int, int]] = field(default_factory=dict)  # move -> (packets, length)
 
 
 @dataclass
@@ -113,7 +104,6 @@ class Adapter:
         n, first = len(self.layout.partitions), self.layout.seq_address(0, 0) >> 3
         # seq_words[src index][dst index]: the word of the pair's last committed sequence number
         self.seq_words = [[first + s * n + d for d in range(n)] for s in range(n)]
-        self.word_array = np.frombuffer(self.mem, dtype=np.uint64)  # strided run headers
         self.locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
         self.bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
         self.lock_timeout = float(boot["lock_timeout_s"])
@@ -295,8 +285,8 @@ class Adapter:
                     continue
                 t = translate(me, move.dst_id, move.offset, move.count)
                 if op == MOVE_RUN:
-                    work.runs[i] = self._run_lengths(t, budget)
-                    budget -= len(work.runs[i])
+                    work.runs[i] = self._run_shape(t, budget)
+                    budget -= work.runs[i][0]
                 checked.append((i, t))
             except XpmoveError as exc:
                 work.results[i] = self._failure(exc, move.src_id, move.dst_id)
@@ -339,29 +329,18 @@ class Adapter:
             detail = max_payload(self.table.entry(dst_id).layout.receive_size)
         return Result(exc.status, detail)
 
-    def _run_length(self, base: int, offset: int) -> int:
-        """Length field of the record header at `offset` of a run in sender memory."""
-        return RECORD_HEADER.unpack_from(self.mem, base + offset)[3]
-
-    def _run_lengths(self, t: Translation, budget: int) -> list[int]:
-        """The validated record lengths of a run (at most `budget` records); equal-sized runs
-        are checked in one strided read of the length words, anything else record by record
-        (split_run). Nothing is read before the run's size is known to hold a record."""
-        check_run_size(t.count)
-        if VECTOR_HEADERS and t.src_address % ALIGN == 0:
-            first = self.words[(t.src_address + LENGTH_FIELD) >> 3]
-            shape = uniform_run_shape(t.count, first)
-            if shape is not None:
-                stride, n = shape
-                if n > budget:
-                    raise BadCount(f"run of {t.count} bytes: more than {budget} records")
-                start, step = (t.src_address + LENGTH_FIELD) >> 3, stride >> 3
-                if (self.word_array[start:start + n * step:step] == first).all():
-                    return [first] * n
-        return split_run(t.count, partial(self._run_length, t.src_address), budget)
+    def _run_shape(self, t: Translation, budget: int) -> tuple[int, int]:
+        """(packets, packet length) of a run, from its descriptor in sender memory (untrusted:
+        read once, checked, and written again by us in the ring). Nothing is read before the
+        run is known to be big enough to hold a descriptor."""
+        if t.count < MIN_RUN:
+            check_run(t.count, 0, 0)  # raises BadCount naming the size
+        packets, length = RUN_DESCRIPTOR.unpack_from(self.mem, t.src_address)
+        check_run(t.count, packets, length, budget)
+        return packets, length
 
     def _execute(self, conn: Connection, op: int, checked: list[tuple[int, Translation]],
-                 results: list[Result | None], runs: dict[int, list[int]]) -> None:
+                 results: list[Result | None], runs: dict[int, tuple[int, int]]) -> None:
         """All destination locks are held: reserve, record the commit, move (Fig 11) or grant.
 
         Per destination the order is what makes a crash at any point recoverable: pending
@@ -376,10 +355,8 @@ class Adapter:
             head, tail = words[ring.head], words[ring.tail]
             placed: list[tuple[int, Translation, Reservation]] = []
             for i, t in moves:
-                # a run is placed like one record spanning it: contiguous, never wrapped
-                length = t.count - HEADER_SIZE if i in runs else t.count
-                try:
-                    r = reserve(head, tail, dst.receive_size, length)
+                try:  # a run is one record too: contiguous, never wrapped
+                    r = reserve(head, tail, dst.receive_size, t.count)
                 except XpmoveError as exc:
                     results[i] = self._failure(exc, t.src.network_id, dst_id)
                     if exc.status is Status.DESTINATION_FULL:
@@ -392,7 +369,7 @@ class Adapter:
                 self._unlock(dst_id)
                 continue
             src = placed[0][1].src
-            records = (sum(len(runs[i]) if i in runs else 1 for i, _, _ in placed) if runs
+            records = (sum(runs[i][0] if i in runs else 1 for i, _, _ in placed) if runs
                        else len(placed))
             seq_word = self.seq_words[src.index][dst.index]
             seq = words[seq_word] + 1
@@ -401,10 +378,10 @@ class Adapter:
             moved = 0
             for i, t, r in placed:
                 if i in runs:
-                    payload = self._move_run(dst, r, t, src.network_id, seq, runs[i])
-                    results[i] = Result(OK, len(runs[i]), seq, t.src_address, payload, t.count,
-                                        head)
-                    seq += len(runs[i])
+                    packets, length = runs[i]
+                    payload = self._move_run(dst, r, t, src.network_id, seq, packets, length)
+                    results[i] = Result(OK, packets, seq, t.src_address, payload, t.count, head)
+                    seq += packets
                 else:
                     payload = receive_area.write_record_header(mem, dst, r, src.network_id, seq)
                     if op == MOVE:
@@ -424,29 +401,18 @@ class Adapter:
                 self.counters["grants"] += 1
 
     def _move_run(self, dst, r: Reservation, t: Translation, src_id: int, seq: int,
-                  lengths: list[int]) -> int:
-        """Multiple-write: ONE MVXL for the whole run, then every header rewritten by us from
-        the lengths validated at request time (the sender's headers are never trusted)."""
-        start = dst.receive_base + r.position
+                  packets: int, length: int) -> int:
+        """Multiple-write: ONE record and ONE MVXL for the whole run; then the descriptor is
+        written again from the values checked at request time, so whatever the sender changed
+        since, the receiver finds exactly what was validated."""
+        header = dst.receive_base + r.position
         if r.pad_position is not None:
             RECORD_HEADER.pack_into(self.mem, dst.receive_base + r.pad_position, KIND_PAD, 0, 0, 0)
-        mvxl(self.mem, start, t.src_address, t.count)
-        n = len(lengths)
-        if VECTOR_HEADERS and lengths.count(lengths[0]) == n:
-            # three strided word stores: (kind, source), sequence numbers, lengths
-            w, step = start >> 3, record_size(lengths[0]) >> 3
-            end = w + n * step
-            words = self.word_array
-            words[w:end:step] = KIND_RECORD | src_id << 32
-            words[w + 1:end + 1:step] = np.arange(seq, seq + n, dtype=np.uint64)
-            words[w + 2:end + 2:step] = lengths[0]
-            return start
-        pack, at = RECORD_HEADER.pack_into, start
-        for length in lengths:
-            pack(self.mem, at, KIND_RECORD, src_id, seq, length)
-            seq += 1
-            at += record_size(length)
-        return start
+        RECORD_HEADER.pack_into(self.mem, header, KIND_RUN, src_id, seq, t.count)
+        payload = header + RECORD_HEADER.size
+        mvxl(self.mem, payload, t.src_address, t.count)
+        RUN_DESCRIPTOR.pack_into(self.mem, payload, packets, length)
+        return payload
 
     def _reply(self, conn: Connection, frame: bytes) -> None:
         conn.outbox += frame
@@ -580,7 +546,6 @@ class Adapter:
         self.running = False
         for conn in list(self.connections.values()):
             self.close_connection(conn, "adapter stopping")
-        self.word_array = None  # an export of the segment's view: gone before the view is
         self.memory.close()
 
     @staticmethod

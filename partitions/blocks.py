@@ -55,21 +55,20 @@ def uniform_prefix(headers: np.ndarray) -> int:
     return int(np.argmin(same))
 
 
-def payload_rows(flat: np.ndarray, offset: int, stride: int, count: int, length: int
-                 ) -> np.ndarray:
+def payload_rows(flat: np.ndarray, offset: int, stride: int, count: int, length: int,
+                 header: int = HEADER_BYTES) -> np.ndarray:
     """The payloads of `count` records of `stride` bytes starting at `offset`, one row each
-    (each payload follows its HEADER_BYTES-byte header)."""
-    return flat[offset:offset + count * stride].reshape(count, stride)[
-        :, HEADER_BYTES:HEADER_BYTES + length]
+    (each payload follows its `header`-byte header: 0 for the packets of a RUN record)."""
+    return flat[offset:offset + count * stride].reshape(count, stride)[:, header:header + length]
 
 
 def payloads(view: memoryview, flat: np.ndarray, offset: int, stride: int, count: int,
-             length: int) -> np.ndarray | list[memoryview]:
+             length: int, header: int = HEADER_BYTES) -> np.ndarray | list[memoryview]:
     """What a BlockHandler gets: `payload_rows`, or for a short block memoryviews of `view`
     (the same memory as `flat`)."""
     if count >= SMALL_BLOCK:
-        return payload_rows(flat, offset, stride, count, length)
-    start = offset + HEADER_BYTES
+        return payload_rows(flat, offset, stride, count, length, header)
+    start = offset + header
     return [view[start + i * stride:start + i * stride + length] for i in range(count)]
 
 

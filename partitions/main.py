@@ -22,7 +22,7 @@ import zlib
 import posix_ipc
 
 from adapter.errors import XpmoveError
-from adapter.ring import RECORD_HEADER, record_size
+from adapter.ring import RUN_DESCRIPTOR, align
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout
 from hypervisor.memory import PhysicalMemory
@@ -157,18 +157,17 @@ class Partition:
             for o in outcomes]}
 
     def cmd_send_run(self, msg: dict) -> dict:
-        """Lay out `payloads` (hex) as back-to-back records at `offset` and send them as one
-        multiple-write run. `lengths` (optional) overrides the header length fields, so tests
-        can hand the adapter a run that lies about its records."""
+        """Lay out `payloads` (hex, all one length) as a multiple-write run at `offset` (the
+        descriptor, then each payload padded to 8) and send it in one request. `descriptor`
+        (optional: [packets, packet length]) overrides the true one, so tests can hand the
+        adapter a run that lies about itself."""
         payloads = [bytes.fromhex(h) for h in msg["payloads"]]
-        lengths = msg.get("lengths") or [len(p) for p in payloads]
+        packets, length = msg.get("descriptor") or (len(payloads), len(payloads[0]))
         offset = int(msg["offset"])
-        at = offset
-        for payload, length in zip(payloads, lengths, strict=True):
-            header = RECORD_HEADER.pack(0, 0, 0, length & 0xFFFF_FFFF_FFFF_FFFF)  # lies wrap
-            self.view.write(at, header + payload)
-            at += record_size(len(payload))
-        outcome = self.driver.send_run(int(msg["dst"]), offset, at - offset)
+        run = RUN_DESCRIPTOR.pack(packets & 0xFFFF_FFFF, length & 0xFFFF_FFFF)  # lies wrap
+        run += b"".join(p + bytes(align(len(p)) - len(p)) for p in payloads)
+        self.view.write(offset, run)
+        outcome = self.driver.send_run(int(msg["dst"]), offset, len(run))
         if isinstance(outcome, XpmoveError):
             return error_reply(outcome)
         return {"ok": True, "seq": outcome.seq, "records": outcome.records}

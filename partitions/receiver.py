@@ -7,9 +7,11 @@ space (nothing unconsumed is ever overwritten).
 
 Records are handed over in blocks (partitions/blocks.py): a run of equal records from one
 source with consecutive sequence numbers is one handler call, found by one vectorised look at
-the headers. Exactly-once bookkeeping is per block: the per-source delivered word is written
-after the handler returns, before the tail moves, so a receiver killed inside its handler sees
-that block again and nothing else.
+the headers; a RUN record (Fig 11 multiple-write) is a block as it stands. Exactly-once
+bookkeeping is per block: the per-source delivered word is written after the handler returns,
+before the tail moves, so a receiver killed inside its handler sees that block again and
+nothing else. A RUN record is freed once all its packets are handed over; until then the
+delivered word says where to resume (a `limit` may stop a drain inside a run).
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from dataclasses import dataclass
 import posix_ipc
 
 from adapter import receive_area
-from adapter.ring import RECORD_HEADER, next_record, record_size
+from adapter.errors import BadCount, RingCorrupt
+from adapter.ring import (
+    KIND_RUN,
+    RECORD_HEADER,
+    RUN_DESCRIPTOR,
+    check_run,
+    next_record,
+    record_size,
+)
 from hypervisor.layout import SegmentLayout
-from partitions.blocks import BlockHandler, as_bytes, find_block, payloads
+from partitions.blocks import HEADER_BYTES, MAX_BLOCK, BlockHandler, as_bytes, find_block, payloads
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Receiver:
         own = self.own
         self.bell = bell
         self.redelivered = 0  # records a previous incarnation consumed but did not free
+        self._resume_at = -1  # ring position of a RUN record this incarnation stopped inside
         self._delivered_words = {
             p.network_id: segment.delivered_address(p.index, own.index) >> 3
             for p in segment.partitions}
@@ -68,13 +79,21 @@ class Receiver:
             record = next_record(tail, head, capacity, self._header)
             if record is None:
                 break
-            pos, source_id, seq, length, tail = record
+            pos, source_id, seq, length, end, kind = record
+            if kind == KIND_RUN:
+                taken, whole = self._drain_run(handler, record, None if limit is None
+                                               else limit - done)
+                done += taken
+                if not whole:
+                    break  # stopped inside the run: it stays in the ring
+                tail = end
+                continue
             stride = record_size(length)
-            most = min((head - tail) // stride + 1, (capacity - pos) // stride)
+            most = min((head - end) // stride + 1, (capacity - pos) // stride)
             if limit is not None:
                 most = min(most, limit - done)
             count = find_block(flat, pos, stride, most)
-            tail += (count - 1) * stride
+            tail = end + (count - 1) * stride
             slot = self._delivered_words.get(source_id)
             skip = 0 if slot is None else max(0, min(count, words[slot] - seq + 1))
             self.redelivered += skip  # a killed incarnation handled them: exactly once
@@ -87,6 +106,36 @@ class Receiver:
         if tail != start_tail:
             receive_area.publish_tail(words, self.own.control, tail)
         return done
+
+    def _drain_run(self, handler: BlockHandler, record, limit: int | None) -> tuple[int, bool]:
+        """Hand over the packets of a RUN record not yet delivered, at most `limit`, in blocks
+        of at most MAX_BLOCK; (packets handed over, whether the run is now all delivered)."""
+        pos, source_id, seq, length = record[:4]
+        packets, packet_length = RUN_DESCRIPTOR.unpack_from(self._area, pos + HEADER_BYTES)
+        try:
+            stride = check_run(length, packets, packet_length, packets)
+        except BadCount as exc:
+            raise RingCorrupt(f"run record at {pos}: {exc}") from None
+        first = pos + HEADER_BYTES + RUN_DESCRIPTOR.size
+        slot = self._delivered_words.get(source_id)
+        if slot is None:  # no delivered word to resume from: the whole run in one go
+            limit = None
+        skip = 0 if slot is None else max(0, min(packets, self.words[slot] - seq + 1))
+        if pos != self._resume_at:
+            self.redelivered += skip  # a killed incarnation handled them: exactly once
+        taken = 0
+        while skip < packets and (limit is None or taken < limit):
+            count = min(packets - skip, MAX_BLOCK, packets if limit is None else limit - taken)
+            handler(source_id, seq + skip, payloads(
+                self._area, self._flat, first + skip * stride, stride, count, packet_length,
+                header=0))
+            skip += count
+            taken += count
+            if slot is not None:
+                self.words[slot] = seq + skip - 1  # before the tail: a crash re-reads
+        whole = skip == packets
+        self._resume_at = -1 if whole else pos
+        return taken, whole
 
     def wait(self, timeout: float) -> bool:
         """Sleep until the doorbell rings or `timeout` passes; True if there may be records.

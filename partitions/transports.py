@@ -30,12 +30,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from adapter.errors import XpmoveError
 from adapter.protocol import MAX_MOVES
-from adapter.ring import ALIGN, HEADER_SIZE, MAX_RUN_RECORDS, RECORD_HEADER, max_payload
+from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import (
     HEADER_DTYPE,
     SMALL_BLOCK,
@@ -74,47 +75,63 @@ class Slot:
     payload: memoryview
 
 
+class BatchLayout(NamedTuple):
+    """How a transport wants a batch laid out in sender memory."""
+
+    header_room: int = 0  # bytes the transport writes in front of each payload
+    lead: int = 0  # bytes in front of the first slot (a Fig 11 run's descriptor)
+    align: int = 1  # each slot (header room + payload) is padded to a multiple of this
+
+    def stride(self, size: int) -> int:
+        return -(-(self.header_room + size) // self.align) * self.align
+
+
 @dataclass(frozen=True)
 class Batch:
-    """`len(slots)` packet slots laid out back to back; `span` covers all their frames.
+    """`len(slots)` packet slots laid out back to back after `lead`; `span` covers the slots.
 
-    `frames` is the same memory as one numpy row per slot (header room + payload), so a whole
-    batch is filled and stamped with a few vectorised writes; `payloads` is its payload part.
+    `frames` is the same memory as one numpy row per slot (header room + payload + padding),
+    so a whole batch is filled and stamped with a few vectorised writes; `payloads` is its
+    payload part.
     """
 
     slots: tuple[Slot, ...]
     span: memoryview
     stride: int
     frames: np.ndarray
+    layout: BatchLayout
+    lead: memoryview
 
     @property
     def payloads(self) -> np.ndarray:
-        return self.frames[:, self.stride - len(self.slots[0].payload):]
+        room = self.layout.header_room
+        return self.frames[:, room:room + len(self.slots[0].payload)]
 
     def prefix(self, n: int) -> Batch:
         if n == len(self.slots):
             return self
-        return Batch(self.slots[:n], self.span[:n * self.stride], self.stride, self.frames[:n])
+        return Batch(self.slots[:n], self.span[:n * self.stride], self.stride, self.frames[:n],
+                     self.layout, self.lead)
 
 
-def batch_capacity(space: int, size: int, header_room: int, wanted: int,
+def batch_capacity(space: int, size: int, layout: BatchLayout, wanted: int,
                    most: int = MAX_MOVES) -> int:
     """How many packets of `size` one batch may carry in `space` bytes of sender memory, at
     most `most` (what one request of the transport may carry)."""
-    stride = header_room + size
-    if stride > space:
-        raise ValueError(f"size: a {size}-byte packet (+{header_room} header) does not fit the "
-                         f"{space}-byte sender area")
-    return max(1, min(wanted, most, space // stride))
+    stride = layout.stride(size)
+    if layout.lead + stride > space:
+        raise ValueError(f"size: a {size}-byte packet (+{stride - size + layout.lead} bytes of "
+                         f"headers) does not fit the {space}-byte sender area")
+    return max(1, min(wanted, most, (space - layout.lead) // stride))
 
 
-def make_batch(region: memoryview, size: int, header_room: int, n: int) -> Batch:
+def make_batch(region: memoryview, size: int, layout: BatchLayout, n: int) -> Batch:
     """Slots for `n` packets at the start of `region` (the sender area of own memory)."""
-    stride = header_room + size
-    span = region[:n * stride]
-    slots = tuple(Slot(i * stride + header_room, span[i * stride:(i + 1) * stride],
-                       span[i * stride + header_room:(i + 1) * stride]) for i in range(n))
-    return Batch(slots, span, stride, as_bytes(span).reshape(n, stride))
+    stride, room, lead = layout.stride(size), layout.header_room, layout.lead
+    span = region[lead:lead + n * stride]
+    slots = tuple(Slot(lead + i * stride + room, span[i * stride:i * stride + room + size],
+                       span[i * stride + room:i * stride + room + size]) for i in range(n))
+    return Batch(slots, span, stride, as_bytes(span).reshape(n, stride), layout, region[:lead])
 
 
 # -- the interfaces ---------------------------------------------------------------------------
@@ -123,8 +140,12 @@ def make_batch(region: memoryview, size: int, header_room: int, n: int) -> Batch
 class SendTransport:
     name: str = ""
     channel: str = ""  # the receive-side sequence space the packets land in
-    header_room: int = 0  # bytes the transport writes in front of each payload
+    layout: BatchLayout = BatchLayout()
     max_batch: int = MAX_MOVES  # packets one `send` call may carry
+
+    def batch_limit(self, size: int) -> int:
+        """Packets of `size` bytes one `send` call may carry."""
+        return self.max_batch
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
@@ -160,17 +181,25 @@ class AdapterFlow(SendTransport):
     def __init__(self, driver: Driver, flow: str, runs: bool = True):
         self.driver = driver
         self.name = flow
-        # Fig 11 batches go as ONE run of records (multiple-write): room for a record header
-        # in front of each payload, so the batch is already laid out as the ring will hold it.
+        # Fig 11 batches go as ONE run (multiple-write), laid out as the ring will hold it: the
+        # run's descriptor, then the packets, each padded to ALIGN.
         self.runs = runs and flow == "fig11"
-        self.header_room = HEADER_SIZE if self.runs else 0
+        self.layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN) if self.runs else BatchLayout()
         self.max_batch = MAX_RUN_RECORDS if self.runs else MAX_MOVES
-        self._headed: Batch | None = None
+        me = driver.network_id
+        # a batch is one run, so it must fit the smallest ring it may be sent to
+        self._max_run = min((max_payload(p.receive_size) for nid, p in driver.by_id.items()
+                             if nid != me), default=0)
+
+    def batch_limit(self, size: int) -> int:
+        if not self.runs:
+            return self.max_batch
+        return max(1, min(self.max_batch, (self._max_run - RUN_DESCRIPTOR.size) // align(size)))
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        if self.runs and len(batch.slots) > 1 and batch.stride % ALIGN == 0:
-            return self._send_runs(dst, batch, errors, timeout, stop)
+        if self.runs and len(batch.slots) > 1:
+            return self._send_run(dst, batch, errors, timeout, stop)
         size = len(batch.slots[0].payload)
         pending = [(dst, s.offset, size) for s in batch.slots]
         deadline = time.monotonic() + timeout
@@ -202,31 +231,25 @@ class AdapterFlow(SendTransport):
             pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
 
-    def _send_runs(self, dst: int, batch: Batch, errors: Counter, timeout: float,
-                   stop: threading.Event) -> int:
-        """The batch in runs no larger than the destination takes, one request each."""
-        if batch is not self._headed:  # header room survives packet fills: write it once
-            for slot in batch.slots:
-                RECORD_HEADER.pack_into(slot.frame, 0, 0, 0, 0, len(slot.payload))
-            self._headed = batch
-        per_run = max(1, max_payload(self.driver.by_id[dst].receive_size) // batch.stride)
+    def _send_run(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+                  stop: threading.Event) -> int:
+        """The whole batch as ONE run: its descriptor, then one request (retried while the
+        destination is full, until `timeout`)."""
+        n = len(batch.slots)
+        RUN_DESCRIPTOR.pack_into(batch.lead, 0, n, len(batch.slots[0].payload))
+        offset = batch.slots[0].offset - RUN_DESCRIPTOR.size
+        count = RUN_DESCRIPTOR.size + n * batch.stride
         deadline = time.monotonic() + timeout
-        sent = 0
-        for first in range(0, len(batch.slots), per_run):
-            n = min(per_run, len(batch.slots) - first)
-            offset = batch.slots[first].offset - HEADER_SIZE
-            pause = RETRY_BACKOFF_S[0]
-            while True:
-                outcome = self.driver.send_run(dst, offset, n * batch.stride)
-                if isinstance(outcome, Sent):
-                    sent += n
-                    break
-                if not outcome.retryable or stop.is_set() or time.monotonic() >= deadline:
-                    errors[type(outcome).__name__] += n
-                    break
-                time.sleep(pause)  # back-off while the destination drains, not synchronisation
-                pause = min(pause * 2, RETRY_BACKOFF_S[1])
-        return sent
+        pause = RETRY_BACKOFF_S[0]
+        while True:
+            outcome = self.driver.send_run(dst, offset, count)
+            if isinstance(outcome, Sent):
+                return n
+            if not outcome.retryable or stop.is_set() or time.monotonic() >= deadline:
+                errors[type(outcome).__name__] += n
+                return 0
+            time.sleep(pause)  # back-off while the destination drains, not synchronisation
+            pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
 
 class AdapterRing(ReceiveEndpoint):
@@ -378,7 +401,7 @@ def _shutdown(sock: socket.socket | None) -> None:
 class _FrameSender:
     """Shared by tcp and vswitch: number the frames of a batch and send them in one sendall."""
 
-    header_room = FRAME.size
+    layout = BatchLayout(FRAME.size)
     max_batch = MAX_RUN_RECORDS  # no protocol bound: as many frames as a fig11 run carries
 
     def __init__(self, network_id: int):

@@ -227,13 +227,13 @@ class Traffic:
         for flow in plan.flows:
             transport = transports[flow]
             try:
-                n = min(n, batch_capacity(self.sender_space, plan.size, transport.header_room,
-                                          plan.batch, transport.max_batch))
+                n = min(n, batch_capacity(self.sender_space, plan.size, transport.layout,
+                                          plan.batch, transport.batch_limit(plan.size)))
             except ValueError as exc:
                 raise PlanError(str(exc)) from None
         region = self.view.buffer(0, self.sender_space)
         for flow in plan.flows:
-            batches[flow] = make_batch(region, plan.size, transports[flow].header_room, n)
+            batches[flow] = make_batch(region, plan.size, transports[flow].layout, n)
         self.batch_used = n
         self._transports = transports
         self._send_stop = threading.Event()

@@ -627,15 +627,14 @@ def test_a_run_at_the_end_of_the_segment_is_refused_not_crashing(make_machine, b
     assert m.call(1, {"cmd": "send", "dst": 2, "offset": 0, "count": 8})["ok"]
 
 
-def test_a_run_of_too_many_records_is_refused(make_machine):
-    """The adapter's work per request is bounded: a run may not hold more than
-    MAX_RUN_RECORDS records (here: 8193 minimal records, not all of one size)."""
-    from adapter.ring import MAX_RUN_RECORDS, RECORD_HEADER
+def test_a_run_of_too_many_packets_is_refused(make_machine):
+    """The work a run hands a receiver is bounded: a run may not hold more than
+    MAX_RUN_RECORDS packets (here: MAX_RUN_RECORDS + 1 packets of one byte, honestly laid out)."""
+    from adapter.ring import MAX_RUN_RECORDS, RUN_DESCRIPTOR
 
     m = make_machine(small_config(n=3, memory=2 * 1024 * 1024, receive=1024 * 1024))
     n = MAX_RUN_RECORDS + 1
-    sizes = [8] * (n - 1) + [16]
-    blob = b"".join(RECORD_HEADER.pack(0, 0, 0, s) + bytes(s) for s in sizes)
+    blob = RUN_DESCRIPTOR.pack(n, 1) + bytes(8 * n)
     for at in range(0, len(blob), 60_000):
         assert m.call(1, {"cmd": "write", "offset": at, "hex": blob[at:at + 60_000].hex()})["ok"]
     reply = raw(m, 1, frame(Op.MOVE_RUN, 1, [(1, 2, 0, len(blob))]), replies=1)
@@ -645,32 +644,30 @@ def test_a_run_of_too_many_records_is_refused(make_machine):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=24),
-       lie=st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(-5, 400))))
-def test_fuzzed_multiple_write_runs(rig, sizes, lie):
-    """Random runs, honest or with one lying length: an honest run arrives record by record,
+@given(packets=st.integers(1, 40), length=st.integers(1, 300),
+       lie=st.one_of(st.none(), st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))))
+def test_fuzzed_multiple_write_runs(rig, packets, length, lie):
+    """Random runs, honest or with a lying descriptor: an honest run arrives packet by packet,
     byte for byte, with consecutive sequence numbers; a lying one is either refused (BadCount)
-    or, if the lie still tiles the run, delivered as the records it describes. Either way the
+    or, if the lie still tiles the run, delivered as the packets it describes. Either way the
     adapter lives, no lock stays taken and nothing lands outside the destination's ring."""
     lease = rig.lease()
     m, src, dst = lease.machine, lease.sender, lease.receiver
-    payloads = [bytes((i * 7 + j) & 0xFF for j in range(n)) for i, n in enumerate(sizes)]
-    lengths = list(sizes)
-    if lie is not None and lie[0] < len(lengths):
-        lengths[lie[0]] = lie[1]
+    payloads = [bytes((i * 7 + j) & 0xFF for j in range(length)) for i in range(packets)]
     others = [n for n in m.partitions if n not in (src, dst)]
     before = {n: m.call(n, {"cmd": "checksum"})["crc32"] for n in others}
-    reply = m.call(src, {"cmd": "send_run", "dst": dst, "offset": 0, "lengths": lengths,
+    reply = m.call(src, {"cmd": "send_run", "dst": dst, "offset": 0, "descriptor": lie,
                          "payloads": [p.hex() for p in payloads]})
     got = []
     while (packet := m.call(dst, {"cmd": "receive", "timeout": 0})["packet"]) is not None:
         got.append(packet)
-    if lengths == sizes:
-        assert reply["ok"] and reply["records"] == len(sizes), reply
+    if lie is None or tuple(lie) == (packets, length):
+        assert reply["ok"] and reply["records"] == packets, reply
         assert [bytes.fromhex(p["hex"]) for p in got] == payloads
-        assert [p["seq"] for p in got] == list(range(reply["seq"], reply["seq"] + len(sizes)))
+        assert [p["seq"] for p in got] == list(range(reply["seq"], reply["seq"] + packets))
     elif reply["ok"]:
-        assert len(got) == reply["records"]
+        assert len(got) == reply["records"] == lie[0]
+        assert all(len(bytes.fromhex(p["hex"])) == lie[1] for p in got)
     else:
         assert reply["error"] == "BadCount" and not got, reply
     assert m.adapter.proc.poll() is None and m.pid() == rig.adapter_pid

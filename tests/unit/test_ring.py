@@ -19,10 +19,15 @@ from adapter.ring import (
     HEADER_SIZE,
     KIND_PAD,
     KIND_RECORD,
+    KIND_RUN,
+    MAX_RUN_RECORDS,
+    MIN_RUN,
     RECORD_HEADER,
+    RUN_DESCRIPTOR,
     RecordView,
     align,
     check_counters,
+    check_run,
     max_payload,
     next_record,
     record_size,
@@ -381,31 +386,43 @@ TestRingSimulation = RingSimulation.TestCase
 TestRingSimulation.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 
 
-def test_split_run_tiles_records_exactly():
-    from adapter.ring import split_run
-
-    lengths = [64, 5, 1000]
-    offsets, at = {}, 0
-    for n in lengths:
-        offsets[at] = n
-        at += record_size(n)
-    assert split_run(at, offsets.__getitem__) == lengths
+def test_check_run_gives_the_stride_of_an_honest_run():
+    assert check_run(RUN_DESCRIPTOR.size + 10 * 64, 10, 64) == 64
+    assert check_run(RUN_DESCRIPTOR.size + 3 * 8, 3, 5) == 8  # packets padded to ALIGN
+    assert check_run(MIN_RUN, 1, 1) == 8
 
 
-@pytest.mark.parametrize("count, table", [
-    (0, {}), (12, {}), (40, {0: 0}), (40, {0: 17}), (64, {0: 8, 32: 99}), (64, {0: -3}),
+@pytest.mark.parametrize("count, packets, length", [
+    (0, 1, 1), (MIN_RUN - 8, 1, 1), (MIN_RUN + 1, 1, 1),  # too small, or not a multiple of 8
+    (RUN_DESCRIPTOR.size + 64, 0, 64),  # no packets
+    (RUN_DESCRIPTOR.size + 64, 1, 0),  # empty packets
+    (RUN_DESCRIPTOR.size + 64, 2, 64),  # more than fit
+    (RUN_DESCRIPTOR.size + 128, 1, 64),  # fewer than fill it
+    (RUN_DESCRIPTOR.size + 64, 1, 57 + 64),  # one too long
+    (RUN_DESCRIPTOR.size + 9 * 8, 9, 8),  # more than max_packets (8 below)
 ])
-def test_split_run_rejects_runs_that_do_not_tile(count, table):
-    from adapter.ring import split_run
-
-    with pytest.raises(BadCount):
-        split_run(count, lambda offset: table.get(offset, 0))
+def test_check_run_refuses_a_descriptor_that_does_not_tile_the_run(count, packets, length):
+    with pytest.raises(BadCount, match=f"run of {count} bytes"):
+        check_run(count, packets, length, max_packets=8)
 
 
-def test_uniform_run_shape():
-    from adapter.ring import uniform_run_shape
+@given(packets=st.integers(1, 64), length=st.integers(1, 300),
+       lie=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)))
+def test_check_run_accepts_exactly_the_descriptors_that_tile(packets, length, lie):
+    count = RUN_DESCRIPTOR.size + packets * align(length)
+    assert check_run(count, packets, length) == align(length)
+    tiles = 1 <= lie[0] <= MAX_RUN_RECORDS and lie[1] >= 1 and (
+        RUN_DESCRIPTOR.size + lie[0] * align(lie[1]) == count)
+    if tiles:
+        assert check_run(count, *lie) == align(lie[1])
+    else:
+        with pytest.raises(BadCount):
+            check_run(count, *lie)
 
-    assert uniform_run_shape(88 * 10, 64) == (88, 10)
-    assert uniform_run_shape(88 * 10 + 8, 64) is None
-    assert uniform_run_shape(40, 0) is None
-    assert uniform_run_shape(32, 64) is None
+
+def test_next_record_reports_a_run_record_by_kind():
+    buf = bytearray(CAP)
+    length = RUN_DESCRIPTOR.size + 4 * 64
+    RECORD_HEADER.pack_into(buf, 0, KIND_RUN, 7, 11, length)
+    view = next_record(0, record_size(length), CAP, header_reader(buf))
+    assert view == RecordView(0, 7, 11, length, record_size(length), KIND_RUN)
