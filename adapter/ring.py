@@ -141,7 +141,7 @@ def next_record(tail: int, head: int, capacity: int, read_header) -> RecordView 
     return None
 
 
-MAX_RUN_RECORDS = 8192  # packets one request may carry in runs: bounds a receiver's block
+MAX_RUN_RECORDS = 32768  # packets one request may carry in runs (a ring may bound it lower)
 MIN_RUN = RUN_DESCRIPTOR.size + ALIGN  # the smallest run: a descriptor and one 1-byte packet
 
 

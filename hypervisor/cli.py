@@ -136,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pairs: 1->2, 3->4, ... (default); all-to-all: every ordered pair")
     p.add_argument("--pairs", default=None, help="explicit routes SRC:DST,... (overrides "
                    "--topology), e.g. 1:2,3:4")
-    p.add_argument("--batch", default="1,128,8192",
+    p.add_argument("--batch", default="1,128,16384",
                    help="comma list of packets per request (fig11/fig12: moves per adapter "
                         "request; tcp/vswitch: frames per sendall); every run is done per value; "
-                        "1 = the patent's literal flow (default 1,128,8192)")
+                        "1 = the patent's literal flow (default 1,128,16384)")
     p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
                    help="lone 64 B packets, batch 1, paced, one route: one-way p50/p99 per "
                         "transport (default on)")

@@ -21,7 +21,7 @@ import numpy as np
 HEADER_DTYPE = np.dtype([("tag", "<u4"), ("source", "<u4"), ("seq", "<u8"), ("length", "<u8")])
 HEADER_BYTES = HEADER_DTYPE.itemsize  # == adapter.ring.HEADER_SIZE == transports.FRAME.size
 HEADER = struct.Struct("<IIQQ")  # the same layout, for the few-records path
-MAX_BLOCK = 8192  # rows per handler call: bounds the work (and temporaries) of one call
+MAX_BLOCK = 32768  # rows per handler call: bounds the work (and temporaries) of one call
 # Below this many rows a numpy call costs more than the interpreter (a few us each on a small
 # VM): blocks this short are found, filled and checked one packet at a time instead.
 SMALL_BLOCK = 16

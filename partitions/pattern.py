@@ -27,7 +27,7 @@ MIN_PACKET = PACKET_HEADER.size
 _PERIOD = 256  # the pattern is bytes 0..255 repeated: a body is a slice at offset counter % 256
 _ROW_BY_ROW = 2048  # bodies at least this long are copied and compared row by row (memcpy/cmp)
 _CHUNK = 256 << 10  # bytes of bodies compared per vectorised step (bounds the temporaries)
-MAX_ROWS = 8192  # rows of one fill_rows/check_block call (bounds the pattern's length)
+MAX_ROWS = 32768  # rows of one fill_rows/check_block call (bounds the pattern's length)
 
 
 class Pattern:

@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from partitions.blocks import MAX_BLOCK, SMALL_BLOCK
+from partitions import blocks
+from partitions.blocks import SMALL_BLOCK
 from partitions.transports import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
 
 
@@ -126,13 +127,17 @@ def test_equal_frames_at_once_form_blocks(size):
         assert calls == [count]
 
 
-def test_blocks_stop_at_max_block():
-    count = MAX_BLOCK + 10
+def test_blocks_stop_at_max_block(monkeypatch):
+    """A block never exceeds MAX_BLOCK rows (made small here, so that the frames of
+    MAX_BLOCK + 10 packets fit one greedy read)."""
+    monkeypatch.setattr(blocks, "MAX_BLOCK", 1000)
+    count = blocks.MAX_BLOCK + 10
     frames = equal_frames(count, 8)
     data = b"".join(frame(2, src, seq, p) for src, seq, p in frames)
+    assert len(data) <= GREEDY_READ
     calls: list[int] = []
     assert feed(FrameReader(capacity=1 << 20), data, [len(data)], calls) == frames
-    assert calls == [MAX_BLOCK, 10]
+    assert calls == [blocks.MAX_BLOCK, 10]
 
 
 def test_blocks_form_in_a_split_stream_too():
