@@ -86,10 +86,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     if args.duration <= 0 or args.kill_every <= 0:
         raise SystemExit("xpmove: --duration and --kill-every must be > 0")
+    if args.batch < 1:
+        raise SystemExit(f"xpmove: --batch {args.batch} must be >= 1")
     console = Console()
     try:
         report = soak(_config(args.config), args.duration, args.kill_every, args.size,
-                      args.seed, console)
+                      args.seed, console, batch=args.batch)
     except KeyboardInterrupt:
         return 130
     console.print(report_table(report))
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
     p.add_argument("--size", type=int, default=1024, help="packet size in bytes")
     p.add_argument("--seed", type=int, default=None, help="random seed for the victims")
+    p.add_argument("--batch", type=int, default=1,
+                   help="packets per request: > 1 sends fig11 multiple-write runs and fig12 "
+                        "vectors of moves (default 1, the literal flows)")
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("cleanup", help="unlink IPC names left by runs whose launcher died")

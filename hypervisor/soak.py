@@ -79,11 +79,12 @@ def pair_detail(machine: Machine) -> list[str]:
     return lines
 
 
-def start_traffic(machine: Machine, nid: int, size: int, until: float) -> None:
-    """Start a partition's share of the traffic; if it dies meanwhile, its restart will."""
+def start_traffic(machine: Machine, nid: int, shape: dict, until: float) -> None:
+    """Start a partition's share of the traffic (`shape`: packet size and batch); if it dies
+    meanwhile, its restart will."""
     remaining = until - time.monotonic()
     peers = [p for p in machine.partitions if p != nid]
-    command = {"cmd": "traffic", "peers": peers, "flows": ["fig11", "fig12"], "size": size,
+    command = {"cmd": "traffic", "peers": peers, "flows": ["fig11", "fig12"], **shape,
                "duration": remaining, "send_timeout": 5.0}
     if remaining <= 0:  # too late to send, never too late to drain what is waiting for it
         command = {"cmd": "receive_on"}
@@ -95,7 +96,7 @@ def start_traffic(machine: Machine, nid: int, size: int, until: float) -> None:
         raise MachineError(f"partition {nid} refused traffic: {reply.get('message')}")
 
 
-def resume_restarted(machine: Machine, seen: dict, size: int, until: float) -> None:
+def resume_restarted(machine: Machine, seen: dict, shape: dict, until: float) -> None:
     """Give every partition incarnation started since we last looked its share of traffic.
 
     Restarts happen wherever the machine notices a death (its poll, or a failed call), so
@@ -103,13 +104,16 @@ def resume_restarted(machine: Machine, seen: dict, size: int, until: float) -> N
     for key, n in list(machine.restarts.items()):
         if key != "adapter" and n > seen.get(key, 0):
             seen[key] = n
-            start_traffic(machine, key, size, until)
+            start_traffic(machine, key, shape, until)
 
 
 def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 1024,
          seed: int | None = None, console: Console | None = None,
-         registry: RunRegistry | None = None) -> SoakReport:
+         registry: RunRegistry | None = None, batch: int = 1) -> SoakReport:
+    """`batch` > 1 sends fig11 batches as multiple-write runs and fig12 batches as vectors of
+    moves, so kills land inside runs as well as between single moves."""
     console = console or Console()
+    shape = {"size": size, "batch": batch}
     rng = random.Random(seed)
     config = dataclasses.replace(config, restart="always", restart_limit=1_000_000)
     machine = Machine(config, registry=registry)
@@ -118,16 +122,16 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
     try:
         machine.start()
         console.print(f"soak: run {machine.prefix}, {len(machine.partitions)} partitions, "
-                      f"{duration:g} s, a kill every {kill_every:g} s")
+                      f"{duration:g} s, a kill every {kill_every:g} s, batch {batch}")
         until = time.monotonic() + duration
         seen: dict = {}
         for nid in machine.partitions:
-            start_traffic(machine, nid, size, until)
+            start_traffic(machine, nid, shape, until)
         next_kill = time.monotonic() + kill_every
         while time.monotonic() < until:
             time.sleep(POLL_S)  # supervision period, not synchronisation
             machine.poll()
-            resume_restarted(machine, seen, size, until)
+            resume_restarted(machine, seen, shape, until)
             while machine.events:
                 console.print(f"  {machine.events.pop(0)}")
             if time.monotonic() >= next_kill:
@@ -142,7 +146,7 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
             machine.poll()
-            resume_restarted(machine, seen, size, until)
+            resume_restarted(machine, seen, shape, until)
             stats = collect(machine)
             last_stats.update(stats)
             committed, delivered = pair_books(machine)

@@ -152,14 +152,16 @@ def test_restarted_receiver_never_hands_over_a_record_twice(make_machine):
     assert receive_area.read_head(words, dst) == receive_area.read_tail(words, dst)
 
 
-def test_soak_short_run(registry):
-    """`xpmove soak` in small: kills partitions and the adapter, loses and doubles nothing."""
+@pytest.mark.parametrize("batch", [1, 64])
+def test_soak_short_run(registry, batch):
+    """`xpmove soak` in small: kills partitions and the adapter, loses and doubles nothing,
+    with single moves and with batches (fig11 runs, fig12 vectors)."""
     from rich.console import Console
 
     from hypervisor.soak import soak
 
     report = soak(small_config(), duration=3.0, kill_every=0.5, size=512, seed=7,
-                  console=Console(file=open(os.devnull, "w")), registry=registry)
+                  console=Console(file=open(os.devnull, "w")), registry=registry, batch=batch)
     assert report.kills >= 4 and report.adapter_kills >= 1, report
     assert report.accepted > 0 and report.accepted == report.delivered, report
     assert report.lost == report.duplicated == report.corrupt == 0, report
