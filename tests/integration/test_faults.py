@@ -152,6 +152,29 @@ def test_restarted_receiver_never_hands_over_a_record_twice(make_machine):
     assert receive_area.read_head(words, dst) == receive_area.read_tail(words, dst)
 
 
+def test_restarted_receiver_resumes_inside_a_run(make_machine):
+    """A multiple-write run is one record: a killed incarnation that handed over part of it
+    (delivered table) leaves the record in the ring; the next one hands over the rest only,
+    one packet at a time here, and frees the record after the last."""
+    from adapter import receive_area
+
+    m = make_machine(small_config())
+    payloads = [bytes([i]) * 40 for i in range(10)]
+    reply = m.call(1, {"cmd": "send_run", "dst": 2, "offset": 0,
+                       "payloads": [p.hex() for p in payloads]})
+    assert reply == {"ok": True, "seq": 1, "records": 10}
+    layout = m.layout
+    words = receive_area.words(m.memory.view)
+    src, dst = layout.by_id()[1], layout.by_id()[2]
+    words[layout.delivered_address(src.index, dst.index) >> 3] = 4  # "handed over 1..4"
+    for seq in range(5, 11):
+        assert receive_area.read_head(words, dst) != receive_area.read_tail(words, dst)
+        packet = receive(m, 2)
+        assert (packet["seq"], bytes.fromhex(packet["hex"])) == (seq, payloads[seq - 1])
+    assert receive(m, 2, timeout=0) is None
+    assert receive_area.read_head(words, dst) == receive_area.read_tail(words, dst)
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 def test_soak_short_run(registry, batch):
     """`xpmove soak` in small: kills partitions and the adapter, loses and doubles nothing,
