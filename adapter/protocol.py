@@ -44,6 +44,14 @@ class Op(IntEnum):
     # to 8). ONE ring record and ONE MVXL per run; the adapter checks the descriptor and writes
     # it again itself. Result: seq = first packet's sequence number, detail = packets.
     MOVE_RUN = 3
+    # Fig 12 multiple-write: the same run checked and placed the same way (record header and
+    # descriptor written by the adapter), then the lock and the addresses of the packets are
+    # returned (source and destination past the descriptor) for the driver's ONE MVXL.
+    GRANT_RUN = 4
+
+
+# Ops whose moves the driver executes (Fig 12): nothing commits without the driver.
+GRANT_OPS = frozenset((Op.GRANT, Op.GRANT_RUN))
 
 
 class ProtocolViolation(Exception):

@@ -30,6 +30,7 @@ from adapter.errors import Status, XpmoveError
 from adapter.locks import Grant, LockBook, LockState
 from adapter.moves import mvxl
 from adapter.protocol import (
+    GRANT_OPS,
     MAX_REQUEST_SIZE,
     Op,
     ProtocolViolation,
@@ -59,8 +60,9 @@ from hypervisor.memory import PhysicalMemory
 PARKED_POLL_S = 0.0002  # how often parked requests retry a busy lock
 READ_CHUNK = 65536
 # Module aliases for the per-request path: an Enum class attribute lookup costs ~0.2 us here.
-MOVE, GRANT, MOVE_RUN = Op.MOVE, Op.GRANT, Op.MOVE_RUN
-SERVED_OPS = frozenset((MOVE, GRANT, MOVE_RUN))
+MOVE, GRANT, MOVE_RUN, GRANT_RUN = Op.MOVE, Op.GRANT, Op.MOVE_RUN, Op.GRANT_RUN
+SERVED_OPS = frozenset((MOVE, GRANT, MOVE_RUN, GRANT_RUN))
+RUN_OPS = frozenset((MOVE_RUN, GRANT_RUN))
 OK = Status.OK
 GRANTED, HELD = LockState.GRANTED, LockState.HELD
 
@@ -284,7 +286,7 @@ class Adapter:
                     work.results[i] = Result(Status.SOURCE_MISMATCH, me)
                     continue
                 t = translate(me, move.dst_id, move.offset, move.count)
-                if op == MOVE_RUN:
+                if op in RUN_OPS:
                     work.runs[i] = self._run_shape(t, budget)
                     budget -= work.runs[i][0]
                 checked.append((i, t))
@@ -379,8 +381,15 @@ class Adapter:
             for i, t, r in placed:
                 if i in runs:
                     packets, length = runs[i]
-                    payload = self._move_run(dst, r, t, src.network_id, seq, packets, length)
-                    results[i] = Result(OK, packets, seq, t.src_address, payload, t.count, head)
+                    payload = self._place_run(dst, r, t, src.network_id, seq, packets, length,
+                                              move=op == MOVE_RUN)
+                    if op == MOVE_RUN:
+                        results[i] = Result(OK, packets, seq, t.src_address, payload, t.count,
+                                            head)
+                    else:  # the driver moves the packets; the descriptor is ours
+                        skip = RUN_DESCRIPTOR.size
+                        results[i] = Result(OK, packets, seq, t.src_address + skip,
+                                            payload + skip, t.count - skip, head)
                     seq += packets
                 else:
                     payload = receive_area.write_record_header(mem, dst, r, src.network_id, seq)
@@ -391,7 +400,7 @@ class Adapter:
                 moved += t.count
             counters["moves"] += records
             counters["bytes"] += moved
-            if op != GRANT:
+            if op not in GRANT_OPS:
                 words[ring.head] = head  # publish: the commit (receive_area.publish_head)
                 self._unlock(dst_id)
                 receive_area.ring_doorbell(words, ring, self.bells[dst_id])
@@ -400,17 +409,19 @@ class Adapter:
                 self.book.granted(Grant(conn.network_id, dst_id, head, time.monotonic()))
                 self.counters["grants"] += 1
 
-    def _move_run(self, dst, r: Reservation, t: Translation, src_id: int, seq: int,
-                  packets: int, length: int) -> int:
-        """Multiple-write: ONE record and ONE MVXL for the whole run; then the descriptor is
-        written again from the values checked at request time, so whatever the sender changed
-        since, the receiver finds exactly what was validated."""
+    def _place_run(self, dst, r: Reservation, t: Translation, src_id: int, seq: int,
+                   packets: int, length: int, move: bool) -> int:
+        """Multiple-write: ONE record for the whole run, and with `move` (Fig 11) ONE MVXL;
+        then the descriptor is written from the values checked at request time, so whatever
+        the sender changed since, the receiver finds exactly what was validated. Returns the
+        record's payload address."""
         header = dst.receive_base + r.position
         if r.pad_position is not None:
             RECORD_HEADER.pack_into(self.mem, dst.receive_base + r.pad_position, KIND_PAD, 0, 0, 0)
         RECORD_HEADER.pack_into(self.mem, header, KIND_RUN, src_id, seq, t.count)
         payload = header + RECORD_HEADER.size
-        mvxl(self.mem, payload, t.src_address, t.count)
+        if move:
+            mvxl(self.mem, payload, t.src_address, t.count)
         RUN_DESCRIPTOR.pack_into(self.mem, payload, packets, length)
         return payload
 

@@ -20,6 +20,7 @@ from adapter import receive_area
 from adapter.errors import AdapterGone, InDoubt, Status, XpmoveError, error_for
 from adapter.moves import mvxl
 from adapter.protocol import (
+    GRANT_OPS,
     MAX_REPLY_SIZE,
     REPLY_HEADER,
     RESULT,
@@ -35,6 +36,7 @@ from adapter.translation import TranslationTable
 from hypervisor.layout import SegmentLayout
 
 FLOWS = {"fig11": Op.MOVE, "fig12": Op.GRANT}
+RUN_FLOWS = {"fig11": Op.MOVE_RUN, "fig12": Op.GRANT_RUN}
 RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
 RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 
@@ -118,14 +120,23 @@ class Driver:
             for m, r in zip(wire, results, strict=True)
         ]
 
-    def send_run(self, dst_id: int, offset: int, count: int) -> Sent | XpmoveError:
-        """Fig 11 multiple-write: move `count` bytes of back-to-back records at `offset` (each
-        RECORD_HEADER with its length filled in, then the payload, padded to 8) in ONE request
-        and ONE MVXL. The adapter checks the lengths and writes every header itself."""
+    def send_run(self, dst_id: int, offset: int, count: int, flow: str = "fig11"
+                 ) -> Sent | XpmoveError:
+        """Multiple-write: the run of `count` bytes at `offset` (adapter.ring.RUN_DESCRIPTOR,
+        then the packets, each padded to 8) in ONE request and ONE MVXL, done by the adapter
+        (fig11) or by us with the granted lock (fig12). The adapter checks the descriptor and
+        writes the ring's record header and descriptor itself."""
+        try:
+            op = RUN_FLOWS[flow]
+        except KeyError:
+            raise ValueError(f"flow {flow!r} is not one of {sorted(RUN_FLOWS)}") from None
         move = Move(self.network_id, dst_id, offset, count)
         try:
             with self._mutex:
-                (r,) = self._survive_restart(Op.MOVE_RUN, [move])
+                results = self._survive_restart(op, [move])
+                if op in GRANT_OPS:
+                    self._execute_grants([move], results)
+                (r,) = results
         except XpmoveError as exc:
             return exc
         if r.status != Status.OK:
@@ -220,7 +231,7 @@ class Driver:
             return self._round_trip(op, moves)
         except AdapterGone as exc:
             if not self._await_reconnect(generation):
-                if op == Op.GRANT:
+                if op in GRANT_OPS:
                     raise  # a grant never commits without us: nothing is in doubt
                 raise InDoubt(f"{exc}; the adapter did not come back within "
                               f"{self.reconnect_wait} s, so whether the move committed is "
@@ -236,7 +247,7 @@ class Driver:
         """After a restart: which moves of the lost request committed (per-pair sequence
         numbers), and a fresh request for the rest. Moves that fail the adapter's own
         deterministic checks (translate) cannot have committed and are not credited."""
-        after = self._pair_seqs(moves) if op != Op.GRANT else before
+        after = self._pair_seqs(moves) if op not in GRANT_OPS else before
         committed: dict[int, int] = {d: after[d] - before[d] for d in before}
         if op == Op.MOVE_RUN:  # a request carries one run; it committed whole or not at all
             if all(committed.values()):

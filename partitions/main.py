@@ -158,7 +158,8 @@ class Partition:
 
     def cmd_send_run(self, msg: dict) -> dict:
         """Lay out `payloads` (hex, all one length) as a multiple-write run at `offset` (the
-        descriptor, then each payload padded to 8) and send it in one request. `descriptor`
+        descriptor, then each payload padded to 8) and send it in one request of `flow`
+        (fig11 or fig12, default fig11). `descriptor`
         (optional: [packets, packet length]) overrides the true one, so tests can hand the
         adapter a run that lies about itself."""
         payloads = [bytes.fromhex(h) for h in msg["payloads"]]
@@ -167,7 +168,7 @@ class Partition:
         run = RUN_DESCRIPTOR.pack(packets & 0xFFFF_FFFF, length & 0xFFFF_FFFF)  # lies wrap
         run += b"".join(p + bytes(align(len(p)) - len(p)) for p in payloads)
         self.view.write(offset, run)
-        outcome = self.driver.send_run(int(msg["dst"]), offset, len(run))
+        outcome = self.driver.send_run(int(msg["dst"]), offset, len(run), msg.get("flow", "fig11"))
         if isinstance(outcome, XpmoveError):
             return error_reply(outcome)
         return {"ok": True, "seq": outcome.seq, "records": outcome.records}

@@ -181,9 +181,9 @@ class AdapterFlow(SendTransport):
     def __init__(self, driver: Driver, flow: str, runs: bool = True):
         self.driver = driver
         self.name = flow
-        # Fig 11 batches go as ONE run (multiple-write), laid out as the ring will hold it: the
+        # A batch goes as ONE run (multiple-write), laid out as the ring will hold it: the
         # run's descriptor, then the packets, each padded to ALIGN.
-        self.runs = runs and flow == "fig11"
+        self.runs = runs
         self.layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN) if self.runs else BatchLayout()
         self.max_batch = MAX_RUN_RECORDS if self.runs else MAX_MOVES
         me = driver.network_id
@@ -242,7 +242,7 @@ class AdapterFlow(SendTransport):
         deadline = time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
-            outcome = self.driver.send_run(dst, offset, count)
+            outcome = self.driver.send_run(dst, offset, count, self.name)
             if isinstance(outcome, Sent):
                 return n
             if not outcome.retryable or stop.is_set() or time.monotonic() >= deadline:

@@ -365,7 +365,7 @@ fuzzy_moves = st.one_of(
     st.tuples(st.just(1), st.sampled_from([2, 3]), offsets, counts),
     st.tuples(odd_ids, st.sampled_from([2, 3]), st.integers(0, 64), st.integers(1, 64)))
 moves_lists = st.lists(st.one_of(valid_moves, fuzzy_moves), min_size=1, max_size=4)
-ops = st.sampled_from([Op.MOVE, Op.GRANT, Op.MOVE, Op.GRANT, 0, 4, 255])
+ops = st.sampled_from([Op.MOVE, Op.GRANT, Op.MOVE, Op.GRANT, 0, max(Op) + 1, 255])  # 3 unknown
 request_ids = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 2**32 - 1]))
 
 
@@ -645,8 +645,9 @@ def test_a_run_of_too_many_packets_is_refused(make_machine):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(packets=st.integers(1, 40), length=st.integers(1, 300),
-       lie=st.one_of(st.none(), st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))))
-def test_fuzzed_multiple_write_runs(rig, packets, length, lie):
+       lie=st.one_of(st.none(), st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))),
+       flow=st.sampled_from(("fig11", "fig12")))
+def test_fuzzed_multiple_write_runs(rig, packets, length, lie, flow):
     """Random runs, honest or with a lying descriptor: an honest run arrives packet by packet,
     byte for byte, with consecutive sequence numbers; a lying one is either refused (BadCount)
     or, if the lie still tiles the run, delivered as the packets it describes. Either way the
@@ -657,7 +658,7 @@ def test_fuzzed_multiple_write_runs(rig, packets, length, lie):
     others = [n for n in m.partitions if n not in (src, dst)]
     before = {n: m.call(n, {"cmd": "checksum"})["crc32"] for n in others}
     reply = m.call(src, {"cmd": "send_run", "dst": dst, "offset": 0, "descriptor": lie,
-                         "payloads": [p.hex() for p in payloads]})
+                         "flow": flow, "payloads": [p.hex() for p in payloads]})
     got = []
     while (packet := m.call(dst, {"cmd": "receive", "timeout": 0})["packet"]) is not None:
         got.append(packet)

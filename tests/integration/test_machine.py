@@ -232,12 +232,14 @@ def test_stop_unlinks_every_name(make_machine):
     assert len(pids) == 3
 
 
-def test_multiple_write_run_arrives_as_packets(machine):
-    """Fig 11 multiple-write: one request, one record, one MVXL; every packet delivered with its
-    own seq. `receive` takes one packet at a time, so the run is also drained in pieces."""
+@pytest.mark.parametrize("flow", FLOWS)
+def test_multiple_write_run_arrives_as_packets(machine, flow):
+    """Multiple-write: one request, one record, one MVXL (by the adapter, or by the driver with
+    the granted lock); every packet delivered with its own seq. `receive` takes one packet at a
+    time, so the run is also drained in pieces."""
     payloads = [payload(1, 2, 13, i) for i in range(4)]  # 13 bytes: padded to 16 in the run
-    assert send(machine, 1, 2, b"single", "fig11")["seq"] == 1
-    reply = machine.call(1, {"cmd": "send_run", "dst": 2, "offset": 8,
+    assert send(machine, 1, 2, b"single", flow)["seq"] == 1
+    reply = machine.call(1, {"cmd": "send_run", "dst": 2, "offset": 8, "flow": flow,
                              "payloads": [p.hex() for p in payloads]})
     assert reply == {"ok": True, "seq": 2, "records": 4}
     assert bytes.fromhex(receive(machine, 2)["hex"]) == b"single"
@@ -248,13 +250,15 @@ def test_multiple_write_run_arrives_as_packets(machine):
     assert machine.call(2, {"cmd": "stats"})["pending_bytes"] == 0  # the run was freed
 
 
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("descriptor", [
     [4, 0], [4, 4000], [0, 64], [5, 64], [3, 64], [4, 65], [2**32 - 1, 64], [4, 2**32 - 1],
 ])
-def test_multiple_write_run_that_lies_is_refused(machine, descriptor):
+def test_multiple_write_run_that_lies_is_refused(machine, descriptor, flow):
     """A descriptor that does not tile the run exactly is refused by name; nothing moves."""
     before = checksums(machine)
     reply = machine.call(1, {"cmd": "send_run", "dst": 2, "offset": 0, "descriptor": descriptor,
+                             "flow": flow,
                              "payloads": [payload(1, 2, 64, i).hex() for i in range(4)]})
     assert reply["ok"] is False and reply["error"] == "BadCount", reply
     assert receive(machine, 2, timeout=0) is None
