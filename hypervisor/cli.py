@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024, help="packet size in bytes")
     p.add_argument("--seed", type=int, default=None, help="random seed for the victims")
     p.add_argument("--batch", type=int, default=1,
-                   help="packets per request: > 1 sends fig11 multiple-write runs and fig12 "
-                        "vectors of moves (default 1, the literal flows)")
+                   help="packets per request: > 1 sends multiple-write runs in both flows "
+                        "(default 1, the literal flows)")
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("cleanup", help="unlink IPC names left by runs whose launcher died")

@@ -110,8 +110,8 @@ def resume_restarted(machine: Machine, seen: dict, shape: dict, until: float) ->
 def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 1024,
          seed: int | None = None, console: Console | None = None,
          registry: RunRegistry | None = None, batch: int = 1) -> SoakReport:
-    """`batch` > 1 sends fig11 batches as multiple-write runs and fig12 batches as vectors of
-    moves, so kills land inside runs as well as between single moves."""
+    """`batch` > 1 sends batches as multiple-write runs (MOVE_RUN in fig11, GRANT_RUN in
+    fig12), so kills land inside runs as well as between single moves."""
     console = console or Console()
     shape = {"size": size, "batch": batch}
     rng = random.Random(seed)

@@ -178,7 +178,7 @@ def test_restarted_receiver_resumes_inside_a_run(make_machine):
 @pytest.mark.parametrize("batch", [1, 64])
 def test_soak_short_run(registry, batch):
     """`xpmove soak` in small: kills partitions and the adapter, loses and doubles nothing,
-    with single moves and with batches (fig11 runs, fig12 vectors)."""
+    with single moves and with multiple-write runs in both flows."""
     from rich.console import Console
 
     from hypervisor.soak import soak
