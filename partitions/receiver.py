@@ -7,7 +7,7 @@ space (nothing unconsumed is ever overwritten).
 
 Records are handed over in blocks (partitions/blocks.py): a run of equal records from one
 source with consecutive sequence numbers is one handler call, found by one vectorised look at
-the headers; a RUN record (Fig 11 multiple-write) is a block as it stands. Exactly-once
+the headers; a RUN record (multiple-write, either flow) is a block as it stands. Exactly-once
 bookkeeping is per block: the per-source delivered word is written after the handler returns,
 before the tail moves, so a receiver killed inside its handler sees that block again and
 nothing else. A RUN record is freed once all its packets are handed over; until then the
@@ -63,8 +63,8 @@ class Receiver:
         return RECORD_HEADER.unpack_from(self._area, position)
 
     def drain(self, handler: BlockHandler, limit: int | None = None) -> int:
-        """Hand every committed record (up to `limit`) to `handler`, a block at a time;
-        return how many records.
+        """Hand every committed packet (up to `limit`) to `handler`, a block at a time;
+        return how many packets.
 
         The rows are valid only during the call. Each block is marked delivered (per source,
         in the control area) right after its handler returns; the space is released (tail
