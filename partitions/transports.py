@@ -174,31 +174,28 @@ class ReceiveEndpoint:
 
 
 class AdapterFlow(SendTransport):
-    """Fig 11 (adapter moves) or Fig 12 (driver moves): one request carries the whole batch."""
+    """Fig 11 (adapter moves) or Fig 12 (driver moves). A lone packet is the patent's literal
+    request of one move; a batch is ONE multiple-write run, laid out as the ring will hold it
+    (the run's descriptor, then the packets, each padded to ALIGN)."""
 
     channel = "adapter"
+    layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN)
+    max_batch = MAX_RUN_RECORDS
 
-    def __init__(self, driver: Driver, flow: str, runs: bool = True):
+    def __init__(self, driver: Driver, flow: str):
         self.driver = driver
         self.name = flow
-        # A batch goes as ONE run (multiple-write), laid out as the ring will hold it: the
-        # run's descriptor, then the packets, each padded to ALIGN.
-        self.runs = runs
-        self.layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN) if self.runs else BatchLayout()
-        self.max_batch = MAX_RUN_RECORDS if self.runs else MAX_MOVES
         me = driver.network_id
         # a batch is one run, so it must fit the smallest ring it may be sent to
         self._max_run = min((max_payload(p.receive_size) for nid, p in driver.by_id.items()
                              if nid != me), default=0)
 
     def batch_limit(self, size: int) -> int:
-        if not self.runs:
-            return self.max_batch
         return max(1, min(self.max_batch, (self._max_run - RUN_DESCRIPTOR.size) // align(size)))
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        if self.runs and len(batch.slots) > 1:
+        if len(batch.slots) > 1:
             return self._send_run(dst, batch, errors, timeout, stop)
         size = len(batch.slots[0].payload)
         pending = [(dst, s.offset, size) for s in batch.slots]
