@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -195,51 +196,22 @@ class AdapterFlow(SendTransport):
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        if len(batch.slots) > 1:
-            return self._send_run(dst, batch, errors, timeout, stop)
-        size = len(batch.slots[0].payload)
-        pending = [(dst, s.offset, size) for s in batch.slots]
-        deadline = time.monotonic() + timeout
-        pause = RETRY_BACKOFF_S[0]
-        sent = 0
-        while True:
-            try:
-                outcomes = self.driver.send_many(pending, self.name)
-            except XpmoveError as exc:
-                errors[type(exc).__name__] += len(pending)
-                return sent
-            retry = []
-            why = ""
-            for move, outcome in zip(pending, outcomes, strict=True):
-                if isinstance(outcome, Sent):
-                    sent += 1
-                elif outcome.retryable:
-                    retry.append(move)
-                    why = type(outcome).__name__
-                else:
-                    errors[type(outcome).__name__] += 1
-            if not retry:
-                return sent
-            if stop.is_set() or time.monotonic() >= deadline:
-                errors[why] += len(retry)
-                return sent
-            pending = retry
-            time.sleep(pause)  # back-off while the destination drains, not synchronisation
-            pause = min(pause * 2, RETRY_BACKOFF_S[1])
-
-
-    def _send_run(self, dst: int, batch: Batch, errors: Counter, timeout: float,
-                  stop: threading.Event) -> int:
-        """The whole batch as ONE run: its descriptor, then one request (retried while the
-        destination is full, until `timeout`)."""
+        """A lone packet as one move, a batch as ONE run (its descriptor written first); either
+        way one request, retried while the outcome is retryable (destination full, lock
+        timeout) until `timeout` or `stop`."""
         n = len(batch.slots)
-        RUN_DESCRIPTOR.pack_into(batch.lead, 0, n, len(batch.slots[0].payload))
-        offset = batch.slots[0].offset - RUN_DESCRIPTOR.size
-        count = RUN_DESCRIPTOR.size + n * batch.stride
+        size = len(batch.slots[0].payload)
+        if n > 1:
+            RUN_DESCRIPTOR.pack_into(batch.lead, 0, n, size)
+            attempt = partial(self.driver.send_run, dst,
+                              batch.slots[0].offset - RUN_DESCRIPTOR.size,
+                              RUN_DESCRIPTOR.size + n * batch.stride, self.name)
+        else:
+            attempt = partial(self._send_one, dst, batch.slots[0].offset, size)
         deadline = time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
-            outcome = self.driver.send_run(dst, offset, count, self.name)
+            outcome = attempt()
             if isinstance(outcome, Sent):
                 return n
             if not outcome.retryable or stop.is_set() or time.monotonic() >= deadline:
@@ -247,6 +219,12 @@ class AdapterFlow(SendTransport):
                 return 0
             time.sleep(pause)  # back-off while the destination drains, not synchronisation
             pause = min(pause * 2, RETRY_BACKOFF_S[1])
+
+    def _send_one(self, dst: int, offset: int, size: int) -> Sent | XpmoveError:
+        try:
+            return self.driver.send_many([(dst, offset, size)], self.name)[0]
+        except XpmoveError as exc:  # AdapterGone, InDoubt: the outcome, not a crash
+            return exc
 
 
 class AdapterRing(ReceiveEndpoint):
