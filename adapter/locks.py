@@ -79,9 +79,7 @@ class LockBook:
         return rec
 
     def _step(self, destination: int, event: LockEvent) -> LockRecord:
-        rec = self.records.get(destination)
-        if rec is None:
-            rec = self.record(destination)
+        rec = self.record(destination)
         try:
             rec.state = TRANSITIONS[(rec.state, event)]
         except KeyError:

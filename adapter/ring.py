@@ -5,7 +5,7 @@ A destination's receive area is a ring of `capacity` bytes holding records:
     header (RECORD_HEADER: kind, source network ID, per-pair sequence number, length)
     payload (length bytes), padded to ALIGN.
 
-A record of kind RUN (Fig 11 multiple-write) carries several packets of one length in one
+A record of kind RUN (multiple-write, Fig 11 or Fig 12) carries several packets of one length in one
 record: its payload is RUN_DESCRIPTOR (packets, packet length) followed by the packets, each
 padded to ALIGN; its sequence number is the first packet's, the others follow one by one.
 

@@ -110,7 +110,7 @@ class Adapter:
         self.bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
         self.lock_timeout = float(boot["lock_timeout_s"])
         self.book = LockBook()
-        for network_id in self.by_id:
+        for network_id in self.by_id:  # every lock is in the book (and in stats) from the start
             self.book.record(network_id)
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
