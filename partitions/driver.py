@@ -144,12 +144,13 @@ class Driver:
                              count=count, detail=r.detail)
         return Sent(dst_id, r.seq, count, r.detail)
 
-    def grant(self, dst_id: int, offset: int, count: int) -> Result:
+    def grant(self, dst_id: int, offset: int, count: int, run: bool = False) -> Result:
         """Fig 12 step 1203 alone: the lock and addresses, with the move left to the caller,
-        who must then MVXL, publish the commit and free the lock (see _execute_grants)."""
+        who must then MVXL, publish the commit and free the lock (see _execute_grants). With
+        `run`, the bytes at `offset` are a multiple-write run (GRANT_RUN)."""
         move = Move(self.network_id, dst_id, offset, count)
         with self._mutex:
-            (result,) = self._round_trip(Op.GRANT, [move])
+            (result,) = self._round_trip(Op.GRANT_RUN if run else Op.GRANT, [move])
         if result.status != Status.OK:
             raise error_for(result.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
                             count=count, detail=result.detail)

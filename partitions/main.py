@@ -248,8 +248,14 @@ class Partition:
 
     def cmd_hold_grant(self, msg: dict) -> dict:
         """Fault-test hook: take a Fig 12 grant, copy half the bytes, never commit or free the
-        lock - the state a driver killed in the middle of its move leaves behind."""
-        result = self.driver.grant(int(msg["dst"]), 0, int(msg["count"]))
+        lock - the state a driver killed in the middle of its move leaves behind. With
+        `packets`, the grant is for a multiple-write run of that many `count`-byte packets."""
+        count, packets = int(msg["count"]), msg.get("packets")
+        if packets is not None:
+            run = RUN_DESCRIPTOR.pack(int(packets), count) + bytes(int(packets) * align(count))
+            self.view.write(0, run)
+            count = len(run)
+        result = self.driver.grant(int(msg["dst"]), 0, count, run=packets is not None)
         half = result.count // 2
         self.memory.view[result.dst_address:result.dst_address + half] = (
             self.memory.view[result.src_address:result.src_address + half])

@@ -25,12 +25,15 @@ def restarted(machine, name_or_id) -> bool:
     return machine.restarts.get(name_or_id, 0) > 0
 
 
-def test_partition_killed_holding_a_lock(make_machine):
-    """kill -9 mid Fig 12 move: lock comes back, torn record invisible, sequence intact."""
+@pytest.mark.parametrize("packets", [None, 40])
+def test_partition_killed_holding_a_lock(make_machine, packets):
+    """kill -9 mid Fig 12 move (one packet, or a multiple-write run of 40): lock comes back,
+    torn record invisible, sequence intact (a run's 40 sequence numbers are given back)."""
     m = make_machine(small_config(restart="always"))
     assert send(m, 1, 2, b"first", "fig12")["seq"] == 1
     assert receive(m, 2)["seq"] == 1
-    reply = m.call(1, {"cmd": "hold_grant", "dst": 2, "count": 5000})
+    hold = {"cmd": "hold_grant", "dst": 2, "count": 100 if packets else 5000, "packets": packets}
+    reply = m.call(1, hold)
     assert reply["ok"], reply
     assert m.adapter_stats()["locks"]["2"] == "granted"
     killed_at = time.monotonic()
