@@ -80,14 +80,16 @@ def test_partition_death_without_restart_is_reported(make_machine):
     assert send(m, 1, 3, b"others unaffected", "fig11")["ok"]
 
 
+@pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("flow", ["fig11", "fig12"])
-def test_adapter_killed_under_load(make_machine, flow):
-    """kill -9 the adapter during traffic: restarted, drivers reconnect, nothing lost or doubled."""
+def test_adapter_killed_under_load(make_machine, flow, batch):
+    """kill -9 the adapter during traffic (single moves, or multiple-write runs): restarted,
+    drivers reconnect, nothing lost or doubled."""
     m = make_machine(small_config())
     for nid in m.partitions:
         peers = [p for p in m.partitions if p != nid]
         assert m.call(nid, {"cmd": "traffic", "peers": peers, "flows": [flow], "size": 512,
-                            "duration": 2.0, "send_timeout": TIMEOUT})["ok"]
+                            "duration": 2.0, "send_timeout": TIMEOUT, "batch": batch})["ok"]
     wait_for(lambda: sum(sum(m.call(n, {"cmd": "stats"})["stats"]["received"].values())
                          for n in m.partitions) > 200, what="traffic to flow")
     old = m.pid()
