@@ -80,7 +80,7 @@ class BatchLayout(NamedTuple):
     """How a transport wants a batch laid out in sender memory."""
 
     header_room: int = 0  # bytes the transport writes in front of each payload
-    lead: int = 0  # bytes in front of the first slot (a Fig 11 run's descriptor)
+    lead: int = 0  # bytes in front of the first slot (a multiple-write run's descriptor)
     align: int = 1  # each slot (header room + payload) is padded to a multiple of this
 
     def stride(self, size: int) -> int:
