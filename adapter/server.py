@@ -348,9 +348,12 @@ class Adapter:
         Per destination the order is what makes a crash at any point recoverable: pending
         commit first, then sequence numbers, headers and payload, and `head` last.
         """
-        by_dst: dict[int, list[tuple[int, Translation]]] = {}
-        for i, t in checked:
-            by_dst.setdefault(t.dst.network_id, []).append((i, t))
+        if len(checked) == 1:  # every lone move and every run: nothing to group
+            by_dst = {checked[0][1].dst.network_id: checked}
+        else:
+            by_dst = {}
+            for i, t in checked:
+                by_dst.setdefault(t.dst.network_id, []).append((i, t))
         words, mem, counters = self.words, self.mem, self.counters
         for dst_id, moves in by_dst.items():
             dst, ring = self.by_id[dst_id], self.rings[dst_id]

@@ -69,6 +69,8 @@ def payloads(view: memoryview, flat: np.ndarray, offset: int, stride: int, count
     if count >= SMALL_BLOCK:
         return payload_rows(flat, offset, stride, count, length, header)
     start = offset + header
+    if count == 1:  # a lone packet, the patent's literal flow
+        return [view[start:start + length]]
     return [view[start + i * stride:start + i * stride + length] for i in range(count)]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import posix_ipc
@@ -93,7 +94,7 @@ class Driver:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
-            outcome = self.send_many([(dst_id, offset, count)], flow)[0]
+            outcome = self.send_one(dst_id, offset, count, flow)
             if isinstance(outcome, Sent):
                 return outcome
             if not (outcome.retryable and deadline is not None and time.monotonic() < deadline):
@@ -120,29 +121,33 @@ class Driver:
             for m, r in zip(wire, results, strict=True)
         ]
 
-    def send_run(self, dst_id: int, offset: int, count: int, flow: str = "fig11"
-                 ) -> Sent | XpmoveError:
-        """Multiple-write: the run of `count` bytes at `offset` (adapter.ring.RUN_DESCRIPTOR,
-        then the packets, each padded to 8) in ONE request and ONE MVXL, done by the adapter
+    def send_one(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
+                 run: bool = False) -> Sent | XpmoveError:
+        """ONE move in ONE request, its outcome returned (never raised): the patent's literal
+        flow, or with `run` a multiple-write run.
+
+        A run is the `count` bytes at `offset` laid out as adapter.ring.RUN_DESCRIPTOR, then
+        the packets, each padded to 8: ONE ring record and ONE MVXL, done by the adapter
         (fig11) or by us with the granted lock (fig12). The adapter checks the descriptor and
-        writes the ring's record header and descriptor itself."""
+        writes the ring's record header and descriptor itself.
+        """
         try:
-            op = RUN_FLOWS[flow]
+            op = (RUN_FLOWS if run else FLOWS)[flow]
         except KeyError:
-            raise ValueError(f"flow {flow!r} is not one of {sorted(RUN_FLOWS)}") from None
+            raise ValueError(f"flow {flow!r} is not one of {sorted(FLOWS)}") from None
         move = Move(self.network_id, dst_id, offset, count)
         try:
             with self._mutex:
-                results = self._survive_restart(op, [move])
+                results = self._survive_restart(op, (move,))
                 if op in GRANT_OPS:
-                    self._execute_grants([move], results)
+                    self._execute_grants((move,), results)
                 (r,) = results
         except XpmoveError as exc:
             return exc
         if r.status != Status.OK:
             return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
                              count=count, detail=r.detail)
-        return Sent(dst_id, r.seq, count, r.detail)
+        return Sent(dst_id, r.seq, count, r.detail if run else 1)
 
     def grant(self, dst_id: int, offset: int, count: int, run: bool = False) -> Result:
         """Fig 12 step 1203 alone: the lock and addresses, with the move left to the caller,
@@ -156,7 +161,7 @@ class Driver:
                             count=count, detail=result.detail)
         return result
 
-    def _execute_grants(self, moves: list[Move], results: tuple[Result, ...]) -> None:
+    def _execute_grants(self, moves: Sequence[Move], results: tuple[Result, ...]) -> None:
         """Fig 12 steps 1204-1205: MVXL each granted move, commit, free the lock, ring."""
         commits: dict[int, int] = {}
         granted = {m.dst_id for m, r in zip(moves, results, strict=True) if r.status == Status.OK}
@@ -212,12 +217,12 @@ class Driver:
                 lambda: self._closing or self._generation > generation, self.reconnect_wait)
             return not self._closing and self._generation > generation
 
-    def _pair_seqs(self, moves: list[Move]) -> dict[int, int]:
+    def _pair_seqs(self, moves: Sequence[Move]) -> dict[int, int]:
         """Last committed sequence number of each pair (me -> destination) in the request."""
         words, seq_words = self.words, self._seq_words
         return {m.dst_id: words[seq_words[m.dst_id]] for m in moves if m.dst_id in seq_words}
 
-    def _survive_restart(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
+    def _survive_restart(self, op: int, moves: Sequence[Move]) -> tuple[Result, ...]:
         """A round trip that outlives an adapter crash without losing or doubling a move.
 
         If the adapter dies with our request in flight, wait for the restarted one (it has
@@ -243,7 +248,7 @@ class Driver:
         except AdapterGone as exc:
             raise InDoubt(f"{exc} again while resolving a move after a restart") from None
 
-    def _resolve(self, op: int, moves: list[Move], before: dict[int, int]
+    def _resolve(self, op: int, moves: Sequence[Move], before: dict[int, int]
                  ) -> tuple[Result, ...]:
         """After a restart: which moves of the lost request committed (per-pair sequence
         numbers), and a fresh request for the rest. Moves that fail the adapter's own
@@ -274,7 +279,7 @@ class Driver:
             return False
         return True
 
-    def _round_trip(self, op: int, moves: list[Move]) -> tuple[Result, ...]:
+    def _round_trip(self, op: int, moves: Sequence[Move]) -> tuple[Result, ...]:
         self._request_id = (self._request_id + 1) & 0xFFFFFFFF
         frame = encode_request(op, self._request_id, moves)
         try:
@@ -287,7 +292,7 @@ class Driver:
         reply = self._read_more(b"", REPLY_HEADER.size)
         _, request_id, status, n = decode_reply_header(reply[:REPLY_HEADER.size])
         reply = self._read_more(reply, REPLY_HEADER.size + n * RESULT.size)
-        results = decode_results(reply[REPLY_HEADER.size:], n)
+        results = decode_results(reply, n, REPLY_HEADER.size)
         if status != Status.OK:
             raise error_for(status, src_id=self.network_id, dst_id=moves[0].dst_id,
                             offset=moves[0].offset, count=moves[0].count, detail=0)

@@ -168,7 +168,8 @@ class Partition:
         run = RUN_DESCRIPTOR.pack(packets & 0xFFFF_FFFF, length & 0xFFFF_FFFF)  # lies wrap
         run += b"".join(p + bytes(align(len(p)) - len(p)) for p in payloads)
         self.view.write(offset, run)
-        outcome = self.driver.send_run(int(msg["dst"]), offset, len(run), msg.get("flow", "fig11"))
+        outcome = self.driver.send_one(int(msg["dst"]), offset, len(run), msg.get("flow", "fig11"),
+                                       run=True)
         if isinstance(outcome, XpmoveError):
             return error_reply(outcome)
         return {"ok": True, "seq": outcome.seq, "records": outcome.records}

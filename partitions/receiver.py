@@ -75,7 +75,7 @@ class Receiver:
         head = receive_area.read_head(words, self.own)
         tail = start_tail = receive_area.read_tail(words, self.own)
         done = 0
-        while limit is None or done < limit:
+        while tail < head and (limit is None or done < limit):
             record = next_record(tail, head, capacity, self._header)
             if record is None:
                 break

@@ -6,8 +6,8 @@ workload's check. Four transports share that interface, so the load generator me
 same packets with the same checks whatever carries them:
 
 * ``fig11`` / ``fig12`` -- the invention: the device driver asks the adapter to move the
-  bytes (one request carrying ``len(batch)`` moves, `Driver.send_many`); they land in the
-  destination's receive ring (`AdapterRing`).
+  bytes (one request per batch: a lone move, or one multiple-write run, `Driver.send_one`);
+  they land in the destination's receive ring (`AdapterRing`).
 * ``tcp`` -- prior art, partitions talk to each other directly over TCP on loopback
   (`TcpLinks` to send, `TcpListener` to receive).
 * ``vswitch`` -- prior art, the virtual LAN of Fig 7B: every partition holds one TCP
@@ -30,12 +30,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
-from adapter.errors import XpmoveError
 from adapter.protocol import MAX_MOVES
 from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import (
@@ -200,18 +198,17 @@ class AdapterFlow(SendTransport):
         way one request, retried while the outcome is retryable (destination full, lock
         timeout) until `timeout` or `stop`."""
         n = len(batch.slots)
-        size = len(batch.slots[0].payload)
         if n > 1:
-            RUN_DESCRIPTOR.pack_into(batch.lead, 0, n, size)
-            attempt = partial(self.driver.send_run, dst,
-                              batch.slots[0].offset - RUN_DESCRIPTOR.size,
-                              RUN_DESCRIPTOR.size + n * batch.stride, self.name)
+            RUN_DESCRIPTOR.pack_into(batch.lead, 0, n, len(batch.slots[0].payload))
+            offset = batch.slots[0].offset - RUN_DESCRIPTOR.size
+            count = RUN_DESCRIPTOR.size + n * batch.stride
         else:
-            attempt = partial(self._send_one, dst, batch.slots[0].offset, size)
+            offset, count = batch.slots[0].offset, len(batch.slots[0].payload)
+        send_one, flow, run = self.driver.send_one, self.name, n > 1
         deadline = time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
-            outcome = attempt()
+            outcome = send_one(dst, offset, count, flow, run)
             if isinstance(outcome, Sent):
                 return n
             if not outcome.retryable or stop.is_set() or time.monotonic() >= deadline:
@@ -219,12 +216,6 @@ class AdapterFlow(SendTransport):
                 return 0
             time.sleep(pause)  # back-off while the destination drains, not synchronisation
             pause = min(pause * 2, RETRY_BACKOFF_S[1])
-
-    def _send_one(self, dst: int, offset: int, size: int) -> Sent | XpmoveError:
-        try:
-            return self.driver.send_many([(dst, offset, size)], self.name)[0]
-        except XpmoveError as exc:  # AdapterGone, InDoubt: the outcome, not a crash
-            return exc
 
 
 class AdapterRing(ReceiveEndpoint):

@@ -168,21 +168,20 @@ class Traffic:
         last_seq = self._last_seq
         clock = time.monotonic_ns
 
-        def sample_latency(first_arrival: int, sent_ns) -> None:
+        def keep(latencies) -> None:
+            rx.latencies_ns.extend(latencies)
+            while len(rx.latencies_ns) >= LATENCY_SAMPLES:
+                del rx.latencies_ns[::2]
+                rx.latency_stride *= 2
+
+        def sample_latency(first_arrival: int, sent_ns: np.ndarray) -> None:
             """Keep the latency of every `latency_stride`-th arrival, counting from 1. A block's
             send times come as an array: sampled in one vectorised step, never a Python loop
             per packet (that cost grew with the share of a receiver's packets sampled)."""
             first = -first_arrival % rx.latency_stride
             if first < len(sent_ns):
-                now = clock()
-                picked = sent_ns[first::rx.latency_stride]
-                if isinstance(picked, np.ndarray):
-                    rx.latencies_ns.extend((now - picked.astype(np.int64)).tolist())
-                else:
-                    rx.latencies_ns.extend(now - int(t) for t in picked)
-                while len(rx.latencies_ns) >= LATENCY_SAMPLES:
-                    del rx.latencies_ns[::2]
-                    rx.latency_stride *= 2
+                picked = sent_ns[first::rx.latency_stride].astype(np.int64)
+                keep((clock() - picked).tolist())
 
         def on_packet(source_id: int, seq: int, payload) -> None:
             ok, _counter, sent_ns = check(memoryview(payload), source_id, own)
@@ -200,7 +199,8 @@ class Traffic:
             rx.received[source_id] += 1
             rx.bytes_in += len(payload)
             rx.arrivals += 1
-            sample_latency(rx.arrivals, (sent_ns,))
+            if not rx.arrivals % rx.latency_stride:
+                keep((clock() - sent_ns,))
 
         def on_block(source_id: int, first_seq: int, rows) -> None:
             """The whole block at once when it is intact and in order (the common case);
