@@ -371,6 +371,6 @@ def test_shipped_default_toml_equals_default_config() -> None:
 def test_shipped_sixteen_toml_loads() -> None:
     cfg = load_config(REPO / "configs" / "sixteen.toml")
     assert [p.network_id for p in cfg.partitions] == list(range(1, 17))
-    assert all(p.memory_size == 4 * MiB and p.receive_size == MiB for p in cfg.partitions)
+    assert all(p.memory_size == 8 * MiB and p.receive_size == 4 * MiB for p in cfg.partitions)
     assert len({p.name for p in cfg.partitions}) == 16
-    assert total_memory(cfg) == 64 * MiB
+    assert total_memory(cfg) == 128 * MiB
