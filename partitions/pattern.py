@@ -39,7 +39,7 @@ MIN_PACKET = PACKET_HEADER.size
 _PERIOD = 256  # the pattern is bytes 0..255 repeated: a body is a slice at offset counter % 256
 _ROW_BY_ROW = 2048  # bodies at least this long are checked row by row (one memcmp each)
 MAX_ROWS = 32768  # rows of one fill_rows/check_block call (bounds the pattern's length)
-_IMAGE_BYTES = 4 << 20  # a block is checked in chunks of rows whose image fits about this
+_IMAGE_BYTES = 512 << 10  # a block is checked in chunks of rows whose image fits about this (L2)
 _IMAGES_KEPT = 2  # images per thread (one per block layout in use: ring runs, socket frames)
 
 
