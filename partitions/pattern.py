@@ -115,7 +115,8 @@ class Pattern:
         header = np.empty(count, dtype=PACKET_DTYPE)
         header["source"], header["destination"], header["sent_ns"] = src, dst, sent_ns
         header["counter"] = np.arange(first_counter, first_counter + count, dtype=np.uint64)
-        _records(rows[:, :MIN_PACKET])[:] = header.view(_records(rows[:, :MIN_PACKET]).dtype)
+        heads = _records(rows[:, :MIN_PACKET])
+        heads[:] = header.view(heads.dtype)
         n = size - MIN_PACKET
         if n:  # row i is the pattern from offset k + i: a view with a row stride of ONE byte
             bodies = _records(rows[:, MIN_PACKET:])
@@ -148,11 +149,19 @@ class Pattern:
         first = int(header["counter"][0])
         if size - MIN_PACKET >= _ROW_BY_ROW:
             ok = self._rows_match(rows, header, src, dst, first)
-        else:  # ONE memcmp per chunk, against its image
-            ok = all(image.bytes.startswith(*self._lay_out(image, part, src, dst, first + i,
-                                                           sent_ns[i:i + len(part)]))
-                     for i, part, image in self._chunks(rows))
+        else:
+            ok = self._image_match(rows, sent_ns, src, dst, first)
         return sent_ns if ok else None
+
+    def _image_match(self, rows: np.ndarray, sent_ns: np.ndarray, src: int, dst: int,
+                     first_counter: int) -> bool:
+        """ONE memcmp per chunk of rows, against its image."""
+        for i, part, image in self._chunks(rows):
+            span, at = self._lay_out(image, part, src, dst, first_counter + i,
+                                     sent_ns[i:i + len(part)])
+            if not image.bytes.startswith(span, at):
+                return False
+        return True
 
     def _rows_match(self, rows: np.ndarray, header: np.ndarray, src: int, dst: int,
                     first_counter: int) -> bool:
