@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from partitions.blocks import MAX_BLOCK
-from partitions.pattern import _PERIOD, _ROW_BY_ROW, MIN_PACKET, PACKET_HEADER, Pattern
+from partitions.pattern import (
+    _IMAGE_BYTES,
+    _PERIOD,
+    _ROW_BY_ROW,
+    MIN_PACKET,
+    PACKET_HEADER,
+    Pattern,
+)
 
 MAX_SIZE = 4096
 SIZES = [MIN_PACKET, MIN_PACKET + 1, 64, 1000, 3000]
@@ -124,6 +131,36 @@ def test_check_block_accepts_strided_rows(size, lead):
     frames[:, lead:] = intact_block(count, size, counter_at(LAST - 10))
     got = pattern().check_block(frames[:, lead:], SRC, DST)
     assert got is not None and (got == SENT).all() and len(got) == count
+
+
+@pytest.mark.parametrize("lead", [24, 27])
+def test_bytes_between_packets_are_not_checked(lead):
+    """A frame header or padding between packets is not packet bytes: whatever it holds, an
+    intact block passes (the check copies it, it does not compare it)."""
+    count, size = 300, 1000
+    frames = np.random.default_rng(7).integers(0, 256, (count, lead + size), dtype=np.uint8)
+    frames[:, lead:] = intact_block(count, size, counter_at(LAST - 10))
+    got = pattern().check_block(frames[:, lead:], SRC, DST)
+    assert got is not None and (got == SENT).all()
+
+
+@pytest.mark.parametrize("where", ["body", "counter", "source"])
+def test_damage_past_the_first_chunk_fails(where):
+    """A block longer than one image is checked in chunks: the last chunk counts too."""
+    size = 1000
+    count = 2 * (_IMAGE_BYTES // size) + 5
+    rows = np.zeros((count, size), dtype=np.uint8)
+    pattern().fill_rows(rows, SRC, DST, counter_at(LAST), SENT)
+    assert pattern().check_block(rows, SRC, DST) is not None
+    bad = count - 3
+    if where == "body":
+        rows[bad, size // 2] ^= 0x40
+    else:
+        header = list(PACKET_HEADER.unpack_from(rows[bad]))
+        header[2 if where == "counter" else 0] += 1
+        PACKET_HEADER.pack_into(rows[bad], 0, *header)
+    assert pattern().check_block(rows, SRC, DST) is None
+    assert verdicts(rows).count(False) == 1  # and packet by packet, that one is found
 
 
 @pytest.mark.parametrize("size", [64, 3000])
