@@ -39,7 +39,9 @@ MIN_PACKET = PACKET_HEADER.size
 _PERIOD = 256  # the pattern is bytes 0..255 repeated: a body is a slice at offset counter % 256
 _ROW_BY_ROW = 2048  # bodies at least this long are checked row by row (one memcmp each)
 MAX_ROWS = 32768  # rows of one fill_rows/check_block call (bounds the pattern's length)
-_IMAGE_BYTES = 512 << 10  # a block is checked in chunks of rows whose image fits about this (L2)
+# A block is checked in chunks of about this many bytes; the image of a chunk is that plus
+# _PERIOD rows (768 KiB at 1 KiB packets): it stays in a 1 MiB L2 under load.
+_IMAGE_BYTES = 512 << 10
 _IMAGES_KEPT = 2  # images per thread (one per block layout in use: ring runs, socket frames)
 
 
@@ -66,12 +68,15 @@ class Pattern:
         self._view = memoryview(self._bytes)
         self._local = threading.local()  # images are written per block: one set per thread
 
-    def _image(self, stride: int, size: int, rows: int) -> _Image:
+    def _image(self, stride: int, size: int) -> _Image:
+        """This thread's image for rows of `size`-byte packets `stride` apart: _PERIOD rows
+        plus as many as about _IMAGE_BYTES hold (the chunk a block is checked in)."""
         images = self._local.__dict__.setdefault("images", {})
         image = images.get((stride, size))
-        if image is None or image.rows < rows:
+        if image is None:
             if len(images) >= _IMAGES_KEPT:
                 images.clear()
+            rows = max(1, min(MAX_ROWS, _IMAGE_BYTES // stride))
             image = images[(stride, size)] = _Image(self._bytes, stride, size, rows)
         return image
 
@@ -114,7 +119,7 @@ class Pattern:
             return
         header = np.empty(count, dtype=PACKET_DTYPE)
         header["source"], header["destination"], header["sent_ns"] = src, dst, sent_ns
-        header["counter"] = np.arange(first_counter, first_counter + count, dtype=np.uint64)
+        header["counter"] = _counters(first_counter, count)
         heads = _records(rows[:, :MIN_PACKET])
         heads[:] = header.view(heads.dtype)
         n = size - MIN_PACKET
@@ -137,13 +142,13 @@ class Pattern:
     def check_block(self, rows: np.ndarray, src: int, dst: int) -> np.ndarray | None:
         """The send timestamps of a block of packets (one per row) claimed to come from `src`,
         if every one is intact and their counters are consecutive; else None (then `check`
-        each row to learn which are bad)."""
+        each row to learn which are bad). The timestamps are a view of `rows`, valid as long
+        as they are."""
         count, size = rows.shape
         self._check_rows(count)
         if size < MIN_PACKET or count == 0:
             return None
-        if not _one_buffer(rows):
-            rows = np.ascontiguousarray(rows)
+        rows = _as_one_buffer(rows)
         header = rows[:, :MIN_PACKET].view(PACKET_DTYPE)[:, 0]  # each row's header, no copy
         sent_ns = header["sent_ns"]
         first = int(header["counter"][0])
@@ -178,16 +183,15 @@ class Pattern:
     def _chunks(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, _Image]]:
         """(first row, rows, image) per chunk of `rows` whose image fits about _IMAGE_BYTES."""
         count, size = rows.shape
-        stride = rows.strides[0]
-        chunk = max(1, min(count, _IMAGE_BYTES // stride))
-        image = self._image(stride, size, chunk)
+        image = self._image(rows.strides[0], size)
+        chunk = image.rows
         for i in range(0, count, chunk):
             yield i, rows[i:i + chunk], image
 
     def _lay_out(self, image: _Image, rows: np.ndarray, src: int, dst: int,
                  first_counter: int, sent_ns) -> tuple[np.ndarray, int]:
         """Complete the image of `rows` (packets `first_counter`, ... from `src` to `dst`,
-        stamped `sent_ns`: one value or one per row): their headers, and the bytes between
+        stamped `sent_ns`, one per row): their headers, and the bytes between
         them copied from `rows`. Returns the span of `rows` (every byte from the first
         packet's to the last's) and where the same span starts in the image."""
         m, size = rows.shape
@@ -195,7 +199,7 @@ class Pattern:
         at = self._offset(src, first_counter)
         want = image.headers[at:at + m]
         want["source"], want["destination"], want["sent_ns"] = src, dst, sent_ns
-        want["counter"] = np.arange(first_counter, first_counter + m, dtype=np.uint64)
+        want["counter"] = _counters(first_counter, m)
         if stride > size and m > 1:
             image.gaps[at:at + m - 1] = _records(as_strided(rows, (m - 1, stride),
                                                             (stride, 1))[:, size:])
@@ -206,6 +210,21 @@ def _records(columns: np.ndarray) -> np.ndarray:
     """Each row's `columns` as ONE void element, so numpy copies them a row at a time (one
     memcpy each) instead of byte by byte in a 2-D loop: two to three times faster here."""
     return columns.view(np.dtype((np.void, columns.shape[1])))[:, 0]
+
+
+def _counters(first: int, count: int) -> np.ndarray:
+    """`count` consecutive u64 counters from `first`, wrapping as u64 (a garbage header may
+    hold any value: it must fail the check, not raise)."""
+    return np.arange(count, dtype=np.uint64) + np.uint64(first % 2**64)
+
+
+def _as_one_buffer(rows: np.ndarray) -> np.ndarray:
+    """`rows` as rows of one buffer (see _one_buffer); copied only if they are not. A lone
+    row's stride means nothing to numpy (it may be 0): it gets its own size."""
+    if len(rows) == 1:
+        row = np.ascontiguousarray(rows[0])
+        return as_strided(row, (1, len(row)), (len(row), 1))
+    return rows if _one_buffer(rows) else np.ascontiguousarray(rows)
 
 
 def _one_buffer(rows: np.ndarray) -> bool:

@@ -163,6 +163,33 @@ def test_damage_past_the_first_chunk_fails(where):
     assert verdicts(rows).count(False) == 1  # and packet by packet, that one is found
 
 
+@pytest.mark.parametrize("size", [64, 1000, 3000])
+def test_a_block_whose_counters_wrap_past_u64_passes(size):
+    """Counters are u64 on the wire: a block may cross 2**64 (and a chunk may start past it)."""
+    count = 2 * (_IMAGE_BYTES // size) + 5
+    rows = np.zeros((count, size), dtype=np.uint8)
+    pattern().fill_rows(rows, SRC, DST, 2**64 - 3, SENT)
+    got = pattern().check_block(rows, SRC, DST)
+    assert got is not None and len(got) == count
+    assert [pattern().check(memoryview(r), SRC, DST)[1] for r in rows[:5]] == [
+        2**64 - 3, 2**64 - 2, 2**64 - 1, 0, 1]
+
+
+@pytest.mark.parametrize("size", [64, 1000, 3000])
+@pytest.mark.parametrize("count", [1, 2, 20])
+def test_garbage_fails_the_block_without_raising(size, count):
+    """A header of all ones (counter 2**64 - 1) is just a bad packet to a receiver."""
+    rows = np.full((count, size), 0xFF, dtype=np.uint8)
+    assert pattern().check_block(rows, SRC, DST) is None
+
+
+def test_a_lone_row_passes_whatever_its_row_stride():
+    """numpy gives a 1-row array any row stride (0 for a broadcast row): it means nothing."""
+    row = intact_block(1, 1000, 77)[0]
+    assert pattern().check_block(np.broadcast_to(row, (1, 1000)), SRC, DST) is not None
+    assert pattern().check_block(row[None, :], SRC, DST) is not None
+
+
 @pytest.mark.parametrize("size", [64, 3000])
 def test_the_largest_block_a_receiver_hands_over(size):
     first = counter_at(LAST - 3, base=2**33)
