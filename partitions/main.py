@@ -270,7 +270,10 @@ class Partition:
 
     def cmd_stats(self, msg: dict) -> dict:
         return {"ok": True, "stats": self.traffic.snapshot(),
-                "pending_bytes": self.receiver.pending_bytes()}
+                "pending_bytes": self.receiver.pending_bytes(),
+                # packets this incarnation found already handed over by a killed one, and so
+                # did not hand over again (the exactly-once rule of partitions/receiver.py)
+                "redelivered": self.receiver.redelivered}
 
     def cmd_stop(self, msg: dict) -> dict:
         """Quiesce: end the workload and report. The process exits when the channel closes."""

@@ -155,6 +155,7 @@ def test_restarted_receiver_never_hands_over_a_record_twice(make_machine):
     assert (packet["seq"], bytes.fromhex(packet["hex"])) == (3, bytes([2]) * 10)
     assert receive(m, 2, timeout=0) is None
     assert receive_area.read_head(words, dst) == receive_area.read_tail(words, dst)
+    assert m.call(2, {"cmd": "stats"})["redelivered"] == 2
 
 
 def test_restarted_receiver_resumes_inside_a_run(make_machine):
@@ -178,6 +179,7 @@ def test_restarted_receiver_resumes_inside_a_run(make_machine):
         assert (packet["seq"], bytes.fromhex(packet["hex"])) == (seq, payloads[seq - 1])
     assert receive(m, 2, timeout=0) is None
     assert receive_area.read_head(words, dst) == receive_area.read_tail(words, dst)
+    assert m.call(2, {"cmd": "stats"})["redelivered"] == 4
 
 
 @pytest.mark.parametrize("batch", [1, 64])
