@@ -94,14 +94,13 @@ class Receiver:
                 most = min(most, limit - done)
             count = find_block(flat, pos, stride, most)
             tail = end + (count - 1) * stride
-            slot = self._delivered_words.get(source_id)
-            skip = 0 if slot is None else max(0, min(count, words[slot] - seq + 1))
+            slot = self._delivered_word(source_id, pos)
+            skip = max(0, min(count, words[slot] - seq + 1))
             self.redelivered += skip  # a killed incarnation handled them: exactly once
             if skip < count:
                 handler(source_id, seq + skip, payloads(
                     self._area, flat, pos + skip * stride, stride, count - skip, length))
-                if slot is not None:
-                    words[slot] = seq + count - 1  # before the tail: a crash re-reads
+                words[slot] = seq + count - 1  # before the tail: a crash re-reads
                 done += count - skip
         if tail != start_tail:
             receive_area.publish_tail(words, self.own.control, tail)
@@ -117,10 +116,8 @@ class Receiver:
         except BadCount as exc:
             raise RingCorrupt(f"run record at {pos}: {exc}") from None
         first = pos + HEADER_BYTES + RUN_DESCRIPTOR.size
-        slot = self._delivered_words.get(source_id)
-        if slot is None:  # no delivered word to resume from: the whole run in one go
-            limit = None
-        skip = 0 if slot is None else max(0, min(packets, self.words[slot] - seq + 1))
+        slot = self._delivered_word(source_id, pos)
+        skip = max(0, min(packets, self.words[slot] - seq + 1))
         if pos != self._resume_at:
             self.redelivered += skip  # a killed incarnation handled them: exactly once
         taken = 0
@@ -131,8 +128,7 @@ class Receiver:
                 header=0))
             skip += count
             taken += count
-            if slot is not None:
-                self.words[slot] = seq + skip - 1  # before the tail: a crash re-reads
+            self.words[slot] = seq + skip - 1  # before the tail: a crash re-reads
         whole = skip == packets
         self._resume_at = -1 if whole else pos
         return taken, whole
@@ -174,6 +170,16 @@ class Receiver:
                 return None
             self.wait(remaining)
         return got[0]
+
+    def _delivered_word(self, source_id: int, pos: int) -> int:
+        """The word of the last sequence number consumed from `source_id`. Only the adapter
+        and granted drivers write records, always with a partition's ID: any other source
+        means something else wrote into the receive area."""
+        try:
+            return self._delivered_words[source_id]
+        except KeyError:
+            raise RingCorrupt(f"record at {pos} claims source network ID {source_id}, "
+                              f"which is not a partition of this machine") from None
 
     def delivered(self, source_id: int) -> int:
         """Last sequence number from `source_id` this partition consumed (any incarnation)."""

@@ -182,6 +182,28 @@ def test_restarted_receiver_resumes_inside_a_run(make_machine):
     assert m.call(2, {"cmd": "stats"})["redelivered"] == 4
 
 
+@pytest.mark.parametrize("run", [False, True])
+def test_a_record_from_no_partition_is_a_corrupt_ring(make_machine, run):
+    """Only the adapter and granted drivers write records, always with a partition's ID. A
+    record claiming another source (here the test writes it into the receive area) is
+    reported as RingCorrupt: neither handed over nor dropped, even one packet at a time."""
+    import struct
+
+    m = make_machine(small_config())
+    if run:
+        reply = m.call(1, {"cmd": "send_run", "dst": 2, "offset": 0,
+                           "payloads": [(bytes([i]) * 40).hex() for i in range(3)]})
+        assert reply["ok"], reply
+    else:
+        assert send(m, 1, 2, b"x" * 10, "fig11")["seq"] == 1
+    dst = m.layout.by_id()[2]
+    struct.pack_into("<I", m.memory.view, dst.receive_base + 4, 99)  # the record's source
+    reply = m.call(2, {"cmd": "receive", "timeout": 1.0})
+    assert reply["ok"] is False and reply["error"] == "RingCorrupt", reply
+    assert "source network ID 99" in reply["message"], reply
+    assert m.call(2, {"cmd": "stats"})["pending_bytes"] > 0  # still there, not dropped
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 def test_soak_short_run(registry, batch):
     """`xpmove soak` in small: kills partitions and the adapter, loses and doubles nothing,
