@@ -91,15 +91,24 @@ class Driver:
 
         With `timeout`, retryable errors are retried until it passes; the last one is raised.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        outcome = self.send_retrying(dst_id, offset, count, flow, timeout=timeout or 0.0)
+        if isinstance(outcome, XpmoveError):
+            raise outcome
+        return outcome
+
+    def send_retrying(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
+                      run: bool = False, timeout: float = 0.0,
+                      stop: threading.Event | None = None) -> Sent | XpmoveError:
+        """`send_one`, retried with a growing pause while the outcome is retryable (destination
+        full, lock timeout), until `timeout` passes or `stop` is set; the last outcome."""
+        deadline = time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
-            outcome = self.send_one(dst_id, offset, count, flow)
-            if isinstance(outcome, Sent):
+            outcome = self.send_one(dst_id, offset, count, flow, run)
+            if (isinstance(outcome, Sent) or not outcome.retryable
+                    or (stop is not None and stop.is_set()) or time.monotonic() >= deadline):
                 return outcome
-            if not (outcome.retryable and deadline is not None and time.monotonic() < deadline):
-                raise outcome
-            time.sleep(pause)  # back-off before a retry, not synchronisation
+            time.sleep(pause)  # back-off while the destination drains, not synchronisation
             pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
     def send_many(self, moves: list[tuple[int, int, int]], flow: str = "fig11"

@@ -44,7 +44,7 @@ from partitions.blocks import (
     find_block,
     payloads,
 )
-from partitions.driver import RETRY_BACKOFF_S, Driver, Sent
+from partitions.driver import Driver, Sent
 from partitions.receiver import Receiver
 
 FRAME = struct.Struct("<IIQQ")  # destination ID, source ID, per-pair sequence number, length
@@ -204,18 +204,11 @@ class AdapterFlow(SendTransport):
             count = RUN_DESCRIPTOR.size + n * batch.stride
         else:
             offset, count = batch.slots[0].offset, len(batch.slots[0].payload)
-        send_one, flow, run = self.driver.send_one, self.name, n > 1
-        deadline = time.monotonic() + timeout
-        pause = RETRY_BACKOFF_S[0]
-        while True:
-            outcome = send_one(dst, offset, count, flow, run)
-            if isinstance(outcome, Sent):
-                return n
-            if not outcome.retryable or stop.is_set() or time.monotonic() >= deadline:
-                errors[type(outcome).__name__] += n
-                return 0
-            time.sleep(pause)  # back-off while the destination drains, not synchronisation
-            pause = min(pause * 2, RETRY_BACKOFF_S[1])
+        outcome = self.driver.send_retrying(dst, offset, count, self.name, n > 1, timeout, stop)
+        if isinstance(outcome, Sent):
+            return n
+        errors[type(outcome).__name__] += n
+        return 0
 
 
 class AdapterRing(ReceiveEndpoint):
