@@ -29,7 +29,8 @@ from hypervisor.memory import PhysicalMemory
 from partitions.driver import Driver
 from partitions.memory import PartitionView
 from partitions.receiver import Receiver
-from partitions.transports import (
+from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
+from scripts.workload.transports import (
     AdapterFlow,
     AdapterRing,
     SwitchPort,
@@ -37,7 +38,6 @@ from partitions.transports import (
     TcpListener,
     TransportError,
 )
-from partitions.workload import PlanError, Traffic, TrafficPlan
 
 ADAPTER_FLOWS = ("fig11", "fig12")
 TRANSPORTS = (*ADAPTER_FLOWS, "tcp", "vswitch")

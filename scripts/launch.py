@@ -1,8 +1,179 @@
-"""Start the machine and run the built-in traffic: same as `xpmove launch`."""
+"""`xpmove launch`: start the machine, run the built-in all-to-all traffic, report, stop.
 
-import sys
+Every partition sends verified packets to every other partition in both flows (Fig 11 and
+Fig 12); receivers check source, per-pair sequence and every byte. The run is bounded by a
+packet count or a duration; Ctrl-C or SIGTERM ends it early, still shutting down cleanly.
+"""
 
-from hypervisor.cli import main
+from __future__ import annotations
 
-if __name__ == "__main__":
-    sys.exit(main(["launch", *sys.argv[1:]]))
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from adapter.ring import max_payload
+from hypervisor.config import MachineConfig
+from hypervisor.machine import Machine, MachineError
+from scripts.workload.pattern import MIN_PACKET
+
+POLL_S = 0.2
+DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
+
+
+@dataclass(frozen=True)
+class TrafficOptions:
+    packets: int | None = 500  # per peer and flow
+    duration: float | None = None
+    size: int = 1024
+    flows: tuple[str, ...] = ("fig11", "fig12")
+
+
+def totals(stats: dict[int, dict]) -> tuple[int, int]:
+    """(packets accepted by the adapter for delivery, packets verified at receivers)."""
+    sent = sum(sum(s.get("sent", {}).values()) for s in stats.values())
+    received = sum(sum(s.get("received", {}).values()) for s in stats.values())
+    return sent, received
+
+
+def collect(machine: Machine) -> dict[int, dict]:
+    """Stats of every partition that answers; one that dies meanwhile is left to poll()."""
+    stats = {}
+    for nid, child in list(machine.partitions.items()):
+        if child.proc.poll() is None:
+            try:
+                stats[nid] = machine.call(nid, {"cmd": "stats"})["stats"]
+            except MachineError:
+                continue
+    return stats
+
+
+def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> dict[int, dict]:
+    ids = list(machine.partitions)
+    for nid in ids:
+        reply = machine.call(nid, {
+            "cmd": "traffic", "peers": [p for p in ids if p != nid], "flows": list(options.flows),
+            "size": options.size, "packets": options.packets, "duration": options.duration})
+        if not reply.get("ok"):
+            raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
+    expected = None
+    if options.packets is not None:
+        expected = options.packets * len(options.flows) * len(ids) * (len(ids) - 1)
+    drain_deadline = None
+    with Progress(TextColumn("[bold]traffic"), BarColumn(), TextColumn("{task.completed:,} "
+                  "of {task.total:,} packets verified"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("traffic", total=expected)
+        while True:
+            for child in machine.poll():
+                console.print(f"[red]{child.name} died (exit code {child.exit_code})")
+            stats = collect(machine)
+            sent, received = totals(stats)
+            progress.update(task, completed=received, total=expected or max(sent, 1))
+            senders_done = all(s["sender_done"] for s in stats.values())
+            if senders_done and received >= sent:
+                return stats
+            if senders_done:
+                drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
+                if time.monotonic() > drain_deadline:
+                    console.print(f"[red]receivers still missing {sent - received} packets "
+                                  f"after {DRAIN_TIMEOUT_S} s")
+                    return stats
+            time.sleep(POLL_S)  # pacing the report, not synchronisation
+
+
+def partition_table(machine: Machine, stats: dict[int, dict]) -> Table:
+    table = Table(title="partitions (packets and bytes out / in; bad = corrupt + gaps + dups)")
+    for col in ("name", "ID", "state", "pkts out", "MB out", "pkts in", "MB in", "bad",
+                "errors", "p50 us", "p99 us"):
+        table.add_column(col, justify="left" if col in ("name", "state", "errors") else "right")
+    for nid, child in machine.partitions.items():
+        s = stats.get(nid, {})
+        errors = ", ".join(f"{k} {v}" for k, v in s.get("errors", {}).items()) or "0"
+        bad = s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
+        table.add_row(child.name, str(nid), child.state.value,
+                      f"{sum(s.get('sent', {}).values()):,}", f"{s.get('bytes_out', 0) / 1e6:.1f}",
+                      f"{sum(s.get('received', {}).values()):,}",
+                      f"{s.get('bytes_in', 0) / 1e6:.1f}", str(bad), errors,
+                      f"{s.get('latency_p50_us', 0):.0f}", f"{s.get('latency_p99_us', 0):.0f}")
+    return table
+
+
+def adapter_table(adapter: dict) -> Table:
+    table = Table(title="adapter")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for k, v in sorted(adapter.get("counters", {}).items()):
+        table.add_row(k, f"{v:,}")
+    for k, v in sorted(adapter.get("errors", {}).items()):
+        table.add_row(f"errors: {k}", f"{v:,}")
+    busy = [k for k, state in adapter.get("locks", {}).items() if state != "free"]
+    table.add_row("locks not free", ", ".join(busy) or "none")
+    return table
+
+
+@contextmanager
+def signals_deferred():
+    """A second Ctrl-C (or SIGTERM) must not cut the clean-up short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def largest_packet(config: MachineConfig) -> int:
+    """The biggest packet every partition can both hold (sender area) and receive (ring)."""
+    return min(min(p.memory_size - p.receive_size, max_payload(p.receive_size))
+               for p in config.partitions)
+
+
+def launch(config: MachineConfig, options: TrafficOptions, console: Console | None = None) -> int:
+    """Run the machine once; 0 when every packet was accepted and arrived intact, and all
+    shut down."""
+    console = console or Console()
+    limit = largest_packet(config)
+    if not MIN_PACKET <= options.size <= limit:
+        raise SystemExit(f"xpmove: --size {options.size} must be in [{MIN_PACKET}, {limit}] for "
+                         f"this config (sender area and half a receive ring)")
+    machine = Machine(config)
+    stats: dict[int, dict] = {}
+    adapter: dict = {}
+    interrupted = False
+    try:
+        try:
+            machine.start()
+            console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
+                          f"partitions, segment {machine.layout.total_size:,} bytes")
+            stats = run_traffic(machine, options, console)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: stopping the machine")
+            stats = collect(machine) if machine.running else {}
+        adapter = machine.adapter_stats() if machine.running else {}
+    finally:
+        with signals_deferred():
+            final = machine.stop()
+    stats.update(final)
+    console.print(partition_table(machine, stats))
+    if adapter:
+        console.print(adapter_table(adapter))
+    sent, received = totals(stats)
+    bad = sum(s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
+              for s in stats.values())
+    dead = [c.name for c in machine.children() if c.state.value == "dead"]
+    refused = sum(sum(s.get("errors", {}).values()) for s in stats.values())
+    clean = (received == sent and bad == 0 and not dead and refused == 0
+             and all(v == "free" for v in adapter.get("locks", {}).values()))
+    verdict = "[green]clean" if clean else "[red]NOT clean"
+    console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, "
+                  f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
+                  f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
+    if interrupted:
+        return 130
+    return 0 if clean else 1

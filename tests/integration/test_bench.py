@@ -18,7 +18,7 @@ import psutil
 import pytest
 from rich.console import Console
 
-from hypervisor.bench import TRANSPORTS, BenchOptions, bench
+from scripts.loadgen.bench import TRANSPORTS, BenchOptions, bench
 from tests.integration.conftest import TIMEOUT, small_config
 
 REPO = Path(__file__).resolve().parents[2]

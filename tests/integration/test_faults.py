@@ -115,7 +115,7 @@ def test_adapter_killed_under_load(make_machine, flow, batch):
 def test_killed_launcher_is_swept(tmp_path):
     """SIGKILL the launcher: children exit, and the next sweep unlinks the dead run's names."""
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
-    proc = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "launch", "--duration",
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "launch", "--duration",
                              "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     try:
@@ -210,7 +210,7 @@ def test_soak_short_run(registry, batch):
     with single moves and with multiple-write runs in both flows."""
     from rich.console import Console
 
-    from hypervisor.soak import soak
+    from scripts.soak import soak
 
     report = soak(small_config(), duration=3.0, kill_every=0.5, size=512, seed=7,
                   console=Console(file=open(os.devnull, "w")), registry=registry, batch=batch)

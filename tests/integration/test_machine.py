@@ -72,7 +72,7 @@ def test_launch_traffic_all_to_all(machine):
     """The built-in workload: every partition to every other, both flows, all verified."""
     from rich.console import Console
 
-    from hypervisor.launch import TrafficOptions, run_traffic, totals
+    from scripts.launch import TrafficOptions, run_traffic, totals
 
     stats = run_traffic(machine, TrafficOptions(packets=40, size=2000),
                         Console(file=open(os.devnull, "w")))
@@ -182,7 +182,7 @@ def test_config_errors_before_anything_starts(tmp_path):
     bad.write_text('[[partition]]\nname = "a"\nnetwork_id = 1\nmemory = "1MiB"\n'
                    'receive_area = "256KiB"\nmemroy = 5\n')
     before = set(os.listdir("/dev/shm"))
-    result = subprocess.run([sys.executable, "-m", "hypervisor.cli", "launch", "--config",
+    result = subprocess.run([sys.executable, "-m", "scripts.cli", "launch", "--config",
                              str(bad)], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0
     assert "memroy" in result.stderr
@@ -192,7 +192,7 @@ def test_config_errors_before_anything_starts(tmp_path):
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
 def test_launch_stops_cleanly_on_signal(tmp_path, how):
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
-    proc = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "launch", "--duration",
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "launch", "--duration",
                              "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     try:
@@ -285,7 +285,7 @@ def test_multiple_write_run_is_one_record_however_many_packets(machine):
 @pytest.mark.parametrize("size", ["10", "3000000"])
 def test_launch_refuses_a_packet_size_the_machine_cannot_carry(size):
     before = set(os.listdir("/dev/shm"))
-    result = subprocess.run([sys.executable, "-m", "hypervisor.cli", "launch", "--size", size],
+    result = subprocess.run([sys.executable, "-m", "scripts.cli", "launch", "--size", size],
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0
     assert f"--size {size} must be in [24, 2097128]" in result.stderr

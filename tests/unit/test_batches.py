@@ -1,4 +1,4 @@
-"""Batch layout in sender memory (partitions.transports: BatchLayout, make_batch,
+"""Batch layout in sender memory (scripts.workload.transports: BatchLayout, make_batch,
 batch_capacity), without processes: where each packet goes, and how many fit."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, check_run
-from partitions.transports import FRAME, BatchLayout, batch_capacity, make_batch
+from scripts.workload.transports import FRAME, BatchLayout, batch_capacity, make_batch
 
 RUN = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN)  # a multiple-write run (adapter flows)
 FRAMES = BatchLayout(FRAME.size)  # socket frames

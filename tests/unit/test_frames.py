@@ -1,4 +1,4 @@
-"""The socket transports' frame decoder (partitions.transports.FrameReader) without sockets."""
+"""The socket transports' frame decoder (workload FrameReader) without sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from partitions import blocks
 from partitions.blocks import SMALL_BLOCK
-from partitions.transports import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
+from scripts.workload.transports import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
 
 
 def frame(dst: int, src: int, seq: int, payload: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""Verifiable packet contents (partitions.pattern): block fills and checks against per-packet."""
+"""Verifiable packet contents: block fills and checks against per-packet."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from partitions.blocks import MAX_BLOCK
-from partitions.pattern import (
+from scripts.workload.pattern import (
     _IMAGE_BYTES,
     _PERIOD,
     _ROW_BY_ROW,

@@ -1,4 +1,4 @@
-"""S = dT/dC, the load generator's figure of merit, on synthetic series (hypervisor.benchcore)."""
+"""S = dT/dC, the load generator's figure of merit, on synthetic series."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hypervisor.benchcore import (
+from scripts.loadgen.benchcore import (
     MIN_STEADY,
     Sample,
     SlopeError,

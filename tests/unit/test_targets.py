@@ -1,4 +1,4 @@
-"""The performance issue's targets, evaluated from a bench run's results (hypervisor.benchcore).
+"""The performance issue's targets, evaluated from a bench run's results.
 
 Synthetic run dicts in the shape `xpmove bench --json` writes: each target is met, missed, or
 "not measured" (met None) when the run lacks what it needs.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypervisor.benchcore import (
+from scripts.loadgen.benchcore import (
     RATIO_TARGETS,
     evaluate_targets,
     format_measured,

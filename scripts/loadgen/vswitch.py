@@ -32,7 +32,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from partitions.transports import FRAME, LOOPBACK, FrameError, FrameReader
+from scripts.workload.transports import FRAME, LOOPBACK, FrameError, FrameReader
 
 OUT_LIMIT = 256 << 10  # bytes queued for a destination before its sources stop being read
 # (a frame is queued whenever less than OUT_LIMIT waits, so frames of any size pass)

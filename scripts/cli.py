@@ -29,7 +29,7 @@ def _terminate_as_interrupt(signum, frame) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from hypervisor.launch import TrafficOptions, launch
+    from scripts.launch import TrafficOptions, launch
 
     flows = tuple(args.flows.split(","))
     for f in flows:
@@ -44,8 +44,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from hypervisor.bench import BenchOptions, bench
-    from hypervisor.benchcore import parse_size
+    from scripts.loadgen.bench import BenchOptions, bench
+    from scripts.loadgen.benchcore import parse_size
 
     try:
         sizes = None if args.sizes is None else tuple(parse_size(s) for s in
@@ -82,7 +82,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from hypervisor.soak import report_table, soak
+    from scripts.soak import report_table, soak
 
     if args.duration <= 0 or args.kill_every <= 0:
         raise SystemExit("xpmove: --duration and --kill-every must be > 0")

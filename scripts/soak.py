@@ -23,9 +23,9 @@ from rich.table import Table
 
 from adapter import receive_area
 from hypervisor.config import MachineConfig
-from hypervisor.launch import collect, signals_deferred
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
+from scripts.launch import collect, signals_deferred
 
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
 DRAIN_TIMEOUT_S = 30.0

@@ -23,8 +23,8 @@ import numpy as np
 
 from partitions.blocks import SMALL_BLOCK, BlockHandler
 from partitions.memory import PartitionView
-from partitions.pattern import MIN_PACKET, Pattern
-from partitions.transports import (
+from scripts.workload.pattern import MIN_PACKET, Pattern
+from scripts.workload.transports import (
     Batch,
     ReceiveEndpoint,
     SendTransport,

@@ -15,7 +15,7 @@ While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and 
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
 partitions, the adapter for fig11/fig12, the switch for vswitch, and this process, whose
 polling is thus charged to every transport alike). S = dT/dC is fitted by
-hypervisor.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was lost
+scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was lost
 or corrupt (or a run failed), 130 when interrupted.
 """
 
@@ -37,15 +37,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapter.ring import max_payload
-from hypervisor import benchcore
-from hypervisor.benchcore import Sample, SlopeError, human_size, interval_line, si
 from hypervisor.config import ConfigError, MachineConfig, load_config
-from hypervisor.launch import signals_deferred
 from hypervisor.layout import SegmentLayout
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
-from partitions.pattern import MIN_PACKET
-from partitions.transports import FRAME
+from scripts.launch import signals_deferred
+from scripts.loadgen import benchcore
+from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
+from scripts.workload.pattern import MIN_PACKET
+from scripts.workload.transports import FRAME
 
 TRANSPORTS = ("fig11", "fig12", "vswitch", "tcp")
 ADAPTER_FLOWS = ("fig11", "fig12")
@@ -104,7 +104,7 @@ class VSwitchProcess:
         self.final: dict = {}
 
     def start(self) -> VSwitchProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "hypervisor.vswitch"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "scripts.loadgen.vswitch"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         line = _read_line(self.proc, SWITCH_TIMEOUT_S)
         parts = line.split()
