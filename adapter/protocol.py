@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
 from adapter.errors import Status
@@ -56,6 +56,37 @@ class Op(IntEnum):
 
 # Ops whose moves the driver executes (Fig 12): nothing commits without the driver.
 GRANT_OPS = frozenset((Op.GRANT, Op.GRANT_RUN))
+
+
+class Flow(StrEnum):
+    """Who executes a move: the adapter (Fig 11) or the sender's driver with the granted lock
+    (Fig 12). A StrEnum, so "fig11" / "fig12" in a config, a command line or a JSON message is
+    the same value."""
+
+    FIG11 = "fig11"
+    FIG12 = "fig12"
+
+    @property
+    def op(self) -> Op:
+        """The request of one move in this flow."""
+        return Op.MOVE if self is Flow.FIG11 else Op.GRANT
+
+    @property
+    def run_op(self) -> Op:
+        """The request of one multiple-write run in this flow."""
+        return Op.MOVE_RUN if self is Flow.FIG11 else Op.GRANT_RUN
+
+    @classmethod
+    def parse(cls, value: object) -> Flow:
+        """The flow named by `value`; ValueError naming it and the known flows otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"flow {value!r} is not one of "
+                             f"{[f.value for f in cls]}") from None
+
+
+FLOWS = tuple(Flow)
 
 
 class ProtocolViolation(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import errno
 import faulthandler
-import json
 import os
 import selectors
 import signal
@@ -53,8 +52,8 @@ from adapter.ring import (
     reserve,
 )
 from adapter.translation import PartitionState, Translation, TranslationTable
+from hypervisor.boot import AdapterBoot
 from hypervisor.control import Channel
-from hypervisor.layout import SegmentLayout
 from hypervisor.memory import PhysicalMemory
 
 PARKED_POLL_S = 0.0002  # how often parked requests retry a busy lock
@@ -95,34 +94,34 @@ class Connection:
 
 
 class Adapter:
-    def __init__(self, boot: dict):
-        self.layout = SegmentLayout.from_dict(boot["layout"])
+    def __init__(self, boot: AdapterBoot):
+        self.layout = boot.layout
         self.by_id = self.layout.by_id()
         self.table = TranslationTable(self.layout.partitions)
-        self.memory = PhysicalMemory.attach(boot["segment"])
+        self.memory = PhysicalMemory.attach(boot.segment)
         self.mem = self.memory.view
         self.words = receive_area.words(self.mem)
         self.rings = {p.network_id: receive_area.RingWords.of(p) for p in self.layout.partitions}
         n, first = len(self.layout.partitions), self.layout.seq_address(0, 0) >> 3
         # seq_words[src index][dst index]: the word of the pair's last committed sequence number
         self.seq_words = [[first + s * n + d for d in range(n)] for s in range(n)]
-        self.locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
-        self.bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
-        self.lock_timeout = float(boot["lock_timeout_s"])
+        self.locks = {k: posix_ipc.Semaphore(v) for k, v in boot.locks.items()}
+        self.bells = {k: posix_ipc.Semaphore(v) for k, v in boot.bells.items()}
+        self.lock_timeout = boot.lock_timeout_s
         self.book = LockBook()
         for network_id in self.by_id:  # every lock is in the book (and in stats) from the start
             self.book.record(network_id)
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        self.control = Channel(socket.socket(fileno=boot["control_fd"]))
+        self.control = Channel(socket.socket(fileno=boot.control_fd))
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.control.sock, selectors.EVENT_READ, None)
         self.connections: dict[int, Connection] = {}
         self._watched: set[int] = set()
         self._recovered_holders: set[int] = set()
         self.recover_locks()
-        for c in boot["connections"]:
-            self.attach(c["network_id"], c["request_fd"], c["reply_fd"])
+        for c in boot.connections:
+            self.attach(c.network_id, c.request_fd, c.reply_fd)
         for network_id in self.by_id:
             if network_id not in self.connections:  # dead when we started: not a destination
                 self.table.set_state(network_id, PartitionState.DEAD)
@@ -571,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="xpmove adapter (started by the hypervisor)")
     parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
     args = parser.parse_args(argv)
-    adapter = Adapter(json.loads(args.boot))
+    adapter = Adapter(AdapterBoot.from_json(args.boot))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
     try:
         adapter.run()

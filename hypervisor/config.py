@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PAGE_SIZE = 4096
 MAX_PARTITIONS = 64
@@ -30,11 +30,14 @@ _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 # ASCII digits only, bounded length: int() must never see a huge or non-ASCII numeral.
 _SIZE_RE = re.compile(r"\s*([0-9]{1,20})\s*(B|KiB|MiB|GiB)?\s*", re.ASCII)
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
+# "package.module:function": dotted identifiers, a colon, one identifier
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_PROGRAM_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", re.ASCII)
 
 _TOP_KEYS = ("machine", "partition")
 _MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit")
 _PARTITION_REQUIRED = ("name", "network_id", "memory", "receive_area")
-_PARTITION_KEYS = (*_PARTITION_REQUIRED, "cpus")
+_PARTITION_KEYS = (*_PARTITION_REQUIRED, "cpus", "program")
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,9 @@ class PartitionConfig:
     memory_size: int
     receive_size: int
     cpus: tuple[int, ...] | None = None
+    # "package.module:function" called as function(port) in the partition process; None: the
+    # partition runs nothing until it is stopped (a tool may still hand it a program).
+    program: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,16 @@ def _parse_partition(
         )
 
     cpus = _parse_cpus(table["cpus"], f"{key}.cpus", available) if "cpus" in table else None
-    return PartitionConfig(name, network_id, memory, receive, cpus)
+    program = parse_program(table["program"], f"{key}.program") if "program" in table else None
+    return PartitionConfig(name, network_id, memory, receive, cpus, program)
+
+
+def parse_program(value: object, key: str = "program") -> str:
+    """A partition program reference, "package.module:function"; checked for form only (it is
+    imported in the partition process, from the directory xpmove was started in)."""
+    if not isinstance(value, str) or _PROGRAM_RE.fullmatch(value) is None:
+        raise _fail(key, f"expected \"package.module:function\", got {value!r}")
+    return value
 
 
 def config_from_dict(
@@ -272,6 +287,13 @@ def _default_dict() -> dict[str, object]:
             for i, n in enumerate(names, start=1)
         ]
     }
+
+
+def with_program(cfg: MachineConfig, program: str) -> MachineConfig:
+    """The same machine with every partition running `program` (how the tools run their
+    built-in workload on any config)."""
+    return replace(cfg, partitions=tuple(replace(p, program=parse_program(program))
+                                         for p in cfg.partitions))
 
 
 def default_config() -> MachineConfig:

@@ -9,17 +9,18 @@ partition's death is EOF at the adapter and the adapter's death is EOF at the dr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import posix_ipc
 
+from hypervisor.boot import AdapterBoot, Boot, Connection, PartitionBoot
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout, plan_segment
@@ -30,6 +31,9 @@ from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quiet
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
+# The children, named by module: the platform starts them but never imports them (layers).
+ADAPTER_MODULE = "adapter.server"
+PARTITION_MODULE = "partitions.main"
 
 
 class MachineError(RuntimeError):
@@ -144,41 +148,40 @@ class Machine:
         for name in self.names.bells.values():
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 0))
 
-    def _common_boot(self) -> dict:
-        return {
-            "segment": self.names.segment,
-            "layout": self.layout.to_dict(),
-            "locks": self.names.locks,
-            "bells": self.names.bells,
-        }
-
-    def _spawn(self, module: str, boot: dict, fds: list[int], name: str,
+    def _spawn(self, module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
                network_id: int | None) -> Child:
+        """Start `python -m module --boot JSON`; `boot(control_fd)` builds its boot block."""
         parent_end, child_end = socket.socketpair()
-        boot = {**boot, "control_fd": child_end.fileno()}
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--boot", json.dumps(boot)],
+            [sys.executable, "-m", module, "--boot", boot(child_end.fileno()).to_json()],
             pass_fds=[*fds, child_end.fileno()],
             stdin=subprocess.DEVNULL,
         )
         child_end.close()
         return Child(name, network_id, proc, Channel(parent_end))
 
+    def _boot_names(self) -> dict:
+        return {"segment": self.names.segment, "layout": self.layout,
+                "locks": self.names.locks, "bells": self.names.bells}
+
     def _spawn_adapter(self, pipes: dict[int, Pipes]) -> Child:
-        boot = {
-            **self._common_boot(),
-            "lock_timeout_s": self.config.lock_timeout_s,
-            "connections": [{"network_id": nid, "request_fd": p.request_r, "reply_fd": p.reply_w}
-                            for nid, p in pipes.items()],
-        }
+        connections = tuple(Connection(nid, p.request_r, p.reply_w) for nid, p in pipes.items())
+
+        def boot(control_fd: int) -> AdapterBoot:
+            return AdapterBoot(**self._boot_names(), control_fd=control_fd,
+                               lock_timeout_s=self.config.lock_timeout_s,
+                               connections=connections)
+
         fds = [fd for p in pipes.values() for fd in p.adapter_ends()]
-        return self._spawn("adapter.server", boot, fds, "adapter", None)
+        return self._spawn(ADAPTER_MODULE, boot, fds, "adapter", None)
 
     def _spawn_partition(self, p: PartitionConfig, pipes: Pipes) -> Child:
-        boot = {**self._common_boot(), "network_id": p.network_id,
-                "request_fd": pipes.request_w, "reply_fd": pipes.reply_r,
-                "cpus": list(p.cpus) if p.cpus else None}
-        return self._spawn("partitions.main", boot, list(pipes.driver_ends()), p.name,
+        def boot(control_fd: int) -> PartitionBoot:
+            return PartitionBoot(**self._boot_names(), control_fd=control_fd,
+                                 network_id=p.network_id, request_fd=pipes.request_w,
+                                 reply_fd=pipes.reply_r, cpus=p.cpus, program=p.program)
+
+        return self._spawn(PARTITION_MODULE, boot, list(pipes.driver_ends()), p.name,
                            p.network_id)
 
     def _spawn_all(self) -> None:

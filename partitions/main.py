@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import json
 import os
 import queue
 import signal
@@ -23,8 +22,8 @@ import posix_ipc
 
 from adapter.errors import XpmoveError
 from adapter.ring import RUN_DESCRIPTOR, align
+from hypervisor.boot import PartitionBoot
 from hypervisor.control import Channel, ControlError
-from hypervisor.layout import SegmentLayout
 from hypervisor.memory import PhysicalMemory
 from partitions.driver import Driver
 from partitions.memory import PartitionView
@@ -49,16 +48,16 @@ def error_reply(exc: BaseException) -> dict:
 
 
 class Partition:
-    def __init__(self, boot: dict):
-        self.network_id = int(boot["network_id"])
-        self.layout = SegmentLayout.from_dict(boot["layout"])
+    def __init__(self, boot: PartitionBoot):
+        self.network_id = boot.network_id
+        self.layout = boot.layout
         self.own = self.layout.by_id()[self.network_id]
-        self.memory = PhysicalMemory.attach(boot["segment"])
-        locks = {int(k): posix_ipc.Semaphore(v) for k, v in boot["locks"].items()}
-        bells = {int(k): posix_ipc.Semaphore(v) for k, v in boot["bells"].items()}
+        self.memory = PhysicalMemory.attach(boot.segment)
+        locks = {k: posix_ipc.Semaphore(v) for k, v in boot.locks.items()}
+        bells = {k: posix_ipc.Semaphore(v) for k, v in boot.bells.items()}
         self.view = PartitionView(self.memory.view, self.own)
         self.driver = Driver(self.network_id, self.memory.view, self.layout,
-                             boot["request_fd"], boot["reply_fd"], locks, bells)
+                             boot.request_fd, boot.reply_fd, locks, bells)
         self.receiver = Receiver(self.memory.view, self.layout, self.network_id,
                                  bells[self.network_id])
         self.traffic = Traffic(self.network_id, self.view, self.own.receive_offset)
@@ -74,7 +73,7 @@ class Partition:
         self.senders = {"fig11": AdapterFlow(self.driver, "fig11"),
                         "fig12": AdapterFlow(self.driver, "fig12"),
                         "tcp": self.tcp_out, "vswitch": self.switch}
-        self.control = Channel(socket.socket(fileno=boot["control_fd"]))
+        self.control = Channel(socket.socket(fileno=boot.control_fd))
 
     # -- commands (each returns the reply dict) -------------------------------------------
     def cmd_ping(self, msg: dict) -> dict:
@@ -322,7 +321,7 @@ class Partition:
             pass
 
 
-def set_affinity(cpus: list[int] | None) -> None:
+def set_affinity(cpus: tuple[int, ...] | None) -> None:
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
 
@@ -333,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hypervisor coordinates shutdown
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
-    boot = json.loads(args.boot)
-    set_affinity(boot.get("cpus"))
+    boot = PartitionBoot.from_json(args.boot)
+    set_affinity(boot.cpus)
     Partition(boot).run()
     return 0
 
