@@ -57,7 +57,7 @@ class Grant:
     granted_at: float
     # Found in the segment by a restarted adapter: the reply may never have reached the holder,
     # so the grant ends as soon as the holder proves it is not moving (see
-    # Adapter.take_back_recovered) instead of waiting for a release that may never come.
+    # Engine._take_back_recovered) instead of waiting for a release that may never come.
     recovered: bool = False
 
 

@@ -1,25 +1,55 @@
-"""Reading and writing a destination's ring state in the segment (the thin I/O side of ring.py).
+"""The commit protocol: every read and write of a destination's ring state in the segment.
 
-The counters live in the hypervisor's control area (layout.py), not in the partition's region,
-so no user code can forge them. `head` is written only by whoever holds the destination's lock
-(adapter in Fig 11, granted driver in Fig 12) and always LAST, after header and payload:
-publishing it is the commit. `tail` is written only by the receiving partition.
+This module is the ONE owner of the protocol's steps, used by the adapter (adapter/engine.py,
+Fig 11 moves and Fig 12 grants, settling and recovery) and by the Fig 12 driver
+(partitions/driver.py) alike. In order, under the destination's lock:
+
+    begin_commit         record the pending commit (new head, pair, first sequence number),
+                         then advance the pair's sequence word
+    write_record_header  PAD marker if any, the record header (then the payload: MVXL; for a
+                         run, write_run_descriptor after it)
+    publish_head         the commit: `head` moves past the new records, LAST
+    ring_doorbell        after the lock is freed, wake the receiver if it sleeps
+
+`set_holder` names the driver a lock is granted to (Fig 12), and `settle_commit` finishes (or
+undoes) the last commit when a grant ends or a restarted adapter recovers.
+
+The counters live in the hypervisor's control area (hypervisor/layout.py carves one
+RING_CONTROL_SIZE block per destination), not in the partition's region, so no user code can
+forge them. `head` is written only by whoever holds the destination's lock (adapter in Fig 11,
+granted driver in Fig 12) and always LAST, after header and payload: publishing it is the
+commit. `tail` is written only by the receiving partition.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from adapter.ring import HEADER_SIZE, KIND_PAD, KIND_RECORD, RECORD_HEADER, Reservation
-from hypervisor.layout import (
-    HEAD_OFFSET,
-    HOLDER_OFFSET,
-    PENDING_OFFSET,
-    SLEEPING_OFFSET,
-    TAIL_OFFSET,
-    PartitionLayout,
-    SegmentLayout,
+from adapter.ring import (
+    HEADER_SIZE,
+    KIND_PAD,
+    KIND_RECORD,
+    RECORD_HEADER,
+    RUN_DESCRIPTOR,
+    Reservation,
 )
+from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, SegmentLayout
+
+# A destination's ring control block (RING_CONTROL_SIZE bytes at PartitionLayout.control).
+# Line 0 is written under the destination's lock:
+#   head          committed byte counter (publishing it IS the commit)
+#   pending_*     the commit in progress: the head it will publish, and the pair and first
+#                 sequence number it consumed, so whoever settles it (this adapter, or a
+#                 restarted one) can roll the pair's sequence back if the commit never happened
+#   holder        network ID of the driver the lock is granted to (Fig 12), 0 if none
+# Line 1 is written by the receiver: tail, and `sleeping` (1 while it waits on its doorbell, so
+# movers ring only then). Two lines so producer and consumer do not false-share.
+HEAD_OFFSET = 0
+PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
+HOLDER_OFFSET = 32
+TAIL_OFFSET = CACHE_LINE
+SLEEPING_OFFSET = CACHE_LINE + 8
+assert HOLDER_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
 
 
 def words(memory: memoryview) -> memoryview:
@@ -37,9 +67,9 @@ def _word(address: int) -> int:
 
 
 class RingWords(NamedTuple):
-    """The word indices of one destination's control block, computed once: the adapter's
-    per-request path indexes `words` with these directly (a helper call per counter costs
-    more than the store itself on the hot path)."""
+    """The word indices of one destination's control block, computed once. The adapter's
+    per-request path reads `head` and `tail` through these directly (a helper call per load
+    costs more than the load itself); every store goes through a function of this module."""
 
     head: int
     pending: int  # pending head; then source index and first sequence number (begin_commit)
@@ -91,18 +121,36 @@ def ring_doorbell(words: memoryview, ring: RingWords, bell) -> bool:
 
 
 def write_record_header(
-    memory: memoryview, dst: PartitionLayout, reservation: Reservation, source_id: int, seq: int
+    memory: memoryview, dst: PartitionLayout, reservation: Reservation, source_id: int, seq: int,
+    kind: int = KIND_RECORD,
 ) -> int:
     """Write the PAD marker (if any) and the record header; return the payload's address.
 
+    `kind` is KIND_RECORD for one packet, KIND_RUN for a multiple-write run (whose payload
+    starts with its descriptor: write_run_descriptor once the payload is in place).
     struct.pack_into is fine here: nobody reads a record before its commit is published.
     """
     if reservation.pad_position is not None:
         RECORD_HEADER.pack_into(memory, dst.receive_base + reservation.pad_position,
                                 KIND_PAD, 0, 0, 0)
     address = dst.receive_base + reservation.position
-    RECORD_HEADER.pack_into(memory, address, KIND_RECORD, source_id, seq, reservation.length)
+    RECORD_HEADER.pack_into(memory, address, kind, source_id, seq, reservation.length)
     return address + HEADER_SIZE
+
+
+def write_run_descriptor(memory: memoryview, payload: int, packets: int, length: int) -> None:
+    """Write a run's descriptor at the start of its payload, AFTER the payload is moved: the
+    values are the ones checked at request time, so whatever the sender changed in its copy
+    since, the receiver finds exactly what was validated."""
+    RUN_DESCRIPTOR.pack_into(memory, payload, packets, length)
+
+
+def seq_words(layout: SegmentLayout) -> list[list[int]]:
+    """seq_words[src index][dst index]: the word of the pair's last committed sequence number
+    (computed once; begin_commit takes one of these)."""
+    n = len(layout.partitions)
+    first = _word(layout.seq_address(0, 0))
+    return [[first + s * n + d for d in range(n)] for s in range(n)]
 
 
 def read_seq(words: memoryview, address: int) -> int:
@@ -114,16 +162,23 @@ def write_seq(words: memoryview, address: int, seq: int) -> None:
 
 
 def begin_commit(words: memoryview, ring: RingWords, new_head: int, src_index: int,
-                 first_seq: int) -> None:
-    """Record the commit about to happen, BEFORE the sequence table or the ring change.
+                 seq_word: int, records: int) -> int:
+    """Begin a commit of `records` sequence numbers of the pair (src_index, ring's destination)
+    that will publish `new_head`; return the first sequence number. Lock held.
 
-    Pair and first sequence number are stored before the pending head, each as one word: a
-    crash between the stores leaves the previous pending head, which settles as done.
+    The pending commit is recorded BEFORE the sequence word or the ring change: pair and first
+    sequence number are stored before the pending head, each as one word, so a crash between
+    the stores leaves the previous pending head, which settles as done; then the pair's
+    sequence word moves past the new records (settle_commit moves it back if `head` never
+    reaches `new_head`).
     """
+    first_seq = words[seq_word] + 1
     base = ring.pending
     words[base + 1] = src_index
     words[base + 2] = first_seq
     words[base] = new_head
+    words[seq_word] = first_seq + records - 1
+    return first_seq
 
 
 def set_holder(words: memoryview, dst: PartitionLayout, holder: int) -> None:

@@ -23,20 +23,11 @@ from dataclasses import asdict, dataclass
 from hypervisor.config import PAGE_SIZE, MachineConfig
 
 CACHE_LINE = 64
-# Per-destination ring control block. Line 0 is written under the destination's lock:
-#   head          committed byte counter (publishing it IS the commit)
-#   pending_*     the commit in progress: the head it will publish, and the pair and first
-#                 sequence number it consumed, so whoever settles it (this adapter, or a
-#                 restarted one) can roll the pair's sequence back if the commit never happened
-#   holder        network ID of the driver the lock is granted to (Fig 12), 0 if none
-# Line 1 is written by the receiver: tail, and `sleeping` (1 while it waits on its doorbell, so
-# movers ring only then). Two lines so producer and consumer do not false-share.
+# One control block per destination ring: two cache lines, one written under the destination's
+# lock, one by the receiver (so producer and consumer do not false-share). What each word of
+# the block means is the commit protocol's business and is defined where it is used
+# (adapter/receive_area.py); the platform only carves the space.
 RING_CONTROL_SIZE = 2 * CACHE_LINE
-HEAD_OFFSET = 0
-PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
-HOLDER_OFFSET = 32
-TAIL_OFFSET = CACHE_LINE
-SLEEPING_OFFSET = CACHE_LINE + 8
 SEQ_ENTRY_SIZE = 8
 
 
