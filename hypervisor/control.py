@@ -122,7 +122,8 @@ class Channel:
             self._reader.feed(data)
 
     def feed_available(self) -> bool:
-        """Read what is available without blocking (for select loops). False on EOF."""
+        """Read what is available (for select loops: call it only when the socket is readable;
+        MSG_DONTWAIT alone does not keep recvmsg from blocking here). False on EOF."""
         try:
             data = self._recv(socket.MSG_DONTWAIT)
         except BlockingIOError:

@@ -1,7 +1,9 @@
-"""Lifecycle of the hypervisor's children (adapter and partitions) as a transition table."""
+"""Lifecycle of the hypervisor's children (adapter and partitions) as a transition table, and
+how a partition's program ended (`Outcome`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -10,7 +12,8 @@ class ProcessState(Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-    DEAD = "dead"  # exited without being asked to
+    FINISHED = "finished"  # its program returned or raised, and it said so
+    DEAD = "dead"  # exited without being asked to and without a word
 
 
 class ProcessEvent(Enum):
@@ -18,6 +21,7 @@ class ProcessEvent(Enum):
     STOP = "stop"
     EXITED = "exited"
     RESTART = "restart"
+    FINISHED = "finished"  # the partition reported its program's end
 
 
 TRANSITIONS: dict[tuple[ProcessState, ProcessEvent], ProcessState] = {
@@ -26,6 +30,12 @@ TRANSITIONS: dict[tuple[ProcessState, ProcessEvent], ProcessState] = {
     (ProcessState.STARTING, ProcessEvent.STOP): ProcessState.STOPPING,
     (ProcessState.RUNNING, ProcessEvent.STOP): ProcessState.STOPPING,
     (ProcessState.RUNNING, ProcessEvent.EXITED): ProcessState.DEAD,
+    (ProcessState.RUNNING, ProcessEvent.FINISHED): ProcessState.FINISHED,
+    (ProcessState.STOPPING, ProcessEvent.FINISHED): ProcessState.STOPPING,
+    (ProcessState.FINISHED, ProcessEvent.EXITED): ProcessState.FINISHED,
+    (ProcessState.FINISHED, ProcessEvent.STOP): ProcessState.FINISHED,
+    (ProcessState.FINISHED, ProcessEvent.FINISHED): ProcessState.FINISHED,
+    (ProcessState.FINISHED, ProcessEvent.RESTART): ProcessState.STARTING,
     (ProcessState.STOPPING, ProcessEvent.EXITED): ProcessState.STOPPED,
     (ProcessState.STOPPING, ProcessEvent.STOP): ProcessState.STOPPING,
     (ProcessState.DEAD, ProcessEvent.STOP): ProcessState.DEAD,
@@ -46,3 +56,35 @@ def next_state(state: ProcessState, event: ProcessEvent) -> ProcessState:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise LifecycleError(f"event {event.value} is illegal in state {state.value}") from None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a partition's program ended.
+
+    `state` is "returned", "raised" (then `error` is the exception's type and `message` its
+    text), "killed" (the process died without reporting: `exit_code` says how, negative for a
+    signal), "stopped" (it was still running when the machine stopped it) or "running".
+    """
+
+    name: str
+    network_id: int
+    state: str
+    error: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "returned"
+
+    def describe(self) -> str:
+        """One line for an operator: "returned", "raised ValueError: bad", "killed (signal 9)"."""
+        if self.state == "raised":
+            return f"raised {self.error}: {self.message}"
+        if self.state == "killed":
+            code = self.exit_code
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            return f"killed ({how})"
+        return self.state

@@ -10,6 +10,7 @@ partition's death is EOF at the adapter and the adapter's death is EOF at the dr
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -24,13 +25,14 @@ from hypervisor.boot import AdapterBoot, Boot, Connection, PartitionBoot
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout, plan_segment
-from hypervisor.lifecycle import ProcessEvent, ProcessState, next_state
+from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState, next_state
 from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quietly
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
+WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
 ADAPTER_MODULE = "adapter.server"
 PARTITION_MODULE = "partitions.main"
@@ -49,7 +51,8 @@ class Child:
     proc: subprocess.Popen
     channel: Channel
     state: ProcessState = ProcessState.STARTING
-    exit_code: int | None = None
+    exit_code: int | None = None  # set once its exit has been seen
+    report: dict = field(default_factory=dict)  # its `finished` event: how the program ended
 
     def step(self, event: ProcessEvent) -> None:
         self.state = next_state(self.state, event)
@@ -92,16 +95,20 @@ class Names:
 
 
 class Machine:
-    # Every run prefix this process created: lets a test suite check its own leaks precisely,
-    # even while other runs on the machine come and go.
-    prefixes_created: list[str] = []
+    """A running machine: the segment, the adapter and one process per partition.
+
+    `with Machine(load_config("my.toml")) as m: outcomes = m.wait(timeout=60)` starts it, runs
+    every partition's program until all return (or the timeout), and on leaving the block stops
+    every process and unlinks every IPC name, whatever happened. `call(network_id, message)`
+    sends a command to a partition's program (see `Port.on_command`); `poll()` supervises
+    (restarts per the config's policy); `outcomes()` says how each program ended.
+    """
 
     def __init__(self, config: MachineConfig, registry: RunRegistry | None = None):
         self.config = config
         self.layout: SegmentLayout = plan_segment(config)
         self.registry = registry or RunRegistry()
         self.prefix = new_run_prefix()
-        Machine.prefixes_created.append(self.prefix)
         ids = [p.network_id for p in config.partitions]
         self.names = Names(
             segment=ipc_name(self.prefix, "mem"),
@@ -237,12 +244,74 @@ class Machine:
                 if reply is None:
                     raise MachineError(f"{child.name} did not answer {message.get('cmd')!r} "
                                        f"within {timeout} s")
-                if reply.pop("id", None) == call_id:
+                if "event" in reply:
+                    self._on_event(child, reply)
+                elif reply.pop("id", None) == call_id:
                     return reply
         except ControlError as exc:
             if not self._polling:
                 self.poll()
             raise MachineError(f"{child.name}: {exc}") from None
+
+    def _on_event(self, child: Child, message: dict) -> None:
+        """A message a child sent on its own: a partition's program ended."""
+        if message.get("event") == "finished":
+            child.report = message
+            child.step(ProcessEvent.FINISHED)
+
+    def _drain_events(self, child: Child) -> None:
+        """Take the events a child sent while nobody was calling it (never blocks)."""
+        if child.network_id is None or child.state not in (ProcessState.RUNNING,
+                                                            ProcessState.STOPPING):
+            return
+        try:
+            while select.select([child.channel.sock], [], [], 0)[0]:
+                if not child.channel.feed_available():
+                    break  # EOF: its exit is seen by supervision
+            while (message := child.channel.pending()) is not None:
+                if "event" in message:
+                    self._on_event(child, message)
+        except (ControlError, OSError, ValueError):  # closed (ValueError: fd -1): its exit
+            pass  # is seen by supervision
+
+    def outcomes(self) -> dict[int, Outcome]:
+        """How each partition's program ended (or that it is still running), by network ID."""
+        result = {}
+        for nid, child in self.partitions.items():
+            report = child.report
+            if child.state is ProcessState.FINISHED:
+                outcome = Outcome(child.name, nid, report.get("outcome", "returned"),
+                                  report.get("error", ""), report.get("message", ""),
+                                  child.exit_code, report.get("traceback", ""))
+            elif child.state is ProcessState.DEAD:
+                outcome = Outcome(child.name, nid, "killed", exit_code=child.exit_code)
+            elif child.state in (ProcessState.STOPPING, ProcessState.STOPPED):
+                outcome = Outcome(child.name, nid, "stopped", exit_code=child.exit_code)
+            else:
+                outcome = Outcome(child.name, nid, "running")
+            result[nid] = outcome
+        return result
+
+    def wait(self, timeout: float | None = None) -> dict[int, Outcome]:
+        """Supervise until every partition's program has ended (returned, raised, or died and
+        was not restarted), or `timeout` seconds pass; how each ended (`outcomes()`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended = (ProcessState.FINISHED, ProcessState.DEAD, ProcessState.STOPPED)
+        while True:
+            self.poll()
+            if all(c.state in ended and c.exit_code is not None
+                   for c in self.partitions.values()):
+                return self.outcomes()
+            left = WAIT_POLL_S if deadline is None else min(WAIT_POLL_S,
+                                                             deadline - time.monotonic())
+            if left <= 0:
+                return self.outcomes()
+            channels = [c.channel.sock for c in self.partitions.values()
+                        if c.state is ProcessState.RUNNING]
+            if channels:
+                select.select(channels, [], [], left)  # an event, or the next look
+            else:
+                time.sleep(left)  # only exits to reap: look again shortly
 
     def adapter_stats(self, timeout: float = CALL_TIMEOUT_S) -> dict:
         if self.adapter is None:
@@ -280,20 +349,29 @@ class Machine:
             self._polling = False
 
     def _supervise(self) -> list[Child]:
-        died = []
+        died, ended = [], []
         for child in self.children():
+            self._drain_events(child)
             code = child.proc.poll()
-            if code is None or child.state in (ProcessState.STOPPED, ProcessState.DEAD):
+            if code is None or child.exit_code is not None:
                 continue
             child.exit_code = code
-            was_running = child.state is not ProcessState.STOPPING
+            self._drain_events(child)  # its last words may have come with its exit
+            before = child.state
             child.step(ProcessEvent.EXITED)
-            if was_running:
+            if before is ProcessState.FINISHED:
+                ended.append(child)
+            elif before in (ProcessState.STARTING, ProcessState.RUNNING):
                 died.append(child)
         if self._stopped:
             return died
+        outcomes = self.outcomes()
+        for child in ended:
+            assert child.network_id is not None
+            self.events.append(f"{child.name} {outcomes[child.network_id].describe()}")
         for child in died:
             self.events.append(f"{child.name} died (exit code {child.exit_code})")
+        for child in died + ended:
             try:
                 if child.network_id is None:
                     self.restart_adapter()
@@ -350,17 +428,18 @@ class Machine:
         self.events.append(f"{child.name} restarted (pid {child.proc.pid})")
 
     # -- stop ----------------------------------------------------------------------------
-    def stop(self) -> dict[int, dict]:
-        """Stop every child and unlink every name; idempotent. Returns final partition stats."""
+    def stop(self) -> dict[int, Outcome]:
+        """Stop every child and unlink every name; idempotent. Returns how each program ended
+        (a program still running when stopped is "stopped")."""
         if self._stopped:
-            return {}
+            return self.outcomes()
+        for child in self.children():  # programs that ended before the stop say how
+            self._drain_events(child)
         self._stopped = True
-        final: dict[int, dict] = {}
-        for nid, child in self.partitions.items():
+        for child in self.partitions.values():
             if child.state is ProcessState.RUNNING:
                 try:
-                    reply = self._call(child, {"cmd": "stop"}, STOP_TIMEOUT_S)
-                    final[nid] = reply.get("stats", {})
+                    self._call(child, {"cmd": "stop"}, STOP_TIMEOUT_S)
                 except MachineError:
                     pass
         if self.adapter is not None and self.adapter.state is ProcessState.RUNNING:
@@ -380,7 +459,7 @@ class Machine:
         _reap([c.proc for c in children])
         self.poll()
         self._release_names()
-        return final
+        return self.outcomes()
 
     def _release_names(self) -> None:
         for sem in self._semaphores:

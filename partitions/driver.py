@@ -1,10 +1,11 @@
 """The partition's device driver: asks the adapter to move data, over its pair of pipes.
 
-send() is Fig 11 (flow "fig11": the adapter moves) or Fig 12 (flow "fig12": the adapter
-returns the lock and physical addresses, the driver executes MVXL, publishes the commit, frees
-the lock and rings the destination's doorbell). Errors come back as the typed exceptions of
-adapter.errors; retryable ones (destination full, lock timeout) are retried until `timeout`
-when the caller asks to wait.
+A move is Fig 11 (Flow.FIG11: the adapter moves) or Fig 12 (Flow.FIG12: the adapter returns
+the lock and physical addresses, the driver executes MVXL, publishes the commit, frees the lock
+and rings the destination's doorbell). Outcomes are `Sent` or the typed exceptions of
+adapter.errors; retryable ones (destination full, lock timeout) are retried by `send_retrying`
+until its timeout. The driver is the partition's trusted code: programs reach it only through
+their `Port` (partitions/port.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import posix_ipc
@@ -25,6 +26,7 @@ from adapter.protocol import (
     MAX_REPLY_SIZE,
     REPLY_HEADER,
     RESULT,
+    Flow,
     Move,
     Op,
     ProtocolViolation,
@@ -36,8 +38,6 @@ from adapter.protocol import (
 from adapter.translation import TranslationTable
 from hypervisor.layout import SegmentLayout
 
-FLOWS = {"fig11": Op.MOVE, "fig12": Op.GRANT}
-RUN_FLOWS = {"fig11": Op.MOVE_RUN, "fig12": Op.GRANT_RUN}
 RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
 RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 
@@ -85,39 +85,26 @@ class Driver:
         self._table = TranslationTable(layout.partitions)  # the adapter's checks, to resolve
         self.reconnect_wait = RECONNECT_WAIT_S
 
-    def send(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
-             timeout: float | None = None) -> Sent:
-        """Move `count` bytes at `offset` of our own memory to network ID `dst_id`.
-
-        With `timeout`, retryable errors are retried until it passes; the last one is raised.
-        """
-        outcome = self.send_retrying(dst_id, offset, count, flow, timeout=timeout or 0.0)
-        if isinstance(outcome, XpmoveError):
-            raise outcome
-        return outcome
-
-    def send_retrying(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
+    def send_retrying(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                       run: bool = False, timeout: float = 0.0,
-                      stop: threading.Event | None = None) -> Sent | XpmoveError:
+                      stop: Callable[[], bool] | None = None) -> Sent | XpmoveError:
         """`send_one`, retried with a growing pause while the outcome is retryable (destination
-        full, lock timeout), until `timeout` passes or `stop` is set; the last outcome."""
+        full, lock timeout), until `timeout` passes or `stop()` is true; the last outcome."""
         deadline = time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
             outcome = self.send_one(dst_id, offset, count, flow, run)
             if (isinstance(outcome, Sent) or not outcome.retryable
-                    or (stop is not None and stop.is_set()) or time.monotonic() >= deadline):
+                    or (stop is not None and stop()) or time.monotonic() >= deadline):
                 return outcome
             time.sleep(pause)  # back-off while the destination drains, not synchronisation
             pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
-    def send_many(self, moves: list[tuple[int, int, int]], flow: str = "fig11"
+    def send_many(self, moves: list[tuple[int, int, int]], flow: Flow = Flow.FIG11
                   ) -> list[Sent | XpmoveError]:
-        """One request carrying several moves; one outcome (Sent or the error) per move."""
-        try:
-            op = FLOWS[flow]
-        except KeyError:
-            raise ValueError(f"flow {flow!r} is not one of {sorted(FLOWS)}") from None
+        """One request carrying several moves (dst, offset, count); one outcome (Sent or the
+        error) per move."""
+        op = Flow.parse(flow).op
         wire = [Move(self.network_id, dst, offset, count) for dst, offset, count in moves]
         with self._mutex:
             results = self._survive_restart(op, wire)
@@ -130,7 +117,7 @@ class Driver:
             for m, r in zip(wire, results, strict=True)
         ]
 
-    def send_one(self, dst_id: int, offset: int, count: int, flow: str = "fig11",
+    def send_one(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                  run: bool = False) -> Sent | XpmoveError:
         """ONE move in ONE request, its outcome returned (never raised): the patent's literal
         flow, or with `run` a multiple-write run.
@@ -140,10 +127,7 @@ class Driver:
         (fig11) or by us with the granted lock (fig12). The adapter checks the descriptor and
         writes the ring's record header and descriptor itself.
         """
-        try:
-            op = (RUN_FLOWS if run else FLOWS)[flow]
-        except KeyError:
-            raise ValueError(f"flow {flow!r} is not one of {sorted(FLOWS)}") from None
+        op = flow.run_op if run else flow.op
         move = Move(self.network_id, dst_id, offset, count)
         try:
             with self._mutex:
@@ -157,18 +141,6 @@ class Driver:
             return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
                              count=count, detail=r.detail)
         return Sent(dst_id, r.seq, count, r.detail if run else 1)
-
-    def grant(self, dst_id: int, offset: int, count: int, run: bool = False) -> Result:
-        """Fig 12 step 1203 alone: the lock and addresses, with the move left to the caller,
-        who must then MVXL, publish the commit and free the lock (see _execute_grants). With
-        `run`, the bytes at `offset` are a multiple-write run (GRANT_RUN)."""
-        move = Move(self.network_id, dst_id, offset, count)
-        with self._mutex:
-            (result,) = self._round_trip(Op.GRANT_RUN if run else Op.GRANT, [move])
-        if result.status != Status.OK:
-            raise error_for(result.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
-                            count=count, detail=result.detail)
-        return result
 
     def _execute_grants(self, moves: Sequence[Move], results: tuple[Result, ...]) -> None:
         """Fig 12 steps 1204-1205: MVXL each granted move, commit, free the lock, ring."""

@@ -17,9 +17,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapter.ring import max_payload
-from hypervisor.config import MachineConfig
+from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from scripts.workload.pattern import MIN_PACKET
+from scripts.workload.program import PROGRAM
 
 POLL_S = 0.2
 DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
@@ -40,15 +41,18 @@ def totals(stats: dict[int, dict]) -> tuple[int, int]:
     return sent, received
 
 
-def collect(machine: Machine) -> dict[int, dict]:
-    """Stats of every partition that answers; one that dies meanwhile is left to poll()."""
+def collect(machine: Machine, cmd: str = "stats") -> dict[int, dict]:
+    """The workload's report from every partition that answers (`halt`: stop its traffic
+    first); one that dies meanwhile is left to poll()."""
     stats = {}
     for nid, child in list(machine.partitions.items()):
         if child.proc.poll() is None:
             try:
-                stats[nid] = machine.call(nid, {"cmd": "stats"})["stats"]
+                reply = machine.call(nid, {"cmd": cmd})
             except MachineError:
                 continue
+            if "stats" in reply:
+                stats[nid] = reply["stats"]
     return stats
 
 
@@ -141,7 +145,7 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     if not MIN_PACKET <= options.size <= limit:
         raise SystemExit(f"xpmove: --size {options.size} must be in [{MIN_PACKET}, {limit}] for "
                          f"this config (sender area and half a receive ring)")
-    machine = Machine(config)
+    machine = Machine(with_program(config, PROGRAM))
     stats: dict[int, dict] = {}
     adapter: dict = {}
     interrupted = False
@@ -154,12 +158,12 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
-            stats = collect(machine) if machine.running else {}
-        adapter = machine.adapter_stats() if machine.running else {}
+        if machine.running:
+            stats.update(collect(machine, "halt"))
+            adapter = machine.adapter_stats()
     finally:
         with signals_deferred():
-            final = machine.stop()
-    stats.update(final)
+            machine.stop()
     console.print(partition_table(machine, stats))
     if adapter:
         console.print(adapter_table(adapter))

@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from adapter import receive_area
-from hypervisor.config import MachineConfig
+from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from scripts.launch import collect, signals_deferred
+from scripts.workload.program import PROGRAM
 
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
 DRAIN_TIMEOUT_S = 30.0
@@ -116,7 +117,7 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
     shape = {"size": size, "batch": batch}
     rng = random.Random(seed)
     config = dataclasses.replace(config, restart="always", restart_limit=1_000_000)
-    machine = Machine(config, registry=registry)
+    machine = Machine(with_program(config, PROGRAM), registry=registry)
     report = SoakReport()
     last_stats: dict[int, dict] = {}
     try:

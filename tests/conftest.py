@@ -1,8 +1,8 @@
 """Suite-wide guard: the tests leave /dev/shm as they found it (Invariant 7).
 
-Checked for the runs this test process created (Machine.prefixes_created); tests that start
-`xpmove` in a subprocess check their own run's names themselves. Other runs on the machine
-(a developer's launch, a parallel session) are none of this suite's business.
+Every run's names start with "xpm-" (hypervisor.names). The names present when the session
+starts are the business of whoever made them (a developer's launch, another session); any
+other such name still there when the suite ends is a leak of this suite's.
 """
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ import os
 
 import pytest
 
-from hypervisor.machine import Machine
-
 SHM = "/dev/shm"
 
 
-def names_of(prefixes: list[str]) -> set[str]:
-    if not os.path.isdir(SHM) or not prefixes:
+def run_names() -> set[str]:
+    if not os.path.isdir(SHM):
         return set()
-    return {n for n in os.listdir(SHM) if any(p in n for p in prefixes)}
+    return {n for n in os.listdir(SHM) if n.startswith(("xpm-", "sem.xpm-"))}
 
 
 @pytest.fixture(autouse=True, scope="session")
 def dev_shm_unchanged():
+    before = run_names()
     yield
-    leaked = names_of(Machine.prefixes_created)
+    leaked = run_names() - before
     assert not leaked, f"the test suite leaked IPC names: {sorted(leaked)}"

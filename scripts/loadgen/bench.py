@@ -37,7 +37,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapter.ring import max_payload
-from hypervisor.config import ConfigError, MachineConfig, load_config
+from hypervisor.config import ConfigError, MachineConfig, load_config, with_program
 from hypervisor.layout import SegmentLayout
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
@@ -45,6 +45,7 @@ from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore
 from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
 from scripts.workload.pattern import MIN_PACKET
+from scripts.workload.program import PROGRAM
 from scripts.workload.transports import FRAME
 
 TRANSPORTS = ("fig11", "fig12", "vswitch", "tcp")
@@ -827,7 +828,7 @@ def scaling_phase(options: BenchOptions, configs: tuple[MachineConfig, ...], con
     flows = [t for t in options.transports if t in ADAPTER_FLOWS] or list(ADAPTER_FLOWS)
     out: list[dict] = []
     for cfg in configs:
-        machine = Machine(cfg, registry=registry)
+        machine = Machine(with_program(cfg, PROGRAM), registry=registry)
         try:
             machine.start()
             ids = [p.network_id for p in cfg.partitions]
@@ -862,7 +863,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     if options.plot_path:
         require_matplotlib()
     scaling_cfgs = scaling_configs(options) if options.scaling else None
-    machine = Machine(config, registry=registry)
+    machine = Machine(with_program(config, PROGRAM), registry=registry)
     sizes = choose_sizes(options, machine.layout, console)
     ids = [p.network_id for p in config.partitions]
     try:

@@ -34,8 +34,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from adapter.protocol import MAX_MOVES
-from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align, max_payload
+from adapter.errors import XpmoveError
+from adapter.protocol import MAX_MOVES, Flow
+from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align
 from partitions.blocks import (
     HEADER_DTYPE,
     SMALL_BLOCK,
@@ -44,8 +45,7 @@ from partitions.blocks import (
     find_block,
     payloads,
 )
-from partitions.driver import Driver, Sent
-from partitions.receiver import Receiver
+from partitions.port import Port, Run
 
 FRAME = struct.Struct("<IIQQ")  # destination ID, source ID, per-pair sequence number, length
 MAX_FRAME_PAYLOAD = 64 << 20  # a frame announcing more is a protocol violation
@@ -173,42 +173,38 @@ class ReceiveEndpoint:
 
 
 class AdapterFlow(SendTransport):
-    """Fig 11 (adapter moves) or Fig 12 (driver moves). A lone packet is the patent's literal
-    request of one move; a batch is ONE multiple-write run, laid out as the ring will hold it
-    (the run's descriptor, then the packets, each padded to ALIGN)."""
+    """Fig 11 (adapter moves) or Fig 12 (driver moves), through the partition's `Port`. A lone
+    packet is the patent's literal request of one move; a batch is ONE multiple-write run, laid
+    out as the ring will hold it (the run's descriptor, then the packets, each padded to
+    ALIGN)."""
 
     channel = "adapter"
     layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN)
     max_batch = MAX_RUN_RECORDS
 
-    def __init__(self, driver: Driver, flow: str):
-        self.driver = driver
-        self.name = flow
-        me = driver.network_id
-        # a batch is one run, so it must fit the smallest ring it may be sent to
-        self._max_run = min((max_payload(p.receive_size) for nid, p in driver.by_id.items()
-                             if nid != me), default=0)
+    def __init__(self, port: Port, flow: Flow):
+        self.port = port
+        self.flow = flow
+        self.name = flow.value
+        self._max_run = port.max_record()  # a batch is one run: it must fit the smallest ring
 
     def batch_limit(self, size: int) -> int:
         return max(1, min(self.max_batch, (self._max_run - RUN_DESCRIPTOR.size) // align(size)))
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        """A lone packet as one move, a batch as ONE run (its descriptor written first); either
-        way one request, retried while the outcome is retryable (destination full, lock
-        timeout) until `timeout` or `stop`."""
+        """A lone packet as one move, a batch as ONE run; either way one request, retried
+        while the outcome is retryable (destination full, lock timeout) until `timeout` or
+        `stop`."""
         n = len(batch.slots)
-        if n > 1:
-            RUN_DESCRIPTOR.pack_into(batch.lead, 0, n, len(batch.slots[0].payload))
-            offset = batch.slots[0].offset - RUN_DESCRIPTOR.size
-            count = RUN_DESCRIPTOR.size + n * batch.stride
-        else:
-            offset, count = batch.slots[0].offset, len(batch.slots[0].payload)
-        outcome = self.driver.send_retrying(dst, offset, count, self.name, n > 1, timeout, stop)
-        if isinstance(outcome, Sent):
-            return n
-        errors[type(outcome).__name__] += n
-        return 0
+        first = batch.slots[0]
+        run = Run(first.offset - RUN_DESCRIPTOR.size, n, len(first.payload))
+        try:
+            self.port.send_run(dst, run, self.flow, timeout, cancel=stop)
+        except XpmoveError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        return n
 
 
 class AdapterRing(ReceiveEndpoint):
@@ -216,14 +212,11 @@ class AdapterRing(ReceiveEndpoint):
 
     channel = "adapter"
 
-    def __init__(self, receiver: Receiver):
-        self.receiver = receiver
+    def __init__(self, port: Port):
+        self.port = port
 
     def poll(self, handler: BlockHandler, timeout: float) -> int:
-        n = self.receiver.drain(handler)
-        if not n and self.receiver.wait(timeout):
-            n = self.receiver.drain(handler)  # woken: take what came, no second lap
-        return n
+        return self.port.receive_blocks(handler, timeout)
 
 
 # -- frames (pure) ----------------------------------------------------------------------------

@@ -21,10 +21,15 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+PROBE = "tests.integration.probe:main"  # the tests' partition program (probe.py)
+
+
 def small_config(n: int = 4, memory: int = 1 * MiB, receive: int = 256 * KiB,
-                 **machine) -> MachineConfig:
-    """A machine sized for tests: quick to create, still page-aligned and realistic."""
-    parts = tuple(PartitionConfig(f"p{i}", i, memory, receive, None) for i in range(1, n + 1))
+                 program: str | None = PROBE, **machine) -> MachineConfig:
+    """A machine sized for tests: quick to create, still page-aligned and realistic; every
+    partition runs the probe unless told otherwise."""
+    parts = tuple(PartitionConfig(f"p{i}", i, memory, receive, None, program)
+                  for i in range(1, n + 1))
     return MachineConfig(partitions=parts, **machine)
 
 

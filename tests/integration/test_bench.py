@@ -120,7 +120,7 @@ def test_command_line_json_and_plot(tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "fig14.png"
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "loadgen.py"), "--packets", "30", "--sizes",
+        [sys.executable, "-m", "scripts.loadgen", "--packets", "30", "--sizes",
          "64,2KiB", "--transports", "fig12,tcp", "--batch", "1", "--latency-packets", "5",
          "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=6 * TIMEOUT, cwd=REPO, env=env)

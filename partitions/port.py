@@ -1,0 +1,254 @@
+"""The Port: everything a partition program gets, and all it needs.
+
+A partition program is a function `program(port)` named in the config
+(`program = "package.module:function"`); it runs in the partition process and the partition
+lives as long as the call. Through its port it sees its own memory (`port.memory`, a
+`PartitionView`), sends to other partitions through the adapter (Fig 11: the adapter moves the
+bytes; Fig 12: the adapter grants the destination's lock and the driver moves them) and takes
+what others sent out of its receive area. It never sees the segment, another partition's
+memory, the pipes or the locks: those stay with the driver and the receiver (the partition's
+trusted code).
+
+Own memory is split in two: `[0, port.send_space)` is the program's to use; the tail,
+`[port.send_space, memory.size)`, is the receive area other partitions write into.
+`send()` and `send_batch()` copy the bytes to the TOP of the send space (just below the
+receive area) and send them from there; `send_from()` and `send_run()` send bytes the program
+already placed, with no extra copy.
+
+Every failure is a typed exception of `adapter.errors` (`XpmoveError` and its subclasses) whose
+message names the values. Retryable ones (`DestinationFull`, `LockTimeout`, `DestinationDown`,
+`AdapterGone`) are retried until `timeout` passes (None: until the machine stops); the last one
+is raised.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+from adapter.errors import BadCount, TooLarge, UnknownNetworkId, XpmoveError
+from adapter.protocol import Flow
+from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
+from partitions.blocks import BlockHandler
+from partitions.driver import Driver, Sent
+from partitions.memory import PartitionView
+from partitions.receiver import Packet, Receiver
+
+WAIT_SLICE_S = 0.05  # a wait with no timeout re-checks `stop` at least this often
+
+CommandHandler = Callable[[dict], dict]
+
+
+class Run(NamedTuple):
+    """A multiple-write run laid out in own memory at `offset`: 8 bytes of descriptor (the port
+    writes it), then `packets` packets of `length` bytes, each starting on an 8-byte boundary
+    (`packet_offset(i)`). It travels as ONE request and lands as ONE ring record."""
+
+    offset: int
+    packets: int
+    length: int
+
+    @property
+    def stride(self) -> int:
+        return align(self.length)
+
+    @property
+    def size(self) -> int:
+        return RUN_DESCRIPTOR.size + self.packets * self.stride
+
+    def packet_offset(self, i: int) -> int:
+        """Offset in own memory of packet `i` (0-based)."""
+        if not 0 <= i < self.packets:
+            raise IndexError(f"packet {i} of a run of {self.packets}")
+        return self.offset + RUN_DESCRIPTOR.size + i * self.stride
+
+
+class Port:
+    """A partition program's view of the machine (see the module docstring).
+
+    Attributes: `network_id` and `name` of this partition; `peers`, the network IDs of the
+    other partitions; `names`, every partition's name by network ID; `memory`, the
+    `PartitionView` of this partition's own region; `send_space`, the size of its part the
+    program may use; `stop`, a `threading.Event` set when the machine shuts the partition down
+    (return soon after it is set).
+    """
+
+    def __init__(self, driver: Driver, receiver: Receiver, memory: PartitionView,
+                 names: dict[int, str], stop: threading.Event | None = None):
+        self._driver = driver
+        self._receiver = receiver
+        self.network_id = driver.network_id
+        self.names = dict(names)
+        self.name = self.names[self.network_id]
+        self.peers = tuple(nid for nid in self.names if nid != self.network_id)
+        self.memory = memory
+        self.send_space = memory.layout.receive_offset
+        self.stop = stop or threading.Event()
+        self._staging = threading.Lock()  # send()/send_batch() share the top of the send space
+        self._commands: CommandHandler | None = None
+        self.commands_ready = threading.Event()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, dst: int, data: bytes | bytearray | memoryview, flow: Flow | str = Flow.FIG11,
+             timeout: float | None = None, cancel: threading.Event | None = None) -> Sent:
+        """Copy `data` (bytes or any buffer) to the top of the send space and move it to
+        partition `dst`: one request, one record in its receive area."""
+        view = memoryview(data).cast("B")
+        with self._staging:
+            offset = self._stage_at(len(view), "data")
+            self.memory.write(offset, view)
+            return self.send_from(dst, offset, len(view), flow, timeout, cancel)
+
+    def send_from(self, dst: int, offset: int, count: int, flow: Flow | str = Flow.FIG11,
+                  timeout: float | None = None, cancel: threading.Event | None = None) -> Sent:
+        """Move the `count` bytes at `offset` of own memory to partition `dst` (the patent's
+        call: no copy but the move itself). `cancel`, an extra Event, ends the retrying early."""
+        return self._send(dst, offset, count, flow, False, timeout, cancel)
+
+    def send_batch(self, dst: int, packets: Sequence[bytes | bytearray | memoryview],
+                   flow: Flow | str = Flow.FIG11, timeout: float | None = None,
+                   cancel: threading.Event | None = None) -> Sent:
+        """Send several packets of ONE length as one multiple-write run (one request, one ring
+        record, one move); `Sent.records` is how many. Copied to the top of the send space."""
+        if not packets:
+            raise BadCount("send_batch: no packets")
+        length = len(memoryview(packets[0]).cast("B"))
+        with self._staging:
+            run = Run(0, len(packets), length)
+            run = run._replace(offset=self._stage_at(run.size, f"a run of {len(packets)} "
+                                                                f"{length}-byte packets"))
+            for i, packet in enumerate(packets):
+                view = memoryview(packet).cast("B")
+                if len(view) != length:
+                    raise BadCount(f"send_batch: packet {i} has {len(view)} bytes, packet 0 "
+                                   f"has {length}: a run's packets are all one length")
+                self.memory.write(run.packet_offset(i), view)
+            return self.send_run(dst, run, flow, timeout, cancel)
+
+    def run_at(self, offset: int, packets: int, length: int) -> Run:
+        """A run of `packets` packets of `length` bytes to lay out at `offset` of own memory
+        (8-aligned); fill `run.packet_offset(i)` for each, then `send_run`. Checked here."""
+        run = Run(offset, packets, length)
+        if offset % ALIGN:
+            raise BadCount(f"run offset {offset} is not a multiple of {ALIGN}")
+        if packets < 1 or length < 1:
+            raise BadCount(f"run of {packets} packets of {length} bytes: both must be >= 1")
+        self.memory.buffer(offset, run.size)  # raises OutOfBounds naming the range
+        return run
+
+    def send_run(self, dst: int, run: Run, flow: Flow | str = Flow.FIG11,
+                 timeout: float | None = None, cancel: threading.Event | None = None) -> Sent:
+        """Send a run laid out in own memory (see `run_at`): its descriptor is written here,
+        the packets move as they are. A run of one packet is sent as a plain move."""
+        if run.packets == 1:
+            return self._send(dst, run.packet_offset(0), run.length, flow, False, timeout,
+                              cancel)
+        RUN_DESCRIPTOR.pack_into(self.memory.buffer(run.offset, RUN_DESCRIPTOR.size), 0,
+                                 run.packets, run.length)
+        return self._send(dst, run.offset, run.size, flow, True, timeout, cancel)
+
+    def max_record(self, dst: int | None = None) -> int:
+        """The most bytes one send to `dst` may carry (a record holds at most half of its
+        receive area); without `dst`, the smallest such limit over all peers."""
+        rings = self._driver.by_id
+        if dst is not None:
+            if dst not in rings:
+                raise UnknownNetworkId(f"unknown destination network ID {dst}")
+            return max_payload(rings[dst].receive_size)
+        return min((max_payload(rings[p].receive_size) for p in self.peers), default=0)
+
+    def _stage_at(self, size: int, what: str) -> int:
+        """Where `size` bytes start when staged at the top of the send space."""
+        offset = (self.send_space - size) // ALIGN * ALIGN
+        if size < 1:
+            raise BadCount(f"{what}: nothing to send (0 bytes)")
+        if offset < 0:
+            raise TooLarge(f"{what} of {size} bytes does not fit the send space of network ID "
+                           f"{self.network_id} ({self.send_space} bytes)")
+        return offset
+
+    def _send(self, dst: int, offset: int, count: int, flow: Flow | str, run: bool,
+              timeout: float | None, cancel: threading.Event | None) -> Sent:
+        outcome = self._driver.send_retrying(
+            dst, offset, count, Flow.parse(flow), run,
+            timeout=float("inf") if timeout is None else timeout,
+            stop=self._stopping(cancel))
+        if isinstance(outcome, XpmoveError):
+            raise outcome
+        return outcome
+
+    def _stopping(self, cancel: threading.Event | None) -> Callable[[], bool]:
+        stop = self.stop
+        if cancel is None:
+            return stop.is_set
+        return lambda: stop.is_set() or cancel.is_set()
+
+    # -- receiving --------------------------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> Packet | None:
+        """The next packet that arrived (a copy: `Packet(source_id, seq, payload)`), waiting
+        up to `timeout` seconds (None: until one comes or the machine stops); None if none."""
+        got = self.receive_many(1, timeout)
+        return got[0] if got else None
+
+    def receive_many(self, limit: int | None = None, timeout: float | None = None
+                     ) -> list[Packet]:
+        """Every packet that has arrived (at most `limit`), waiting up to `timeout` for the
+        first; an empty list if none came."""
+        got: list[Packet] = []
+
+        def keep(source_id: int, seq: int, rows) -> None:
+            got.extend(Packet(source_id, seq + i, bytes(rows[i])) for i in range(len(rows)))
+
+        self.receive_blocks(keep, timeout, limit)
+        return got
+
+    def packets(self, timeout: float | None = None) -> Iterator[Packet]:
+        """Packets as they arrive, until the machine stops (or `timeout` passes with none)."""
+        while not self.stop.is_set():
+            batch = self.receive_many(timeout=timeout)
+            if not batch:
+                if timeout is not None:
+                    return
+                continue
+            yield from batch
+
+    __iter__ = packets
+
+    def receive_blocks(self, handler: BlockHandler, timeout: float | None = None,
+                       limit: int | None = None) -> int:
+        """Zero-copy receive: `handler(source_id, first_seq, rows)` per block of packets of one
+        source and length (rows: one payload per packet, valid only during the call). Waits up
+        to `timeout` for the first; returns how many packets were handed over."""
+        receiver = self._receiver
+        n = receiver.drain(handler, limit)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not n and not self.stop.is_set():
+            left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S,
+                                                              deadline - time.monotonic())
+            if left <= 0:
+                break
+            if receiver.wait(left):
+                n = receiver.drain(handler, limit)
+        return n
+
+    def delivered(self, source_id: int) -> int:
+        """The last sequence number from `source_id` this partition consumed, in any of its
+        incarnations (a restarted program continues after it)."""
+        return self._receiver.delivered(source_id)
+
+    def pending_bytes(self) -> int:
+        """Bytes committed to the receive area and not consumed yet."""
+        return self._receiver.pending_bytes()
+
+    # -- commands from the machine's owner --------------------------------------------------
+    def on_command(self, handler: CommandHandler) -> None:
+        """Answer `Machine.call(network_id, message)` with `handler(message) -> dict` (run on
+        one worker thread, in arrival order). Tools (launch, bench, soak) steer their built-in
+        workload this way; most programs need no commands."""
+        self._commands = handler
+        self.commands_ready.set()
+
+    def command_handler(self) -> CommandHandler | None:
+        return self._commands

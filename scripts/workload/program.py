@@ -1,0 +1,146 @@
+"""The built-in workload as a partition program: `program = "scripts.workload.program:main"`.
+
+launch, bench and soak run it in every partition and steer it with commands
+(`Machine.call(network_id, {"cmd": ...})`, answered through `Port.on_command`):
+
+    traffic      start all-to-all verified traffic on the adapter's flows (launch, soak)
+    receive_on   only receive and verify (a partition that is not sending)
+    bench_open   start a load-generator run: zero the counters, receive on one transport
+    bench_send   send to `peers` on that transport (tcp: connect to `ports` first)
+    bench_count  the cheap counters, polled during a run
+    bench_close  end a run: stop sending, close the run's sockets, report with latencies
+    stats        the full report (sent, received, errors, latencies, pending bytes)
+    halt         stop sending and receiving and report (before the machine stops)
+
+The program ends when the machine stops the partition (`port.stop`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from adapter.protocol import FLOWS, Flow
+from partitions.port import Port
+from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
+from scripts.workload.transports import (
+    AdapterFlow,
+    AdapterRing,
+    SwitchPort,
+    TcpLinks,
+    TcpListener,
+    TransportError,
+)
+
+ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
+TRANSPORTS = (*ADAPTER_FLOWS, "tcp", "vswitch")
+PROGRAM = f"{__name__}:main"
+
+
+def failure(exc: BaseException) -> dict:
+    return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+
+
+class Workload:
+    """Every transport this partition can send or receive with, and the traffic over them."""
+
+    def __init__(self, port: Port):
+        self.port = port
+        self.traffic = Traffic(port.network_id, port.memory, port.send_space)
+        self.ring = AdapterRing(port)
+        for peer in port.peers:  # a restarted partition continues its sequences
+            self.traffic.expect_after(self.ring.channel, peer, port.delivered(peer))
+        self.tcp_in = TcpListener()
+        self.tcp_out = TcpLinks(port.network_id)
+        self.switch = SwitchPort(port.network_id)
+        self.senders = {**{f.value: AdapterFlow(port, f) for f in Flow},
+                        "tcp": self.tcp_out, "vswitch": self.switch}
+
+    def dispatch(self, msg: dict) -> dict:
+        handler = getattr(self, f"cmd_{msg.get('cmd')}", None)
+        if handler is None:
+            return {"ok": False, "error": "UnknownCommand",
+                    "message": f"cmd {msg.get('cmd')!r} (the workload knows: "
+                               f"{sorted(n[4:] for n in dir(self) if n.startswith('cmd_'))})"}
+        return handler(msg)
+
+    def cmd_traffic(self, msg: dict) -> dict:
+        plan = TrafficPlan.from_message(msg, self.port.send_space, ADAPTER_FLOWS)
+        self.traffic.start_receiving(self.ring)
+        self.traffic.start_sending(plan, {f: self.senders[f] for f in plan.flows})
+        return {"ok": True}
+
+    def cmd_receive_on(self, msg: dict) -> dict:
+        self.traffic.start_receiving(self.ring)
+        return {"ok": True}
+
+    def cmd_bench_open(self, msg: dict) -> dict:
+        """tcp: listen on a fresh loopback port (returned); vswitch: connect to the switch on
+        `vswitch_port` and wait for its acknowledgement; fig11/fig12: the receive ring."""
+        transport = msg.get("transport")
+        if transport not in TRANSPORTS:
+            raise PlanError(f"transport: unknown {transport!r} (known: {list(TRANSPORTS)})")
+        self.close_sockets()
+        self.traffic.reset()
+        reply: dict = {"ok": True, "pid": os.getpid()}
+        try:
+            if transport in ADAPTER_FLOWS:
+                self.traffic.start_receiving(self.ring)
+            elif transport == "tcp":
+                reply["port"] = self.tcp_in.open()
+                self.traffic.start_receiving(self.tcp_in)
+            else:
+                self.switch.connect(int(msg["vswitch_port"]))
+                self.traffic.start_receiving(self.switch)
+        except (TransportError, OSError) as exc:
+            self.close_sockets()
+            return failure(exc)
+        return reply
+
+    def cmd_bench_send(self, msg: dict) -> dict:
+        transport = msg.get("transport")
+        plan = TrafficPlan.from_message({**msg, "flows": [transport]}, self.port.send_space,
+                                        TRANSPORTS)
+        try:
+            if transport == "tcp":
+                self.tcp_out.connect({int(k): int(v) for k, v in msg["ports"].items()})
+        except (TransportError, OSError) as exc:
+            return failure(exc)
+        self.traffic.start_sending(plan, {transport: self.senders[transport]})
+        return {"ok": True, "batch_used": self.traffic.batch_used}
+
+    def cmd_bench_count(self, msg: dict) -> dict:
+        return {"ok": True, **self.traffic.counts()}
+
+    def cmd_bench_close(self, msg: dict) -> dict:
+        stopped = self.traffic.stop_sending()
+        self.close_sockets()
+        stats = self.traffic.snapshot(int(msg.get("latency_samples", 0)))
+        return {"ok": True, "stopped": stopped, "stats": stats}
+
+    def cmd_stats(self, msg: dict) -> dict:
+        return {"ok": True, "stats": self.traffic.snapshot(),
+                "pending_bytes": self.port.pending_bytes()}
+
+    def cmd_halt(self, msg: dict) -> dict:
+        self.traffic.stop()
+        return {"ok": True, "stats": self.traffic.snapshot()}
+
+    def close_sockets(self) -> None:
+        self.tcp_out.close()
+        for channel, endpoint in (("tcp", self.tcp_in), ("vswitch", self.switch)):
+            self.traffic.stop_receiving(channel)
+            endpoint.close()
+
+    def close(self) -> None:
+        self.traffic.stop()
+        self.close_sockets()
+
+
+def main(port: Port) -> None:
+    """Serve the tools' commands until the machine stops this partition."""
+    workload = Workload(port)
+    port.on_command(workload.dispatch)
+    try:
+        port.stop.wait()
+    finally:
+        workload.close()
