@@ -293,19 +293,19 @@ class Machine:
         return result
 
     def wait(self, timeout: float | None = None) -> dict[int, Outcome]:
-        """Supervise until every partition's program has ended (returned, raised, or died and
-        was not restarted), or `timeout` seconds pass; how each ended (`outcomes()`)."""
+        """Supervise until every partition program has ended (returned, raised, or died and
+        was not restarted), or `timeout` seconds pass; how each ended, by network ID (only
+        partitions that have a program: the others run nothing until the machine stops)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = (ProcessState.FINISHED, ProcessState.DEAD, ProcessState.STOPPED)
+        programs = {p.network_id for p in self.config.partitions if p.program is not None}
         while True:
             self.poll()
-            if all(c.state in ended and c.exit_code is not None
-                   for c in self.partitions.values()):
-                return self.outcomes()
             left = WAIT_POLL_S if deadline is None else min(WAIT_POLL_S,
                                                              deadline - time.monotonic())
-            if left <= 0:
-                return self.outcomes()
+            if left <= 0 or all(c.state in ended and c.exit_code is not None
+                                for nid, c in self.partitions.items() if nid in programs):
+                return {nid: o for nid, o in self.outcomes().items() if nid in programs}
             channels = [c.channel.sock for c in self.partitions.values()
                         if c.state is ProcessState.RUNNING]
             if channels:

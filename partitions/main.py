@@ -110,8 +110,10 @@ class Partition:
                 load_program(self.boot.program)(self.port)
             report = {"outcome": "returned"}
         except BaseException as exc:  # the program's failure is reported, never re-raised
+            user_frames = exc.__traceback__.tb_next if exc.__traceback__ else None
             report = {"outcome": "raised", "error": type(exc).__name__, "message": str(exc),
-                      "traceback": traceback.format_exc(limit=-8)}
+                      "traceback": "".join(traceback.format_exception(
+                          type(exc), exc, user_frames, limit=-8))}
         self.port.commands_ready.set()  # commands waiting for a handler get their answer
         self.outcome.finish(report)
 

@@ -101,6 +101,14 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from scripts.run import run
+
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise SystemExit(f"xpmove: --timeout {args.timeout}: give a number of seconds > 0")
+    return run(_config(args.config), args.timeout)
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed = RunRegistry().sweep()
     for name in removed:
@@ -112,6 +120,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpmove", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="start the machine, run every partition's program until all "
+                       "return, report how each ended")
+    p.add_argument("--config", help="TOML machine config whose partitions name a `program`")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for the programs (default: no limit)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("launch", help="start the machine and run all-to-all verified traffic")
     p.add_argument("--config", help="TOML machine config (default: built-in four partitions)")
