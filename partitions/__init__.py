@@ -1,0 +1,38 @@
+"""Partitions: the driver, the receiver and the `Port` a partition program gets.
+
+A partition program is a function `main(port)` named in the config
+(`program = "package.module:function"`). Everything it needs is exported here: the `Port`,
+what it returns (`Sent`, `Packet`, `Run`), the flows (`Flow.FIG11`: the adapter moves the
+bytes; `Flow.FIG12`: the driver moves them under the granted lock) and the typed errors.
+"""
+
+from adapter.errors import (
+    AdapterGone,
+    BadCount,
+    BadOffset,
+    DestinationDown,
+    DestinationFull,
+    InDoubt,
+    LockTimeout,
+    MalformedRequest,
+    OutOfBounds,
+    OwnNetworkId,
+    RetryableError,
+    RingCorrupt,
+    SourceMismatch,
+    TooLarge,
+    UnknownNetworkId,
+    XpmoveError,
+)
+from adapter.protocol import Flow
+from partitions.driver import Sent
+from partitions.memory import PartitionView
+from partitions.port import Port, Run
+from partitions.receiver import Packet
+
+__all__ = [
+    "AdapterGone", "BadCount", "BadOffset", "DestinationDown", "DestinationFull", "Flow",
+    "InDoubt", "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
+    "PartitionView", "Port", "RetryableError", "RingCorrupt", "Run", "Sent", "SourceMismatch",
+    "TooLarge", "UnknownNetworkId", "XpmoveError",
+]
