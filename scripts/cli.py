@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from adapter.protocol import Flow
 from hypervisor.config import ConfigError, load_config
 from hypervisor.names import RunRegistry
 
@@ -33,8 +34,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     flows = tuple(args.flows.split(","))
     for f in flows:
-        if f not in ("fig11", "fig12"):
-            raise SystemExit(f"xpmove: --flows: unknown flow {f!r} (use fig11, fig12)")
+        try:
+            Flow.parse(f)
+        except ValueError as exc:
+            raise SystemExit(f"xpmove: --flows: {exc}") from None
     packets = None if args.duration is not None and args.packets is None else (args.packets or 500)
     return launch(_config(args.config),
                   TrafficOptions(packets=packets, duration=args.duration, size=args.size,

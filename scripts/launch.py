@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
@@ -31,7 +32,7 @@ class TrafficOptions:
     packets: int | None = 500  # per peer and flow
     duration: float | None = None
     size: int = 1024
-    flows: tuple[str, ...] = ("fig11", "fig12")
+    flows: tuple[str, ...] = tuple(f.value for f in Flow)
 
 
 def totals(stats: dict[int, dict]) -> tuple[int, int]:

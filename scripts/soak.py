@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adapter import receive_area
+from adapter.protocol import Flow
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
@@ -85,7 +86,7 @@ def start_traffic(machine: Machine, nid: int, shape: dict, until: float) -> None
     meanwhile, its restart will."""
     remaining = until - time.monotonic()
     peers = [p for p in machine.partitions if p != nid]
-    command = {"cmd": "traffic", "peers": peers, "flows": ["fig11", "fig12"], **shape,
+    command = {"cmd": "traffic", "peers": peers, "flows": [f.value for f in Flow], **shape,
                "duration": remaining, "send_timeout": 5.0}
     if remaining <= 0:  # too late to send, never too late to drain what is waiting for it
         command = {"cmd": "receive_on"}

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import ConfigError, MachineConfig, load_config, with_program
 from hypervisor.layout import SegmentLayout
@@ -48,8 +49,8 @@ from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 from scripts.workload.transports import FRAME
 
-TRANSPORTS = ("fig11", "fig12", "vswitch", "tcp")
-ADAPTER_FLOWS = ("fig11", "fig12")
+ADAPTER_FLOWS = tuple(f.value for f in Flow)
+TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp")
 DEFAULT_SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
 SAMPLE_S = 0.1
 REPORT_S = 0.5
@@ -738,7 +739,7 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
             xs = [p[0] for p in r["series"]]
             ys = [p[1] for p in r["series"]]
             color = colors.get(r["transport"])
-            ax.plot(xs, ys, color=color, linewidth=1.6 if r["transport"] != "fig12" else 1.1,
+            ax.plot(xs, ys, color=color, linewidth=1.6 if r["transport"] != Flow.FIG12 else 1.1,
                     linestyle=dashes.get(r.get("batch", 1), "-"),
                     label=f"{_label(r)}: S = {si(r['S'])} pkt/CPU-s")
             fit = r.get("fit", {})

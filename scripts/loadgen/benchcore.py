@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from adapter.protocol import Flow
+
 WARMUP = 0.2
 TAIL = 0.1
 MIN_STEADY = 3
@@ -172,7 +174,7 @@ def interval_line(label: str, t0: float, t1: float, packets: int, nbytes: int,
 
 # -- the performance issue's targets ----------------------------------------------------------
 
-ADAPTER = ("fig11", "fig12")
+ADAPTER = tuple(f.value for f in Flow)
 KiB_ = 1024
 MiB_ = 1 << 20
 # (packet size, least S of the better adapter flow over S of tcp)
@@ -297,11 +299,11 @@ def latency_targets(latency: dict[str, dict] | None, transports: Sequence[str]) 
                   ", ".join(f"{t} {latency[t]['p50_us']:.0f} us" for t in have)
                   + ("" if len(have) == len(transports) else
                      f"; missing {', '.join(t for t in transports if t not in have)}"))]
-    if "fig11" not in have or "tcp" not in have:
-        lacking = " and ".join(t for t in ("fig11", "tcp") if t not in have)
+    if Flow.FIG11 not in have or "tcp" not in have:
+        lacking = " and ".join(t for t in (Flow.FIG11, "tcp") if t not in have)
         out.append(_missing(name_ratio, ratio_goal, f"no lone-packet latency of {lacking}"))
     else:
-        f, t = latency["fig11"]["p50_us"], latency["tcp"]["p50_us"]
+        f, t = latency[Flow.FIG11]["p50_us"], latency["tcp"]["p50_us"]
         ratio = f / t if t > 0 else math.inf
         out.append(Target(name_ratio, ratio, ratio_goal, ratio <= LATENCY_LIMIT,
                           f"fig11 {f:.0f} us / tcp {t:.0f} us"))

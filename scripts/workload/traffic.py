@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adapter.protocol import Flow
 from partitions.blocks import SMALL_BLOCK, BlockHandler
 from partitions.memory import PartitionView
 from scripts.workload.pattern import MIN_PACKET, Pattern
@@ -54,10 +55,10 @@ class TrafficPlan:
     # `interval` seconds, so each packet travels alone on an idle path
 
     @classmethod
-    def from_message(cls, msg: dict, view_size: int, known_flows=("fig11", "fig12")
-                     ) -> TrafficPlan:
+    def from_message(cls, msg: dict, view_size: int,
+                     known_flows: tuple[str, ...] = tuple(f.value for f in Flow)) -> TrafficPlan:
         peers = tuple(int(p) for p in msg.get("peers", ()))
-        flows = tuple(msg.get("flows", ("fig11",)))
+        flows = tuple(msg.get("flows", (Flow.FIG11.value,)))
         size = int(msg.get("size", 256))
         packets = msg.get("packets")
         duration = msg.get("duration")
