@@ -16,6 +16,7 @@ the patent's literal flow is the vector of one.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
@@ -79,11 +80,9 @@ class Flow(StrEnum):
     @classmethod
     def parse(cls, value: object) -> Flow:
         """The flow named by `value`; ValueError naming it and the known flows otherwise."""
-        try:
+        if isinstance(value, str) and value in cls._value2member_map_:
             return cls(value)
-        except ValueError:
-            raise ValueError(f"flow {value!r} is not one of "
-                             f"{[f.value for f in cls]}") from None
+        raise ValueError(f"flow {value!r} is not one of {[f.value for f in cls]}")
 
 
 FLOWS = tuple(Flow)
@@ -100,7 +99,7 @@ class Move(NamedTuple):
     src_id: int
     dst_id: int
     offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field named like tuple.count, on purpose
 
 
 class Request(NamedTuple):
@@ -117,7 +116,7 @@ class Result(NamedTuple):
     seq: int = 0
     src_address: int = 0
     dst_address: int = 0
-    count: int = 0
+    count: int = 0  # type: ignore[assignment]  # a field named like tuple.count
     commit_value: int = 0
 
 
@@ -129,7 +128,7 @@ class Reply:
     results: tuple[Result, ...]
 
 
-def encode_request(op: int, request_id: int, moves: list[Move] | tuple[Move, ...]) -> bytes:
+def encode_request(op: int, request_id: int, moves: Sequence[Move]) -> bytes:
     if not 1 <= len(moves) <= MAX_MOVES:
         raise ValueError(f"a request carries 1..{MAX_MOVES} moves, got {len(moves)}")
     if len(moves) == 1:
@@ -193,6 +192,7 @@ class RequestDecoder:
         size = REQUEST_HEADER.size + n * MOVE.size
         if len(buf) < size:
             return None
+        moves: tuple[Move, ...]
         if n == 1:  # the common case: no view, no iterator
             moves = (Move._make(MOVE.unpack_from(buf, REQUEST_HEADER.size)),)
         else:

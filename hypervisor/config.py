@@ -17,6 +17,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TypeGuard
 
 PAGE_SIZE = 4096
 MAX_PARTITIONS = 64
@@ -68,7 +69,7 @@ class MachineConfig:
     restart_limit: int = 3
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # bool is a subclass of int; `true` in a config is never meant as 1.
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -198,8 +198,8 @@ class Machine:
             for p in self.config.partitions:
                 self.partitions[p.network_id] = self._spawn_partition(p, pipes[p.network_id])
         finally:
-            for p in pipes.values():  # children have their copies; EOF must mean death
-                p.close()
+            for ends in pipes.values():  # children have their copies; EOF must mean death
+                ends.close()
 
     @property
     def running(self) -> bool:
@@ -385,7 +385,8 @@ class Machine:
         policy = self.config.restart
         failed = child.exit_code != 0
         wanted = policy == "always" or (policy == "on-failure" and failed)
-        return wanted and self.restarts.get(child.network_id, 0) < self.config.restart_limit
+        key = "adapter" if child.network_id is None else child.network_id
+        return wanted and self.restarts.get(key, 0) < self.config.restart_limit
 
     def restart_adapter(self) -> None:
         old = self.adapter

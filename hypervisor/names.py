@@ -209,8 +209,8 @@ class RunRegistry:
             pid, created = record.get("owner_pid"), record.get("owner_create_time")
             if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
                 raise ValueError(f"owner_pid {pid!r} is not a pid")
-            is_number = isinstance(created, int | float) and not isinstance(created, bool)
-            if not is_number or not math.isfinite(created):
+            if (not isinstance(created, int | float) or isinstance(created, bool)
+                    or not math.isfinite(created)):
                 raise ValueError(f"owner_create_time {created!r} is not a finite number")
         except FileNotFoundError:
             return None  # removed since listdir: the run shut down cleanly

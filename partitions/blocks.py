@@ -80,10 +80,11 @@ def find_block(flat: np.ndarray, offset: int, stride: int, most: int) -> int:
     if most <= 1:
         return most
     # the first few one by one: an interleaved ring (many sources) ends its blocks early
-    tag, source, seq, length = HEADER.unpack_from(flat, offset)
+    # (numpy arrays are buffers; the stubs do not say so)
+    tag, source, seq, length = HEADER.unpack_from(flat, offset)  # type: ignore[arg-type]
     for i in range(1, min(most, SMALL_BLOCK)):
         expected = (tag, source, (seq + i) & 0xFFFF_FFFF_FFFF_FFFF, length)  # u64, as numpy
-        if HEADER.unpack_from(flat, offset + i * stride) != expected:
+        if HEADER.unpack_from(flat, offset + i * stride) != expected:  # type: ignore[arg-type]
             return i
     if most <= SMALL_BLOCK:
         return most

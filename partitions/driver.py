@@ -47,7 +47,7 @@ class Sent(NamedTuple):
 
     dst_id: int
     seq: int  # of the first record
-    count: int  # bytes
+    count: int  # type: ignore[assignment]  # bytes (a field named like tuple.count)
     records: int = 1
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import posix_ipc
 
 from adapter import receive_area
@@ -190,5 +191,5 @@ class Receiver:
                 - receive_area.read_tail(self.words, self.own))
 
     def close(self) -> None:
-        self._flat = None  # the array holds an export of the view (idempotent: close twice)
+        self._flat = np.empty(0, np.uint8)  # drop the export of the view (idempotent)
         self._area.release()
