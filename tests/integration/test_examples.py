@@ -1,0 +1,97 @@
+"""The examples in `examples/` and `xpmove run` itself, as a user runs them: a real
+`xpmove run` subprocess per test (its own run registry under tmp_path), exit code and report
+checked, and no IPC name of the run left in /dev/shm afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 60
+RUN_PREFIX = re.compile(r"machine up: run (xpm-[0-9a-f]{8})")
+
+
+def xpmove_run(config: Path, cwd: Path, tmp_path: Path,
+               timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """`xpmove run --config CONFIG --timeout T` in `cwd`; checks that the run's names are gone."""
+    env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs"),
+           "COLUMNS": "250"}  # the report is one line per partition, not wrapped at 80
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "run", "--config", str(config),
+         "--timeout", str(timeout)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout + 30)
+    output = proc.stdout + proc.stderr
+    started = RUN_PREFIX.search(output)
+    assert started, f"no 'machine up' line in the output:\n{output}"
+    left = [n for n in os.listdir("/dev/shm") if started.group(1) in n]
+    assert not left, f"IPC names of run {started.group(1)} left behind: {left}"
+    records = list((tmp_path / "runs").iterdir())
+    assert not records, f"run registry records left behind: {records}"
+    return proc
+
+
+def partitions(config: Path) -> list[tuple[str, int]]:
+    with open(config, "rb") as f:
+        return [(p["name"], p["network_id"]) for p in tomllib.load(f)["partition"]]
+
+
+@pytest.mark.parametrize("example", ["pingpong", "pipeline", "fanout"])
+def test_example_runs_and_every_program_returns(example: str, tmp_path: Path) -> None:
+    config = REPO / "examples" / f"{example}.toml"
+    proc = xpmove_run(config, REPO, tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for name, nid in partitions(config):
+        assert f"{name} (ID {nid}): returned" in proc.stdout, output
+    assert "every program returned" in proc.stdout
+    if example == "pingpong":
+        for flow in ("fig11", "fig12"):
+            assert re.search(rf"^{flow}: .*p50 [0-9.]+ us, p99 [0-9.]+ us", proc.stdout,
+                             re.MULTILINE), output
+
+
+def write_machine(tmp_path: Path, program: str) -> Path:
+    """A two-partition config in tmp_path whose partitions run `tmp_path/prog.py`."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent(program))
+    config = tmp_path / "machine.toml"
+    config.write_text("".join(
+        f'[[partition]]\nname = "{name}"\nnetwork_id = {nid}\nmemory = "1MiB"\n'
+        f'receive_area = "256KiB"\nprogram = "prog:main"\n\n'
+        for name, nid in (("one", 1), ("two", 2))))
+    return config
+
+
+def test_a_program_that_raises_fails_the_run(tmp_path: Path) -> None:
+    config = write_machine(tmp_path, """
+        def main(port):
+            if port.network_id == 2:
+                raise ValueError("bad input 42")
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "one (ID 1): returned" in proc.stdout
+    assert "two (ID 2): raised ValueError: bad input 42" in proc.stdout
+    assert "not every program returned" in proc.stdout
+
+
+def test_timeout_stops_a_program_that_never_returns(tmp_path: Path) -> None:
+    config = write_machine(tmp_path, """
+        import time
+
+        def main(port):
+            if port.network_id == 2:
+                while True:  # ignores port.stop: the machine must still end it
+                    time.sleep(0.05)
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path, timeout=1)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "one (ID 1): returned" in proc.stdout
+    assert re.search(r"two \(ID 2\): .*stopped", proc.stdout), proc.stdout
