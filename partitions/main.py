@@ -174,9 +174,10 @@ class Partition:
             pass  # the hypervisor is gone: so are we
         finally:
             self._commands.put(None)
-            self.port.stop.set()
-            self.driver.close()
-            self.outcome.done.wait(STOP_GRACE_S)
+            if not self.port.stop.is_set():  # a stop command already gave the grace
+                self.port.stop.set()
+                self.driver.close()
+                self.outcome.done.wait(STOP_GRACE_S)
         return 1 if self.outcome.report["outcome"] == "raised" else 0
 
 

@@ -51,6 +51,7 @@ def run(config: MachineConfig, timeout: float | None, console: Console | None = 
             machine.start()
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
                           f"partitions")
+            console.file.flush()  # before the programs' own output, in a pipe too
             outcomes = machine.wait(timeout)
             timed_out = any(o.state == "running" for o in outcomes.values())
         except KeyboardInterrupt:
