@@ -182,3 +182,11 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     if interrupted:
         return 130
     return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    from scripts.cli import main
+
+    sys.exit(main(["launch", *sys.argv[1:]]))
