@@ -5,11 +5,12 @@ of one size are measured back to back under the same conditions:
 
 * ``fig11`` / ``fig12``: partitions move packets through the cross-partition adapter.
 * ``vswitch``: the prior art of Fig 7B, TCP on loopback through a virtual switch process that
-  the bench starts next to the machine (hypervisor/vswitch.py).
+  the bench starts next to the machine (scripts/loadgen/vswitch.py).
 * ``tcp``: the prior art without the switch, partition to partition over TCP on loopback.
 
-The same partition processes send the same packets (partitions/pattern.py) and verify every
-one with the same check; partitions/transports.py holds all per-transport code.
+The same partition processes, running the built-in workload program (scripts/workload/), send
+the same packets (pattern.py) and verify every one with the same check; transports.py holds
+all per-transport code.
 
 While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and verified, asked
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
@@ -64,7 +65,7 @@ DEFAULT_BATCHES = (1, 32)  # the patent's literal flow, and batched
 LATENCY_SIZE = 64
 LATENCY_PACKETS = 200
 LATENCY_INTERVAL_S = 0.002  # pace of the lone packets: one per 2 ms, each alone on the path
-SIXTEEN = Path(__file__).resolve().parents[1] / "configs" / "sixteen.toml"
+SIXTEEN = Path(__file__).resolve().parents[2] / "configs" / "sixteen.toml"
 
 
 class BenchError(RuntimeError):

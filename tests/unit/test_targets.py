@@ -140,3 +140,10 @@ def test_evaluate_every_target_in_order_and_json_shape():
     single = run("fig11", MiB, 3_000, routes=[[1, 2]], bps=4e9)
     assert by_name(evaluate_targets([*runs, single], memcpy_bps=5e9),
                    "single-stream").met is True
+
+
+def test_the_scaling_config_is_where_the_bench_looks():
+    """`xpmove bench --scaling` without --scaling-config reads configs/sixteen.toml."""
+    from scripts.loadgen.bench import SIXTEEN
+
+    assert SIXTEEN.is_file(), SIXTEEN
