@@ -43,7 +43,7 @@ class Translation(NamedTuple):
     src: PartitionLayout
     dst: PartitionLayout
     src_address: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field named like tuple.count, on purpose
 
 
 class TranslationTable:
