@@ -275,7 +275,8 @@ class Engine:
                 self.errors["lock_timeout"] += len(waiting)
                 for i in waiting:
                     work.results[i] = Result(Status.LOCK_TIMEOUT, ms)
-                frame = encode_reply(work.request.op, work.request.request_id, OK, work.results)
+                frame = encode_reply(work.request.op, work.request.request_id, OK,
+                                     work.results)  # type: ignore[arg-type]  # all filled
             if frame is not None:
                 del self._parked[network_id]
                 replies.append((network_id, frame))
@@ -305,7 +306,9 @@ class Engine:
                     self._settle(dst)
                     self._unlock(dst)
             raise
-        return encode_reply(work.request.op, work.request.request_id, OK, work.results)
+        # every result is filled now: a failed check's, or _execute's
+        return encode_reply(work.request.op, work.request.request_id, OK,
+                            work.results)  # type: ignore[arg-type]
 
     def _failure(self, exc: XpmoveError, src_id: int, dst_id: int = 0) -> Result:
         """The wire form of a failed check: status plus the limit that explains it."""
