@@ -123,8 +123,9 @@ class Adapter:
             self.selector.unregister(fd)
             self._watched.discard(fd)
 
-    def close_connection(self, conn: Connection, why: str) -> None:
-        """The partition died or broke the protocol: free what it holds, stop serving it."""
+    def close_connection(self, conn: Connection, why: str, expected: bool = False) -> None:
+        """The partition left, died or broke the protocol: free what it holds, stop serving it.
+        Only the unexpected is logged (a partition leaving is the hypervisor's news to tell)."""
         if not conn.open:
             return
         conn.open = False
@@ -137,7 +138,7 @@ class Adapter:
             except OSError:
                 pass
         self.engine.detach(conn.network_id)
-        if self.running:
+        if self.running and not expected:
             self._log(f"closed connection of network ID {conn.network_id}: {why}")
 
     # -- replies -------------------------------------------------------------------------
@@ -201,7 +202,7 @@ class Adapter:
             self.close_connection(conn, f"read failed: {exc}")
             return
         if not data:
-            self.close_connection(conn, "request pipe EOF (partition gone)")
+            self.close_connection(conn, "request pipe EOF (partition gone)", expected=True)
             return
         conn.decoder.feed(data)
         self.serve(conn, now)
