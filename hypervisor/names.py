@@ -28,8 +28,15 @@ log = logging.getLogger(__name__)
 NAME_MAX = 30  # macOS PSHMNAMLEN is 31 including the NUL; Linux allows far more
 PREFIX_RE = re.compile(r"xpm-[0-9a-f]{8}", re.ASCII)
 _WHAT_RE = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
-DEFAULT_RUN_DIR = "/tmp/xpmove-runs"
 RUN_DIR_ENV = "XPMOVE_RUN_DIR"
+
+
+def default_run_dir() -> str:
+    """/tmp/xpmove-runs-<uid>: per user, so one user's directory never blocks another's."""
+    return f"/tmp/xpmove-runs-{os.getuid()}"
+
+
+DEFAULT_RUN_DIR = default_run_dir()
 # Tolerance when comparing create times: psutil derives them from the boot time, which
 # another process may compute slightly differently after a clock step. Erring towards
 # "still alive" only delays a sweep; erring the other way would unlink a live run.
@@ -104,11 +111,24 @@ def _owner_alive(pid: int, create_time: float) -> bool:
         return True  # someone's process exists under that pid: leave the record alone
 
 
+class RunDirError(OSError):
+    """The run registry's directory cannot be used; names the path and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"run directory {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"run directory {self.path}: {self.reason}"
+
+
 class RunRegistry:
     """One JSON file per live run in a registry directory.
 
     A record is {"prefix", "owner_pid", "owner_create_time", "shm": [...], "sem": [...]}.
-    Default directory: env XPMOVE_RUN_DIR or /tmp/xpmove-runs (created 0o700). Each
+    Default directory: env XPMOVE_RUN_DIR or /tmp/xpmove-runs-<uid> (created 0o700); a
+    directory that cannot be used raises RunDirError (naming it and why). Each
     record has a single writer (its run's hypervisor); writes are atomic (tmp file +
     os.replace), so a reader sees the old record or the new one, never a torn one.
     """
@@ -117,17 +137,34 @@ class RunRegistry:
         if directory is None:
             directory = os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
         self.directory = os.fspath(directory)
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        st = os.lstat(self.directory)
+        self._check_directory()
+
+    def _check_directory(self) -> None:
+        """Create the directory (0o700) if missing; RunDirError unless it is a directory of
+        ours that only we can write into, and we can."""
+        path = self.directory
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            st = os.lstat(path)
+        except FileExistsError:
+            raise RunDirError(path, "exists and is not a directory") from None
+        except OSError as e:
+            where = "" if e.filename in (None, path) else f" ({e.filename})"
+            raise RunDirError(path, f"{e.strerror or e}{where}") from None
         # /tmp is shared: refuse a directory someone else planted or can write into,
         # since sweep unlinks whatever names its records list.
+        if stat.S_ISLNK(st.st_mode):
+            raise RunDirError(path, "is a symbolic link; give the directory itself")
         if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(f"run registry {self.directory!r} is not a directory")
+            raise RunDirError(path, "is not a directory")
         if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            raise PermissionError(
-                f"run registry {self.directory!r} must be owned by uid {os.getuid()} and not "
-                f"writable by others (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
-            )
+            raise RunDirError(
+                path, f"must be owned by uid {os.getuid()} and not writable by others (owner "
+                f"uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); set {RUN_DIR_ENV} to "
+                f"a directory of yours")
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            raise RunDirError(path, f"no permission to read and write in it (mode "
+                              f"{stat.S_IMODE(st.st_mode):o})")
 
     def _path(self, prefix: str) -> str:
         if PREFIX_RE.fullmatch(prefix) is None:

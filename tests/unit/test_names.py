@@ -16,7 +16,9 @@ from hypervisor.names import (
     DEFAULT_RUN_DIR,
     NAME_MAX,
     RUN_DIR_ENV,
+    RunDirError,
     RunRegistry,
+    default_run_dir,
     ipc_name,
     new_run_prefix,
 )
@@ -73,21 +75,71 @@ def test_registry_directory_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "envdir"))
     assert RunRegistry().directory == str(tmp_path / "envdir")
     monkeypatch.delenv(RUN_DIR_ENV)
-    assert DEFAULT_RUN_DIR == "/tmp/xpmove-runs"
+    monkeypatch.setattr("hypervisor.names.DEFAULT_RUN_DIR", str(tmp_path / "default"))
+    assert RunRegistry().directory == str(tmp_path / "default")
+
+
+def test_default_run_dir_is_per_user() -> None:
+    # a shared /tmp/xpmove-runs belonged to whoever ran first: the next user could not run
+    assert default_run_dir() == DEFAULT_RUN_DIR == f"/tmp/xpmove-runs-{os.getuid()}"
 
 
 def test_registry_refuses_directory_others_can_write(tmp_path: Path) -> None:
     directory = tmp_path / "open"
     directory.mkdir()
     directory.chmod(0o777)
-    with pytest.raises(PermissionError, match="not writable by others"):
+    with pytest.raises(RunDirError, match="not writable by others") as info:
+        RunRegistry(directory)
+    assert info.value.path == str(directory)
+    assert str(info.value).startswith(f"run directory {directory}: must be owned by uid")
+
+
+def test_registry_refuses_directory_of_another_user(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)  # as if another user ran second
+    with pytest.raises(RunDirError, match=f"owner uid {me}.*{RUN_DIR_ENV}"):
         RunRegistry(directory)
 
 
-def test_registry_refuses_non_directory(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda p: p.write_text(""), "exists and is not a directory"),
+    (lambda p: (p.parent / "target").mkdir() or p.symlink_to(p.parent / "target"),
+     "symbolic link"),
+])
+def test_registry_refuses_non_directory(tmp_path: Path, make, reason: str) -> None:
+    path = tmp_path / "runs"
+    make(path)
+    with pytest.raises(RunDirError, match=reason) as info:
+        RunRegistry(path)
+    assert isinstance(info.value, OSError) and info.value.path == str(path)
+
+
+def test_registry_refuses_path_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(OSError):
-        RunRegistry(tmp_path / "file")
+    with pytest.raises(RunDirError, match=r"runs: Not a directory"):
+        RunRegistry(tmp_path / "file" / "runs")
+
+
+def test_registry_reports_os_errors_as_run_dir_errors(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path, mode=0o777, exist_ok=False):
+        raise PermissionError(13, "Permission denied", "/no")
+
+    monkeypatch.setattr(os, "makedirs", denied)
+    with pytest.raises(RunDirError) as info:
+        RunRegistry("/no/such/runs")
+    assert str(info.value) == "run directory /no/such/runs: Permission denied (/no)"
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="root may write anywhere")
+def test_registry_refuses_directory_it_cannot_write(tmp_path: Path) -> None:
+    directory = tmp_path / "readonly"
+    directory.mkdir(mode=0o500)
+    with pytest.raises(RunDirError, match="no permission"):
+        RunRegistry(directory)
 
 
 def test_register_add_records_round_trip(tmp_path: Path) -> None:
