@@ -1,15 +1,143 @@
-"""The `xpmove` command line: thin argument parsing over the hypervisor's functions."""
+"""The `xpmove` command line: thin argument parsing over the hypervisor's functions.
+
+Argument values are checked by the parser's type functions (below), so a bad value is refused
+before anything starts, argparse-style (usage, one line naming the value, exit 2). Problems
+found later, with the config or the run directory, are one line `xpmove: ...` and exit 1;
+an interrupt (Ctrl-C, SIGTERM) exits 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
+import textwrap
+from importlib import metadata
 
 from adapter.protocol import Flow
-from hypervisor.config import ConfigError, load_config
-from hypervisor.names import RunRegistry
+from hypervisor.config import ConfigError, MachineConfig, load_config
+from hypervisor.names import RunDirError, RunRegistry
+
+DESCRIPTION = """\
+xpmove runs a logically partitioned machine on one host: every partition is an
+OS process, all share one POSIX shared-memory segment, and an adapter process
+moves packets between the partitions' memory in two flows (fig11: the adapter
+copies; fig12: it grants and the receiver copies). Run your own partition
+programs on it (run), verified all-to-all traffic (launch), traffic while its
+processes are killed (soak), or a benchmark against TCP (bench)."""
+
+EXAMPLES = {
+    "run": "xpmove run --config examples/pingpong.toml --timeout 30",
+    "launch": "xpmove launch --duration 5 --size 1KiB",
+    "soak": "xpmove soak --duration 30 --kill-every 2 --seed 42",
+    "bench": "xpmove bench --sizes 64,1KiB --transports fig11,tcp --json results.json",
+    "cleanup": "xpmove cleanup",
+}
+
+EPILOG = "examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES.values()) + """
+
+Run names are recorded in $XPMOVE_RUN_DIR (default /tmp/xpmove-runs-<uid>).
+`xpmove COMMAND --help` describes each command's options."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Epilogs as written; every option's default appended, except None and False, whose
+    meaning each help text spells out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# -- argument types: each returns the parsed value or names the bad value and why ---------------
+
+def seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds > 0")
+    return value
+
+
+def count(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
+
+
+def size(text: str) -> int:
+    """Bytes, or with a KiB/MiB suffix (as `bench --sizes`)."""
+    from scripts.loadgen.benchcore import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _items(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma list of {what}")
+    return list(dict.fromkeys(items))
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    return tuple(size(t) for t in _items(text, "packet sizes, e.g. 64,1KiB,1MiB"))
+
+
+def batches(text: str) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(count(t) for t in _items(text, "integers >= 1, e.g. 1,32")))
+
+
+def flows(text: str) -> tuple[str, ...]:
+    known = [f.value for f in Flow]
+    for f in (items := _items(text, f"flows ({', '.join(known)})")):
+        try:
+            Flow.parse(f)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return tuple(items)
+
+
+def transports(text: str) -> tuple[str, ...]:
+    from scripts.loadgen.bench import TRANSPORTS
+
+    known = ", ".join(TRANSPORTS)
+    items = _items(text, f"transports (known: {known})")
+    unknown = [t for t in items if t not in TRANSPORTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown {', '.join(map(repr, unknown))} "
+                                         f"(known: {known})")
+    return tuple(items)
+
+
+def output_path(text: str) -> str:
+    """A file the command can create or overwrite at the end: checked before anything runs."""
+    path = os.path.expanduser(text)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text!r}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: no permission to write in {parent}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not writable")
+    return path
 
 
 def _available_cpus() -> frozenset[int] | None:
@@ -18,11 +146,20 @@ def _available_cpus() -> frozenset[int] | None:
     return None
 
 
-def _config(path: str | None):
+def _config(path: str | None) -> MachineConfig:
     try:
         return load_config(path, _available_cpus())
     except ConfigError as exc:
         raise SystemExit(f"xpmove: bad config: {exc}") from None
+
+
+def _traffic_config(path: str | None, command: str) -> MachineConfig:
+    """A config for all-to-all traffic: it needs a peer for every partition."""
+    config = _config(path)
+    if len(config.partitions) < 2:
+        raise SystemExit(f"xpmove {command}: all-to-all traffic needs at least two partitions; "
+                         f"{path or 'the config'} has {len(config.partitions)}")
+    return config
 
 
 def _terminate_as_interrupt(signum, frame) -> None:
@@ -32,47 +169,23 @@ def _terminate_as_interrupt(signum, frame) -> None:
 def cmd_launch(args: argparse.Namespace) -> int:
     from scripts.launch import TrafficOptions, launch
 
-    flows = tuple(args.flows.split(","))
-    for f in flows:
-        try:
-            Flow.parse(f)
-        except ValueError as exc:
-            raise SystemExit(f"xpmove: --flows: {exc}") from None
-    packets = None if args.duration is not None and args.packets is None else (args.packets or 500)
-    return launch(_config(args.config),
+    packets = args.packets
+    if packets is None and args.duration is None:
+        packets = DEFAULT_PACKETS
+    return launch(_traffic_config(args.config, "launch"),
                   TrafficOptions(packets=packets, duration=args.duration, size=args.size,
-                                 flows=flows))
+                                 flows=args.flows))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from scripts.loadgen.bench import BenchOptions, bench
-    from scripts.loadgen.benchcore import parse_size
 
-    try:
-        sizes = None if args.sizes is None else tuple(parse_size(s) for s in
-                                                      args.sizes.split(","))
-    except ValueError as exc:
-        raise SystemExit(f"xpmove: --sizes: {exc}") from None
-    transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
-    try:
-        batches = tuple(dict.fromkeys(int(b) for b in args.batch.split(",") if b.strip()))
-    except ValueError:
-        raise SystemExit(f"xpmove: --batch {args.batch!r}: give a comma list of integers, "
-                         f"e.g. 1,32") from None
-    if not batches or min(batches) < 1:
-        raise SystemExit(f"xpmove: --batch {args.batch!r}: every value must be >= 1")
-    if args.latency_packets < 1:
-        raise SystemExit(f"xpmove: --latency-packets {args.latency_packets} must be >= 1")
-    if args.packets is not None and args.packets < 1:
-        raise SystemExit(f"xpmove: --packets {args.packets} must be >= 1")
-    if args.duration is not None and not args.duration > 0:
-        raise SystemExit(f"xpmove: --duration {args.duration} must be > 0")
     options = BenchOptions(
-        transports=transports, sizes=sizes,
+        transports=args.transports, sizes=args.sizes,
         duration=args.duration if args.duration is not None else 2.0, packets=args.packets,
-        topology=args.topology, pairs=args.pairs, batches=batches, json_path=args.json,
+        topology=args.topology, pairs=args.pairs, batches=args.batch, json_path=args.json,
         plot_path=args.plot, markdown_path=args.markdown, latency=args.latency,
         latency_packets=args.latency_packets, single_stream=args.single_stream,
         scaling=args.scaling, scaling_config=args.scaling_config,
@@ -85,16 +198,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from scripts.soak import report_table, soak
+    from scripts.launch import largest_packet
+    from scripts.soak import SoakInterrupted, report_table, soak
+    from scripts.workload.pattern import MIN_PACKET
 
-    if args.duration <= 0 or args.kill_every <= 0:
-        raise SystemExit("xpmove: --duration and --kill-every must be > 0")
-    if args.batch < 1:
-        raise SystemExit(f"xpmove: --batch {args.batch} must be >= 1")
+    config = _traffic_config(args.config, "soak")
+    limit = largest_packet(config)
+    if not MIN_PACKET <= args.size <= limit:
+        raise SystemExit(f"xpmove soak: --size {args.size} must be in [{MIN_PACKET}, {limit}] "
+                         f"for this config (sender area and half a receive ring)")
     console = Console()
     try:
-        report = soak(_config(args.config), args.duration, args.kill_every, args.size,
-                      args.seed, console, batch=args.batch)
+        report = soak(config, args.duration, args.kill_every, args.size, args.seed, console,
+                      batch=args.batch)
+    except SoakInterrupted as stop:
+        report = stop.report
+        console.print(report_table(report))
+        console.print(f"[yellow]interrupted[/] after {stop.elapsed:.1f} s of "
+                      f"{args.duration:g}: the summary covers the traffic until the stop; "
+                      f"{report.accepted - report.delivered:,} accepted packets were in flight "
+                      f"(not drained, so neither delivered nor counted as lost); lost and "
+                      f"'locks free' were not determined")
+        return 130
     except KeyboardInterrupt:
         return 130
     console.print(report_table(report))
@@ -107,8 +232,6 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from scripts.run import run
 
-    if args.timeout is not None and not 0 < args.timeout < float("inf"):
-        raise SystemExit(f"xpmove: --timeout {args.timeout}: give a number of seconds > 0")
     return run(_config(args.config), args.timeout)
 
 
@@ -120,78 +243,106 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xpmove", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+DEFAULT_PACKETS = 500
+BUILT_IN = "(default: the built-in four partitions, as configs/default.toml)"
 
-    p = sub.add_parser("run", help="start the machine, run every partition's program until all "
-                       "return, report how each ended")
-    p.add_argument("--config", help="TOML machine config whose partitions name a `program`")
-    p.add_argument("--timeout", type=float, default=None,
+
+def version() -> str:
+    try:
+        return metadata.version("xpmove")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpmove", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=textwrap.fill(summary, 78),
+                              epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=HelpFormatter)
+
+    p = command("run", "start the machine, run every partition's program until all return, "
+                "report how each ended")
+    p.add_argument("--config", metavar="F", help="TOML machine config whose partitions name a "
+                   "`program` (default: the built-in config, whose partitions run no program)")
+    p.add_argument("--timeout", type=seconds, default=None, metavar="S",
                    help="seconds to wait for the programs (default: no limit)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("launch", help="start the machine and run all-to-all verified traffic")
-    p.add_argument("--config", help="TOML machine config (default: built-in four partitions)")
-    p.add_argument("--packets", type=int, default=None,
-                   help="packets per sender, peer and flow (default 500)")
-    p.add_argument("--duration", type=float, default=None, help="seconds of traffic")
-    p.add_argument("--size", type=int, default=1024, help="packet size in bytes (default 1024)")
-    p.add_argument("--flows", default="fig11,fig12", help="comma list of fig11, fig12")
+    p = command("launch", "start the machine, run all-to-all verified traffic, report, stop")
+    p.add_argument("--config", metavar="F", help=f"TOML machine config {BUILT_IN}")
+    p.add_argument("--packets", type=count, default=None, metavar="N",
+                   help=f"packets per sender, peer and flow (default: {DEFAULT_PACKETS}, or no "
+                        f"limit with --duration)")
+    p.add_argument("--duration", type=seconds, default=None, metavar="S",
+                   help="seconds of traffic (default: none, the packet count ends it)")
+    p.add_argument("--size", type=size, default="1KiB", metavar="B",
+                   help="packet size: bytes or with a KiB/MiB suffix")
+    p.add_argument("--flows", type=flows, default="fig11,fig12", help="comma list of fig11, fig12")
     p.set_defaults(func=cmd_launch)
 
-    p = sub.add_parser("bench", help="Fig 14 load generator: S = dT/dC of the adapter's flows "
-                       "against the prior art (tcp, virtual switch)")
-    p.add_argument("--config", help="TOML machine config (default: built-in four partitions)")
-    p.add_argument("--transports", default="fig11,fig12,vswitch,tcp",
-                   help="comma list of fig11, fig12, vswitch, tcp (default: all four)")
-    p.add_argument("--sizes", default=None,
-                   help="comma list of packet sizes, e.g. 64,1KiB,64KiB (default 64, 1 KiB, "
+    p = command("bench", "Fig 14 load generator: S = dT/dC of the adapter's flows against the "
+                "prior art (tcp, virtual switch)")
+    p.add_argument("--config", metavar="F", help=f"TOML machine config {BUILT_IN}")
+    p.add_argument("--transports", type=transports, default="fig11,fig12,vswitch,tcp",
+                   help="comma list of fig11, fig12, vswitch, tcp")
+    p.add_argument("--sizes", type=sizes, default=None,
+                   help="comma list of packet sizes, e.g. 64,1KiB,64KiB (default: 64, 1 KiB, "
                         "64 KiB, 1 MiB, each capped to the largest packet the rings accept)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds of sending per run (default 2)")
-    p.add_argument("--packets", type=int, default=None,
-                   help="packets per sender and destination per run (instead of --duration)")
+    p.add_argument("--duration", type=seconds, default=None, metavar="S",
+                   help="seconds of sending per run (default: 2)")
+    p.add_argument("--packets", type=count, default=None, metavar="N",
+                   help="packets per sender and destination per run, instead of --duration "
+                        "(default: none, --duration ends each run)")
     p.add_argument("--topology", choices=("pairs", "all-to-all"), default="pairs",
-                   help="pairs: 1->2, 3->4, ... (default); all-to-all: every ordered pair")
-    p.add_argument("--pairs", default=None, help="explicit routes SRC:DST,... (overrides "
-                   "--topology), e.g. 1:2,3:4")
-    p.add_argument("--batch", default="1,128,16384",
+                   help="pairs: 1->2, 3->4, ...; all-to-all: every ordered pair")
+    p.add_argument("--pairs", default=None, help="explicit routes SRC:DST,..., e.g. 1:2,3:4 "
+                   "(default: the routes of --topology)")
+    p.add_argument("--batch", type=batches, default="1,128,16384",
                    help="comma list of packets per request (fig11/fig12: moves per adapter "
                         "request; tcp/vswitch: frames per sendall); every run is done per value; "
-                        "1 = the patent's literal flow (default 1,128,16384)")
+                        "1 = the patent's literal flow")
     p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
                    help="lone 64 B packets, batch 1, paced, one route: one-way p50/p99 per "
-                        "transport (default on)")
-    p.add_argument("--latency-packets", type=int, default=200,
-                   help="lone packets per transport in the latency phase (default 200)")
+                        "transport")
+    p.add_argument("--latency-packets", type=count, default=200, metavar="N",
+                   help="lone packets per transport in the latency phase")
     p.add_argument("--single-stream", action=argparse.BooleanOptionalAction, default=True,
-                   help="fig11/fig12 at 1 MiB on one route, for the memcpy target (default on)")
+                   help="fig11/fig12 at 1 MiB on one route, for the memcpy target")
     p.add_argument("--scaling", action="store_true",
                    help="also fig11/fig12 at 1 KiB all-to-all with 2 and 16 partitions "
-                        "(per-packet CPU target; off by default)")
+                        "(per-packet CPU target) (default: off)")
     p.add_argument("--scaling-config", default=None, metavar="F",
-                   help="config for --scaling (default configs/sixteen.toml; its first two "
+                   help="config for --scaling (default: configs/sixteen.toml; its first two "
                         "partitions make the small machine)")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--plot", metavar="PATH.png", help="draw Fig 14 (needs matplotlib: "
-                   "pip install -e '.[plot]')")
-    p.add_argument("--markdown", metavar="PATH", help="write the summary as Markdown tables")
+    p.add_argument("--json", type=output_path, metavar="PATH",
+                   help="write the results as JSON (default: not written)")
+    p.add_argument("--plot", type=output_path, metavar="PATH.png", help="draw Fig 14 (needs "
+                   "matplotlib: pip install -e '.[plot]') (default: not drawn)")
+    p.add_argument("--markdown", type=output_path, metavar="PATH",
+                   help="write the summary as Markdown tables (default: not written)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("soak", help="all-to-all traffic while partitions and the adapter "
-                       "are killed; fails unless nothing is lost or duplicated")
-    p.add_argument("--config", help="TOML machine config (default: built-in four partitions)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
-    p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
-    p.add_argument("--size", type=int, default=1024, help="packet size in bytes")
-    p.add_argument("--seed", type=int, default=None, help="random seed for the victims")
-    p.add_argument("--batch", type=int, default=1,
+    p = command("soak", "all-to-all traffic while partitions and the adapter are killed; "
+                "fails unless nothing is lost or duplicated")
+    p.add_argument("--config", metavar="F", help=f"TOML machine config {BUILT_IN}")
+    p.add_argument("--duration", type=seconds, default=60.0, metavar="S",
+                   help="seconds of traffic")
+    p.add_argument("--kill-every", type=seconds, default=5.0, metavar="S",
+                   help="seconds between kills")
+    p.add_argument("--size", type=size, default="1KiB", metavar="B",
+                   help="packet size: bytes or with a KiB/MiB suffix")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="random seed for the victims (default: a different one each run)")
+    p.add_argument("--batch", type=count, default=1, metavar="N",
                    help="packets per request: > 1 sends multiple-write runs in both flows "
-                        "(default 1, the literal flows)")
+                        "(1: the literal flows)")
     p.set_defaults(func=cmd_soak)
 
-    p = sub.add_parser("cleanup", help="unlink IPC names left by runs whose launcher died")
+    p = command("cleanup", "unlink IPC names left by runs whose launcher died")
     p.set_defaults(func=cmd_cleanup)
     return parser
 
@@ -199,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    return args.func(args)
+    try:
+        RunRegistry()  # a run directory that cannot be used is reported before anything starts
+        return args.func(args)
+    except RunDirError as exc:
+        print(f"xpmove: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
+from scripts.loadgen.benchcore import si
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 
 POLL_S = 0.2
+INTERVAL_S = 1.0  # one progress line a second when the output is not a terminal
 DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
 
 
@@ -57,6 +59,46 @@ def collect(machine: Machine, cmd: str = "stats") -> dict[int, dict]:
     return stats
 
 
+def interval_line(t0: float, t1: float, verified: int, before: int, errors: int,
+                  what: str = "verified") -> str:
+    """One iperf3-style progress line for [t0, t1] s of traffic (for logs and pipes, where no
+    progress bar is drawn): packets `what` so far, the rate over the interval, errors so far."""
+    rate = (verified - before) / max(t1 - t0, 1e-9)
+    return (f"[{t0:6.1f}-{t1:6.1f} s] {verified:>12,} {what} {si(rate, 'pkt/s'):>12} "
+            f"errors {errors:,}")
+
+
+def traffic_errors(stats: dict[int, dict]) -> int:
+    """Refused sends and corrupt, missing or duplicated packets, over every partition."""
+    return sum(sum(s.get("errors", {}).values()) + s.get("corrupt", 0) + s.get("gaps", 0)
+               + s.get("duplicates", 0) for s in stats.values())
+
+
+class IntervalPrinter:
+    """Prints an interval line every INTERVAL_S when the console is not a terminal."""
+
+    def __init__(self, console: Console, what: str = "verified") -> None:
+        self.console = console
+        self.what = what
+        self.enabled = not console.is_terminal
+        self.start = self.t0 = time.monotonic()
+        self.before = 0
+
+    def due(self) -> bool:
+        return self.enabled and time.monotonic() - self.t0 >= INTERVAL_S
+
+    def tick(self, verified: int, errors: int) -> None:
+        """Print the line if one is due."""
+        if not self.due():
+            return
+        now = time.monotonic()
+        self.console.print(interval_line(self.t0 - self.start, now - self.start, verified,
+                                         self.before, errors, self.what),
+                           highlight=False, soft_wrap=True)
+        self.console.file.flush()  # a pipe is block-buffered: the line must show now
+        self.t0, self.before = now, verified
+
+
 def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> dict[int, dict]:
     ids = list(machine.partitions)
     for nid in ids:
@@ -69,16 +111,20 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> 
     if options.packets is not None:
         expected = options.packets * len(options.flows) * len(ids) * (len(ids) - 1)
     drain_deadline = None
-    with Progress(TextColumn("[bold]traffic"), BarColumn(), TextColumn("{task.completed:,} "
-                  "of {task.total:,} packets verified"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("traffic", total=expected)
+    intervals = IntervalPrinter(console)
+    # the description carries the counts: with --duration there is no total to format
+    with Progress(TextColumn("[bold]traffic"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("0 packets verified", total=expected)
         while True:
             for child in machine.poll():
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
             stats = collect(machine)
             sent, received = totals(stats)
-            progress.update(task, completed=received, total=expected or max(sent, 1))
+            of = f"{expected:,}" if expected is not None else f"{sent:,} accepted"
+            progress.update(task, completed=received, total=expected or max(sent, 1),
+                            description=f"{received:,} of {of} packets verified")
+            intervals.tick(received, traffic_errors(stats))
             senders_done = all(s["sender_done"] for s in stats.values())
             if senders_done and received >= sent:
                 return stats
@@ -175,12 +221,18 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     refused = sum(sum(s.get("errors", {}).values()) for s in stats.values())
     clean = (received == sent and bad == 0 and not dead and refused == 0
              and all(v == "free" for v in adapter.get("locks", {}).values()))
-    verdict = "[green]clean" if clean else "[red]NOT clean"
-    console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, "
-                  f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
-                  f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
+    problems = (f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
+                f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
     if interrupted:
+        # the stop cut the traffic short: what was accepted but not yet verified was in flight
+        console.print(f"[yellow]interrupted[/]: {received:,} of {sent:,} accepted packets "
+                      f"verified before the stop (packets in flight when stopped are not lost: "
+                      f"the stop ended the traffic before their receivers read them), "
+                      f"{problems}", soft_wrap=True)  # one line: logs grep it whole
         return 130
+    verdict = "[green]clean" if clean else "[red]NOT clean"
+    console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, {problems}",
+                  soft_wrap=True)
     return 0 if clean else 1
 
 

@@ -26,7 +26,7 @@ from adapter.protocol import Flow
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
-from scripts.launch import collect, signals_deferred
+from scripts.launch import IntervalPrinter, collect, signals_deferred, traffic_errors
 from scripts.workload.program import PROGRAM
 
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
@@ -109,11 +109,31 @@ def resume_restarted(machine: Machine, seen: dict, shape: dict, until: float) ->
             start_traffic(machine, key, shape, until)
 
 
+class SoakInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the soak: `report` holds what was counted until then
+    (accepted and delivered from the segment's books; lost and locks_free not determined,
+    since the traffic was not drained) and `elapsed` the seconds since the machine started."""
+
+    def __init__(self, report: SoakReport, elapsed: float) -> None:
+        super().__init__(f"soak interrupted after {elapsed:.1f} s")
+        self.report = report
+        self.elapsed = elapsed
+
+
+def _tally(report: SoakReport, machine: Machine, last_stats: dict[int, dict]) -> None:
+    """The receivers' and the machine's counts into the report."""
+    report.failed_reported = sum(sum(s.get("errors", {}).values()) for s in last_stats.values())
+    report.duplicated = sum(s.get("duplicates", 0) for s in last_stats.values())
+    report.corrupt = sum(s.get("corrupt", 0) for s in last_stats.values())
+    report.restarts = sum(machine.restarts.values())
+
+
 def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 1024,
          seed: int | None = None, console: Console | None = None,
          registry: RunRegistry | None = None, batch: int = 1) -> SoakReport:
     """`batch` > 1 sends batches as multiple-write runs (MOVE_RUN in fig11, GRANT_RUN in
-    fig12), so kills land inside runs as well as between single moves."""
+    fig12), so kills land inside runs as well as between single moves. An interrupt raises
+    SoakInterrupted carrying the report so far, after the machine has stopped."""
     console = console or Console()
     shape = {"size": size, "batch": batch}
     rng = random.Random(seed)
@@ -121,64 +141,76 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
     machine = Machine(with_program(config, PROGRAM), registry=registry)
     report = SoakReport()
     last_stats: dict[int, dict] = {}
+    started = time.monotonic()
     try:
-        machine.start()
-        console.print(f"soak: run {machine.prefix}, {len(machine.partitions)} partitions, "
-                      f"{duration:g} s, a kill every {kill_every:g} s, batch {batch}")
-        until = time.monotonic() + duration
-        seen: dict = {}
-        for nid in machine.partitions:
-            start_traffic(machine, nid, shape, until)
-        next_kill = time.monotonic() + kill_every
-        while time.monotonic() < until:
-            time.sleep(POLL_S)  # supervision period, not synchronisation
-            machine.poll()
-            resume_restarted(machine, seen, shape, until)
-            while machine.events:
-                console.print(f"  {machine.events.pop(0)}")
-            if time.monotonic() >= next_kill:
-                next_kill += kill_every
-                victim = None if rng.random() < ADAPTER_SHARE else rng.choice(
-                    list(machine.partitions))
-                machine.kill(victim)
-                report.kills += 1
-                report.adapter_kills += victim is None
-                console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")
-            last_stats.update(collect(machine))
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while True:
-            machine.poll()
-            resume_restarted(machine, seen, shape, until)
-            stats = collect(machine)
-            last_stats.update(stats)
-            committed, delivered = pair_books(machine)
-            if all(s["sender_done"] for s in stats.values()) and committed == delivered:
-                break
-            if time.monotonic() > deadline:
-                console.print(f"[red]drain timed out: {committed - delivered} not delivered")
-                for line in pair_detail(machine):
-                    console.print(f"  {line}")
-                if os.environ.get("XPMOVE_DEBUG"):  # every partition dumps its threads' stacks
-                    for nid in machine.partitions:
-                        machine.kill(nid, signal.SIGUSR1)
-                for nid, st in stats.items():
-                    console.print(f"  partition {nid}: errors {st.get('errors')} "
-                                  f"{st.get('receiver_errors', '')}")
-                break
-            time.sleep(POLL_S)
-        report.accepted, report.delivered = pair_books(machine)
-        report.lost = report.accepted - report.delivered
-        report.failed_reported = sum(sum(s.get("errors", {}).values())
-                                     for s in last_stats.values())
-        report.duplicated = sum(s.get("duplicates", 0) for s in last_stats.values())
-        report.corrupt = sum(s.get("corrupt", 0) for s in last_stats.values())
-        report.restarts = sum(machine.restarts.values())
-        locks = machine.adapter_stats()["locks"]
-        report.locks_free = all(state == "free" for state in locks.values())
+        try:
+            _soak(machine, report, last_stats, console, rng, duration, kill_every, shape)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: stopping the machine")
+            if machine.memory is not None:  # the books are in the segment: read them first
+                report.accepted, report.delivered = pair_books(machine)
+            _tally(report, machine, last_stats)
+            raise SoakInterrupted(report, time.monotonic() - started) from None
     finally:
         with signals_deferred():
             machine.stop()
     return report
+
+
+def _soak(machine: Machine, report: SoakReport, last_stats: dict[int, dict], console: Console,
+          rng: random.Random, duration: float, kill_every: float, shape: dict) -> None:
+    machine.start()
+    console.print(f"soak: run {machine.prefix}, {len(machine.partitions)} partitions, "
+                  f"{duration:g} s, a kill every {kill_every:g} s, batch {shape['batch']}")
+    intervals = IntervalPrinter(console, "delivered")
+    until = time.monotonic() + duration
+    seen: dict = {}
+    for nid in machine.partitions:
+        start_traffic(machine, nid, shape, until)
+    next_kill = time.monotonic() + kill_every
+    while time.monotonic() < until:
+        time.sleep(POLL_S)  # supervision period, not synchronisation
+        machine.poll()
+        resume_restarted(machine, seen, shape, until)
+        while machine.events:
+            console.print(f"  {machine.events.pop(0)}")
+        if time.monotonic() >= next_kill:
+            next_kill += kill_every
+            victim = None if rng.random() < ADAPTER_SHARE else rng.choice(
+                list(machine.partitions))
+            machine.kill(victim)
+            report.kills += 1
+            report.adapter_kills += victim is None
+            console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")
+        last_stats.update(collect(machine))
+        if intervals.due():
+            intervals.tick(pair_books(machine)[1], traffic_errors(last_stats))
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        machine.poll()
+        resume_restarted(machine, seen, shape, until)
+        stats = collect(machine)
+        last_stats.update(stats)
+        committed, delivered = pair_books(machine)
+        if all(s["sender_done"] for s in stats.values()) and committed == delivered:
+            break
+        if time.monotonic() > deadline:
+            console.print(f"[red]drain timed out: {committed - delivered} not delivered")
+            for line in pair_detail(machine):
+                console.print(f"  {line}")
+            if os.environ.get("XPMOVE_DEBUG"):  # every partition dumps its threads' stacks
+                for nid in machine.partitions:
+                    machine.kill(nid, signal.SIGUSR1)
+            for nid, st in stats.items():
+                console.print(f"  partition {nid}: errors {st.get('errors')} "
+                              f"{st.get('receiver_errors', '')}")
+            break
+        time.sleep(POLL_S)
+    report.accepted, report.delivered = pair_books(machine)
+    report.lost = report.accepted - report.delivered
+    _tally(report, machine, last_stats)
+    locks = machine.adapter_stats()["locks"]
+    report.locks_free = all(state == "free" for state in locks.values())
 
 
 def report_table(report: SoakReport) -> Table:

@@ -1,0 +1,156 @@
+"""`xpmove` as a user runs it, in a pipe: real subprocesses (`python -m scripts.cli`, the
+`xpmove` entry point's module), each with its own run registry under tmp_path and a
+two-partition machine of 1 MiB partitions, so every test takes a few seconds at most."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 60
+PARTITION = """[[partition]]
+name = "p{n}"
+network_id = {n}
+memory = "1MiB"
+receive_area = "256KiB"
+"""
+INTERVAL = re.compile(r"^\[\s*[\d.]+-\s*[\d.]+ s\]\s+[\d,]+ (verified|delivered)\s+.*pkt/s "
+                      r"errors \d+$", re.MULTILINE)
+
+
+def config(tmp_path: Path, partitions: int = 2) -> Path:
+    path = tmp_path / f"machine{partitions}.toml"
+    path.write_text("\n".join(PARTITION.format(n=n) for n in range(1, partitions + 1)))
+    return path
+
+
+def env(tmp_path: Path, run_dir: Path | None = None) -> dict[str, str]:
+    return {**os.environ, "XPMOVE_RUN_DIR": str(run_dir or tmp_path / "runs")}
+
+
+def xpmove(tmp_path: Path, *argv: str, run_dir: Path | None = None,
+           timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scripts.cli", *argv], cwd=REPO,
+                          env=env(tmp_path, run_dir), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def words(text: str) -> str:
+    """The output with its line wrapping undone (the console wraps at 80 columns in a pipe)."""
+    return " ".join(text.split())
+
+
+def interrupt_after_first_interval(tmp_path: Path, *argv: str) -> tuple[int, str]:
+    """Start `xpmove ARGV`, wait for its first progress line (traffic is flowing), send it
+    SIGINT as Ctrl-C would; (exit code, whole output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", *argv], cwd=REPO,
+                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not INTERVAL.search(out.decode(errors="replace")):
+            assert time.monotonic() < deadline, f"no progress line:\n{out.decode()}"
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            assert chunk, f"output ended before a progress line:\n{out.decode()}"
+            out += chunk
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:  # the test failed: stop it cleanly (SIGTERM), so no name leaks
+            proc.terminate()
+            try:
+                proc.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, (out + rest).decode()
+
+
+def test_launch_duration_reaches_traffic_and_prints_progress_in_a_pipe(tmp_path: Path) -> None:
+    proc = xpmove(tmp_path, "launch", "--config", str(config(tmp_path)), "--duration", "1.5",
+                  "--size", "1KiB")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    verified = re.search(r"clean: ([\d,]+) of ([\d,]+) accepted packets verified", words(out))
+    assert verified, out
+    assert int(verified.group(1).replace(",", "")) > 0
+    assert verified.group(1) == verified.group(2)
+    assert INTERVAL.search(proc.stdout), f"no per-second progress line in a pipe:\n{out}"
+
+
+@pytest.mark.parametrize(("argv", "complaint"), [
+    (("launch", "--packets", "0"), "argument --packets: '0': give an integer >= 1"),
+    (("launch", "--packets", "-5"), "argument --packets: '-5': give an integer >= 1"),
+    (("launch", "--duration", "nan"), "argument --duration: 'nan': give a finite number"),
+    (("launch", "--duration", "-1"), "argument --duration: '-1': give a finite number"),
+    (("bench", "--transports", ","), "argument --transports: ',': give a comma list of "
+                                     "transports (known: fig11, fig12, vswitch, tcp)"),
+    (("bench", "--json", "/no/such/dir/r.json", "--transports", "fig11", "--sizes", "64",
+      "--packets", "5", "--batch", "1", "--no-latency", "--no-single-stream"),
+     "argument --json: '/no/such/dir/r.json': directory /no/such/dir does not exist"),
+])
+def test_bad_values_refused_before_anything_starts(tmp_path: Path, argv: tuple[str, ...],
+                                                   complaint: str) -> None:
+    proc = xpmove(tmp_path, *argv, "--config", str(config(tmp_path)), timeout=20)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert complaint in proc.stderr
+    assert "machine up" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["launch", "soak"])
+def test_one_partition_refused_for_all_to_all_traffic(tmp_path: Path, command: str) -> None:
+    one = config(tmp_path, 1)
+    proc = xpmove(tmp_path, command, "--config", str(one), "--duration", "1", timeout=20)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == (f"xpmove {command}: all-to-all traffic needs at least two "
+                           f"partitions; {one} has 1\n")
+    assert "clean" not in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["launch", "cleanup"])
+@pytest.mark.parametrize("bad", ["file", "file/runs"])
+def test_unusable_run_directory_is_one_line(tmp_path: Path, command: str, bad: str) -> None:
+    (tmp_path / "file").write_text("")
+    run_dir = tmp_path / bad
+    proc = xpmove(tmp_path, command, run_dir=run_dir, timeout=20)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.fullmatch(rf"xpmove: run directory {re.escape(str(run_dir))}: [^\n]+\n",
+                        proc.stderr), proc.stderr
+
+
+def test_interrupted_launch_says_nothing_was_lost(tmp_path: Path) -> None:
+    code, out = interrupt_after_first_interval(
+        tmp_path, "launch", "--config", str(config(tmp_path)), "--duration", "60")
+    assert code == 130, out
+    text = words(out)
+    assert "NOT clean" not in text and "Traceback" not in text
+    said = re.search(r"interrupted: ([\d,]+) of ([\d,]+) accepted packets verified before the "
+                     r"stop \(packets in flight when stopped are not lost", text)
+    assert said, out
+    assert int(said.group(1).replace(",", "")) > 0
+
+
+def test_interrupted_soak_prints_its_summary(tmp_path: Path) -> None:
+    code, out = interrupt_after_first_interval(
+        tmp_path, "soak", "--config", str(config(tmp_path)), "--duration", "60",
+        "--kill-every", "30", "--size", "1KiB")
+    assert code == 130, out
+    text = words(out)
+    assert "Traceback" not in text
+    accepted = re.search(r"accepted │ (\d+) │", text)
+    assert accepted and int(accepted.group(1)) > 0, out
+    assert re.search(r"interrupted after [\d.]+ s of 60: the summary covers the traffic until "
+                     r"the stop", text), out
+    assert "passed" not in text and "FAILED" not in text

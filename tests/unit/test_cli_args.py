@@ -1,0 +1,175 @@
+"""The command line's argument checks, help and run-directory errors, in process: nothing is
+started (a value refused by the parser exits 2 before any machine exists)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from scripts import cli
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """The parser's one-line complaint about `argv` (it must exit 2, argparse-style)."""
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(list(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: xpmove"), err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["launch", "bench", "soak"])
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "-inf", "1e999", "soon"])
+def test_duration_must_be_finite_seconds(capsys, command: str, value: str) -> None:
+    line = refused(capsys, command, f"--duration={value}")  # "-inf" alone looks like an option
+    assert f"argument --duration: '{value}': give a finite number of seconds > 0" in line
+
+
+@pytest.mark.parametrize(("option", "command"), [("--timeout", "run"),
+                                                 ("--kill-every", "soak")])
+def test_other_seconds_options_are_checked_alike(capsys, option: str, command: str) -> None:
+    assert "'nan': give a finite number of seconds > 0" in refused(capsys, command, option,
+                                                                    "nan")
+
+
+def test_duration_accepted() -> None:
+    args = cli.build_parser().parse_args(["launch", "--duration", "1.5"])
+    assert args.duration == 1.5 and args.packets is None
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_packets_must_be_at_least_one(capsys, value: str) -> None:
+    # --packets 0 used to run the default 500; --packets -5 ran nothing and said "clean"
+    assert f"argument --packets: '{value}'" in refused(capsys, "launch", "--packets", value)
+
+
+@pytest.mark.parametrize(("command", "option"), [("bench", "--packets"),
+                                                 ("bench", "--latency-packets"),
+                                                 ("soak", "--batch")])
+def test_counts_must_be_at_least_one(capsys, command: str, option: str) -> None:
+    assert f"argument {option}: '0': give an integer >= 1" in refused(capsys, command, option,
+                                                                       "0")
+
+
+@pytest.mark.parametrize("value", [",", "", " , ", "fig11,,tcp"])
+def test_empty_transport_list_refused(capsys, value: str) -> None:
+    line = refused(capsys, "bench", "--transports", value)
+    assert f"'{value}'" in line and "known: fig11, fig12, vswitch, tcp" in line
+
+
+def test_unknown_transport_refused_naming_it(capsys) -> None:
+    line = refused(capsys, "bench", "--transports", "fig11,udp")
+    assert "unknown 'udp' (known: fig11, fig12, vswitch, tcp)" in line
+
+
+def test_transports_parsed() -> None:
+    args = cli.build_parser().parse_args(["bench", "--transports", "tcp, fig11,tcp"])
+    assert args.transports == ("tcp", "fig11")
+    assert cli.build_parser().parse_args(["bench"]).transports == (
+        "fig11", "fig12", "vswitch", "tcp")
+
+
+def test_batches_and_sizes_parsed() -> None:
+    args = cli.build_parser().parse_args(["bench", "--batch", "1,32,1", "--sizes", "64,1KiB"])
+    assert args.batch == (1, 32) and args.sizes == (64, 1024)
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot", "--markdown"])
+def test_output_path_in_missing_directory_refused(capsys, option: str) -> None:
+    line = refused(capsys, "bench", option, "/no/such/dir/r.json")
+    assert f"argument {option}: '/no/such/dir/r.json': directory /no/such/dir does not exist" \
+        in line
+
+
+def test_output_path_that_is_a_directory_refused(capsys, tmp_path: Path) -> None:
+    assert "is a directory" in refused(capsys, "bench", "--json", str(tmp_path))
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="root may write anywhere")
+def test_output_path_in_read_only_directory_refused(capsys, tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        assert "no permission to write" in refused(capsys, "bench", "--json",
+                                                   str(tmp_path / "r.json"))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_output_path_accepted(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(["bench", "--json", str(tmp_path / "r.json")])
+    assert args.json == str(tmp_path / "r.json") and args.plot is None
+
+
+@pytest.mark.parametrize("command", ["launch", "soak"])
+def test_size_takes_units_like_bench_sizes(capsys, command: str) -> None:
+    parse = cli.build_parser().parse_args
+    assert parse([command, "--size", "1KiB"]).size == 1024
+    assert parse([command, "--size", "4096"]).size == 4096
+    assert parse([command]).size == 1024
+    assert "size '3x'" in refused(capsys, command, "--size", "3x")
+
+
+def test_flows_checked(capsys) -> None:
+    assert cli.build_parser().parse_args(["launch", "--flows", "fig12"]).flows == ("fig12",)
+    assert "flow 'fig13'" in refused(capsys, "launch", "--flows", "fig11,fig13")
+
+
+def test_version_from_package_metadata(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"xpmove {metadata.version('xpmove')}"
+
+
+def test_top_level_help_is_for_users() -> None:
+    text = cli.build_parser().format_help()
+    assert "thin argument parsing" not in text  # the module's developer docstring
+    assert "xpmove runs a logically partitioned machine" in text
+    for command in ("run", "launch", "soak", "bench", "cleanup"):
+        assert re.search(rf"^  xpmove {command}\b", text, re.MULTILINE), command
+    assert "/tmp/xpmove-runs-<uid>" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["run", "launch", "soak", "bench", "cleanup"])
+def test_every_option_shows_its_default(command: str) -> None:
+    parser = subparsers()[command]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        shown = formatter._get_help_string(action) or ""
+        assert "default" in shown, f"{command} {action.option_strings}: {shown!r}"
+    text = parser.format_help()
+    assert f"example:\n  {cli.EXAMPLES[command]}" in text
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+
+
+@pytest.fixture
+def no_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # main() installs one for SIGTERM
+
+
+@pytest.mark.parametrize("command", ["launch", "bench", "soak", "run", "cleanup"])
+def test_unusable_run_directory_is_one_line(command: str, tmp_path: Path, capsys,
+                                            monkeypatch, no_signal_handlers) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XPMOVE_RUN_DIR", str(tmp_path / "file"))
+    assert cli.main([command]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (f"xpmove: run directory {tmp_path / 'file'}: exists and is not a "
+                            f"directory\n")
+    assert "machine up" not in captured.out
