@@ -1,8 +1,10 @@
 """Suite-wide guard: the tests leave /dev/shm as they found it (Invariant 7).
 
-Every run's names start with "xpm-" (hypervisor.names). The names present when the session
-starts are the business of whoever made them (a developer's launch, another session); any
-other such name still there when the suite ends is a leak of this suite's.
+Checked for the runs this test process created: every Machine registers its run prefix in a
+run registry before it creates a name, so the suite notes each prefix registered here (a
+wrapper installed for the session, test-side only). Tests that start `xpmove` in a subprocess
+check their own run's names themselves. Other runs on the machine (a developer's launch, a
+parallel session) are none of this suite's business.
 """
 
 from __future__ import annotations
@@ -11,18 +13,30 @@ import os
 
 import pytest
 
+from hypervisor.names import RunRegistry
+
 SHM = "/dev/shm"
 
 
-def run_names() -> set[str]:
-    if not os.path.isdir(SHM):
+def names_of(prefixes: list[str]) -> set[str]:
+    if not os.path.isdir(SHM) or not prefixes:
         return set()
-    return {n for n in os.listdir(SHM) if n.startswith(("xpm-", "sem.xpm-"))}
+    return {n for n in os.listdir(SHM) if any(p in n for p in prefixes)}
 
 
 @pytest.fixture(autouse=True, scope="session")
 def dev_shm_unchanged():
-    before = run_names()
-    yield
-    leaked = run_names() - before
+    prefixes: list[str] = []
+    register = RunRegistry.register
+
+    def noting(self, prefix, *args, **kwargs):
+        prefixes.append(prefix)
+        return register(self, prefix, *args, **kwargs)
+
+    RunRegistry.register = noting  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RunRegistry.register = register  # type: ignore[method-assign]
+    leaked = names_of(prefixes)
     assert not leaked, f"the test suite leaked IPC names: {sorted(leaked)}"
