@@ -177,6 +177,11 @@ def test_wrapping_ring_keeps_order_and_bytes(machine):
         assert bytes.fromhex(packet["hex"]) == payload(3, 1, n, i)
 
 
+def no_run_registered(runs) -> bool:
+    """A run registers its prefix before it creates any name: no record, no name."""
+    return not runs.exists() or not list(runs.iterdir())
+
+
 def test_config_errors_before_anything_starts(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[partition]]\nname = "a"\nnetwork_id = 1\nmemory = "1MiB"\n'
@@ -187,8 +192,7 @@ def test_config_errors_before_anything_starts(tmp_path):
                             env={**os.environ, "XPMOVE_RUN_DIR": str(runs)})
     assert result.returncode != 0
     assert "memroy" in result.stderr
-    # a run registers its prefix before it creates any name: no record, no name
-    assert not runs.exists() or not list(runs.iterdir())
+    assert no_run_registered(runs)
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
@@ -285,10 +289,11 @@ def test_multiple_write_run_is_one_record_however_many_packets(machine):
 
 
 @pytest.mark.parametrize("size", ["10", "3000000"])
-def test_launch_refuses_a_packet_size_the_machine_cannot_carry(size):
-    before = set(os.listdir("/dev/shm"))
+def test_launch_refuses_a_packet_size_the_machine_cannot_carry(size, tmp_path):
+    runs = tmp_path / "runs"
     result = subprocess.run([sys.executable, "-m", "scripts.cli", "launch", "--size", size],
-                            capture_output=True, text=True, timeout=TIMEOUT)
+                            capture_output=True, text=True, timeout=TIMEOUT,
+                            env={**os.environ, "XPMOVE_RUN_DIR": str(runs)})
     assert result.returncode != 0
     assert f"--size {size} must be in [24, 2097128]" in result.stderr
-    assert set(os.listdir("/dev/shm")) == before
+    assert no_run_registered(runs)
