@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from scripts.loadgen.benchcore import si
+from scripts.tables import Col, Grid
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 
@@ -137,16 +137,19 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> 
             time.sleep(POLL_S)  # pacing the report, not synchronisation
 
 
-def partition_table(machine: Machine, stats: dict[int, dict]) -> Table:
-    table = Table(title="partitions (packets and bytes out / in; bad = corrupt + gaps + dups)")
-    for col in ("name", "ID", "state", "pkts out", "MB out", "pkts in", "MB in", "bad",
-                "errors", "p50 us", "p99 us"):
-        table.add_column(col, justify="left" if col in ("name", "state", "errors") else "right")
-    for nid, child in machine.partitions.items():
+def partition_table(partitions: dict[int, tuple[str, str]], stats: dict[int, dict]) -> Grid:
+    """One row per partition: `partitions` maps network ID to (name, state)."""
+    text = ("name", "state", "errors")
+    table = Grid("partitions (packets and bytes out / in; bad = corrupt + gaps + dups)",
+                 [Col(c, "left", True) if c in text else Col(c)
+                  for c in ("name", "ID", "state", "pkts out", "MB out", "pkts in", "MB in",
+                            "bad", "errors", "p50 us", "p99 us")],
+                 drop=("MB out", "MB in", "p50 us", "p99 us", "state"))
+    for nid, (name, state) in partitions.items():
         s = stats.get(nid, {})
         errors = ", ".join(f"{k} {v}" for k, v in s.get("errors", {}).items()) or "0"
         bad = s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
-        table.add_row(child.name, str(nid), child.state.value,
+        table.add_row(name, str(nid), state,
                       f"{sum(s.get('sent', {}).values()):,}", f"{s.get('bytes_out', 0) / 1e6:.1f}",
                       f"{sum(s.get('received', {}).values()):,}",
                       f"{s.get('bytes_in', 0) / 1e6:.1f}", str(bad), errors,
@@ -154,10 +157,8 @@ def partition_table(machine: Machine, stats: dict[int, dict]) -> Table:
     return table
 
 
-def adapter_table(adapter: dict) -> Table:
-    table = Table(title="adapter")
-    table.add_column("counter")
-    table.add_column("value", justify="right")
+def adapter_table(adapter: dict) -> Grid:
+    table = Grid("adapter", [Col("counter", "left", True), Col("value")])
     for k, v in sorted(adapter.get("counters", {}).items()):
         table.add_row(k, f"{v:,}")
     for k, v in sorted(adapter.get("errors", {}).items()):
@@ -211,7 +212,8 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     finally:
         with signals_deferred():
             machine.stop()
-    console.print(partition_table(machine, stats))
+    console.print(partition_table({nid: (c.name, c.state.value)
+                                   for nid, c in machine.partitions.items()}, stats))
     if adapter:
         console.print(adapter_table(adapter))
     sent, received = totals(stats)

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 from rich.console import Console
-from rich.table import Table
 
 from adapter import receive_area
 from adapter.protocol import Flow
@@ -27,6 +26,7 @@ from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from scripts.launch import IntervalPrinter, collect, signals_deferred, traffic_errors
+from scripts.tables import Col, Grid
 from scripts.workload.program import PROGRAM
 
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
@@ -213,10 +213,8 @@ def _soak(machine: Machine, report: SoakReport, last_stats: dict[int, dict], con
     report.locks_free = all(state == "free" for state in locks.values())
 
 
-def report_table(report: SoakReport) -> Table:
-    table = Table(title="soak")
-    table.add_column("what")
-    table.add_column("count", justify="right")
+def report_table(report: SoakReport) -> Grid:
+    table = Grid("soak", [Col("what", "left", True), Col("count")])
     for field in dataclasses.fields(report):
         table.add_row(field.name.replace("_", " "), str(getattr(report, field.name)))
     return table

@@ -35,7 +35,6 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from adapter.protocol import Flow
 from adapter.ring import max_payload
@@ -46,6 +45,7 @@ from hypervisor.names import RunRegistry
 from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore
 from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
+from scripts.tables import Col, Grid
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 from scripts.workload.transports import FRAME
@@ -547,20 +547,26 @@ TARGETS_CAPTION = ("adapter = the better of fig11/fig12 at its best batch; it is
                    "flattered by a handicapped tcp")
 
 
-def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Table]:
-    detail = Table(title="Fig 14: S = dT/dC = packets delivered and verified per CPU-second "
-                         "of every process on the path (S/tcp: tcp of the same batch)")
-    for col in ("run", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s",
-                "MB/s", "%memcpy", "p50 us", "p99 us", "lost", "corrupt"):
-        # %memcpy: bytes/s against the memcpy bandwidth over a working set above the caches
-        detail.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+def detail_table(title: str, runs: list[dict], memcpy_gbps: float) -> Grid:
+    """One row per run. %memcpy: bytes/s against the memcpy bandwidth over a working set
+    above the caches."""
+    detail = Grid(title, [Col("run", "left", True), *map(Col, (
+                      "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s", "MB/s",
+                      "%memcpy", "p50 us", "p99 us", "lost", "corrupt"))],
+                  drop=("wall s", "CPU s", "%memcpy", "pkt/s", "p50 us", "p99 us", "MB/s",
+                        "packets"))
     for r in runs:
         detail.add_row(_label(r), *_detail_cells(r, memcpy_gbps))
-    matrix = Table(title="S by packet size (x tcp of the same batch)")
-    matrix.add_column("run")
+    return detail
+
+
+def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Grid]:
+    detail = detail_table("Fig 14: S = dT/dC = packets delivered and verified per CPU-second "
+                          "of every process on the path (S/tcp: tcp of the same batch)",
+                          runs, memcpy_gbps)
     sizes = sorted({r["packet_size"] for r in runs})
-    for size in sizes:
-        matrix.add_column(human_size(size), justify="right")
+    matrix = Grid("S by packet size (x tcp of the same batch)",
+                  [Col("run", "left", True), *(Col(human_size(s), text=True) for s in sizes)])
     for label, cells in _matrix(runs, sizes):
         matrix.add_row(label, *cells)
     return [detail, matrix]
@@ -591,13 +597,13 @@ def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def latency_table(latency: dict[str, dict]) -> Table:
-    table = Table(title="Lone 64 B packets, batch 1, one route, one packet per "
-                        f"{next(iter(latency.values()))['interval_s'] * 1e3:g} ms: one-way "
-                        "latency (send timestamp in the packet to verified at the receiver)")
-    for col in ("transport", "route", "packets", "p50 us", "p99 us", "max us", "lost",
-                "corrupt"):
-        table.add_column(col, justify="left" if col == "transport" else "right")
+def latency_table(latency: dict[str, dict]) -> Grid:
+    table = Grid("Lone 64 B packets, batch 1, one route, one packet per "
+                 f"{next(iter(latency.values()))['interval_s'] * 1e3:g} ms: one-way latency "
+                 "(send timestamp in the packet to verified at the receiver)",
+                 [Col("transport", "left", True), *map(Col, (
+                     "route", "packets", "p50 us", "p99 us", "max us", "lost", "corrupt"))],
+                 drop=("route", "max us"))
     for t, r in latency.items():
         table.add_row(t, f"{r['route'][0]}->{r['route'][1]}", f"{r['packets']:,}",
                       f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}", f"{r['max_us']:,.0f}",
@@ -605,12 +611,13 @@ def latency_table(latency: dict[str, dict]) -> Table:
     return table
 
 
-def scaling_table(scaling: list[dict]) -> Table:
-    table = Table(title="Scaling: 1 KiB all-to-all, per-packet CPU = 1/S (steady window) and "
-                        "C/T (whole run), every process on the path")
-    for col in ("run", "partitions", "routes", "packets", "S", "us/pkt (1/S)", "us/pkt (C/T)",
-                "lost", "corrupt"):
-        table.add_column(col, justify="left" if col == "run" else "right")
+def scaling_table(scaling: list[dict]) -> Grid:
+    table = Grid("Scaling: 1 KiB all-to-all, per-packet CPU = 1/S (steady window) and C/T "
+                 "(whole run), every process on the path",
+                 [Col("run", "left", True), *map(Col, (
+                     "partitions", "routes", "packets", "S", "us/pkt (1/S)", "us/pkt (C/T)",
+                     "lost", "corrupt"))],
+                 drop=("routes", "packets"))
     for r in scaling:
         table.add_row(*_scaling_cells(r))
     return table
@@ -623,10 +630,11 @@ def _scaling_cells(r: dict) -> list[str]:
             _flag(r["lost"]), _flag(r["corrupt"])]
 
 
-def targets_table(targets: list[dict]) -> Table:
-    table = Table(title="Targets of the performance issue (one run)", caption=TARGETS_CAPTION)
-    for col in ("target", "measured", "goal", "verdict", "compared"):
-        table.add_column(col, justify="right" if col in ("measured", "goal") else "left")
+def targets_table(targets: list[dict]) -> Grid:
+    table = Grid("Targets of the performance issue (one run)",
+                 [Col("target", "left", True), Col("measured"), Col("goal"),
+                  Col("verdict", "left", True), Col("compared", "left", True)],
+                 caption=TARGETS_CAPTION)
     style = {True: "[bold green]", False: "[bold red]", None: "[yellow]"}
     for t in targets:
         table.add_row(t["name"], _measured(t), t["target"], style[t["met"]] + _verdict(t),
@@ -969,13 +977,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         for table in summary_tables(runs, host.get("memcpy_dram_GBps", 0.0)):
             console.print(table)
     if results.get("single_stream"):
-        stream = Table(title="Single stream (one route), for the memcpy target")
-        for col in ("run", "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s", "MB/s",
-                    "%memcpy", "p50 us", "p99 us", "lost", "corrupt"):
-            stream.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
-        for r in results["single_stream"]:
-            stream.add_row(_label(r), *_detail_cells(r, host.get("memcpy_dram_GBps", 0.0)))
-        console.print(stream)
+        console.print(detail_table("Single stream (one route), for the memcpy target",
+                                   results["single_stream"], host.get("memcpy_dram_GBps", 0.0)))
     if results.get("latency"):
         console.print(latency_table(results["latency"]))
     if results.get("scaling"):
