@@ -74,8 +74,8 @@ class Driver:
         self.rings = {p.network_id: receive_area.RingWords.of(p) for p in layout.partitions}
         me = self.by_id[network_id].index
         # the word of the pair (me -> destination)'s last committed sequence number
-        self._seq_words = {p.network_id: layout.seq_address(me, p.index) >> 3
-                           for p in layout.partitions}
+        mine = receive_area.seq_words(layout)[me]
+        self._seq_words = {p.network_id: mine[p.index] for p in layout.partitions}
         self._request_id = 0
         self._mutex = threading.Lock()
         self._reconnected = threading.Condition()
