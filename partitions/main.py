@@ -70,8 +70,9 @@ def load_program(ref: str) -> Callable[[Port], object]:
     return target
 
 
-class Outcome:
-    """How the program ended, as reported to the hypervisor."""
+class ProgramReport:
+    """How the program ended, as the `finished` event reports it (the hypervisor turns it into
+    a hypervisor.lifecycle.Outcome)."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -98,7 +99,7 @@ class Partition:
         self.port = Port(self.driver, self.receiver, PartitionView(self.memory.view, self.own),
                          names)
         self.control = Channel(socket.socket(fileno=boot.control_fd))
-        self.outcome = Outcome()
+        self.outcome = ProgramReport()
         self._commands: queue.Queue[dict | None] = queue.Queue()
 
     # -- the program ------------------------------------------------------------------------
