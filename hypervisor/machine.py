@@ -9,12 +9,14 @@ partition's death is EOF at the adapter and the adapter's death is EOF at the dr
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from hypervisor.layout import SegmentLayout, plan_segment
 from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState, next_state
 from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quietly
+from hypervisor.status import StatusServer, machine_status, open_lock_reader
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -53,6 +56,9 @@ class Child:
     state: ProcessState = ProcessState.STARTING
     exit_code: int | None = None  # set once its exit has been seen
     report: dict = field(default_factory=dict)  # its `finished` event: how the program ended
+    # One command in flight per child: the status thread's `stats` and the main thread's calls
+    # take turns, so neither reads (and drops) the other's reply. Never held while restarting.
+    call_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def step(self, event: ProcessEvent) -> None:
         self.state = next_state(self.state, event)
@@ -121,8 +127,11 @@ class Machine:
         self.partitions: dict[int, Child] = {}
         self._started = False
         self._stopped = False
-        self._call_id = 0
+        self._call_ids = itertools.count(1)  # next() is atomic: ids stay unique across threads
         self._polling = False
+        self._owner = threading.current_thread()  # supervision runs on this thread only
+        self._status: StatusServer | None = None
+        self.started_at: float | None = None  # time.time() of start(), for `xpmove status`
         self.events: list[str] = []  # what supervision did, for the operator
         self.restarts: dict[int | str, int] = {}
 
@@ -130,10 +139,13 @@ class Machine:
     def start(self) -> Machine:
         """Create memory and names, spawn the adapter and every partition, await readiness."""
         self._started = True
+        self._owner = threading.current_thread()
+        self.started_at = time.time()
         try:
             self._create_resources()
             self._spawn_all()
             self._await_ready()
+            self._start_status()
         except BaseException:
             self.stop()
             raise
@@ -154,6 +166,28 @@ class Machine:
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 1))
         for name in self.names.bells.values():
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 0))
+
+    def _start_status(self) -> None:
+        """Serve `xpmove status` on <registry dir>/<prefix>.sock (hypervisor/status.py). A
+        socket that cannot be made costs the live view, never the run: noted in `events`."""
+        path = self.registry.status_socket_path(self.prefix)
+        self.registry.record_status_socket(
+            self.prefix, path, started=self.started_at or time.time(),
+            partitions=[p.name for p in self.config.partitions])
+        value_of, close_locks = open_lock_reader(self.names.locks)
+        server = StatusServer(path, lambda: machine_status(self, value_of), on_stop=close_locks)
+        try:
+            server.start()
+        except OSError as exc:
+            server.stop()
+            self.events.append(f"status socket not served: {exc}")
+            return
+        self._status = server
+
+    def _stop_status(self) -> None:
+        server, self._status = self._status, None
+        if server is not None:
+            server.stop()
 
     def _spawn(self, module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
                network_id: int | None) -> Child:
@@ -234,22 +268,27 @@ class Machine:
               fds: tuple[int, ...] = ()) -> dict:
         """One command, one reply. Replies carry the command's id, so a reply left over from
         an interrupted call (Ctrl-C mid-call) is recognised and dropped, never mistaken."""
-        self._call_id += 1
-        call_id = self._call_id
+        call_id = next(self._call_ids)
         deadline = time.monotonic() + timeout
+        if not child.call_lock.acquire(timeout=max(0.0, timeout)):
+            raise MachineError(f"{child.name} busy: no turn for {message.get('cmd')!r} within "
+                               f"{timeout} s")
         try:
-            child.channel.send({**message, "id": call_id}, fds)
-            while True:
-                reply = child.channel.receive(max(0.0, deadline - time.monotonic()))
-                if reply is None:
-                    raise MachineError(f"{child.name} did not answer {message.get('cmd')!r} "
-                                       f"within {timeout} s")
-                if "event" in reply:
-                    self._on_event(child, reply)
-                elif reply.pop("id", None) == call_id:
-                    return reply
-        except ControlError as exc:
-            if not self._polling:
+            try:
+                child.channel.send({**message, "id": call_id}, fds)
+                while True:
+                    reply = child.channel.receive(max(0.0, deadline - time.monotonic()))
+                    if reply is None:
+                        raise MachineError(f"{child.name} did not answer "
+                                           f"{message.get('cmd')!r} within {timeout} s")
+                    if "event" in reply:
+                        self._on_event(child, reply)
+                    elif reply.pop("id", None) == call_id:
+                        return reply
+            finally:
+                child.call_lock.release()  # before any supervision: a restart never waits on it
+        except (ControlError, OSError, ValueError) as exc:  # OSError/ValueError: closed under us
+            if not self._polling and threading.current_thread() is self._owner:
                 self.poll()
             raise MachineError(f"{child.name}: {exc}") from None
 
@@ -434,6 +473,7 @@ class Machine:
         (a program still running when stopped is "stopped")."""
         if self._stopped:
             return self.outcomes()
+        self._stop_status()  # first: no snapshot reads the segment or calls the adapter after
         for child in self.children():  # programs that ended before the stop say how
             self._drain_events(child)
         self._stopped = True

@@ -217,6 +217,21 @@ class RunRegistry:
             listed.extend(n for n in dict.fromkeys(names) if n not in listed)
         os.replace(self._write_tmp(prefix, record), path)
 
+    def status_socket_path(self, prefix: str) -> str:
+        """Where the run's status socket lives: <directory>/<prefix>.sock (hypervisor/status)."""
+        return os.path.join(self.directory, f"{prefix}.sock")
+
+    def record_status_socket(self, prefix: str, path: str, *, started: float,
+                             partitions: Iterable[str]) -> None:
+        """Note the run's status socket (before it is bound, like every name), when the run
+        started and its partitions' names, for `xpmove status`. Only the standard path is
+        accepted, so a sweep never unlinks anything else."""
+        if path != self.status_socket_path(prefix):
+            raise ValueError(f"status socket {path!r} is not {self.status_socket_path(prefix)!r}")
+        record = self._read(self._path(prefix))
+        record.update(status_socket=path, started=started, partitions=list(partitions))
+        os.replace(self._write_tmp(prefix, record), self._path(prefix))
+
     def remove(self, prefix: str) -> None:
         """Drop the run's record once everything it lists is unlinked; idempotent."""
         with contextlib.suppress(FileNotFoundError):
@@ -282,5 +297,8 @@ class RunRegistry:
             if failed:
                 log.warning("run record %s kept: could not unlink %s", path, failed)
                 continue
+            if record.get("status_socket") is not None:  # only ever at the standard path
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.status_socket_path(prefix))
             self.remove(prefix)
         return unlinked

@@ -34,6 +34,7 @@ EXAMPLES = {
     "soak": "xpmove soak --duration 30 --kill-every 2 --seed 42",
     "bench": "xpmove bench --sizes 64,1KiB --transports fig11,tcp --json results.json",
     "cleanup": "xpmove cleanup",
+    "status": "xpmove status --once",
 }
 
 EPILOG = "examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES.values()) + """
@@ -235,6 +236,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(_config(args.config), args.timeout)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from scripts.status import status
+
+    return status(args.run, once=args.once, as_json=args.json, interval=args.interval)
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed = RunRegistry().sweep()
     for name in removed:
@@ -341,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packets per request: > 1 sends multiple-write runs in both flows "
                         "(1: the literal flows)")
     p.set_defaults(func=cmd_soak)
+
+    p = command("status", "watch a running machine from another terminal: every partition "
+                "and the adapter's counters, refreshed until Ctrl-C; lists the runs when "
+                "several are running")
+    p.add_argument("run", nargs="?", default=None, metavar="RUN",
+                   help="run prefix such as xpm-3f9a1c2b, or its unique leading part "
+                        "(default: the only running machine)")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document per snapshot, one per line (for scripts)")
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
+                   help="seconds between refreshes")
+    p.set_defaults(func=cmd_status)
 
     p = command("cleanup", "unlink IPC names left by runs whose launcher died")
     p.set_defaults(func=cmd_cleanup)
