@@ -542,6 +542,9 @@ def _label(r: dict) -> str:
     return r.get("label") or f"{r['transport']} b{r.get('batch', 1)}"
 
 
+RUN_CAPTION = ("run: transport and bN = N packets per request (per sendall for tcp/vswitch); "
+               "\"(M used)\": the sender area or the smallest receive ring holds only M, so M "
+               "went per request")
 TARGETS_CAPTION = ("adapter = the better of fig11/fig12 at its best batch; it is compared with "
                    "tcp at ITS best batch (never the tcp run of the same batch), so no ratio is "
                    "flattered by a handicapped tcp")
@@ -550,7 +553,7 @@ TARGETS_CAPTION = ("adapter = the better of fig11/fig12 at its best batch; it is
 def detail_table(title: str, runs: list[dict], memcpy_gbps: float) -> Grid:
     """One row per run. %memcpy: bytes/s against the memcpy bandwidth over a working set
     above the caches."""
-    detail = Grid(title, [Col("run", "left", True), *map(Col, (
+    detail = Grid(title, caption=RUN_CAPTION, columns=[Col("run", "left", True), *map(Col, (
                       "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s", "MB/s",
                       "%memcpy", "p50 us", "p99 us", "lost", "corrupt"))],
                   drop=("wall s", "CPU s", "%memcpy", "pkt/s", "p50 us", "p99 us", "MB/s",
@@ -631,7 +634,7 @@ def _scaling_cells(r: dict) -> list[str]:
 
 
 def targets_table(targets: list[dict]) -> Grid:
-    table = Grid("Targets of the performance issue (one run)",
+    table = Grid("Targets (the project's performance goals, all measured in this one run)",
                  [Col("target", "left", True), Col("measured"), Col("goal"),
                   Col("verdict", "left", True), Col("compared", "left", True)],
                  caption=TARGETS_CAPTION)
@@ -740,7 +743,9 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
                       strict=False))
     cols = 2 if len(sizes) > 1 else 1
     rows = -(-len(sizes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    # a lone panel is as wide as two, so the figure's title (and legend) are never cut
+    fig, axes = plt.subplots(rows, cols, figsize=(10.4, 3.6 * rows + 0.6),
+                             squeeze=False)
     for ax, size in zip(axes.flat, sizes, strict=False):
         for r in runs:
             if r["packet_size"] != size:
@@ -768,9 +773,9 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
     for ax in list(axes.flat)[len(sizes):]:
         ax.set_visible(False)
     fig.suptitle(title or "Fig 14: cumulative packets against CPU consumed; S = dT/dC, "
-                 "least-squares fit over the steady window (dashed)", fontsize=10)
+                 "least-squares fit over the steady window (dashed)", fontsize=10, wrap=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -221,7 +221,8 @@ def best_run(runs: Sequence[dict], transports: Sequence[str], size: int,
 
 
 def run_label(run: dict) -> str:
-    """'fig11 b32', or 'fig11 b32 (3 used)' when the sender area capped the batch."""
+    """'fig11 b32', or 'fig11 b32 (3 used)' when the sender area or the destination ring
+    capped the batch at 3 packets per request (the bench prints a note saying so)."""
     batch, used = run.get("batch", 1), run.get("batch_used")
     return f"{run['transport']} b{batch}" + (f" ({used} used)" if used and used != batch else "")
 

@@ -89,7 +89,7 @@ def test_every_transport_pairs(registry, tmp_path):
     assert verdicts["lone 64 B p50 reported for every transport"] is True
     assert verdicts["lone 64 B p50 fig11 / tcp"] is not None
     assert verdicts["S adapter / S tcp at 1 KiB"] is None  # no 1 KiB run: not measured
-    assert "Targets of the performance issue" in out.getvalue()
+    assert "Targets (the project's performance goals" in out.getvalue()
     assert "| lone 64 B p50 fig11 / tcp |" in md.read_text()
     assert no_children_left()
 
@@ -128,7 +128,7 @@ def test_command_line_json_and_plot(tmp_path):
     check_results(json.loads(out.read_text()), ("fig12", "tcp"), (64, 2048), 60)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "S by packet size (x tcp" in proc.stdout
-    assert "Targets of the performance issue" in proc.stdout
+    assert "Targets (the project's performance goals" in proc.stdout
 
 
 def test_bad_size_rejected_before_anything_starts(registry):
