@@ -134,7 +134,8 @@ class Engine:
             holder = receive_area.read_holder(self.words, dst)
             if holder and holder in self.by_id:
                 self.book.acquired(dst_id)
-                self.book.granted(Grant(holder, dst_id, 0, now, recovered=True))
+                token = receive_area.read_grant_token(self.words, self.rings[dst_id])
+                self.book.granted(Grant(holder, dst_id, 0, now, recovered=True, token=token))
                 self._recovered_holders.add(holder)
                 continue
             if not self.locks[dst_id].try_acquire():
@@ -182,7 +183,14 @@ class Engine:
             return False
         if lock.value:
             self._absorb_stray_releases(lock)
-        if self.book.state(dst) is GRANTED:
+        rec = self.book.record(dst)
+        if rec.state is GRANTED:
+            grant = rec.grant
+            if grant is not None and self.words[self.rings[dst].released] != grant.token:
+                # Not the holder's free (it writes the token first): a stray post. We keep the
+                # unit we took, the grant stands; the holder's own post frees it later.
+                self.errors["stray_lock_release"] += 1
+                return False
             self.book.settled(dst)
             self._settle(dst)
         else:
@@ -401,8 +409,9 @@ class Engine:
                 self._unlock(dst_id)
                 receive_area.ring_doorbell(words, ring, self.bells[dst_id])
             else:
+                token = receive_area.next_grant_token(words, ring)
                 receive_area.set_holder(words, dst, me)
-                self.book.granted(Grant(me, dst_id, head, now))
+                self.book.granted(Grant(me, dst_id, head, now, token=token))
                 counters["grants"] += 1
 
     # -- statistics --------------------------------------------------------------------

@@ -4,7 +4,10 @@ The POSIX semaphore is the lock itself; this table is the adapter's knowledge of
 it, which a bare semaphore cannot tell. Only the adapter ever acquires a destination lock
 (Fig 11 1103 / Fig 12 1203); in the Fig 12 flow it hands the held lock to a driver, which frees
 it by posting the semaphore (1205). The adapter learns of that free the next time its own
-non-blocking acquire succeeds, and only then settles the grant. If the holder dies first, the
+non-blocking acquire succeeds AND the holder proved the free (it wrote the grant's token as
+the control block's `released` word before posting: anyone can post a named semaphore), and
+only then settles the grant; an acquire without that proof took a stray post, and the grant
+stands. If the holder dies first, the
 adapter takes the lock back (Invariant 5: locks always come back).
 
     FREE --acquire--> HELD --release--> FREE
@@ -59,6 +62,10 @@ class Grant:
     # so the grant ends as soon as the holder proves it is not moving (see
     # Engine._take_back_recovered) instead of waiting for a release that may never come.
     recovered: bool = False
+    # The grant's token (receive_area.next_grant_token): a post of the lock ends the grant only
+    # when the control block's `released` word equals it (the holder's proof); any other post
+    # is a stray one, absorbed and counted.
+    token: int = 0
 
 
 @dataclass

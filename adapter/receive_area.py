@@ -42,14 +42,21 @@ from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, Se
 #                 sequence number it consumed, so whoever settles it (this adapter, or a
 #                 restarted one) can roll the pair's sequence back if the commit never happened
 #   holder        network ID of the driver the lock is granted to (Fig 12), 0 if none
+#   grant_token   the token of the last grant (the adapter: one more per grant, per destination)
+#   released      the token of the last grant its holder finished (the granted driver writes it
+#                 after MVXL and `head`, BEFORE posting the lock): a post of the lock ends a
+#                 grant only if this word proves it (any process can post a named semaphore)
 # Line 1 is written by the receiver: tail, and `sleeping` (1 while it waits on its doorbell, so
 # movers ring only then). Two lines so producer and consumer do not false-share.
 HEAD_OFFSET = 0
 PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
 HOLDER_OFFSET = 32
+GRANT_TOKEN_OFFSET = 40
+RELEASED_OFFSET = 48
 TAIL_OFFSET = CACHE_LINE
 SLEEPING_OFFSET = CACHE_LINE + 8
-assert HOLDER_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
+assert RELEASED_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
+TOKEN_MASK = (1 << 64) - 1
 
 
 def words(memory: memoryview) -> memoryview:
@@ -75,11 +82,14 @@ class RingWords(NamedTuple):
     pending: int  # pending head; then source index and first sequence number (begin_commit)
     tail: int
     sleeping: int
+    token: int  # grant_token
+    released: int
 
     @classmethod
     def of(cls, dst: PartitionLayout) -> RingWords:
         return cls(_word(dst.control + HEAD_OFFSET), _word(dst.control + PENDING_OFFSET),
-                   _word(dst.control + TAIL_OFFSET), _word(dst.control + SLEEPING_OFFSET))
+                   _word(dst.control + TAIL_OFFSET), _word(dst.control + SLEEPING_OFFSET),
+                   _word(dst.control + GRANT_TOKEN_OFFSET), _word(dst.control + RELEASED_OFFSET))
 
 
 def read_head(words: memoryview, dst: PartitionLayout) -> int:
@@ -187,6 +197,32 @@ def set_holder(words: memoryview, dst: PartitionLayout, holder: int) -> None:
 
 def read_holder(words: memoryview, dst: PartitionLayout) -> int:
     return words[_word(dst.control + HOLDER_OFFSET)]
+
+
+def next_grant_token(words: memoryview, ring: RingWords) -> int:
+    """The adapter, granting the lock (held): a fresh token for this grant, stored as
+    `grant_token` before the reply. Never 0 (a fresh control block's `released`), and never
+    equal to the `released` word, so only the holder's proof can end the grant."""
+    token = (words[ring.token] + 1) & TOKEN_MASK or 1
+    if token == words[ring.released]:
+        token = (token + 1) & TOKEN_MASK or 1
+    words[ring.token] = token
+    return token
+
+
+def prove_release(words: memoryview, ring: RingWords) -> None:
+    """The granted driver, done with its moves (MVXL, `head` published): write the grant's
+    token as `released`, THEN post the lock. The adapter settles the grant only if `released`
+    equals the token it granted; a post without it is a stray one."""
+    words[ring.released] = words[ring.token]
+
+
+def read_released(words: memoryview, ring: RingWords) -> int:
+    return words[ring.released]
+
+
+def read_grant_token(words: memoryview, ring: RingWords) -> int:
+    return words[ring.token]
 
 
 def read_pending(words: memoryview, dst: PartitionLayout) -> tuple[int, int, int]:

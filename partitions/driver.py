@@ -154,7 +154,8 @@ class Driver:
             for dst, head in commits.items():
                 receive_area.publish_head(self.words, self.by_id[dst].control, head)
         finally:  # every granted lock comes back, committed or not (then the adapter undoes it)
-            for dst in granted:
+            for dst in granted:  # the proof that we are the holder, then the post
+                receive_area.prove_release(self.words, self.rings[dst])
                 self.locks[dst].release()
                 if dst in commits:
                     receive_area.ring_doorbell(self.words, self.rings[dst], self.bells[dst])

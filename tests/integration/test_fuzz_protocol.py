@@ -303,14 +303,16 @@ def check_results(rig: Rig, offender: int, op: int, moves, results) -> list[tupl
 
 
 def complete_grants(m: Machine, accepted) -> None:
-    """Play the Fig 12 driver: MVXL each granted move, publish the commit, free, ring."""
+    """Play the Fig 12 driver: MVXL each granted move, publish the commit, prove the
+    release (the grant's token as `released`), free, ring."""
     commits: dict[int, int] = {}
     for dst, _, r in accepted:
         mvxl(m.memory.view, r.dst_address, r.src_address, r.count)
         commits[dst] = max(commits.get(dst, 0), r.commit_value)
     for dst, head in commits.items():
-        receive_area.publish_head(receive_area.words(m.memory.view),
-                                  m.layout.by_id()[dst].control, head)
+        words = receive_area.words(m.memory.view)
+        receive_area.publish_head(words, m.layout.by_id()[dst].control, head)
+        receive_area.prove_release(words, receive_area.RingWords.of(m.layout.by_id()[dst]))
         for names in (m.names.locks, m.names.bells):
             sem = posix_ipc.Semaphore(names[dst])
             try:

@@ -224,6 +224,8 @@ CONTROL_WORDS = {
     "pending_source": receive_area.PENDING_OFFSET + 8,
     "pending_first_seq": receive_area.PENDING_OFFSET + 16,
     "holder": receive_area.HOLDER_OFFSET,
+    "grant_token": receive_area.GRANT_TOKEN_OFFSET,
+    "released": receive_area.RELEASED_OFFSET,
     "tail": receive_area.TAIL_OFFSET,
     "sleeping": receive_area.SLEEPING_OFFSET,
 }

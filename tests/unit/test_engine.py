@@ -121,10 +121,15 @@ class Machine:
         return out
 
     def drive(self, result: Result, dst: int, publish: bool = True) -> None:
-        """The Fig 12 driver: MVXL, publish the commit, free the lock."""
+        """The Fig 12 driver: MVXL, publish the commit, prove the release, free the lock."""
         mvxl(self.mem, result.dst_address, result.src_address, result.count)
         if publish:
             receive_area.publish_head(self.words, self.p(dst).control, result.commit_value)
+        self.free(dst)
+
+    def free(self, dst: int) -> None:
+        """The holder's free: the grant's token as `released`, then the post."""
+        receive_area.prove_release(self.words, receive_area.RingWords.of(self.p(dst)))
         self.locks[dst].release()
 
     def lock_state(self, dst: int, engine: Engine | None = None) -> str:
@@ -400,6 +405,87 @@ def test_stray_releases_of_a_lock_are_absorbed_and_counted(m):
     ok(m.submit(1, Op.MOVE, [(2, 0, 8)]))
     assert m.locks[2].value == 1
     assert m.engine.errors["stray_lock_release"] == 1
+
+
+# -- a stray post while a lock is granted (issue 12 item 1) ------------------------------
+def test_a_stray_post_while_granted_does_not_end_the_grant(m):
+    m.put(3, 0, b"holder writes slowly")
+    (g,) = ok(m.submit(3, Op.GRANT, [(2, 0, 20)]))
+    m.locks[2].release()  # anyone can open the semaphore by name and post it
+    m.put(1, 0, b"second writer?")
+    assert m.submit(1, Op.GRANT, [(2, 0, 14)], now=0.1) is None  # parked: still granted to 3
+    assert m.engine.errors["stray_lock_release"] == 1
+    assert m.lock_state(2) == "granted" and m.engine.book.record(2).grant.holder == 3
+    assert receive_area.read_holder(m.words, m.p(2)) == 3
+    assert m.engine.retry_parked(0.2) == []  # the unit the stray post added is gone
+    assert m.engine.stats()["locks"]["2"] == "granted"
+    assert "grants_abandoned" not in m.engine.counters
+    m.drive(g, 2)  # the real holder finishes: its proof, then its post
+    ((who, frame),) = m.engine.retry_parked(0.3)
+    (r,) = ok(decode(frame))
+    assert who == 1 and r.seq == 1
+    m.drive(r, 2)
+    assert m.engine.stats()["locks"]["2"] == "free" and m.locks[2].value == 1
+    assert m.records(2) == [(KIND_RECORD, 3, 1, b"holder writes slowly"),
+                            (KIND_RECORD, 1, 1, b"second writer?")]
+    assert "grants_abandoned" not in m.engine.counters
+
+
+def test_many_stray_posts_while_granted_are_all_absorbed(m):
+    (g,) = ok(m.submit(3, Op.GRANT, [(2, 0, 8)]))
+    for _ in range(5):
+        m.locks[2].release()
+    assert m.submit(1, Op.MOVE, [(2, 0, 8)], now=0.0) is None
+    assert m.engine.errors["stray_lock_release"] == 5
+    assert m.locks[2].value == 0 and m.lock_state(2) == "granted"
+    m.drive(g, 2)
+    assert len(m.engine.retry_parked(0.1)) == 1
+    assert m.locks[2].value == 1 and m.lock_state(2) == "free"
+
+
+def test_a_post_with_the_previous_grants_token_is_stray(m):
+    (g,) = ok(m.submit(3, Op.GRANT, [(2, 0, 8)]))
+    m.drive(g, 2)
+    m.engine.settle_finished_grants()
+    (g2,) = ok(m.submit(3, Op.GRANT, [(2, 0, 8)]))
+    m.locks[2].release()  # `released` still holds the first grant's token
+    m.engine.settle_finished_grants()
+    assert m.lock_state(2) == "granted" and m.engine.errors["stray_lock_release"] == 1
+    m.drive(g2, 2)
+    m.engine.settle_finished_grants()
+    assert m.lock_state(2) == "free" and [s for _, _, s, _ in m.records(2)] == [1, 2]
+
+
+def test_a_recovered_grant_whose_holder_released_settles(m):
+    (g,) = ok(m.submit(1, Op.GRANT, [(2, 0, 9)]))
+    m.drive(g, 2)  # the holder proved and posted; the adapter died before noticing
+    engine = m.fresh_engine()
+    engine.recover(1.0)
+    assert engine.stats()["locks"]["2"] == "free"
+    assert "grants_abandoned" not in engine.counters and m.seq(1, 2) == 1
+
+
+def test_a_stray_post_on_a_recovered_grant_is_absorbed(m):
+    (g,) = ok(m.submit(1, Op.GRANT, [(2, 0, 9)]))
+    engine = m.fresh_engine()
+    engine.recover(1.0)
+    m.locks[2].release()  # stray
+    assert engine.stats()["locks"]["2"] == "granted"
+    assert engine.errors["stray_lock_release"] == 1
+    m.drive(g, 2)
+    assert engine.stats()["locks"]["2"] == "free"
+    assert "grants_abandoned" not in engine.counters
+    assert m.records(2)[0][2] == 1
+
+
+def test_a_holder_that_dies_after_a_stray_post_is_taken_back(m):
+    m.put(1, 0, b"torn")
+    ok(m.submit(1, Op.GRANT, [(2, 0, 4)]))
+    m.locks[2].release()
+    m.engine.settle_finished_grants()  # eats the stray unit
+    m.engine.detach(1)
+    assert m.lock_state(2) == "free" and m.locks[2].value == 1
+    assert m.engine.counters["grants_abandoned"] == 1 and m.seq(1, 2) == 0
 
 
 # -- a grant holder crashes ---------------------------------------------------------------
