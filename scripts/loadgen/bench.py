@@ -7,6 +7,10 @@ of one size are measured back to back under the same conditions:
 * ``vswitch``: the prior art of Fig 7B, TCP on loopback through a virtual switch process that
   the bench starts next to the machine (scripts/loadgen/vswitch.py).
 * ``tcp``: the prior art without the switch, partition to partition over TCP on loopback.
+* ``zmq``, ``pipe``, ``iceoryx2``: what a Python user would pick instead (the ``peers`` extra;
+  scripts/workload/peers.py): pyzmq PUSH/PULL over ipc://, multiprocessing Connections over
+  AF_UNIX, iceoryx2 publish-subscribe with zero-copy loans. A peer whose package is missing is
+  skipped with a note.
 
 The same partition processes, running the built-in workload program (scripts/workload/), send
 the same packets (pattern.py) and verify every one with the same check; transports.py holds
@@ -46,12 +50,14 @@ from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore
 from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
 from scripts.tables import Col, Grid
+from scripts.workload import peers as peer_transports
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 from scripts.workload.transports import FRAME
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
-TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp")
+TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp", *peer_transports.PEERS)  # every transport known
+DEFAULT_TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp", *peer_transports.available())
 DEFAULT_SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
 SAMPLE_S = 0.1
 REPORT_S = 0.5
@@ -74,7 +80,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class BenchOptions:
-    transports: tuple[str, ...] = TRANSPORTS
+    transports: tuple[str, ...] = DEFAULT_TRANSPORTS
     sizes: tuple[int, ...] | None = None  # None: DEFAULT_SIZES, capped to what the rings take
     duration: float | None = 2.0  # seconds of sending per run (ignored with packets)
     packets: int | None = None  # per sender and destination
@@ -306,16 +312,16 @@ class Bench:
         return pids
 
     def _open(self, transport: str, participants: list[int]) -> dict[int, int]:
-        """bench_open on every participant; the tcp listeners' ports."""
-        ports: dict[int, int] = {}
+        """bench_open on every participant; the tcp listeners' ports, the peers' addresses."""
+        ports: dict[int, int | str] = {}
         for nid in participants:
             msg = {"cmd": "bench_open", "transport": transport}
             if transport == "vswitch":
                 assert self.switch is not None
                 msg["vswitch_port"] = self.switch.port
             reply = self.call(nid, msg)
-            if "port" in reply:
-                ports[nid] = reply["port"]
+            if "port" in reply or "address" in reply:
+                ports[nid] = reply.get("port", reply.get("address"))
         return ports
 
     def _close(self, participants: list[int]) -> dict[int, dict]:
@@ -873,6 +879,13 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     for t in options.transports:
         if t not in TRANSPORTS:
             raise SystemExit(f"xpmove bench: --transports: unknown {t!r} (use {TRANSPORTS})")
+    usable, notes = benchcore.installed_transports(
+        options.transports, peer_transports.PEER_MODULES, peer_transports.installed)
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
+    if not usable:
+        raise SystemExit("xpmove bench: --transports: none of them is installed")
+    options = replace(options, transports=usable)
     if not options.batches or any(b < 1 for b in options.batches):
         raise SystemExit(f"xpmove bench: --batch {options.batches}: give values >= 1")
     if options.plot_path:

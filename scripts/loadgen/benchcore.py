@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapter.protocol import Flow
@@ -170,6 +170,21 @@ def interval_line(label: str, t0: float, t1: float, packets: int, nbytes: int,
     return (f"[{label}] {t0:5.2f}-{t1:<5.2f} s {packets:>9,} pkt {si(nbytes, 'B'):>8} "
             f"{si(packets / dt, 'pkt/s'):>11} {si(nbytes * 8 / dt, 'bit/s'):>12}  "
             f"cpu {cpu:4.2f} s  S {s:>6}")
+
+
+def installed_transports(transports: Sequence[str], needs: dict[str, str | None],
+                         have: Callable[[str | None], bool]) -> tuple[tuple[str, ...], list[str]]:
+    """The transports whose package `have` finds (`needs`: transport -> module, None or absent =
+    nothing to install), and one note per transport left out (never silently)."""
+    kept, notes = [], []
+    for t in transports:
+        module = needs.get(t)
+        if have(module):
+            kept.append(t)
+        else:
+            notes.append(f"note: skipping {t}: its package {module!r} is not installed "
+                         f"(pip install -e '.[peers]')")
+    return tuple(kept), notes
 
 
 # -- the performance issue's targets ----------------------------------------------------------

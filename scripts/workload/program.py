@@ -6,7 +6,9 @@ launch, bench and soak run it in every partition and steer it with commands
     traffic      start all-to-all verified traffic on the adapter's flows (launch, soak)
     receive_on   only receive and verify (a partition that is not sending)
     bench_open   start a load-generator run: zero the counters, receive on one transport
-    bench_send   send to `peers` on that transport (tcp: connect to `ports` first)
+                 (tcp: returns its `port`; zmq, pipe, iceoryx2: returns its `address`)
+    bench_send   send to `peers` on that transport (tcp and the peers: connect to `ports`
+                 first, the destinations' ports or addresses)
     bench_count  the cheap counters, polled during a run
     bench_close  end a run: stop sending, close the run's sockets, report with latencies
     stats        the full report (sent, received, errors, latencies, pending bytes)
@@ -21,10 +23,13 @@ import os
 
 from adapter.protocol import FLOWS, Flow
 from partitions.port import Port
+from scripts.workload import peers
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import (
     AdapterFlow,
     AdapterRing,
+    ReceiveEndpoint,
+    SendTransport,
     SwitchPort,
     TcpLinks,
     TcpListener,
@@ -32,7 +37,7 @@ from scripts.workload.transports import (
 )
 
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
-TRANSPORTS = (*ADAPTER_FLOWS, "tcp", "vswitch")
+TRANSPORTS = (*ADAPTER_FLOWS, "tcp", "vswitch", *peers.PEERS)
 PROGRAM = f"{__name__}:main"
 
 
@@ -52,8 +57,27 @@ class Workload:
         self.tcp_in = TcpListener()
         self.tcp_out = TcpLinks(port.network_id)
         self.switch = SwitchPort(port.network_id)
-        self.senders = {**{f.value: AdapterFlow(port, f) for f in Flow},
-                        "tcp": self.tcp_out, "vswitch": self.switch}
+        self.senders: dict[str, SendTransport] = {
+            **{f.value: AdapterFlow(port, f) for f in Flow}, "tcp": self.tcp_out,
+            "vswitch": self.switch}
+        self.peer_in: dict[str, ReceiveEndpoint] = {}  # created on first use (optional packages)
+
+    def _peer_endpoint(self, name: str) -> ReceiveEndpoint:
+        """The peer's receive endpoint and (in self.senders) its send transport."""
+        if name not in self.peer_in:
+            nid = self.port.network_id
+            try:
+                if name == peers.ZMQ:
+                    pair: tuple = (peers.ZmqPull(), peers.ZmqPush(nid))
+                elif name == peers.PIPE:
+                    pair = (peers.PipeListener(), peers.PipeLinks(nid))
+                else:
+                    pair = (peers.Iceoryx2Subscriber(), peers.Iceoryx2Publisher(nid))
+            except ImportError as exc:
+                raise TransportError(f"{name}: its package is not installed ({exc}); "
+                                     f"pip install -e '.[peers]'") from None
+            self.peer_in[name], self.senders[name] = pair
+        return self.peer_in[name]
 
     def dispatch(self, msg: dict) -> dict:
         handler = getattr(self, f"cmd_{msg.get('cmd')}", None)
@@ -75,7 +99,8 @@ class Workload:
 
     def cmd_bench_open(self, msg: dict) -> dict:
         """tcp: listen on a fresh loopback port (returned); vswitch: connect to the switch on
-        `vswitch_port` and wait for its acknowledgement; fig11/fig12: the receive ring."""
+        `vswitch_port` and wait for its acknowledgement; fig11/fig12: the receive ring; a peer
+        (zmq, pipe, iceoryx2): a fresh endpoint whose `address` is returned."""
         transport = msg.get("transport")
         if transport not in TRANSPORTS:
             raise PlanError(f"transport: unknown {transport!r} (known: {list(TRANSPORTS)})")
@@ -88,6 +113,13 @@ class Workload:
             elif transport == "tcp":
                 reply["port"] = self.tcp_in.open()
                 self.traffic.start_receiving(self.tcp_in)
+            elif transport in peers.PEERS:
+                endpoint = self._peer_endpoint(transport)
+                if isinstance(endpoint, peers.Iceoryx2Subscriber):
+                    reply["address"] = endpoint.open(self.port.network_id)
+                else:
+                    reply["address"] = endpoint.open()  # type: ignore[attr-defined]
+                self.traffic.start_receiving(endpoint)
             else:
                 self.switch.connect(int(msg["vswitch_port"]))
                 self.traffic.start_receiving(self.switch)
@@ -103,6 +135,10 @@ class Workload:
         try:
             if transport == "tcp":
                 self.tcp_out.connect({int(k): int(v) for k, v in msg["ports"].items()})
+            elif transport in peers.PEERS:
+                self._peer_endpoint(transport)
+                sender = self.senders[transport]
+                sender.connect({int(k): v for k, v in msg["ports"].items()})  # type: ignore
         except (TransportError, OSError) as exc:
             return failure(exc)
         self.traffic.start_sending(plan, {transport: self.senders[transport]})
@@ -127,7 +163,10 @@ class Workload:
 
     def close_sockets(self) -> None:
         self.tcp_out.close()
-        for channel, endpoint in (("tcp", self.tcp_in), ("vswitch", self.switch)):
+        for name in self.peer_in:
+            self.senders[name].close()
+        endpoints = (("tcp", self.tcp_in), ("vswitch", self.switch), *self.peer_in.items())
+        for channel, endpoint in endpoints:
             self.traffic.stop_receiving(channel)
             endpoint.close()
 

@@ -273,7 +273,8 @@ class Traffic:
                 k = n if plan.packets is None else min(n, plan.packets - done)
                 for peer in plan.peers:
                     for flow in plan.flows:
-                        batch = batches[flow].prefix(k)
+                        transport = self._transports[flow]
+                        batch = transport.loan(peer, batches[flow].prefix(k))
                         first, now = counters[peer] + 1, clock()
                         if k < SMALL_BLOCK:
                             for i, slot in enumerate(batch.slots):
@@ -281,8 +282,8 @@ class Traffic:
                         else:
                             fill_rows(batch.payloads, me, peer, first, now)
                         counters[peer] += k
-                        sent = self._transports[flow].send(peer, batch, self.errors,
-                                                           plan.send_timeout, stop)
+                        sent = transport.send(peer, batch, self.errors, plan.send_timeout,
+                                              stop)
                         self.sent[peer] += sent
                         self.bytes_out += sent * plan.size
                 done += k

@@ -146,6 +146,12 @@ class SendTransport:
         """Packets of `size` bytes one `send` call may carry."""
         return self.max_batch
 
+    def loan(self, dst: int, batch: Batch) -> Batch:
+        """Where the packets of the next `send` to `dst` are to be written: `batch` itself (in
+        the partition's own memory), or the same layout in memory the transport lends (a
+        zero-copy peer's sample, written in place)."""
+        return batch
+
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
         """Send every packet of `batch` to `dst`; return how many the transport accepted.
@@ -306,18 +312,30 @@ class FrameReader:
     def drain(self, handler: BlockHandler) -> int:
         """Hand every whole frame to `handler`, a block of equal frames at a time; return how
         many frames."""
-        n = 0
-        flat = self._flat
-        while True:
-            header = self.frame()
-            if header is None:
-                return n
-            stride = FRAME.size + header[3]
-            count = find_block(flat, self._start, stride, (self._end - self._start) // stride)
-            handler(header[1], header[2],
-                    payloads(self._mv, flat, self._start, stride, count, header[3]))
-            self._start += count * stride
-            n += count
+        n, self._start = drain_frames(self._mv, self._flat, self._start, self._end, handler,
+                                      self.max_payload)
+        return n
+
+
+def drain_frames(view: memoryview, flat: np.ndarray, start: int, end: int,
+                 handler: BlockHandler, max_payload: int = MAX_FRAME_PAYLOAD) -> tuple[int, int]:
+    """Hand every whole frame in `view[start:end]` to `handler`, a block of equal frames at a
+    time (`flat` is the same memory as a uint8 array). Return (frames handed over, where the
+    first incomplete frame starts: `end` when none is). Pure; the peers' message receivers
+    (peers.py) and `FrameReader` share it."""
+    n = 0
+    while end - start >= FRAME.size:
+        _dst, source, seq, length = FRAME.unpack_from(view, start)
+        if length > max_payload:
+            raise FrameError(f"frame announces {length} bytes (limit {max_payload})")
+        stride = FRAME.size + length
+        if end - start < stride:
+            break
+        count = find_block(flat, start, stride, (end - start) // stride)
+        handler(source, seq, payloads(view, flat, start, stride, count, length))
+        start += count * stride
+        n += count
+    return n, start
 
 
 def hello_frame(network_id: int) -> bytes:
@@ -350,8 +368,9 @@ def _shutdown(sock: socket.socket | None) -> None:
     sock.close()
 
 
-class _FrameSender:
-    """Shared by tcp and vswitch: number the frames of a batch and send them in one sendall."""
+class FrameStamper:
+    """Numbers the frames of a batch per destination and writes their FRAME headers in place
+    (tcp, vswitch and the peers: every frame-carrying transport)."""
 
     layout = BatchLayout(FRAME.size)
     max_batch = MAX_RUN_RECORDS  # no protocol bound: as many frames as a fig11 run carries
@@ -360,29 +379,41 @@ class _FrameSender:
         self.network_id = network_id
         self._seq: Counter = Counter()  # per destination; lives as long as the partition
 
-    def _socket_for(self, dst: int) -> socket.socket:
-        raise NotImplementedError
-
-    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
-             stop: threading.Event) -> int:
+    def stamp(self, dst: int, batch: Batch) -> int:
+        """Write the headers of `batch` for `dst`; return the sequence number of its last
+        frame (it becomes the destination's last with `stamped`, once the batch went out)."""
         n = len(batch.slots)
-        try:
-            sock = self._socket_for(dst)
-        except KeyError:
-            errors["NoConnection"] += n
-            return 0
         seq = self._seq[dst]
         if n < SMALL_BLOCK:
             for slot in batch.slots:
                 seq += 1
                 FRAME.pack_into(slot.frame, 0, dst, self.network_id, seq, len(slot.payload))
-            return self._sendall(sock, batch, dst, seq, errors)
+            return seq
         header = np.empty(n, dtype=HEADER_DTYPE)
         header["tag"], header["source"] = dst, self.network_id
         header["seq"] = np.arange(seq + 1, seq + n + 1, dtype=np.uint64)
         header["length"] = len(batch.slots[0].payload)
         batch.frames[:, :FRAME.size] = header.view(np.uint8).reshape(n, FRAME.size)
-        return self._sendall(sock, batch, dst, seq + n, errors)
+        return seq + n
+
+    def stamped(self, dst: int, last_seq: int) -> None:
+        self._seq[dst] = last_seq
+
+
+class _FrameSender(FrameStamper):
+    """Shared by tcp and vswitch: number the frames of a batch and send them in one sendall."""
+
+    def _socket_for(self, dst: int) -> socket.socket:
+        raise NotImplementedError
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        try:
+            sock = self._socket_for(dst)
+        except KeyError:
+            errors["NoConnection"] += len(batch.slots)
+            return 0
+        return self._sendall(sock, batch, dst, self.stamp(dst, batch), errors)
 
     def _sendall(self, sock: socket.socket, batch: Batch, dst: int, last_seq: int,
                  errors: Counter) -> int:
@@ -393,7 +424,7 @@ class _FrameSender:
         except OSError as exc:
             errors[type(exc).__name__] += n
             return 0
-        self._seq[dst] = last_seq
+        self.stamped(dst, last_seq)
         return n
 
 

@@ -140,3 +140,23 @@ def test_bad_size_rejected_before_anything_starts(registry):
                                             scaling_config="/nonexistent.toml"),
               Console(file=io.StringIO()), registry)
     assert registry.records() == []  # a run registers before it creates any name
+
+
+def test_peers_beside_tcp(registry, tmp_path):
+    """The peers (zmq, pipe, iceoryx2) carry the same verified packets as tcp, batch 1 and 16."""
+    from scripts.workload.peers import PEERS, available
+
+    missing = set(PEERS) - set(available())
+    if missing:
+        pytest.skip(f"peer packages not installed: {sorted(missing)} (pip install -e '.[peers]')")
+    transports = ("zmq", "pipe", "iceoryx2", "tcp")
+    sizes = (64, 2048)
+    options = BenchOptions(transports=transports, sizes=sizes, packets=30, batches=(1, 16),
+                           latency=False, single_stream=False)
+    out = io.StringIO()
+    code, results = bench(small_config(2), options, Console(file=out, width=200), registry)
+    assert code == 0, out.getvalue()
+    check_results(results, transports, sizes, expected_packets=30, batches=(1, 16))
+    for r in results["runs"]:
+        assert r["packets"] == 30 and r["lost"] == 0 and r["corrupt"] == 0, r
+    assert no_children_left()

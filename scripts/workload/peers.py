@@ -1,0 +1,503 @@
+"""Peers: what a Python user would pick instead of the adapter, as bench transports.
+
+Each is a `SendTransport` / `ReceiveEndpoint` pair with the same batches, frames (FRAME header
+in front of every payload, numbered by `FrameStamper`) and receive check (`drain_frames` hands
+blocks to the workload's `on_block`) as tcp, so the bench measures every transport with the
+same fill and check:
+
+* ``zmq`` -- pyzmq PUSH/PULL over ``ipc://`` in a per-run temporary directory: one PULL per
+  receiving partition, one PUSH per (sender, peer). A batch travels as ONE zmq frame holding
+  its frames back to back (measured cheaper than one multipart message of a part per packet:
+  see benchmarks/README.md), received with `recv_into` into a preallocated buffer.
+* ``pipe`` -- `multiprocessing.connection.Connection` `send_bytes` / `recv_bytes_into`. The
+  partitions are not parent and child of each other, so the receiver listens on an AF_UNIX
+  socket in a per-run temporary directory and wraps every accepted socket in a Connection
+  (what `multiprocessing.connection.Listener` does), and senders connect with `Client`. Not
+  named FIFOs: a FIFO has one byte stream for every writer, and writes above PIPE_BUF from
+  two senders (all-to-all) would interleave; a socket per sender keeps messages whole.
+* ``iceoryx2`` -- publish-subscribe with zero-copy loans: one service per receiving partition
+  (a Slice of bytes; one publisher per sender), the sender loans a sample, the workload fills
+  the batch's packets IN the sample (`loan`), `send` publishes it, and an event service of
+  the same receiver wakes its listener (one notify per sample), as iceoryx2's
+  event-based-communication example does.
+
+Optional packages: pyzmq and iceoryx2 (the ``peers`` extra). `available()` says which peers
+can run here; the bench skips the others with a note.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import selectors
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from multiprocessing.connection import BufferTooShort, Client, Connection
+from typing import Any
+
+import numpy as np
+
+from partitions.blocks import BlockHandler, as_bytes
+from scripts.workload.transports import (
+    Batch,
+    FrameError,
+    FrameStamper,
+    ReceiveEndpoint,
+    SendTransport,
+    TransportError,
+    drain_frames,
+    make_batch,
+)
+
+ZMQ, PIPE, ICEORYX2 = "zmq", "pipe", "iceoryx2"
+PEERS = (ZMQ, PIPE, ICEORYX2)
+# the importable module each peer needs (None: the standard library is enough)
+PEER_MODULES: dict[str, str | None] = {ZMQ: "zmq", PIPE: None, ICEORYX2: "iceoryx2"}
+RECEIVE_BUFFER = 1 << 20  # grows to the largest message seen
+ICEORYX_BUFFER = 64  # samples a subscriber holds before a publisher waits
+ICEORYX_PUBLISHERS = 64
+
+
+def installed(module: str | None, find: Callable[[str], object] = importlib.util.find_spec
+              ) -> bool:
+    """Whether `module` can be imported (None: nothing needed)."""
+    if module is None:
+        return True
+    try:
+        return find(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available(names: tuple[str, ...] = PEERS,
+              find: Callable[[str], object] = importlib.util.find_spec) -> tuple[str, ...]:
+    return tuple(n for n in names if installed(PEER_MODULES.get(n), find))
+
+
+def run_dir() -> str:
+    """A fresh private directory for one run's socket names (0700)."""
+    return tempfile.mkdtemp(prefix="xpmove-peer-")
+
+
+def _check_whole(n_end: int, end: int, what: str) -> None:
+    if n_end != end:
+        raise FrameError(f"{what}: a message ends inside a frame ({end - n_end} bytes left)")
+
+
+class _MessageBuffer:
+    """A preallocated receive buffer (grown on demand) and its uint8 view."""
+
+    def __init__(self, size: int = RECEIVE_BUFFER):
+        self.resize(size)
+
+    def resize(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.flat = as_bytes(self.buf)
+
+    def drain(self, n: int, handler: BlockHandler, what: str) -> int:
+        count, end = drain_frames(self.view, self.flat, 0, n, handler)
+        _check_whole(end, n, what)
+        return count
+
+
+# -- zmq --------------------------------------------------------------------------------------
+
+
+class ZmqPull(ReceiveEndpoint):
+    """One PULL socket bound to ipc://<run dir>/pull; every batch is one message of frames."""
+
+    channel = ZMQ
+
+    def __init__(self) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self._ctx = zmq.Context.instance()
+        self._sock: Any = None
+        self._dir: str | None = None
+        self._buf = _MessageBuffer()
+
+    def open(self) -> str:
+        self.close()
+        self._dir = run_dir()
+        address = f"ipc://{self._dir}/pull"
+        sock = self._ctx.socket(self._zmq.PULL)
+        sock.setsockopt(self._zmq.LINGER, 0)
+        sock.bind(address)
+        self._sock = sock
+        return address
+
+    def poll(self, handler: BlockHandler, timeout: float) -> int:
+        sock, zmq = self._sock, self._zmq
+        if sock is None or not sock.poll(int(timeout * 1000)):
+            return 0
+        n = 0
+        while True:
+            try:
+                size = sock.recv_into(self._buf.buf, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            if size > len(self._buf.buf):  # truncated: grow; the sender numbers, we count gaps
+                self._buf.resize(2 * size)
+                raise FrameError(f"zmq: a {size}-byte message outgrew the receive buffer")
+            n += self._buf.drain(size, handler, "zmq")
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close(0)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+class ZmqPush(FrameStamper, SendTransport):
+    """One PUSH socket per destination; a batch is ONE message (its frames back to back)."""
+
+    name = channel = ZMQ
+
+    def __init__(self, network_id: int):
+        super().__init__(network_id)
+        import zmq
+
+        self._zmq = zmq
+        self._ctx = zmq.Context.instance()
+        self._socks: dict[int, Any] = {}
+
+    def connect(self, addresses: dict[int, str], timeout: float = 5.0) -> None:
+        for peer, address in addresses.items():
+            if peer in self._socks:
+                continue
+            sock = self._ctx.socket(self._zmq.PUSH)
+            sock.setsockopt(self._zmq.LINGER, 0)
+            sock.setsockopt(self._zmq.SNDTIMEO, int(timeout * 1000))
+            try:
+                sock.connect(address)
+            except self._zmq.ZMQError as exc:
+                sock.close(0)
+                raise TransportError(f"zmq: cannot connect to partition {peer} at "
+                                     f"{address}: {exc}") from None
+            self._socks[peer] = sock
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        n = len(batch.slots)
+        sock = self._socks.get(dst)
+        if sock is None:
+            errors["NoConnection"] += n
+            return 0
+        last = self.stamp(dst, batch)
+        try:
+            sock.send(batch.span, copy=True)
+        except self._zmq.ZMQError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        self.stamped(dst, last)
+        return n
+
+    def close(self) -> None:
+        socks, self._socks = self._socks, {}
+        for sock in socks.values():
+            sock.close(0)
+
+
+# -- pipe -------------------------------------------------------------------------------------
+
+
+class PipeListener(ReceiveEndpoint):
+    """An AF_UNIX listener in a per-run directory; each accepted socket becomes a
+    multiprocessing Connection whose messages (one per batch) are read with recv_bytes_into."""
+
+    channel = PIPE
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._conns: list[Connection] = []
+        self._dir: str | None = None
+        self._buf = _MessageBuffer()
+
+    def open(self) -> str:
+        self.close()
+        self._selector = selectors.DefaultSelector()
+        self._dir = run_dir()
+        address = os.path.join(self._dir, "pipe")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(64)
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        return address
+
+    def poll(self, handler: BlockHandler, timeout: float) -> int:
+        n = 0
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                try:
+                    sock, _ = self._listener.accept()  # type: ignore[union-attr]
+                except (BlockingIOError, AttributeError):
+                    continue
+                sock.setblocking(True)
+                conn = Connection(sock.detach())
+                self._conns.append(conn)
+                self._selector.register(conn, selectors.EVENT_READ, conn)
+                continue
+            n += self._read(key.data, handler)
+        return n
+
+    def _read(self, conn: Connection, handler: BlockHandler) -> int:
+        try:
+            size = conn.recv_bytes_into(self._buf.buf)
+        except BufferTooShort as exc:  # the message is in the exception: use it, then grow
+            message = exc.args[0]
+            self._buf.resize(2 * len(message))
+            self._buf.view[:len(message)] = message
+            size = len(message)
+        except (EOFError, OSError):
+            self._drop(conn)
+            return 0
+        return self._buf.drain(size, handler, "pipe")
+
+    def _drop(self, conn: Connection) -> None:
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        if conn in self._conns:
+            self._conns.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        for conn in list(self._conns):
+            self._drop(conn)
+        if self._listener is not None:
+            try:
+                self._selector.unregister(self._listener)
+            except (KeyError, ValueError):
+                pass
+            self._listener.close()
+            self._listener = None
+        self._selector.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+class PipeLinks(FrameStamper, SendTransport):
+    """One Connection (Client over AF_UNIX) per destination; a batch is one send_bytes."""
+
+    name = channel = PIPE
+
+    def __init__(self, network_id: int):
+        super().__init__(network_id)
+        self._conns: dict[int, Connection] = {}
+
+    def connect(self, addresses: dict[int, str]) -> None:
+        for peer, address in addresses.items():
+            if peer in self._conns:
+                continue
+            try:
+                self._conns[peer] = Client(address, family="AF_UNIX")
+            except OSError as exc:
+                raise TransportError(f"pipe: cannot connect to partition {peer} at "
+                                     f"{address}: {exc}") from None
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        n = len(batch.slots)
+        conn = self._conns.get(dst)
+        if conn is None:
+            errors["NoConnection"] += n
+            return 0
+        last = self.stamp(dst, batch)
+        try:
+            conn.send_bytes(batch.span)
+        except OSError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        self.stamped(dst, last)
+        return n
+
+    def close(self) -> None:
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            conn.close()
+
+
+# -- iceoryx2 ---------------------------------------------------------------------------------
+
+
+class Iceoryx2Node:
+    """The process's one iceoryx2 node (created on first use, signal handling left to us)."""
+
+    _node: Any = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> Any:
+        with cls._lock:
+            if cls._node is None:
+                import iceoryx2 as iox2
+
+                iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+                cls._node = (iox2.NodeBuilder.new()
+                             .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
+                             .create(iox2.ServiceType.Ipc))
+            return cls._node
+
+
+def _services(name: str) -> tuple[Any, Any]:
+    """(publish-subscribe service, event service) of one receiving partition, created or opened
+    with the same settings on both sides."""
+    import iceoryx2 as iox2
+
+    node = Iceoryx2Node.get()
+    data = (node.service_builder(iox2.ServiceName.new(name))
+            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+            .max_publishers(ICEORYX_PUBLISHERS)
+            .subscriber_max_buffer_size(ICEORYX_BUFFER)
+            .open_or_create())
+    wake = (node.service_builder(iox2.ServiceName.new(name + "/wake"))
+            .event().max_notifiers(ICEORYX_PUBLISHERS).open_or_create())
+    return data, wake
+
+
+def _release(*ports: Any) -> None:
+    for port in ports:
+        if port is not None:
+            port.delete()
+
+
+class Iceoryx2Subscriber(ReceiveEndpoint):
+    """This partition's service: one subscriber, woken by its listener; each sample is one batch
+    of frames, checked in the sample's memory and then released."""
+
+    channel = ICEORYX2
+
+    def __init__(self) -> None:
+        self._sub: Any = None
+        self._listener: Any = None
+        self._data: Any = None
+        self._wake: Any = None
+
+    def open(self, network_id: int) -> str:
+        self.close()
+        name = f"xpmove/{uuid.uuid4().hex}/{network_id}"
+        self._data, self._wake = _services(name)
+        self._sub = self._data.subscriber_builder().buffer_size(ICEORYX_BUFFER).create()
+        self._listener = self._wake.listener_builder().create()
+        return name
+
+    def poll(self, handler: BlockHandler, timeout: float) -> int:
+        import iceoryx2 as iox2
+
+        sub, listener = self._sub, self._listener
+        if sub is None:
+            return 0
+        n = self._drain(sub, handler)
+        if n:
+            listener.try_wait()
+            return n
+        listener.timed_wait(iox2.Duration.from_secs_f64(timeout))
+        return self._drain(sub, handler)
+
+    @staticmethod
+    def _drain(sub: Any, handler: BlockHandler) -> int:
+        n = 0
+        while (sample := sub.receive()) is not None:
+            try:
+                payload = sample.payload()
+                size = payload.len()
+                view = payload.as_memory_view().cast("B")
+                count, end = drain_frames(view, np.frombuffer(view, np.uint8), 0, size, handler)
+                _check_whole(end, size, "iceoryx2")
+                n += count
+            finally:
+                sample.delete()
+        return n
+
+    def close(self) -> None:
+        _release(self._sub, self._listener)
+        self._sub = self._listener = self._data = self._wake = None
+
+
+class Iceoryx2Publisher(FrameStamper, SendTransport):
+    """A publisher and a notifier per destination service. `loan` lends a sample laid out as the
+    batch; the workload fills it in place; `send` stamps the frames and publishes it."""
+
+    name = channel = ICEORYX2
+
+    def __init__(self, network_id: int):
+        super().__init__(network_id)
+        self._names: dict[int, str] = {}
+        self._ports: dict[int, tuple[Any, Any]] = {}  # publisher, notifier
+        self._services: dict[int, tuple[Any, Any]] = {}
+        self._loaned: Any = None
+
+    def connect(self, names: dict[int, str]) -> None:
+        self._names.update(names)
+
+    def _ports_for(self, dst: int, span: int) -> tuple[Any, Any]:
+        ports = self._ports.get(dst)
+        if ports is None:
+            import iceoryx2 as iox2
+
+            try:
+                data, wake = self._services[dst] = _services(self._names[dst])
+                publisher = (data.publisher_builder().initial_max_slice_len(span)
+                             .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+                             .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+                             .create())
+                ports = self._ports[dst] = (publisher, wake.notifier_builder().create())
+            except KeyError:
+                raise
+            except Exception as exc:
+                raise TransportError(f"iceoryx2: cannot publish to partition {dst}: "
+                                     f"{exc}") from None
+        return ports
+
+    def loan(self, dst: int, batch: Batch) -> Batch:
+        span = len(batch.span)
+        publisher, _ = self._ports_for(dst, span)
+        sample = publisher.loan_slice_uninit(span)
+        self._loaned = sample
+        view = sample.payload().as_memory_view().cast("B")
+        return make_batch(view, len(batch.slots[0].payload), batch.layout, len(batch.slots))
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        n = len(batch.slots)
+        sample, self._loaned = self._loaned, None
+        if sample is None:  # not loaned: copy the batch into a sample
+            loaned = self.loan(dst, batch)
+            loaned.span[:] = batch.span
+            sample, self._loaned = self._loaned, None
+            batch = loaned
+        _, notifier = self._ports[dst]
+        last = self.stamp(dst, batch)
+        try:
+            sample.assume_init().send()
+            notifier.notify()
+        except Exception as exc:  # iceoryx2's SendError and NotifierNotifyError
+            errors[type(exc).__name__] += n
+            return 0
+        self.stamped(dst, last)
+        return n
+
+    def close(self) -> None:
+        ports, self._ports = self._ports, {}
+        if self._loaned is not None:
+            self._loaned.delete()
+            self._loaned = None
+        for publisher, notifier in ports.values():
+            _release(publisher, notifier)
+        self._services.clear()
+        self._names.clear()

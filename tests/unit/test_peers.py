@@ -1,0 +1,86 @@
+"""The peers' pure parts: which are installed, the skip notes, frames in one message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from partitions.blocks import as_bytes
+from scripts.loadgen.benchcore import installed_transports
+from scripts.workload.peers import PEER_MODULES, PEERS, available, installed
+from scripts.workload.transports import FRAME, BatchLayout, FrameError, drain_frames, make_batch
+
+
+def fake_find(present: set[str]):
+    return lambda name: object() if name in present else None
+
+
+def test_installed_with_a_fake_missing_module():
+    assert installed(None, fake_find(set()))
+    assert installed("zmq", fake_find({"zmq"}))
+    assert not installed("no_such_module_xpmove", fake_find({"zmq"}))
+    assert available(PEERS, fake_find({"zmq"})) == ("zmq", "pipe")  # pipe: stdlib only
+
+
+def test_missing_transport_is_skipped_with_a_note():
+    needs = {**PEER_MODULES, "zmq": "no_such_module_xpmove"}
+    kept, notes = installed_transports(("fig11", "tcp", "zmq", "pipe"), needs,
+                                       lambda m: installed(m, fake_find({"iceoryx2"})))
+    assert kept == ("fig11", "tcp", "pipe")
+    assert len(notes) == 1 and "zmq" in notes[0] and "no_such_module_xpmove" in notes[0]
+    assert "[peers]" in notes[0]
+
+
+def test_nothing_skipped_without_notes():
+    kept, notes = installed_transports(("fig11", "tcp"), PEER_MODULES, lambda m: False
+                                       if m else True)
+    assert kept == ("fig11", "tcp") and notes == []
+
+
+def _message(sizes_counts, src=3):
+    """Frames back to back as one message: (size, count) runs, sequence numbers from 1."""
+    out, seq = bytearray(), 0
+    for size, count in sizes_counts:
+        for _ in range(count):
+            seq += 1
+            out += FRAME.pack(1, src, seq, size) + bytes([seq % 251]) * size
+    return out
+
+
+@pytest.mark.parametrize("runs", [[(64, 1)], [(64, 40)], [(32, 3), (2048, 20), (32, 1)]])
+def test_drain_frames_hands_every_frame_once_in_order(runs):
+    msg = _message(runs)
+    got = []
+    n, end = drain_frames(memoryview(msg), as_bytes(msg), 0, len(msg),
+                          lambda s, q, rows: got.extend((s, q + i, bytes(rows[i]))
+                                                        for i in range(len(rows))))
+    assert end == len(msg) and n == sum(c for _, c in runs) == len(got)
+    assert [q for _, q, _ in got] == list(range(1, n + 1))
+    assert all(s == 3 and set(p) == {q % 251} for s, q, p in got)
+
+
+def test_drain_frames_stops_at_a_partial_frame_and_rejects_huge_ones():
+    msg = _message([(64, 2)])
+    n, end = drain_frames(memoryview(msg), as_bytes(msg), 0, len(msg) - 1, lambda *a: None)
+    assert (n, end) == (1, FRAME.size + 64)
+    bad = bytearray(FRAME.pack(1, 2, 1, 1 << 40))
+    with pytest.raises(FrameError):
+        drain_frames(memoryview(bad), as_bytes(bad), 0, len(bad), lambda *a: None)
+
+
+def test_stamped_batch_drains_back():
+    from scripts.workload.peers import PipeLinks
+
+    links = PipeLinks(5)
+    region = bytearray(1 << 16)
+    batch = make_batch(memoryview(region), 100, BatchLayout(FRAME.size), 20)
+    batch.payloads[:] = np.arange(100, dtype=np.uint8)
+    last = links.stamp(9, batch)
+    assert last == 20
+    links.stamped(9, last)
+    assert links.stamp(9, batch.prefix(1)) == 21
+    seqs = []
+    span = bytes(batch.span)
+    drain_frames(memoryview(span), as_bytes(span), 0, len(span),
+                 lambda s, q, rows: seqs.extend(range(q, q + len(rows))))
+    assert seqs[0] == 21  # the prefix re-stamped slot 0
