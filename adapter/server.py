@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="xpmove adapter (started by the hypervisor)")
     parser.add_argument("--boot", required=True, help="JSON boot block from the hypervisor")
     args = parser.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group: the hypervisor coordinates
+    # shutdown (as for the partitions), so an adapter that left on its own would be restarted
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     adapter = Adapter(AdapterBoot.from_json(args.boot))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
     try:

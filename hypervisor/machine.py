@@ -134,6 +134,7 @@ class Machine:
         self.started_at: float | None = None  # time.time() of start(), for `xpmove status`
         self.events: list[str] = []  # what supervision did, for the operator
         self.restarts: dict[int | str, int] = {}
+        self._stopping = False  # stop() began: nothing is restarted any more
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
@@ -402,8 +403,8 @@ class Machine:
                 ended.append(child)
             elif before in (ProcessState.STARTING, ProcessState.RUNNING):
                 died.append(child)
-        if self._stopped:
-            return died
+        if self._stopped or self._stopping:
+            return died  # once stop() began, nothing comes back
         outcomes = self.outcomes()
         for child in ended:
             assert child.network_id is not None
@@ -428,6 +429,8 @@ class Machine:
         return wanted and self.restarts.get(key, 0) < self.config.restart_limit
 
     def restart_adapter(self) -> None:
+        if self._stopping:
+            return
         old = self.adapter
         assert old is not None
         old.channel.close()
@@ -450,6 +453,8 @@ class Machine:
                            f"{len(live)} drivers reconnected")
 
     def restart_partition(self, network_id: int) -> None:
+        if self._stopping:
+            return
         old = self.partitions[network_id]
         old.channel.close()
         old.step(ProcessEvent.RESTART)
@@ -473,6 +478,7 @@ class Machine:
         (a program still running when stopped is "stopped")."""
         if self._stopped:
             return self.outcomes()
+        self._stopping = True  # from here on nothing is restarted
         self._stop_status()  # first: no snapshot reads the segment or calls the adapter after
         for child in self.children():  # programs that ended before the stop say how
             self._drain_events(child)
