@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from adapter import receive_area
-from adapter.errors import Status, XpmoveError
+from adapter.errors import RingCorrupt, Status, XpmoveError
 from adapter.locks import Grant, LockBook, LockState
 from adapter.moves import mvxl
 from adapter.protocol import GRANT_OPS, Op, Request, Result, encode_reply, malformed_reply
@@ -41,12 +41,13 @@ from adapter.ring import (
     MIN_RUN,
     RUN_DESCRIPTOR,
     Reservation,
+    check_counters,
     check_run,
     max_payload,
     reserve,
 )
 from adapter.translation import PartitionState, Translation, TranslationTable
-from hypervisor.layout import SegmentLayout
+from hypervisor.layout import PartitionLayout, SegmentLayout
 
 # Module aliases for the per-request path: an Enum class attribute lookup costs ~0.2 us here.
 MOVE, GRANT, MOVE_RUN, GRANT_RUN = Op.MOVE, Op.GRANT, Op.MOVE_RUN, Op.GRANT_RUN
@@ -97,6 +98,14 @@ class Engine:
 
     `counters` and `errors` are the adapter's statistics (stats()); the shell bumps them too
     for the faults only it sees (frames rejected by the decoder, internal errors).
+
+    Every word read from the segment is checked before use (the control block's head, tail,
+    pending commit, holder; the pair's sequence word). A word no correct party could have
+    written fails THAT destination: `corrupt` names it and why, every later move to it gets
+    RING_CORRUPT (a typed result, the sender's pipe stays open), and nothing raises out of the
+    engine; every other destination keeps working. A failed destination stays refused until
+    an operator (or the hypervisor, once its receiver drained what was valid) repairs its words
+    and calls `clear_corrupt`, or restarts the adapter: `recover` checks the words again.
     """
 
     def __init__(self, memory: memoryview, layout: SegmentLayout, locks: Mapping[int, Lock],
@@ -118,6 +127,7 @@ class Engine:
         self.errors: Counter[str] = Counter()
         self._parked: dict[int, Work] = {}
         self._recovered_holders: set[int] = set()
+        self.corrupt: dict[int, str] = {}  # destination -> why its words cannot be trusted
 
     # -- start, partitions coming and going --------------------------------------------
     def recover(self, now: float, connected: Iterable[int] | None = None) -> None:
@@ -132,7 +142,11 @@ class Engine:
         """
         for dst_id, dst in self.by_id.items():
             holder = receive_area.read_holder(self.words, dst)
-            if holder and holder in self.by_id:
+            if holder and (holder not in self.by_id or holder == dst_id):
+                self._fail(dst_id, RingCorrupt(
+                    f"network ID {dst_id}'s control block: holder {holder} is not another "
+                    f"partition"))
+            elif holder:
                 self.book.acquired(dst_id)
                 token = receive_area.read_grant_token(self.words, self.rings[dst_id])
                 self.book.granted(Grant(holder, dst_id, 0, now, recovered=True, token=token))
@@ -206,9 +220,25 @@ class Engine:
             self.errors["stray_lock_release"] += 1
 
     def _settle(self, dst: int) -> None:
-        """A grant ended (or a restarted adapter found one): undo it if never committed."""
-        if not receive_area.settle_commit(self.words, self.layout, self.by_id[dst]):
-            self.counters["grants_abandoned"] += 1
+        """A grant ended (or a restarted adapter found one): undo it if never committed. A
+        pending commit whose words are impossible fails the destination (never raises)."""
+        try:
+            if not receive_area.settle_commit(self.words, self.layout, self.by_id[dst]):
+                self.counters["grants_abandoned"] += 1
+        except RingCorrupt as exc:
+            self._fail(dst, exc)
+
+    def _fail(self, dst: int, exc: RingCorrupt) -> RingCorrupt:
+        """A word of `dst` is impossible: refuse it (RING_CORRUPT) until clear_corrupt."""
+        if dst not in self.corrupt:
+            self.corrupt[dst] = str(exc)
+            self.counters["destinations_corrupt"] += 1
+        return exc
+
+    def clear_corrupt(self, dst: int) -> None:
+        """The operator (or the hypervisor) repaired `dst`'s words: serve it again. The words
+        are checked again on the next move, as always."""
+        self.corrupt.pop(dst, None)
 
     def _take_back(self, dst: int) -> None:
         """The holder of a granted lock died: the lock comes back (Invariant 5)."""
@@ -252,6 +282,7 @@ class Engine:
         self._take_back_recovered(me)
         work = Work(request, [None] * len(moves), [], now + self.lock_timeout)
         translate, checked, budget = self.table.translate, work.checked, MAX_RUN_RECORDS
+        corrupt = self.corrupt
         for i, move in enumerate(moves):
             try:
                 if move.src_id != me:
@@ -259,6 +290,8 @@ class Engine:
                     work.results[i] = Result(Status.SOURCE_MISMATCH, me)
                     continue
                 t = translate(me, move.dst_id, move.offset, move.count)
+                if corrupt and move.dst_id in corrupt:
+                    raise RingCorrupt(corrupt[move.dst_id])
                 if op in RUN_OPS:
                     work.runs[i] = self._run_shape(t, budget)
                     budget -= work.runs[i][0]
@@ -356,7 +389,16 @@ class Engine:
         header, descriptor = receive_area.write_record_header, receive_area.write_run_descriptor
         for dst_id, moves in by_dst.items():
             dst, ring = self.by_id[dst_id], self.rings[dst_id]
+            src = moves[0][1].src
+            seq_word = self.seq_words[src.index][dst.index]
             head, tail = words[ring.head], words[ring.tail]
+            try:  # the words this commit builds on, before anything is written
+                self._check_words(dst, ring, head, tail, seq_word)
+            except RingCorrupt as exc:
+                for i, t in moves:
+                    results[i] = self._failure(exc, t.src.network_id, dst_id)
+                self._unlock(dst_id)
+                continue
             placed: list[tuple[int, Translation, Reservation]] = []
             for i, t in moves:
                 try:  # a run is one record too: contiguous, never wrapped
@@ -372,11 +414,9 @@ class Engine:
             if not placed:
                 self._unlock(dst_id)
                 continue
-            src = placed[0][1].src
             records = (sum(runs[i][0] if i in runs else 1 for i, _, _ in placed) if runs
                        else len(placed))
-            seq = receive_area.begin_commit(words, ring, head, src.index,
-                                            self.seq_words[src.index][dst.index], records)
+            seq = receive_area.begin_commit(words, ring, head, src.index, seq_word, records)
             moved = 0
             for i, t, r in placed:
                 if i in runs:
@@ -413,6 +453,28 @@ class Engine:
                 receive_area.set_holder(words, dst, me)
                 self.book.granted(Grant(me, dst_id, head, now, token=token))
                 counters["grants"] += 1
+
+    def _check_words(self, dst: PartitionLayout, ring: receive_area.RingWords, head: int,
+                     tail: int, seq_word: int) -> None:
+        """Lock held, last commit settled: RingCorrupt (and the destination failed) unless
+        `head` and `tail` are possible, `head` is what the last commit published (the pending
+        head: a plausible but forged head differs) and the pair's sequence word leaves room."""
+        dst_id = dst.network_id
+        if dst_id in self.corrupt:
+            raise RingCorrupt(self.corrupt[dst_id])
+        where = f"network ID {dst_id}'s control block"
+        try:
+            check_counters(head, tail, dst.receive_size)
+        except RingCorrupt as exc:
+            raise self._fail(dst_id, RingCorrupt(f"{where}: {exc}")) from None
+        pending = self.words[ring.pending]
+        if head != pending:
+            raise self._fail(dst_id, RingCorrupt(
+                f"{where}: head {head} is not the last commit's pending_head {pending}"))
+        seq = self.words[seq_word]
+        if seq >= receive_area.SEQ_LIMIT:
+            raise self._fail(dst_id, RingCorrupt(
+                f"{where}: a pair's sequence word is {seq} (limit {receive_area.SEQ_LIMIT})"))
 
     # -- statistics --------------------------------------------------------------------
     def stats(self) -> dict:

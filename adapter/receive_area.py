@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from adapter.errors import RingCorrupt
 from adapter.ring import (
+    ALIGN,
     HEADER_SIZE,
     KIND_PAD,
     KIND_RECORD,
@@ -57,6 +59,9 @@ TAIL_OFFSET = CACHE_LINE
 SLEEPING_OFFSET = CACHE_LINE + 8
 assert RELEASED_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
 TOKEN_MASK = (1 << 64) - 1
+# A pair's sequence word stays below this (centuries at any rate): a larger one is forged, and
+# begin_commit could not store the numbers after it in a u64 word.
+SEQ_LIMIT = 1 << 63
 
 
 def words(memory: memoryview) -> memoryview:
@@ -237,12 +242,37 @@ def settle_commit(words: memoryview, layout: SegmentLayout, dst: PartitionLayout
     Called with the lock held, when a grant ends or a restarted adapter recovers. If `head`
     never reached the pending head, the record stays invisible and the pair's sequence number
     goes back to what it was, so receivers see no gap and senders no phantom success.
+
+    Every word is checked before anything is written back: a value no commit could have left
+    (check_pending) raises RingCorrupt naming the word and the value, and nothing but `holder`
+    changes (the caller fails the destination).
     """
     pending_head, src_index, first_seq = read_pending(words, dst)
     head = read_head(words, dst)
     set_holder(words, dst, 0)
     if pending_head == 0 or head == pending_head:
         return True
-    write_seq(words, layout.seq_address(src_index, dst.index), first_seq - 1)
+    seq_address = check_pending(words, layout, dst, head, pending_head, src_index, first_seq)
+    write_seq(words, seq_address, first_seq - 1)
     words[_word(dst.control + PENDING_OFFSET)] = head
     return False
+
+
+def check_pending(words: memoryview, layout: SegmentLayout, dst: PartitionLayout, head: int,
+                  pending_head: int, src_index: int, first_seq: int) -> int:
+    """The address of the pending commit's sequence word, once its words are proven possible;
+    else RingCorrupt naming the word and its value. begin_commit leaves: a source that is
+    another partition; a pending head past `head` by at most the ring, aligned; a first
+    sequence number from 1 to the pair's sequence word (which it advanced past it)."""
+    where = f"network ID {dst.network_id}'s control block"
+    if not (src_index < len(layout.partitions) and src_index != dst.index):
+        raise RingCorrupt(f"{where}: pending_source {src_index} is not another partition")
+    if not (head < pending_head <= head + dst.receive_size and pending_head % ALIGN == 0):
+        raise RingCorrupt(f"{where}: pending_head {pending_head} impossible with head {head} "
+                          f"and a ring of {dst.receive_size} bytes")
+    seq_address = layout.seq_address(src_index, dst.index)
+    seq = read_seq(words, seq_address)
+    if not 1 <= first_seq <= seq < SEQ_LIMIT:
+        raise RingCorrupt(f"{where}: pending_first_seq {first_seq} impossible with the pair's "
+                          f"sequence word {seq}")
+    return seq_address
