@@ -35,6 +35,7 @@ from hypervisor.status import StatusServer, machine_status, open_lock_reader
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
+SHM_DIR = "/dev/shm"
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
 ADAPTER_MODULE = "adapter.server"
@@ -43,6 +44,28 @@ PARTITION_MODULE = "partitions.main"
 
 class MachineError(RuntimeError):
     """The machine cannot start or a child broke the control protocol."""
+
+
+def check_shm_room(needed: int, free: int, config_total: int | None = None) -> None:
+    """Refuse a segment of `needed` bytes when the filesystem behind /dev/shm has only `free`
+    (pure: the caller measures). Without this, the processes die of SIGBUS on first touch."""
+    if needed <= free:
+        return
+    total = "" if config_total is None else f" (the partitions' memory is {config_total:,} bytes)"
+    raise MachineError(
+        f"{SHM_DIR} has {free:,} bytes free but the segment needs {needed:,} bytes{total}: "
+        f"give {SHM_DIR} more room (e.g. docker run --shm-size={_mib_up(needed)}m ...) or give "
+        f"the partitions less memory in the config")
+
+
+def _mib_up(n: int) -> int:
+    return -(-n // (1024 * 1024)) + 16  # a little headroom beyond the segment
+
+
+def shm_free_bytes(path: str = SHM_DIR) -> int:
+    """Bytes an unprivileged process may still allocate on the filesystem behind `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass
@@ -138,7 +161,13 @@ class Machine:
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
-        """Create memory and names, spawn the adapter and every partition, await readiness."""
+        """Create memory and names, spawn the adapter and every partition, await readiness;
+        /dev/shm's room is checked before anything is created."""
+        try:
+            check_shm_room(self.layout.total_size, shm_free_bytes(),
+                           sum(p.memory_size for p in self.config.partitions))
+        except MachineError as exc:
+            raise MachineError(f"run {self.prefix} could not start: {exc}") from None
         self._started = True
         self._owner = threading.current_thread()
         self.started_at = time.time()

@@ -18,6 +18,7 @@ from importlib import metadata
 
 from adapter.protocol import Flow
 from hypervisor.config import ConfigError, MachineConfig, load_config
+from hypervisor.machine import MachineError
 from hypervisor.names import RunDirError, RunRegistry
 
 DESCRIPTION = """\
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         RunRegistry()  # a run directory that cannot be used is reported before anything starts
         return args.func(args)
-    except RunDirError as exc:
+    except (RunDirError, MachineError) as exc:  # e.g. a machine that cannot start: one line
         print(f"xpmove: {exc}", file=sys.stderr)
         return 1
 
