@@ -9,6 +9,7 @@ partition's death is EOF at the adapter and the adapter's death is EOF at the dr
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import select
@@ -32,7 +33,8 @@ from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quietly
 from hypervisor.status import StatusServer, machine_status, open_lock_reader
 
-STARTUP_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
+STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
 STOP_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
 SHM_DIR = "/dev/shm"
@@ -68,6 +70,19 @@ def shm_free_bytes(path: str = SHM_DIR) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _startup_error(prefix: str, exc: BaseException) -> MachineError:
+    """Any failure to start, as one line naming the cause (and the fix, where there is one)."""
+    if isinstance(exc, MachineError):
+        return MachineError(f"run {prefix} could not start: {exc}")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return MachineError(f"run {prefix} could not start: too many open files (the limit is "
+                            f"{soft}; raise it with `ulimit -n`, or use fewer partitions)")
+    return MachineError(f"run {prefix} could not start: {type(exc).__name__}: {exc}")
+
+
 @dataclass
 class Child:
     """A process the hypervisor spawned and supervises."""
@@ -77,6 +92,7 @@ class Child:
     proc: subprocess.Popen
     channel: Channel
     state: ProcessState = ProcessState.STARTING
+    spawned_at: float = field(default_factory=time.monotonic)
     exit_code: int | None = None  # set once its exit has been seen
     report: dict = field(default_factory=dict)  # its `finished` event: how the program ended
     # One command in flight per child: the status thread's `stats` and the main thread's calls
@@ -161,8 +177,11 @@ class Machine:
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
-        """Create memory and names, spawn the adapter and every partition, await readiness;
-        /dev/shm's room is checked before anything is created."""
+        """Create memory and names, spawn the adapter and every partition, await readiness.
+
+        Every failure to start is a MachineError naming the cause, raised after every child
+        was reaped and every name unlinked; /dev/shm's room is checked before anything is
+        created."""
         try:
             check_shm_room(self.layout.total_size, shm_free_bytes(),
                            sum(p.memory_size for p in self.config.partitions))
@@ -176,6 +195,9 @@ class Machine:
             self._spawn_all()
             self._await_ready()
             self._start_status()
+        except (MachineError, OSError, posix_ipc.Error, ValueError) as exc:
+            self.stop()
+            raise _startup_error(self.prefix, exc) from None
         except BaseException:
             self.stop()
             raise
@@ -256,8 +278,10 @@ class Machine:
                            p.network_id)
 
     def _spawn_all(self) -> None:
-        pipes = {p.network_id: Pipes.open() for p in self.config.partitions}
+        pipes: dict[int, Pipes] = {}
         try:
+            for p in self.config.partitions:
+                pipes[p.network_id] = Pipes.open()
             self.adapter = self._spawn_adapter(pipes)
             for p in self.config.partitions:
                 self.partitions[p.network_id] = self._spawn_partition(p, pipes[p.network_id])
@@ -273,12 +297,16 @@ class Machine:
         return ([self.adapter] if self.adapter else []) + list(self.partitions.values())
 
     def _await_ready(self, children: list[Child] | None = None) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        for child in children or self.children():
+        """Each child has its own deadline, from its spawn, longer when many start together."""
+        children = children or self.children()
+        allowed = STARTUP_TIMEOUT_S + STARTUP_PER_CHILD_S * len(children)
+        for child in children:
+            deadline = child.spawned_at + allowed
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise MachineError(f"{child.name} not ready within {STARTUP_TIMEOUT_S} s")
+                    raise MachineError(f"{child.name} not ready within {allowed:g} s of its "
+                                       f"start ({len(children)} processes starting)")
                 try:
                     msg = child.channel.receive(timeout=min(remaining, 0.5))
                 except ControlError:

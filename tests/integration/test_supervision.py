@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TIMEOUT
+from tests.integration.conftest import TIMEOUT, small_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,3 +75,37 @@ def test_ctrl_c_to_the_process_group_stops_launch_cleanly(tmp_path):
         assert not shm_names(prefix)
     finally:
         reap_group(proc)
+
+
+# -- item 10: startup failures -----------------------------------------------------------------
+def _few_descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+
+def test_startup_failure_is_one_line_and_leaves_no_names(tmp_path):
+    """16 partitions need 64 pipe ends and 16 control sockets: 40 descriptors cannot hold them."""
+    proc = xpmove(["launch", "--packets", "1", "--config",
+                   str(tiny_config(tmp_path / "many.toml", n=16))], tmp_path,
+                  start_new_session=True, preexec_fn=_few_descriptors)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        reap_group(proc)
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    match = re.match(r"xpmove: run (xpm-[0-9a-f]+) could not start: too many open files", lines[0])
+    assert match, lines[0]
+    assert "ulimit -n" in lines[0]
+    assert not shm_names(match.group(1))
+
+
+def test_startup_deadline_is_per_child(make_machine):
+    """Each child's deadline runs from its own spawn: one spawned late is not short of time."""
+    import hypervisor.machine as machine_module
+
+    m = make_machine(small_config(n=2))
+    spawned = [c.spawned_at for c in m.children()]
+    assert spawned == sorted(spawned) and len(set(spawned)) == len(spawned)
+    assert machine_module.STARTUP_PER_CHILD_S > 0
