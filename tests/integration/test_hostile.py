@@ -11,6 +11,8 @@ import pytest
 
 from scripts.soak import pair_books
 from tests.integration.conftest import TIMEOUT, small_config, wait_for
+from tests.integration.test_faults import kill, restarted
+from tests.integration.test_machine import send
 
 ROGUE_PERIOD_S = 0.0005
 
@@ -80,3 +82,74 @@ def test_stray_lock_posts_do_not_break_exactly_once(make_machine, flow, batch):
     assert adapter["errors"].get("stray_lock_release", 0) > 0, adapter
     assert "grants_abandoned" not in adapter["counters"], adapter
     assert set(adapter["locks"].values()) == {"free"}, adapter
+
+
+def _words(m):
+    from adapter import receive_area
+
+    return receive_area.words(m.memory.view)
+
+
+def _innocents_move(m, bad: int) -> None:
+    for src in m.partitions:
+        for dst in m.partitions:
+            if src != dst and dst != bad:
+                for flow in ("fig11", "fig12"):
+                    reply = send(m, src, dst, b"innocent", flow, timeout=TIMEOUT)
+                    assert reply["ok"], (src, dst, flow, reply)
+
+
+def test_a_poisoned_pending_commit_fails_its_destination_not_the_adapter(make_machine):
+    """Issue 12 item 2: the pending commit's first-sequence word is zeroed while a driver holds
+    a grant, then the holder is SIGKILLed: the adapter used to die (and every restarted one in
+    recovery). Now the adapter lives on, the destination is refused by name, the rest moves."""
+    from adapter import receive_area
+
+    m = make_machine(small_config(restart="always"))
+    adapter_pid = m.pid()
+    assert m.call(1, {"cmd": "hold_grant", "dst": 2, "count": 5000})["ok"]
+    ring = receive_area.RingWords.of(m.layout.by_id()[2])
+    _words(m)[ring.pending + 2] = 0
+    kill(m.pid(1))
+    wait_for(lambda: restarted(m, 1), what="partition 1 to restart")
+    reply = send(m, 3, 2, b"to the poisoned one", "fig11", timeout=TIMEOUT)
+    assert (reply["ok"], reply["error"]) == (False, "RingCorrupt"), reply
+    _innocents_move(m, bad=2)
+    assert m.pid() == adapter_pid and not restarted(m, "adapter")
+    assert m.adapter_stats()["counters"]["destinations_corrupt"] == 1
+
+
+def test_a_poisoned_sequence_word_does_not_cut_the_sender_off(make_machine):
+    """Issue 12 item 3: the pair (1 -> 2)'s sequence word is 2**64-1: partition 1's next send
+    to 2 fails with RingCorrupt, its pipe stays open and its sends elsewhere work."""
+    m = make_machine(small_config())
+    layout = m.layout
+    src, dst = layout.by_id()[1], layout.by_id()[2]
+    _words(m)[layout.seq_address(src.index, dst.index) >> 3] = 2**64 - 1
+    for flow in ("fig11", "fig12"):
+        reply = send(m, 1, 2, b"innocent", flow, timeout=TIMEOUT)
+        assert (reply["ok"], reply["error"]) == (False, "RingCorrupt"), reply
+        assert send(m, 1, 3, b"elsewhere", flow, timeout=TIMEOUT)["ok"]
+    _innocents_move(m, bad=2)
+    stats = m.adapter_stats()
+    assert "internal" not in stats["errors"] and "connections_closed" not in stats["counters"]
+
+
+def test_a_plausible_forged_head_is_refused_to_senders(make_machine):
+    """Issue 12 item 4: a head that passes the counter checks but is not the last commit's:
+    the receiver reports RingCorrupt, and the senders get RingCorrupt too instead of moves
+    accepted into a ring nobody can read."""
+    from adapter import receive_area
+
+    m = make_machine(small_config())
+    assert send(m, 1, 2, b"x" * 10, "fig11")["seq"] == 1
+    dst = m.layout.by_id()[2]
+    words = _words(m)
+    receive_area.publish_head(words, dst.control, receive_area.read_head(words, dst) + 4096)
+    assert m.call(2, {"cmd": "receive", "timeout": 1.0})["packet"]["seq"] == 1  # the real one
+    reply = m.call(2, {"cmd": "receive", "timeout": 1.0})
+    assert reply["ok"] is False and reply["error"] == "RingCorrupt", reply
+    for flow in ("fig11", "fig12"):
+        reply = send(m, 3, 2, b"into that ring?", flow, timeout=TIMEOUT)
+        assert (reply["ok"], reply["error"]) == (False, "RingCorrupt"), reply
+    _innocents_move(m, bad=2)
