@@ -56,6 +56,10 @@ class Receiver:
         self._delivered_words = {
             p.network_id: segment.delivered_address(p.index, own.index) >> 3
             for p in segment.partitions}
+        # the pair's sequence word: nothing beyond it was ever committed, so never delivered
+        self._committed_words = {
+            p.network_id: segment.seq_address(p.index, own.index) >> 3
+            for p in segment.partitions}
         self.words = receive_area.words(physical)
         self._area = physical[own.receive_base:own.receive_base + own.receive_size]
         self._flat = as_bytes(self._area)
@@ -96,7 +100,7 @@ class Receiver:
             count = find_block(flat, pos, stride, most)
             tail = end + (count - 1) * stride
             slot = self._delivered_word(source_id, pos)
-            skip = max(0, min(count, words[slot] - seq + 1))
+            skip = max(0, min(count, self._check_delivered(source_id, slot) - seq + 1))
             self.redelivered += skip  # a killed incarnation handled them: exactly once
             if skip < count:
                 handler(source_id, seq + skip, payloads(
@@ -118,7 +122,7 @@ class Receiver:
             raise RingCorrupt(f"run record at {pos}: {exc}") from None
         first = pos + HEADER_BYTES + RUN_DESCRIPTOR.size
         slot = self._delivered_word(source_id, pos)
-        skip = max(0, min(packets, self.words[slot] - seq + 1))
+        skip = max(0, min(packets, self._check_delivered(source_id, slot) - seq + 1))
         if pos != self._resume_at:
             self.redelivered += skip  # a killed incarnation handled them: exactly once
         taken = 0
@@ -181,6 +185,20 @@ class Receiver:
         except KeyError:
             raise RingCorrupt(f"record at {pos} claims source network ID {source_id}, "
                               f"which is not a partition of this machine") from None
+
+    def _check_delivered(self, source_id: int, slot: int) -> int:
+        """The delivered word of `source_id`, once proven possible: never past the pair's
+        committed sequence word (nothing beyond it was ever committed, so none of it was handed
+        over). A larger one is forged: RingCorrupt naming it, instead of dropping accepted
+        packets as "already delivered". (A delivered word past the block being read is NOT
+        proof: a killed incarnation may have handed over later blocks of the same source
+        before it published the tail, once per drain.)"""
+        delivered = self.words[slot]
+        committed = self.words[self._committed_words[source_id]]
+        if delivered > committed:
+            raise RingCorrupt(f"delivered word of source network ID {source_id} is {delivered}, "
+                              f"past the pair's committed sequence word {committed}")
+        return delivered
 
     def delivered(self, source_id: int) -> int:
         """Last sequence number from `source_id` this partition consumed (any incarnation)."""
