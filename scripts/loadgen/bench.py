@@ -46,14 +46,15 @@ from hypervisor.config import ConfigError, MachineConfig, load_config, with_prog
 from hypervisor.layout import SegmentLayout
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
+from partitions.blocks import SMALL_BLOCK
 from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore
 from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
 from scripts.tables import Col, Grid
 from scripts.workload import peers as peer_transports
-from scripts.workload.pattern import MIN_PACKET
+from scripts.workload.pattern import MIN_PACKET, Pattern
 from scripts.workload.program import PROGRAM
-from scripts.workload.transports import FRAME
+from scripts.workload.transports import FRAME, BatchLayout, make_batch
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
 TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp", *peer_transports.PEERS)  # every transport known
@@ -71,6 +72,8 @@ DEFAULT_BATCHES = (1, 32)  # the patent's literal flow, and batched
 LATENCY_SIZE = 64
 LATENCY_PACKETS = 200
 LATENCY_INTERVAL_S = 0.002  # pace of the lone packets: one per 2 ms, each alone on the path
+FLOOR_SECONDS = 0.3  # thread CPU seconds of fill + check per (size, batch) for the floor
+FLOOR_BYTES = 8 << 20  # the floor's batch is capped to this many bytes
 SIXTEEN = Path(__file__).resolve().parents[2] / "configs" / "sixteen.toml"
 
 
@@ -252,6 +255,46 @@ def host_info(machine: Machine) -> dict:
     }
 
 
+def floor_s(size: int, batch: int, seconds: float = FLOOR_SECONDS) -> float:
+    """S of the workload's fill and check alone, no transport: one thread fills a batch of
+    `size`-byte packets in its own memory, laid out as tcp frames, and checks it, in a loop
+    (thread CPU time): the zero-copy limit of every transport."""
+    pattern = Pattern(size)
+    layout = BatchLayout(FRAME.size)
+    n = max(1, min(batch, FLOOR_BYTES // layout.stride(size)))
+    region = memoryview(bytearray(layout.stride(size) * n))
+    b = make_batch(region, size, layout, n)
+    rows = b.payloads
+    views = [memoryview(slot.payload) for slot in b.slots]
+    counter, packets = 0, 0
+    start = time.thread_time()
+    while True:
+        now = time.monotonic_ns()
+        if n < SMALL_BLOCK:
+            for i, v in enumerate(views):
+                pattern.fill(v, 1, 2, counter + 1 + i, now)
+            ok = all(pattern.check(v, 1, 2)[0] for v in views)
+        else:
+            pattern.fill_rows(rows, 1, 2, counter + 1, now)
+            ok = pattern.check_block(rows, 1, 2) is not None
+        if not ok:
+            raise BenchError(f"floor: the pattern check failed at {size} B (a bug)")
+        counter += n
+        packets += n
+        elapsed = time.thread_time() - start
+        if elapsed >= seconds:
+            return packets / elapsed
+
+
+def floors(sizes: tuple[int, ...], batches: tuple[int, ...]) -> dict[str, dict]:
+    """The floor per size at the best of `batches`: {"<size>": {"S", "batch"}}."""
+    out = {}
+    for size in sizes:
+        best = max(((floor_s(size, b), b) for b in batches), key=lambda x: x[0])
+        out[str(size)] = {"S": best[0], "batch": best[1]}
+    return out
+
+
 # -- one run ----------------------------------------------------------------------------------
 
 
@@ -292,6 +335,7 @@ class Bench:
     progress: Progress | None = None
     runs: list[dict] = field(default_factory=list)
     last_cpu: dict[str, float] = field(default_factory=dict)
+    work_s: list[float] = field(default_factory=list)
 
     def call(self, nid: int, msg: dict) -> dict:
         reply = self.machine.call(nid, msg)
@@ -413,6 +457,7 @@ class Bench:
         """
         o = self.options
         samples = [Sample(0.0, 0.0, 0, 0, True)]
+        self.work_s = [0.0]  # fill + check CPU seconds of every participant, per sample
         expected = None if o.packets is None else o.packets * len(plan.routes)
         limit = PACKETS_TIMEOUT_S if o.packets is not None else (o.duration or 0) + \
             DRAIN_TIMEOUT_S
@@ -441,6 +486,7 @@ class Bench:
                 if broken:
                     raise BenchError(f"receiver failed during {plan.label.strip()}: {broken}")
                 samples.append(Sample(now, cpu, received, nbytes, not any(done)))
+                self.work_s.append(sum(c.get("fill_check_s", 0.0) for c in counts.values()))
                 if now - last_report.wall_s >= REPORT_S - 1e-6:
                     last = samples[-1]
                     self._print(interval_line(plan.label, last_report.wall_s, last.wall_s,
@@ -501,6 +547,13 @@ class Bench:
                                         "samples": fit.used, "steady": fit.steady}
         except SlopeError as exc:
             s_value, fit_info = 0.0, {"error": str(exc)}
+        s_transport = None
+        if "error" not in fit_info and len(self.work_s) == len(samples):
+            try:
+                s_transport = benchcore.fit_s(benchcore.without_work(samples, self.work_s),
+                                              o.warmup, o.tail).s
+            except SlopeError:
+                pass
         wall = max(last.wall_s, 1e-9)
         return {
             "transport": plan.transport,
@@ -510,6 +563,9 @@ class Bench:
             "cpu_s": last.cpu_s,
             "wall_s": last.wall_s,
             "S": s_value,
+            # S on C minus the workload's fill and check CPU (per thread, every participant)
+            "S_transport": s_transport,
+            "fill_check_s": round(sum(s.get("fill_check_s", 0.0) for s in stats.values()), 4),
             "pps": packets / wall,
             "bytes_per_s": nbytes / wall,
             "latency_p50_us": benchcore.percentile(latencies, 0.50),
@@ -560,10 +616,11 @@ def detail_table(title: str, runs: list[dict], memcpy_gbps: float) -> Grid:
     """One row per run. %memcpy: bytes/s against the memcpy bandwidth over a working set
     above the caches."""
     detail = Grid(title, caption=RUN_CAPTION, columns=[Col("run", "left", True), *map(Col, (
-                      "size", "packets", "CPU s", "wall s", "S", "S/tcp", "pkt/s", "MB/s",
-                      "%memcpy", "p50 us", "p99 us", "lost", "corrupt"))],
+                      "size", "packets", "CPU s", "wall s", "S", "S/tcp", "S transport",
+                      "%floor", "pkt/s", "MB/s", "%memcpy", "p50 us", "p99 us", "lost",
+                      "corrupt"))],
                   drop=("wall s", "CPU s", "%memcpy", "pkt/s", "p50 us", "p99 us", "MB/s",
-                        "packets"))
+                        "%floor", "S transport", "packets"))
     for r in runs:
         detail.add_row(_label(r), *_detail_cells(r, memcpy_gbps))
     return detail
@@ -583,8 +640,11 @@ def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Grid]:
 
 def _detail_cells(r: dict, memcpy_gbps: float) -> list[str]:
     rel = r.get("S_vs_tcp")
+    s_tr, floor = r.get("S_transport"), r.get("S_vs_floor")
     return [human_size(r["packet_size"]), f"{r['packets']:,}", f"{r['cpu_s']:.2f}",
-            f"{r['wall_s']:.2f}", _s_cell(r), f"{rel:.2f}x" if rel else "-", f"{r['pps']:,.0f}",
+            f"{r['wall_s']:.2f}", _s_cell(r), f"{rel:.2f}x" if rel else "-",
+            f"{s_tr:,.0f}" if s_tr else "-", f"{100 * floor:.0f}" if floor else "-",
+            f"{r['pps']:,.0f}",
             f"{r['bytes_per_s'] / 1e6:,.1f}",
             f"{100 * r['bytes_per_s'] / (memcpy_gbps * 1e9):.1f}" if memcpy_gbps else "-",
             f"{r['latency_p50_us']:,.0f}", f"{r['latency_p99_us']:,.0f}",
@@ -604,6 +664,20 @@ def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
             cells.append("-" if r is None else _s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
         out.append((label, cells))
     return out
+
+
+FLOOR_CAPTION = ("floor: fill + check alone, no transport, in the bench process (the zero-copy "
+                 "limit); S transport: S on C minus every participant's fill and check CPU")
+
+
+def floor_table(floor: dict[str, dict]) -> Grid:
+    table = Grid("Floor: S of the workload's fill + check alone, no transport",
+                 [Col("size"), Col("S floor"), Col("us/pkt"), Col("batch")],
+                 caption=FLOOR_CAPTION)
+    for size, f in sorted(floor.items(), key=lambda kv: int(kv[0])):
+        table.add_row(human_size(int(size)), f"{f['S']:,.0f}",
+                      f"{1e6 / f['S']:.2f}" if f["S"] else "-", str(f["batch"]))
+    return table
 
 
 def latency_table(latency: dict[str, dict]) -> Grid:
@@ -664,15 +738,18 @@ def markdown_summary(results: dict) -> str:
     """The results as Markdown tables (for benchmarks/README.md)."""
     runs = results["runs"]
     host = results.get("host", {})
-    lines = ["| run | size | packets | CPU s | wall s | S (pkt/CPU-s) | S / S_tcp | pkt/s "
-             "| MB/s | p50 us | p99 us | lost | corrupt |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | size | packets | CPU s | wall s | S (pkt/CPU-s) | S / S_tcp | S transport "
+             "| % floor | pkt/s | MB/s | p50 us | p99 us | lost | corrupt |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         rel = r.get("S_vs_tcp")
+        s_tr, floor = r.get("S_transport"), r.get("S_vs_floor")
         lines.append(
             f"| {_label(r)} | {human_size(r['packet_size'])} | {r['packets']:,} | "
             f"{r['cpu_s']:.2f} | {r['wall_s']:.2f} | {_s_cell(r)} | "
-            f"{f'{rel:.2f}' if rel else '-'} | {r['pps']:,.0f} | {r['bytes_per_s'] / 1e6:,.1f} | "
+            f"{f'{rel:.2f}' if rel else '-'} | {f'{s_tr:,.0f}' if s_tr else '-'} | "
+            f"{f'{100 * floor:.0f}' if floor else '-'} | {r['pps']:,.0f} | "
+            f"{r['bytes_per_s'] / 1e6:,.1f} | "
             f"{r['latency_p50_us']:,.0f} | {r['latency_p99_us']:,.0f} | {r['lost']} | "
             f"{r['corrupt']} |")
     sizes = sorted({r["packet_size"] for r in runs})
@@ -680,6 +757,11 @@ def markdown_summary(results: dict) -> str:
               + " |", "|---|" + "---:|" * len(sizes)]
     for label, cells in _matrix(runs, sizes):
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if results.get("floor"):
+        lines += ["", f"Floor ({FLOOR_CAPTION}):", "", "| size | S floor | batch |",
+                  "|---:|---:|---:|"]
+        for size, f in sorted(results["floor"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {human_size(int(size))} | {f['S']:,.0f} | {f['batch']} |")
     if results.get("single_stream"):
         lines += ["", "Single stream (one route):", "",
                   "| run | size | packets | S (pkt/CPU-s) | MB/s | lost | corrupt |",
@@ -960,6 +1042,12 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             failed = True
             console.print(f"[red]scaling phase failed: {exc}")
     runs = results["runs"]
+    if runs:
+        results["floor"] = floors(tuple(sorted({r["packet_size"] for r in runs})),
+                                  options.batches)
+        for r in runs:
+            floor = results["floor"][str(r["packet_size"])]["S"]
+            r["S_vs_floor"] = r["S"] / floor if floor and r["S"] else None
     relative_to_tcp(runs)
     results["method"] = {
         "T": "packets delivered and verified (Pattern.check) at the receivers",
@@ -972,6 +1060,12 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         "warmup_fraction": options.warmup,
         "tail_fraction": options.tail,
         "S_vs_tcp": "S over the tcp run of the same size and batch",
+        "S_transport": "S fitted on C minus the fill and check CPU of every participant "
+                       "(time.thread_time around Pattern fill and check, per thread): the "
+                       "transport's own cost per packet",
+        "floor": "per size: S of fill + check alone in the bench process, no transport (one "
+                 "thread fills a batch of tcp-framed packets and checks it, in a loop, thread "
+                 f"CPU time, {FLOOR_SECONDS:g} s per batch), at the best of the run's batches",
         "targets": TARGETS_CAPTION + "; memcpy = the out-of-cache figure (host.memcpy_dram_GBps)"
                    "; per-packet CPU = 1/S; latency = lone 64 B packets, batch 1, paced",
     }
@@ -994,6 +1088,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     if runs:
         for table in summary_tables(runs, host.get("memcpy_dram_GBps", 0.0)):
             console.print(table)
+        console.print(floor_table(results["floor"]))
     if results.get("single_stream"):
         console.print(detail_table("Single stream (one route), for the memcpy target",
                                    results["single_stream"], host.get("memcpy_dram_GBps", 0.0)))

@@ -89,6 +89,16 @@ def fit_s(samples: Sequence[Sample], warmup: float = WARMUP, tail: float = TAIL)
     return Fit(slope(points), 0, len(samples) - 1, False)
 
 
+def without_work(samples: Sequence[Sample], work_s: Sequence[float]) -> list[Sample]:
+    """The samples with C minus the workload's own fill and check time (`work_s`, cumulative
+    CPU seconds at each sample): fitted with `fit_s`, they give S_transport, the transport's
+    own cost per packet."""
+    if len(work_s) != len(samples):
+        raise ValueError(f"{len(work_s)} work times for {len(samples)} samples")
+    return [Sample(s.wall_s, max(0.0, s.cpu_s - w), s.packets, s.bytes, s.sending)
+            for s, w in zip(samples, work_s, strict=True)]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 1]) of `values`; 0.0 when there are none."""
     if not 0 <= q <= 1:

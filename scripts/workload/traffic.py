@@ -91,6 +91,7 @@ class ReceiveStats:
     latencies_ns: list = field(default_factory=list)
     latency_stride: int = 1
     arrivals: int = 0
+    check_s: float = 0.0  # thread CPU seconds spent in the check (time.thread_time)
 
 
 class _ReceiveThread:
@@ -138,6 +139,7 @@ class Traffic:
         self.sent: Counter = Counter()
         self.bytes_out = 0
         self.errors: Counter = Counter()
+        self.fill_s = 0.0  # sender thread CPU seconds spent filling packets
         for rx in self._rx.values():
             fresh = ReceiveStats()
             rx.__dict__.update(fresh.__dict__)
@@ -165,6 +167,7 @@ class Traffic:
 
     def _make_handler(self, channel: str, rx: ReceiveStats) -> BlockHandler:
         check, check_block = self.pattern.check, self.pattern.check_block
+        thread_time = time.thread_time
         own = self.network_id
         last_seq = self._last_seq
         clock = time.monotonic_ns
@@ -209,11 +212,14 @@ class Traffic:
             key = (channel, source_id)
             last = last_seq.get(key, 0)
             short = len(rows) < SMALL_BLOCK  # cheaper one by one
+            t0 = thread_time()
             sent_ns = check_block(rows, source_id, own) if first_seq > last and not short else None
             if sent_ns is None:
                 for i in range(len(rows)):
                     on_packet(source_id, first_seq + i, rows[i])
+                rx.check_s += thread_time() - t0
                 return
+            rx.check_s += thread_time() - t0
             count = len(rows)
             rx.gaps += first_seq - last - 1
             last_seq[key] = first_seq + count - 1
@@ -255,7 +261,7 @@ class Traffic:
         counters: Counter = Counter()
         fill, fill_rows = self.pattern.fill, self.pattern.fill_rows
         me = self.network_id
-        clock = time.monotonic_ns
+        clock, thread_time = time.monotonic_ns, time.thread_time
         end = None if plan.duration is None else time.monotonic() + plan.duration
         done = 0  # packets per peer and flow so far
         n = self.batch_used
@@ -276,11 +282,13 @@ class Traffic:
                         transport = self._transports[flow]
                         batch = transport.loan(peer, batches[flow].prefix(k))
                         first, now = counters[peer] + 1, clock()
+                        t0 = thread_time()
                         if k < SMALL_BLOCK:
                             for i, slot in enumerate(batch.slots):
                                 fill(slot.payload, me, peer, first + i, now)
                         else:
                             fill_rows(batch.payloads, me, peer, first, now)
+                        self.fill_s += thread_time() - t0
                         counters[peer] += k
                         sent = transport.send(peer, batch, self.errors, plan.send_timeout,
                                               stop)
@@ -320,6 +328,8 @@ class Traffic:
             "gaps": sum(rx.gaps for rx in rxs),
             "duplicates": sum(rx.duplicates for rx in rxs),
             "sender_done": self.sender_done.is_set(),
+            # CPU seconds of the workload's own fill and check (per thread, thread_time)
+            "fill_check_s": self.fill_s + sum(rx.check_s for rx in rxs),
             "receiver_errors": {c: r.error for c, r in self._receivers.items() if r.error},
         }
 
@@ -352,6 +362,7 @@ class Traffic:
             "latency_p50_us": pct(0.5),
             "latency_p99_us": pct(0.99),
             "batch_used": self.batch_used,
+            "fill_check_s": counts["fill_check_s"],
         }
         if latency_samples:
             snap["latency_samples_us"] = self.latencies_us(latency_samples)

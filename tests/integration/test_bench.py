@@ -159,4 +159,9 @@ def test_peers_beside_tcp(registry, tmp_path):
     check_results(results, transports, sizes, expected_packets=30, batches=(1, 16))
     for r in results["runs"]:
         assert r["packets"] == 30 and r["lost"] == 0 and r["corrupt"] == 0, r
+        assert "S_transport" in r and r["fill_check_s"] > 0, r
+        assert r["S_transport"] is None or r["S_transport"] >= r["S"] > 0, r
+    assert set(results["floor"]) == {str(s) for s in sizes}
+    assert all(f["S"] > 0 and f["batch"] in (1, 16) for f in results["floor"].values())
+    assert "Floor" in out.getvalue()
     assert no_children_left()

@@ -84,3 +84,31 @@ def test_stamped_batch_drains_back():
     drain_frames(memoryview(span), as_bytes(span), 0, len(span),
                  lambda s, q, rows: seqs.extend(range(q, q + len(rows))))
     assert seqs[0] == 21  # the prefix re-stamped slot 0
+
+
+def test_without_work_takes_fill_and_check_out_of_c():
+    from scripts.loadgen.benchcore import Sample, fit_s, without_work
+
+    samples = [Sample(i * 0.1, i * 1.0, i * 1000, 0, True) for i in range(10)]
+    work = [i * 0.5 for i in range(10)]  # half of every CPU second is fill and check
+    assert fit_s(samples).s == pytest.approx(1000)
+    assert fit_s(without_work(samples, work)).s == pytest.approx(2000)
+    with pytest.raises(ValueError):
+        without_work(samples, work[:-1])
+
+
+def test_floor_table_fits_80_columns():
+    from scripts.loadgen.bench import floor_table
+    from scripts.tables import ELLIPSIS, render_text
+
+    text = render_text(floor_table({"64": {"S": 2.24e7, "batch": 32},
+                                    "1048552": {"S": 4070.0, "batch": 1}}), 80)
+    assert ELLIPSIS not in text and max(map(len, text.splitlines())) <= 80
+    assert "22,400,000" in text and "1 MiB-24" in text
+
+
+def test_floor_is_positive_and_checked():
+    from scripts.loadgen.bench import floor_s
+
+    assert floor_s(64, 1, seconds=0.02) > 0
+    assert floor_s(2048, 32, seconds=0.02) > 0
