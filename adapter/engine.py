@@ -125,6 +125,10 @@ class Engine:
             self.book.record(network_id)
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        # per partition: bytes it moved out / received, and the errors of its requests by kind
+        self.bytes_out: Counter[int] = Counter()
+        self.bytes_in: Counter[int] = Counter()
+        self.sender_errors: dict[int, Counter[str]] = {}
         self._parked: dict[int, Work] = {}
         self._recovered_holders: set[int] = set()
         self.corrupt: dict[int, str] = {}  # destination -> why its words cannot be trusted
@@ -276,7 +280,7 @@ class Engine:
             raise EngineError(f"network ID {me} submitted request {request.request_id} while "
                               f"request {self._parked[me].request.request_id} is parked")
         if op not in SERVED_OPS:
-            self.errors["malformed"] += 1
+            self._count_error(me, "malformed")
             return malformed_reply(op, request.request_id)
         self.counters["requests"] += 1
         self._take_back_recovered(me)
@@ -286,7 +290,7 @@ class Engine:
         for i, move in enumerate(moves):
             try:
                 if move.src_id != me:
-                    self.errors["source_mismatch"] += 1
+                    self._count_error(me, "source_mismatch")
                     work.results[i] = Result(Status.SOURCE_MISMATCH, me)
                     continue
                 t = translate(me, move.dst_id, move.offset, move.count)
@@ -297,7 +301,7 @@ class Engine:
                     budget -= work.runs[i][0]
                 checked.append((i, t))
             except XpmoveError as exc:
-                work.results[i] = self._failure(exc, move.src_id, move.dst_id)
+                work.results[i] = self._failure(exc, move.src_id, move.dst_id, me)
         frame = self._attempt(me, work, now, first=True)
         if frame is None:
             self._parked[me] = work
@@ -313,7 +317,7 @@ class Engine:
             if frame is None and now >= work.deadline:
                 ms = int(self.lock_timeout * 1000)
                 waiting = [i for i, r in enumerate(work.results) if r is None]
-                self.errors["lock_timeout"] += len(waiting)
+                self._count_error(network_id, "lock_timeout", len(waiting))
                 for i in waiting:
                     work.results[i] = Result(Status.LOCK_TIMEOUT, ms)
                 frame = encode_reply(work.request.op, work.request.request_id, OK,
@@ -351,9 +355,17 @@ class Engine:
         return encode_reply(work.request.op, work.request.request_id, OK,
                             work.results)  # type: ignore[arg-type]
 
-    def _failure(self, exc: XpmoveError, src_id: int, dst_id: int = 0) -> Result:
-        """The wire form of a failed check: status plus the limit that explains it."""
-        self.errors[exc.status.name.lower()] += 1
+    def _count_error(self, sender: int, kind: str, n: int = 1) -> None:
+        self.errors[kind] += n
+        counter = self.sender_errors.get(sender)
+        if counter is None:
+            counter = self.sender_errors[sender] = Counter()
+        counter[kind] += n
+
+    def _failure(self, exc: XpmoveError, src_id: int, dst_id: int, sender: int) -> Result:
+        """The wire form of a failed check (counted for `sender`, the partition whose request
+        it was): status plus the limit that explains it."""
+        self._count_error(sender, exc.status.name.lower())
         detail = 0
         if exc.status is Status.OUT_OF_BOUNDS and src_id in self.table:
             detail = self.table.entry(src_id).layout.size
@@ -396,7 +408,7 @@ class Engine:
                 self._check_words(dst, ring, head, tail, seq_word)
             except RingCorrupt as exc:
                 for i, t in moves:
-                    results[i] = self._failure(exc, t.src.network_id, dst_id)
+                    results[i] = self._failure(exc, t.src.network_id, dst_id, t.src.network_id)
                 self._unlock(dst_id)
                 continue
             placed: list[tuple[int, Translation, Reservation]] = []
@@ -404,7 +416,7 @@ class Engine:
                 try:  # a run is one record too: contiguous, never wrapped
                     r = reserve(head, tail, dst.receive_size, t.count)
                 except XpmoveError as exc:
-                    results[i] = self._failure(exc, t.src.network_id, dst_id)
+                    results[i] = self._failure(exc, t.src.network_id, dst_id, t.src.network_id)
                     if exc.status is Status.DESTINATION_FULL:
                         results[i] = Result(Status.DESTINATION_FULL,
                                             dst.receive_size - (head - tail))
@@ -444,6 +456,8 @@ class Engine:
                 moved += t.count
             counters["moves"] += records
             counters["bytes"] += moved
+            self.bytes_out[src.network_id] += moved
+            self.bytes_in[dst_id] += moved
             if op not in GRANT_OPS:
                 receive_area.publish_head(words, dst.control, head)  # the commit
                 self._unlock(dst_id)
@@ -484,6 +498,10 @@ class Engine:
         return {
             "counters": dict(self.counters),
             "errors": dict(self.errors),
+            "partitions": {str(nid): {"bytes_out": self.bytes_out[nid],
+                                      "bytes_in": self.bytes_in[nid],
+                                      "errors": dict(self.sender_errors.get(nid, {}))}
+                           for nid in self.by_id},
             "locks": {str(dst): rec.state.value for dst, rec in self.book.records.items()},
             "lock_waits": {str(dst): rec.waits for dst, rec in self.book.records.items()},
         }

@@ -103,6 +103,7 @@ def machine_status(machine: Machine, lock_values: Callable[[int], int | None]) -
     with machine.memory.view.cast("Q") as words:
         segment = segment_status(words, machine.layout)
     locks, waits = stats.get("locks", {}), stats.get("lock_waits", {})
+    moved = stats.get("partitions", {})
     children = dict(machine.partitions)
     for p, seg in zip(machine.layout.partitions, segment, strict=True):
         nid = p.network_id
@@ -111,6 +112,10 @@ def machine_status(machine: Machine, lock_values: Callable[[int], int | None]) -
                  **_child_status(child, machine.restarts.get(nid, 0)), **seg}
         entry["lock"] = {"value": lock_values(nid), "holder": entry.pop("holder"),
                          "state": locks.get(str(nid)), "waits": waits.get(str(nid))}
+        traffic = moved.get(str(nid), {})  # from the adapter: bytes and its requests' errors
+        entry["bytes_out"] = traffic.get("bytes_out")
+        entry["bytes_in"] = traffic.get("bytes_in")
+        entry["errors"] = traffic.get("errors", {})
         report = child.report if child is not None else {}
         entry["outcome"] = report.get("outcome")
         entry["error"] = report.get("error") or None

@@ -123,6 +123,11 @@ def _n(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else "-"
 
 
+def _mb(value: object) -> str:
+    """Bytes as MB with one decimal, or '-' when the adapter did not say."""
+    return f"{value / 1e6:,.1f}" if isinstance(value, int) else "-"
+
+
 def _pid(value: object) -> str:
     return str(value) if isinstance(value, int) else "-"
 
@@ -161,13 +166,14 @@ class Rates:
                                          / dt) for p in now["partitions"]})
 
 
-PARTITION_COLUMNS = ("name", "ID", "pid", "state", "rst", "pkts out", "out/s", "pkts in",
-                     "queued", "ring", "ring KiB", "lock", "holder", "waits", "ended")
-TEXT_COLUMNS = ("name", "ended")  # may fold onto a second line
-LEFT_COLUMNS = ("name", "state", "lock", "ended")
+PARTITION_COLUMNS = ("name", "ID", "pid", "state", "rst", "pkts out", "out/s", "MB out",
+                     "pkts in", "MB in", "queued", "ring", "ring KiB", "lock", "holder",
+                     "waits", "errors", "ended")
+TEXT_COLUMNS = ("name", "errors", "ended")  # may fold onto a second line
+LEFT_COLUMNS = ("name", "state", "lock", "errors", "ended")
 # which go first when the terminal is narrow (the rest always stay)
-PARTITION_DROP = ("ring KiB", "waits", "ended", "queued", "out/s", "holder", "rst", "pid",
-                  "ring", "lock", "state")
+PARTITION_DROP = ("ring KiB", "waits", "MB out", "MB in", "ended", "queued", "out/s", "holder",
+                  "errors", "rst", "pid", "ring", "lock", "state")
 
 
 def partitions_grid(snapshot: dict, rates: Rates | None = None) -> Grid:
@@ -180,11 +186,14 @@ def partitions_grid(snapshot: dict, rates: Rates | None = None) -> Grid:
         used = p.get("ring_used") or 0
         fill = f"{100 * used // size}%" if size else "-"
         rate = f"{rates.out.get(nid, 0.0):,.0f}" if rates else "-"
+        errors = ", ".join(f"{k} {v:,}" for k, v in sorted((p.get("errors") or {}).items()))
         grid.add_row(p["name"], str(nid), _pid(p.get("pid")), str(p.get("state")),
                      _n(p.get("restarts")), _n(p.get("packets_out")), rate,
-                     _n(p.get("packets_in")), _n(p.get("packets_queued")), fill,
+                     _mb(p.get("bytes_out")), _n(p.get("packets_in")), _mb(p.get("bytes_in")),
+                     _n(p.get("packets_queued")), fill,
                      f"{used // 1024:,}/{size // 1024:,}", _lock(lock),
-                     str(lock.get("holder") or "-"), _n(lock.get("waits")), _ended(p))
+                     str(lock.get("holder") or "-"), _n(lock.get("waits")), errors or "0",
+                     _ended(p))
     return grid
 
 

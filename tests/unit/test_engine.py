@@ -723,3 +723,16 @@ def test_a_plausible_but_forged_head_fails_the_destination(m):
     assert r.status == Status.RING_CORRUPT and bytes(m.mem) == before
     assert "pending_head" in m.engine.corrupt[2]
     others_still_move(m, 2)
+
+
+def test_stats_say_per_partition_bytes_and_the_errors_of_its_requests(m):
+    m.put(1, 0, b"a" * 100)
+    m.put(3, 0, b"c" * 40)
+    ok(m.submit(1, Op.MOVE, [(2, 0, 100)]))
+    ok(m.submit(3, Op.MOVE, [(2, 0, 40)]))
+    m.submit(3, Op.MOVE, [(99, 0, 8)])  # unknown destination: an error of partition 3's
+    per = m.engine.stats()["partitions"]
+    assert per["1"] == {"bytes_out": 100, "bytes_in": 0, "errors": {}}
+    assert per["2"] == {"bytes_out": 0, "bytes_in": 140, "errors": {}}
+    assert per["3"] == {"bytes_out": 40, "bytes_in": 0, "errors": {"unknown_id": 1}}
+    assert m.engine.errors["unknown_id"] == 1
