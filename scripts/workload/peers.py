@@ -8,7 +8,7 @@ same fill and check:
 * ``zmq`` -- pyzmq PUSH/PULL over ``ipc://`` in a per-run temporary directory: one PULL per
   receiving partition, one PUSH per (sender, peer). A batch travels as ONE zmq frame holding
   its frames back to back (measured cheaper than one multipart message of a part per packet:
-  see benchmarks/README.md), received with `recv_into` into a preallocated buffer.
+  see benchmarks/README.md), checked in place in the received message (`copy=False`).
 * ``pipe`` -- `multiprocessing.connection.Connection` `send_bytes` / `recv_bytes_into`. The
   partitions are not parent and child of each other, so the receiver listens on an AF_UNIX
   socket in a per-run temporary directory and wraps every accepted socket in a Connection
@@ -122,7 +122,6 @@ class ZmqPull(ReceiveEndpoint):
         self._ctx = zmq.Context.instance()
         self._sock: Any = None
         self._dir: str | None = None
-        self._buf = _MessageBuffer()
 
     def open(self) -> str:
         self.close()
@@ -140,14 +139,15 @@ class ZmqPull(ReceiveEndpoint):
             return 0
         n = 0
         while True:
-            try:
-                size = sock.recv_into(self._buf.buf, flags=zmq.NOBLOCK)
+            try:  # zero-copy: the frames are checked in zmq's own message buffer
+                message = sock.recv(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return n
-            if size > len(self._buf.buf):  # truncated: grow; the sender numbers, we count gaps
-                self._buf.resize(2 * size)
-                raise FrameError(f"zmq: a {size}-byte message outgrew the receive buffer")
-            n += self._buf.drain(size, handler, "zmq")
+            view = message.buffer
+            count, end = drain_frames(view, np.frombuffer(view, np.uint8), 0, len(view),
+                                      handler)
+            _check_whole(end, len(view), "zmq")
+            n += count
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -364,6 +364,7 @@ def _services(name: str) -> tuple[Any, Any]:
             .publish_subscribe(iox2.Slice[ctypes.c_uint8])
             .max_publishers(ICEORYX_PUBLISHERS)
             .subscriber_max_buffer_size(ICEORYX_BUFFER)
+            .enable_safe_overflow(False)  # a full subscriber makes the publisher wait
             .open_or_create())
     wake = (node.service_builder(iox2.ServiceName.new(name + "/wake"))
             .event().max_notifiers(ICEORYX_PUBLISHERS).open_or_create())
