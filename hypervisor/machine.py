@@ -37,6 +37,7 @@ STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
 STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
 STOP_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
+RECONNECT_TIMEOUT_S = 2.0  # one common deadline for every driver's reconnect after a restart
 SHM_DIR = "/dev/shm"
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
@@ -496,18 +497,71 @@ class Machine:
         try:
             self.adapter = self._spawn_adapter(pipes)
             self._await_ready([self.adapter])
-            for nid in live:
-                try:
-                    self._call(live[nid], {"cmd": "reconnect"}, CALL_TIMEOUT_S,
-                               fds=pipes[nid].driver_ends())
-                except MachineError:
-                    continue  # that partition died meanwhile: the next poll restarts it
+            answered = self._call_all({nid: ({"cmd": "reconnect"}, pipes[nid].driver_ends())
+                                       for nid in live}, RECONNECT_TIMEOUT_S)
         finally:
             for p in pipes.values():
                 p.close()
         self.restarts["adapter"] = self.restarts.get("adapter", 0) + 1
+        late = sorted(set(live) - set(answered))
         self.events.append(f"adapter restarted (pid {self.adapter.proc.pid}), "
-                           f"{len(live)} drivers reconnected")
+                           f"{len(answered)} drivers reconnected"
+                           + (f"; no answer within {RECONNECT_TIMEOUT_S} s from network IDs "
+                              f"{late} (their pipes wait for them)" if late else ""))
+
+    def _call_all(self, messages: dict[int, tuple[dict, tuple[int, ...]]],
+                  timeout: float) -> dict[int, dict]:
+        """One command to each of several partitions at once; the replies that came within
+        one common deadline, by network ID. A partition that is stopped, busy or dead does
+        not hold up the others (each message still reaches it: a late reply is dropped by id)."""
+        deadline = time.monotonic() + timeout
+        waiting: dict[int, int] = {}  # network ID -> call id, its call lock held
+        replies: dict[int, dict] = {}
+        try:
+            for nid, (message, fds) in messages.items():
+                child = self.partitions[nid]
+                if not child.call_lock.acquire(timeout=max(0.0, min(
+                        0.5, deadline - time.monotonic()))):
+                    continue
+                call_id = next(self._call_ids)
+                try:
+                    child.channel.send({**message, "id": call_id}, fds)
+                except (ControlError, OSError, ValueError):
+                    child.call_lock.release()
+                    continue
+                waiting[nid] = call_id
+            while waiting:
+                for nid in list(waiting):
+                    child = self.partitions[nid]
+                    try:
+                        while (msg := child.channel.pending()) is not None:
+                            if "event" in msg:
+                                self._on_event(child, msg)
+                            elif msg.pop("id", None) == waiting[nid]:
+                                replies[nid] = msg
+                                child.call_lock.release()
+                                del waiting[nid]
+                                break
+                    except (ControlError, ValueError):
+                        child.call_lock.release()
+                        del waiting[nid]
+                left = deadline - time.monotonic()
+                if not waiting or left <= 0:
+                    break
+                socks = {self.partitions[nid].channel.sock: nid for nid in waiting}
+                try:
+                    ready = select.select(list(socks), [], [], left)[0]
+                except (OSError, ValueError):
+                    break
+                for sock in ready:
+                    nid = socks[sock]
+                    if not self.partitions[nid].channel.feed_available():  # EOF: it died
+                        self.partitions[nid].call_lock.release()
+                        del waiting[nid]
+        finally:
+            for nid in waiting:
+                self.partitions[nid].call_lock.release()
+        return replies
 
     def restart_partition(self, network_id: int) -> None:
         if self._stopping:

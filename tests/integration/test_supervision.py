@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TIMEOUT, small_config
+from tests.integration.conftest import TIMEOUT, small_config, wait_for
+from tests.integration.test_machine import receive, send
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,3 +110,26 @@ def test_startup_deadline_is_per_child(make_machine):
     spawned = [c.spawned_at for c in m.children()]
     assert spawned == sorted(spawned) and len(set(spawned)) == len(spawned)
     assert machine_module.STARTUP_PER_CHILD_S > 0
+
+
+# -- item 6: reconnects in parallel ------------------------------------------------------------
+def test_adapter_restart_is_not_held_up_by_a_stopped_partition(make_machine):
+    m = make_machine(small_config(n=3))
+    stopped = m.pid(3)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        old = m.pid()
+        killed_at = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: m.poll() or m.restarts.get("adapter"), timeout=TIMEOUT,
+                 what="adapter restart")
+        assert m.pid() != old
+        assert send(m, 1, 2, b"healthy pair", "fig11", timeout=TIMEOUT)["ok"]
+        assert time.monotonic() - killed_at < 5.0
+        packet = receive(m, 2)
+        assert bytes.fromhex(packet["hex"]) == b"healthy pair"
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    # the late partition takes its pipes when it runs again
+    assert send(m, 3, 1, b"late one", "fig11", timeout=TIMEOUT)["ok"]
+    assert bytes.fromhex(receive(m, 1)["hex"]) == b"late one"
