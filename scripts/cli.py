@@ -182,10 +182,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from scripts.loadgen.bench import BenchOptions, bench
+    from scripts.loadgen.bench import DEFAULT_TRANSPORTS, BenchOptions, bench
 
     options = BenchOptions(
-        transports=args.transports, sizes=args.sizes,
+        transports=args.transports or DEFAULT_TRANSPORTS, sizes=args.sizes,
         duration=args.duration if args.duration is not None else 2.0, packets=args.packets,
         topology=args.topology, pairs=args.pairs, batches=args.batch, json_path=args.json,
         plot_path=args.plot, markdown_path=args.markdown, latency=args.latency,
@@ -295,8 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", "Fig 14 load generator: S = dT/dC of the adapter's flows against the "
                 "prior art (tcp, virtual switch)")
     p.add_argument("--config", metavar="F", help=f"TOML machine config {BUILT_IN}")
-    p.add_argument("--transports", type=transports, default="fig11,fig12,vswitch,tcp",
-                   help="comma list of fig11, fig12, vswitch, tcp")
+    p.add_argument("--transports", type=transports, default=None,
+                   help="comma list of fig11, fig12, vswitch, tcp and the peers zmq, pipe, "
+                        "iceoryx2 (default: all of them whose package is installed: "
+                        "pip install -e '.[peers]')"),
     p.add_argument("--sizes", type=sizes, default=None,
                    help="comma list of packet sizes, e.g. 64,1KiB,64KiB (default: 64, 1 KiB, "
                         "64 KiB, 1 MiB, each capped to the largest packet the rings accept)")
