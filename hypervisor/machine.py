@@ -36,8 +36,11 @@ from hypervisor.status import StatusServer, machine_status, open_lock_reader
 STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
 STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
 STOP_TIMEOUT_S = 5.0
+KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is killed
 CALL_TIMEOUT_S = 30.0
 RECONNECT_TIMEOUT_S = 2.0  # one common deadline for every driver's reconnect after a restart
+ADAPTER_PING_TIMEOUT_S = 3.0  # an adapter that does not answer a ping in this time is hung
+ADAPTER_PING_EVERY_S = 1.0  # poll(liveness=True) pings the adapter at most this often
 SHM_DIR = "/dev/shm"
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
@@ -175,6 +178,7 @@ class Machine:
         self.events: list[str] = []  # what supervision did, for the operator
         self.restarts: dict[int | str, int] = {}
         self._stopping = False  # stop() began: nothing is restarted any more
+        self._last_ping = 0.0  # time.monotonic() of the last adapter liveness check
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
@@ -430,8 +434,11 @@ class Machine:
         return child.proc.pid
 
     # -- supervision ---------------------------------------------------------------------
-    def poll(self) -> list[Child]:
+    def poll(self, liveness: bool = False) -> list[Child]:
         """Reap children that exited; restart them per policy. Returns those that died.
+
+        With `liveness`, the adapter is also pinged (at most once every ADAPTER_PING_EVERY_S,
+        waiting at most ADAPTER_PING_TIMEOUT_S): a hung adapter is killed and replaced.
 
         The adapter always comes back: a new process, its translation table rebuilt from the
         partition table, its locks recovered from the segment, every live driver handed fresh
@@ -442,9 +449,36 @@ class Machine:
             return []
         self._polling = True
         try:
+            if liveness and time.monotonic() - self._last_ping >= ADAPTER_PING_EVERY_S:
+                self.check_adapter(ADAPTER_PING_TIMEOUT_S)
             return self._supervise()
         finally:
             self._polling = False
+
+    def check_adapter(self, timeout: float = ADAPTER_PING_TIMEOUT_S) -> bool:
+        """Ping the adapter over its control channel; True if it answered within `timeout`.
+        One that does not (hung, SIGSTOPped) is killed, and replaced on this poll (or at once
+        when called outside poll()). An adapter that is already gone is left to poll()."""
+        self._last_ping = time.monotonic()
+        adapter = self.adapter
+        if (adapter is None or self._stopping or adapter.state is not ProcessState.RUNNING
+                or adapter.proc.poll() is not None):
+            return True
+        try:
+            self._call(adapter, {"cmd": "stats"}, timeout)
+            return True
+        except MachineError as exc:
+            if adapter.proc.poll() is not None:
+                return True  # it died: that is poll()'s news, not a hang
+            self.events.append(f"adapter (pid {adapter.proc.pid}) hung: {exc}; killed")
+        adapter.proc.kill()  # SIGKILL works on a stopped process too
+        try:
+            adapter.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        if not self._polling:
+            self.poll()
+        return False
 
     def _supervise(self) -> list[Child]:
         died, ended = [], []
@@ -585,27 +619,39 @@ class Machine:
 
     # -- stop ----------------------------------------------------------------------------
     def stop(self) -> dict[int, Outcome]:
-        """Stop every child and unlink every name; idempotent. Returns how each program ended
-        (a program still running when stopped is "stopped")."""
+        """Stop every child and unlink every name; idempotent, bounded (a child that does not
+        leave in time, even a SIGSTOPped one, is killed) and never raises. Returns how each
+        program ended (a program still running when stopped is "stopped")."""
         if self._stopped:
             return self.outcomes()
         self._stopping = True  # from here on nothing is restarted
-        self._stop_status()  # first: no snapshot reads the segment or calls the adapter after
+        try:
+            self._stop_children()
+        finally:
+            self._stopped = True
+            self._release_names()
+        return self.outcomes()
+
+    def _stop_children(self) -> None:
+        try:
+            self._stop_status()  # first: no snapshot reads the segment or calls the adapter
+        except Exception as exc:  # stop() goes on whatever a part of it did
+            self.events.append(f"status socket stop failed: {exc}")
         for child in self.children():  # programs that ended before the stop say how
             self._drain_events(child)
         self._stopped = True
-        for child in self.partitions.values():
-            if child.state is ProcessState.RUNNING:
-                try:
-                    self._call(child, {"cmd": "stop"}, STOP_TIMEOUT_S)
-                except MachineError:
-                    pass
-        if self.adapter is not None and self.adapter.state is ProcessState.RUNNING:
+        running = [nid for nid, c in self.partitions.items() if c.state is ProcessState.RUNNING]
+        try:  # all at once: one stuck partition does not hold up the others
+            self._call_all({nid: ({"cmd": "stop"}, ()) for nid in running}, STOP_TIMEOUT_S)
+        except Exception as exc:
+            self.events.append(f"stopping partitions: {exc}")
+        adapter = self.adapter
+        if adapter is not None and adapter.state is ProcessState.RUNNING:
             try:  # the adapter goes first, so partitions leaving is not news to it
-                self.adapter.channel.send({"cmd": "stop"})
-                self.adapter.proc.wait(STOP_TIMEOUT_S)
-            except (ControlError, subprocess.TimeoutExpired):
-                pass
+                adapter.channel.send({"cmd": "stop"})
+                adapter.proc.wait(KILL_AFTER_S)
+            except (ControlError, OSError, subprocess.TimeoutExpired):
+                adapter.proc.kill()  # hung or stopped: it cannot be asked
         children = self.children()
         for child in children:
             if child.state in (ProcessState.STARTING, ProcessState.RUNNING):
@@ -615,9 +661,10 @@ class Machine:
             except OSError:
                 pass
         _reap([c.proc for c in children])
-        self.poll()
-        self._release_names()
-        return self.outcomes()
+        try:
+            self.poll()
+        except Exception as exc:
+            self.events.append(f"final poll: {exc}")
 
     def _release_names(self) -> None:
         for sem in self._semaphores:
@@ -634,18 +681,18 @@ class Machine:
 
 
 def _reap(procs: list[subprocess.Popen]) -> None:
-    """Wait for exit; SIGTERM the stragglers, then SIGKILL; always reap (no zombies)."""
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for signal_name in ("wait", "terminate", "kill"):
+    """Wait for exit; SIGTERM the stragglers, then SIGKILL; always reap (no zombies). Bounded:
+    STOP_TIMEOUT_S for the exit, KILL_AFTER_S for SIGTERM (a SIGSTOPped child ignores it)."""
+    for step in ("wait", "terminate", "kill"):
         alive = [p for p in procs if p.poll() is None]
         if not alive:
             return
         for p in alive:
-            if signal_name != "wait":
-                getattr(p, signal_name)()
+            if step != "wait":
+                getattr(p, step)()
+        deadline = time.monotonic() + (KILL_AFTER_S if step == "terminate" else STOP_TIMEOUT_S)
         for p in alive:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        deadline = time.monotonic() + STOP_TIMEOUT_S

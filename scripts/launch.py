@@ -117,7 +117,7 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> 
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("0 packets verified", total=expected)
         while True:
-            for child in machine.poll():
+            for child in machine.poll(liveness=True):  # a hung adapter is replaced too
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
             stats = collect(machine)
             sent, received = totals(stats)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TIMEOUT, small_config, wait_for
+from tests.integration.conftest import TIMEOUT, names_exist, small_config, wait_for
 from tests.integration.test_machine import receive, send
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,3 +133,49 @@ def test_adapter_restart_is_not_held_up_by_a_stopped_partition(make_machine):
     # the late partition takes its pipes when it runs again
     assert send(m, 3, 1, b"late one", "fig11", timeout=TIMEOUT)["ok"]
     assert bytes.fromhex(receive(m, 1)["hex"]) == b"late one"
+
+
+# -- item 5: a hung adapter ----------------------------------------------------------------------
+def test_a_stopped_adapter_is_detected_and_replaced(make_machine):
+    m = make_machine(small_config(n=3))
+    old = m.pid()
+    os.kill(old, signal.SIGSTOP)
+    started = time.monotonic()
+    assert m.check_adapter(timeout=1.0) is False
+    assert time.monotonic() - started < 5.0
+    assert m.pid() != old and m.restarts.get("adapter") == 1
+    assert any("hung" in e for e in m.events), m.events
+    assert send(m, 1, 2, b"after the hang", "fig12", timeout=TIMEOUT)["ok"]
+    assert bytes.fromhex(receive(m, 2)["hex"]) == b"after the hang"
+    assert m.check_adapter(timeout=1.0) is True
+
+
+def test_poll_pings_at_most_once_a_second(make_machine):
+    m = make_machine(small_config(n=2))
+    old = m.pid()
+    m.poll(liveness=True)  # a ping now ...
+    os.kill(old, signal.SIGSTOP)
+    started = time.monotonic()
+    m.poll(liveness=True)  # ... so none now: no wait on the stopped adapter
+    assert time.monotonic() - started < 0.5
+    assert m.pid() == old
+    wait_for(lambda: m.poll(liveness=True) is not None and m.pid() != old, timeout=TIMEOUT,
+             what="the hung adapter replaced by poll(liveness=True)")
+    assert send(m, 1, 2, b"x", "fig11", timeout=TIMEOUT)["ok"]
+
+
+def test_stop_with_a_stopped_adapter_is_bounded(make_machine):
+    m = make_machine(small_config(n=3))
+    adapter = m.pid()
+    os.kill(adapter, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        m.stop()
+        assert time.monotonic() - started < 10.0
+        assert not names_exist(m)
+        assert all(c.proc.poll() is not None for c in m.children())
+    finally:
+        try:
+            os.kill(adapter, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
