@@ -402,7 +402,7 @@ class Machine:
         ended = (ProcessState.FINISHED, ProcessState.DEAD, ProcessState.STOPPED)
         programs = {p.network_id for p in self.config.partitions if p.program is not None}
         while True:
-            self.poll()
+            self.poll(liveness=True)  # a hung adapter is replaced, not waited on forever
             left = WAIT_POLL_S if deadline is None else min(WAIT_POLL_S,
                                                              deadline - time.monotonic())
             if left <= 0 or all(c.state in ended and c.exit_code is not None
