@@ -51,6 +51,7 @@ from scripts.workload.transports import (
     ReceiveEndpoint,
     SendTransport,
     TransportError,
+    close_listener,
     drain_frames,
     make_batch,
 )
@@ -279,11 +280,7 @@ class PipeListener(ReceiveEndpoint):
         for conn in list(self._conns):
             self._drop(conn)
         if self._listener is not None:
-            try:
-                self._selector.unregister(self._listener)
-            except (KeyError, ValueError):
-                pass
-            self._listener.close()
+            close_listener(self._selector, self._listener)
             self._listener = None
         self._selector.close()
         if self._dir is not None:

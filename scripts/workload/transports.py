@@ -514,12 +514,17 @@ class TcpListener(_SocketEndpoint):
     def close(self) -> None:
         super().close()
         if self._listener is not None:
-            try:
-                self._selector.unregister(self._listener)
-            except (KeyError, ValueError):
-                pass
-            self._listener.close()
+            close_listener(self._selector, self._listener)
             self._listener = None
+
+
+def close_listener(selector: selectors.BaseSelector, listener: socket.socket) -> None:
+    """Take a listening socket out of its selector (if it is still in) and close it."""
+    try:
+        selector.unregister(listener)
+    except (KeyError, ValueError):
+        pass
+    listener.close()
 
 
 class _HelloReader(FrameReader):
