@@ -25,9 +25,10 @@ DESCRIPTION = """\
 xpmove runs a logically partitioned machine on one host: every partition is an
 OS process, all share one POSIX shared-memory segment, and an adapter process
 moves packets between the partitions' memory in two flows (fig11: the adapter
-copies; fig12: it grants and the receiver copies). Run your own partition
-programs on it (run), verified all-to-all traffic (launch), traffic while its
-processes are killed (soak), or a benchmark against TCP (bench)."""
+copies; fig12: it grants the lock and the sender's driver copies). Run your own
+partition programs on it (run), verified all-to-all traffic (launch), traffic
+while its processes are killed (soak), or a benchmark against TCP and other IPC
+(bench)."""
 
 EXAMPLES = {
     "run": "xpmove run --config examples/pingpong.toml --timeout 30",
