@@ -178,9 +178,16 @@ class Engine:
         destination any more, and every lock granted to it comes back (Invariant 5)."""
         self.counters["connections_closed"] += 1
         self._parked.pop(network_id, None)
-        self.table.set_state(network_id, PartitionState.DEAD)
+        if self.table.entry(network_id).state is not PartitionState.GONE:
+            self.table.set_state(network_id, PartitionState.DEAD)
         for dst in self.book.granted_to(network_id):
             self._take_back(dst)
+
+    def retire(self, network_id: int) -> None:
+        """The hypervisor will not restart `network_id`: moves to it fail with the
+        non-retryable DestinationGone instead of DestinationDown (senders stop retrying). A
+        later `attach` (a restart after all) makes it a destination again."""
+        self.table.set_state(network_id, PartitionState.GONE)
 
     def _take_back_recovered(self, holder: int) -> None:
         """Recovered grants of `holder` end when it proves it is not mid-move: it is not

@@ -26,6 +26,7 @@ class Status(IntEnum):
     MALFORMED = 11
     RING_CORRUPT = 12
     ADAPTER_GONE = 13
+    DESTINATION_GONE = 14
 
 
 class XpmoveError(Exception):
@@ -87,6 +88,13 @@ class DestinationDown(RetryableError):
     status = Status.DESTINATION_DOWN
 
 
+class DestinationGone(XpmoveError):
+    """The destination partition ended and the hypervisor will not restart it: retrying is
+    pointless (unlike DestinationDown, which a restart may end)."""
+
+    status = Status.DESTINATION_GONE
+
+
 class AdapterGone(RetryableError):
     """The driver lost its pipes to the adapter (adapter died or closed them)."""
 
@@ -116,6 +124,7 @@ ERROR_BY_STATUS: dict[Status, type[XpmoveError]] = {
         DestinationFull,
         LockTimeout,
         DestinationDown,
+        DestinationGone,
         AdapterGone,
     )
 }
@@ -145,6 +154,9 @@ def describe(
         ),
         Status.LOCK_TIMEOUT: f"timed out after {detail} ms waiting for the lock of {dst_id}",
         Status.DESTINATION_DOWN: f"destination network ID {dst_id} is not running; retry later",
+        Status.DESTINATION_GONE: (
+            f"destination network ID {dst_id} has ended and will not be restarted ({move})"
+        ),
         Status.SOURCE_MISMATCH: (
             f"source network ID {src_id} in the request is not the sender's ({detail})"
         ),

@@ -78,6 +78,8 @@ class Adapter:
         self.connections: dict[int, Connection] = {}
         self._watched: set[int] = set()
         self.engine.recover(time.monotonic(), connected=[c.network_id for c in boot.connections])
+        for network_id in boot.retired:
+            self.engine.retire(network_id)
         for c in boot.connections:
             self.attach(c.network_id, c.request_fd, c.reply_fd)
         self.running = True
@@ -213,6 +215,9 @@ class Adapter:
             self.control.send({"id": message.get("id"), "stats": self.stats()})
         elif cmd == "stop":
             self.running = False
+        elif cmd == "retire":  # a partition that ended and will not be restarted
+            self.engine.retire(int(message["network_id"]))
+            self.control.send({"id": message.get("id"), "ok": True})
         elif cmd == "attach":  # a (re)started partition's fresh pipes
             request_fd, reply_fd = message["fds"]
             self.attach(int(message["network_id"]), request_fd, reply_fd)

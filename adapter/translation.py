@@ -17,6 +17,7 @@ from adapter.errors import (
     BadCount,
     BadOffset,
     DestinationDown,
+    DestinationGone,
     OutOfBounds,
     OwnNetworkId,
     TooLarge,
@@ -28,7 +29,8 @@ from hypervisor.layout import PartitionLayout
 
 class PartitionState(Enum):
     ACTIVE = "active"
-    DEAD = "dead"
+    DEAD = "dead"  # not running; a restart may bring it back (DestinationDown, retryable)
+    GONE = "gone"  # ended for good: the hypervisor will not restart it (DestinationGone)
 
 
 @dataclass
@@ -86,6 +88,9 @@ class TranslationTable:
                 f"count {count} exceeds receive area payload limit "
                 f"{max_payload(dst_entry.layout.receive_size)}"
             )
+        if dst_entry.state is PartitionState.GONE:
+            raise DestinationGone(f"destination network ID {dst_id} has ended and will not be "
+                                  f"restarted")
         if dst_entry.state is not PartitionState.ACTIVE:
             raise DestinationDown(f"destination network ID {dst_id} is {dst_entry.state.value}")
         return Translation(src, dst_entry.layout, src.base + offset, count)

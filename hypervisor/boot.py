@@ -53,12 +53,14 @@ class Boot:
 class AdapterBoot(Boot):
     lock_timeout_s: float
     connections: tuple[Connection, ...]
+    retired: tuple[int, ...] = ()  # partitions that ended and will not be restarted
 
     @classmethod
     def from_json(cls, text: str) -> AdapterBoot:
         data = json.loads(text)
         return cls(**cls._common(data), lock_timeout_s=float(data["lock_timeout_s"]),
-                   connections=tuple(Connection(**c) for c in data["connections"]))
+                   connections=tuple(Connection(**c) for c in data["connections"]),
+                   retired=tuple(int(n) for n in data.get("retired", ())))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ STOP_TIMEOUT_S = 5.0
 KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is killed
 CALL_TIMEOUT_S = 30.0
 RECONNECT_TIMEOUT_S = 2.0  # one common deadline for every driver's reconnect after a restart
+RETIRE_TIMEOUT_S = 3.0  # how long telling the adapter that a partition is gone may take
 ADAPTER_PING_TIMEOUT_S = 3.0  # an adapter that does not answer a ping in this time is hung
 ADAPTER_PING_EVERY_S = 1.0  # poll(liveness=True) pings the adapter at most this often
 SHM_DIR = "/dev/shm"
@@ -177,6 +178,7 @@ class Machine:
         self.started_at: float | None = None  # time.time() of start(), for `xpmove status`
         self.events: list[str] = []  # what supervision did, for the operator
         self.restarts: dict[int | str, int] = {}
+        self.retired: set[int] = set()  # partitions that ended and will not be restarted
         self._stopping = False  # stop() began: nothing is restarted any more
         self._last_ping = 0.0  # time.monotonic() of the last adapter liveness check
 
@@ -268,7 +270,7 @@ class Machine:
         def boot(control_fd: int) -> AdapterBoot:
             return AdapterBoot(**self._boot_names(), control_fd=control_fd,
                                lock_timeout_s=self.config.lock_timeout_s,
-                               connections=connections)
+                               connections=connections, retired=tuple(sorted(self.retired)))
 
         fds = [fd for p in pipes.values() for fd in p.adapter_ends()]
         return self._spawn(ADAPTER_MODULE, boot, fds, "adapter", None)
@@ -509,9 +511,23 @@ class Machine:
                     self.restart_adapter()
                 elif self._should_restart(child):
                     self.restart_partition(child.network_id)
+                else:
+                    self._retire(child.network_id)
             except MachineError as exc:  # e.g. another child died meanwhile: next poll retries
                 self.events.append(f"restart of {child.name} failed: {exc}")
         return died
+
+    def _retire(self, network_id: int) -> None:
+        """`network_id` ended and will not be restarted: tell the adapter, so moves to it fail
+        with DestinationGone at once instead of being retried as DestinationDown."""
+        self.retired.add(network_id)
+        adapter = self.adapter
+        if adapter is None or adapter.state is not ProcessState.RUNNING:
+            return  # a restarted adapter learns it from its boot block
+        try:
+            self._call(adapter, {"cmd": "retire", "network_id": network_id}, RETIRE_TIMEOUT_S)
+        except MachineError as exc:
+            self.events.append(f"could not tell the adapter that {network_id} is gone: {exc}")
 
     def _should_restart(self, child: Child) -> bool:
         policy = self.config.restart
@@ -600,6 +616,7 @@ class Machine:
     def restart_partition(self, network_id: int) -> None:
         if self._stopping:
             return
+        self.retired.discard(network_id)
         old = self.partitions[network_id]
         old.channel.close()
         old.step(ProcessEvent.RESTART)

@@ -71,15 +71,6 @@ def test_adapter_restart_idle(make_machine):
     assert set(m.adapter_stats()["locks"].values()) == {"free"}
 
 
-def test_partition_death_without_restart_is_reported(make_machine):
-    m = make_machine(small_config(restart="never"))
-    kill(m.pid(2))
-    wait_for(lambda: m.poll() or m.partitions[2].state.value == "dead", what="death noticed")
-    reply = m.call(1, {"cmd": "send", "dst": 2, "offset": 0, "count": 10})
-    assert reply["error"] == "DestinationDown" and reply["retryable"]
-    assert send(m, 1, 3, b"others unaffected", "fig11")["ok"]
-
-
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("flow", ["fig11", "fig12"])
 def test_adapter_killed_under_load(make_machine, flow, batch):
@@ -237,3 +228,19 @@ def test_recovered_grant_ends_when_its_holder_asks_again(make_machine):
     assert receive(m, 2, timeout=0) is None  # the held record never became visible
     assert send(m, 1, 2, b"holder again", "fig12")["seq"] == 1  # its seq was rolled back
     assert set(m.adapter_stats()["locks"].values()) == {"free"}
+
+
+@pytest.mark.parametrize("flow", ["fig11", "fig12"])
+def test_a_partition_that_will_not_come_back_is_gone_at_once(make_machine, flow):
+    """restart = never: a killed partition is retired; a send to it fails at once with the
+    non-retryable DestinationGone instead of retrying DestinationDown for its whole timeout."""
+    m = make_machine(small_config(3, restart="never"))
+    kill(m.pid(2))
+    wait_for(lambda: m.poll() or 2 in m.retired, what="partition 2 retired")
+    assert m.partitions[2].state.value == "dead"
+    started = time.monotonic()
+    reply = send(m, 1, 2, b"x" * 64, flow, timeout=8.0)
+    assert reply["error"] == "DestinationGone" and not reply["retryable"], reply
+    assert "will not be restarted" in reply["message"]
+    assert time.monotonic() - started < 4.0  # not the 8 s of retrying a DestinationDown
+    assert send(m, 1, 3, b"y" * 64, flow)["ok"]  # the others are untouched

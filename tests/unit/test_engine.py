@@ -11,7 +11,7 @@ import pytest
 
 from adapter import receive_area
 from adapter.engine import Engine, EngineError
-from adapter.errors import Status
+from adapter.errors import Status, error_for
 from adapter.locks import LockState
 from adapter.moves import mvxl
 from adapter.protocol import (
@@ -736,3 +736,19 @@ def test_stats_say_per_partition_bytes_and_the_errors_of_its_requests(m):
     assert per["2"] == {"bytes_out": 0, "bytes_in": 140, "errors": {}}
     assert per["3"] == {"bytes_out": 40, "bytes_in": 0, "errors": {"unknown_id": 1}}
     assert m.engine.errors["unknown_id"] == 1
+
+
+def test_a_retired_destination_is_gone_not_down(m):
+    """Dead (a restart may come): DESTINATION_DOWN, retryable. Retired by the hypervisor (no
+    restart will come): DESTINATION_GONE, not retryable. A later attach makes it live again."""
+    m.put(1, 0, b"a" * 8)
+    m.engine.detach(2)
+    (r,) = m.submit(1, Op.MOVE, [(2, 0, 8)])[1]
+    assert r.status == Status.DESTINATION_DOWN
+    m.engine.retire(2)
+    m.engine.detach(2)  # a late EOF does not make it merely down again
+    (r,) = m.submit(1, Op.MOVE, [(2, 0, 8)])[1]
+    assert r.status == Status.DESTINATION_GONE
+    assert not error_for(r.status, src_id=1, dst_id=2, offset=0, count=8, detail=0).retryable
+    m.engine.attach(2)
+    assert ok(m.submit(1, Op.MOVE, [(2, 0, 8)]))[0].seq == 1
