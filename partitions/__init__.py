@@ -12,6 +12,7 @@ from adapter.errors import (
     BadOffset,
     DestinationDown,
     DestinationFull,
+    DestinationGone,
     InDoubt,
     LockTimeout,
     MalformedRequest,
@@ -31,7 +32,8 @@ from partitions.port import Port, Run
 from partitions.receiver import Packet
 
 __all__ = [
-    "AdapterGone", "BadCount", "BadOffset", "DestinationDown", "DestinationFull", "Flow",
+    "AdapterGone", "BadCount", "BadOffset", "DestinationDown", "DestinationFull", "DestinationGone",
+    "Flow",
     "InDoubt", "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
     "PartitionView", "Port", "RetryableError", "RingCorrupt", "Run", "Sent", "SourceMismatch",
     "TooLarge", "UnknownNetworkId", "XpmoveError",
