@@ -38,6 +38,7 @@ from hypervisor.boot import PartitionBoot
 from hypervisor.control import Channel, ControlError
 from hypervisor.memory import PhysicalMemory
 from partitions.driver import Driver
+from partitions.mapping import hidden_ranges, hide, semaphores_needed
 from partitions.memory import PartitionView
 from partitions.port import Port
 from partitions.receiver import Receiver
@@ -89,8 +90,11 @@ class Partition:
         self.network_id = boot.network_id
         self.own = boot.layout.by_id()[self.network_id]
         self.memory = PhysicalMemory.attach(boot.segment)
-        locks = {k: posix_ipc.Semaphore(v) for k, v in boot.locks.items()}
-        bells = {k: posix_ipc.Semaphore(v) for k, v in boot.bells.items()}
+        # no more than the role needs (partitions/mapping.py): peers' private memory hidden
+        hide(self.memory.view, hidden_ranges(boot.layout, self.network_id))
+        lock_ids, bell_ids = semaphores_needed(self.network_id, boot.bells)
+        locks = {k: posix_ipc.Semaphore(boot.locks[k]) for k in lock_ids}
+        bells = {k: posix_ipc.Semaphore(boot.bells[k]) for k in bell_ids}
         self.driver = Driver(self.network_id, self.memory.view, boot.layout,
                              boot.request_fd, boot.reply_fd, locks, bells)
         self.receiver = Receiver(self.memory.view, boot.layout, self.network_id,

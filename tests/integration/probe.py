@@ -13,6 +13,7 @@ Byte strings travel as hex in the JSON commands.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import time
 import zlib
@@ -106,6 +107,14 @@ class Probe:
                 "redelivered": self.port._receiver.redelivered}
 
     # -- what only a broken or hostile partition does ---------------------------------------
+    def cmd_peek(self, msg: dict) -> dict:
+        """Read `count` bytes at segment address `address` through the driver's mapping of the
+        segment: what a program digging into its driver's objects reaches. A page the partition
+        does not map (partitions/mapping.py) ends the process with SIGSEGV (no core file)."""
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        address, count = int(msg["address"]), int(msg["count"])
+        return {"ok": True, "hex": bytes(self.driver.physical[address:address + count]).hex()}
+
     def cmd_raw(self, msg: dict) -> dict:
         """Write `hex` to the adapter's request pipe AS IS (no driver, no framing) while reading
         up to `replies` whole reply frames (-1: until the adapter closes the pipe), until done
