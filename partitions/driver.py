@@ -23,23 +23,31 @@ from adapter.errors import AdapterGone, InDoubt, Status, XpmoveError, error_for
 from adapter.moves import mvxl
 from adapter.protocol import (
     GRANT_OPS,
-    MAX_REPLY_SIZE,
     REPLY_HEADER,
-    RESULT,
     Flow,
     Move,
     Op,
     ProtocolViolation,
     Result,
-    decode_reply_header,
     decode_results,
     encode_request,
 )
 from adapter.translation import TranslationTable
 from hypervisor.layout import SegmentLayout
+from partitions.replies import Frame, Replies, Unanswered
 
 RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
 RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
+# A reply is waited for until the caller's deadline, but at least REPLY_WAIT_MIN_S, plus
+# REPLY_GRACE_S: a timeout of 0 (one attempt) or a retry late in its window is not cut short by
+# a busy adapter or a loaded machine, and the adapter's answer to a request parked behind a
+# busy lock (LOCK_TIMEOUT after the lock timeout, 1 s by default) comes before the deadline.
+REPLY_WAIT_MIN_S = 1.0
+REPLY_GRACE_S = 0.25
+
+
+class _NotSent(AdapterGone):
+    """The request never reached an adapter (writing it failed: EPIPE, EBADF)."""
 
 
 class Sent(NamedTuple):
@@ -84,30 +92,38 @@ class Driver:
         self._closing = False
         self._table = TranslationTable(layout.partitions)  # the adapter's checks, to resolve
         self.reconnect_wait = RECONNECT_WAIT_S
+        self._replies = Replies()  # frames by id, a deadline, requests abandoned at theirs
+        self.late_replies = 0  # replies that came after their request's deadline
+        self.late_grants_returned = 0  # grants in them, given back unused
 
     def send_retrying(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                       run: bool = False, timeout: float = 0.0,
                       stop: Callable[[], bool] | None = None) -> Sent | XpmoveError:
         """`send_one`, retried with a growing pause while the outcome is retryable (destination
-        full, lock timeout), until `timeout` passes or `stop()` is true; the last outcome."""
+        full, lock timeout), until `timeout` passes or `stop()` is true; the last outcome.
+
+        The wait for each reply ends with `timeout` too (at least REPLY_WAIT_MIN_S after the
+        request, plus REPLY_GRACE_S); `timeout=inf` waits as long as supervision lets it."""
         deadline = time.monotonic() + timeout
         pause = RETRY_BACKOFF_S[0]
         while True:
-            outcome = self.send_one(dst_id, offset, count, flow, run)
+            reply_by = (None if deadline == float("inf") else
+                        max(deadline, time.monotonic() + REPLY_WAIT_MIN_S) + REPLY_GRACE_S)
+            outcome = self.send_one(dst_id, offset, count, flow, run, reply_by=reply_by)
             if (isinstance(outcome, Sent) or not outcome.retryable
                     or (stop is not None and stop()) or time.monotonic() >= deadline):
                 return outcome
             time.sleep(pause)  # back-off while the destination drains, not synchronisation
             pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
-    def send_many(self, moves: list[tuple[int, int, int]], flow: Flow = Flow.FIG11
-                  ) -> list[Sent | XpmoveError]:
+    def send_many(self, moves: list[tuple[int, int, int]], flow: Flow = Flow.FIG11,
+                  reply_by: float | None = None) -> list[Sent | XpmoveError]:
         """One request carrying several moves (dst, offset, count); one outcome (Sent or the
-        error) per move."""
+        error) per move. `reply_by` as for send_one (raised here, for the whole request)."""
         op = Flow.parse(flow).op
         wire = [Move(self.network_id, dst, offset, count) for dst, offset, count in moves]
         with self._mutex:
-            results = self._survive_restart(op, wire)
+            results = self._survive_restart(op, wire, reply_by)
             if op == Op.GRANT:
                 self._execute_grants(wire, results)
         return [
@@ -118,7 +134,7 @@ class Driver:
         ]
 
     def send_one(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
-                 run: bool = False) -> Sent | XpmoveError:
+                 run: bool = False, reply_by: float | None = None) -> Sent | XpmoveError:
         """ONE move in ONE request, its outcome returned (never raised): the patent's literal
         flow, or with `run` a multiple-write run.
 
@@ -126,12 +142,16 @@ class Driver:
         the packets, each padded to 8: ONE ring record and ONE MVXL, done by the adapter
         (fig11) or by us with the granted lock (fig12). The adapter checks the descriptor and
         writes the ring's record header and descriptor itself.
+
+        `reply_by` (time.monotonic(); None: no deadline but supervision's) ends the wait for
+        the adapter's answer: a move then ends `InDoubt`, a grant `AdapterGone` (see
+        _survive_restart).
         """
         op = flow.run_op if run else flow.op
         move = Move(self.network_id, dst_id, offset, count)
         try:
             with self._mutex:
-                results = self._survive_restart(op, (move,))
+                results = self._survive_restart(op, (move,), reply_by)
                 if op in GRANT_OPS:
                     self._execute_grants((move,), results)
                 (r,) = results
@@ -193,10 +213,13 @@ class Driver:
             self._closing = True
             self._reconnected.notify_all()
 
-    def _await_reconnect(self, generation: int) -> bool:
+    def _await_reconnect(self, generation: int, until: float | None = None) -> bool:
+        wait = self.reconnect_wait
+        if until is not None:
+            wait = max(0.0, min(wait, until - time.monotonic()))
         with self._reconnected:
             self._reconnected.wait_for(
-                lambda: self._closing or self._generation > generation, self.reconnect_wait)
+                lambda: self._closing or self._generation > generation, wait)
             return not self._closing and self._generation > generation
 
     def _pair_seqs(self, moves: Sequence[Move]) -> dict[int, int]:
@@ -204,19 +227,28 @@ class Driver:
         words, seq_words = self.words, self._seq_words
         return {m.dst_id: words[seq_words[m.dst_id]] for m in moves if m.dst_id in seq_words}
 
-    def _survive_restart(self, op: int, moves: Sequence[Move]) -> tuple[Result, ...]:
+    def _survive_restart(self, op: int, moves: Sequence[Move], reply_by: float | None = None
+                         ) -> tuple[Result, ...]:
         """A round trip that outlives an adapter crash without losing or doubling a move.
 
         If the adapter dies with our request in flight, wait for the restarted one (it has
         settled every half-done commit before we are reconnected), then learn from the
         per-pair sequence numbers whether our moves committed: committed ones are reported as
         sent, the rest are sent again. A Fig 12 grant never commits without us, so it is
-        always sent again.
+        always sent again. A request that was never written (the pipe broke first) is sent on
+        the new pipes, or fails `AdapterGone` (nothing sent), never `InDoubt`. No reply by
+        `reply_by`: see _unanswered.
         """
         before = self._pair_seqs(moves)
         generation = self._generation
         try:
-            return self._round_trip(op, moves)
+            return self._round_trip(op, moves, reply_by)
+        except Unanswered as exc:
+            raise self._unanswered(op, exc) from None
+        except _NotSent as exc:
+            if not self._await_reconnect(generation, reply_by):
+                raise AdapterGone(f"{exc}; nothing was sent (no adapter came back in "
+                                  f"time); retry") from None
         except AdapterGone as exc:
             if not self._await_reconnect(generation):
                 if op in GRANT_OPS:
@@ -226,12 +258,31 @@ class Driver:
                               f"unknown (compare the pair's sequence numbers)") from None
         self._close_stale()
         try:
-            return self._resolve(op, moves, before)
+            return self._resolve(op, moves, before, reply_by)
+        except Unanswered as exc:
+            raise self._unanswered(op, exc) from None
+        except _NotSent as exc:
+            raise AdapterGone(f"{exc}; nothing was sent; retry") from None
         except AdapterGone as exc:
             raise InDoubt(f"{exc} again while resolving a move after a restart") from None
 
-    def _resolve(self, op: int, moves: Sequence[Move], before: dict[int, int]
-                 ) -> tuple[Result, ...]:
+    @staticmethod
+    def _unanswered(op: int, exc: Unanswered) -> XpmoveError:
+        """The typed error for a request the adapter did not answer in time. One never
+        written is plainly not sent; a written move's outcome is unknown (`InDoubt`: it may
+        still commit); a written grant moves nothing without us (a late grant is given back
+        when its reply arrives, see _take_late)."""
+        if not exc.sent:
+            return AdapterGone(f"{exc} to an earlier request (abandoned at its deadline), so "
+                               f"this one was not sent; retry")
+        if op in GRANT_OPS:
+            return AdapterGone(f"{exc} (hung or slow): nothing was moved (a Fig 12 grant "
+                               f"commits only with its driver; a late grant is given back)")
+        return InDoubt(f"{exc} (hung or slow), so whether the move committed is unknown "
+                       f"(compare the pair's sequence numbers)")
+
+    def _resolve(self, op: int, moves: Sequence[Move], before: dict[int, int],
+                 reply_by: float | None = None) -> tuple[Result, ...]:
         """After a restart: which moves of the lost request committed (per-pair sequence
         numbers), and a fresh request for the rest. Moves that fail the adapter's own
         deterministic checks (translate) cannot have committed and are not credited."""
@@ -241,9 +292,9 @@ class Driver:
             if all(committed.values()):
                 return tuple(Result(Status.OK, committed[m.dst_id], before[m.dst_id] + 1,
                                     count=m.count) for m in moves)
-            return self._round_trip(op, moves)
+            return self._round_trip(op, moves, reply_by)
         redo = [m for m in moves if committed.get(m.dst_id, 0) == 0 or not self._valid(m)]
-        redone = iter(self._round_trip(op, redo) if redo else ())
+        redone = iter(self._round_trip(op, redo, reply_by) if redo else ())
         results = []
         for m in moves:
             if committed.get(m.dst_id, 0) > 0 and self._valid(m):
@@ -261,35 +312,67 @@ class Driver:
             return False
         return True
 
-    def _round_trip(self, op: int, moves: Sequence[Move]) -> tuple[Result, ...]:
-        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
-        frame = encode_request(op, self._request_id, moves)
+    def _round_trip(self, op: int, moves: Sequence[Move], reply_by: float | None = None
+                    ) -> tuple[Result, ...]:
+        """Write one request, read its reply (by `reply_by`, if given: else Unanswered).
+
+        Replies of requests abandoned at their deadline may still come: they are taken (by
+        request id) before our own, and a late grant is given back (_take_late). At most one
+        abandoned request is in the pipe: its reply is awaited before the next is written.
+        """
+        with self._reconnected:  # the pipes of one generation, for the whole round trip
+            generation, request_fd, reply_fd = self._generation, self.request_fd, self.reply_fd
+        replies = self._replies
+        replies.use(generation)
+        started = time.monotonic()
+        try:
+            while replies.abandoned:  # its reply comes first: taken before we write
+                self._take_late(replies.next_frame(reply_fd, reply_by))
+        except Unanswered:
+            raise Unanswered(time.monotonic() - started, sent=False) from None
+        except AdapterGone as exc:
+            raise _NotSent(str(exc)) from None
+        self._request_id = request_id = (self._request_id + 1) & 0xFFFFFFFF
+        data = encode_request(op, request_id, moves)
         try:
             written = 0
-            while written < len(frame):
-                written += os.write(self.request_fd, frame[written:])
-        except OSError as exc:
-            raise AdapterGone(f"the adapter is gone ({exc}); retry after it restarts") from None
-        # usually ONE read: the adapter writes a reply in one go
-        reply = self._read_more(b"", REPLY_HEADER.size)
-        _, request_id, status, n = decode_reply_header(reply[:REPLY_HEADER.size])
-        reply = self._read_more(reply, REPLY_HEADER.size + n * RESULT.size)
+            while written < len(data):
+                written += os.write(request_fd, data[written:])
+        except OSError as exc:  # EPIPE, EBADF: no adapter will ever read this request
+            raise _NotSent(f"the adapter is gone ({exc})") from None
+        try:
+            while True:
+                got, status, n, reply = frame = replies.next_frame(reply_fd, reply_by)
+                if got not in replies.abandoned:
+                    break
+                self._take_late(frame)
+        except Unanswered:
+            replies.abandon(request_id, op, tuple(moves))
+            raise Unanswered(time.monotonic() - started, sent=True) from None
         results = decode_results(reply, n, REPLY_HEADER.size)
         if status != Status.OK:
             raise error_for(status, src_id=self.network_id, dst_id=moves[0].dst_id,
                             offset=moves[0].offset, count=moves[0].count, detail=0)
-        if request_id != self._request_id or n != len(moves):
-            raise ProtocolViolation(f"reply {request_id} with {n} results does not answer "
-                                    f"request {self._request_id} of {len(moves)} moves")
+        if got != request_id or n != len(moves):
+            raise ProtocolViolation(f"reply {got} with {n} results does not answer "
+                                    f"request {request_id} of {len(moves)} moves")
         return results
 
-    def _read_more(self, frame: bytes, size: int) -> bytes:
-        """`frame` read on to at least `size` bytes. Reading up to a whole reply's worth never
-        takes bytes of another: one request is in flight at a time (the mutex)."""
-        while len(frame) < size:
-            chunk = os.read(self.reply_fd, MAX_REPLY_SIZE - len(frame))
-            if not chunk:
-                raise AdapterGone("the adapter closed the reply pipe; retry after it restarts")
-            frame += chunk
-        return frame
-
+    def _take_late(self, frame: Frame) -> None:
+        """The reply of a request abandoned at its deadline: dropped, except that a grant it
+        carries is given back at once (the proof, then the post; nothing moved, nothing
+        published, so the adapter undoes the reservation when it settles the grant)."""
+        request_id, status, n, data = frame
+        late = self._replies.abandoned.pop(request_id, None)
+        if late is None:
+            raise ProtocolViolation(f"reply {request_id} answers no request in flight")
+        op, moves = late
+        self.late_replies += 1
+        if op not in GRANT_OPS or status != Status.OK or n != len(moves):
+            return
+        results = decode_results(data, n, REPLY_HEADER.size)
+        for dst in {m.dst_id for m, r in zip(moves, results, strict=True)
+                    if r.status == Status.OK}:
+            receive_area.prove_release(self.words, self.rings[dst])
+            self.locks[dst].release()
+            self.late_grants_returned += 1
