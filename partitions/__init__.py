@@ -2,8 +2,9 @@
 
 A partition program is a function `main(port)` named in the config
 (`program = "package.module:function"`). Everything it needs is exported here: the `Port`,
-what it returns (`Sent`, `Packet`, `Run`), the flows (`Flow.FIG11`: the adapter moves the
-bytes; `Flow.FIG12`: the driver moves them under the granted lock) and the typed errors.
+what it returns (`Sent`, `Packet`, `Run`, the zero-copy `Loan` and `LoanRun`), the flows
+(`Flow.FIG11`: the adapter moves the bytes; `Flow.FIG12`: the driver moves them under the
+granted lock) and the typed errors.
 """
 
 from adapter.errors import (
@@ -27,6 +28,7 @@ from adapter.errors import (
 )
 from adapter.protocol import Flow
 from partitions.driver import Sent
+from partitions.loan import Loan, LoanEnded, LoanError, LoanExported, LoanHeld, LoanRun
 from partitions.memory import PartitionView
 from partitions.port import Port, Run
 from partitions.receiver import Packet
@@ -34,7 +36,8 @@ from partitions.receiver import Packet
 __all__ = [
     "AdapterGone", "BadCount", "BadOffset", "DestinationDown", "DestinationFull", "DestinationGone",
     "Flow",
-    "InDoubt", "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
+    "InDoubt", "Loan", "LoanEnded", "LoanError", "LoanExported", "LoanHeld", "LoanRun",
+    "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
     "PartitionView", "Port", "RetryableError", "RingCorrupt", "Run", "Sent", "SourceMismatch",
     "TooLarge", "UnknownNetworkId", "XpmoveError",
 ]

@@ -13,7 +13,8 @@ Own memory is split in two: `[0, port.send_space)` is the program's to use; the 
 `[port.send_space, memory.size)`, is the receive area other partitions write into.
 `send()` and `send_batch()` copy the bytes to the TOP of the send space (just below the
 receive area) and send them from there; `send_from()` and `send_run()` send bytes the program
-already placed, with no extra copy.
+already placed, with no extra copy; `loan()` and `loan_run()` (partitions/loan.py) lend the
+program the destination's receive space itself to write the packets in, with no move at all.
 
 Every failure is a typed exception of `adapter.errors` (`XpmoveError` and its subclasses) whose
 message names the values. Retryable ones (`DestinationFull`, `LockTimeout`, `DestinationDown`,
@@ -26,19 +27,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from adapter.errors import BadCount, TooLarge, UnknownNetworkId, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import BlockHandler
-from partitions.driver import Driver, Sent
+from partitions.driver import Driver, Granted, Sent
+from partitions.loan import Loan, LoanHeld, LoanRun
 from partitions.memory import PartitionView
 from partitions.receiver import Packet, Receiver
 
 WAIT_SLICE_S = 0.05  # a wait with no timeout re-checks `stop` at least this often
 
 CommandHandler = Callable[[dict], dict]
+LoanT = TypeVar("LoanT", bound=Loan)
 
 
 class Run(NamedTuple):
@@ -88,6 +91,8 @@ class Port:
         self.stop = stop or threading.Event()
         self._staging = threading.Lock()  # send()/send_batch() share the top of the send space
         self._commands: CommandHandler | None = None
+        self._loan: Loan | None = None  # the loan this port holds (at most one: see loan())
+        self._loan_thread: int | None = None
         self.commands_ready = threading.Event()
 
     # -- sending ----------------------------------------------------------------------------
@@ -96,6 +101,7 @@ class Port:
         """Copy `data` (bytes or any buffer) to the top of the send space and move it to
         partition `dst`: one request, one record in its receive area."""
         view = memoryview(data).cast("B")
+        self._check_no_loan("send")
         with self._staging:
             offset = self._stage_at(len(view), "data")
             self.memory.write(offset, view)
@@ -114,6 +120,7 @@ class Port:
         record, one move); `Sent.records` is how many. Copied to the top of the send space."""
         if not packets:
             raise BadCount("send_batch: no packets")
+        self._check_no_loan("send_batch")
         length = len(memoryview(packets[0]).cast("B"))
         with self._staging:
             run = Run(0, len(packets), length)
@@ -171,6 +178,7 @@ class Port:
 
     def _send(self, dst: int, offset: int, count: int, flow: Flow | str, run: bool,
               timeout: float | None, cancel: threading.Event | None) -> Sent:
+        self._check_no_loan("send")
         outcome = self._driver.send_retrying(
             dst, offset, count, Flow.parse(flow), run,
             timeout=float("inf") if timeout is None else timeout,
@@ -184,6 +192,83 @@ class Port:
         if cancel is None:
             return stop.is_set
         return lambda: stop.is_set() or cancel.is_set()
+
+    # -- loans: zero-copy sends (partitions/loan.py) ------------------------------------------
+    def loan(self, dst: int, count: int, timeout: float | None = None,
+             cancel: threading.Event | None = None) -> Loan:
+        """Lend the program `count` bytes of partition `dst`'s receive area to write ONE packet
+        in place (Fig 12 with no move): `with port.loan(dst, n) as buf: buf[:] = ...` commits
+        on a normal exit (one record there, exactly once) and gives the space back if the
+        block raises; or `loan.commit()` / `loan.give_back()`.
+
+        Waits, retrying like `send`, for room and for the destination's lock, then HOLDS that
+        lock until the loan ends: the destination's other senders, and this partition's other
+        threads' sends, wait meanwhile, so keep loans short (a grant held too long may be
+        ended by the machine). One loan per port at a time; from the thread holding it,
+        another loan, a send or a waiting receive raises LoanHeld. `count` is bounded like a
+        send's (`max_record(dst)`, the send space). See partitions/loan.py for the rules.
+        """
+        self._check_no_loan("loan")
+        self._check_loan_args(dst, count, f"loan of {count} bytes")
+        offset = self._stage_at(count, "a loan")  # the move's source: a range, nothing staged
+        return self._take_loan(dst, offset, count, False, timeout, cancel,
+                               lambda g: Loan(self._driver, g, self._loan_ended))
+
+    def loan_run(self, dst: int, packets: int, length: int, timeout: float | None = None,
+                 cancel: threading.Event | None = None) -> LoanRun:
+        """`loan`, for a multiple-write run of `packets` packets of `length` bytes: write each
+        in `loan.packet(i)`, then commit (ONE record of `packets` sequence numbers). As a
+        context manager it gives the loan itself."""
+        self._check_no_loan("loan_run")
+        self._check_loan_args(dst, min(packets, length),
+                              f"loan_run of {packets} packets of {length} bytes")
+
+        def lent(granted: Granted) -> LoanRun:
+            return LoanRun(self._driver, granted, self._loan_ended, packets, length)
+
+        if packets == 1:  # as send_run does: a run of one packet is a plain record
+            return self._take_loan(dst, self._stage_at(length, "a loan"), length, False,
+                                   timeout, cancel, lent)
+        run = Run(0, packets, length)
+        with self._staging:  # the descriptor the adapter reads, staged as send_batch does
+            offset = self._stage_at(run.size, f"a loan of a run of {packets} {length}-byte "
+                                              f"packets")
+            RUN_DESCRIPTOR.pack_into(self.memory.buffer(offset, RUN_DESCRIPTOR.size), 0,
+                                     packets, length)
+            return self._take_loan(dst, offset, run.size, True, timeout, cancel, lent)
+
+    def _take_loan(self, dst: int, offset: int, count: int, run: bool, timeout: float | None,
+                   cancel: threading.Event | None, lend: Callable[[Granted], LoanT]) -> LoanT:
+        outcome = self._driver.grant_retrying(
+            dst, offset, count, run, timeout=float("inf") if timeout is None else timeout,
+            stop=self._stopping(cancel))
+        if isinstance(outcome, XpmoveError):
+            raise outcome
+        try:
+            loan = lend(outcome)
+        except BaseException:
+            self._driver.end_grant(outcome, commit=False)
+            raise
+        self._loan, self._loan_thread = loan, threading.get_ident()
+        return loan
+
+    def _loan_ended(self) -> None:
+        self._loan = self._loan_thread = None
+
+    @staticmethod
+    def _check_loan_args(dst: int, count: int, what: str) -> None:
+        if not isinstance(dst, int):
+            raise UnknownNetworkId(f"{what}: unknown destination network ID {dst!r}")
+        if count < 1:
+            raise BadCount(f"{what}: the count must be >= 1")
+
+    def _check_no_loan(self, what: str) -> None:
+        """LoanHeld if the calling thread holds this port's loan: `what` would wait for it."""
+        loan = self._loan
+        if loan is not None and self._loan_thread == threading.get_ident():
+            raise LoanHeld(f"{what}: this thread holds a loan to network ID {loan.dst} "
+                           f"({loan.size} bytes); commit or give it back first (the {what} "
+                           f"would wait for the loan itself)")
 
     # -- receiving --------------------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Packet | None:
@@ -221,6 +306,8 @@ class Port:
         """Zero-copy receive: `handler(source_id, first_seq, rows)` per block of packets of one
         source and length (rows: one payload per packet, valid only during the call). Waits up
         to `timeout` for the first; returns how many packets were handed over."""
+        if timeout != 0:
+            self._check_no_loan("receive")
         receiver = self._receiver
         n = receiver.drain(handler, limit)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -28,6 +28,7 @@ from adapter.protocol import (
     encode_request,
 )
 from adapter.ring import RUN_DESCRIPTOR, align
+from partitions.loan import Loan, LoanRun
 from partitions.port import Port
 from scripts.workload.program import Workload
 
@@ -38,6 +39,7 @@ class Probe:
         self.view = port.memory
         self.driver = port._driver  # the trusted code, reached only by this test program
         self.workload = Workload(port)
+        self.loan: Loan  # the loan `loan` was told to hold
 
     def dispatch(self, msg: dict) -> dict:
         handler = getattr(self, f"cmd_{msg.get('cmd')}", None)
@@ -92,6 +94,60 @@ class Probe:
             {"ok": True, "seq": o.seq} if not isinstance(o, Exception) else
             {"ok": False, "error": type(o).__name__, "message": str(o),
              "retryable": bool(getattr(o, "retryable", False))} for o in outcomes]}
+
+    def cmd_loan(self, msg: dict) -> dict:
+        """`port.loan(dst, count)` (or, with `packets`, `port.loan_run(dst, packets, length)`),
+        filled with `hex` (or each packet with `payloads`), then per `end`: "commit" (the
+        `with` block's normal exit), "raise" (the block raises: given back), "give_back", or
+        "hold" (kept for loan_end / loan_write, the thread still holding it)."""
+        dst, end, timeout = int(msg["dst"]), msg.get("end", "commit"), msg.get("timeout", 0.0)
+        if "packets" in msg:
+            loan: Loan = self.port.loan_run(dst, int(msg["packets"]), int(msg["length"]),
+                                            timeout)
+        else:
+            loan = self.port.loan(dst, int(msg["count"]), timeout)
+        zeroed = loan.view.tobytes() == bytes(loan.size)  # what the program finds there
+        if isinstance(loan, LoanRun):
+            for i, h in enumerate(msg.get("payloads", ())):
+                loan.packet(i)[:] = bytes.fromhex(h)
+        elif "hex" in msg:
+            loan.view[:] = bytes.fromhex(msg["hex"])
+        reply = {"ok": True, "seq": loan.seq, "size": loan.size, "zeroed": zeroed}
+        if end == "hold":
+            self.loan = loan
+        elif end == "give_back":
+            loan.give_back()
+        else:
+            with loan:
+                if end == "raise":
+                    raise ValueError("the program failed while writing its loan")
+        return reply
+
+    def cmd_loan_write(self, msg: dict) -> dict:
+        """Write into the held loan: `how` "write" (Loan.write at `offset`), "index" (one byte
+        at view[offset]) or "slice" (view[offset:offset + len] = bytes)."""
+        data, offset, view = bytes.fromhex(msg["hex"]), int(msg["offset"]), self.loan.view
+        how = msg.get("how", "write")
+        if how == "write":
+            self.loan.write(offset, data)
+        elif how == "index":
+            view[offset] = data[0]
+        else:
+            view[offset:offset + len(data)] = data
+        return {"ok": True}
+
+    def cmd_loan_end(self, msg: dict) -> dict:
+        """Commit (or `give_back`) the held loan; with `keep_slice`, a slice of its view is
+        still alive when it ends (then dropped, so the loan can end later)."""
+        kept = self.loan.view[:1] if msg.get("keep_slice") else None
+        try:
+            if msg.get("give_back"):
+                self.loan.give_back()
+                return {"ok": True}
+            sent = self.loan.commit()
+        finally:
+            del kept
+        return {"ok": True, "seq": sent.seq, "records": sent.records}
 
     def cmd_receive(self, msg: dict) -> dict:
         packet = self.port.receive(float(msg.get("timeout", 0.0)))
