@@ -113,14 +113,22 @@ def test_a_failed_end_still_ends_the_loan():
 
 def test_retrying_retries_only_retryable_outcomes_until_the_deadline():
     outcomes = iter([DestinationFull("full"), DestinationFull("full"), "done"])
-    assert retrying(lambda: next(outcomes), 5.0, None) == "done"
+    deadlines = []
+
+    def attempt(reply_by):
+        deadlines.append(reply_by)
+        return next(outcomes)
+
+    assert retrying(attempt, 5.0, None) == "done" and len(deadlines) == 3
+    assert all(d is not None for d in deadlines)  # each reply waited for until a deadline
+    assert retrying(lambda reply_by: reply_by, float("inf"), None) is None  # no deadline
     calls = []
 
-    def refused():
+    def refused(reply_by):
         calls.append(1)
         return OutOfBounds("never")
 
     assert isinstance(retrying(refused, 5.0, None), OutOfBounds) and len(calls) == 1
-    assert isinstance(retrying(lambda: DestinationFull("full"), 0.0, None), DestinationFull)
-    assert isinstance(retrying(lambda: DestinationFull("full"), 5.0, lambda: True),
-                      DestinationFull)
+    full = lambda reply_by: DestinationFull("full")  # noqa: E731
+    assert isinstance(retrying(full, 0.0, None), DestinationFull)
+    assert isinstance(retrying(full, 5.0, lambda: True), DestinationFull)
