@@ -499,8 +499,9 @@ class Engine:
 
     # -- statistics --------------------------------------------------------------------
     def stats(self) -> dict:
-        """Counters, errors, each lock's state and how often a request found it busy (the
-        shape the hypervisor's `stats` control message returns)."""
+        """Counters, errors, each lock's state and how often a request found it busy, and the
+        destinations refused as corrupt with why (the shape the hypervisor's `stats` control
+        message returns)."""
         self.settle_finished_grants()
         return {
             "counters": dict(self.counters),
@@ -511,4 +512,5 @@ class Engine:
                            for nid in self.by_id},
             "locks": {str(dst): rec.state.value for dst, rec in self.book.records.items()},
             "lock_waits": {str(dst): rec.waits for dst, rec in self.book.records.items()},
+            "corrupt": {str(dst): why for dst, why in self.corrupt.items()},
         }

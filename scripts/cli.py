@@ -202,7 +202,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from scripts.launch import largest_packet
-    from scripts.soak import SoakInterrupted, report_table, soak
+    from scripts.soak import SoakInterrupted, soak
+    from scripts.soak_report import broken_promises, poison_lines, report_table
     from scripts.workload.pattern import MIN_PACKET
 
     config = _traffic_config(args.config, "soak")
@@ -213,7 +214,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     console = Console()
     try:
         report = soak(config, args.duration, args.kill_every, args.size, args.seed, console,
-                      batch=args.batch)
+                      batch=args.batch, rogue=args.rogue)
     except SoakInterrupted as stop:
         report = stop.report
         console.print(report_table(report))
@@ -226,10 +227,17 @@ def cmd_soak(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     console.print(report_table(report))
-    verdict = "[green]passed" if report.ok else "[red]FAILED"
-    console.print(f"{verdict}: lost {report.lost}, duplicated {report.duplicated}, corrupt "
-                  f"{report.corrupt}, every lock free: {report.locks_free}")
-    return 0 if report.ok else 1
+    for line in poison_lines(report):
+        console.print(line, highlight=False, soft_wrap=True)
+    broken = broken_promises(report)
+    verdict = "[green]passed" if not broken else "[red]FAILED"
+    poisoned = (f" (destinations not poisoned; poisoned: "
+                f"{[p.network_id for p in report.poisoned]})" if report.rogue else "")
+    console.print(f"{verdict}{poisoned}: lost {report.lost}, duplicated {report.duplicated}, "
+                  f"corrupt {report.corrupt}, every lock free: {report.locks_free}")
+    for promise in broken:
+        console.print(f"  broken: {promise}", highlight=False, soft_wrap=True)
+    return 0 if not broken else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -347,10 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=size, default="1KiB", metavar="B",
                    help="packet size: bytes or with a KiB/MiB suffix")
     p.add_argument("--seed", type=int, default=None, metavar="N",
-                   help="random seed for the victims (default: a different one each run)")
+                   help="random seed for the victims and the rogue (default: a different one "
+                        "each run)")
     p.add_argument("--batch", type=count, default=1, metavar="N",
                    help="packets per request: > 1 sends multiple-write runs in both flows "
                         "(1: the literal flows)")
+    p.add_argument("--rogue", action="store_true",
+                   help="a hostile process of the same user attacks during the kills: posts "
+                        "every lock and doorbell at random (stray posts, absorbed) and writes "
+                        "garbage words into the ring control block and pair words of a quarter "
+                        "of the destinations (at least one), which are then POISONED: named, "
+                        "with what was written where and what senders and receivers saw; the "
+                        "promises are checked for the others (default: no rogue)")
     p.set_defaults(func=cmd_soak)
 
     p = command("status", "watch a running machine from another terminal: every partition "

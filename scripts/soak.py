@@ -7,6 +7,15 @@ frees the space) is what arrived. After the traffic drains, lost = committed - d
 all pairs. Duplicates are counted by the receivers (a sequence number seen twice).
 If the drain times out, the pairs that disagree are listed; with XPMOVE_DEBUG=1 set, every
 partition also dumps its threads' stacks to stderr (faulthandler on SIGUSR1).
+
+With `rogue`, a hostile process (scripts/rogue.py) posts locks and doorbells at random during
+the kills, and writes garbage words into the words of a few chosen destinations (a quarter of
+them, at least one). A post poisons nothing: it must be absorbed. A garbage word in a
+destination's ring control block or in a pair word whose destination it is POISONS that
+destination: the books and the receivers' counts of a poisoned destination are reported, not
+promised. Every promise holds for the others: nothing lost, doubled or corrupt, their locks
+free, never refused as corrupt, their receivers never stopped, no process died unless the soak
+killed it, no sender stopped (scripts/soak_report.py: `broken_promises` is the verdict).
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import signal
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Collection
 
 from rich.console import Console
 
@@ -26,52 +37,55 @@ from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from scripts.launch import IntervalPrinter, collect, signals_deferred, traffic_errors
-from scripts.tables import Col, Grid
+from scripts.rogue import RoguePlan, RogueProcess
+from scripts.soak_report import (  # noqa: F401  (report_table, poison_lines: the CLI's)
+    Poisoned,
+    SoakReport,
+    broken_promises,
+    poison_lines,
+    report_table,
+    tally,
+)
 from scripts.workload.program import PROGRAM
 
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
 DRAIN_TIMEOUT_S = 30.0
 ADAPTER_SHARE = 0.25  # fraction of kills aimed at the adapter
+LOOK_EVERY_S = 0.5  # how often the adapter's refusals and the receivers' errors are read
+POISON_SHARE = 4  # the rogue poisons one destination in this many (at least one)
+# Machine._supervise's event for a child that died; the soak's own kills are SIGKILL
+DIED = re.compile(r"(?P<name>.+) died \(exit code (?P<code>-?\d+)\)")
 
 
-@dataclass
-class SoakReport:
-    accepted: int = 0
-    delivered: int = 0
-    failed_reported: int = 0
-    lost: int = 0
-    duplicated: int = 0
-    corrupt: int = 0
-    kills: int = 0
-    adapter_kills: int = 0
-    restarts: int = 0
-    locks_free: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0 and self.corrupt == 0 and self.locks_free
+def destination_books(machine: Machine) -> dict[int, tuple[int, int]]:
+    """Per destination, (committed, delivered) summed over every source, from the segment."""
+    assert machine.memory is not None
+    words = receive_area.words(machine.memory.view)
+    layout = machine.layout
+    books = {}
+    for dst in layout.partitions:
+        sources = [src for src in layout.partitions if src.index != dst.index]
+        books[dst.network_id] = (
+            sum(words[layout.seq_address(src.index, dst.index) >> 3] for src in sources),
+            sum(words[layout.delivered_address(src.index, dst.index) >> 3] for src in sources))
+    return books
 
 
 def pair_books(machine: Machine) -> tuple[int, int]:
     """(committed, delivered) summed over every ordered pair, read from the segment."""
-    assert machine.memory is not None
-    words = receive_area.words(machine.memory.view)
-    committed = delivered = 0
-    for src in machine.layout.partitions:
-        for dst in machine.layout.partitions:
-            if src.index != dst.index:
-                committed += words[machine.layout.seq_address(src.index, dst.index) >> 3]
-                delivered += words[machine.layout.delivered_address(src.index, dst.index) >> 3]
-    return committed, delivered
+    return tally(destination_books(machine), ())
 
 
-def pair_detail(machine: Machine) -> list[str]:
-    """Pairs whose books disagree, with the destination's unconsumed bytes: for the report."""
+def pair_detail(machine: Machine, skip: Collection[int] = ()) -> list[str]:
+    """Pairs whose books disagree, with the destination's unconsumed bytes: for the report
+    (destinations in `skip`, the poisoned ones, are left out)."""
     assert machine.memory is not None
     words = receive_area.words(machine.memory.view)
     lines = []
     for src in machine.layout.partitions:
         for dst in machine.layout.partitions:
+            if dst.network_id in skip:
+                continue
             c = words[machine.layout.seq_address(src.index, dst.index) >> 3]
             d = words[machine.layout.delivered_address(src.index, dst.index) >> 3]
             if c != d:
@@ -98,17 +112,6 @@ def start_traffic(machine: Machine, nid: int, shape: dict, until: float) -> None
         raise MachineError(f"partition {nid} refused traffic: {reply.get('message')}")
 
 
-def resume_restarted(machine: Machine, seen: dict, shape: dict, until: float) -> None:
-    """Give every partition incarnation started since we last looked its share of traffic.
-
-    Restarts happen wherever the machine notices a death (its poll, or a failed call), so
-    compare against what we have seen rather than around one poll."""
-    for key, n in list(machine.restarts.items()):
-        if key != "adapter" and n > seen.get(key, 0):
-            seen[key] = n
-            start_traffic(machine, key, shape, until)
-
-
 class SoakInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped the soak: `report` holds what was counted until then
     (accepted and delivered from the segment's books; lost and locks_free not determined,
@@ -120,101 +123,232 @@ class SoakInterrupted(KeyboardInterrupt):
         self.elapsed = elapsed
 
 
-def _tally(report: SoakReport, machine: Machine, last_stats: dict[int, dict]) -> None:
-    """The receivers' and the machine's counts into the report."""
-    report.failed_reported = sum(sum(s.get("errors", {}).values()) for s in last_stats.values())
-    report.duplicated = sum(s.get("duplicates", 0) for s in last_stats.values())
-    report.corrupt = sum(s.get("corrupt", 0) for s in last_stats.values())
-    report.restarts = sum(machine.restarts.values())
+class _Soak:
+    """One soak's state: the machine, the rogue (if any), what was seen, the report."""
+
+    def __init__(self, machine: Machine, console: Console, rng: random.Random, shape: dict,
+                 rogue: bool) -> None:
+        self.machine = machine
+        self.console = console
+        self.rng = rng
+        self.shape = shape
+        self.report = SoakReport(rogue=rogue)
+        self.last_stats: dict[int, dict] = {}
+        self.rogue: RogueProcess | None = None
+        self.refused: dict[int, str] = {}  # destination -> the adapter's RingCorrupt reason
+        self.receiver_errors: dict[int, str] = {}
+        self.carried: dict[int, dict] = {}  # what killed incarnations counted, by partition
+        self._next_look = 0.0
+
+    def resume(self, seen: dict, until: float) -> None:
+        """Give every partition incarnation started since we last looked its share of
+        traffic, and keep what its predecessor counted (errors, duplicates, corrupt packets).
+
+        Restarts happen wherever the machine notices a death (its poll, or a failed call), so
+        compare against what we have seen rather than around one poll."""
+        for key, n in list(self.machine.restarts.items()):
+            if key != "adapter" and n > seen.get(key, 0):
+                seen[key] = n
+                self.carry(key)
+                start_traffic(self.machine, key, self.shape, until)
+
+    def carry(self, nid: int) -> None:
+        old = self.last_stats.pop(nid, None)
+        if old is None:
+            return
+        kept = self.carried.setdefault(nid, {"errors": Counter(), "duplicates": 0, "corrupt": 0})
+        kept["errors"].update(old.get("errors", {}))
+        kept["duplicates"] += old.get("duplicates", 0)
+        kept["corrupt"] += old.get("corrupt", 0)
+
+    def counted(self) -> dict[int, dict]:
+        """Per partition, over all its incarnations: errors by kind, duplicates, corrupt."""
+        total: dict[int, dict] = {}
+        for nid in self.machine.partitions:
+            parts = (self.carried.get(nid, {}), self.last_stats.get(nid, {}))
+            errors: Counter[str] = Counter()
+            for part in parts:
+                errors.update(part.get("errors", {}))
+            total[nid] = {"errors": errors,
+                          **{k: sum(p.get(k, 0) for p in parts) for k in ("duplicates", "corrupt")}}
+        return total
+
+    def poisoned(self) -> set[int]:
+        """The destinations the rogue wrote a garbage word for (so far)."""
+        return {int(w["dst"]) for w in self.rogue.writes} if self.rogue else set()
+
+    def start_rogue(self, kill_every: float) -> None:
+        ids = sorted(self.machine.partitions)
+        targets = tuple(sorted(self.rng.sample(ids, max(1, len(ids) // POISON_SHARE))))
+        plan = RoguePlan(self.machine.prefix, self.machine.layout, targets,
+                         self.rng.getrandbits(32), kill_every, kill_every / 2)
+        self.rogue = RogueProcess(plan).start()
+        self.console.print(f"  rogue started: stray posts on every lock and doorbell, garbage "
+                           f"words into the words of destination(s) {list(targets)}")
+
+    def stop_rogue(self) -> None:
+        """Idempotent; on every path (the end of the traffic, Ctrl-C, a failure)."""
+        if self.rogue is not None:
+            self.rogue.stop()
+            self.report.lock_posts = self.rogue.done.get("lock_posts", 0)
+            self.report.bell_posts = self.rogue.done.get("bell_posts", 0)
+            self.report.rogue_failure = self.rogue.failure
+
+    def events(self) -> None:
+        """Print what supervision did; a death the soak did not cause is a broken promise."""
+        while self.machine.events:
+            event = self.machine.events.pop(0)
+            self.console.print(f"  {event}")
+            died = DIED.fullmatch(event)
+            if died and int(died["code"]) != -signal.SIGKILL:
+                self.report.deaths.append(f"{event}: not killed by the soak")
+
+    def look(self, force: bool = False) -> None:
+        """Every LOOK_EVERY_S: which destinations the adapter refuses as corrupt, and which
+        receivers stopped on an error (both are lost with the process that knew them)."""
+        now = time.monotonic()
+        if not force and now < self._next_look:
+            return
+        self._next_look = now + LOOK_EVERY_S
+        try:
+            corrupt = self.machine.adapter_stats(timeout=1.0).get("corrupt", {})
+        except MachineError:
+            corrupt = {}
+        for dst, why in corrupt.items():
+            self.refused.setdefault(int(dst), why)
+        for nid, child in list(self.machine.partitions.items()):
+            if child.proc.poll() is not None:
+                continue  # dead: left to poll()
+            try:
+                counts = self.machine.call(nid, {"cmd": "bench_count"}, timeout=1.0)
+            except MachineError:
+                continue
+            for error in counts.get("receiver_errors", {}).values():
+                self.receiver_errors.setdefault(nid, error)
+
+    def fill(self) -> None:
+        """The books and the receivers' counts into the report, split by poisoned or not."""
+        report, stats = self.report, self.counted()
+        poisoned = self.poisoned()
+        books = destination_books(self.machine)
+        report.accepted, report.delivered = tally(books, poisoned)
+        kept = [s for nid, s in stats.items() if nid not in poisoned]
+        report.duplicated = sum(s.get("duplicates", 0) for s in kept)
+        report.corrupt = sum(s.get("corrupt", 0) for s in kept)
+        errors: Counter[str] = Counter()
+        for s in stats.values():
+            errors.update(s.get("errors", {}))
+        report.sender_errors = dict(errors)
+        report.failed_reported = sum(errors.values())
+        report.sender_failures = [f"partition {nid}'s sender stopped: {kind}"
+                                  for nid, s in sorted(stats.items())
+                                  for kind in s.get("errors", {}) if kind.startswith("sender: ")]
+        report.restarts = sum(self.machine.restarts.values())
+        report.innocents_hurt = [
+            *(f"destination {nid} was refused as corrupt but never poisoned: {why}"
+              for nid, why in sorted(self.refused.items()) if nid not in poisoned),
+            *(f"the receiver of {nid} (never poisoned) stopped: {error}"
+              for nid, error in sorted(self.receiver_errors.items()) if nid not in poisoned)]
+        writes = self.rogue.writes if self.rogue else []
+        report.poisoned = [
+            Poisoned(nid, [w for w in writes if w["dst"] == nid], *books[nid],
+                     self.refused.get(nid, ""), self.receiver_errors.get(nid, ""),
+                     stats[nid]["duplicates"], stats[nid]["corrupt"])
+            for nid in sorted(poisoned)]
+
+    def run(self, duration: float, kill_every: float) -> None:
+        machine, report, console = self.machine, self.report, self.console
+        machine.start()
+        console.print(f"soak: run {machine.prefix}, {len(machine.partitions)} partitions, "
+                      f"{duration:g} s, a kill every {kill_every:g} s, batch "
+                      f"{self.shape['batch']}")
+        intervals = IntervalPrinter(console, "delivered")
+        until = time.monotonic() + duration
+        seen: dict = {}
+        for nid in machine.partitions:
+            start_traffic(machine, nid, self.shape, until)
+        if report.rogue:
+            self.start_rogue(kill_every)
+        next_kill = time.monotonic() + kill_every
+        while time.monotonic() < until:
+            time.sleep(POLL_S)  # supervision period, not synchronisation
+            machine.poll()
+            self.resume(seen, until)
+            self.events()
+            if time.monotonic() >= next_kill:
+                next_kill += kill_every
+                victim = None if self.rng.random() < ADAPTER_SHARE else self.rng.choice(
+                    list(machine.partitions))
+                machine.kill(victim)
+                report.kills += 1
+                report.adapter_kills += victim is None
+                console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")
+            self.last_stats.update(collect(machine))
+            self.look()
+            if intervals.due():
+                delivered = tally(destination_books(machine), self.poisoned())[1]
+                intervals.tick(delivered, traffic_errors(self.last_stats))
+        self.stop_rogue()  # the promises are checked on what the rogue left
+        self.drain(seen, until)
+
+    def drain(self, seen: dict, until: float) -> None:
+        machine, console = self.machine, self.console
+        poisoned = self.poisoned()
+        if poisoned:
+            console.print(f"  rogue stopped: destination(s) {sorted(poisoned)} poisoned; the "
+                          f"others are drained and checked")
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while True:
+            machine.poll()
+            self.resume(seen, until)
+            self.events()
+            stats = collect(machine)
+            self.last_stats.update(stats)
+            committed, delivered = tally(destination_books(machine), poisoned)
+            if all(s["sender_done"] for s in stats.values()) and committed == delivered:
+                break
+            if time.monotonic() > deadline:
+                console.print(f"[red]drain timed out: {committed - delivered} not delivered")
+                for line in pair_detail(machine, poisoned):
+                    console.print(f"  {line}")
+                if os.environ.get("XPMOVE_DEBUG"):  # every partition dumps its threads' stacks
+                    for nid in machine.partitions:
+                        machine.kill(nid, signal.SIGUSR1)
+                for nid, st in stats.items():
+                    console.print(f"  partition {nid}: errors {st.get('errors')}")
+                break
+            time.sleep(POLL_S)
+        self.look(force=True)
+        self.fill()
+        self.report.lost = self.report.accepted - self.report.delivered
+        locks = machine.adapter_stats()["locks"]
+        self.report.locks_free = all(state == "free" for dst, state in locks.items()
+                                     if int(dst) not in poisoned)
 
 
 def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 1024,
          seed: int | None = None, console: Console | None = None,
-         registry: RunRegistry | None = None, batch: int = 1) -> SoakReport:
+         registry: RunRegistry | None = None, batch: int = 1, rogue: bool = False) -> SoakReport:
     """`batch` > 1 sends batches as multiple-write runs (MOVE_RUN in fig11, GRANT_RUN in
-    fig12), so kills land inside runs as well as between single moves. An interrupt raises
-    SoakInterrupted carrying the report so far, after the machine has stopped."""
+    fig12), so kills land inside runs as well as between single moves. `rogue`: a hostile
+    process attacks during the kills (see the module docstring). An interrupt raises
+    SoakInterrupted carrying the report so far, after the rogue and the machine have stopped."""
     console = console or Console()
-    shape = {"size": size, "batch": batch}
-    rng = random.Random(seed)
     config = dataclasses.replace(config, restart="always", restart_limit=1_000_000)
     machine = Machine(with_program(config, PROGRAM), registry=registry)
-    report = SoakReport()
-    last_stats: dict[int, dict] = {}
+    run = _Soak(machine, console, random.Random(seed), {"size": size, "batch": batch}, rogue)
     started = time.monotonic()
     try:
         try:
-            _soak(machine, report, last_stats, console, rng, duration, kill_every, shape)
+            run.run(duration, kill_every)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping the machine")
+            run.stop_rogue()
             if machine.memory is not None:  # the books are in the segment: read them first
-                report.accepted, report.delivered = pair_books(machine)
-            _tally(report, machine, last_stats)
-            raise SoakInterrupted(report, time.monotonic() - started) from None
+                run.fill()
+            raise SoakInterrupted(run.report, time.monotonic() - started) from None
     finally:
         with signals_deferred():
+            run.stop_rogue()
             machine.stop()
-    return report
-
-
-def _soak(machine: Machine, report: SoakReport, last_stats: dict[int, dict], console: Console,
-          rng: random.Random, duration: float, kill_every: float, shape: dict) -> None:
-    machine.start()
-    console.print(f"soak: run {machine.prefix}, {len(machine.partitions)} partitions, "
-                  f"{duration:g} s, a kill every {kill_every:g} s, batch {shape['batch']}")
-    intervals = IntervalPrinter(console, "delivered")
-    until = time.monotonic() + duration
-    seen: dict = {}
-    for nid in machine.partitions:
-        start_traffic(machine, nid, shape, until)
-    next_kill = time.monotonic() + kill_every
-    while time.monotonic() < until:
-        time.sleep(POLL_S)  # supervision period, not synchronisation
-        machine.poll()
-        resume_restarted(machine, seen, shape, until)
-        while machine.events:
-            console.print(f"  {machine.events.pop(0)}")
-        if time.monotonic() >= next_kill:
-            next_kill += kill_every
-            victim = None if rng.random() < ADAPTER_SHARE else rng.choice(
-                list(machine.partitions))
-            machine.kill(victim)
-            report.kills += 1
-            report.adapter_kills += victim is None
-            console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")
-        last_stats.update(collect(machine))
-        if intervals.due():
-            intervals.tick(pair_books(machine)[1], traffic_errors(last_stats))
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while True:
-        machine.poll()
-        resume_restarted(machine, seen, shape, until)
-        stats = collect(machine)
-        last_stats.update(stats)
-        committed, delivered = pair_books(machine)
-        if all(s["sender_done"] for s in stats.values()) and committed == delivered:
-            break
-        if time.monotonic() > deadline:
-            console.print(f"[red]drain timed out: {committed - delivered} not delivered")
-            for line in pair_detail(machine):
-                console.print(f"  {line}")
-            if os.environ.get("XPMOVE_DEBUG"):  # every partition dumps its threads' stacks
-                for nid in machine.partitions:
-                    machine.kill(nid, signal.SIGUSR1)
-            for nid, st in stats.items():
-                console.print(f"  partition {nid}: errors {st.get('errors')} "
-                              f"{st.get('receiver_errors', '')}")
-            break
-        time.sleep(POLL_S)
-    report.accepted, report.delivered = pair_books(machine)
-    report.lost = report.accepted - report.delivered
-    _tally(report, machine, last_stats)
-    locks = machine.adapter_stats()["locks"]
-    report.locks_free = all(state == "free" for state in locks.values())
-
-
-def report_table(report: SoakReport) -> Grid:
-    table = Grid("soak", [Col("what", "left", True), Col("count")])
-    for field in dataclasses.fields(report):
-        table.add_row(field.name.replace("_", " "), str(getattr(report, field.name)))
-    return table
+    return run.report
