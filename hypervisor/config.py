@@ -36,7 +36,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _PROGRAM_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", re.ASCII)
 
 _TOP_KEYS = ("machine", "partition")
-_MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit")
+_MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit", "adapter_restart_limit")
 _PARTITION_REQUIRED = ("name", "network_id", "memory", "receive_area")
 _PARTITION_KEYS = (*_PARTITION_REQUIRED, "cpus", "program")
 
@@ -67,6 +67,9 @@ class MachineConfig:
     lock_timeout_s: float = 1.0
     restart: str = "never"
     restart_limit: int = 3
+    # The adapter is always restarted, with back-off; after this many restarts in a row that
+    # each died again soon after starting (hypervisor/supervision.py), the machine gives up.
+    adapter_restart_limit: int = 5
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -124,9 +127,9 @@ def _page_size(value: object, key: str, minimum: int) -> int:
     return size
 
 
-def _parse_machine(table: Mapping[str, object]) -> tuple[float, str, int]:
+def _parse_machine(table: Mapping[str, object]) -> tuple[float, str, int, int]:
     _check_keys(table, _MACHINE_KEYS, "machine.")
-    lock_timeout_s, restart, restart_limit = 1.0, "never", 3
+    lock_timeout_s, restart, restart_limit, adapter_restart_limit = 1.0, "never", 3, 5
     if "lock_timeout_s" in table:
         v = table["lock_timeout_s"]
         if not (isinstance(v, int | float) and not isinstance(v, bool)) or not (
@@ -140,12 +143,19 @@ def _parse_machine(table: Mapping[str, object]) -> tuple[float, str, int]:
             choices = ", ".join(repr(p) for p in RESTART_POLICIES)
             raise _fail("machine.restart", f"expected one of {choices}, got {v!r}")
         restart = v
-    if "restart_limit" in table:
-        v = table["restart_limit"]
-        if not _is_int(v) or v < 0:
-            raise _fail("machine.restart_limit", f"expected an int >= 0, got {v!r}")
-        restart_limit = v
-    return lock_timeout_s, restart, restart_limit
+    restart_limit = _count(table, "restart_limit", restart_limit)
+    adapter_restart_limit = _count(table, "adapter_restart_limit", adapter_restart_limit)
+    return lock_timeout_s, restart, restart_limit, adapter_restart_limit
+
+
+def _count(table: Mapping[str, object], key: str, default: int) -> int:
+    """machine.`key`, an int >= 0 (a bool is not one)."""
+    if key not in table:
+        return default
+    v = table[key]
+    if not _is_int(v) or v < 0:
+        raise _fail(f"machine.{key}", f"expected an int >= 0, got {v!r}")
+    return v
 
 
 def _parse_cpus(value: object, key: str, available: frozenset[int] | None) -> tuple[int, ...]:
@@ -218,7 +228,7 @@ def config_from_dict(
     root = _require_table(data, "config")
     _check_keys(root, _TOP_KEYS, "")
     machine = _require_table(root.get("machine", {}), "machine")
-    lock_timeout_s, restart, restart_limit = _parse_machine(machine)
+    lock_timeout_s, restart, restart_limit, adapter_restart_limit = _parse_machine(machine)
 
     if "partition" not in root:
         raise _fail("partition", "missing required key (at least one [[partition]])")
@@ -253,7 +263,8 @@ def config_from_dict(
             "partition",
             f"total memory {total} bytes exceeds the machine limit of {MAX_TOTAL_MEMORY} (16GiB)",
         )
-    return MachineConfig(tuple(partitions), lock_timeout_s, restart, restart_limit)
+    return MachineConfig(tuple(partitions), lock_timeout_s, restart, restart_limit,
+                         adapter_restart_limit)
 
 
 def load_config(

@@ -25,32 +25,26 @@ from dataclasses import dataclass, field
 import posix_ipc
 
 from hypervisor.boot import AdapterBoot, Boot, Connection, PartitionBoot
+from hypervisor.children import CALL_TIMEOUT_S, STOP_TIMEOUT_S, Child, MachineError, Pipes
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout, plan_segment
-from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState, next_state
+from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState
 from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quietly
 from hypervisor.status import StatusServer, machine_status, open_lock_reader
+from hypervisor.supervision import Supervision
+
+__all__ = ["Child", "Machine", "MachineError", "Pipes", "check_shm_room", "shm_free_bytes"]
 
 STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
 STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
-STOP_TIMEOUT_S = 5.0
 KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is killed
-CALL_TIMEOUT_S = 30.0
-RECONNECT_TIMEOUT_S = 2.0  # one common deadline for every driver's reconnect after a restart
-RETIRE_TIMEOUT_S = 3.0  # how long telling the adapter that a partition is gone may take
-ADAPTER_PING_TIMEOUT_S = 3.0  # an adapter that does not answer a ping in this time is hung
-ADAPTER_PING_EVERY_S = 1.0  # poll(liveness=True) pings the adapter at most this often
 SHM_DIR = "/dev/shm"
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
 ADAPTER_MODULE = "adapter.server"
 PARTITION_MODULE = "partitions.main"
-
-
-class MachineError(RuntimeError):
-    """The machine cannot start or a child broke the control protocol."""
 
 
 def check_shm_room(needed: int, free: int, config_total: int | None = None) -> None:
@@ -89,52 +83,6 @@ def _startup_error(prefix: str, exc: BaseException) -> MachineError:
 
 
 @dataclass
-class Child:
-    """A process the hypervisor spawned and supervises."""
-
-    name: str
-    network_id: int | None  # None for the adapter
-    proc: subprocess.Popen
-    channel: Channel
-    state: ProcessState = ProcessState.STARTING
-    spawned_at: float = field(default_factory=time.monotonic)
-    exit_code: int | None = None  # set once its exit has been seen
-    report: dict = field(default_factory=dict)  # its `finished` event: how the program ended
-    # One command in flight per child: the status thread's `stats` and the main thread's calls
-    # take turns, so neither reads (and drops) the other's reply. Never held while restarting.
-    call_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def step(self, event: ProcessEvent) -> None:
-        self.state = next_state(self.state, event)
-
-
-@dataclass
-class Pipes:
-    """One partition's two pipes to the adapter: requests one way, replies the other."""
-
-    request_r: int
-    request_w: int
-    reply_r: int
-    reply_w: int
-
-    @classmethod
-    def open(cls) -> Pipes:
-        request_r, request_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        return cls(request_r, request_w, reply_r, reply_w)
-
-    def adapter_ends(self) -> tuple[int, int]:
-        return self.request_r, self.reply_w
-
-    def driver_ends(self) -> tuple[int, int]:
-        return self.request_w, self.reply_r
-
-    def close(self) -> None:
-        for fd in (self.request_r, self.request_w, self.reply_r, self.reply_w):
-            os.close(fd)
-
-
-@dataclass
 class Names:
     segment: str
     locks: dict[int, str] = field(default_factory=dict)
@@ -144,7 +92,7 @@ class Names:
         return [*self.locks.values(), *self.bells.values()]
 
 
-class Machine:
+class Machine(Supervision):
     """A running machine: the segment, the adapter and one process per partition.
 
     `with Machine(load_config("my.toml")) as m: outcomes = m.wait(timeout=60)` starts it, runs
@@ -172,7 +120,6 @@ class Machine:
         self._started = False
         self._stopped = False
         self._call_ids = itertools.count(1)  # next() is atomic: ids stay unique across threads
-        self._polling = False
         self._owner = threading.current_thread()  # supervision runs on this thread only
         self._status: StatusServer | None = None
         self.started_at: float | None = None  # time.time() of start(), for `xpmove status`
@@ -180,7 +127,7 @@ class Machine:
         self.restarts: dict[int | str, int] = {}
         self.retired: set[int] = set()  # partitions that ended and will not be restarted
         self._stopping = False  # stop() began: nothing is restarted any more
-        self._last_ping = 0.0  # time.monotonic() of the last adapter liveness check
+        self._init_supervision()
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Machine:
@@ -435,130 +382,7 @@ class Machine:
         assert child is not None
         return child.proc.pid
 
-    # -- supervision ---------------------------------------------------------------------
-    def poll(self, liveness: bool = False) -> list[Child]:
-        """Reap children that exited; restart them per policy. Returns those that died.
-
-        With `liveness`, the adapter is also pinged (at most once every ADAPTER_PING_EVERY_S,
-        waiting at most ADAPTER_PING_TIMEOUT_S): a hung adapter is killed and replaced.
-
-        The adapter always comes back: a new process, its translation table rebuilt from the
-        partition table, its locks recovered from the segment, every live driver handed fresh
-        pipes. Partitions come back per the config's restart policy, under the same network
-        ID and memory (their receive area keeps what was not consumed yet).
-        """
-        if self._polling:
-            return []
-        self._polling = True
-        try:
-            if liveness and time.monotonic() - self._last_ping >= ADAPTER_PING_EVERY_S:
-                self.check_adapter(ADAPTER_PING_TIMEOUT_S)
-            return self._supervise()
-        finally:
-            self._polling = False
-
-    def check_adapter(self, timeout: float = ADAPTER_PING_TIMEOUT_S) -> bool:
-        """Ping the adapter over its control channel; True if it answered within `timeout`.
-        One that does not (hung, SIGSTOPped) is killed, and replaced on this poll (or at once
-        when called outside poll()). An adapter that is already gone is left to poll()."""
-        self._last_ping = time.monotonic()
-        adapter = self.adapter
-        if (adapter is None or self._stopping or adapter.state is not ProcessState.RUNNING
-                or adapter.proc.poll() is not None):
-            return True
-        try:
-            self._call(adapter, {"cmd": "stats"}, timeout)
-            return True
-        except MachineError as exc:
-            if adapter.proc.poll() is not None:
-                return True  # it died: that is poll()'s news, not a hang
-            self.events.append(f"adapter (pid {adapter.proc.pid}) hung: {exc}; killed")
-        adapter.proc.kill()  # SIGKILL works on a stopped process too
-        try:
-            adapter.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        if not self._polling:
-            self.poll()
-        return False
-
-    def _supervise(self) -> list[Child]:
-        died, ended = [], []
-        for child in self.children():
-            self._drain_events(child)
-            code = child.proc.poll()
-            if code is None or child.exit_code is not None:
-                continue
-            child.exit_code = code
-            self._drain_events(child)  # its last words may have come with its exit
-            before = child.state
-            child.step(ProcessEvent.EXITED)
-            if before is ProcessState.FINISHED:
-                ended.append(child)
-            elif before in (ProcessState.STARTING, ProcessState.RUNNING):
-                died.append(child)
-        if self._stopped or self._stopping:
-            return died  # once stop() began, nothing comes back
-        outcomes = self.outcomes()
-        for child in ended:
-            assert child.network_id is not None
-            self.events.append(f"{child.name} {outcomes[child.network_id].describe()}")
-        for child in died:
-            self.events.append(f"{child.name} died (exit code {child.exit_code})")
-        for child in died + ended:
-            try:
-                if child.network_id is None:
-                    self.restart_adapter()
-                elif self._should_restart(child):
-                    self.restart_partition(child.network_id)
-                else:
-                    self._retire(child.network_id)
-            except MachineError as exc:  # e.g. another child died meanwhile: next poll retries
-                self.events.append(f"restart of {child.name} failed: {exc}")
-        return died
-
-    def _retire(self, network_id: int) -> None:
-        """`network_id` ended and will not be restarted: tell the adapter, so moves to it fail
-        with DestinationGone at once instead of being retried as DestinationDown."""
-        self.retired.add(network_id)
-        adapter = self.adapter
-        if adapter is None or adapter.state is not ProcessState.RUNNING:
-            return  # a restarted adapter learns it from its boot block
-        try:
-            self._call(adapter, {"cmd": "retire", "network_id": network_id}, RETIRE_TIMEOUT_S)
-        except MachineError as exc:
-            self.events.append(f"could not tell the adapter that {network_id} is gone: {exc}")
-
-    def _should_restart(self, child: Child) -> bool:
-        policy = self.config.restart
-        failed = child.exit_code != 0
-        wanted = policy == "always" or (policy == "on-failure" and failed)
-        key = "adapter" if child.network_id is None else child.network_id
-        return wanted and self.restarts.get(key, 0) < self.config.restart_limit
-
-    def restart_adapter(self) -> None:
-        if self._stopping:
-            return
-        old = self.adapter
-        assert old is not None
-        old.channel.close()
-        live = {nid: c for nid, c in self.partitions.items() if c.state is ProcessState.RUNNING}
-        pipes = {nid: Pipes.open() for nid in live}
-        try:
-            self.adapter = self._spawn_adapter(pipes)
-            self._await_ready([self.adapter])
-            answered = self._call_all({nid: ({"cmd": "reconnect"}, pipes[nid].driver_ends())
-                                       for nid in live}, RECONNECT_TIMEOUT_S)
-        finally:
-            for p in pipes.values():
-                p.close()
-        self.restarts["adapter"] = self.restarts.get("adapter", 0) + 1
-        late = sorted(set(live) - set(answered))
-        self.events.append(f"adapter restarted (pid {self.adapter.proc.pid}), "
-                           f"{len(answered)} drivers reconnected"
-                           + (f"; no answer within {RECONNECT_TIMEOUT_S} s from network IDs "
-                              f"{late} (their pipes wait for them)" if late else ""))
-
+    # -- supervision: hypervisor/supervision.py (poll, check_adapter, restart_*) ----------
     def _call_all(self, messages: dict[int, tuple[dict, tuple[int, ...]]],
                   timeout: float) -> dict[int, dict]:
         """One command to each of several partitions at once; the replies that came within
@@ -612,27 +436,6 @@ class Machine:
             for nid in waiting:
                 self.partitions[nid].call_lock.release()
         return replies
-
-    def restart_partition(self, network_id: int) -> None:
-        if self._stopping:
-            return
-        self.retired.discard(network_id)
-        old = self.partitions[network_id]
-        old.channel.close()
-        old.step(ProcessEvent.RESTART)
-        config = next(p for p in self.config.partitions if p.network_id == network_id)
-        pipes = Pipes.open()
-        try:
-            assert self.adapter is not None
-            self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
-                       CALL_TIMEOUT_S, fds=pipes.adapter_ends())
-            child = self._spawn_partition(config, pipes)
-        finally:
-            pipes.close()
-        self.partitions[network_id] = child
-        self._await_ready([child])
-        self.restarts[network_id] = self.restarts.get(network_id, 0) + 1
-        self.events.append(f"{child.name} restarted (pid {child.proc.pid})")
 
     # -- stop ----------------------------------------------------------------------------
     def stop(self) -> dict[int, Outcome]:

@@ -334,7 +334,8 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
     process attacks during the kills (see the module docstring). An interrupt raises
     SoakInterrupted carrying the report so far, after the rogue and the machine have stopped."""
     console = console or Console()
-    config = dataclasses.replace(config, restart="always", restart_limit=1_000_000)
+    config = dataclasses.replace(config, restart="always", restart_limit=1_000_000,
+                                 adapter_restart_limit=1_000_000)  # the kills are ours
     machine = Machine(with_program(config, PROGRAM), registry=registry)
     run = _Soak(machine, console, random.Random(seed), {"size": size, "batch": batch}, rogue)
     started = time.monotonic()

@@ -244,3 +244,84 @@ def test_a_send_that_never_reached_an_adapter_is_not_in_doubt(make_machine):
     wait_for(lambda: m.poll() or m.restarts.get("adapter"), what="adapter restart")
     assert send(m, 1, 2, b"somewhere", "fig11", timeout=TIMEOUT)["seq"] == 1
     assert _delivered(m, 2) == [(1, b"somewhere")]
+
+
+# -- item 2: a restart loop backs off and gives up ---------------------------------------------
+def _kill_adapter_when_up(m, old: int) -> float:
+    """Wait until a new adapter (not `old`) is up, kill it; when it came up."""
+    wait_for(lambda: m.poll() is not None and m.pid() != old
+             and m.adapter.state.value == "running", what="the adapter back")
+    up = time.monotonic()
+    m.kill(None)
+    return up
+
+
+def test_adapter_restarts_back_off_and_give_up(make_machine):
+    """An adapter that dies each time it comes back is restarted later each time (at once,
+    then 0.1 s, 0.2 s, 0.4 s), and after adapter_restart_limit restarts in a row the machine
+    gives up with one line naming how many restarts in how long (was: restarted for ever,
+    as fast as it died)."""
+    from hypervisor.machine import MachineError
+
+    m = make_machine(small_config(n=2, adapter_restart_limit=4))
+    pid = m.pid()
+    killed = [time.monotonic()]
+    m.kill(None)
+    ups = []
+    for _ in range(4):
+        ups.append(_kill_adapter_when_up(m, pid))
+        killed.append(time.monotonic())
+        pid = m.pid()
+    with pytest.raises(MachineError) as failure:
+        wait_for(lambda: m.poll() and False, what="the machine to give up")
+    message = str(failure.value)
+    assert re.fullmatch(r"the adapter keeps dying: restarted 4 times in \d+\.\d s, and each time "
+                        r"it died again within 10 s of its start; not restarted again "
+                        r"\(machine\.adapter_restart_limit = 4; .*\)", message), message
+    assert m.restarts["adapter"] == 4
+    delays = [float(d) for d in re.findall(r"restarted in ([\d.]+) s", " ".join(m.events))]
+    assert delays == [0.1, 0.2, 0.4], m.events
+    spacing = [up - down for down, up in zip(killed, ups, strict=False)]
+    for gap, delay in zip(spacing[1:], delays, strict=True):
+        assert gap >= delay, (spacing, delays)  # each restart waited its turn
+    with pytest.raises(MachineError, match="keeps dying"):
+        m.poll()  # and says so on every later poll
+    assert m.pid() == pid  # the last one was not replaced
+
+
+def test_launch_exits_with_one_line_when_the_adapter_keeps_dying(tmp_path):
+    import psutil
+
+    config = tmp_path / "dying.toml"
+    config.write_text("[machine]\nadapter_restart_limit = 2\n\n"
+                      + tiny_config(tmp_path / "tiny.toml").read_text())
+    proc = xpmove(["launch", "--duration", "60", "--config", str(config)], tmp_path,
+                  start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        prefix = None
+        for line in proc.stdout:
+            if m := re.search(r"machine up: run (xpm-[0-9a-f]+)", line):
+                prefix = m.group(1)
+                break
+        assert prefix, "no 'machine up' line"
+        launcher, killed = psutil.Process(proc.pid), set()
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            for child in launcher.children():
+                try:
+                    if "adapter.server" in child.cmdline() and child.pid not in killed:
+                        child.kill()
+                        killed.add(child.pid)
+                except psutil.Error:
+                    pass  # gone meanwhile
+            time.sleep(0.02)  # polling interval against the deadline
+        out, err = proc.communicate(timeout=30)
+    finally:
+        reap_group(proc)
+    assert proc.returncode == 1, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("xpmove:")]
+    assert len(lines) == 1 and "the adapter keeps dying: restarted 2 times in" in lines[0], err
+    assert len(killed) == 3
+    assert not shm_names(prefix)

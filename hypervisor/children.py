@@ -1,0 +1,69 @@
+"""The hypervisor's children as it keeps them: a spawned process with its control channel and
+lifecycle state (`Child`), one partition's pair of pipes to the adapter (`Pipes`), and the
+error the machine raises (`MachineError`). Shared by the machine (start, stop) and its
+supervision (hypervisor/supervision.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from hypervisor.control import Channel
+from hypervisor.lifecycle import ProcessEvent, ProcessState, next_state
+
+STOP_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 30.0
+
+
+class MachineError(RuntimeError):
+    """The machine cannot start or a child broke the control protocol."""
+
+
+@dataclass
+class Child:
+    """A process the hypervisor spawned and supervises."""
+
+    name: str
+    network_id: int | None  # None for the adapter
+    proc: subprocess.Popen
+    channel: Channel
+    state: ProcessState = ProcessState.STARTING
+    spawned_at: float = field(default_factory=time.monotonic)
+    exit_code: int | None = None  # set once its exit has been seen
+    report: dict = field(default_factory=dict)  # its `finished` event: how the program ended
+    # One command in flight per child: the status thread's `stats` and the main thread's calls
+    # take turns, so neither reads (and drops) the other's reply. Never held while restarting.
+    call_lock: threading.Lock = field(default_factory=threading.Lock)
+    exited_at: float | None = None  # time.monotonic() when supervision saw it exit
+
+    def step(self, event: ProcessEvent) -> None:
+        self.state = next_state(self.state, event)
+
+
+@dataclass
+class Pipes:
+    """One partition's two pipes to the adapter: requests one way, replies the other."""
+
+    request_r: int
+    request_w: int
+    reply_r: int
+    reply_w: int
+
+    @classmethod
+    def open(cls) -> Pipes:
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        return cls(request_r, request_w, reply_r, reply_w)
+
+    def adapter_ends(self) -> tuple[int, int]:
+        return self.request_r, self.reply_w
+
+    def driver_ends(self) -> tuple[int, int]:
+        return self.request_w, self.reply_r
+
+    def close(self) -> None:
+        for fd in (self.request_r, self.request_w, self.reply_r, self.reply_w):
+            os.close(fd)

@@ -1,0 +1,274 @@
+"""Supervision: the machine notices children that died or hung and brings them back.
+
+The adapter is always restarted (a machine without one moves nothing), but not blindly: deaths
+soon after a start form a streak (`RestartBackoff`); each further restart of a streak waits
+twice as long as the last (0.1 s up to 2 s) and after `machine.adapter_restart_limit` of them
+the machine gives up with one MachineError line naming how many restarts in how long (an
+adapter that dies in its own start-up, say on a segment word it cannot get past, would
+otherwise be restarted dozens of times a second for ever). Partitions come back per the
+config's `restart` policy, at most `restart_limit` times each; one that will not is retired.
+A partition that ends while no adapter runs waits for the next one.
+
+`Supervision` is the part of `Machine` that does this (a mixin: the machine's public
+`poll`, `check_adapter`, `restart_adapter`, `restart_partition` live here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from hypervisor.children import CALL_TIMEOUT_S, STOP_TIMEOUT_S, Child, MachineError, Pipes
+from hypervisor.lifecycle import ProcessEvent, ProcessState
+
+if TYPE_CHECKING:
+    from hypervisor.config import MachineConfig, PartitionConfig
+    from hypervisor.lifecycle import Outcome
+
+RECONNECT_TIMEOUT_S = 2.0  # one common deadline for every driver's reconnect after a restart
+RETIRE_TIMEOUT_S = 3.0  # how long telling the adapter that a partition is gone may take
+ADAPTER_PING_TIMEOUT_S = 3.0  # an adapter that does not answer a ping in this time is hung
+ADAPTER_PING_EVERY_S = 1.0  # poll(liveness=True) pings the adapter at most this often
+RESTART_DELAY_S = (0.1, 2.0)  # the second restart of a streak waits this, doubling to the cap
+STABLE_S = 10.0  # an adapter that ran this long before dying starts a new streak
+
+
+@dataclass
+class RestartBackoff:
+    """When to restart a child that keeps dying, and when to stop (pure: the caller gives the
+    clock). Deaths within `stable_s` of the child's start form a streak: its first restart is
+    at once, each further one waits twice as long as the one before (`first_s` up to `cap_s`);
+    once `limit` restarts of a streak died again, there is none more (None)."""
+
+    limit: int
+    first_s: float = RESTART_DELAY_S[0]
+    cap_s: float = RESTART_DELAY_S[1]
+    stable_s: float = STABLE_S
+    deaths: list[float] = field(default_factory=list)  # of the current streak
+
+    def on_death(self, now: float, ran_for: float) -> float | None:
+        """The child died at `now` after running `ran_for` seconds: the delay before its
+        restart, or None: give up."""
+        if ran_for >= self.stable_s:
+            self.deaths.clear()
+        self.deaths.append(now)
+        restarts = len(self.deaths) - 1  # restarts of this streak so far
+        if restarts >= self.limit:
+            return None
+        return 0.0 if restarts == 0 else min(self.cap_s, self.first_s * 2 ** (restarts - 1))
+
+    def give_up_message(self, what: str, key: str) -> str:
+        restarts = len(self.deaths) - 1
+        span = self.deaths[-1] - self.deaths[0]
+        return (f"{what} keeps dying: restarted {restarts} times in {span:.1f} s, and each "
+                f"time it died again within {self.stable_s:g} s of its start; not restarted "
+                f"again ({key} = {self.limit}; its stderr above says why it dies)")
+
+
+class Supervision:
+    """Reaping, restarting, retiring and liveness for `Machine` (see the module docstring)."""
+
+    if TYPE_CHECKING:  # what the machine provides
+        config: MachineConfig
+        adapter: Child | None
+        partitions: dict[int, Child]
+        events: list[str]
+        restarts: dict[int | str, int]
+        retired: set[int]
+        _stopped: bool
+        _stopping: bool
+        _call: Callable[..., dict]
+        _call_all: Callable[..., dict[int, dict]]
+        _spawn_adapter: Callable[[dict[int, Pipes]], Child]
+        _spawn_partition: Callable[[PartitionConfig, Pipes], Child]
+        _await_ready: Callable[..., None]
+        _drain_events: Callable[[Child], None]
+        outcomes: Callable[[], dict[int, Outcome]]
+        children: Callable[[], list[Child]]
+
+    def _init_supervision(self) -> None:
+        self._polling = False
+        self._last_ping = 0.0  # time.monotonic() of the last adapter liveness check
+        self._adapter_backoff = RestartBackoff(self.config.adapter_restart_limit)
+        self._adapter_due: float | None = None  # when the dead adapter is restarted
+        self._waiting: list[Child] = []  # partitions that ended while no adapter ran
+        self.gave_up: str | None = None  # why the adapter is not restarted any more
+
+    def poll(self, liveness: bool = False) -> list[Child]:
+        """Reap children that exited; restart them per policy. Returns those that died.
+
+        With `liveness`, the adapter is also pinged (at most once every ADAPTER_PING_EVERY_S,
+        waiting at most ADAPTER_PING_TIMEOUT_S): a hung adapter is killed and replaced.
+
+        The adapter always comes back (with back-off, see the module docstring; a
+        MachineError once the machine gave up on it): a new process, its translation table
+        rebuilt from the partition table, its locks recovered from the segment, every live
+        driver handed fresh pipes. Partitions come back per the config's restart policy, under
+        the same network ID and memory (their receive area keeps what was not consumed yet).
+        """
+        if self.gave_up is not None and not self._stopping:
+            raise MachineError(self.gave_up)
+        if self._polling:
+            return []
+        self._polling = True
+        try:
+            if liveness and time.monotonic() - self._last_ping >= ADAPTER_PING_EVERY_S:
+                self.check_adapter(ADAPTER_PING_TIMEOUT_S)
+            return self._supervise()
+        finally:
+            self._polling = False
+
+    def check_adapter(self, timeout: float = ADAPTER_PING_TIMEOUT_S) -> bool:
+        """Ping the adapter over its control channel; True if it answered within `timeout`.
+        One that does not (hung, SIGSTOPped) is killed, and replaced on this poll (or at once
+        when called outside poll()). An adapter that is already gone is left to poll()."""
+        self._last_ping = time.monotonic()
+        adapter = self.adapter
+        if (adapter is None or self._stopping or adapter.state is not ProcessState.RUNNING
+                or adapter.proc.poll() is not None):
+            return True
+        try:
+            self._call(adapter, {"cmd": "stats"}, timeout)
+            return True
+        except MachineError as exc:
+            if adapter.proc.poll() is not None:
+                return True  # it died: that is poll()'s news, not a hang
+            self.events.append(f"adapter (pid {adapter.proc.pid}) hung: {exc}; killed")
+        adapter.proc.kill()  # SIGKILL works on a stopped process too
+        try:
+            adapter.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        if not self._polling:
+            self.poll()
+        return False
+
+    def _supervise(self) -> list[Child]:
+        died, ended = [], []
+        now = time.monotonic()
+        for child in self.children():
+            self._drain_events(child)
+            code = child.proc.poll()
+            if code is None or child.exit_code is not None:
+                continue
+            child.exit_code, child.exited_at = code, now
+            self._drain_events(child)  # its last words may have come with its exit
+            before = child.state
+            child.step(ProcessEvent.EXITED)
+            if before is ProcessState.FINISHED:
+                ended.append(child)
+            elif before in (ProcessState.STARTING, ProcessState.RUNNING):
+                died.append(child)
+        if self._stopped or self._stopping:
+            return died  # once stop() began, nothing comes back
+        outcomes = self.outcomes()
+        for child in ended:
+            assert child.network_id is not None
+            self.events.append(f"{child.name} {outcomes[child.network_id].describe()}")
+        for child in died:
+            self.events.append(f"{child.name} died (exit code {child.exit_code})")
+        for child in died + ended:
+            if child.network_id is None:
+                self._adapter_died(child, now)
+            else:
+                self._waiting.append(child)
+        if self._adapter_due is not None and now >= self._adapter_due:
+            self._adapter_due = None
+            self._bring_back(self.restart_adapter, "adapter")
+        adapter = self.adapter
+        if adapter is not None and adapter.state is ProcessState.RUNNING:
+            waiting, self._waiting = self._waiting, []
+            for child in waiting:  # attached to an adapter that runs
+                assert child.network_id is not None
+                if self._should_restart(child):
+                    self._bring_back(partial(self.restart_partition, child.network_id),
+                                     child.name)
+                else:
+                    self._retire(child.network_id)
+        return died
+
+    def _bring_back(self, restart: Callable[[], None], name: str) -> None:
+        try:
+            restart()
+        except MachineError as exc:  # e.g. it died again at start: its exit is the next news
+            self.events.append(f"restart of {name} failed: {exc}")
+
+    def _adapter_died(self, adapter: Child, now: float) -> None:
+        """Schedule the adapter's restart (back-off), or give up: MachineError."""
+        delay = self._adapter_backoff.on_death(now, now - adapter.spawned_at)
+        if delay is None:
+            self.gave_up = self._adapter_backoff.give_up_message(
+                "the adapter", "machine.adapter_restart_limit")
+            self.events.append(self.gave_up)
+            raise MachineError(self.gave_up)
+        self._adapter_due = now + delay
+        if delay:
+            self.events.append(f"adapter died again {now - adapter.spawned_at:.1f} s after its "
+                               f"start: restarted in {delay:g} s")
+
+    def _retire(self, network_id: int) -> None:
+        """`network_id` ended and will not be restarted: tell the adapter, so moves to it fail
+        with DestinationGone at once instead of being retried as DestinationDown."""
+        self.retired.add(network_id)
+        adapter = self.adapter
+        if adapter is None or adapter.state is not ProcessState.RUNNING:
+            return  # a restarted adapter learns it from its boot block
+        try:
+            self._call(adapter, {"cmd": "retire", "network_id": network_id}, RETIRE_TIMEOUT_S)
+        except MachineError as exc:
+            self.events.append(f"could not tell the adapter that {network_id} is gone: {exc}")
+
+    def _should_restart(self, child: Child) -> bool:
+        policy = self.config.restart
+        failed = child.exit_code != 0
+        wanted = policy == "always" or (policy == "on-failure" and failed)
+        return wanted and self.restarts.get(child.network_id or 0, 0) < self.config.restart_limit
+
+    def restart_adapter(self) -> None:
+        if self._stopping:
+            return
+        old = self.adapter
+        assert old is not None
+        old.channel.close()
+        live = {nid: c for nid, c in self.partitions.items() if c.state is ProcessState.RUNNING}
+        pipes = {nid: Pipes.open() for nid in live}
+        try:
+            self.adapter = self._spawn_adapter(pipes)
+            self._await_ready([self.adapter])
+            answered = self._call_all({nid: ({"cmd": "reconnect"}, pipes[nid].driver_ends())
+                                       for nid in live}, RECONNECT_TIMEOUT_S)
+        finally:
+            for p in pipes.values():
+                p.close()
+        self.restarts["adapter"] = self.restarts.get("adapter", 0) + 1
+        late = sorted(set(live) - set(answered))
+        self.events.append(f"adapter restarted (pid {self.adapter.proc.pid}), "
+                           f"{len(answered)} drivers reconnected"
+                           + (f"; no answer within {RECONNECT_TIMEOUT_S} s from network IDs "
+                              f"{late} (their pipes wait for them)" if late else ""))
+
+    def restart_partition(self, network_id: int) -> None:
+        if self._stopping:
+            return
+        self.retired.discard(network_id)
+        old = self.partitions[network_id]
+        old.channel.close()
+        old.step(ProcessEvent.RESTART)
+        config = next(p for p in self.config.partitions if p.network_id == network_id)
+        pipes = Pipes.open()
+        try:
+            assert self.adapter is not None
+            self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
+                       CALL_TIMEOUT_S, fds=pipes.adapter_ends())
+            child = self._spawn_partition(config, pipes)
+        finally:
+            pipes.close()
+        self.partitions[network_id] = child
+        self._await_ready([child])
+        self.restarts[network_id] = self.restarts.get(network_id, 0) + 1
+        self.events.append(f"{child.name} restarted (pid {child.proc.pid})")
+
