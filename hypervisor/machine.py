@@ -35,7 +35,8 @@ from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quiet
 from hypervisor.status import StatusServer, machine_status, open_lock_reader
 from hypervisor.supervision import Supervision
 
-__all__ = ["Child", "Machine", "MachineError", "Pipes", "check_shm_room", "shm_free_bytes"]
+__all__ = ["Child", "Machine", "MachineError", "Pipes", "check_shm_room", "preallocation_error",
+           "shm_free_bytes"]
 
 STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
 STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
@@ -53,10 +54,24 @@ def check_shm_room(needed: int, free: int, config_total: int | None = None) -> N
     if needed <= free:
         return
     total = "" if config_total is None else f" (the partitions' memory is {config_total:,} bytes)"
-    raise MachineError(
-        f"{SHM_DIR} has {free:,} bytes free but the segment needs {needed:,} bytes{total}: "
-        f"give {SHM_DIR} more room (e.g. docker run --shm-size={_mib_up(needed)}m ...) or give "
-        f"the partitions less memory in the config")
+    raise MachineError(f"{SHM_DIR} has {free:,} bytes free but the segment needs {needed:,} "
+                       f"bytes{total}: {_more_room(needed)}")
+
+
+def _more_room(needed: int) -> str:
+    return (f"give {SHM_DIR} more room (e.g. docker run --shm-size={_mib_up(needed)}m ...) or "
+            f"give the partitions less memory in the config")
+
+
+def preallocation_error(exc: OSError, needed: int, free: int) -> Exception:
+    """What to raise when allocating the segment's `needed` bytes failed with `exc` (pure: the
+    caller measures `free` after the failure). No room (ENOSPC: /dev/shm filled up since the
+    check, or is smaller than statvfs said) is one line naming both numbers and the fix;
+    anything else is `exc` itself."""
+    if exc.errno != errno.ENOSPC:
+        return exc
+    return MachineError(f"{SHM_DIR} has no room for the segment's {needed:,} bytes ({free:,} "
+                        f"bytes free now): {_more_room(needed)}")
 
 
 def _mib_up(n: int) -> int:
@@ -167,7 +182,10 @@ class Machine(Supervision):
         self.registry.sweep()  # names a killed earlier run left behind
         self.registry.register(self.prefix, os.getpid())
         self.registry.add(self.prefix, shm=[self.names.segment], sem=self.names.semaphores())
-        self.memory = PhysicalMemory.create(self.names.segment, self.layout.total_size)
+        try:
+            self.memory = PhysicalMemory.create(self.names.segment, self.layout.total_size)
+        except OSError as exc:
+            raise preallocation_error(exc, self.layout.total_size, shm_free_bytes()) from None
         for name in self.names.locks.values():
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 1))
         for name in self.names.bells.values():

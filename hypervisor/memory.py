@@ -7,6 +7,7 @@ partitions attach by name. close() and unlink() are idempotent so every exit pat
 from __future__ import annotations
 
 import mmap
+import os
 
 import posix_ipc
 
@@ -22,8 +23,15 @@ class PhysicalMemory:
 
     @classmethod
     def create(cls, name: str, size: int) -> PhysicalMemory:
-        """Create a new zero-filled segment (fails if the name exists)."""
+        """Create a new zero-filled segment (fails if the name exists), every page of it
+        allocated now: a filesystem too small for it is an OSError (ENOSPC) here, at start,
+        never a SIGBUS in whichever process first touches a page that has no room."""
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        try:
+            os.posix_fallocate(shm.fd, 0, size)
+        except BaseException:
+            shm.close_fd()  # the name is the caller's to unlink (it recorded it)
+            raise
         return cls(name, shm, owner=True)
 
     @classmethod

@@ -325,3 +325,13 @@ def test_launch_exits_with_one_line_when_the_adapter_keeps_dying(tmp_path):
     assert len(lines) == 1 and "the adapter keeps dying: restarted 2 times in" in lines[0], err
     assert len(killed) == 3
     assert not shm_names(prefix)
+
+
+# -- item 9: the segment is allocated at start ---------------------------------------------------
+def test_the_segment_is_allocated_when_it_is_created(make_machine):
+    """Every page of the segment is allocated when the machine starts (was: a sparse file, so a
+    /dev/shm that filled up later meant SIGBUS in whichever process touched a page first)."""
+    m = make_machine(small_config(n=2))
+    st = os.stat(f"/dev/shm/{m.names.segment.lstrip('/')}")
+    assert st.st_size == m.layout.total_size
+    assert st.st_blocks * 512 >= st.st_size, (st.st_blocks * 512, st.st_size)

@@ -85,3 +85,18 @@ def test_cli_prints_it_as_one_line(tmp_path, monkeypatch, capsys):
     assert len(lines) == 1, err
     assert lines[0].startswith("xpmove: run xpm-") and "--shm-size=" in lines[0]
     assert "Traceback" not in err
+
+
+def test_no_room_while_preallocating_is_one_line_naming_the_numbers_and_the_fix():
+    import errno
+
+    from hypervisor.machine import preallocation_error
+
+    error = preallocation_error(OSError(errno.ENOSPC, "No space left on device"),
+                                needed=100 * MiB, free=3 * MiB)
+    assert isinstance(error, MachineError)
+    text = str(error)
+    assert f"{100 * MiB:,} bytes" in text and f"{3 * MiB:,} bytes free" in text
+    assert "--shm-size=" in text and "less memory" in text and "\n" not in text
+    other = OSError(errno.EACCES, "Permission denied")
+    assert preallocation_error(other, needed=MiB, free=MiB) is other  # not ours to explain
