@@ -355,7 +355,10 @@ class Machine(Supervision):
             elif child.state is ProcessState.DEAD:
                 outcome = Outcome(child.name, nid, "killed", exit_code=child.exit_code)
             elif child.state in (ProcessState.STOPPING, ProcessState.STOPPED):
-                outcome = Outcome(child.name, nid, "stopped", exit_code=child.exit_code)
+                raised = report.get("outcome") == "raised"
+                outcome = Outcome(child.name, nid, "raised" if raised else "stopped",
+                                  report.get("error", ""), report.get("message", ""),
+                                  child.exit_code, report.get("traceback", ""))
             else:
                 outcome = Outcome(child.name, nid, "running")
             result[nid] = outcome
@@ -480,7 +483,11 @@ class Machine(Supervision):
         self._stopped = True
         running = [nid for nid, c in self.partitions.items() if c.state is ProcessState.RUNNING]
         try:  # all at once: one stuck partition does not hold up the others
-            self._call_all({nid: ({"cmd": "stop"}, ()) for nid in running}, STOP_TIMEOUT_S)
+            replies = self._call_all({nid: ({"cmd": "stop"}, ()) for nid in running},
+                                     STOP_TIMEOUT_S)
+            for nid, reply in replies.items():
+                if reply.get("outcome") == "raised":  # it failed while stopping (say, sends
+                    self.partitions[nid].report = reply  # it had queued could not go out)
         except Exception as exc:
             self.events.append(f"stopping partitions: {exc}")
         adapter = self.adapter

@@ -27,6 +27,7 @@ from adapter.errors import (
     XpmoveError,
 )
 from adapter.protocol import Flow
+from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.driver import Sent
 from partitions.loan import Loan, LoanEnded, LoanError, LoanExported, LoanHeld, LoanRun
 from partitions.memory import PartitionView
@@ -38,6 +39,7 @@ __all__ = [
     "Flow",
     "InDoubt", "Loan", "LoanEnded", "LoanError", "LoanExported", "LoanHeld", "LoanRun",
     "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
-    "PartitionView", "Port", "RetryableError", "RingCorrupt", "Run", "Sent", "SourceMismatch",
+    "PartitionView", "Port", "QueueFull", "QueuedSendFailed", "RetryableError", "RingCorrupt",
+    "Run", "Sent", "SourceMismatch",
     "TooLarge", "UnknownNetworkId", "XpmoveError",
 ]

@@ -12,10 +12,12 @@ this process's main thread serves the control channel:
 * anything else goes to the handler the program registered with `port.on_command`, on one
   worker thread, in arrival order.
 
-When the program returns or raises, the outcome is reported to the hypervisor (`finished`
-event: "returned", or "raised" with the exception's type and message) and the process exits
-(0, or 1 if it raised). Without a program the partition runs nothing until stopped. The process
-also exits when the hypervisor's end of the control channel closes.
+When the program returns or raises, what it queued with per-packet sends is flushed first (until
+done, or within FLUSH_GRACE_S once the machine stops it; runs that failed or were left turn a
+"returned" into "raised QueuedSendFailed" naming them). Then the outcome is reported to the
+hypervisor (`finished` event: "returned", or "raised" with the exception's type and message) and
+the process exits (0, or 1 if it raised). Without a program the partition runs nothing until
+stopped. The process also exits when the hypervisor's end of the control channel closes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 
@@ -37,6 +40,7 @@ import posix_ipc
 from hypervisor.boot import PartitionBoot
 from hypervisor.control import Channel, ControlError
 from hypervisor.memory import PhysicalMemory
+from partitions.cork import QueuedFailure, QueuedSendFailed
 from partitions.driver import Driver
 from partitions.mapping import hidden_ranges, hide, semaphores_needed
 from partitions.memory import PartitionView
@@ -44,6 +48,7 @@ from partitions.port import Port
 from partitions.receiver import Receiver
 
 STOP_GRACE_S = 3.0  # how long a stopped program may take to return before we exit anyway
+FLUSH_GRACE_S = 2.0  # of it, how long queued sends may take to go out once stopped
 WATCH_S = 0.05  # how often the control loop looks whether the program has returned
 
 
@@ -119,8 +124,35 @@ class Partition:
             report = {"outcome": "raised", "error": type(exc).__name__, "message": str(exc),
                       "traceback": "".join(traceback.format_exception(
                           type(exc), exc, user_frames, limit=-8))}
+        failures = self._drain_queue()
+        if failures:  # accepted packets that were not moved: the program did not succeed
+            gone = QueuedSendFailed(failures)
+            if report["outcome"] == "returned":
+                report = {"outcome": "raised", "error": type(gone).__name__,
+                          "message": str(gone)}
+            else:
+                report["message"] += f"; and {gone}"
         self.port.commands_ready.set()  # commands waiting for a handler get their answer
         self.outcome.finish(report)
+
+    def _drain_queue(self) -> list[QueuedFailure]:
+        """Move what the program queued (per-packet sends) before the partition reports: until
+        done while the machine runs (each queued move ends at its own timeout), within
+        FLUSH_GRACE_S once it stops. The runs that failed or were left, else []."""
+        failures: list[QueuedFailure] = []
+        deadline = None
+        while True:
+            if deadline is None and self.port.stop.is_set():
+                deadline = time.monotonic() + FLUSH_GRACE_S
+            left = WATCH_S if deadline is None else min(WATCH_S, deadline - time.monotonic())
+            try:
+                if self.port.flush(max(0.0, left)):
+                    return failures
+            except QueuedSendFailed as exc:
+                failures += exc.failures
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return failures + self.port.unflushed()
 
     # -- commands ---------------------------------------------------------------------------
     def _work(self) -> None:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar, overload
 
-from adapter.errors import BadCount, TooLarge, UnknownNetworkId, XpmoveError
+from adapter.errors import BadCount, OwnNetworkId, TooLarge, UnknownNetworkId, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import BlockHandler
+from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Granted, Sent
 from partitions.loan import Loan, LoanHeld, LoanRun
 from partitions.memory import PartitionView
@@ -89,29 +90,118 @@ class Port:
         self.memory = memory
         self.send_space = memory.layout.receive_offset
         self.stop = stop or threading.Event()
-        self._staging = threading.Lock()  # send()/send_batch() share the top of the send space
+        self._staging = threading.Lock()  # the top of the send space: the cork and staging
+        self._max_run = {p: max_payload(driver.by_id[p].receive_size) for p in self.peers}
+        cork_size = min(CORK_BUFFERS * CORK_BUFFER, self.send_space // 8) // (
+            CORK_BUFFERS * ALIGN) * CORK_BUFFERS * ALIGN
+        self._cork = Cork(driver, memory.buffer(0, memory.size), self.send_space - cork_size,
+                          cork_size, self.stop)
         self._commands: CommandHandler | None = None
         self._loan: Loan | None = None  # the loan this port holds (at most one: see loan())
         self._loan_thread: int | None = None
         self.commands_ready = threading.Event()
 
     # -- sending ----------------------------------------------------------------------------
+    @overload
+    def send(self, dst: int, data: bytes | bytearray | memoryview, flow: Flow | str = ...,
+             timeout: float | None = ..., cancel: threading.Event | None = ..., *,
+             sync: Literal[True]) -> Sent: ...
+
+    @overload
+    def send(self, dst: int, data: bytes | bytearray | memoryview, flow: Flow | str = ...,
+             timeout: float | None = ..., cancel: threading.Event | None = ...,
+             sync: bool = ...) -> Sent | None: ...
+
     def send(self, dst: int, data: bytes | bytearray | memoryview, flow: Flow | str = Flow.FIG11,
-             timeout: float | None = None, cancel: threading.Event | None = None) -> Sent:
-        """Copy `data` (bytes or any buffer) to the top of the send space and move it to
-        partition `dst`: one request, one record in its receive area."""
+             timeout: float | None = None, cancel: threading.Event | None = None,
+             sync: bool = False) -> Sent | None:
+        """Send `data` (bytes or any buffer) to partition `dst`.
+
+        By default the packet is copied into the port's submission queue and the call returns
+        None at once; queued packets coalesce into multiple-write runs (partitions/cork.py).
+        A queued packet that could not be moved is raised (QueuedSendFailed) from a later send
+        or from `flush()`. With `sync=True`, the patent's literal call: the bytes are staged at
+        the top of the send space and moved in one request; returns `Sent` once committed.
+        `timeout` bounds the retries (and, queued, the wait for room); `cancel`, an extra
+        Event, ends them early."""
         view = memoryview(data).cast("B")
         self._check_no_loan("send")
+        if not sync and self._queueable(dst, len(view)):
+            with self._staging:
+                self._cork.submit(dst, Flow.parse(flow), view, timeout, cancel,
+                                  self._max_run[dst])
+            return None
         with self._staging:
+            self._flush_before_sync()
             offset = self._stage_at(len(view), "data")
             self.memory.write(offset, view)
-            return self.send_from(dst, offset, len(view), flow, timeout, cancel)
+            return self._send(dst, offset, len(view), flow, False, timeout, cancel)
+
+    @overload
+    def send_from(self, dst: int, offset: int, count: int, flow: Flow | str = ...,
+                  timeout: float | None = ..., cancel: threading.Event | None = ..., *,
+                  sync: Literal[True]) -> Sent: ...
+
+    @overload
+    def send_from(self, dst: int, offset: int, count: int, flow: Flow | str = ...,
+                  timeout: float | None = ..., cancel: threading.Event | None = ...,
+                  sync: bool = ...) -> Sent | None: ...
 
     def send_from(self, dst: int, offset: int, count: int, flow: Flow | str = Flow.FIG11,
-                  timeout: float | None = None, cancel: threading.Event | None = None) -> Sent:
-        """Move the `count` bytes at `offset` of own memory to partition `dst` (the patent's
-        call: no copy but the move itself). `cancel`, an extra Event, ends the retrying early."""
+                  timeout: float | None = None, cancel: threading.Event | None = None,
+                  sync: bool = False) -> Sent | None:
+        """Send the `count` bytes at `offset` of own memory to partition `dst`. Queued by
+        default (copied into the submission queue, like `send`; the bytes may be reused at
+        once); `sync=True` is the patent's call: no copy but the move itself, `Sent` returned.
+        Bytes inside the submission area (`cork_area`) are always sent synchronously."""
+        self._check_no_loan("send_from")
+        if not sync and self._queueable(dst, count):
+            start, end = self.cork_area
+            if offset + count <= start or offset >= end:
+                packet = self.memory.buffer(offset, count)
+                with self._staging:
+                    self._cork.submit(dst, Flow.parse(flow), packet, timeout, cancel,
+                                      self._max_run[dst])
+                return None
+        self._flush_before_sync()
         return self._send(dst, offset, count, flow, False, timeout, cancel)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued packet was moved (True) or `timeout` passed with some still
+        queued (False). Raises QueuedSendFailed, naming each run that failed, if any did."""
+        return self._cork.flush(timeout)
+
+    def unflushed(self) -> list[QueuedFailure]:
+        """What `flush` has not settled yet: the failures not raised yet, then every run still
+        queued or in flight (the partition process reports these when it gives up)."""
+        return self._cork.unflushed()
+
+    @property
+    def cork_area(self) -> tuple[int, int]:
+        """[start, end) of own memory that holds the submission queue's buffers (the top of
+        the send space); keep your own data below it."""
+        return self._cork.area
+
+    def _queueable(self, dst: int, count: int) -> bool:
+        """Whether a send of `count` bytes to `dst` may be queued; raises at once for what the
+        adapter would refuse anyway (unknown or own network ID, bad count, too large)."""
+        limit = self._max_run.get(dst)
+        if limit is None:
+            if dst == self.network_id:
+                raise OwnNetworkId(f"network ID {dst} is this partition's own")
+            raise UnknownNetworkId(f"unknown destination network ID {dst}")
+        if count < 1:
+            raise BadCount(f"send to network ID {dst}: nothing to send ({count} bytes)")
+        if count > limit:
+            raise TooLarge(f"send of {count} bytes to network ID {dst}: its records hold at "
+                           f"most {limit}")
+        return self._cork.book.fits(count, limit)
+
+    def _flush_before_sync(self) -> None:
+        """A synchronous send goes after everything queued before it (program order per
+        destination); a failure of the queue is raised here first."""
+        if self._cork.book.queued or self._cork.has_failures:
+            self._cork.flush()
 
     def send_batch(self, dst: int, packets: Sequence[bytes | bytearray | memoryview],
                    flow: Flow | str = Flow.FIG11, timeout: float | None = None,
@@ -123,6 +213,7 @@ class Port:
         self._check_no_loan("send_batch")
         length = len(memoryview(packets[0]).cast("B"))
         with self._staging:
+            self._flush_before_sync()
             run = Run(0, len(packets), length)
             run = run._replace(offset=self._stage_at(run.size, f"a run of {len(packets)} "
                                                                 f"{length}-byte packets"))
@@ -148,7 +239,9 @@ class Port:
     def send_run(self, dst: int, run: Run, flow: Flow | str = Flow.FIG11,
                  timeout: float | None = None, cancel: threading.Event | None = None) -> Sent:
         """Send a run laid out in own memory (see `run_at`): its descriptor is written here,
-        the packets move as they are. A run of one packet is sent as a plain move."""
+        the packets move as they are. A run of one packet is sent as a plain move.
+        Synchronous: it goes after everything queued before it."""
+        self._flush_before_sync()
         if run.packets == 1:
             return self._send(dst, run.packet_offset(0), run.length, flow, False, timeout,
                               cancel)
@@ -210,6 +303,7 @@ class Port:
         """
         self._check_no_loan("loan")
         self._check_loan_args(dst, count, f"loan of {count} bytes")
+        self._flush_before_sync()  # after what was queued before it
         offset = self._stage_at(count, "a loan")  # the move's source: a range, nothing staged
         return self._take_loan(dst, offset, count, False, timeout, cancel,
                                lambda g: Loan(self._driver, g, self._loan_ended))
@@ -231,6 +325,7 @@ class Port:
                                    timeout, cancel, lent)
         run = Run(0, packets, length)
         with self._staging:  # the descriptor the adapter reads, staged as send_batch does
+            self._flush_before_sync()  # the staging area holds the queue's buffers
             offset = self._stage_at(run.size, f"a loan of a run of {packets} {length}-byte "
                                               f"packets")
             RUN_DESCRIPTOR.pack_into(self.memory.buffer(offset, RUN_DESCRIPTOR.size), 0,

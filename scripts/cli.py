@@ -305,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "prior art (tcp, virtual switch)")
     p.add_argument("--config", metavar="F", help=f"TOML machine config {BUILT_IN}")
     p.add_argument("--transports", type=transports, default=None,
-                   help="comma list of fig11, fig12, vswitch, tcp and the peers zmq, pipe, "
-                        "iceoryx2 (default: all of them whose package is installed: "
+                   help="comma list of fig11, fig12 (batch 1: per-packet calls, queued), "
+                        "fig11-sync, fig12-sync (batch 1 only: one synchronous request per "
+                        "packet, the patent's literal flow), vswitch, tcp and the peers zmq, "
+                        "pipe, iceoryx2 (default: all of them whose package is installed: "
                         "pip install -e '.[peers]')"),
     p.add_argument("--sizes", type=sizes, default=None,
                    help="comma list of packet sizes, e.g. 64,1KiB,64KiB (default: 64, 1 KiB, "

@@ -3,7 +3,10 @@
 One machine, one run per (packet size, transport), sizes in the outer loop so the transports
 of one size are measured back to back under the same conditions:
 
-* ``fig11`` / ``fig12``: partitions move packets through the cross-partition adapter.
+* ``fig11`` / ``fig12``: partitions move packets through the cross-partition adapter (at batch
+  1, one per-packet `port.send_from` call each, queued: the port coalesces them into runs).
+* ``fig11-sync`` / ``fig12-sync``: the patent's literal flow, one synchronous request per packet
+  (`sync=True`); run at batch 1 only (batched, they are fig11 / fig12).
 * ``vswitch``: the prior art of Fig 7B, TCP on loopback through a virtual switch process that
   the bench starts next to the machine (scripts/loadgen/vswitch.py).
 * ``tcp``: the prior art without the switch, partition to partition over TCP on loopback.
@@ -54,11 +57,13 @@ from scripts.tables import Col, Grid
 from scripts.workload import peers as peer_transports
 from scripts.workload.pattern import MIN_PACKET, Pattern
 from scripts.workload.program import PROGRAM
-from scripts.workload.transports import FRAME, BatchLayout, make_batch
+from scripts.workload.transports import FRAME, SYNC_SUFFIX, BatchLayout, make_batch
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
-TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp", *peer_transports.PEERS)  # every transport known
-DEFAULT_TRANSPORTS = (*ADAPTER_FLOWS, "vswitch", "tcp", *peer_transports.available())
+SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # batch 1 only: one request a packet
+ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, *SYNC_FLOWS)
+TRANSPORTS = (*ADAPTER_TRANSPORTS, "vswitch", "tcp", *peer_transports.PEERS)  # every one known
+DEFAULT_TRANSPORTS = (*ADAPTER_TRANSPORTS, "vswitch", "tcp", *peer_transports.available())
 DEFAULT_SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
 SAMPLE_S = 0.1
 REPORT_S = 0.5
@@ -348,7 +353,7 @@ class Bench:
         pids = {"bench": os.getpid()}
         for nid, child in self.machine.partitions.items():
             pids[f"partition {nid} ({child.name})"] = self.machine.pid(nid)
-        if transport in ADAPTER_FLOWS:
+        if transport in ADAPTER_TRANSPORTS:
             pids["adapter"] = self.machine.pid()
         if transport == "vswitch":
             assert self.switch is not None
@@ -876,7 +881,7 @@ def size_limit(layout: SegmentLayout, transports: tuple[str, ...]) -> tuple[int,
     for p in layout.partitions:
         for cap, what in ((p.receive_offset - FRAME.size, f"sender area of {p.name}"),
                           (max_payload(p.receive_size) if any(
-                              t in ADAPTER_FLOWS for t in transports) else None,
+                              t in ADAPTER_TRANSPORTS for t in transports) else None,
                            f"{human_size(p.receive_size)} receive ring of {p.name}")):
             if cap is not None and (limit is None or cap < limit):
                 limit, why = cap, what
@@ -951,6 +956,14 @@ def scaling_phase(options: BenchOptions, configs: tuple[MachineConfig, ...], con
     return out
 
 
+def run_matrix(sizes: list[int] | tuple[int, ...], options: BenchOptions
+               ) -> list[tuple[int, int, str]]:
+    """(size, batch, transport) of every run, in order; fig11-sync / fig12-sync at batch 1
+    only (batched, they would be fig11 / fig12)."""
+    return [(size, batch, t) for size in sizes for batch in options.batches
+            for t in options.transports if batch == 1 or t not in SYNC_FLOWS]
+
+
 def bench(config: MachineConfig, options: BenchOptions, console: Console | None = None,
           registry: RunRegistry | None = None) -> tuple[int, dict]:
     """Run every (size, batch, transport), then the single-stream, lone-packet latency and
@@ -1002,8 +1015,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                           f"{results['host']['memcpy_dram_GBps']:.1f} GB/s "
                           f"over {results['host']['memcpy_dram_working_set_bytes'] >> 20} MiB")
             b = Bench(machine, options, console, switch)
-            plans = [RunPlan(t, size, route_list, batch) for size in sizes
-                     for batch in options.batches for t in options.transports]
+            plans = [RunPlan(t, size, route_list, batch)
+                     for size, batch, t in run_matrix(sizes, options)]
             with _progress(console) as progress:
                 b.progress = progress
                 overall = progress.add_task("runs", total=len(plans) + len(stream_plans))
@@ -1116,7 +1129,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                       f"{r['corrupt']} corrupt; send errors {r.get('send_errors', '-')}")
     if interrupted:
         return 130, results
-    complete = (len(runs) == len(sizes) * len(options.batches) * len(options.transports)
+    complete = (len(runs) == len(run_matrix(sizes, options))
                 and len(results.get("single_stream", [])) == len(stream_plans)
                 and (not options.latency or len(results.get("latency", {}))
                      == len(options.transports))

@@ -26,6 +26,7 @@ from partitions.port import Port
 from scripts.workload import peers
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import (
+    SYNC_SUFFIX,
     AdapterFlow,
     AdapterRing,
     ReceiveEndpoint,
@@ -37,7 +38,9 @@ from scripts.workload.transports import (
 )
 
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
-TRANSPORTS = (*ADAPTER_FLOWS, "tcp", "vswitch", *peers.PEERS)
+SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # one request per packet, literally
+ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, *SYNC_FLOWS)  # every transport through the adapter
+TRANSPORTS = (*ADAPTER_TRANSPORTS, "tcp", "vswitch", *peers.PEERS)
 PROGRAM = f"{__name__}:main"
 
 
@@ -58,7 +61,9 @@ class Workload:
         self.tcp_out = TcpLinks(port.network_id)
         self.switch = SwitchPort(port.network_id)
         self.senders: dict[str, SendTransport] = {
-            **{f.value: AdapterFlow(port, f) for f in Flow}, "tcp": self.tcp_out,
+            **{f.value: AdapterFlow(port, f) for f in Flow},
+            **{f.value + SYNC_SUFFIX: AdapterFlow(port, f, sync=True) for f in Flow},
+            "tcp": self.tcp_out,
             "vswitch": self.switch}
         self.peer_in: dict[str, ReceiveEndpoint] = {}  # created on first use (optional packages)
 
@@ -108,7 +113,7 @@ class Workload:
         self.traffic.reset()
         reply: dict = {"ok": True, "pid": os.getpid()}
         try:
-            if transport in ADAPTER_FLOWS:
+            if transport in ADAPTER_TRANSPORTS:
                 self.traffic.start_receiving(self.ring)
             elif transport == "tcp":
                 reply["port"] = self.tcp_in.open()

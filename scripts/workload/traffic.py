@@ -298,6 +298,10 @@ class Traffic:
         except Exception as exc:  # a broken transport ends this run, reported as an error
             self.errors[f"sender: {type(exc).__name__}: {exc}"] += 1
         finally:
+            for transport in {id(t): t for t in self._transports.values()}.values():
+                retracted = transport.finish(self.errors, plan.send_timeout)  # queued ones
+                self.sent.subtract(retracted)
+                self.bytes_out -= sum(retracted.values()) * plan.size
             self.sender_done.set()
 
     def stop_sending(self) -> bool:

@@ -45,6 +45,7 @@ from partitions.blocks import (
     find_block,
     payloads,
 )
+from partitions.cork import QueuedSendFailed
 from partitions.port import Port, Run
 
 FRAME = struct.Struct("<IIQQ")  # destination ID, source ID, per-pair sequence number, length
@@ -54,6 +55,7 @@ GREEDY_READ = 256 << 10  # most bytes one receive call asks for when no large fr
 LARGE_FRAME = 4 << 10  # frames above this are read exactly (no over-read, no compaction)
 READER_CAPACITY = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
+SYNC_SUFFIX = "-sync"  # fig11-sync, fig12-sync: the patent's literal one request per packet
 
 
 class FrameError(Exception):
@@ -160,6 +162,11 @@ class SendTransport:
         """
         raise NotImplementedError
 
+    def finish(self, errors: Counter, timeout: float) -> Counter:
+        """The sender is done: wait up to `timeout` for what the transport queued; count what
+        failed in `errors` and return it per destination (it was counted as sent)."""
+        return Counter()
+
     def close(self) -> None:
         """Unblock a sender stuck in `send` and release connections (idempotent)."""
 
@@ -179,38 +186,67 @@ class ReceiveEndpoint:
 
 
 class AdapterFlow(SendTransport):
-    """Fig 11 (adapter moves) or Fig 12 (driver moves), through the partition's `Port`. A lone
-    packet is the patent's literal request of one move; a batch is ONE multiple-write run, laid
-    out as the ring will hold it (the run's descriptor, then the packets, each padded to
-    ALIGN)."""
+    """Fig 11 (adapter moves) or Fig 12 (driver moves), through the partition's `Port`.
+
+    A lone packet is one per-packet `port.send_from` call: queued by default (the port's cork
+    coalesces the packets that arrive while a request is in flight into one multiple-write
+    run), or with `sync` (the transports ``fig11-sync`` / ``fig12-sync``) the patent's literal
+    request of one move, answered before the next packet. A batch is ONE multiple-write run
+    either way, laid out as the ring will hold it (the run's descriptor, then the packets, each
+    padded to ALIGN)."""
 
     channel = "adapter"
     layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN)
     max_batch = MAX_RUN_RECORDS
 
-    def __init__(self, port: Port, flow: Flow):
+    def __init__(self, port: Port, flow: Flow, sync: bool = False):
         self.port = port
         self.flow = flow
-        self.name = flow.value
+        self.sync = sync
+        self.name = flow.value + (SYNC_SUFFIX if sync else "")
         self._max_run = port.max_record()  # a batch is one run: it must fit the smallest ring
+        self._retracted: Counter = Counter()  # counted as sent, then reported failed
 
     def batch_limit(self, size: int) -> int:
         return max(1, min(self.max_batch, (self._max_run - RUN_DESCRIPTOR.size) // align(size)))
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        """A lone packet as one move, a batch as ONE run; either way one request, retried
-        while the outcome is retryable (destination full, lock timeout) until `timeout` or
-        `stop`."""
+        """A lone packet as one per-packet call (queued, or with `sync` one request), a batch
+        as ONE run; retried while the outcome is retryable (destination full, lock timeout)
+        until `timeout` or `stop`."""
         n = len(batch.slots)
         first = batch.slots[0]
-        run = Run(first.offset - RUN_DESCRIPTOR.size, n, len(first.payload))
         try:
-            self.port.send_run(dst, run, self.flow, timeout, cancel=stop)
+            if n == 1:
+                self.port.send_from(dst, first.offset, len(first.payload), self.flow, timeout,
+                                    stop, sync=self.sync)
+            else:
+                run = Run(first.offset - RUN_DESCRIPTOR.size, n, len(first.payload))
+                self.port.send_run(dst, run, self.flow, timeout, cancel=stop)
+        except QueuedSendFailed as exc:  # earlier packets failed; this one was not queued
+            self._count_failed(exc, errors)
+            errors[type(exc.error).__name__] += n
+            return 0
         except XpmoveError as exc:
             errors[type(exc).__name__] += n
             return 0
         return n
+
+    def finish(self, errors: Counter, timeout: float) -> Counter:
+        """Wait for the queued packets to be moved; count the ones that failed in `errors` and
+        return them per destination (they were counted as sent)."""
+        try:
+            self.port.flush(timeout)
+        except QueuedSendFailed as exc:
+            self._count_failed(exc, errors)
+        retracted, self._retracted = self._retracted, Counter()
+        return retracted
+
+    def _count_failed(self, exc: QueuedSendFailed, errors: Counter) -> None:
+        for f in exc.failures:
+            errors[type(f.error).__name__] += f.packets
+            self._retracted[f.dst] += f.packets
 
 
 class AdapterRing(ReceiveEndpoint):

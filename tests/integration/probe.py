@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import resource
 import select
+import threading
 import time
 import zlib
 
+from adapter.errors import XpmoveError
 from adapter.protocol import (
     REPLY_HEADER,
     RESULT,
@@ -28,6 +30,7 @@ from adapter.protocol import (
     encode_request,
 )
 from adapter.ring import RUN_DESCRIPTOR, align
+from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.loan import Loan, LoanRun
 from partitions.port import Port
 from scripts.workload.program import Workload
@@ -40,6 +43,8 @@ class Probe:
         self.driver = port._driver  # the trusted code, reached only by this test program
         self.workload = Workload(port)
         self.loan: Loan  # the loan `loan` was told to hold
+        self.returning = threading.Event()  # set: the program returns (as a user's would)
+        self.cork_result: dict | None = None  # of the last cork_send, once it is done
 
     def dispatch(self, msg: dict) -> dict:
         handler = getattr(self, f"cmd_{msg.get('cmd')}", None)
@@ -66,7 +71,8 @@ class Probe:
     def cmd_send(self, msg: dict) -> dict:
         """One move of the bytes at `offset`; one attempt unless `timeout` is given."""
         sent = self.port.send_from(int(msg["dst"]), int(msg["offset"]), int(msg["count"]),
-                                   msg.get("flow", "fig11"), msg.get("timeout") or 0.0)
+                                   msg.get("flow", "fig11"), msg.get("timeout") or 0.0,
+                                   sync=True)
         return {"ok": True, "seq": sent.seq}
 
     def cmd_send_run(self, msg: dict) -> dict:
@@ -148,6 +154,66 @@ class Probe:
         finally:
             del kept
         return {"ok": True, "seq": sent.seq, "records": sent.records}
+    # -- per-packet sends, queued (partitions/cork.py) ---------------------------------------
+    def cmd_cork_send(self, msg: dict) -> dict:
+        """`count` per-packet `port.send` calls (queued), packet i to `dsts[i % len]` with
+        `lengths[i % len]` bytes by `flows[i % len]`; each payload starts with i (u32) then
+        bytes (i + j) % 251. `background`: in a thread (the reply comes at once; `cork_state`
+        tells how far it got) and then the program returns if `then_return`. Reports which i
+        were queued (their submission numbers) and what the sends raised."""
+        if msg.get("background"):
+            threading.Thread(target=self._cork_send, args=(msg,), daemon=True).start()
+            return {"ok": True}
+        return {"ok": True, **self._cork_send(msg)}
+
+    def _cork_send(self, msg: dict) -> dict:
+        dsts, lengths = msg["dsts"], msg["lengths"]
+        flows = msg.get("flows", ["fig11"])
+        queued, raised = [], []
+        for i in range(int(msg["count"])):
+            if self.port.stop.is_set():  # as a program should: stop sending
+                break
+            n = lengths[i % len(lengths)]
+            try:
+                self.port.send(dsts[i % len(dsts)], cork_payload(i, n), flows[i % len(flows)],
+                               msg.get("timeout"))
+                queued.append([i, self.port._cork.book.submitted])
+            except QueuedSendFailed as exc:
+                raised.append(failures_json(exc))
+            except QueueFull as exc:  # the rest would not fit either
+                raised.append({"error": type(exc).__name__, "message": str(exc)})
+                break
+            except XpmoveError as exc:
+                raised.append({"error": type(exc).__name__, "message": str(exc)})
+        if msg.get("then_return"):
+            self.returning.set()
+        self.cork_result = {"queued": queued, "raised": raised}
+        return self.cork_result
+
+    def cmd_cork_state(self, msg: dict) -> dict:
+        book = self.port._cork.book
+        return {"ok": True, "submitted": book.submitted, "queued": book.queued,
+                "buffers": len(book.buffers), "capacity": book.capacity,
+                "result": self.cork_result,
+                "requests": self.port._cork.requests,
+                "last_seq": {str(k): v for k, v in self.port._cork._last_seq.items()}}
+
+    def cmd_flush(self, msg: dict) -> dict:
+        try:
+            done = self.port.flush(msg.get("timeout"))
+        except QueuedSendFailed as exc:
+            return {"ok": True, "done": False, "failed": failures_json(exc)}
+        return {"ok": True, "done": done, "failed": None}
+
+    def cmd_receive_all(self, msg: dict) -> dict:
+        """Every packet that arrives until `count` did or `timeout` passes: source, seq,
+        length and crc32 of each."""
+        got: list = []
+        deadline = time.monotonic() + float(msg.get("timeout", 10.0))
+        while len(got) < int(msg["count"]) and time.monotonic() < deadline:
+            for p in self.port.receive_many(timeout=0.05):
+                got.append([p.source_id, p.seq, len(p.payload), zlib.crc32(p.payload)])
+        return {"ok": True, "packets": got}
 
     def cmd_receive(self, msg: dict) -> dict:
         packet = self.port.receive(float(msg.get("timeout", 0.0)))
@@ -239,10 +305,24 @@ class Probe:
         return {"ok": True, "seq": result.seq}
 
 
+def cork_payload(i: int, n: int) -> bytes:
+    """Packet i of `cmd_cork_send`, `n` bytes (at least 1)."""
+    body = bytes((i + j) % 251 for j in range(n))
+    return (i.to_bytes(4, "little") + body[4:])[:n] if n >= 4 else body
+
+
+def failures_json(exc: QueuedSendFailed) -> dict:
+    return {"error": type(exc).__name__, "message": str(exc),
+            "failures": [{"dst": f.dst, "flow": f.flow.value, "first": f.first, "last": f.last,
+                          "after_seq": f.after_seq, "error": type(f.error).__name__}
+                         for f in exc.failures]}
+
+
 def main(port: Port) -> None:
     probe = Probe(port)
     port.on_command(probe.dispatch)
     try:
-        port.stop.wait()
+        while not (port.stop.is_set() or probe.returning.is_set()):
+            port.stop.wait(0.05)
     finally:
         probe.workload.close()
