@@ -193,7 +193,7 @@ class Probe:
     def cmd_cork_state(self, msg: dict) -> dict:
         book = self.port._cork.book
         return {"ok": True, "submitted": book.submitted, "queued": book.queued,
-                "buffers": len(book.buffers), "capacity": book.capacity,
+                "waiting": self.port._cork._waiters,  # sends waiting for room, flushes
                 "result": self.cork_result,
                 "requests": self.port._cork.requests,
                 "last_seq": {str(k): v for k, v in self.port._cork._last_seq.items()}}

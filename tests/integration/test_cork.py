@@ -10,7 +10,6 @@ import zlib
 
 import pytest
 
-from adapter.ring import RUN_DESCRIPTOR
 from tests.integration.conftest import TIMEOUT, KiB, small_config, wait_for
 from tests.integration.probe import cork_payload
 
@@ -122,10 +121,9 @@ def test_stopping_with_queued_packets_reports_the_ones_not_moved(make_machine):
     def refusals() -> int:
         return sum(m.adapter_stats()["partitions"]["1"]["errors"].values())
 
-    def full():  # every buffer full, the sender waiting for room
+    def full():  # the sender waiting for room
         state = m.call(1, {"cmd": "cork_state"})
-        room = state["buffers"] * ((state["capacity"] - RUN_DESCRIPTOR.size) // KiB)
-        return state if state["queued"] == room else None
+        return state if state["waiting"] else None
 
     def stuck():
         """Full, and a move refused after that with nothing accepted in between: the run in
