@@ -498,12 +498,22 @@ class Engine:
                 f"{where}: a pair's sequence word is {seq} (limit {receive_area.SEQ_LIMIT})"))
 
     # -- statistics --------------------------------------------------------------------
-    def stats(self) -> dict:
-        """Counters, errors, each lock's state and how often a request found it busy, and the
-        destinations refused as corrupt with why (the shape the hypervisor's `stats` control
-        message returns)."""
+    def held_grants(self, now: float) -> dict[str, dict]:
+        """Destination -> {"holder", "age_s"} of every lock granted to a driver and not freed
+        yet (freed ones are settled first by stats())."""
+        return {str(dst): {"holder": rec.grant.holder,
+                           "age_s": round(max(0.0, now - rec.grant.granted_at), 3)}
+                for dst, rec in self.book.records.items()
+                if rec.state is GRANTED and rec.grant is not None}
+
+    def stats(self, now: float | None = None) -> dict:
+        """Counters, errors, each lock's state and how often a request found it busy, the
+        destinations refused as corrupt with why, and (given the clock `now`) every Fig 12
+        grant still held: its holder and age, so the hypervisor can end one held too long (the
+        shape the hypervisor's `stats` control message returns)."""
         self.settle_finished_grants()
         return {
+            "grants": {} if now is None else self.held_grants(now),
             "counters": dict(self.counters),
             "errors": dict(self.errors),
             "partitions": {str(nid): {"bytes_out": self.bytes_out[nid],

@@ -85,7 +85,7 @@ class Adapter:
         self.running = True
 
     def stats(self) -> dict:
-        return self.engine.stats()
+        return self.engine.stats(time.monotonic())
 
     # -- connections -------------------------------------------------------------------
     def attach(self, network_id: int, request_fd: int, reply_fd: int) -> None:

@@ -36,7 +36,8 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _PROGRAM_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", re.ASCII)
 
 _TOP_KEYS = ("machine", "partition")
-_MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit", "adapter_restart_limit")
+_MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit", "adapter_restart_limit",
+                 "grant_timeout_s")
 _PARTITION_REQUIRED = ("name", "network_id", "memory", "receive_area")
 _PARTITION_KEYS = (*_PARTITION_REQUIRED, "cpus", "program")
 
@@ -70,6 +71,9 @@ class MachineConfig:
     # The adapter is always restarted, with back-off; after this many restarts in a row that
     # each died again soon after starting (hypervisor/supervision.py), the machine gives up.
     adapter_restart_limit: int = 5
+    # A partition holding a Fig 12 grant (a destination's lock) longer than this is stuck: the
+    # hypervisor kills it, the adapter takes the lock back and undoes the uncommitted move.
+    grant_timeout_s: float = 10.0
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -127,25 +131,32 @@ def _page_size(value: object, key: str, minimum: int) -> int:
     return size
 
 
-def _parse_machine(table: Mapping[str, object]) -> tuple[float, str, int, int]:
+def _parse_machine(table: Mapping[str, object]) -> tuple[float, str, int, int, float]:
     _check_keys(table, _MACHINE_KEYS, "machine.")
-    lock_timeout_s, restart, restart_limit, adapter_restart_limit = 1.0, "never", 3, 5
-    if "lock_timeout_s" in table:
-        v = table["lock_timeout_s"]
-        if not (isinstance(v, int | float) and not isinstance(v, bool)) or not (
-            math.isfinite(v) and v > 0
-        ):
-            raise _fail("machine.lock_timeout_s", f"expected a number > 0, got {v!r}")
-        lock_timeout_s = float(v)
+    restart = "never"
+    lock_timeout_s = _seconds(table, "lock_timeout_s", 1.0)
+    grant_timeout_s = _seconds(table, "grant_timeout_s", 10.0)
     if "restart" in table:
         v = table["restart"]
         if not isinstance(v, str) or v not in RESTART_POLICIES:
             choices = ", ".join(repr(p) for p in RESTART_POLICIES)
             raise _fail("machine.restart", f"expected one of {choices}, got {v!r}")
         restart = v
-    restart_limit = _count(table, "restart_limit", restart_limit)
-    adapter_restart_limit = _count(table, "adapter_restart_limit", adapter_restart_limit)
-    return lock_timeout_s, restart, restart_limit, adapter_restart_limit
+    restart_limit = _count(table, "restart_limit", 3)
+    adapter_restart_limit = _count(table, "adapter_restart_limit", 5)
+    return lock_timeout_s, restart, restart_limit, adapter_restart_limit, grant_timeout_s
+
+
+def _seconds(table: Mapping[str, object], key: str, default: float) -> float:
+    """machine.`key`, a finite number of seconds > 0 (a bool is not one)."""
+    if key not in table:
+        return default
+    v = table[key]
+    if not (isinstance(v, int | float) and not isinstance(v, bool)) or not (
+        math.isfinite(v) and v > 0
+    ):
+        raise _fail(f"machine.{key}", f"expected a number > 0, got {v!r}")
+    return float(v)
 
 
 def _count(table: Mapping[str, object], key: str, default: int) -> int:
@@ -228,7 +239,8 @@ def config_from_dict(
     root = _require_table(data, "config")
     _check_keys(root, _TOP_KEYS, "")
     machine = _require_table(root.get("machine", {}), "machine")
-    lock_timeout_s, restart, restart_limit, adapter_restart_limit = _parse_machine(machine)
+    lock_timeout_s, restart, restart_limit, adapter_restart_limit, grant_timeout_s = (
+        _parse_machine(machine))
 
     if "partition" not in root:
         raise _fail("partition", "missing required key (at least one [[partition]])")
@@ -264,7 +276,7 @@ def config_from_dict(
             f"total memory {total} bytes exceeds the machine limit of {MAX_TOTAL_MEMORY} (16GiB)",
         )
     return MachineConfig(tuple(partitions), lock_timeout_s, restart, restart_limit,
-                         adapter_restart_limit)
+                         adapter_restart_limit, grant_timeout_s)
 
 
 def load_config(

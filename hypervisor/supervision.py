@@ -7,7 +7,9 @@ the machine gives up with one MachineError line naming how many restarts in how 
 adapter that dies in its own start-up, say on a segment word it cannot get past, would
 otherwise be restarted dozens of times a second for ever). Partitions come back per the
 config's `restart` policy, at most `restart_limit` times each; one that will not is retired.
-A partition that ends while no adapter runs waits for the next one.
+A partition that ends while no adapter runs waits for the next one. A partition that holds a
+Fig 12 grant longer than `grant_timeout_s` (seen in the liveness ping's stats) is killed: alive
+but stuck, it would block that destination for ever.
 
 `Supervision` is the part of `Machine` that does this (a mixin: the machine's public
 `poll`, `check_adapter`, `restart_adapter`, `restart_partition` live here).
@@ -132,7 +134,8 @@ class Supervision:
                 or adapter.proc.poll() is not None):
             return True
         try:
-            self._call(adapter, {"cmd": "stats"}, timeout)
+            reply = self._call(adapter, {"cmd": "stats"}, timeout)
+            self._end_stuck_grants(reply.get("stats", {}).get("grants", {}))
             return True
         except MachineError as exc:
             if adapter.proc.poll() is not None:
@@ -146,6 +149,22 @@ class Supervision:
         if not self._polling:
             self.poll()
         return False
+
+    def _end_stuck_grants(self, grants: dict) -> None:
+        """A partition that has held a destination's lock (a Fig 12 grant) longer than
+        `grant_timeout_s` is alive but stuck (or hostile) and blocks every sender to that
+        destination: kill it. The adapter then sees its pipe close, takes the lock back and
+        undoes the uncommitted move; the partition comes back per the restart policy."""
+        limit = self.config.grant_timeout_s
+        for dst, grant in grants.items():
+            holder, age = grant.get("holder"), grant.get("age_s", 0.0)
+            child = self.partitions.get(holder) if isinstance(holder, int) else None
+            if (child is None or not isinstance(age, int | float) or age < limit
+                    or child.state is not ProcessState.RUNNING or child.proc.poll() is not None):
+                continue
+            child.proc.kill()
+            self.events.append(f"{child.name} held the lock of network ID {dst} for {age:.1f} s "
+                               f"(grant_timeout_s = {limit:g}): killed, its lock taken back")
 
     def _supervise(self) -> list[Child]:
         died, ended = [], []

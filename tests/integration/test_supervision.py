@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -335,3 +336,43 @@ def test_the_segment_is_allocated_when_it_is_created(make_machine):
     st = os.stat(f"/dev/shm/{m.names.segment.lstrip('/')}")
     assert st.st_size == m.layout.total_size
     assert st.st_blocks * 512 >= st.st_size, (st.st_blocks * 512, st.st_size)
+
+
+# -- a grant held by a live but stuck driver ---------------------------------------------------
+@pytest.mark.parametrize("packets", [None, 8])
+def test_a_grant_held_too_long_kills_its_holder(make_machine, packets):
+    """Partition 1 takes a Fig 12 grant on 2 and never finishes it (alive, not dying). With
+    grant_timeout_s = 1, supervision's liveness ping sees the grant's age and kills the holder;
+    the adapter takes the lock back and undoes the half-done record, so another sender to 2
+    gets through after about the timeout (was: LockTimeout for as long as the holder lived);
+    the holder is restarted per policy and its pair's sequence continues exactly once."""
+    m = make_machine(small_config(n=3, grant_timeout_s=1.0, restart="always"))
+    hold = {"cmd": "hold_grant", "dst": 2, "count": 100 if packets else 5000, "packets": packets}
+    assert m.call(1, hold)["ok"]
+    held_at = time.monotonic()
+    grants = m.adapter_stats()["grants"]
+    assert grants["2"]["holder"] == 1 and 0 <= grants["2"]["age_s"] < 10, grants
+    outcome: dict = {}
+    sender = threading.Thread(target=lambda: outcome.update(
+        send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)))
+    sender.start()
+    try:
+        wait_for(lambda: m.poll(liveness=True) is not None and not sender.is_alive(),
+                 timeout=TIMEOUT + 5, what="the other sender to get through")
+    finally:
+        sender.join(TIMEOUT * 2)
+    took = time.monotonic() - held_at
+    assert outcome.get("seq") == 1, outcome
+    assert 1.0 <= took < 1.0 + 6.0, took  # the timeout, a ping a second, the send's retries
+    assert any("p1 held the lock of network ID 2 for" in e and "killed" in e
+               for e in m.events), m.events
+    wait_for(lambda: m.poll(liveness=True) is not None and m.restarts.get(1), what="p1 back")
+    packet = receive(m, 2)
+    assert (packet["source_id"], packet["seq"], bytes.fromhex(packet["hex"])) == \
+        (3, 1, b"from three")
+    assert receive(m, 2, timeout=0) is None  # the held record never became visible
+    assert send(m, 1, 2, b"holder again", "fig12", timeout=TIMEOUT)["seq"] == 1
+    assert bytes.fromhex(receive(m, 2)["hex"]) == b"holder again"
+    stats = m.adapter_stats()
+    assert stats["counters"]["grants_abandoned"] == 1 and stats["grants"] == {}
+    assert set(stats["locks"].values()) == {"free"}

@@ -374,3 +374,17 @@ def test_shipped_sixteen_toml_loads() -> None:
     assert all(p.memory_size == 8 * MiB and p.receive_size == 4 * MiB for p in cfg.partitions)
     assert len({p.name for p in cfg.partitions}) == 16
     assert total_memory(cfg) == 128 * MiB
+
+
+@pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), True, "10"])
+def test_grant_timeout_must_be_a_number_of_seconds(value):
+    with pytest.raises(ConfigError, match=r"machine\.grant_timeout_s: expected a number > 0"):
+        config_from_dict({"machine": {"grant_timeout_s": value}, "partition": [
+            {"name": "a", "network_id": 1, "memory": "1MiB", "receive_area": "256KiB"}]})
+
+
+def test_grant_timeout_default_and_value():
+    one = [{"name": "a", "network_id": 1, "memory": "1MiB", "receive_area": "256KiB"}]
+    assert config_from_dict({"partition": one}).grant_timeout_s == 10.0
+    assert config_from_dict({"machine": {"grant_timeout_s": 2},
+                             "partition": one}).grant_timeout_s == 2.0

@@ -257,6 +257,15 @@ def test_fig12_a_freed_but_uncommitted_grant_is_rolled_back(m):
     assert ok(m.submit(1, Op.GRANT, [(2, 0, 15)]))[0].seq == 1
 
 
+def test_stats_name_each_held_grant_its_holder_and_age(m):
+    m.put(1, 0, b"held")
+    (r,) = ok(m.submit(1, Op.GRANT, [(2, 0, 4)], now=100.0))
+    assert m.engine.stats()["grants"] == {}  # no clock, no ages
+    assert m.engine.stats(now=112.5)["grants"] == {"2": {"holder": 1, "age_s": 12.5}}
+    m.drive(r, 2)  # freed: settled by stats, no longer held
+    assert m.engine.stats(now=113.0)["grants"] == {}
+
+
 # -- multiple-write runs, both flows ------------------------------------------------------
 def test_fig11_run_is_one_record_with_the_checked_descriptor(m):
     packets = [bytes([k]) * 10 for k in range(5)]
