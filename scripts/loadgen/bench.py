@@ -570,7 +570,7 @@ class Bench:
             "S": s_value,
             # S on C minus the workload's fill and check CPU (per thread, every participant)
             "S_transport": s_transport,
-            "fill_check_s": round(sum(s.get("fill_check_s", 0.0) for s in stats.values()), 4),
+            "fill_check_s": round(sum(s.get("fill_check_s", 0.0) for s in stats.values()), 6),
             "pps": packets / wall,
             "bytes_per_s": nbytes / wall,
             "latency_p50_us": benchcore.percentile(latencies, 0.50),

@@ -36,6 +36,16 @@ from scripts.workload.transports import (
 WAKE_TIMEOUT_S = 0.05  # receivers re-check their stop flag at least this often
 LATENCY_SAMPLES = 100_000  # kept per channel; beyond it every other sample is dropped
 JOIN_TIMEOUT_S = 10.0
+# The fill and check CPU (what S_transport subtracts) is read with time.thread_time, a system
+# call (~0.25 us here): around every batch or block of SMALL_BLOCK packets or more, but around
+# only every TIME_EVERY-th smaller one, counted TIME_EVERY times. Two calls per lone 64 B
+# packet on each side would cost a tenth of the plain TCP pair's whole per-packet budget.
+TIME_EVERY = 8
+
+
+def timing_scale(count: int) -> int:
+    """How many fills or checks of `count` packets one timed one stands for."""
+    return TIME_EVERY if count < SMALL_BLOCK else 1
 
 
 class PlanError(ValueError):
@@ -91,7 +101,8 @@ class ReceiveStats:
     latencies_ns: list = field(default_factory=list)
     latency_stride: int = 1
     arrivals: int = 0
-    check_s: float = 0.0  # thread CPU seconds spent in the check (time.thread_time)
+    check_s: float = 0.0  # thread CPU seconds spent in the check (time.thread_time, sampled)
+    blocks: int = 0  # blocks handed to the check (picks the sampled ones)
 
 
 class _ReceiveThread:
@@ -206,27 +217,57 @@ class Traffic:
             if not rx.arrivals % rx.latency_stride:
                 keep((clock() - sent_ns,))
 
-        def on_block(source_id: int, first_seq: int, rows) -> None:
-            """The whole block at once when it is intact and in order (the common case);
-            otherwise packet by packet, so every bad one is counted exactly."""
-            key = (channel, source_id)
-            last = last_seq.get(key, 0)
-            short = len(rows) < SMALL_BLOCK  # cheaper one by one
-            t0 = thread_time()
-            sent_ns = check_block(rows, source_id, own) if first_seq > last and not short else None
-            if sent_ns is None:
-                for i in range(len(rows)):
-                    on_packet(source_id, first_seq + i, rows[i])
-                rx.check_s += thread_time() - t0
-                return
-            rx.check_s += thread_time() - t0
-            count = len(rows)
+        def accept(key: tuple, first_seq: int, last: int, count: int, nbytes: int) -> int:
+            """Count an intact, in-order block of `count` packets (`nbytes` payload bytes) from
+            `key`'s source; return the arrival number of its first packet."""
             rx.gaps += first_seq - last - 1
             last_seq[key] = first_seq + count - 1
-            rx.received[source_id] += count
-            rx.bytes_in += rows.size
-            sample_latency(rx.arrivals + 1, sent_ns)
+            rx.received[key[1]] += count
+            rx.bytes_in += nbytes
             rx.arrivals += count
+            return rx.arrivals - count + 1
+
+        def on_block(source_id: int, first_seq: int, rows) -> None:
+            """The whole block at once when it is intact and in order (the common case);
+            otherwise packet by packet, so every bad one is counted exactly. A short block
+            (a list of views) is checked one `check` per packet, counted once per block."""
+            key = (channel, source_id)
+            last = last_seq.get(key, 0)
+            count = len(rows)
+            if count < SMALL_BLOCK:
+                rx.blocks += 1
+                timed = not rx.blocks % TIME_EVERY
+            else:
+                timed = True
+            t0 = thread_time() if timed else 0.0
+            if first_seq > last:
+                if count < SMALL_BLOCK:
+                    sent = []
+                    for row in rows:
+                        ok, _, sent_ns = check(row, source_id, own)
+                        if not ok:
+                            break
+                        sent.append(sent_ns)
+                    else:
+                        if timed:
+                            rx.check_s += TIME_EVERY * (thread_time() - t0)
+                        first = accept(key, first_seq, last, count, count * len(rows[0]))
+                        skip = -first % rx.latency_stride
+                        if skip < count:
+                            now = clock()
+                            keep([now - ns for ns in sent[skip::rx.latency_stride]])
+                        return
+                else:
+                    block_sent = check_block(rows, source_id, own)
+                    if block_sent is not None:
+                        rx.check_s += thread_time() - t0
+                        sample_latency(accept(key, first_seq, last, count, rows.size),
+                                       block_sent)
+                        return
+            for i in range(count):
+                on_packet(source_id, first_seq + i, rows[i])
+            if timed:
+                rx.check_s += timing_scale(count) * (thread_time() - t0)
 
         return on_block
 
@@ -258,12 +299,19 @@ class Traffic:
 
     def _send_loop(self, plan: TrafficPlan, batches: dict[str, Batch],
                    stop: threading.Event) -> None:
-        counters: Counter = Counter()
+        """Fill and send a batch to every peer on every flow per round. Everything a round
+        can know beforehand is looked up once: at one packet per send, this loop's own
+        Python is a share of the per-packet cost that S compares."""
+        counters = dict.fromkeys(plan.peers, 0)  # per peer, across flows
         fill, fill_rows = self.pattern.fill, self.pattern.fill_rows
         me = self.network_id
         clock, thread_time = time.monotonic_ns, time.thread_time
         end = None if plan.duration is None else time.monotonic() + plan.duration
+        legs = [(peer, self._transports[flow], batches[flow]) for peer in plan.peers
+                for flow in plan.flows]
+        errors, sent_to, size, timeout = self.errors, self.sent, plan.size, plan.send_timeout
         done = 0  # packets per peer and flow so far
+        untimed = 0  # small batches filled since the last timed one
         n = self.batch_used
         next_round = time.monotonic()
         try:
@@ -277,23 +325,27 @@ class Traffic:
                 if end is not None and time.monotonic() >= end:
                     break
                 k = n if plan.packets is None else min(n, plan.packets - done)
-                for peer in plan.peers:
-                    for flow in plan.flows:
-                        transport = self._transports[flow]
-                        batch = transport.loan(peer, batches[flow].prefix(k))
-                        first, now = counters[peer] + 1, clock()
+                for peer, transport, full in legs:
+                    batch = transport.loan(peer, full if k == n else full.prefix(k))
+                    first = counters[peer] + 1
+                    counters[peer] += k
+                    now = clock()
+                    if k >= SMALL_BLOCK:
                         t0 = thread_time()
-                        if k < SMALL_BLOCK:
-                            for i, slot in enumerate(batch.slots):
-                                fill(slot.payload, me, peer, first + i, now)
-                        else:
-                            fill_rows(batch.payloads, me, peer, first, now)
+                        fill_rows(batch.payloads, me, peer, first, now)
                         self.fill_s += thread_time() - t0
-                        counters[peer] += k
-                        sent = transport.send(peer, batch, self.errors, plan.send_timeout,
-                                              stop)
-                        self.sent[peer] += sent
-                        self.bytes_out += sent * plan.size
+                    else:
+                        untimed += 1
+                        if untimed == TIME_EVERY:
+                            t0 = thread_time()
+                        for i, slot in enumerate(batch.slots):
+                            fill(slot.payload, me, peer, first + i, now)
+                        if untimed == TIME_EVERY:
+                            self.fill_s += TIME_EVERY * (thread_time() - t0)
+                            untimed = 0
+                    sent = transport.send(peer, batch, errors, timeout, stop)
+                    sent_to[peer] += sent
+                    self.bytes_out += sent * size
                 done += k
         except Exception as exc:  # a broken transport ends this run, reported as an error
             self.errors[f"sender: {type(exc).__name__}: {exc}"] += 1

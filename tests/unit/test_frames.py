@@ -179,3 +179,16 @@ def test_mixed_streams_deliver_every_frame(kind, chunks):
         assert calls == [1] * len(frames)  # no two neighbours belong together
     elif chunks == [1 << 20]:
         assert calls == [5] * (len(frames) // 5)
+
+
+@pytest.mark.parametrize("count", [5, SMALL_BLOCK - 1, SMALL_BLOCK, 40])
+def test_a_block_crosses_the_u64_sequence_wrap(count):
+    """Sequence numbers are u64 and wrap: 2**64 - 2, 2**64 - 1, 0, 1 ... still one block
+    (short blocks are compared a column at a time, long ones by u64 differences)."""
+    first = 2**64 - 2
+    frames = [(3, (first + i) % 2**64, bytes([i]) * 30) for i in range(count)]
+    data = b"".join(frame(2, src, seq, p) for src, seq, p in frames)
+    calls: list[int] = []
+    got = feed(FrameReader(capacity=1 << 20), data, [len(data)], calls)
+    assert calls == [count]
+    assert [p for _, _, p in got] == [p for _, _, p in frames]
