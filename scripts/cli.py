@@ -332,10 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-packets", type=count, default=200, metavar="N",
                    help="lone packets per transport in the latency phase")
     p.add_argument("--single-stream", action=argparse.BooleanOptionalAction, default=True,
-                   help="fig11/fig12 at 1 MiB on one route, for the memcpy target")
+                   help="fig11/fig12 at 1 MiB on one route (bytes/s against memcpy)")
     p.add_argument("--scaling", action="store_true",
                    help="also fig11/fig12 at 1 KiB all-to-all with 2 and 16 partitions "
-                        "(per-packet CPU target) (default: off)")
+                        "(per-packet CPU as the machine grows) (default: off)")
     p.add_argument("--scaling-config", default=None, metavar="F",
                    help="config for --scaling (default: configs/sixteen.toml; its first two "
                         "partitions make the small machine)")

@@ -51,7 +51,7 @@ from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from partitions.blocks import SMALL_BLOCK
 from scripts.launch import signals_deferred
-from scripts.loadgen import benchcore
+from scripts.loadgen import benchcore, targets
 from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
 from scripts.tables import Col, Grid
 from scripts.workload import peers as peer_transports
@@ -98,7 +98,7 @@ class BenchOptions:
     latency: bool = True  # the lone-packet latency phase
     latency_packets: int = LATENCY_PACKETS
     latency_interval: float = LATENCY_INTERVAL_S
-    single_stream: bool = True  # the single-stream 1 MiB phase (memcpy target)
+    single_stream: bool = True  # the single-stream 1 MiB phase (bytes/s against memcpy)
     scaling: bool = False  # the 2- against 16-partition phase
     scaling_config: str | None = None  # None: configs/sixteen.toml
     json_path: str | None = None
@@ -612,10 +612,6 @@ def _label(r: dict) -> str:
 RUN_CAPTION = ("run: transport and bN = N packets per request (per sendall for tcp/vswitch); "
                "\"(M used)\": the sender area or the smallest receive ring holds only M, so M "
                "went per request")
-TARGETS_CAPTION = ("adapter = the better of fig11/fig12 at its best batch; it is compared with "
-                   "tcp at ITS best batch (never the tcp run of the same batch), so no ratio is "
-                   "flattered by a handicapped tcp")
-
 
 def detail_table(title: str, runs: list[dict], memcpy_gbps: float) -> Grid:
     """One row per run. %memcpy: bytes/s against the memcpy bandwidth over a working set
@@ -718,25 +714,17 @@ def _scaling_cells(r: dict) -> list[str]:
             _flag(r["lost"]), _flag(r["corrupt"])]
 
 
-def targets_table(targets: list[dict]) -> Grid:
-    table = Grid("Targets (the project's performance goals, all measured in this one run)",
-                 [Col("target", "left", True), Col("measured"), Col("goal"),
+def targets_table(judged: list[dict]) -> Grid:
+    """Issue 14's targets: each with both operands and the verdict (targets.py)."""
+    table = Grid("Targets (issue 14; every operand measured in this one run)",
+                 [Col("target", "left", True), Col("ratio"), Col("goal"),
                   Col("verdict", "left", True), Col("compared", "left", True)],
-                 caption=TARGETS_CAPTION)
+                 caption=targets.CAPTION)
     style = {True: "[bold green]", False: "[bold red]", None: "[yellow]"}
-    for t in targets:
-        table.add_row(t["name"], _measured(t), t["target"], style[t["met"]] + _verdict(t),
-                      t.get("detail", ""))
+    for t in judged:
+        table.add_row(t["name"], targets.measured_text(t), t["goal"], style[t["met"]]
+                      + t["verdict"], t.get("detail", ""))
     return table
-
-
-def _measured(t: dict) -> str:
-    return benchcore.format_measured(benchcore.Target(t["name"], t["measured"], t["target"],
-                                                      t["met"]))
-
-
-def _verdict(t: dict) -> str:
-    return benchcore.verdict(benchcore.Target(t["name"], t["measured"], t["target"], t["met"]))
 
 
 def markdown_summary(results: dict) -> str:
@@ -789,12 +777,12 @@ def markdown_summary(results: dict) -> str:
         for r in results["scaling"]:
             lines.append("| " + " | ".join(_scaling_cells(r)) + " |")
     if results.get("targets"):
-        lines += ["", "| target | measured | goal | verdict | compared |",
+        lines += ["", "| target | ratio | goal | verdict | compared |",
                   "|---|---:|---:|---|---|"]
         for t in results["targets"]:
-            lines.append(f"| {t['name']} | {_measured(t)} | {t['target']} | {_verdict(t)} | "
-                         f"{t.get('detail', '')} |")
-        lines += ["", f"({TARGETS_CAPTION}.)"]
+            lines.append(f"| {t['name']} | {targets.measured_text(t)} | {t['goal']} | "
+                         f"{t['verdict']} | {t.get('detail', '')} |")
+        lines += ["", f"({targets.CAPTION}.)"]
     if host:
         lines += ["", f"Host: {host.get('cpu_count')} CPUs, {host.get('platform')}, Python "
                       f"{host.get('python')}; memcpy {host.get('memcpy_GBps', 0):.1f} GB/s "
@@ -967,7 +955,7 @@ def run_matrix(sizes: list[int] | tuple[int, ...], options: BenchOptions
 def bench(config: MachineConfig, options: BenchOptions, console: Console | None = None,
           registry: RunRegistry | None = None) -> tuple[int, dict]:
     """Run every (size, batch, transport), then the single-stream, lone-packet latency and
-    (with options.scaling) scaling phases; evaluate the performance issue's targets.
+    (with options.scaling) scaling phases; judge issue 14's targets (targets.py).
     Return (exit status, results in the --json shape). Missed targets do not change the
     exit status: they are reported."""
     console = console or Console()
@@ -1079,8 +1067,10 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         "floor": "per size: S of fill + check alone in the bench process, no transport (one "
                  "thread fills a batch of tcp-framed packets and checks it, in a loop, thread "
                  f"CPU time, {FLOOR_SECONDS:g} s per batch), at the best of the run's batches",
-        "targets": TARGETS_CAPTION + "; memcpy = the out-of-cache figure (host.memcpy_dram_GBps)"
-                   "; per-packet CPU = 1/S; latency = lone 64 B packets, batch 1, paced",
+        "targets": "issue 14's targets, each with both operands (left: the adapter's side, "
+                   "right: what it is held against), ratio = left / right, verdict MET, MISSED "
+                   "or not measured (with why); " + targets.CAPTION
+                   + "; latency = lone 64 B packets, batch 1, paced",
     }
     results["options"] = {"transports": list(options.transports), "sizes": list(sizes),
                           "duration": options.duration, "packets": options.packets,
@@ -1091,19 +1081,14 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                           "single_stream": options.single_stream, "scaling": options.scaling,
                           "command": options.command}
     host = results["host"]
-    dram_mib = host.get("memcpy_dram_working_set_bytes", 0) >> 20
-    targets = benchcore.evaluate_targets(
-        runs, stream_runs=runs + results.get("single_stream", []),
-        memcpy_bps=host.get("memcpy_dram_GBps", 0.0) * 1e9, latency=results.get("latency"),
-        transports=options.transports, scaling=results.get("scaling"),
-        memcpy_what=f"memoryview copies over {dram_mib} MiB, out of cache")
-    results["targets"] = [t.as_json() for t in targets]
+    judged = targets.evaluate(runs, results.get("floor"), results.get("latency"))
+    results["targets"] = [t.as_json() for t in judged]
     if runs:
         for table in summary_tables(runs, host.get("memcpy_dram_GBps", 0.0)):
             console.print(table)
         console.print(floor_table(results["floor"]))
     if results.get("single_stream"):
-        console.print(detail_table("Single stream (one route), for the memcpy target",
+        console.print(detail_table("Single stream (one route)",
                                    results["single_stream"], host.get("memcpy_dram_GBps", 0.0)))
     if results.get("latency"):
         console.print(latency_table(results["latency"]))

@@ -8,7 +8,7 @@
   (a smoke test with a few packets) falls back to every sample, origin included; the result
   says so.
 * percentiles, routes (which partition sends to which), size parsing and the iperf3-style
-  interval line.
+  interval line. The targets are judged in targets.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from adapter.protocol import Flow
 
 WARMUP = 0.2
 TAIL = 0.1
@@ -197,171 +195,14 @@ def installed_transports(transports: Sequence[str], needs: dict[str, str | None]
     return tuple(kept), notes
 
 
-# -- the performance issue's targets ----------------------------------------------------------
+# -- packet sizes the phases and targets pick --------------------------------------------------
 
-ADAPTER = tuple(f.value for f in Flow)
 KiB_ = 1024
 MiB_ = 1 << 20
-# (packet size, least S of the better adapter flow over S of tcp)
-RATIO_TARGETS = ((64, 2.0), (KiB_, 3.0), (64 * KiB_, 8.0), (MiB_, 10.0))
-MEMCPY_FRACTION = 0.5  # single-stream 1 MiB bytes/s over the out-of-cache memcpy bandwidth
-SCALING_LIMIT = 1.25  # per-packet CPU, 16 partitions over 2, 1 KiB all-to-all
-SCALING_SIZE = KiB_
-LATENCY_LIMIT = 1.5  # lone 64 B packet, p50 of fig11 over p50 of tcp
+SCALING_SIZE = KiB_  # the scaling phase: 1 KiB all-to-all
 SIZE_SLACK = 64  # a run of size s counts for target size t if t - SIZE_SLACK <= s <= t
-
-
-@dataclass(frozen=True)
-class Target:
-    """One line of the targets table. `met` is None when the run did not measure it."""
-
-    name: str
-    measured: float | None
-    target: str
-    met: bool | None
-    detail: str = ""  # what was compared with what (or what was missing)
-
-    def as_json(self) -> dict:
-        return {"name": self.name, "measured": self.measured, "target": self.target,
-                "met": self.met, "detail": self.detail}
-
-
-def _usable(run: dict) -> bool:
-    """A run whose S can be compared: fitted, positive, nothing lost or corrupt."""
-    return (run.get("S", 0) > 0 and "error" not in run.get("fit", {})
-            and not run.get("lost") and not run.get("corrupt"))
 
 
 def matches_size(size: int, target: int) -> bool:
     """The default 1 MiB packet is capped a few bytes below (1 MiB-24): it still counts."""
     return target - SIZE_SLACK <= size <= target
-
-
-def best_run(runs: Sequence[dict], transports: Sequence[str], size: int,
-             key: str = "S") -> dict | None:
-    """The usable run of `transports` at (about) `size` with the highest `key`, any batch."""
-    found = [r for r in runs if r["transport"] in transports
-             and matches_size(r["packet_size"], size) and _usable(r)]
-    return max(found, key=lambda r: r[key], default=None)
-
-
-def run_label(run: dict) -> str:
-    """'fig11 b32', or 'fig11 b32 (3 used)' when the sender area or the destination ring
-    capped the batch at 3 packets per request (the bench prints a note saying so)."""
-    batch, used = run.get("batch", 1), run.get("batch_used")
-    return f"{run['transport']} b{batch}" + (f" ({used} used)" if used and used != batch else "")
-
-
-def _missing(name: str, target: str, why: str) -> Target:
-    return Target(name, None, target, None, f"not measured: {why}")
-
-
-def ratio_target(runs: Sequence[dict], size: int, least: float) -> Target:
-    """S of the best fig11/fig12 run (any batch) over S of the best tcp run (any batch)."""
-    name = f"S adapter / S tcp at {human_size(size)}"
-    target = f">= {least:g}x"
-    adapter = best_run(runs, ADAPTER, size)
-    tcp = best_run(runs, ("tcp",), size)
-    if adapter is None or tcp is None:
-        lacking = " and ".join(w for w, r in (("fig11/fig12", adapter), ("tcp", tcp)) if r is None)
-        return _missing(name, target, f"no usable {lacking} run at {human_size(size)}")
-    ratio = adapter["S"] / tcp["S"]
-    return Target(name, ratio, target, ratio >= least,
-                  f"{run_label(adapter)} {human_size(adapter['packet_size'])} S {si(adapter['S'])}"
-                  f" / {run_label(tcp)} S {si(tcp['S'])}")
-
-
-def memcpy_target(stream_runs: Sequence[dict], memcpy_bps: float | None,
-                  memcpy_what: str = "") -> Target:
-    """Bytes/s of the best single-stream 1 MiB fig11/fig12 run over the memcpy bandwidth."""
-    name = "single-stream 1 MiB / memcpy"
-    target = f">= {MEMCPY_FRACTION:.0%}"
-    single = [r for r in stream_runs if len(r.get("routes", [[0, 0]])) == 1]
-    best = best_run(single, ADAPTER, MiB_, key="bytes_per_s")
-    if best is None:
-        return _missing(name, target, "no usable single-stream fig11/fig12 run at 1 MiB")
-    if not memcpy_bps:
-        return _missing(name, target, "no memcpy bandwidth in the run")
-    frac = best["bytes_per_s"] / memcpy_bps
-    return Target(name, frac, target, frac >= MEMCPY_FRACTION,
-                  f"{run_label(best)} {best['bytes_per_s'] / 1e9:.2f} GB/s over memcpy "
-                  f"{memcpy_bps / 1e9:.2f} GB/s{f' ({memcpy_what})' if memcpy_what else ''}")
-
-
-def scaling_target(scaling: Sequence[dict] | None) -> Target:
-    """Per-packet CPU (1/S) at 1 KiB all-to-all, the largest machine over the smallest (16 and
-    2 partitions): the best run of each, any flow and batch (`scaling` rows: partitions,
-    transport, batch, packet_size, S, ...)."""
-    target = f"<= {SCALING_LIMIT:g}x"
-    counts = sorted({r.get("partitions", 0) for r in scaling or ()})
-    small, large = (counts[0], counts[-1]) if counts else (2, 16)
-    name = f"per-packet CPU {large} / {small} partitions (1 KiB all-to-all)"
-    if not scaling:
-        return _missing(name, target, "no scaling runs (--scaling)")
-    best = {n: best_run([r for r in scaling if r.get("partitions") == n], ADAPTER,
-                        SCALING_SIZE) for n in (small, large)}
-    if small == large or best[small] is None or best[large] is None:
-        lacking = [f"{n} partitions" for n in dict.fromkeys((small, large)) if best[n] is None]
-        return _missing(name, target, "no usable fig11/fig12 run with "
-                        + (" and ".join(lacking) if lacking else "two machine sizes"))
-    ratio = best[small]["S"] / best[large]["S"]  # (1/S_large) / (1/S_small)
-    return Target(name, ratio, target, ratio <= SCALING_LIMIT,
-                  f"{run_label(best[large])} {1e6 / best[large]['S']:.1f} us/pkt with {large}, "
-                  f"{run_label(best[small])} {1e6 / best[small]['S']:.1f} us/pkt with {small}")
-
-
-def latency_targets(latency: dict[str, dict] | None, transports: Sequence[str]) -> list[Target]:
-    """Lone 64 B packets: a p50 for every transport, and fig11's p50 within LATENCY_LIMIT of
-    tcp's. `latency` maps transport -> {"p50_us", "p99_us", "packets", ...}."""
-    name_all = "lone 64 B p50 reported for every transport"
-    name_ratio = "lone 64 B p50 fig11 / tcp"
-    ratio_goal = f"<= {LATENCY_LIMIT:g}x"
-    if latency is None:
-        return [_missing(name_all, "all", "no latency phase (--latency)"),
-                _missing(name_ratio, ratio_goal, "no latency phase (--latency)")]
-    have = [t for t in transports if latency.get(t, {}).get("packets", 0) > 0]
-    out = [Target(name_all, float(len(have)), f"{len(transports)} of {len(transports)}",
-                  len(have) == len(transports) and len(transports) > 0,
-                  ", ".join(f"{t} {latency[t]['p50_us']:.0f} us" for t in have)
-                  + ("" if len(have) == len(transports) else
-                     f"; missing {', '.join(t for t in transports if t not in have)}"))]
-    if Flow.FIG11 not in have or "tcp" not in have:
-        lacking = " and ".join(t for t in (Flow.FIG11, "tcp") if t not in have)
-        out.append(_missing(name_ratio, ratio_goal, f"no lone-packet latency of {lacking}"))
-    else:
-        f, t = latency[Flow.FIG11]["p50_us"], latency["tcp"]["p50_us"]
-        ratio = f / t if t > 0 else math.inf
-        out.append(Target(name_ratio, ratio, ratio_goal, ratio <= LATENCY_LIMIT,
-                          f"fig11 {f:.0f} us / tcp {t:.0f} us"))
-    return out
-
-
-def evaluate_targets(runs: Sequence[dict], stream_runs: Sequence[dict] | None = None,
-                     memcpy_bps: float | None = None, latency: dict[str, dict] | None = None,
-                     transports: Sequence[str] = (), scaling: Sequence[dict] | None = None,
-                     memcpy_what: str = "") -> list[Target]:
-    """Every target of the performance issue, in its order, from one run's results.
-
-    `stream_runs` are the single-stream runs; when None, the main runs that have exactly one
-    route (a single-stream topology) are used instead.
-    """
-    out = [ratio_target(runs, size, least) for size, least in RATIO_TARGETS]
-    out.append(memcpy_target(runs if stream_runs is None else stream_runs, memcpy_bps,
-                             memcpy_what))
-    out.append(scaling_target(scaling))
-    out += latency_targets(latency, transports)
-    return out
-
-
-def format_measured(t: Target) -> str:
-    if t.measured is None:
-        return "-"
-    if t.name.startswith("lone 64 B p50 reported"):
-        return f"{t.measured:.0f}"
-    if "memcpy" in t.name:
-        return f"{t.measured:.0%}"
-    return f"{t.measured:.2f}x"
-
-
-def verdict(t: Target) -> str:
-    return "not measured" if t.met is None else ("MET" if t.met else "MISSED")
