@@ -305,7 +305,12 @@ class _Soak:
             stats = collect(machine)
             self.last_stats.update(stats)
             committed, delivered = tally(destination_books(machine), poisoned)
-            if all(s["sender_done"] for s in stats.values()) and committed == delivered:
+            drained = all(s["sender_done"] for s in stats.values()) and committed == delivered
+            locks = self.locks() if drained else None  # None: the adapter is restarting
+            if locks is not None:
+                break
+            if time.monotonic() > deadline and drained:
+                console.print("[red]drained, but the adapter did not answer for its locks")
                 break
             if time.monotonic() > deadline:
                 console.print(f"[red]drain timed out: {committed - delivered} not delivered")
@@ -321,9 +326,16 @@ class _Soak:
         self.look(force=True)
         self.fill()
         self.report.lost = self.report.accepted - self.report.delivered
-        locks = machine.adapter_stats()["locks"]
-        self.report.locks_free = all(state == "free" for dst, state in locks.items()
-                                     if int(dst) not in poisoned)
+        self.report.locks_free = locks is not None and all(
+            state == "free" for dst, state in locks.items() if int(dst) not in poisoned)
+
+    def locks(self) -> dict[str, str] | None:
+        """Every lock's state in the adapter's book; None if it does not answer (a restart
+        may be backing off)."""
+        try:
+            return self.machine.adapter_stats(timeout=1.0)["locks"]
+        except MachineError:
+            return None
 
 
 def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 1024,
