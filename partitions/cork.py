@@ -166,11 +166,27 @@ class SubmissionBook:
         self._sealed: deque[Buffer] = deque()
         self.submitted = 0  # packets placed so far; the next is submitted + 1
         self.queued = 0  # placed and not yet released (filling, sealed or in flight)
+        # the open run, which the next packets of its key join (append): its key, packet
+        # stride, where the next packet goes, how many more fit, and how to count one
+        self._open_key: tuple | None = None
+        self._stride = self._next = self._room = 0
+        self._open_packets: Callable[[], None] = lambda: None
 
     def fits(self, length: int, limit: int) -> bool:
         """Whether a packet of `length` bytes can be queued at all (a run of it alone fits a
         buffer and the destination's largest record `limit`)."""
         return length >= 1 and RUN_DESCRIPTOR.size + align(length) <= min(self.capacity, limit)
+
+    def append(self, key: tuple) -> int | None:
+        """The fast path of `place`: where the packet goes if it continues the open run (same
+        `key`, room left in the run and its buffer), else None with nothing changed."""
+        if self._room and key == self._open_key:
+            self._room -= 1
+            offset = self._next
+            self._next = offset + self._stride
+            self._open_packets()
+            return offset
+        return None
 
     def place(self, dst: int, flow: Flow, length: int, deadline: float, key: tuple,
               limit: int) -> int | None:
@@ -178,15 +194,14 @@ class SubmissionBook:
         `key` groups packets into runs (same key: same run, while it fits); `deadline` is the
         run's retry deadline when the packet starts one; `limit` is the destination's largest
         record (the caller checked `fits`)."""
+        offset = self.append(key)
+        if offset is not None:
+            return offset
         stride = align(length)
         buf = self._filling
-        if buf is not None and buf.runs:
-            run = buf.runs[-1]
-            if (run.key == key and run.size + stride <= run.limit
-                    and run.packets < MAX_RUN_RECORDS and buf.used + stride <= buf.capacity):
-                return self._add(buf, run, stride)
         need = RUN_DESCRIPTOR.size + stride
         if buf is not None and buf.used + need > buf.capacity:
+            self._close_run()
             buf.state = BufferState.SEALED
             self._sealed.append(buf)
             buf = self._filling = None
@@ -199,15 +214,26 @@ class SubmissionBook:
                         key, min(limit, buf.capacity))
         buf.runs.append(run)
         buf.used += RUN_DESCRIPTOR.size
-        return self._add(buf, run, stride)
+        self._open_run(buf, run, stride)
+        return self.append(key)
 
-    def _add(self, buf: Buffer, run: QueuedRun, stride: int) -> int:
-        offset = run.offset + run.size
-        run.packets += 1
-        buf.used += stride
-        self.submitted += 1
-        self.queued += 1
-        return offset
+    def _open_run(self, buf: Buffer, run: QueuedRun, stride: int) -> None:
+        """`run` (the last of `buf`) takes the next packets of its key: how many still fit."""
+        self._open_key, self._stride, self._next = run.key, stride, run.offset + run.size
+        self._room = min((run.limit - run.size) // stride, MAX_RUN_RECORDS - run.packets,
+                         (buf.capacity - buf.used) // stride)
+
+        def count() -> None:
+            run.packets += 1
+            buf.used += stride
+            self.submitted += 1
+            self.queued += 1
+
+        self._open_packets = count
+
+    def _close_run(self) -> None:
+        self._room = 0
+        self._open_key = None
 
     def _free(self) -> Buffer | None:
         return next((b for b in self.buffers if b.state is BufferState.FREE), None)
@@ -221,6 +247,7 @@ class SubmissionBook:
             buf = self._sealed.popleft()
         elif self._filling is not None and self._filling.runs:
             buf, self._filling = self._filling, None
+            self._close_run()
         else:
             return None
         buf.state = BufferState.IN_FLIGHT
@@ -257,7 +284,9 @@ class Cork:
         self._region = region  # the partition's own memory
         self._stop = stop
         self.book = SubmissionBook(base, size, buffers)
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # senders waiting for room, flushes
+        self._work = threading.Condition(lock)  # the flusher waiting for packets
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
         self._waiters = 0  # threads waiting for room or for a flush
@@ -283,15 +312,17 @@ class Cork:
         with self._cond:
             if self._failures:
                 raise self._take_failures()
-            book = self.book
-            deadline = float("inf") if timeout is None else time.monotonic() + timeout
-            offset = book.place(dst, flow, n, deadline, key, limit)
+            offset = self.book.append(key)  # the common case: the open run goes on
             if offset is None:
-                offset = self._wait_for_room(dst, flow, n, deadline, key, limit, timeout,
-                                             cancel)
+                deadline = float("inf") if timeout is None else time.monotonic() + timeout
+                offset = self.book.place(dst, flow, n, deadline, key, limit)
+                if offset is None:
+                    offset = self._wait_for_room(dst, flow, n, deadline, key, limit, timeout,
+                                                 cancel)
             self._region[offset:offset + n] = packet
-            if self._flusher_idle:
-                self._cond.notify_all()
+            if self._flusher_idle:  # wake it once: it takes this buffer
+                self._flusher_idle = False
+                self._work.notify()
             elif self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                                  name="cork-flusher")
@@ -303,7 +334,8 @@ class Cork:
         try:
             while True:
                 if self._flusher_idle:
-                    self._cond.notify_all()
+                    self._flusher_idle = False
+                    self._work.notify()
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set() or (cancel is not None and cancel.is_set()):
                     raise QueueFull(f"send to network ID {dst}: no room in the submission "
@@ -361,8 +393,8 @@ class Cork:
             with cond:
                 while (buf := self.book.take()) is None:
                     self._flusher_idle = True
-                    cond.wait()
-                    self._flusher_idle = False
+                    self._work.wait()
+                self._flusher_idle = False
             failures = [f for run in buf.runs if (f := self._send(run)) is not None]
             with cond:
                 self.book.release(buf)

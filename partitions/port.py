@@ -94,8 +94,11 @@ class Port:
         self._max_run = {p: max_payload(driver.by_id[p].receive_size) for p in self.peers}
         cork_size = min(CORK_BUFFERS * CORK_BUFFER, self.send_space // 8) // (
             CORK_BUFFERS * ALIGN) * CORK_BUFFERS * ALIGN
-        self._cork = Cork(driver, memory.buffer(0, memory.size), self.send_space - cork_size,
-                          cork_size, self.stop)
+        self._region = memory.buffer(0, memory.size)  # own memory; ranges checked before use
+        self._cork = Cork(driver, self._region, self.send_space - cork_size, cork_size,
+                          self.stop)
+        self._cork_area = self._cork.area
+        self._fits: dict[tuple[int, int], bool] = {}  # (dst, count): a packet the queue takes
         self._commands: CommandHandler | None = None
         self._loan: Loan | None = None  # the loan this port holds (at most one: see loan())
         self._loan_thread: int | None = None
@@ -125,11 +128,12 @@ class Port:
         `timeout` bounds the retries (and, queued, the wait for room); `cancel`, an extra
         Event, ends them early."""
         view = memoryview(data).cast("B")
-        self._check_no_loan("send")
+        if self._loan is not None:
+            self._check_no_loan("send")
         if not sync and self._queueable(dst, len(view)):
             with self._staging:
-                self._cork.submit(dst, Flow.parse(flow), view, timeout, cancel,
-                                  self._max_run[dst])
+                self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
+                                  view, timeout, cancel, self._max_run[dst])
             return None
         with self._staging:
             self._flush_before_sync()
@@ -154,13 +158,17 @@ class Port:
         default (copied into the submission queue, like `send`; the bytes may be reused at
         once); `sync=True` is the patent's call: no copy but the move itself, `Sent` returned.
         Bytes inside the submission area (`cork_area`) are always sent synchronously."""
-        self._check_no_loan("send_from")
-        if not sync and self._queueable(dst, count):
-            start, end = self.cork_area
-            if offset + count <= start or offset >= end:
-                packet = self.memory.buffer(offset, count)
+        if not sync:
+            if self._loan is not None:
+                self._check_no_loan("send_from")
+            start, end = self._cork_area
+            if ((offset + count <= start or offset >= end) and offset >= 0
+                    and self._queueable(dst, count)):
+                if offset + count > self.memory.size:  # OutOfBounds, naming the range
+                    self.memory.buffer(offset, count)
                 with self._staging:
-                    self._cork.submit(dst, Flow.parse(flow), packet, timeout, cancel,
+                    self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
+                                      self._region[offset:offset + count], timeout, cancel,
                                       self._max_run[dst])
                 return None
         self._flush_before_sync()
@@ -180,11 +188,14 @@ class Port:
     def cork_area(self) -> tuple[int, int]:
         """[start, end) of own memory that holds the submission queue's buffers (the top of
         the send space); keep your own data below it."""
-        return self._cork.area
+        return self._cork_area
 
     def _queueable(self, dst: int, count: int) -> bool:
         """Whether a send of `count` bytes to `dst` may be queued; raises at once for what the
         adapter would refuse anyway (unknown or own network ID, bad count, too large)."""
+        fits = self._fits.get((dst, count))
+        if fits is not None:
+            return fits
         limit = self._max_run.get(dst)
         if limit is None:
             if dst == self.network_id:
@@ -195,7 +206,10 @@ class Port:
         if count > limit:
             raise TooLarge(f"send of {count} bytes to network ID {dst}: its records hold at "
                            f"most {limit}")
-        return self._cork.book.fits(count, limit)
+        fits = self._cork.book.fits(count, limit)
+        if len(self._fits) < 4096:  # a program's few (destination, length) pairs
+            self._fits[(dst, count)] = fits
+        return fits
 
     def _flush_before_sync(self) -> None:
         """A synchronous send goes after everything queued before it (program order per

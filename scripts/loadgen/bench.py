@@ -387,6 +387,7 @@ class Bench:
     def run(self, plan: RunPlan) -> dict:
         o = self.options
         ports = self._open(plan.transport, plan.participants)
+        requests0 = self._adapter_requests() if plan.transport in ADAPTER_TRANSPORTS else None
         try:
             meter = CpuMeter(self.path_pids(plan.transport))
             cpu0 = meter.by_process()
@@ -404,8 +405,22 @@ class Bench:
             cpu1 = self.last_cpu  # read with the last sample, so it adds up to its C
         finally:
             stats = self._close(plan.participants)
-        return self._result(plan, samples, sent, failed, stats, batch_used,
-                            {k: cpu1[k] - cpu0[k] for k in cpu0})
+        result = self._result(plan, samples, sent, failed, stats, batch_used,
+                              {k: cpu1[k] - cpu0[k] for k in cpu0})
+        if plan.transport in ADAPTER_TRANSPORTS and requests0 is not None:
+            requests = self._adapter_requests()
+            if requests is not None and result["packets"]:
+                result["adapter_requests_per_packet"] = (requests - requests0) / \
+                    result["packets"]  # after the drain: every request of the run counted
+        return result
+
+    def _adapter_requests(self) -> int | None:
+        """The adapter's request counter (None if it cannot be asked): requests per packet
+        show how well per-packet calls coalesce."""
+        try:
+            return int(self.machine.adapter_stats()["counters"].get("requests", 0))
+        except (MachineError, KeyError, TypeError, ValueError):
+            return None
 
     def lone_latency(self, transport: str, route: tuple[int, int]) -> dict:
         """One-way latency of lone 64 B packets: batch 1, one route, one packet per

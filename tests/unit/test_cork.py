@@ -169,3 +169,28 @@ def test_the_failure_error_names_destination_flow_and_packets():
     assert str(exc) == ("34 queued packets were not moved: packets #17-#49 (33 of 1024 B) to "
                         "network ID 2 by fig11, after its seq 16: DestinationFull: need 1048 "
                         "bytes (and 1 more runs)")
+
+
+def test_append_continues_only_the_open_run_of_the_same_key():
+    """The fast path: a packet of the open run's key goes right after it; any other key, a
+    run at its limit, or a buffer taken by the flusher needs `place` (append changes
+    nothing then)."""
+    book = SubmissionBook(0, 2 * (D + 3 * 104))
+    key = (2, F11, 100, None, None)
+    assert book.append(key) is None and book.submitted == 0  # nothing open yet
+    assert place(book) == D
+    assert book.append(key) == D + 104
+    assert book.append((3, F11, 100, None, None)) is None
+    assert book.append(key) == D + 2 * 104
+    assert book.append(key) is None  # the buffer is full: place seals it
+    assert book.submitted == book.queued == 3
+    assert place(book) == book.capacity + D
+    a = book.take()
+    assert a is not None and a.packets == 3
+    b = book.take()
+    assert b is None  # one in flight at a time
+    book.release(a)
+    b = book.take()
+    assert b is not None and b.packets == 1
+    assert book.append(key) is None  # the taken buffer's run is closed
+    assert place(book) == D
