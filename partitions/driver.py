@@ -54,6 +54,7 @@ RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 # busy lock (LOCK_TIMEOUT after the lock timeout, 1 s by default) comes before the deadline.
 REPLY_WAIT_MIN_S = 1.0
 REPLY_GRACE_S = 0.25
+REAP_SLICE_S = 0.1  # the late-reply thread re-checks its pipe and the driver this often
 LOAN_WAIT_S = 0.05  # how long one try of a loan waits for the driver (another thread's loan)
 
 
@@ -143,6 +144,7 @@ class Driver:
         self._replies = Replies()  # frames by id, a deadline, requests abandoned at theirs
         self.late_replies = 0  # replies that came after their request's deadline
         self.late_grants_returned = 0  # grants in them, given back unused
+        self._reaper: threading.Thread | None = None  # takes late replies of abandoned grants
 
     def send_retrying(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                       run: bool = False, timeout: float = 0.0,
@@ -478,6 +480,8 @@ class Driver:
                 self._take_late(frame)
         except Unanswered:
             replies.abandon(request_id, op, tuple(moves))
+            if op in GRANT_OPS:
+                self._start_reaper()
             raise Unanswered(time.monotonic() - started, sent=True) from None
         results = decode_results(reply, n, REPLY_HEADER.size)
         if status != Status.OK:
@@ -487,6 +491,38 @@ class Driver:
             raise ProtocolViolation(f"reply {got} with {n} results does not answer "
                                     f"request {request_id} of {len(moves)} moves")
         return results
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or not self._reaper.is_alive():
+            self._reaper = threading.Thread(target=self._reap_late_replies, daemon=True,
+                                            name=f"xpmove-late-replies-{self.network_id}")
+            self._reaper.start()
+
+    def _reap_late_replies(self) -> None:
+        """Thread, while a grant request is abandoned: take its late reply as soon as it
+        arrives, so a late grant goes back at once, not at this partition's next request (a
+        partition that stopped sending would hold the destination's lock until the grant
+        timeout ended it). Waits for bytes without the mutex; reads only with it, when no
+        request is in flight, so whatever is on the pipe then is a late reply."""
+        replies = self._replies
+        while not self._closing:
+            with self._reconnected:
+                generation, fd = self._generation, self.reply_fd
+            if generation != replies.generation or not replies.abandoned:
+                return  # answered, or fresh pipes: nothing of the old ones is awaited
+            if not replies.wait_readable(fd, REAP_SLICE_S):
+                continue
+            if not self._mutex.acquire(timeout=REAP_SLICE_S):
+                continue
+            try:
+                if generation == self._generation and replies.abandoned:
+                    self._take_late(replies.next_frame(fd, time.monotonic() + REAP_SLICE_S))
+            except Unanswered:
+                pass  # part of a frame: the rest comes
+            except (AdapterGone, ProtocolViolation):
+                return  # the next request meets it too, and says so
+            finally:
+                self._mutex.release()
 
     def _take_late(self, frame: Frame) -> None:
         """The reply of a request abandoned at its deadline: dropped, except that a grant it

@@ -87,3 +87,11 @@ class Replies:
         left = reply_by - time.monotonic()
         if left <= 0 or not poller[1].poll(left * 1000):
             raise Unanswered(0.0, sent=True)
+
+    @staticmethod
+    def wait_readable(fd: int, timeout: float) -> bool:
+        """True once `fd` has bytes or EOF (or is no pipe any more: the caller looks again),
+        False after `timeout`; for a thread that waits without reading (no shared poller)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))

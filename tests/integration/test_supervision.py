@@ -230,6 +230,26 @@ def test_a_send_to_a_stopped_adapter_ends_at_its_timeout(make_machine, flow):
     assert m.restarts.get("adapter") is None  # the same adapter all along
 
 
+def test_a_late_grant_goes_back_at_once(make_machine):
+    """A Fig 12 send gives up on a stopped adapter; once the adapter runs again it grants the
+    abandoned request. The sender's driver gives that grant back as soon as the reply arrives,
+    without sending anything else (was: at its next request, so a partition that stopped
+    sending held the destination's lock until the grant timeout killed it)."""
+    m = make_machine(small_config(n=3))
+    m.kill(None, signal.SIGSTOP)
+    try:
+        reply = send(m, 1, 2, b"abandoned", "fig12", timeout=0.5)
+        assert reply["error"] == "AdapterGone", reply
+    finally:
+        m.kill(None, signal.SIGCONT)
+    wait_for(lambda: m.adapter_stats()["grants"] == {}, timeout=3.0,
+             what="the late grant given back")
+    assert m.adapter_stats()["counters"]["grants_abandoned"] == 1
+    assert send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)["seq"] == 1
+    assert _delivered(m, 2) == [(1, b"from three")]
+    assert set(m.adapter_stats()["locks"].values()) == {"free"}
+
+
 def test_a_send_that_never_reached_an_adapter_is_not_in_doubt(make_machine):
     """The adapter is dead and nothing restarts it: the request cannot be written (EPIPE), so
     the send fails AdapterGone, retryable, by its timeout (was: InDoubt after 5 s)."""
