@@ -177,6 +177,7 @@ class Port:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued packet was moved (True) or `timeout` passed with some still
         queued (False). Raises QueuedSendFailed, naming each run that failed, if any did."""
+        self._check_no_loan("flush")  # the queue waits for the driver the loan holds
         return self._cork.flush(timeout)
 
     def unflushed(self) -> list[QueuedFailure]:
@@ -335,8 +336,9 @@ class Port:
             return LoanRun(self._driver, granted, self._loan_ended, packets, length)
 
         if packets == 1:  # as send_run does: a run of one packet is a plain record
-            return self._take_loan(dst, self._stage_at(length, "a loan"), length, False,
-                                   timeout, cancel, lent)
+            offset = self._stage_at(length, "a loan")
+            self._flush_before_sync()
+            return self._take_loan(dst, offset, length, False, timeout, cancel, lent)
         run = Run(0, packets, length)
         with self._staging:  # the descriptor the adapter reads, staged as send_batch does
             self._flush_before_sync()  # the staging area holds the queue's buffers

@@ -102,11 +102,14 @@ class Probe:
              "retryable": bool(getattr(o, "retryable", False))} for o in outcomes]}
 
     def cmd_loan(self, msg: dict) -> dict:
-        """`port.loan(dst, count)` (or, with `packets`, `port.loan_run(dst, packets, length)`),
+        """`port.loan(dst, count)` (or, with `packets`, `port.loan_run(dst, packets, length)`)
+        right after `queue_first` per-packet (queued) sends of 100 bytes to `dst`,
         filled with `hex` (or each packet with `payloads`), then per `end`: "commit" (the
         `with` block's normal exit), "raise" (the block raises: given back), "give_back", or
         "hold" (kept for loan_end / loan_write, the thread still holding it)."""
         dst, end, timeout = int(msg["dst"]), msg.get("end", "commit"), msg.get("timeout", 0.0)
+        for i in range(int(msg.get("queue_first", 0))):  # per-packet sends queued just before
+            self.port.send(dst, cork_payload(i, 100), timeout=10.0)
         if "packets" in msg:
             loan: Loan = self.port.loan_run(dst, int(msg["packets"]), int(msg["length"]),
                                             timeout)

@@ -113,7 +113,10 @@ def test_a_held_loan_blocks_its_own_thread_with_a_typed_error_and_other_senders(
     assert loan(m, 1, 2, count=32, hex=(b"L" * 32).hex(), end="hold")["ok"]
     assert m.adapter_stats()["locks"]["2"] == "granted"
     for reply in (send(m, 1, 3, b"to three", "fig11"), loan(m, 1, 3, count=8),
-                  m.call(1, {"cmd": "receive", "timeout": 1.0})):
+                  m.call(1, {"cmd": "receive", "timeout": 1.0}), m.call(1, {"cmd": "flush"}),
+                  m.call(1, {"cmd": "cork_send", "dsts": [3], "lengths": [8], "count": 1})):
+        if reply.get("ok"):  # cork_send reports what its sends raised
+            (reply,) = reply["raised"]
         assert reply["error"] == "LoanHeld" and "network ID 2" in reply["message"], reply
     assert send(m, 3, 2, b"waits", "fig11")["error"] == "LockTimeout"  # one try: lock held
     assert m.call(1, {"cmd": "loan_end"})["seq"] == 1
@@ -122,6 +125,17 @@ def test_a_held_loan_blocks_its_own_thread_with_a_typed_error_and_other_senders(
     assert bytes.fromhex(receive(m, 2)["hex"]) == b"waits"
     assert m.call(1, {"cmd": "loan_end"})["error"] == "LoanEnded"
     assert locks_free(m)
+
+
+def test_a_loan_goes_after_the_packets_queued_before_it(machine):
+    """Per-packet sends are queued (the port's cork); a loan to the same destination is taken
+    after they were moved, so the pair's order is program order."""
+    m = machine
+    for i in range(3):
+        assert loan(m, 1, 2, count=5, hex=b"after".hex(), queue_first=50)["seq"] == 51 * i + 51
+        got = m.call(2, {"cmd": "receive_all", "count": 51})["packets"]
+        assert [p[1] for p in got] == list(range(51 * i + 1, 51 * i + 52)), got
+        assert [p[2] for p in got] == [100] * 50 + [5]
 
 
 def test_a_loan_with_a_live_slice_does_not_end(machine):
