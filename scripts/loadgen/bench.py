@@ -5,6 +5,8 @@ of one size are measured back to back under the same conditions:
 
 * ``fig11`` / ``fig12``: partitions move packets through the cross-partition adapter (at batch
   1, one per-packet `port.send_from` call each, queued: the port coalesces them into runs).
+* ``fig12-loan``: Fig 12 with no move, the packets are filled in the destination's ring (a
+  loan, `port.loan_run`), then committed.
 * ``fig11-sync`` / ``fig12-sync``: the patent's literal flow, one synchronous request per packet
   (`sync=True`); run at batch 1 only (batched, they are fig11 / fig12).
 * ``vswitch``: the prior art of Fig 7B, TCP on loopback through a virtual switch process that
@@ -21,7 +23,7 @@ all per-transport code.
 
 While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and verified, asked
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
-partitions, the adapter for fig11/fig12, the switch for vswitch, and this process, whose
+partitions, the adapter for fig11/fig12/fig12-loan, the switch for vswitch, and this process, whose
 polling is thus charged to every transport alike). S = dT/dC is fitted by
 scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was lost
 or corrupt (or a run failed), 130 when interrupted.
@@ -57,11 +59,12 @@ from scripts.tables import Col, Grid
 from scripts.workload import peers as peer_transports
 from scripts.workload.pattern import MIN_PACKET, Pattern
 from scripts.workload.program import PROGRAM
-from scripts.workload.transports import FRAME, SYNC_SUFFIX, BatchLayout, make_batch
+from scripts.workload.transports import FRAME, LOAN, SYNC_SUFFIX, BatchLayout, make_batch
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # batch 1 only: one request a packet
-ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, *SYNC_FLOWS)
+BATCHING = (*ADAPTER_FLOWS, LOAN)  # the adapter's transports the single-stream and scaling use
+ADAPTER_TRANSPORTS = (*BATCHING, *SYNC_FLOWS)  # every transport through the adapter
 TRANSPORTS = (*ADAPTER_TRANSPORTS, "vswitch", "tcp", *peer_transports.PEERS)  # every one known
 DEFAULT_TRANSPORTS = (*ADAPTER_TRANSPORTS, "vswitch", "tcp", *peer_transports.available())
 DEFAULT_SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
@@ -935,8 +938,9 @@ def scaling_configs(options: BenchOptions) -> tuple[MachineConfig, MachineConfig
 
 def scaling_phase(options: BenchOptions, configs: tuple[MachineConfig, ...], console: Console,
                   registry: RunRegistry | None) -> list[dict]:
-    """fig11/fig12 at 1 KiB all-to-all on each machine in turn (never two at once), per batch."""
-    flows = [t for t in options.transports if t in ADAPTER_FLOWS] or list(ADAPTER_FLOWS)
+    """fig11/fig12/fig12-loan at 1 KiB all-to-all on each machine in turn (never two at once),
+    per batch."""
+    flows = [t for t in options.transports if t in BATCHING] or list(BATCHING)
     out: list[dict] = []
     for cfg in configs:
         machine = Machine(with_program(cfg, PROGRAM), registry=registry)
@@ -999,7 +1003,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         raise SystemExit(f"xpmove bench: {exc}") from None
     switch = VSwitchProcess() if "vswitch" in options.transports else None
     results: dict = {"runs": [], "host": {}}
-    adapter_flows = [t for t in options.transports if t in ADAPTER_FLOWS]
+    adapter_flows = [t for t in options.transports if t in BATCHING]
     big = [s for s in sizes if benchcore.matches_size(s, benchcore.MiB_)]
     stream_plans = [RunPlan(t, big[0], route_list[:1], batch, "single-stream")
                     for batch in options.batches for t in adapter_flows] \
@@ -1067,7 +1071,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     relative_to_tcp(runs)
     results["method"] = {
         "T": "packets delivered and verified (Pattern.check) at the receivers",
-        "C": "user+system CPU seconds (psutil) of all partitions, the adapter (fig11/fig12), "
+        "C": "user+system CPU seconds (psutil) of all partitions, the adapter (fig11, fig12, "
+             "fig12-loan), "
              "the virtual switch (vswitch) and the bench process, since the run started",
         "S": "least-squares slope of T over C on the samples taken while every sender was "
              f"still sending, minus the first {options.warmup:.0%} and last {options.tail:.0%} "

@@ -26,9 +26,11 @@ from partitions.port import Port
 from scripts.workload import peers
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import (
+    LOAN,
     SYNC_SUFFIX,
     AdapterFlow,
     AdapterRing,
+    LoanFlow,
     ReceiveEndpoint,
     SendTransport,
     SwitchPort,
@@ -39,7 +41,7 @@ from scripts.workload.transports import (
 
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # one request per packet, literally
-ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, *SYNC_FLOWS)  # every transport through the adapter
+ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, LOAN, *SYNC_FLOWS)  # every transport through the adapter
 TRANSPORTS = (*ADAPTER_TRANSPORTS, "tcp", "vswitch", *peers.PEERS)
 PROGRAM = f"{__name__}:main"
 
@@ -63,6 +65,7 @@ class Workload:
         self.senders: dict[str, SendTransport] = {
             **{f.value: AdapterFlow(port, f) for f in Flow},
             **{f.value + SYNC_SUFFIX: AdapterFlow(port, f, sync=True) for f in Flow},
+            LOAN: LoanFlow(port),
             "tcp": self.tcp_out,
             "vswitch": self.switch}
         self.peer_in: dict[str, ReceiveEndpoint] = {}  # created on first use (optional packages)
@@ -104,8 +107,8 @@ class Workload:
 
     def cmd_bench_open(self, msg: dict) -> dict:
         """tcp: listen on a fresh loopback port (returned); vswitch: connect to the switch on
-        `vswitch_port` and wait for its acknowledgement; fig11/fig12: the receive ring; a peer
-        (zmq, pipe, iceoryx2): a fresh endpoint whose `address` is returned."""
+        `vswitch_port` and wait for its acknowledgement; fig11/fig12/fig12-loan: the receive
+        ring; a peer (zmq, pipe, iceoryx2): a fresh endpoint whose `address` is returned."""
         transport = msg.get("transport")
         if transport not in TRANSPORTS:
             raise PlanError(f"transport: unknown {transport!r} (known: {list(TRANSPORTS)})")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -314,6 +315,26 @@ class Traffic:
         untimed = 0  # small batches filled since the last timed one
         n = self.batch_used
         next_round = time.monotonic()
+
+        def fill_batch(batch: Batch, peer: int, first: int, now: int) -> None:
+            """Fill the packets in place, wherever the transport laid them out; its thread
+            time is taken for every large batch, and every TIME_EVERY-th small one."""
+            nonlocal untimed
+            if len(batch.frames) >= SMALL_BLOCK:  # as rows: the batch's slots are never built
+                t0 = thread_time()
+                fill_rows(batch.payloads, me, peer, first, now)
+                self.fill_s += thread_time() - t0
+                return
+            untimed += 1
+            timed = untimed == TIME_EVERY
+            if timed:
+                t0 = thread_time()
+            for i, slot in enumerate(batch.slots):
+                fill(slot.payload, me, peer, first + i, now)
+            if timed:
+                self.fill_s += TIME_EVERY * (thread_time() - t0)
+                untimed = 0
+
         try:
             while not stop.is_set():
                 if plan.interval is not None:  # paced: wait for the round's start time
@@ -326,24 +347,18 @@ class Traffic:
                     break
                 k = n if plan.packets is None else min(n, plan.packets - done)
                 for peer, transport, full in legs:
-                    batch = transport.loan(peer, full if k == n else full.prefix(k))
                     first = counters[peer] + 1
                     counters[peer] += k
                     now = clock()
-                    if k >= SMALL_BLOCK:
-                        t0 = thread_time()
-                        fill_rows(batch.payloads, me, peer, first, now)
-                        self.fill_s += thread_time() - t0
+                    template = full if k == n else full.prefix(k)
+                    if transport.fills_itself:  # a loan: what it lent must be gone at send
+                        sent = transport.fill_and_send(
+                            peer, template, partial(fill_batch, peer=peer, first=first, now=now),
+                            errors, timeout, stop)
                     else:
-                        untimed += 1
-                        if untimed == TIME_EVERY:
-                            t0 = thread_time()
-                        for i, slot in enumerate(batch.slots):
-                            fill(slot.payload, me, peer, first + i, now)
-                        if untimed == TIME_EVERY:
-                            self.fill_s += TIME_EVERY * (thread_time() - t0)
-                            untimed = 0
-                    sent = transport.send(peer, batch, errors, timeout, stop)
+                        batch = transport.loan(peer, template)
+                        fill_batch(batch, peer, first, now)
+                        sent = transport.send(peer, batch, errors, timeout, stop)
                     sent_to[peer] += sent
                     self.bytes_out += sent * size
                 done += k

@@ -8,6 +8,9 @@ same packets with the same checks whatever carries them:
 * ``fig11`` / ``fig12`` -- the invention: the device driver asks the adapter to move the
   bytes (one request per batch: a lone move, or one multiple-write run, `Driver.send_one`);
   they land in the destination's receive ring (`AdapterRing`).
+* ``fig12-loan`` -- Fig 12 with no move: the batch is laid out as a run IN the destination's
+  receive ring, lent under the grant (`Port.loan_run`); the workload fills it there and the
+  loan is committed (`LoanFlow`).
 * ``tcp`` -- prior art, partitions talk to each other directly over TCP on loopback
   (`TcpLinks` to send, `TcpListener` to receive).
 * ``vswitch`` -- prior art, the virtual LAN of Fig 7B: every partition holds one TCP
@@ -30,7 +33,9 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -58,6 +63,7 @@ LARGE_FRAME = 4 << 10  # frames above this are read exactly (no over-read, no co
 READER_CAPACITY = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
 SYNC_SUFFIX = "-sync"  # fig11-sync, fig12-sync: the patent's literal one request per packet
+LOAN = "fig12-loan"  # Fig 12 with no move: the batch filled in the ring (LoanFlow)
 
 
 class FrameError(Exception):
@@ -91,30 +97,40 @@ class BatchLayout(NamedTuple):
 
 @dataclass(frozen=True)
 class Batch:
-    """`len(slots)` packet slots laid out back to back after `lead`; `span` covers the slots.
+    """`len(frames)` packet slots of `size` bytes laid out back to back after `lead`; `span`
+    covers the slots.
 
     `frames` is the same memory as one numpy row per slot (header room + payload + padding),
     so a whole batch is filled and stamped with a few vectorised writes; `payloads` is its
-    payload part.
+    payload part. `slots` (a view per packet) are built on first use: a batch laid out anew
+    per send (a loan) and filled as rows never pays for them.
     """
 
-    slots: tuple[Slot, ...]
     span: memoryview
     stride: int
     frames: np.ndarray
     layout: BatchLayout
     lead: memoryview
+    size: int
+
+    @cached_property
+    def slots(self) -> tuple[Slot, ...]:
+        stride, room, size, span = self.stride, self.layout.header_room, self.size, self.span
+        base = self.layout.lead + room
+        return tuple(Slot(base + i * stride, span[i * stride:i * stride + room + size],
+                          span[i * stride + room:i * stride + room + size])
+                     for i in range(len(self.frames)))
 
     @property
     def payloads(self) -> np.ndarray:
         room = self.layout.header_room
-        return self.frames[:, room:room + len(self.slots[0].payload)]
+        return self.frames[:, room:room + self.size]
 
     def prefix(self, n: int) -> Batch:
-        if n == len(self.slots):
+        if n == len(self.frames):
             return self
-        return Batch(self.slots[:n], self.span[:n * self.stride], self.stride, self.frames[:n],
-                     self.layout, self.lead)
+        return Batch(self.span[:n * self.stride], self.stride, self.frames[:n], self.layout,
+                     self.lead, self.size)
 
 
 def batch_capacity(space: int, size: int, layout: BatchLayout, wanted: int,
@@ -130,11 +146,9 @@ def batch_capacity(space: int, size: int, layout: BatchLayout, wanted: int,
 
 def make_batch(region: memoryview, size: int, layout: BatchLayout, n: int) -> Batch:
     """Slots for `n` packets at the start of `region` (the sender area of own memory)."""
-    stride, room, lead = layout.stride(size), layout.header_room, layout.lead
+    stride, lead = layout.stride(size), layout.lead
     span = region[lead:lead + n * stride]
-    slots = tuple(Slot(lead + i * stride + room, span[i * stride:i * stride + room + size],
-                       span[i * stride + room:i * stride + room + size]) for i in range(n))
-    return Batch(slots, span, stride, as_bytes(span).reshape(n, stride), layout, region[:lead])
+    return Batch(span, stride, as_bytes(span).reshape(n, stride), layout, region[:lead], size)
 
 
 # -- the interfaces ---------------------------------------------------------------------------
@@ -145,6 +159,7 @@ class SendTransport:
     channel: str = ""  # the receive-side sequence space the packets land in
     layout: BatchLayout = BatchLayout()
     max_batch: int = MAX_MOVES  # packets one `send` call may carry
+    fills_itself = False  # True: the workload fills a batch only through `fill_and_send`
 
     def batch_limit(self, size: int) -> int:
         """Packets of `size` bytes one `send` call may carry."""
@@ -168,6 +183,16 @@ class SendTransport:
         """The sender is done: wait up to `timeout` for what the transport queued; count what
         failed in `errors` and return it per destination (it was counted as sent)."""
         return Counter()
+
+    def fill_and_send(self, dst: int, template: Batch, fill: Callable[[Batch], None],
+                      errors: Counter, timeout: float, stop: threading.Event) -> int:
+        """The workload's step: lay the packets of `template` out where they are sent from
+        (`loan`), let `fill(batch)` write them there, `send` them; how many were accepted. A
+        transport that lends memory it must take back first (`fills_itself`: LoanFlow) does
+        it all itself; for the others the workload may as well make the three calls."""
+        batch = self.loan(dst, template)
+        fill(batch)
+        return self.send(dst, batch, errors, timeout, stop)
 
     def close(self) -> None:
         """Unblock a sender stuck in `send` and release connections (idempotent)."""
@@ -249,6 +274,44 @@ class AdapterFlow(SendTransport):
         for f in exc.failures:
             errors[type(f.error).__name__] += f.packets
             self._retracted[f.dst] += f.packets
+
+
+class LoanFlow(AdapterFlow):
+    """``fig12-loan``: Fig 12 with no move at all. Each batch is ONE run laid out in the
+    destination's receive ring (`Port.loan_run`: one request, the grant), filled there by the
+    workload, then committed: one ring record, and no copy but the fill itself. The batch
+    built over the loan lives only during `fill`, so the loan can end (partitions/loan.py:
+    nothing made from a loan may outlive it)."""
+
+    LENT = BatchLayout(0, 0, ALIGN)  # the loan's view starts at packet 0, past the descriptor
+    fills_itself = True
+
+    def __init__(self, port: Port):
+        super().__init__(port, Flow.FIG12)
+        self.name = LOAN
+
+    def fill_and_send(self, dst: int, template: Batch, fill: Callable[[Batch], None],
+                      errors: Counter, timeout: float, stop: threading.Event) -> int:
+        n, size = len(template.slots), len(template.slots[0].payload)
+        try:
+            loan = self.port.loan_run(dst, n, size, timeout, cancel=stop)
+        except XpmoveError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        failed = None
+        try:
+            fill(make_batch(loan.view, size, self.LENT if n > 1 else BatchLayout(), n))
+        except Exception as exc:  # its traceback holds the batch: give back once it is gone
+            failed = f"{type(exc).__name__}: {exc}"
+        if failed is not None:
+            loan.give_back()
+            raise RuntimeError(f"{LOAN}: filling the loan failed ({failed}); given back")
+        try:
+            loan.commit()
+        except XpmoveError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        return n
 
 
 class AdapterRing(ReceiveEndpoint):

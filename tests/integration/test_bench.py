@@ -116,7 +116,8 @@ def test_batches_all_to_all_and_scaling(registry, tmp_path):
     assert {r["batch_used"] for r in results["runs"]} == {8}
     scaling = results["scaling"]
     assert [(r["partitions"], r["transport"], len(r["routes"])) for r in scaling] == [
-        (2, "fig11", 2), (2, "fig12", 2), (3, "fig11", 6), (3, "fig12", 6)]
+        (2, "fig11", 2), (2, "fig12", 2), (2, "fig12-loan", 2), (3, "fig11", 6),
+        (3, "fig12", 6), (3, "fig12-loan", 6)]
     assert all(r["packets"] == 24 * len(r["routes"]) and not r["lost"] for r in scaling)
     assert no_children_left()
 
@@ -135,6 +136,28 @@ def test_command_line_json_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "S by packet size (x tcp" in proc.stdout
     assert "Targets (issue 14" in proc.stdout
+
+
+def test_loans_beside_fig12_on_the_command_line(tmp_path):
+    """Issue 14's command: fig12-loan (the batch filled in the destination's ring, then
+    committed) beside fig12, literal and batched, on the default machine."""
+    out = tmp_path / "r.json"
+    env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.loadgen", "--transports", "fig12,fig12-loan", "--sizes",
+         "1KiB,64KiB", "--batch", "1,32", "--duration", "1", "--latency-packets", "20",
+         "--json", str(out)], capture_output=True, text=True, timeout=12 * TIMEOUT, cwd=REPO,
+        env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    runs = results["runs"]
+    assert [(r["transport"], r["packet_size"], r["batch"]) for r in runs] == [
+        (t, s, b) for s in (1024, 65536) for b in (1, 32) for t in ("fig12", "fig12-loan")]
+    for r in runs:
+        assert r["packets"] > 0 and r["lost"] == 0 and r["corrupt"] == 0, r
+        assert r["S"] > 0 and 0 < r["batch_used"] <= r["batch"], r  # 31 of 64 KiB fill a run
+    assert results["latency"]["fig12-loan"]["packets"] == 20
+    assert no_children_left()
 
 
 def test_bad_size_rejected_before_anything_starts(registry):
