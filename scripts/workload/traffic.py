@@ -256,7 +256,9 @@ class Traffic:
                         skip = -first % rx.latency_stride
                         if skip < count:
                             now = clock()
-                            keep([now - ns for ns in sent[skip::rx.latency_stride]])
+                            rx.latencies_ns += [now - ns for ns in sent[skip::rx.latency_stride]]
+                            if len(rx.latencies_ns) >= LATENCY_SAMPLES:
+                                keep(())
                         return
                 else:
                     block_sent = check_block(rows, source_id, own)
@@ -308,8 +310,10 @@ class Traffic:
         me = self.network_id
         clock, thread_time = time.monotonic_ns, time.thread_time
         end = None if plan.duration is None else time.monotonic() + plan.duration
-        legs = [(peer, self._transports[flow], batches[flow]) for peer in plan.peers
-                for flow in plan.flows]
+        # (peer, transport, its batch, whether it lends the memory to fill: asks `loan`)
+        legs = [(peer, self._transports[flow], batches[flow],
+                 type(self._transports[flow]).loan is not SendTransport.loan)
+                for peer in plan.peers for flow in plan.flows]
         errors, sent_to, size, timeout = self.errors, self.sent, plan.size, plan.send_timeout
         done = 0  # packets per peer and flow so far
         untimed = 0  # small batches filled since the last timed one
@@ -329,8 +333,11 @@ class Traffic:
             timed = untimed == TIME_EVERY
             if timed:
                 t0 = thread_time()
-            for i, slot in enumerate(batch.slots):
-                fill(slot.payload, me, peer, first + i, now)
+            if len(batch.frames) == 1:
+                fill(batch.slots[0].payload, me, peer, first, now)
+            else:
+                for i, slot in enumerate(batch.slots):
+                    fill(slot.payload, me, peer, first + i, now)
             if timed:
                 self.fill_s += TIME_EVERY * (thread_time() - t0)
                 untimed = 0
@@ -346,7 +353,7 @@ class Traffic:
                 if end is not None and time.monotonic() >= end:
                     break
                 k = n if plan.packets is None else min(n, plan.packets - done)
-                for peer, transport, full in legs:
+                for peer, transport, full, lends in legs:
                     first = counters[peer] + 1
                     counters[peer] += k
                     now = clock()
@@ -356,7 +363,7 @@ class Traffic:
                             peer, template, partial(fill_batch, peer=peer, first=first, now=now),
                             errors, timeout, stop)
                     else:
-                        batch = transport.loan(peer, template)
+                        batch = transport.loan(peer, template) if lends else template
                         fill_batch(batch, peer, first, now)
                         sent = transport.send(peer, batch, errors, timeout, stop)
                     sent_to[peer] += sent

@@ -49,7 +49,6 @@ from partitions.blocks import (
     BlockHandler,
     as_bytes,
     find_block,
-    header_view,
     payloads,
 )
 from partitions.cork import QueuedSendFailed
@@ -121,10 +120,17 @@ class Batch:
                           span[i * stride + room:i * stride + room + size])
                      for i in range(len(self.frames)))
 
-    @property
+    @cached_property
     def payloads(self) -> np.ndarray:
         room = self.layout.header_room
         return self.frames[:, room:room + self.size]
+
+    @cached_property
+    def frame_words(self) -> np.ndarray:
+        """Each slot's first 24 bytes, in place, as three u64: a FRAME header's (destination
+        | source << 32, sequence, length). Stamping a batch is three column writes."""
+        return np.ndarray((len(self.frames), 3), "<u8", buffer=self.frames,
+                          strides=(self.stride, 8))
 
     def prefix(self, n: int) -> Batch:
         if n == len(self.frames):
@@ -433,6 +439,11 @@ def drain_frames(view: memoryview, flat: np.ndarray, start: int, end: int,
         if end - start < stride:
             break
         whole = (end - start) // stride
+        if whole == 1:  # a lone frame (one packet per send): no block to find
+            handler(source, seq, [view[start + FRAME.size:start + stride]])
+            start += stride
+            n += 1
+            continue
         if whole >= SMALL_BLOCK:
             count = _frame_block(flat, start, stride, whole)
         elif _uniform(view, start, whole, length, (_dst, source, seq)):
@@ -466,11 +477,9 @@ _HEADERS: dict[tuple[int, int], struct.Struct] = {}  # (frames, payload length) 
 
 def _uniform(view: memoryview, start: int, count: int, length: int,
              first: tuple[int, int, int]) -> bool:
-    """Whether the `count` (< SMALL_BLOCK) whole frames of `length` bytes at `start` make one
+    """Whether the `count` (2 to SMALL_BLOCK - 1) whole frames of `length` bytes at `start` make one
     block (the destination and source of the `first` header, consecutive sequence numbers):
     ONE unpack of every header, compared a column at a time, instead of one per frame."""
-    if count == 1:
-        return True
     layout = _HEADERS.get((count, length))
     if layout is None:
         if len(_HEADERS) >= 4 * SMALL_BLOCK:
@@ -528,18 +537,17 @@ class FrameStamper:
     def stamp(self, dst: int, batch: Batch) -> int:
         """Write the headers of `batch` for `dst`; return the sequence number of its last
         frame (it becomes the destination's last with `stamped`, once the batch went out)."""
-        n = len(batch.slots)
+        n = len(batch.frames)
         seq = self._seq[dst]
         if n < SMALL_BLOCK:
-            for slot in batch.slots:
+            for at in range(0, n * batch.stride, batch.stride):
                 seq += 1
-                FRAME.pack_into(slot.frame, 0, dst, self.network_id, seq, len(slot.payload))
+                FRAME.pack_into(batch.span, at, dst, self.network_id, seq, batch.size)
             return seq
-        # the headers in place, as strided records: no temporary, one write per field
-        header = header_view(batch.frames.reshape(-1), 0, batch.stride, n)
-        header["tag"], header["source"] = dst, self.network_id
-        header["length"] = len(batch.slots[0].payload)
-        np.add(np.arange(1, n + 1, dtype=np.uint64), seq, out=header["seq"])
+        words = batch.frame_words  # the headers in place: no temporary array
+        words[:, 0] = dst | self.network_id << 32
+        words[:, 2] = batch.size
+        np.add(np.arange(1, n + 1, dtype=np.uint64), seq, out=words[:, 1])
         return seq + n
 
     def stamped(self, dst: int, last_seq: int) -> None:
@@ -556,16 +564,15 @@ class _FrameSender(FrameStamper):
              stop: threading.Event) -> int:
         """Stamp and send the batch in ONE sendall; the destination's sequence advances only
         if it went out."""
-        n = len(batch.slots)
+        n = len(batch.frames)
         try:
             sock = self._socket_for(dst)
         except KeyError:
             errors["NoConnection"] += n
             return 0
         if n == 1:  # the lone packet: its header written here, no loop
-            slot = batch.slots[0]
             last_seq = self._seq[dst] + 1
-            FRAME.pack_into(slot.frame, 0, dst, self.network_id, last_seq, len(slot.payload))
+            FRAME.pack_into(batch.span, 0, dst, self.network_id, last_seq, batch.size)
         else:
             last_seq = self.stamp(dst, batch)
         try:
@@ -604,9 +611,8 @@ class _SocketEndpoint(ReceiveEndpoint):
             self._poll.unregister(fd)
         _shutdown(sock)
 
-    def _on_readable(self, sock: socket.socket, reader: FrameReader | None,
-                     handler: BlockHandler) -> int:
-        assert reader is not None
+    def _receive(self, sock: socket.socket, reader: FrameReader, handler: BlockHandler) -> int:
+        """One receive call on a readable connection, then every whole frame to `handler`."""
         try:
             if recv_into_reader(sock, reader) == 0:
                 self._drop(sock)
@@ -617,12 +623,21 @@ class _SocketEndpoint(ReceiveEndpoint):
             self._drop(sock)
             return 0
 
+    def _accept(self, listener: socket.socket) -> None:
+        """A listening socket is readable (only endpoints that listen watch one)."""
+        raise NotImplementedError
+
     def poll(self, handler: BlockHandler, timeout: float) -> int:
         n = 0
         for fd, _ in self._poll.poll(timeout * 1000):
             conn = self._conns.get(fd)
-            if conn is not None:
-                n += self._on_readable(conn[0], conn[1], handler)
+            if conn is None:
+                continue
+            sock, reader = conn
+            if reader is None:
+                self._accept(sock)
+            else:
+                n += self._receive(sock, reader, handler)
         return n
 
     def close(self) -> None:
@@ -646,18 +661,14 @@ class TcpListener(_SocketEndpoint):
         self._watch(listener, None)
         return listener.getsockname()[1]
 
-    def _on_readable(self, sock: socket.socket, reader: FrameReader | None,
-                     handler: BlockHandler) -> int:
-        if reader is not None:
-            return super()._on_readable(sock, reader, handler)
+    def _accept(self, listener: socket.socket) -> None:
         try:
-            conn, _ = sock.accept()
+            conn, _ = listener.accept()
         except BlockingIOError:
-            return 0
+            return
         conn.setblocking(True)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._add(conn, _HelloReader())
-        return 0
 
 
 def close_listener(selector: selectors.BaseSelector, listener: socket.socket) -> None:
