@@ -38,6 +38,8 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -878,6 +880,27 @@ def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+@dataclass
+class Outcome:
+    """How the bench's phases ended: interrupted (Ctrl-C) or failed (a run could not be
+    carried out); either stops the phases after it."""
+
+    interrupted: bool = False
+    failed: bool = False
+
+    @contextmanager
+    def phase(self, console: Console, on_interrupt: str, on_failure: str) -> Iterator[None]:
+        """Run a phase; Ctrl-C or a BenchError/MachineError ends it with a line saying so."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
+            console.print(f"[yellow]interrupted: {on_interrupt}")
+        except (BenchError, MachineError) as exc:
+            self.failed = True
+            console.print(f"[red]{on_failure}: {exc}")
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -1008,9 +1031,9 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     stream_plans = [RunPlan(t, big[0], route_list[:1], batch, "single-stream")
                     for batch in options.batches for t in adapter_flows] \
         if options.single_stream and big and len(route_list) > 1 else []
-    interrupted = failed = False
+    outcome = Outcome()
     try:
-        try:
+        with outcome.phase(console, "stopping the machine", "bench failed"):
             machine.start()
             if switch is not None:
                 switch.start()
@@ -1041,26 +1064,14 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                     for t in options.transports:
                         results["latency"][t] = b.lone_latency(t, route_list[0])
                         progress.advance(lone)
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("[yellow]interrupted: stopping the machine")
-        except (BenchError, MachineError) as exc:
-            failed = True
-            console.print(f"[red]bench failed: {exc}")
     finally:
         with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
             if switch is not None:
                 results["vswitch"] = switch.stop()
             machine.stop()
-    if scaling_cfgs is not None and not interrupted and not failed:
-        try:
+    if scaling_cfgs is not None and not outcome.interrupted and not outcome.failed:
+        with outcome.phase(console, "scaling phase stopped", "scaling phase failed"):
             results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("[yellow]interrupted: scaling phase stopped")
-        except (BenchError, MachineError) as exc:
-            failed = True
-            console.print(f"[red]scaling phase failed: {exc}")
     runs = results["runs"]
     if runs:
         results["floor"] = floors(tuple(sorted({r["packet_size"] for r in runs})),
@@ -1132,13 +1143,13 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     for r in bad:
         console.print(f"[red]{_label(r)} {human_size(r['packet_size'])}: {r['lost']} lost, "
                       f"{r['corrupt']} corrupt; send errors {r.get('send_errors', '-')}")
-    if interrupted:
+    if outcome.interrupted:
         return 130, results
     complete = (len(runs) == len(run_matrix(sizes, options))
                 and len(results.get("single_stream", [])) == len(stream_plans)
                 and (not options.latency or len(results.get("latency", {}))
                      == len(options.transports))
                 and (not options.scaling or bool(results.get("scaling"))))
-    ok = not bad and not failed and complete
+    ok = not bad and not outcome.failed and complete
     console.print("[green]all packets delivered and verified" if ok else "[red]NOT clean")
     return (0 if ok else 1), results

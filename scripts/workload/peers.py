@@ -309,19 +309,11 @@ class PipeLinks(FrameStamper, SendTransport):
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        n = len(batch.slots)
         conn = self._conns.get(dst)
         if conn is None:
-            errors["NoConnection"] += n
+            errors["NoConnection"] += len(batch.frames)
             return 0
-        last = self.stamp(dst, batch)
-        try:
-            conn.send_bytes(batch.span)
-        except OSError as exc:
-            errors[type(exc).__name__] += n
-            return 0
-        self.stamped(dst, last)
-        return n
+        return self.send_stamped(dst, batch, errors, conn.send_bytes)
 
     def close(self) -> None:
         conns, self._conns = self._conns, {}

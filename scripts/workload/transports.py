@@ -539,6 +539,9 @@ class FrameStamper:
         frame (it becomes the destination's last with `stamped`, once the batch went out)."""
         n = len(batch.frames)
         seq = self._seq[dst]
+        if n == 1:  # the lone packet: no loop
+            FRAME.pack_into(batch.span, 0, dst, self.network_id, seq + 1, batch.size)
+            return seq + 1
         if n < SMALL_BLOCK:
             for at in range(0, n * batch.stride, batch.stride):
                 seq += 1
@@ -553,6 +556,21 @@ class FrameStamper:
     def stamped(self, dst: int, last_seq: int) -> None:
         self._seq[dst] = last_seq
 
+    def send_stamped(self, dst: int, batch: Batch, errors: Counter,
+                     write: Callable[[memoryview], object]) -> int:
+        """Stamp `batch` for `dst` and hand all its frames to `write` in ONE call (a socket's
+        sendall, a Connection's send_bytes); the destination's sequence advances only if they
+        went out. A failure is counted in `errors` by exception name, one per packet."""
+        n = len(batch.frames)
+        last_seq = self.stamp(dst, batch)
+        try:
+            write(batch.span)
+        except OSError as exc:
+            errors[type(exc).__name__] += n
+            return 0
+        self._seq[dst] = last_seq
+        return n
+
 
 class _FrameSender(FrameStamper):
     """Shared by tcp and vswitch: number the frames of a batch and send them in one sendall."""
@@ -562,26 +580,13 @@ class _FrameSender(FrameStamper):
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
-        """Stamp and send the batch in ONE sendall; the destination's sequence advances only
-        if it went out."""
-        n = len(batch.frames)
+        """Stamp and send the batch in ONE sendall (see send_stamped)."""
         try:
             sock = self._socket_for(dst)
         except KeyError:
-            errors["NoConnection"] += n
+            errors["NoConnection"] += len(batch.frames)
             return 0
-        if n == 1:  # the lone packet: its header written here, no loop
-            last_seq = self._seq[dst] + 1
-            FRAME.pack_into(batch.span, 0, dst, self.network_id, last_seq, batch.size)
-        else:
-            last_seq = self.stamp(dst, batch)
-        try:
-            sock.sendall(batch.span)
-        except OSError as exc:
-            errors[type(exc).__name__] += n
-            return 0
-        self._seq[dst] = last_seq
-        return n
+        return self.send_stamped(dst, batch, errors, sock.sendall)
 
 
 class _SocketEndpoint(ReceiveEndpoint):
