@@ -51,7 +51,7 @@ from scripts.workload.program import PROGRAM
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
 DRAIN_TIMEOUT_S = 30.0
 ADAPTER_SHARE = 0.25  # fraction of kills aimed at the adapter
-LOOK_EVERY_S = 0.5  # how often the adapter's refusals and the receivers' errors are read
+LOOK_EVERY_S = 1.0  # how often the adapter's refusals and the receivers' errors are read
 POISON_SHARE = 4  # the rogue poisons one destination in this many (at least one)
 # Machine._supervise's event for a child that died; the soak's own kills are SIGKILL
 DIED = re.compile(r"(?P<name>.+) died \(exit code (?P<code>-?\d+)\)")
@@ -138,6 +138,7 @@ class _Soak:
         self.refused: dict[int, str] = {}  # destination -> the adapter's RingCorrupt reason
         self.receiver_errors: dict[int, str] = {}
         self.carried: dict[int, dict] = {}  # what killed incarnations counted, by partition
+        self.absorbed: dict[int, int] = {}  # adapter pid -> stray lock posts it absorbed
         self._next_look = 0.0
 
     def resume(self, seen: dict, until: float) -> None:
@@ -204,17 +205,19 @@ class _Soak:
                 self.report.deaths.append(f"{event}: not killed by the soak")
 
     def look(self, force: bool = False) -> None:
-        """Every LOOK_EVERY_S: which destinations the adapter refuses as corrupt, and which
-        receivers stopped on an error (both are lost with the process that knew them)."""
+        """Every LOOK_EVERY_S: which destinations the adapter refuses as corrupt, how many
+        stray lock posts it absorbed, and which receivers stopped on an error (all are lost
+        with the process that knew them)."""
         now = time.monotonic()
         if not force and now < self._next_look:
             return
         self._next_look = now + LOOK_EVERY_S
         try:
-            corrupt = self.machine.adapter_stats(timeout=1.0).get("corrupt", {})
+            adapter = self.machine.adapter_stats(timeout=1.0)
+            self.absorbed[self.machine.pid()] = adapter["errors"].get("stray_lock_release", 0)
         except MachineError:
-            corrupt = {}
-        for dst, why in corrupt.items():
+            adapter = {}
+        for dst, why in adapter.get("corrupt", {}).items():
             self.refused.setdefault(int(dst), why)
         for nid, child in list(self.machine.partitions.items()):
             if child.proc.poll() is not None:
@@ -244,6 +247,7 @@ class _Soak:
                                   for nid, s in sorted(stats.items())
                                   for kind in s.get("errors", {}) if kind.startswith("sender: ")]
         report.restarts = sum(self.machine.restarts.values())
+        report.stray_posts_absorbed = sum(self.absorbed.values())
         report.innocents_hurt = [
             *(f"destination {nid} was refused as corrupt but never poisoned: {why}"
               for nid, why in sorted(self.refused.items()) if nid not in poisoned),
@@ -284,7 +288,8 @@ class _Soak:
                 report.adapter_kills += victim is None
                 console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")
             self.last_stats.update(collect(machine))
-            self.look()
+            if report.rogue:  # without one, the drain's last look suffices (and costs less)
+                self.look()
             if intervals.due():
                 delivered = tally(destination_books(machine), self.poisoned())[1]
                 intervals.tick(delivered, traffic_errors(self.last_stats))
