@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING
 
 from adapter.errors import OutOfBounds, XpmoveError
 from adapter.ring import align
+from partitions.driver import Sent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from partitions.driver import Driver, Granted, Sent
+    from partitions.driver import Driver
+    from partitions.lending import Granted
 
 
 class LoanError(XpmoveError):
@@ -131,15 +133,16 @@ class Loan:
                 f"{self.dst} is still alive (a slice, a cast or a numpy array of it): drop it "
                 f"and call {event}() again; nothing changed, the loan still holds the "
                 f"destination") from None
-        outcome: Sent | XpmoveError | None = None
+        error: XpmoveError | None = None
         try:
-            outcome = self._driver.end_grant(self._granted, commit=event == COMMIT)
+            error = self._driver.end_grant(self._granted, commit=event == COMMIT)
         finally:  # over whatever happened; taken back by the adapter, it delivered nothing
-            self.state = LoanState.GIVEN_BACK if isinstance(outcome, XpmoveError) else new
+            self.state = LoanState.GIVEN_BACK if error is not None else new
             self._on_end()
-        if isinstance(outcome, XpmoveError):
-            raise outcome
-        return outcome
+        if error is not None:
+            raise error
+        g = self._granted
+        return Sent(g.dst_id, g.seq, g.count, g.records)
 
     def __enter__(self) -> memoryview:
         return self.view

@@ -34,7 +34,8 @@ from adapter.protocol import Flow
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import BlockHandler
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
-from partitions.driver import Driver, Granted, Sent
+from partitions.driver import Driver, Sent
+from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
 from partitions.memory import PartitionView
 from partitions.receiver import Packet, Receiver

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from adapter.errors import DestinationFull, OutOfBounds, RingCorrupt
-from partitions.driver import Granted, Sent, retrying
+from partitions.driver import Sent, retrying
+from partitions.lending import Granted
 from partitions.loan import Loan, LoanEnded, LoanExported, LoanRun, LoanState
 
 
@@ -18,9 +19,8 @@ class FakeDriver:
         self.physical = memoryview(bytearray(4096))
         self.ended: list[bool] = []
 
-    def end_grant(self, granted: Granted, commit: bool) -> Sent:
+    def end_grant(self, granted: Granted, commit: bool) -> None:
         self.ended.append(commit)
-        return Sent(granted.dst_id, granted.seq, granted.count, granted.records)
 
 
 def make(size: int = 64, cls=Loan, **run) -> tuple[Loan, FakeDriver, list]:
