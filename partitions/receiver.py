@@ -28,6 +28,7 @@ from adapter.ring import (
     KIND_RUN,
     RECORD_HEADER,
     RUN_DESCRIPTOR,
+    check_counters,
     check_run,
     next_record,
     record_size,
@@ -79,6 +80,8 @@ class Receiver:
         capacity = self.own.receive_size
         head = receive_area.read_head(words, self.own)
         tail = start_tail = receive_area.read_tail(words, self.own)
+        if tail > head:  # forged (head below tail, or tail past head): never "empty"
+            check_counters(head, tail, capacity)
         done = 0
         while tail < head and (limit is None or done < limit):
             record = next_record(tail, head, capacity, self._header)

@@ -65,3 +65,21 @@ def test_a_delivered_word_past_the_committed_sequence_is_forged(m, run, forged):
     assert r.pending_bytes() > 0  # still there, not dropped
     m.words[delivered_word(m, 1, 2)] = 0  # repaired: everything arrives
     assert collect(receiver(m)) == [(1, 1), (1, 2), (1, 3)]
+
+
+@pytest.mark.parametrize("word", ["head", "tail"])
+def test_counters_that_cross_are_corrupt_not_an_empty_ring(m, word):
+    """A head forged below the tail (or a tail past the head) used to read as an empty ring,
+    silently; now the receiver raises RingCorrupt naming both counters."""
+    from adapter import receive_area
+
+    send_three(m, run=False)
+    assert len(collect(receiver(m))) == 3  # consumed: tail == head
+    ring = receive_area.RingWords.of(m.p(2))
+    head = m.words[ring.head]
+    if word == "head":
+        m.words[ring.head] = head - 8
+    else:
+        m.words[ring.tail] = head + 8
+    with pytest.raises(RingCorrupt, match=r"ring counters head \d+ tail \d+ invalid"):
+        collect(receiver(m))
