@@ -197,7 +197,10 @@ class Supervision:
                 self._waiting.append(child)
         if self._adapter_due is not None and now >= self._adapter_due:
             self._adapter_due = None
-            self._bring_back(self.restart_adapter, "adapter")
+            dead = self.adapter
+            if not self._bring_back(self.restart_adapter, "adapter") and self.adapter is dead:
+                assert dead is not None  # no process was even started (say, EMFILE): a
+                self._adapter_died(dead, now, ran_for=0.0)  # death right at its start
         adapter = self.adapter
         if adapter is not None and adapter.state is ProcessState.RUNNING:
             waiting, self._waiting = self._waiting, []
@@ -210,15 +213,19 @@ class Supervision:
                     self._retire(child.network_id)
         return died
 
-    def _bring_back(self, restart: Callable[[], None], name: str) -> None:
+    def _bring_back(self, restart: Callable[[], None], name: str) -> bool:
         try:
             restart()
-        except MachineError as exc:  # e.g. it died again at start: its exit is the next news
-            self.events.append(f"restart of {name} failed: {exc}")
+            return True
+        except (MachineError, OSError) as exc:  # e.g. it died again at start: its exit is the
+            self.events.append(f"restart of {name} failed: {exc}")  # next poll's news
+            return False
 
-    def _adapter_died(self, adapter: Child, now: float) -> None:
+    def _adapter_died(self, adapter: Child, now: float, ran_for: float | None = None) -> None:
         """Schedule the adapter's restart (back-off), or give up: MachineError."""
-        delay = self._adapter_backoff.on_death(now, now - adapter.spawned_at)
+        if ran_for is None:
+            ran_for = now - adapter.spawned_at
+        delay = self._adapter_backoff.on_death(now, ran_for)
         if delay is None:
             self.gave_up = self._adapter_backoff.give_up_message(
                 "the adapter", "machine.adapter_restart_limit")
@@ -226,8 +233,8 @@ class Supervision:
             raise MachineError(self.gave_up)
         self._adapter_due = now + delay
         if delay:
-            self.events.append(f"adapter died again {now - adapter.spawned_at:.1f} s after its "
-                               f"start: restarted in {delay:g} s")
+            self.events.append(f"adapter died again {ran_for:.1f} s after its start: "
+                               f"restarted in {delay:g} s")
 
     def _retire(self, network_id: int) -> None:
         """`network_id` ended and will not be restarted: tell the adapter, so moves to it fail
