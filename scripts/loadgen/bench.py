@@ -61,6 +61,7 @@ from scripts.tables import Col, Grid
 from scripts.workload import peers as peer_transports
 from scripts.workload.pattern import MIN_PACKET, Pattern
 from scripts.workload.program import PROGRAM
+from scripts.workload.traffic import TIME_EVERY
 from scripts.workload.transports import FRAME, LOAN, SYNC_SUFFIX, BatchLayout, make_batch
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
@@ -1093,7 +1094,9 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         "tail_fraction": options.tail,
         "S_vs_tcp": "S over the tcp run of the same size and batch",
         "S_transport": "S fitted on C minus the fill and check CPU of every participant "
-                       "(time.thread_time around Pattern fill and check, per thread): the "
+                       "(time.thread_time around Pattern fill and check, per thread: around "
+                       f"every batch or block of {SMALL_BLOCK} packets or more, and every "
+                       f"{TIME_EVERY}th smaller one counted {TIME_EVERY} times): the "
                        "transport's own cost per packet",
         "floor": "per size: S of fill + check alone in the bench process, no transport (one "
                  "thread fills a batch of tcp-framed packets and checks it, in a loop, thread "
