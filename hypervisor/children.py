@@ -15,6 +15,7 @@ from hypervisor.control import Channel
 from hypervisor.lifecycle import ProcessEvent, ProcessState, next_state
 
 STOP_TIMEOUT_S = 5.0
+KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is killed
 CALL_TIMEOUT_S = 30.0
 
 
@@ -67,3 +68,21 @@ class Pipes:
     def close(self) -> None:
         for fd in (self.request_r, self.request_w, self.reply_r, self.reply_w):
             os.close(fd)
+
+
+def reap(procs: list[subprocess.Popen]) -> None:
+    """Wait for exit; SIGTERM the stragglers, then SIGKILL; always reap (no zombies). Bounded:
+    STOP_TIMEOUT_S for the exit, KILL_AFTER_S for SIGTERM (a SIGSTOPped child ignores it)."""
+    for step in ("wait", "terminate", "kill"):
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            return
+        for p in alive:
+            if step != "wait":
+                getattr(p, step)()
+        deadline = time.monotonic() + (KILL_AFTER_S if step == "terminate" else STOP_TIMEOUT_S)
+        for p in alive:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass

@@ -25,13 +25,22 @@ from dataclasses import dataclass, field
 import posix_ipc
 
 from hypervisor.boot import AdapterBoot, Boot, Connection, PartitionBoot
-from hypervisor.children import CALL_TIMEOUT_S, STOP_TIMEOUT_S, Child, MachineError, Pipes
+from hypervisor.children import (
+    CALL_TIMEOUT_S,
+    KILL_AFTER_S,
+    STOP_TIMEOUT_S,
+    Child,
+    MachineError,
+    Pipes,
+    reap,
+)
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.control import Channel, ControlError
 from hypervisor.layout import SegmentLayout, plan_segment
 from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState
 from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry, ipc_name, new_run_prefix, unlink_quietly
+from hypervisor.room import check_shm_room, preallocation_error, shm_free_bytes
 from hypervisor.status import StatusServer, machine_status, open_lock_reader
 from hypervisor.supervision import Supervision
 
@@ -40,48 +49,10 @@ __all__ = ["Child", "Machine", "MachineError", "Pipes", "check_shm_room", "preal
 
 STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
 STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
-KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is killed
-SHM_DIR = "/dev/shm"
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
 ADAPTER_MODULE = "adapter.server"
 PARTITION_MODULE = "partitions.main"
-
-
-def check_shm_room(needed: int, free: int, config_total: int | None = None) -> None:
-    """Refuse a segment of `needed` bytes when the filesystem behind /dev/shm has only `free`
-    (pure: the caller measures). Without this, the processes die of SIGBUS on first touch."""
-    if needed <= free:
-        return
-    total = "" if config_total is None else f" (the partitions' memory is {config_total:,} bytes)"
-    raise MachineError(f"{SHM_DIR} has {free:,} bytes free but the segment needs {needed:,} "
-                       f"bytes{total}: {_more_room(needed)}")
-
-
-def _more_room(needed: int) -> str:
-    return (f"give {SHM_DIR} more room (e.g. docker run --shm-size={_mib_up(needed)}m ...) or "
-            f"give the partitions less memory in the config")
-
-
-def preallocation_error(exc: OSError, needed: int, free: int) -> Exception:
-    """What to raise when allocating the segment's `needed` bytes failed with `exc` (pure: the
-    caller measures `free` after the failure). No room (ENOSPC: /dev/shm filled up since the
-    check, or is smaller than statvfs said) is one line naming both numbers and the fix;
-    anything else is `exc` itself."""
-    if exc.errno != errno.ENOSPC:
-        return exc
-    return MachineError(f"{SHM_DIR} has no room for the segment's {needed:,} bytes ({free:,} "
-                        f"bytes free now): {_more_room(needed)}")
-
-
-def _mib_up(n: int) -> int:
-    return -(-n // (1024 * 1024)) + 16  # a little headroom beyond the segment
-
-
-def shm_free_bytes(path: str = SHM_DIR) -> int:
-    """Bytes an unprivileged process may still allocate on the filesystem behind `path`."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def _startup_error(prefix: str, exc: BaseException) -> MachineError:
@@ -505,7 +476,7 @@ class Machine(Supervision):
                 child.channel.close()  # EOF tells the child to exit
             except OSError:
                 pass
-        _reap([c.proc for c in children])
+        reap([c.proc for c in children])
         try:
             self.poll()
         except Exception as exc:
@@ -524,20 +495,3 @@ class Machine(Supervision):
             unlink_quietly(shm=[self.names.segment], sem=self.names.semaphores())
             self.registry.remove(self.prefix)
 
-
-def _reap(procs: list[subprocess.Popen]) -> None:
-    """Wait for exit; SIGTERM the stragglers, then SIGKILL; always reap (no zombies). Bounded:
-    STOP_TIMEOUT_S for the exit, KILL_AFTER_S for SIGTERM (a SIGSTOPped child ignores it)."""
-    for step in ("wait", "terminate", "kill"):
-        alive = [p for p in procs if p.poll() is None]
-        if not alive:
-            return
-        for p in alive:
-            if step != "wait":
-                getattr(p, step)()
-        deadline = time.monotonic() + (KILL_AFTER_S if step == "terminate" else STOP_TIMEOUT_S)
-        for p in alive:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
