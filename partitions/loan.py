@@ -80,7 +80,7 @@ class Loan:
     carry. As a context manager it gives the view, commits on a normal exit and gives the
     space back if the block raises."""
 
-    def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[], None]):
+    def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[Loan], None]):
         self._driver = driver
         self._granted = granted
         self._on_end = on_end
@@ -138,7 +138,7 @@ class Loan:
             error = self._driver.end_grant(self._granted, commit=event == COMMIT)
         finally:  # over whatever happened; taken back by the adapter, it delivered nothing
             self.state = LoanState.GIVEN_BACK if error is not None else new
-            self._on_end()
+            self._on_end(self)
         if error is not None:
             raise error
         g = self._granted
@@ -162,7 +162,7 @@ class LoanRun(Loan):
     the view of packet i (each starts on an 8-byte boundary, `stride` apart; the adapter wrote
     the run's descriptor). As a context manager it gives itself."""
 
-    def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[], None],
+    def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[Loan], None],
                  packets: int, length: int):
         super().__init__(driver, granted, on_end)
         self.packets = packets

@@ -314,8 +314,9 @@ class Port:
         lock until the loan ends: the destination's other senders, and this partition's other
         threads' sends, wait meanwhile, so keep loans short (a grant held too long may be
         ended by the machine). One loan per port at a time; from the thread holding it,
-        another loan, a send or a waiting receive raises LoanHeld. `count` is bounded like a
-        send's (`max_record(dst)`, the send space). See partitions/loan.py for the rules.
+        another loan, a send, `flush()` or a waiting receive raises LoanHeld. `count` is
+        bounded like a send's (`max_record(dst)`, the send space). See partitions/loan.py for
+        the rules.
         """
         self._check_no_loan("loan")
         self._check_loan_args(dst, count, f"loan of {count} bytes")
@@ -364,8 +365,11 @@ class Port:
         self._loan, self._loan_thread = loan, threading.get_ident()
         return loan
 
-    def _loan_ended(self) -> None:
-        self._loan = self._loan_thread = None
+    def _loan_ended(self, loan: Loan) -> None:
+        """`loan` is over. Another thread's next loan may already be registered (the driver
+        was free before this call): only `loan` itself is forgotten."""
+        if self._loan is loan:
+            self._loan = self._loan_thread = None
 
     @staticmethod
     def _check_loan_args(dst: int, count: int, what: str) -> None:

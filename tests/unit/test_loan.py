@@ -26,7 +26,7 @@ class FakeDriver:
 def make(size: int = 64, cls=Loan, **run) -> tuple[Loan, FakeDriver, list]:
     driver, ends = FakeDriver(), []
     granted = Granted(2, 7, size, run.get("packets", 1), 1024, size, 0, 1)
-    loan = cls(driver, granted, lambda: ends.append(1), **run)
+    loan = cls(driver, granted, lambda ended: ends.append(ended is loan), **run)
     return loan, driver, ends
 
 
@@ -35,7 +35,7 @@ def test_commit_ends_the_loan_once_and_releases_the_view():
     loan.view[:4] = b"abcd"
     assert bytes(driver.physical[1024:1028]) == b"abcd"  # written in place, no copy
     assert loan.commit() == Sent(2, 7, 64, 1)
-    assert (driver.ended, ends, loan.state) == ([True], [1], LoanState.COMMITTED)
+    assert (driver.ended, ends, loan.state) == ([True], [True], LoanState.COMMITTED)
     with pytest.raises(ValueError):  # a released memoryview
         loan.view[0] = 1
     for end in (loan.commit, loan.give_back):
@@ -108,7 +108,7 @@ def test_a_failed_end_still_ends_the_loan():
     driver.end_grant = lambda granted, commit: RingCorrupt("taken back")  # type: ignore
     with pytest.raises(RingCorrupt):
         loan.commit()
-    assert (loan.state, ends) == (LoanState.GIVEN_BACK, [1])
+    assert (loan.state, ends) == (LoanState.GIVEN_BACK, [True])
 
 
 def test_retrying_retries_only_retryable_outcomes_until_the_deadline():
