@@ -43,7 +43,7 @@ def partitions(config: Path) -> list[tuple[str, int]]:
         return [(p["name"], p["network_id"]) for p in tomllib.load(f)["partition"]]
 
 
-@pytest.mark.parametrize("example", ["pingpong", "pipeline", "fanout"])
+@pytest.mark.parametrize("example", ["pingpong", "pipeline", "fanout", "loans"])
 def test_example_runs_and_every_program_returns(example: str, tmp_path: Path) -> None:
     config = REPO / "examples" / f"{example}.toml"
     proc = xpmove_run(config, REPO, tmp_path)
@@ -52,6 +52,8 @@ def test_example_runs_and_every_program_returns(example: str, tmp_path: Path) ->
     for name, nid in partitions(config):
         assert f"{name} (ID {nid}): returned" in proc.stdout, output
     assert "every program returned" in proc.stdout
+    if example == "loans":
+        assert "consumer: 400 frames, each once and in order" in proc.stdout, output
     if example == "pingpong":
         for flow in ("fig11", "fig12"):
             assert re.search(rf"^{flow}: .*p50 [0-9.]+ us, p99 [0-9.]+ us", proc.stdout,
