@@ -56,7 +56,7 @@ def test_intact_blocks_count_every_packet_and_keep_latencies(count):
     assert rx.arrivals == 2 * count and len(rx.latencies_ns) == 2 * count  # stride 1
 
 
-@pytest.mark.parametrize("count, bad", [(5, 0), (5, 4), (SMALL_BLOCK - 1, 7), (40, 20)])
+@pytest.mark.parametrize("count, bad", [(1, 0), (5, 0), (5, 4), (SMALL_BLOCK - 1, 7), (40, 20)])
 def test_a_corrupt_packet_is_counted_alone(count, bad):
     traffic, rx, handler = receiver()
     deliver(handler, frames(traffic, FrameStamper(SRC), count, 1, corrupt=bad))
@@ -65,7 +65,7 @@ def test_a_corrupt_packet_is_counted_alone(count, bad):
     assert rx.gaps == (1 if bad < count - 1 else 0) and rx.duplicates == 0
 
 
-@pytest.mark.parametrize("count", [3, 20])
+@pytest.mark.parametrize("count", [1, 3, 20])
 def test_repeated_sequence_numbers_are_duplicates_and_skipped_ones_gaps(count):
     traffic, rx, handler = receiver()
     stamper = FrameStamper(SRC)
