@@ -300,9 +300,13 @@ class Machine(Supervision):
             child.step(ProcessEvent.FINISHED)
 
     def _drain_events(self, child: Child) -> None:
-        """Take the events a child sent while nobody was calling it (never blocks)."""
+        """Take the events a child sent while nobody was calling it (never blocks). While
+        another thread's call waits on the channel, that call takes them (and its reply,
+        which this would otherwise read and drop)."""
         if child.network_id is None or child.state not in (ProcessState.RUNNING,
                                                             ProcessState.STOPPING):
+            return
+        if not child.call_lock.acquire(blocking=False):
             return
         try:
             while select.select([child.channel.sock], [], [], 0)[0]:
@@ -313,6 +317,8 @@ class Machine(Supervision):
                     self._on_event(child, message)
         except (ControlError, OSError, ValueError):  # closed (ValueError: fd -1): its exit
             pass  # is seen by supervision
+        finally:
+            child.call_lock.release()
 
     def outcomes(self) -> dict[int, Outcome]:
         """How each partition's program ended (or that it is still running), by network ID."""

@@ -297,3 +297,27 @@ def test_launch_refuses_a_packet_size_the_machine_cannot_carry(size, tmp_path):
     assert result.returncode != 0
     assert f"--size {size} must be in [24, 2097128]" in result.stderr
     assert no_run_registered(runs)
+
+
+def test_a_call_from_another_thread_survives_polling(machine):
+    """A thread's call waits for its reply while the owner thread polls: supervision must not
+    read that reply off the channel and drop it (it did: the call then timed out, which made
+    tests with a sender thread and a polling loop flaky)."""
+    import threading
+    import time
+
+    got: list[dict] = []
+
+    def calls() -> None:  # a few, each replied after 0.3 s: a race the old code lost often
+        for _ in range(5):
+            got.append(machine.call(2, {"cmd": "receive", "timeout": 0.3}, timeout=3.0))
+
+    caller = threading.Thread(target=calls)
+    caller.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT + 10
+        while caller.is_alive() and time.monotonic() < deadline:
+            machine.poll()  # as often as it can: the replies come while it looks
+    finally:
+        caller.join(TIMEOUT)
+    assert got == [{"ok": True, "packet": None}] * 5
