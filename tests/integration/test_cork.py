@@ -76,6 +76,22 @@ def test_mixed_destinations_lengths_and_flows_are_all_delivered(make_machine):
     assert m.call(1, {"cmd": "flush", "timeout": TIMEOUT})["done"]
 
 
+def test_packets_to_alternating_destinations_share_requests(make_machine):
+    """One packet to each peer in turn: every packet starts a run, and the lone packets to
+    different destinations go several to a request (Driver.send_many), in order per pair."""
+    m = make_machine(small_config(4))
+    n, dsts, size = 1500, [2, 3, 4], 100
+    before = requests(m)
+    m.call(1, {"cmd": "cork_send", "dsts": dsts, "lengths": [size], "flows": ["fig12"],
+               "count": n, "timeout": TIMEOUT, "background": True})
+    for dst in dsts:
+        mine = [(1, i, size) for i in range(n) if dsts[i % 3] == dst]
+        check_delivered(received(m, dst, len(mine)), mine)
+    assert m.call(1, {"cmd": "flush", "timeout": TIMEOUT})["done"]
+    made = requests(m) - before
+    assert made <= n // 2, f"{made} adapter requests for {n} packets to 3 destinations in turn"
+
+
 def test_a_failed_queued_move_surfaces_from_flush_naming_it(make_machine):
     """The destination never drains: the packets past its ring fail with DestinationFull after
     their timeout. Every queued packet is delivered once or named in a failure, never both."""

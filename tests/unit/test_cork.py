@@ -1,6 +1,6 @@
-"""The cork's pure core (partitions.cork.SubmissionBook), without processes or threads: where
-each queued packet goes, when a run is sealed, which buffer the flusher gets, and the count of
-packets still queued."""
+"""The cork's pure core (partitions.submissions), without processes or threads: where each
+queued packet goes, when a run is sealed, which buffer the flusher gets, the count of packets
+still queued, and how a buffer's runs become adapter requests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from adapter.errors import DestinationFull, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align, check_run
-from partitions.cork import BufferState, QueuedFailure, QueuedSendFailed, SubmissionBook
+from partitions.cork import QueuedFailure, QueuedSendFailed
+from partitions.submissions import BufferState, SubmissionBook, requests_of
 
 D = RUN_DESCRIPTOR.size
 BIG = 1 << 30  # a destination whose largest record is no limit here
@@ -194,3 +195,63 @@ def test_append_continues_only_the_open_run_of_the_same_key():
     assert b is not None and b.packets == 1
     assert book.append(key) is None  # the taken buffer's run is closed
     assert place(book) == D
+
+
+def runs_of(book: SubmissionBook) -> list:
+    buf = book.take()
+    assert buf is not None
+    return buf.runs
+
+
+def test_lone_packets_to_alternating_destinations_share_requests_in_pair_order():
+    """Launch's pattern: each peer in turn, both flows. Requests take lone packets of one flow
+    to distinct destinations; per destination the submission order stays."""
+    book = SubmissionBook(0, 1 << 16)
+    pattern = [(d, f) for _ in range(3) for d in (2, 3, 4) for f in (F11, F12)]
+    for dst, flow in pattern:
+        place(book, dst=dst, flow=flow)
+    requests = requests_of(runs_of(book))
+    assert [[(r.dst, r.flow) for r in q] for q in requests[:2]] == [
+        [(2, F11), (3, F11), (4, F11)], [(2, F12), (3, F12), (4, F12)]]
+    assert len(requests) == 6
+    for q in requests:
+        assert len({r.dst for r in q}) == len(q) and len({r.flow for r in q}) == 1
+    order = [r.first for q in requests for r in q]
+    assert sorted(order) == list(range(1, len(pattern) + 1))
+    for dst in (2, 3, 4):  # per destination, in submission order
+        mine = [r.first for q in requests for r in q if r.dst == dst]
+        assert mine == sorted(mine)
+
+
+def test_a_multi_packet_run_goes_alone_and_blocks_its_destination():
+    book = SubmissionBook(0, 1 << 16)
+    place(book, dst=2)
+    place(book, dst=3)
+    place(book, dst=3)  # joins: a run of two to 3
+    place(book, dst=4, length=50)
+    place(book, dst=3, length=50)
+    requests = requests_of(runs_of(book))
+    assert [[(r.dst, r.packets) for r in q] for q in requests] == [
+        [(2, 1), (4, 1)], [(3, 2)], [(3, 1)]]
+
+
+@given(st.lists(st.tuples(st.integers(2, 5), st.booleans(), st.integers(1, 3)), max_size=120),
+       st.integers(1, 4), st.integers(1, 8))
+def test_requests_keep_every_run_once_and_each_destinations_order(ops, most, lookahead):
+    book = SubmissionBook(0, 1 << 20)
+    for dst, fig12, n in ops:
+        for _ in range(n):
+            place(book, dst=dst, flow=F12 if fig12 else F11)
+    buf = book.take()
+    runs = buf.runs if buf is not None else []
+    requests = requests_of(runs, most, lookahead)
+    flat = [r for q in requests for r in q]
+    assert sorted(r.first for r in flat) == [r.first for r in runs]
+    for q in requests:
+        assert len(q) <= most
+        assert len(q) == 1 or (all(r.packets == 1 for r in q)
+                               and len({r.dst for r in q}) == len(q)
+                               and len({r.flow for r in q}) == 1)
+    for dst in range(2, 6):
+        mine = [r.first for r in flat if r.dst == dst]
+        assert mine == sorted(mine)
