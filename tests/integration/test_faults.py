@@ -203,7 +203,7 @@ def test_soak_short_run(registry, batch):
 
     from scripts.soak import soak
 
-    report = soak(small_config(), duration=3.0, kill_every=0.5, size=512, seed=7,
+    report = soak(small_config(), duration=4.0, kill_every=0.5, size=512, seed=7,
                   console=Console(file=open(os.devnull, "w")), registry=registry, batch=batch)
     assert report.kills >= 4 and report.adapter_kills >= 1, report
     assert report.accepted > 0 and report.accepted == report.delivered, report
