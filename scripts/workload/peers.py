@@ -35,6 +35,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -62,6 +63,7 @@ PEERS = (ZMQ, PIPE, ICEORYX2)
 PEER_MODULES: dict[str, str | None] = {ZMQ: "zmq", PIPE: None, ICEORYX2: "iceoryx2"}
 RECEIVE_BUFFER = 1 << 20  # grows to the largest message seen
 ICEORYX_BUFFER = 64  # samples a subscriber holds before a publisher waits
+ICEORYX_CONNECT_S = 5.0  # how long a publisher waits to see its subscriber
 ICEORYX_PUBLISHERS = 64
 
 
@@ -360,6 +362,19 @@ def _services(name: str) -> tuple[Any, Any]:
     return data, wake
 
 
+def _await_subscriber(data: Any, publisher: Any, dst: int) -> None:
+    """Wait until `publisher` is connected to the destination's subscriber: iceoryx2 connects
+    ports lazily, and a sample sent before that reaches nobody (`send()` returns 0) and would be
+    counted as lost."""
+    deadline = time.monotonic() + ICEORYX_CONNECT_S
+    while data.dynamic_config.number_of_subscribers < 1:
+        if time.monotonic() >= deadline:
+            raise TransportError(f"iceoryx2: partition {dst}'s subscriber did not appear "
+                                 f"within {ICEORYX_CONNECT_S} s")
+        time.sleep(0.001)  # polling another process's registration, with a deadline
+    publisher.update_connections()
+
+
 def _release(*ports: Any) -> None:
     for port in ports:
         if port is not None:
@@ -446,8 +461,9 @@ class Iceoryx2Publisher(FrameStamper, SendTransport):
                              .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
                              .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
                              .create())
+                _await_subscriber(data, publisher, dst)
                 ports = self._ports[dst] = (publisher, wake.notifier_builder().create())
-            except KeyError:
+            except (KeyError, TransportError):
                 raise
             except Exception as exc:
                 raise TransportError(f"iceoryx2: cannot publish to partition {dst}: "
@@ -474,10 +490,13 @@ class Iceoryx2Publisher(FrameStamper, SendTransport):
         _, notifier = self._ports[dst]
         last = self.stamp(dst, batch)
         try:
-            sample.assume_init().send()
+            reached = sample.assume_init().send()
             notifier.notify()
         except Exception as exc:  # iceoryx2's SendError and NotifierNotifyError
             errors[type(exc).__name__] += n
+            return 0
+        if not reached:  # no subscriber took it: not sent (the numbers are used again)
+            errors["iceoryx2: no subscriber connected"] += n
             return 0
         self.stamped(dst, last)
         return n
