@@ -18,8 +18,9 @@ The rules are those of Fig 12:
 * Ownership: while a loan is held its partition's driver holds the destination's lock, so the
   destination's other senders wait (a long loan blocks them, and a grant held too long may be
   ended by the machine), and its own request slot, so this partition's other threads wait to
-  send too. A thread that holds a loan and calls a port method that would wait (a send,
-  another loan, a receive with a timeout) gets LoanHeld at once instead of waiting for itself.
+  send too (until their send's timeout: then LockTimeout, nothing sent). A thread that holds
+  a loan and calls a port method that would wait (a send, another loan, a receive with a
+  timeout) gets LoanHeld at once instead of waiting for itself.
 * Exactly once: `commit()` delivers the bytes once, as one record with the grant's sequence
   number(s); a loan given back, or held by a partition that dies, delivers nothing. A loan
   ends once: a second commit or give-back raises LoanEnded.

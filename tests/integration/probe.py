@@ -69,7 +69,22 @@ class Probe:
 
     # -- the public Port --------------------------------------------------------------------
     def cmd_send(self, msg: dict) -> dict:
-        """One move of the bytes at `offset`; one attempt unless `timeout` is given."""
+        """One move of the bytes at `offset`; one attempt unless `timeout` is given. With
+        `thread`, sent from a fresh thread of this partition (joined), not the command thread."""
+        if msg.get("thread"):
+            outcome: list = []
+
+            def send() -> None:
+                try:
+                    outcome.append(self.cmd_send({**msg, "thread": False}))
+                except XpmoveError as exc:
+                    outcome.append({"ok": False, "error": type(exc).__name__,
+                                    "message": str(exc)})
+
+            worker = threading.Thread(target=send)
+            worker.start()
+            worker.join()
+            return outcome[0]
         sent = self.port.send_from(int(msg["dst"]), int(msg["offset"]), int(msg["count"]),
                                    msg.get("flow", "fig11"), msg.get("timeout") or 0.0,
                                    sync=True)

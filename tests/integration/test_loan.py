@@ -3,6 +3,8 @@ grant, written in place, then committed or given back. Real partitions through t
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.conftest import TIMEOUT, small_config, wait_for
@@ -124,6 +126,21 @@ def test_a_held_loan_blocks_its_own_thread_with_a_typed_error_and_other_senders(
     assert bytes.fromhex(receive(m, 2)["hex"]) == b"L" * 32
     assert bytes.fromhex(receive(m, 2)["hex"]) == b"waits"
     assert m.call(1, {"cmd": "loan_end"})["error"] == "LoanEnded"
+    assert locks_free(m)
+
+
+def test_another_thread_waits_for_the_driver_no_longer_than_its_timeout(machine):
+    """A second thread of the partition holding a loan waits for the driver's request slot
+    only until its send's deadline: LockTimeout naming the busy driver, nothing sent (it used
+    to wait for the loan to end, whatever its timeout)."""
+    m = machine
+    assert loan(m, 1, 2, count=8, hex=b"held one".hex(), end="hold")["ok"]
+    started = time.monotonic()
+    reply = send(m, 1, 3, b"to three", "fig11", timeout=1.0, thread=True)
+    assert reply.get("error") == "LockTimeout" and "busy" in reply["message"], reply
+    assert time.monotonic() - started < 1.0 + 4.0  # the deadline, plus a loaded machine
+    assert m.call(1, {"cmd": "loan_end"})["seq"] == 1
+    assert send(m, 1, 3, b"to three", "fig11", timeout=TIMEOUT, thread=True)["seq"] == 1
     assert locks_free(m)
 
 
