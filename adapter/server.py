@@ -1,7 +1,7 @@
 """The adapter process: a thin I/O shell around the request engine (adapter/engine.py).
 
 The shell boots from the hypervisor's AdapterBoot, wraps the POSIX semaphores into the
-engine's Lock interface, and runs one single-threaded select loop over every partition's
+engine's Lock interface, and runs one single-threaded epoll loop over every partition's
 request pipe and the control channel: it reads and decodes frames, hands each request to the
 engine, writes the engine's replies, and tells the engine when a partition comes or goes.
 Everything a request does to memory and locks is the engine's.
@@ -19,7 +19,7 @@ import argparse
 import errno
 import faulthandler
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -65,7 +65,7 @@ class Connection:
 
 
 class Adapter:
-    """The process shell: pipes, selector, control channel; the engine decides everything else."""
+    """The process shell: pipes, poller, control channel; the engine decides everything else."""
 
     def __init__(self, boot: AdapterBoot):
         self.memory = PhysicalMemory.attach(boot.segment)
@@ -73,10 +73,12 @@ class Adapter:
         bells = {k: posix_ipc.Semaphore(v) for k, v in boot.bells.items()}
         self.engine = Engine(self.memory.view, boot.layout, locks, bells, boot.lock_timeout_s)
         self.control = Channel(socket.socket(fileno=boot.control_fd))
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.control.sock, selectors.EVENT_READ, None)
+        # select.epoll itself, not `selectors`: its Python wrapper builds a key and a list
+        # entry per ready fd, on every request
+        self.poller = select.epoll()
+        self.poller.register(self.control.sock.fileno(), select.EPOLLIN)
         self.connections: dict[int, Connection] = {}
-        self._watched: set[int] = set()
+        self._watched: dict[int, tuple[str, Connection]] = {}  # fd -> what it is for
         self.engine.recover(time.monotonic(), connected=[c.network_id for c in boot.connections])
         for network_id in boot.retired:
             self.engine.retire(network_id)
@@ -112,18 +114,19 @@ class Adapter:
         want_write = bool(conn.outbox)
         watched = self._watched
         if want_read != (conn.request_fd in watched):  # the common case: nothing changes
-            self._set_watch(conn.request_fd, selectors.EVENT_READ, want_read, ("request", conn))
+            self._set_watch(conn.request_fd, select.EPOLLIN, want_read, ("request", conn))
         if want_write != (conn.reply_fd in watched):
-            self._set_watch(conn.reply_fd, selectors.EVENT_WRITE, want_write, ("reply", conn))
+            self._set_watch(conn.reply_fd, select.EPOLLOUT, want_write, ("reply", conn))
 
-    def _set_watch(self, fd: int, events: int, wanted: bool, data: tuple) -> None:
+    def _set_watch(self, fd: int, events: int, wanted: bool, data: tuple[str, Connection]
+                   ) -> None:
         registered = fd in self._watched
         if wanted and not registered:
-            self.selector.register(fd, events, data)
-            self._watched.add(fd)
+            self.poller.register(fd, events)
+            self._watched[fd] = data
         elif not wanted and registered:
-            self.selector.unregister(fd)
-            self._watched.discard(fd)
+            self.poller.unregister(fd)
+            del self._watched[fd]
 
     def close_connection(self, conn: Connection, why: str, expected: bool = False) -> None:
         """The partition left, died or broke the protocol: free what it holds, stop serving it.
@@ -133,8 +136,8 @@ class Adapter:
         conn.open = False
         for fd in (conn.request_fd, conn.reply_fd):
             if fd in self._watched:
-                self.selector.unregister(fd)
-                self._watched.discard(fd)
+                self.poller.unregister(fd)
+                del self._watched[fd]
             try:
                 os.close(fd)
             except OSError:
@@ -225,14 +228,18 @@ class Adapter:
 
     def run(self) -> None:
         self.control.send({"event": "ready", "pid": os.getpid()})
+        control_fd, watched = self.control.sock.fileno(), self._watched
         while self.running:
             parked = self.engine.has_parked()
-            for key, _ in self.selector.select(PARKED_POLL_S if parked else None):
+            for fd, _ in self.poller.poll(PARKED_POLL_S if parked else -1):
                 now = time.monotonic()
-                if key.data is None:
+                if fd == control_fd:
                     self.on_control_readable()
+                    break  # an attach may reuse a closed fd of this batch: poll again
+                watch = watched.get(fd)
+                if watch is None:  # closed or unwatched earlier in this batch
                     continue
-                kind, conn = key.data
+                kind, conn = watch
                 if kind == "request":
                     self.read_from(conn, now)
                 else:
@@ -254,6 +261,7 @@ class Adapter:
         self.running = False
         for conn in list(self.connections.values()):
             self.close_connection(conn, "adapter stopping")
+        self.poller.close()
         self.memory.close()
 
     @staticmethod
