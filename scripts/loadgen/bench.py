@@ -57,6 +57,7 @@ from partitions.blocks import SMALL_BLOCK
 from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore, targets
 from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
+from scripts.loadgen.plot import plot_fig14, require_matplotlib
 from scripts.tables import Col, Grid
 from scripts.workload import peers as peer_transports
 from scripts.workload.pattern import MIN_PACKET, Pattern
@@ -820,67 +821,6 @@ def _flag(n: int) -> str:
     return "0" if n == 0 else f"[bold red]{n}"
 
 
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise SystemExit("xpmove bench: --plot needs matplotlib, the optional 'plot' extra: "
-                         "pip install -e '.[plot]'") from None
-
-
-def plot_fig14(runs: list[dict], path: str, title: str = "") -> None:
-    """Cumulative packets (y) against CPU seconds (x): a panel per size, a line per transport."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted({r["packet_size"] for r in runs})
-    transports = list(dict.fromkeys(r["transport"] for r in runs))
-    colors = dict(zip(transports, ("tab:blue", "tab:green", "tab:red", "tab:orange",
-                                   "tab:purple", "tab:brown"), strict=False))
-    batches = sorted({r.get("batch", 1) for r in runs})
-    dashes = dict(zip(batches, ("-", (0, (5, 2)), (0, (1, 1)), (0, (3, 1, 1, 1))),
-                      strict=False))
-    cols = 2 if len(sizes) > 1 else 1
-    rows = -(-len(sizes) // cols)
-    # a lone panel is as wide as two, so the figure's title (and legend) are never cut
-    fig, axes = plt.subplots(rows, cols, figsize=(10.4, 3.6 * rows + 0.6),
-                             squeeze=False)
-    for ax, size in zip(axes.flat, sizes, strict=False):
-        for r in runs:
-            if r["packet_size"] != size:
-                continue
-            xs = [p[0] for p in r["series"]]
-            ys = [p[1] for p in r["series"]]
-            color = colors.get(r["transport"])
-            ax.plot(xs, ys, color=color, linewidth=1.6 if r["transport"] != Flow.FIG12 else 1.1,
-                    linestyle=dashes.get(r.get("batch", 1), "-"),
-                    label=f"{_label(r)}: S = {si(r['S'])} pkt/CPU-s")
-            fit = r.get("fit", {})
-            if "first" in fit and fit.get("steady"):  # the fitted line over its window
-                wx = xs[fit["first"]:fit["last"] + 1]
-                wy = ys[fit["first"]:fit["last"] + 1]
-                mx, my = sum(wx) / len(wx), sum(wy) / len(wy)
-                ax.plot([wx[0], wx[-1]], [my + r["S"] * (wx[0] - mx), my + r["S"] * (wx[-1] - mx)],
-                        color="black", linewidth=0.8, linestyle="--")
-        ax.set_title(f"packet size {human_size(size)}", fontsize=10)
-        ax.set_xlabel("CPU seconds consumed (C)", fontsize=9)
-        ax.set_ylabel("packets delivered (T)", fontsize=9)
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 4))
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7 if len(batches) > 1 else 8, loc="upper left")
-    for ax in list(axes.flat)[len(sizes):]:
-        ax.set_visible(False)
-    fig.suptitle(title or "Fig 14: cumulative packets against CPU consumed; S = dT/dC, "
-                 "least-squares fit over the steady window (dashed)", fontsize=10, wrap=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 @dataclass
 class Outcome:
     """How the bench's phases ended: interrupted (Ctrl-C) or failed (a run could not be
@@ -1138,7 +1078,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             f.write(markdown_summary(results))
         console.print(f"Markdown tables written to {options.markdown_path}")
     if options.plot_path and runs:
-        plot_fig14(runs, options.plot_path)
+        plot_fig14(runs, options.plot_path, floor=results.get("floor"))
         console.print(f"Fig 14 drawn to {options.plot_path}")
     checked = [*runs, *results.get("single_stream", []), *results.get("scaling", []),
                *results.get("latency", {}).values()]
