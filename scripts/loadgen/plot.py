@@ -1,10 +1,10 @@
 """Fig 14's plot: cumulative packets against CPU seconds, a panel per packet size.
 
-Each transport is drawn at its best batch only (the run with the highest S of that size):
-with every batch of every transport a panel had ~30 lines and the legend hid them. Both axes
-are logarithmic, so transports whose S differs a hundredfold stay apart (T = S * C is a line
-of slope 1, shifted up by log S); the floor (memcpy alone) is the dotted reference. Redraw a
-saved run with
+Each transport is drawn at its best batch only (the run with the highest S of that size among
+runs that lost nothing): with every batch of every transport a panel had ~30 lines and the
+legend hid them. Both axes are logarithmic, so transports whose S differs a hundredfold stay
+apart (T = S * C is a line of slope 1, shifted up by log S); the floor (fill and check alone,
+no transport) is the dotted reference. Redraw a saved run with
 
     python -m scripts.loadgen.plot results.json fig14.png
 """
@@ -91,7 +91,7 @@ def plot_fig14(runs: list[dict], path: str, title: str = "",
         if s_floor:
             x0 = xmax / 40
             ax.plot([x0, xmax], [s_floor * x0, s_floor * xmax], color="gray", linestyle=":",
-                    linewidth=1.2, label=f"floor (memcpy): S = {si(s_floor)}")
+                    linewidth=1.2, label=f"floor (fill + check only): S = {si(s_floor)}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"packet size {human_size(size)}", fontsize=10)
