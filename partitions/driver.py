@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 import posix_ipc
@@ -23,7 +22,6 @@ from adapter import receive_area
 from adapter.errors import (
     AdapterGone,
     InDoubt,
-    LockTimeout,
     Status,
     XpmoveError,
     error_for,
@@ -146,10 +144,15 @@ class Driver(Lending):
         error) per move. `reply_by` as for send_one (raised here, for the whole request)."""
         op = Flow.parse(flow).op
         wire = [Move(self.network_id, dst, offset, count) for dst, offset, count in moves]
-        with self._request_slot(reply_by):
+        busy = self._take_slot(self._slot_wait(reply_by))
+        if busy is not None:
+            raise busy
+        try:
             results = self._survive_restart(op, wire, reply_by)
             if op == Op.GRANT:
                 self._execute_grants(wire, results)
+        finally:
+            self._mutex.release()
         return [
             Sent(m.dst_id, r.seq, m.count) if r.status == Status.OK else
             error_for(r.status, src_id=m.src_id, dst_id=m.dst_id, offset=m.offset,
@@ -173,33 +176,26 @@ class Driver(Lending):
         """
         op = flow.run_op if run else flow.op
         move = Move(self.network_id, dst_id, offset, count)
+        busy = self._take_slot(self._slot_wait(reply_by))
+        if busy is not None:
+            return busy
         try:
-            with self._request_slot(reply_by):
-                results = self._survive_restart(op, (move,), reply_by)
-                if op in GRANT_OPS:
-                    self._execute_grants((move,), results)
-                (r,) = results
+            results = self._survive_restart(op, (move,), reply_by)
+            if op in GRANT_OPS:
+                self._execute_grants((move,), results)
+            (r,) = results
         except XpmoveError as exc:
             return exc
+        finally:
+            self._mutex.release()
         if r.status != Status.OK:
             return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
                              count=count, detail=r.detail)
         return Sent(dst_id, r.seq, count, r.detail if run else 1)
 
-    @contextmanager
-    def _request_slot(self, reply_by: float | None) -> Iterator[None]:
-        """The driver's one request slot (its mutex), waited for no longer than `reply_by`:
-        another thread of this partition may be sending or holding a loan. Not had in time:
-        LockTimeout (retryable; nothing was sent)."""
-        wait = -1.0 if reply_by is None else max(0.0, reply_by - time.monotonic())
-        if not self._mutex.acquire(timeout=wait):
-            raise LockTimeout(f"network ID {self.network_id}'s driver stayed busy for "
-                              f"{wait:.3g} s (another of its threads holds a loan or is "
-                              f"sending); nothing was sent")
-        try:
-            yield
-        finally:
-            self._mutex.release()
+    @staticmethod
+    def _slot_wait(reply_by: float | None) -> float:
+        return -1.0 if reply_by is None else max(0.0, reply_by - time.monotonic())
 
     def _execute_grants(self, moves: Sequence[Move], results: tuple[Result, ...]) -> None:
         """Fig 12 steps 1204-1205: MVXL each granted move, commit, free the lock, ring."""

@@ -62,6 +62,16 @@ class Lending:
 
         def _free_grant(self, dst: int, committed: bool) -> None: ...
 
+    def _take_slot(self, wait: float) -> LockTimeout | None:
+        """Take the driver's one request slot (its mutex) within `wait` seconds (negative: no
+        limit): another thread of this partition may be sending or holding a loan. None when
+        taken (the caller releases it), else the LockTimeout to report (nothing was sent)."""
+        if self._mutex.acquire(blocking=False) or self._mutex.acquire(timeout=wait):
+            return None
+        return LockTimeout(f"network ID {self.network_id}'s driver stayed busy for {wait:.3g} s "
+                           f"(another of its threads holds a loan or is sending); nothing "
+                           f"was sent")
+
     def take_grant(self, dst_id: int, offset: int, count: int, run: bool = False,
                    wait: float = LOAN_WAIT_S, reply_by: float | None = None
                    ) -> Granted | XpmoveError:
@@ -77,9 +87,9 @@ class Lending:
         the driver busy for `wait` seconds; `reply_by` as for send_one. Errors are returned,
         not raised.
         """
-        if not self._mutex.acquire(timeout=wait):
-            return LockTimeout(f"network ID {self.network_id}'s driver stayed busy for {wait} s "
-                               f"(another of its threads holds a loan or is sending)")
+        busy = self._take_slot(wait)
+        if busy is not None:
+            return busy
         try:
             outcome = self._grant(dst_id, offset, count, run, reply_by)
         except BaseException:
