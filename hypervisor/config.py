@@ -35,7 +35,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _PROGRAM_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", re.ASCII)
 
-_TOP_KEYS = ("machine", "partition")
+_TOP_KEYS = ("machine", "partition", "host")
+_HOST_KEYS = ("name", "partitions")
+MAX_HOSTS = 64
 _MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit", "adapter_restart_limit",
                  "grant_timeout_s")
 _PARTITION_REQUIRED = ("name", "network_id", "memory", "receive_area")
@@ -61,6 +63,15 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """One host of a cluster (`mpiexec -n H xpmove launch`: MPI rank r is host r, in config
+    order) and the names of the partitions that live on it. Network IDs stay global."""
+
+    name: str
+    partitions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class MachineConfig:
     """The whole machine: partitions in config order plus hypervisor-wide settings."""
 
@@ -74,6 +85,14 @@ class MachineConfig:
     # A partition holding a Fig 12 grant (a destination's lock) longer than this is stuck: the
     # hypervisor kills it, the adapter takes the lock back and undoes the uncommitted move.
     grant_timeout_s: float = 10.0
+    # [[host]] tables: empty means one host, exactly as without them (docs/cluster.md).
+    hosts: tuple[HostConfig, ...] = ()
+
+    def host_of(self) -> dict[int, int]:
+        """Network ID -> index of the host it lives on (every partition on host 0 without
+        [[host]] tables)."""
+        index = {name: h for h, host in enumerate(self.hosts) for name in host.partitions}
+        return {p.network_id: index.get(p.name, 0) for p in self.partitions}
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -275,8 +294,53 @@ def config_from_dict(
             "partition",
             f"total memory {total} bytes exceeds the machine limit of {MAX_TOTAL_MEMORY} (16GiB)",
         )
+    hosts = _parse_hosts(root.get("host", []), [p.name for p in partitions])
     return MachineConfig(tuple(partitions), lock_timeout_s, restart, restart_limit,
-                         adapter_restart_limit, grant_timeout_s)
+                         adapter_restart_limit, grant_timeout_s, hosts)
+
+
+def _parse_hosts(entries: object, partitions: list[str]) -> tuple[HostConfig, ...]:
+    """[[host]] tables: each names its partitions; with any, every partition is on exactly
+    one host."""
+    if not isinstance(entries, list):
+        raise _fail("host", f"expected an array of tables ([[host]]), got {entries!r}")
+    if len(entries) > MAX_HOSTS:
+        raise _fail("host", f"expected at most {MAX_HOSTS} entries, got {len(entries)}")
+    hosts: list[HostConfig] = []
+    placed: dict[str, int] = {}
+    names: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        key = f"host[{index}]"
+        table = _require_table(entry, key)
+        _check_keys(table, _HOST_KEYS, f"{key}.")
+        for k in _HOST_KEYS:
+            if k not in table:
+                raise _fail(f"{key}.{k}", "missing required key")
+        name = table["name"]
+        if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+            raise _fail(f"{key}.name", f"expected 1-32 characters of [A-Za-z0-9_-], got {name!r}")
+        if name in names:
+            raise _fail(f"{key}.name", f"duplicate value {name!r} (also host[{names[name]}])")
+        names[name] = index
+        members = table["partitions"]
+        if not isinstance(members, list) or not members:
+            raise _fail(f"{key}.partitions",
+                        f"expected a non-empty list of partition names, got {members!r}")
+        for i, member in enumerate(members):
+            if member not in partitions:
+                hint = difflib.get_close_matches(str(member), partitions, n=1)
+                suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise _fail(f"{key}.partitions[{i}]", f"no partition named {member!r}{suffix}")
+            if member in placed:
+                raise _fail(f"{key}.partitions[{i}]",
+                            f"partition {member!r} is already on host[{placed[member]}]")
+            placed[member] = index
+        hosts.append(HostConfig(name, tuple(members)))
+    missing = [p for p in partitions if p not in placed]
+    if hosts and missing:
+        raise _fail("host", f"partitions {missing} are on no host (with [[host]] tables every "
+                            f"partition must be listed on one)")
+    return tuple(hosts)
 
 
 def load_config(

@@ -36,6 +36,7 @@ from hypervisor.children import (
 )
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.control import Channel, ControlError
+from hypervisor.gateway import Gateway
 from hypervisor.layout import SegmentLayout, plan_segment
 from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState
 from hypervisor.memory import PhysicalMemory
@@ -88,8 +89,13 @@ class Machine(Supervision):
     (restarts per the config's policy); `outcomes()` says how each program ended.
     """
 
-    def __init__(self, config: MachineConfig, registry: RunRegistry | None = None):
+    def __init__(self, config: MachineConfig, registry: RunRegistry | None = None,
+                 gateway: Gateway | None = None):
         self.config = config
+        # partitions living on other hosts: no process here, their driver is the gateway's
+        self.gateway = gateway
+        proxies = gateway.network_ids if gateway is not None else frozenset()
+        self.local = tuple(p for p in config.partitions if p.network_id not in proxies)
         self.layout: SegmentLayout = plan_segment(config)
         self.registry = registry or RunRegistry()
         self.prefix = new_run_prefix()
@@ -226,11 +232,20 @@ class Machine(Supervision):
             for p in self.config.partitions:
                 pipes[p.network_id] = Pipes.open()
             self.adapter = self._spawn_adapter(pipes)
-            for p in self.config.partitions:
+            self._connect_gateway(pipes)
+            for p in self.local:
                 self.partitions[p.network_id] = self._spawn_partition(p, pipes[p.network_id])
         finally:
             for ends in pipes.values():  # children have their copies; EOF must mean death
                 ends.close()
+
+    def _connect_gateway(self, pipes: dict[int, Pipes]) -> None:
+        """Hand the proxies' driver ends to the gateway (its own copies: ours get closed)."""
+        if self.gateway is None:
+            return
+        for nid in sorted(self.gateway.network_ids):
+            request_w, reply_r = pipes[nid].driver_ends()
+            self.gateway.connect(nid, os.dup(request_w), os.dup(reply_r))
 
     @property
     def running(self) -> bool:

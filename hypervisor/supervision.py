@@ -29,6 +29,7 @@ from hypervisor.lifecycle import ProcessEvent, ProcessState
 
 if TYPE_CHECKING:
     from hypervisor.config import MachineConfig, PartitionConfig
+    from hypervisor.gateway import Gateway
     from hypervisor.lifecycle import Outcome
 
 RECONNECT_TIMEOUT_S = 2.0  # one common deadline for every driver's reconnect after a restart
@@ -87,6 +88,8 @@ class Supervision:
         _call_all: Callable[..., dict[int, dict]]
         _spawn_adapter: Callable[[dict[int, Pipes]], Child]
         _spawn_partition: Callable[[PartitionConfig, Pipes], Child]
+        _connect_gateway: Callable[[dict[int, Pipes]], None]
+        gateway: Gateway | None
         _await_ready: Callable[..., None]
         _drain_events: Callable[[Child], None]
         outcomes: Callable[[], dict[int, Outcome]]
@@ -261,10 +264,12 @@ class Supervision:
         assert old is not None
         old.channel.close()
         live = {nid: c for nid, c in self.partitions.items() if c.state is ProcessState.RUNNING}
-        pipes = {nid: Pipes.open() for nid in live}
+        proxies = self.gateway.network_ids if self.gateway is not None else frozenset()
+        pipes = {nid: Pipes.open() for nid in [*live, *sorted(proxies)]}
         try:
             self.adapter = self._spawn_adapter(pipes)
             self._await_ready([self.adapter])
+            self._connect_gateway(pipes)
             answered = self._call_all({nid: ({"cmd": "reconnect"}, pipes[nid].driver_ends())
                                        for nid in live}, RECONNECT_TIMEOUT_S)
         finally:

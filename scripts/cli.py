@@ -175,9 +175,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     packets = args.packets
     if packets is None and args.duration is None:
         packets = DEFAULT_PACKETS
-    return launch(_traffic_config(args.config, "launch"),
-                  TrafficOptions(packets=packets, duration=args.duration, size=args.size,
-                                 flows=args.flows))
+    config = _traffic_config(args.config, "launch")
+    options = TrafficOptions(packets=packets, duration=args.duration, size=args.size,
+                             flows=args.flows)
+    if config.hosts:
+        from scripts.cluster_launch import launch_cluster
+
+        return launch_cluster(config, options)
+    return launch(config, options)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -99,17 +100,28 @@ class IntervalPrinter:
         self.t0, self.before = now, verified
 
 
-def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> dict[int, dict]:
+Look = tuple[int, int, bool, int]  # packets accepted, verified; senders done; errors
+
+
+def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
+                everyone: list[int] | None = None,
+                combine: Callable[[Look], Look] | None = None) -> dict[int, dict]:
+    """Start every local partition's traffic to `everyone` else (default: this machine's
+    partitions) and supervise until the senders are done and every accepted packet arrived
+    (or the drain deadline). `combine` turns this host's progress into the whole cluster's
+    (every host calls it once per look, so it may be a collective)."""
     ids = list(machine.partitions)
+    everyone = everyone or ids
     for nid in ids:
         reply = machine.call(nid, {
-            "cmd": "traffic", "peers": [p for p in ids if p != nid], "flows": list(options.flows),
-            "size": options.size, "packets": options.packets, "duration": options.duration})
+            "cmd": "traffic", "peers": [p for p in everyone if p != nid],
+            "flows": list(options.flows), "size": options.size, "packets": options.packets,
+            "duration": options.duration})
         if not reply.get("ok"):
             raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
     expected = None
     if options.packets is not None:
-        expected = options.packets * len(options.flows) * len(ids) * (len(ids) - 1)
+        expected = options.packets * len(options.flows) * len(everyone) * (len(everyone) - 1)
     drain_deadline = None
     intervals = IntervalPrinter(console)
     # the description carries the counts: with --duration there is no total to format
@@ -121,11 +133,13 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console) -> 
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
             stats = collect(machine)
             sent, received = totals(stats)
+            look = (sent, received, all(s["sender_done"] for s in stats.values()),
+                    traffic_errors(stats))
+            sent, received, senders_done, errors = combine(look) if combine else look
             of = f"{expected:,}" if expected is not None else f"{sent:,} accepted"
             progress.update(task, completed=received, total=expected or max(sent, 1),
                             description=f"{received:,} of {of} packets verified")
-            intervals.tick(received, traffic_errors(stats))
-            senders_done = all(s["sender_done"] for s in stats.values())
+            intervals.tick(received, errors)
             if senders_done and received >= sent:
                 return stats
             if senders_done:
@@ -158,7 +172,7 @@ def partition_table(partitions: dict[int, tuple[str, str]], stats: dict[int, dic
 
 
 def adapter_table(adapter: dict) -> Grid:
-    table = Grid("adapter", [Col("counter", "left", True), Col("value")])
+    table = Grid(adapter.get("title", "adapter"), [Col("counter", "left", True), Col("value")])
     for k, v in sorted(adapter.get("counters", {}).items()):
         table.add_row(k, f"{v:,}")
     for k, v in sorted(adapter.get("errors", {}).items()):
@@ -212,28 +226,38 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     finally:
         with signals_deferred():
             machine.stop()
-    console.print(partition_table({nid: (c.name, c.state.value)
-                                   for nid, c in machine.partitions.items()}, stats))
-    if adapter:
+    return report(console, {nid: (c.name, c.state.value) for nid, c in machine.partitions.items()},
+                  stats, [adapter] if adapter else [],
+                  [c.name for c in machine.children() if c.state.value == "dead"], interrupted)
+
+
+def report(console: Console, partitions: dict[int, tuple[str, str]], stats: dict[int, dict],
+           adapters: list[dict], dead: list[str], interrupted: bool,
+           problems: tuple[str, ...] = ()) -> int:
+    """Print the partition and adapter tables and the verdict line; the exit code. `problems`
+    are faults found elsewhere (a cluster's fabrics) that make the run not clean."""
+    console.print(partition_table(partitions, stats))
+    for adapter in adapters:
         console.print(adapter_table(adapter))
+    for problem in problems:
+        console.print(f"[red]{problem}", soft_wrap=True)
     sent, received = totals(stats)
     bad = sum(s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
               for s in stats.values())
-    dead = [c.name for c in machine.children() if c.state.value == "dead"]
     refused = sum(sum(s.get("errors", {}).values()) for s in stats.values())
-    clean = (received == sent and bad == 0 and not dead and refused == 0
-             and all(v == "free" for v in adapter.get("locks", {}).values()))
-    problems = (f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
-                f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
+    clean = (received == sent and bad == 0 and not dead and refused == 0 and not problems
+             and all(v == "free" for a in adapters for v in a.get("locks", {}).values()))
+    summary = (f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
+               f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
     if interrupted:
         # the stop cut the traffic short: what was accepted but not yet verified was in flight
         console.print(f"[yellow]interrupted[/]: {received:,} of {sent:,} accepted packets "
                       f"verified before the stop (packets in flight when stopped are not lost: "
                       f"the stop ended the traffic before their receivers read them), "
-                      f"{problems}", soft_wrap=True)  # one line: logs grep it whole
+                      f"{summary}", soft_wrap=True)  # one line: logs grep it whole
         return 130
     verdict = "[green]clean" if clean else "[red]NOT clean"
-    console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, {problems}",
+    console.print(f"{verdict}: {received:,} of {sent:,} accepted packets verified, {summary}",
                   soft_wrap=True)
     return 0 if clean else 1
 

@@ -388,3 +388,42 @@ def test_grant_timeout_default_and_value():
     assert config_from_dict({"partition": one}).grant_timeout_s == 10.0
     assert config_from_dict({"machine": {"grant_timeout_s": 2},
                              "partition": one}).grant_timeout_s == 2.0
+
+
+# --- [[host]] tables (issue 15: partitions on several hosts) ----------------------------
+def with_hosts(*hosts: dict) -> dict:
+    data = copy.deepcopy(base())
+    data["host"] = list(hosts)
+    return data
+
+
+def test_hosts_place_every_partition_and_network_ids_stay_global() -> None:
+    cfg = config_from_dict(with_hosts({"name": "h0", "partitions": ["b"]},
+                                      {"name": "h1", "partitions": ["a"]}))
+    assert [h.name for h in cfg.hosts] == ["h0", "h1"]
+    assert cfg.host_of() == {1: 1, 2: 0}
+    assert config_from_dict(base()).hosts == ()
+    assert config_from_dict(base()).host_of() == {1: 0, 2: 0}
+
+
+@pytest.mark.parametrize("hosts, fragments", [
+    ([{"name": "h0", "partitions": ["a"]}], ("host:", "['b']", "on no host")),
+    ([{"name": "h0", "partitions": ["a", "b"]}, {"name": "h1", "partitions": ["b"]}],
+     ("host[1].partitions[0]", "'b'", "already on host[0]")),
+    ([{"name": "h0", "partitions": ["a", "bb"]}], ("host[0].partitions[1]", "'bb'", "'b'")),
+    ([{"name": "h0", "partitions": []}], ("host[0].partitions", "non-empty")),
+    ([{"name": "h 0", "partitions": ["a", "b"]}], ("host[0].name", "'h 0'")),
+    ([{"name": "h", "partitions": ["a"]}, {"name": "h", "partitions": ["b"]}],
+     ("host[1].name", "duplicate", "'h'")),
+    ([{"name": "h0", "partitions": ["a", "b"], "adress": "x"}],
+     ("host[0].adress", "unknown key")),
+    ([{"partitions": ["a", "b"]}], ("host[0].name", "missing")),
+])
+def test_bad_hosts_rejected_naming_the_value(hosts: list, fragments: tuple) -> None:
+    assert_rejected(with_hosts(*hosts), *fragments)
+
+
+def test_host_must_be_an_array_of_tables() -> None:
+    data = copy.deepcopy(base())
+    data["host"] = {"name": "h0"}
+    assert_rejected(data, "host:", "array of tables")

@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # bottom first; a package may import those at its own rank or lower
-LAYERS = {"hypervisor": 0, "adapter": 1, "partitions": 2, "scripts": 3, "examples": 4}
+LAYERS = {"hypervisor": 0, "adapter": 1, "partitions": 2, "cluster": 3, "scripts": 4,
+          "examples": 5}
 
 
 def imported_packages(path: Path) -> set[tuple[str, int]]:
