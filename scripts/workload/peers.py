@@ -19,7 +19,10 @@ same fill and check:
   (a Slice of bytes; one publisher per sender), the sender loans a sample, the workload fills
   the batch's packets IN the sample (`loan`), `send` publishes it, and an event service of
   the same receiver wakes its listener (one notify per sample), as iceoryx2's
-  event-based-communication example does.
+  event-based-communication example does. Before its first batch a publisher waits until the
+  subscriber has attached their connection (`_handshake`): iceoryx2 attaches it lazily, in
+  the subscriber's next `receive()`, and until then a full buffer drops samples (`send()`
+  returns 0) although the publisher retries until delivered (iceoryx2 issue #305).
 
 Optional packages: pyzmq and iceoryx2 (the ``peers`` extra). `available()` says which peers
 can run here; the bench skips the others with a note.
@@ -33,6 +36,7 @@ import os
 import selectors
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -44,8 +48,10 @@ from typing import Any
 
 import numpy as np
 
+from hypervisor.config import MAX_NETWORK_ID
 from partitions.blocks import BlockHandler, as_bytes
 from scripts.workload.transports import (
+    FRAME,
     Batch,
     FrameError,
     FrameStamper,
@@ -65,6 +71,7 @@ RECEIVE_BUFFER = 1 << 20  # grows to the largest message seen
 ICEORYX_BUFFER = 64  # samples a subscriber holds before a publisher waits
 ICEORYX_CONNECT_S = 5.0  # how long a publisher waits to see its subscriber
 ICEORYX_PUBLISHERS = 64
+HELLO = struct.Struct("<I")  # a publisher's first sample: its network ID, shorter than a FRAME
 
 
 def installed(module: str | None, find: Callable[[str], object] = importlib.util.find_spec
@@ -345,9 +352,11 @@ class Iceoryx2Node:
             return cls._node
 
 
-def _services(name: str) -> tuple[Any, Any]:
-    """(publish-subscribe service, event service) of one receiving partition, created or opened
-    with the same settings on both sides."""
+def _services(name: str) -> tuple[Any, Any, Any]:
+    """(publish-subscribe service, wake event service, attached event service) of one receiving
+    partition, created or opened with the same settings on both sides. Publishers notify
+    `wake` after each sample; the subscriber notifies `attached` (event ID: the publisher's
+    network ID) when it has received a publisher's hello."""
     import iceoryx2 as iox2
 
     node = Iceoryx2Node.get()
@@ -359,7 +368,10 @@ def _services(name: str) -> tuple[Any, Any]:
             .open_or_create())
     wake = (node.service_builder(iox2.ServiceName.new(name + "/wake"))
             .event().max_notifiers(ICEORYX_PUBLISHERS).open_or_create())
-    return data, wake
+    attached = (node.service_builder(iox2.ServiceName.new(name + "/attached"))
+                .event().max_listeners(ICEORYX_PUBLISHERS).event_id_max_value(MAX_NETWORK_ID)
+                .open_or_create())
+    return data, wake, attached
 
 
 def _await_subscriber(data: Any, publisher: Any, dst: int) -> None:
@@ -373,6 +385,29 @@ def _await_subscriber(data: Any, publisher: Any, dst: int) -> None:
                                  f"within {ICEORYX_CONNECT_S} s")
         time.sleep(0.001)  # polling another process's registration, with a deadline
     publisher.update_connections()
+
+
+def _handshake(publisher: Any, notifier: Any, attached: Any, network_id: int, dst: int) -> None:
+    """Send a hello and wait until the subscriber says it received it: only then is the
+    connection attached on its side, and only from then on does RetryUntilDelivered hold (a
+    sample that finds the buffer full before that is dropped: `send()` returns 0). The
+    subscriber attaches in its next `receive()`, so the wake notify is repeated until the
+    answer comes, within ICEORYX_CONNECT_S."""
+    import iceoryx2 as iox2
+
+    sample = publisher.loan_slice_uninit(HELLO.size)
+    HELLO.pack_into(sample.payload().as_memory_view().cast("B"), 0, network_id)
+    sample.assume_init().send()
+    deadline = time.monotonic() + ICEORYX_CONNECT_S
+    step = iox2.Duration.from_millis(10)
+    while True:
+        notifier.notify()
+        if any(a.id.as_value == network_id for a in attached.timed_wait(step)):
+            return
+        if time.monotonic() >= deadline:
+            raise TransportError(f"iceoryx2: partition {dst}'s subscriber did not take the "
+                                 f"hello of partition {network_id} within "
+                                 f"{ICEORYX_CONNECT_S} s")
 
 
 def _release(*ports: Any) -> None:
@@ -390,15 +425,16 @@ class Iceoryx2Subscriber(ReceiveEndpoint):
     def __init__(self) -> None:
         self._sub: Any = None
         self._listener: Any = None
-        self._data: Any = None
-        self._wake: Any = None
+        self._attached: Any = None  # notifier: answers a publisher's hello
+        self._services: tuple = ()
 
     def open(self, network_id: int) -> str:
         self.close()
         name = f"xpmove/{uuid.uuid4().hex}/{network_id}"
-        self._data, self._wake = _services(name)
-        self._sub = self._data.subscriber_builder().buffer_size(ICEORYX_BUFFER).create()
-        self._listener = self._wake.listener_builder().create()
+        self._services = data, wake, attached = _services(name)
+        self._sub = data.subscriber_builder().buffer_size(ICEORYX_BUFFER).create()
+        self._listener = wake.listener_builder().create()
+        self._attached = attached.notifier_builder().create()
         return name
 
     def poll(self, handler: BlockHandler, timeout: float) -> int:
@@ -414,14 +450,16 @@ class Iceoryx2Subscriber(ReceiveEndpoint):
         listener.timed_wait(iox2.Duration.from_secs_f64(timeout))
         return self._drain(sub, handler)
 
-    @staticmethod
-    def _drain(sub: Any, handler: BlockHandler) -> int:
+    def _drain(self, sub: Any, handler: BlockHandler) -> int:
         n = 0
         while (sample := sub.receive()) is not None:
             try:
                 payload = sample.payload()
                 size = payload.len()
                 view = payload.as_memory_view().cast("B")
+                if size < FRAME.size:  # a publisher's hello: this connection is attached
+                    self._answer(view, size)
+                    continue
                 count, end = drain_frames(view, np.frombuffer(view, np.uint8), 0, size, handler)
                 _check_whole(end, size, "iceoryx2")
                 n += count
@@ -429,9 +467,19 @@ class Iceoryx2Subscriber(ReceiveEndpoint):
                 sample.delete()
         return n
 
+    def _answer(self, view: memoryview, size: int) -> None:
+        import iceoryx2 as iox2
+
+        if size != HELLO.size:
+            raise FrameError(f"iceoryx2: a sample of {size} bytes is neither a hello "
+                             f"({HELLO.size}) nor a frame (>= {FRAME.size})")
+        (network_id,) = HELLO.unpack_from(view)
+        self._attached.notify_with_custom_event_id(iox2.EventId.new(network_id))
+
     def close(self) -> None:
-        _release(self._sub, self._listener)
-        self._sub = self._listener = self._data = self._wake = None
+        _release(self._sub, self._listener, self._attached)
+        self._sub = self._listener = self._attached = None
+        self._services = ()
 
 
 class Iceoryx2Publisher(FrameStamper, SendTransport):
@@ -444,7 +492,7 @@ class Iceoryx2Publisher(FrameStamper, SendTransport):
         super().__init__(network_id)
         self._names: dict[int, str] = {}
         self._ports: dict[int, tuple[Any, Any]] = {}  # publisher, notifier
-        self._services: dict[int, tuple[Any, Any]] = {}
+        self._services: dict[int, tuple[Any, Any, Any]] = {}
         self._loaned: Any = None
 
     def connect(self, names: dict[int, str]) -> None:
@@ -456,13 +504,24 @@ class Iceoryx2Publisher(FrameStamper, SendTransport):
             import iceoryx2 as iox2
 
             try:
-                data, wake = self._services[dst] = _services(self._names[dst])
-                publisher = (data.publisher_builder().initial_max_slice_len(span)
-                             .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
-                             .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
-                             .create())
-                _await_subscriber(data, publisher, dst)
-                ports = self._ports[dst] = (publisher, wake.notifier_builder().create())
+                data, wake, attached = self._services[dst] = _services(self._names[dst])
+                answers = attached.listener_builder().create()  # before the hello is sent
+                publisher = notifier = None
+                try:
+                    publisher = (data.publisher_builder().initial_max_slice_len(span)
+                                 .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+                                 .backpressure_strategy(
+                                     iox2.BackpressureStrategy.RetryUntilDelivered)
+                                 .create())
+                    notifier = wake.notifier_builder().create()
+                    _await_subscriber(data, publisher, dst)
+                    _handshake(publisher, notifier, answers, self.network_id, dst)
+                except BaseException:
+                    _release(publisher, notifier)
+                    raise
+                finally:
+                    answers.delete()
+                ports = self._ports[dst] = (publisher, notifier)
             except (KeyError, TransportError):
                 raise
             except Exception as exc:
