@@ -80,7 +80,7 @@ class Fabric:
                     if ring.source_host == self.host:
                         self.remote[ring.dst_id] = ring
         self.win = MPI.Win.Allocate(size, 1, comm=self.comm)
-        self.window = memoryview(self.win.tomemory()).cast("B")
+        self.window = memoryview(self.win.tomemory()).cast("B")  # type: ignore[arg-type]
         self.window[:] = bytes(size)
         self.wwords = self.window.cast("Q")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -196,7 +196,7 @@ class Fabric:
         try:
             if self.pending():
                 return
-            select.select([self.sock, self._wake_r], [], [], timeout)
+            select.select([self.sock.fileno(), self._wake_r], [], [], timeout)
             self._drain_wakeups()
         finally:
             for ring in self.rings.values():

@@ -89,7 +89,8 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
     problems = [f"host {host}: {p}" for p in fabric.problems]
     if fabric.stats["dropped"]:
         problems.append(f"host {host}: {fabric.stats['dropped']} landed records dropped")
-    gathered = comm.gather((rows, stats, adapter, dead, problems, fabric.stats), root=0)
+    gathered = comm.gather((rows, stats, adapter, dead, problems, fabric.stats, machine.prefix),
+                           root=0)
     code = 1
     if rank == 0:
         code = cluster_report(console, gathered, config)
@@ -100,7 +101,7 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
     rows: dict[int, tuple[str, str]] = {}
     stats: dict[int, dict] = {}
     adapters, dead, problems = [], [], []
-    for (host_rows, host_stats, adapter, host_dead, host_problems, fabric), host in zip(
+    for (host_rows, host_stats, adapter, host_dead, host_problems, fabric, prefix), host in zip(
             gathered, config.hosts, strict=True):
         rows.update(host_rows)
         stats.update(host_stats)
@@ -108,7 +109,7 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
             adapters.append(adapter)
         dead += host_dead
         problems += host_problems
-        console.print(f"fabric of host {host.name}: {fabric['ships']:,} puts of "
+        console.print(f"host {host.name} (run {prefix}): fabric {fabric['ships']:,} puts of "
                       f"{fabric['shipped_bytes']:,} bytes out, {fabric['landed_packets']:,} "
                       f"packets in ({fabric['landed_records']:,} records, "
                       f"{fabric['retries']:,} retries)", highlight=False)
