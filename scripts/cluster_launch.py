@@ -20,9 +20,12 @@ from scripts.launch import (
     Look,
     TrafficOptions,
     collect,
+    cost_line,
+    machine_cpu,
     report,
     run_traffic,
     signals_deferred,
+    totals,
 )
 from scripts.workload.program import PROGRAM
 
@@ -59,6 +62,7 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
     machine = Machine(with_program(config, PROGRAM), gateway=fabric)
     stats: dict[int, dict] = {}
     adapter: dict = {}
+    cpu = 0.0
     try:
         error = None
         try:
@@ -66,30 +70,40 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
         except MachineError as exc:
             error = f"host {host}: {exc}"
         errors = [e for e in comm.allgather(error) if e]
-        if errors:
-            for e in errors:
-                console.print(f"[red]{e}", soft_wrap=True)
-            return 1
-        fabric.start(machine)
-        console.print(f"cluster up: {comm.Get_size()} hosts, {len(config.partitions)} "
-                      f"partitions; host {host}: run {machine.prefix}, segment "
-                      f"{machine.layout.total_size:,} bytes")
-        everyone = [p.network_id for p in config.partitions]
-        stats = run_traffic(machine, options, console, everyone,
-                            lambda look: combined(comm.allgather(look)))
-        stats.update(collect(machine, "halt"))
-        adapter = {**machine.adapter_stats(), "title": f"adapter of host {host}"}
-    finally:
+        if not errors:
+            fabric.start(machine)
+            console.print(f"cluster up: {comm.Get_size()} hosts, {len(config.partitions)} "
+                          f"partitions; host {host}: run {machine.prefix}, segment "
+                          f"{machine.layout.total_size:,} bytes")
+            everyone = [p.network_id for p in config.partitions]
+            cpu = machine_cpu(machine)
+            stats = run_traffic(machine, options, console, everyone,
+                                lambda look: combined(comm.allgather(look)))
+            cpu = machine_cpu(machine) - cpu
+            stats.update(collect(machine, "halt"))
+            adapter = {**machine.adapter_stats(), "title": f"adapter of host {host}"}
+    except BaseException as exc:  # this host alone: the others wait in a collective
         with signals_deferred():
             fabric.stop()
-            machine.stop()
-            fabric.close()
+            machine.stop()  # this host's names are unlinked; the others' by their registry
+        Console(stderr=True).print(f"[red]host {host}: {type(exc).__name__}: {exc}; ending "
+                                   f"the MPI job", soft_wrap=True)
+        comm.Abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
+    with signals_deferred():
+        fabric.stop()
+        machine.stop()
+        fabric.close()
+    if errors:
+        for e in errors:
+            console.print(f"[red]{e}", soft_wrap=True)
+        return 1
     rows = {nid: (c.name, c.state.value) for nid, c in machine.partitions.items()}
     dead = [f"{c.name} ({host})" for c in machine.children() if c.state.value == "dead"]
     problems = [f"host {host}: {p}" for p in fabric.problems]
     if fabric.stats["dropped"]:
         problems.append(f"host {host}: {fabric.stats['dropped']} landed records dropped")
-    gathered = comm.gather((rows, stats, adapter, dead, problems, fabric.stats, machine.prefix),
+    gathered = comm.gather((rows, stats, adapter, dead, problems, fabric.stats, machine.prefix,
+                            cpu),
                            root=0)
     code = 1
     if rank == 0:
@@ -101,8 +115,10 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
     rows: dict[int, tuple[str, str]] = {}
     stats: dict[int, dict] = {}
     adapters, dead, problems = [], [], []
-    for (host_rows, host_stats, adapter, host_dead, host_problems, fabric, prefix), host in zip(
-            gathered, config.hosts, strict=True):
+    cpu = 0.0
+    for (host_rows, host_stats, adapter, host_dead, host_problems, fabric, prefix, host_cpu
+         ), host in zip(gathered, config.hosts, strict=True):
+        cpu += host_cpu
         rows.update(host_rows)
         stats.update(host_stats)
         if adapter:
@@ -113,6 +129,8 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
                       f"{fabric['shipped_bytes']:,} bytes out, {fabric['landed_packets']:,} "
                       f"packets in ({fabric['landed_records']:,} records, "
                       f"{fabric['retries']:,} retries)", highlight=False)
+    console.print(cost_line(totals(stats)[1], cpu, f"every process of the {len(config.hosts)} "
+                                                 f"hosts"), highlight=False)
     order = {p.network_id: i for i, p in enumerate(config.partitions)}
     rows = dict(sorted(rows.items(), key=lambda item: order[item[0]]))
     return report(console, rows, stats, adapters, dead, False, tuple(problems))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -151,6 +152,26 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
             time.sleep(POLL_S)  # pacing the report, not synchronisation
 
 
+def machine_cpu(machine: Machine) -> float:
+    """User + system CPU seconds so far of this process (the hypervisor; on a cluster, with
+    its fabric) and of every live child of the machine: what a run costs, all of it."""
+    times = psutil.Process().cpu_times()
+    total = times.user + times.system
+    for child in machine.children():
+        try:
+            times = psutil.Process(child.proc.pid).cpu_times()
+        except psutil.Error:
+            continue  # it died: its CPU is not counted (a restart is rare, and says so)
+        total += times.user + times.system
+    return total
+
+
+def cost_line(verified: int, cpu: float, where: str = "every process of the machine") -> str:
+    """The run's S: packets verified per CPU-second of `where`."""
+    return (f"cost: {cpu:.2f} CPU-s over {where}: "
+            f"{verified / max(cpu, 1e-9):,.0f} packets per CPU-second")
+
+
 def partition_table(partitions: dict[int, tuple[str, str]], stats: dict[int, dict]) -> Grid:
     """One row per partition: `partitions` maps network ID to (name, state)."""
     text = ("name", "state", "errors")
@@ -216,7 +237,10 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
             machine.start()
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
                           f"partitions, segment {machine.layout.total_size:,} bytes")
+            cpu = machine_cpu(machine)
             stats = run_traffic(machine, options, console)
+            cpu = machine_cpu(machine) - cpu
+            console.print(cost_line(totals(stats)[1], cpu), highlight=False)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
