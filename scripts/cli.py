@@ -156,6 +156,17 @@ def _config(path: str | None) -> MachineConfig:
         raise SystemExit(f"xpmove: bad config: {exc}") from None
 
 
+def _one_host_config(path: str | None, command: str) -> MachineConfig:
+    """A config for a command that runs on one host: [[host]] tables are refused, naming
+    the one command that runs across hosts."""
+    config = _config(path)
+    if config.hosts:
+        raise SystemExit(f"xpmove {command}: {path} places the partitions on "
+                         f"{len(config.hosts)} hosts ([[host]] tables); only `mpiexec -n "
+                         f"{len(config.hosts)} xpmove launch --config {path}` runs across hosts")
+    return config
+
+
 def _traffic_config(path: str | None, command: str) -> MachineConfig:
     """A config for all-to-all traffic: it needs a peer for every partition."""
     config = _config(path)
@@ -199,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scaling=args.scaling, scaling_config=args.scaling_config,
         command=" ".join(["xpmove", *sys.argv[1:]]))
     width = None if sys.stdout.isatty() else 140  # keep lines and tables whole in logs
-    code, _ = bench(_config(args.config), options, Console(width=width))
+    code, _ = bench(_one_host_config(args.config, "bench"), options, Console(width=width))
     return code
 
 
@@ -211,6 +222,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from scripts.soak_report import broken_promises, poison_lines, report_table
     from scripts.workload.pattern import MIN_PACKET
 
+    _one_host_config(args.config, "soak")
     config = _traffic_config(args.config, "soak")
     limit = largest_packet(config)
     if not MIN_PACKET <= args.size <= limit:
@@ -248,7 +260,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from scripts.run import run
 
-    return run(_config(args.config), args.timeout)
+    return run(_one_host_config(args.config, "run"), args.timeout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -121,3 +121,19 @@ def test_a_hosts_adapter_killed_under_traffic_loses_and_doubles_nothing(tmp_path
     verdict = VERDICT.search(words(text))
     assert verdict and verdict.group(1) == verdict.group(2), text
     assert_names_gone(text, tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("launch",), "the config has 2 hosts (east, west): run it as `mpiexec -n 2 xpmove launch"),
+    (("run",), "xpmove run: configs/two-hosts.toml places the partitions on 2 hosts"),
+    (("bench",), "xpmove bench: configs/two-hosts.toml places the partitions on 2 hosts"),
+    (("soak",), "only `mpiexec -n 2 xpmove launch --config configs/two-hosts.toml` runs"),
+])
+def test_a_cluster_config_outside_mpiexec_is_one_line_naming_the_command(
+        tmp_path: Path, argv: tuple[str, ...], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "scripts.cli", *argv, "--config", CONFIG],
+                          cwd=REPO, env=env(tmp_path), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert done.returncode != 0
+    assert message in words(done.stderr) and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
