@@ -199,6 +199,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    config = _config(args.config)
+    if config.hosts:
+        return _cluster_bench(config, args)
     from scripts.loadgen.bench import DEFAULT_TRANSPORTS, BenchOptions, bench
 
     options = BenchOptions(
@@ -210,8 +213,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scaling=args.scaling, scaling_config=args.scaling_config,
         command=" ".join(["xpmove", *sys.argv[1:]]))
     width = None if sys.stdout.isatty() else 140  # keep lines and tables whole in logs
-    code, _ = bench(_one_host_config(args.config, "bench"), options, Console(width=width))
+    code, _ = bench(config, options, Console(width=width))
     return code
+
+
+def _cluster_bench(config: MachineConfig, args: argparse.Namespace) -> int:
+    """`mpiexec -n H xpmove bench --config F`: fig11, fig12 and tcp across hosts and on one
+    host (scripts/cluster_bench.py); the options that make sense there."""
+    from rich.console import Console
+
+    from scripts.cluster_bench import TRANSPORTS, ClusterBenchOptions, cluster_bench
+
+    transports = tuple(args.transports or TRANSPORTS)
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown:
+        raise SystemExit(f"xpmove bench: across hosts the transports are {', '.join(TRANSPORTS)}"
+                         f"; not {', '.join(unknown)}")
+    options = ClusterBenchOptions(
+        transports=transports, sizes=args.sizes, batches=args.batch,
+        duration=args.duration if args.duration is not None else 2.0, json_path=args.json)
+    width = None if sys.stdout.isatty() else 140
+    return cluster_bench(config, options, Console(width=width))
 
 
 def cmd_soak(args: argparse.Namespace) -> int:

@@ -10,12 +10,10 @@ names whatever happened; the exit code is the same on every rank.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 
-from hypervisor.config import MachineConfig, with_program
-from hypervisor.machine import Machine, MachineError
+from hypervisor.config import MachineConfig
+from scripts.cluster_host import ClusterHost
 from scripts.launch import (
     Look,
     TrafficOptions,
@@ -24,19 +22,8 @@ from scripts.launch import (
     machine_cpu,
     report,
     run_traffic,
-    signals_deferred,
     totals,
 )
-from scripts.workload.program import PROGRAM
-
-
-def check_world(config: MachineConfig, size: int) -> None:
-    """One MPI process per [[host]]; SystemExit saying how to run it otherwise."""
-    if size != len(config.hosts):
-        names = ", ".join(h.name for h in config.hosts)
-        raise SystemExit(f"xpmove launch: the config has {len(config.hosts)} hosts ({names}): "
-                         f"run it as `mpiexec -n {len(config.hosts)} xpmove launch --config F` "
-                         f"(this is {size} MPI process{'es' if size != 1 else ''})")
 
 
 def combined(looks: list[Look]) -> Look:
@@ -47,67 +34,29 @@ def combined(looks: list[Look]) -> Look:
 
 def launch_cluster(config: MachineConfig, options: TrafficOptions,
                    console: Console | None = None) -> int:
-    from mpi4py import MPI  # only here: importing it starts MPI
+    host = ClusterHost(config, console)
+    machine, comm = host.machine, host.comm
 
-    from cluster.fabric import Fabric
+    def work() -> tuple[dict[int, dict], dict, float]:
+        everyone = [p.network_id for p in config.partitions]
+        cpu = machine_cpu(machine)
+        stats = run_traffic(machine, options, host.console, everyone,
+                            lambda look: combined(comm.allgather(look)))
+        cpu = machine_cpu(machine) - cpu
+        stats.update(collect(machine, "halt"))
+        return stats, {**machine.adapter_stats(), "title": f"adapter of host {host.name}"}, cpu
 
-    comm: Any = MPI.COMM_WORLD
-    check_world(config, comm.Get_size())
-    rank = comm.Get_rank()
-    host = config.hosts[rank].name
-    console = console or Console()
-    if rank:
-        console = Console(quiet=True)  # rank 0 speaks for the cluster
-    fabric = Fabric(config, comm)
-    machine = Machine(with_program(config, PROGRAM), gateway=fabric)
-    stats: dict[int, dict] = {}
-    adapter: dict = {}
-    cpu = 0.0
-    try:
-        error = None
-        try:
-            machine.start()
-        except MachineError as exc:
-            error = f"host {host}: {exc}"
-        errors = [e for e in comm.allgather(error) if e]
-        if not errors:
-            fabric.start(machine)
-            console.print(f"cluster up: {comm.Get_size()} hosts, {len(config.partitions)} "
-                          f"partitions; host {host}: run {machine.prefix}, segment "
-                          f"{machine.layout.total_size:,} bytes")
-            everyone = [p.network_id for p in config.partitions]
-            cpu = machine_cpu(machine)
-            stats = run_traffic(machine, options, console, everyone,
-                                lambda look: combined(comm.allgather(look)))
-            cpu = machine_cpu(machine) - cpu
-            stats.update(collect(machine, "halt"))
-            adapter = {**machine.adapter_stats(), "title": f"adapter of host {host}"}
-    except BaseException as exc:  # this host alone: the others wait in a collective
-        with signals_deferred():
-            fabric.stop()
-            machine.stop()  # this host's names are unlinked; the others' by their registry
-        Console(stderr=True).print(f"[red]host {host}: {type(exc).__name__}: {exc}; ending "
-                                   f"the MPI job", soft_wrap=True)
-        comm.Abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
-    with signals_deferred():
-        fabric.stop()
-        machine.stop()
-        fabric.close()
-    if errors:
-        for e in errors:
-            console.print(f"[red]{e}", soft_wrap=True)
+    outcome = host.run(work)
+    if outcome is None:
         return 1
+    stats, adapter, cpu = outcome
     rows = {nid: (c.name, c.state.value) for nid, c in machine.partitions.items()}
-    dead = [f"{c.name} ({host})" for c in machine.children() if c.state.value == "dead"]
-    problems = [f"host {host}: {p}" for p in fabric.problems]
-    if fabric.stats["dropped"]:
-        problems.append(f"host {host}: {fabric.stats['dropped']} landed records dropped")
-    gathered = comm.gather((rows, stats, adapter, dead, problems, fabric.stats, machine.prefix,
-                            cpu),
-                           root=0)
+    dead = [f"{c.name} ({host.name})" for c in machine.children() if c.state.value == "dead"]
+    gathered = comm.gather((rows, stats, adapter, dead, host.problems(), host.fabric.stats,
+                            machine.prefix, cpu), root=0)
     code = 1
-    if rank == 0:
-        code = cluster_report(console, gathered, config)
+    if host.rank == 0:
+        code = cluster_report(host.console, gathered, config)
     return comm.bcast(code, root=0)
 
 

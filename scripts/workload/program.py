@@ -6,9 +6,11 @@ launch, bench and soak run it in every partition and steer it with commands
     traffic      start all-to-all verified traffic on the adapter's flows (launch, soak)
     receive_on   only receive and verify (a partition that is not sending)
     bench_open   start a load-generator run: zero the counters, receive on one transport
-                 (tcp: returns its `port`; zmq, pipe, iceoryx2: returns its `address`)
+                 (tcp: listens on `bind`, default loopback, returns its `port`; zmq, pipe,
+                 iceoryx2: returns its `address`)
     bench_send   send to `peers` on that transport (tcp and the peers: connect to `ports`
-                 first, the destinations' ports or addresses)
+                 first, the destinations' ports or addresses; tcp: [address, port] for a
+                 destination on another host)
     bench_count  the cheap counters, polled during a run
     bench_close  end a run: stop sending, close the run's sockets, report with latencies
     stats        the full report (sent, received, errors, latencies, pending bytes)
@@ -27,6 +29,7 @@ from scripts.workload import peers
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import (
     LOAN,
+    LOOPBACK,
     SYNC_SUFFIX,
     AdapterFlow,
     AdapterRing,
@@ -119,7 +122,7 @@ class Workload:
             if transport in ADAPTER_TRANSPORTS:
                 self.traffic.start_receiving(self.ring)
             elif transport == "tcp":
-                reply["port"] = self.tcp_in.open()
+                reply["port"] = self.tcp_in.open(msg.get("bind", LOOPBACK))
                 self.traffic.start_receiving(self.tcp_in)
             elif transport in peers.PEERS:
                 endpoint = self._peer_endpoint(transport)
@@ -141,8 +144,9 @@ class Workload:
         plan = TrafficPlan.from_message({**msg, "flows": [transport]}, self.port.send_space,
                                         TRANSPORTS)
         try:
-            if transport == "tcp":
-                self.tcp_out.connect({int(k): int(v) for k, v in msg["ports"].items()})
+            if transport == "tcp":  # a port on loopback, or [address, port] on another host
+                self.tcp_out.connect({int(k): (str(v[0]), int(v[1])) if isinstance(v, list)
+                                      else int(v) for k, v in msg["ports"].items()})
             elif transport in peers.PEERS:
                 self._peer_endpoint(transport)
                 sender = self.senders[transport]

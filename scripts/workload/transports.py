@@ -506,8 +506,9 @@ def recv_into_reader(sock: socket.socket, reader: FrameReader) -> int:
     return n
 
 
-def connect(port: int, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
-    sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+def connect(port: int, timeout: float = CONNECT_TIMEOUT_S, host: str = LOOPBACK
+            ) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -658,10 +659,11 @@ class TcpListener(_SocketEndpoint):
 
     channel = "tcp"
 
-    def open(self) -> int:
-        """Listen on an ephemeral loopback port and return it (a fresh one per run)."""
+    def open(self, host: str = LOOPBACK) -> int:
+        """Listen on an ephemeral port of `host` (default loopback; on a cluster the host's
+        real address) and return it (a fresh one per run)."""
         self.close()
-        listener = socket.create_server((LOOPBACK, 0), backlog=64)
+        listener = socket.create_server((host, 0), backlog=64)
         listener.setblocking(False)
         self._watch(listener, None)
         return listener.getsockname()[1]
@@ -715,16 +717,19 @@ class TcpLinks(_FrameSender, SendTransport):
         super().__init__(network_id)
         self._socks: dict[int, socket.socket] = {}
 
-    def connect(self, ports: dict[int, int]) -> None:
-        for peer, port in ports.items():
+    def connect(self, ports: dict[int, int | tuple[str, int]]) -> None:
+        """Connect to each peer's listener: a loopback port, or (address, port) for a peer on
+        another host."""
+        for peer, where in ports.items():
             if peer in self._socks:
                 continue
+            host, port = where if isinstance(where, tuple) else (LOOPBACK, where)
             try:
-                sock = connect(port)
+                sock = connect(port, host=host)
                 sock.sendall(hello_frame(self.network_id))
             except OSError as exc:
                 raise TransportError(f"tcp: cannot connect to partition {peer} on "
-                                     f"{LOOPBACK}:{port}: {exc}") from None
+                                     f"{host}:{port}: {exc}") from None
             self._socks[peer] = sock
 
     def _socket_for(self, dst: int) -> socket.socket:

@@ -126,7 +126,7 @@ def test_a_hosts_adapter_killed_under_traffic_loses_and_doubles_nothing(tmp_path
 @pytest.mark.parametrize("argv, message", [
     (("launch",), "the config has 2 hosts (east, west): run it as `mpiexec -n 2 xpmove launch"),
     (("run",), "xpmove run: configs/two-hosts.toml places the partitions on 2 hosts"),
-    (("bench",), "xpmove bench: configs/two-hosts.toml places the partitions on 2 hosts"),
+    (("bench",), "the config has 2 hosts (east, west): run it as `mpiexec -n 2 xpmove bench"),
     (("soak",), "only `mpiexec -n 2 xpmove launch --config configs/two-hosts.toml` runs"),
 ])
 def test_a_cluster_config_outside_mpiexec_is_one_line_naming_the_command(

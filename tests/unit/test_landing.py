@@ -9,7 +9,8 @@ from adapter.errors import RingCorrupt
 from adapter.ring import KIND_PAD, KIND_RECORD, RECORD_HEADER, reserve
 from cluster.landing import WORDS_SIZE, plan_landing, shippable, spans
 from hypervisor.config import PAGE_SIZE, load_config
-from scripts.cluster_launch import check_world, combined
+from scripts.cluster_host import check_world
+from scripts.cluster_launch import combined
 
 CAPACITY = 4096
 

@@ -1,0 +1,94 @@
+"""This MPI rank's host of a cluster: its machine and its fabric, started in agreement with
+every other host and stopped whatever happens (`launch` and `bench` under `mpiexec`).
+
+Every host runs the same sequence of collectives; a host that fails alone (an exception,
+Ctrl-C) cannot rejoin it, so it stops its own machine (its names unlinked) and ends the MPI
+job; the other hosts' names are swept by their run registry on the next start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from hypervisor.config import MachineConfig, with_program
+from hypervisor.machine import Machine, MachineError
+from scripts.launch import signals_deferred
+from scripts.workload.program import PROGRAM
+
+T = TypeVar("T")
+
+
+def check_world(config: MachineConfig, size: int, command: str = "launch") -> None:
+    """One MPI process per [[host]]; SystemExit saying how to run it otherwise."""
+    if size != len(config.hosts):
+        names = ", ".join(h.name for h in config.hosts)
+        raise SystemExit(f"xpmove {command}: the config has {len(config.hosts)} hosts "
+                         f"({names}): run it as `mpiexec -n {len(config.hosts)} xpmove "
+                         f"{command} --config F` (this is {size} MPI "
+                         f"process{'es' if size != 1 else ''})")
+
+
+class ClusterHost:
+    def __init__(self, config: MachineConfig, console: Console | None = None,
+                 command: str = "launch"):
+        from mpi4py import MPI  # only here: importing it starts MPI
+
+        from cluster.fabric import Fabric
+
+        self.config = config
+        self.comm: Any = MPI.COMM_WORLD
+        check_world(config, self.comm.Get_size(), command)
+        self.rank = self.comm.Get_rank()
+        self.name = config.hosts[self.rank].name
+        # rank 0 speaks for the cluster
+        self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
+        self.fabric = Fabric(config, self.comm)
+        self.machine = Machine(with_program(config, PROGRAM), gateway=self.fabric)
+
+    def local(self, network_id: int) -> bool:
+        return network_id in self.machine.partitions
+
+    def run(self, work: Callable[[], T]) -> T | None:
+        """Start this host's machine once every host could, run `work` (the same collectives
+        on every host), stop. None, the reasons printed, when some host could not start."""
+        errors: list[str] = []
+        result = None
+        try:
+            error = None
+            try:
+                self.machine.start()
+            except MachineError as exc:
+                error = f"host {self.name}: {exc}"
+            errors = [e for e in self.comm.allgather(error) if e]
+            if not errors:
+                self.fabric.start(self.machine)
+                self.console.print(
+                    f"cluster up: {self.comm.Get_size()} hosts, {len(self.config.partitions)} "
+                    f"partitions; host {self.name}: run {self.machine.prefix}, segment "
+                    f"{self.machine.layout.total_size:,} bytes")
+                result = work()
+        except BaseException as exc:  # this host alone: the others wait in a collective
+            with signals_deferred():
+                self.fabric.stop()
+                self.machine.stop()
+            Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: {exc}; "
+                                       f"ending the MPI job", soft_wrap=True)
+            self.comm.Abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        with signals_deferred():
+            self.fabric.stop()
+            self.machine.stop()
+            self.fabric.close()
+        for e in errors:
+            self.console.print(f"[red]{e}", soft_wrap=True)
+        return None if errors else result
+
+    def problems(self) -> list[str]:
+        """What this host's fabric found wrong (the run is then not clean)."""
+        out = [f"host {self.name}: {p}" for p in self.fabric.problems]
+        if self.fabric.stats["dropped"]:
+            out.append(f"host {self.name}: {self.fabric.stats['dropped']} landed records "
+                       f"dropped")
+        return out
