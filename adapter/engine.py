@@ -433,6 +433,7 @@ class Engine:
             if not placed:
                 self._unlock(dst_id)
                 continue
+            receive_area.note_writer(words, ring, src.network_id)  # before any byte of it
             records = (sum(runs[i][0] if i in runs else 1 for i, _, _ in placed) if runs
                        else len(placed))
             seq = receive_area.begin_commit(words, ring, head, src.index, seq_word, records)

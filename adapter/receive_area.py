@@ -48,6 +48,11 @@ from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, Se
 #   released      the token of the last grant its holder finished (the granted driver writes it
 #                 after MVXL and `head`, BEFORE posting the lock): a post of the lock ends a
 #                 grant only if this word proves it (any process can post a named semaphore)
+#   writer        who ever wrote the ring's space: 0 nobody (a fresh segment is zeros), a
+#                 network ID if only that partition's records were ever reserved there,
+#                 MIXED once two have been (sticky). The adapter notes it before it writes a
+#                 reservation's first byte, so an uninit loan (partitions/lending.py) may skip
+#                 the memset exactly when the space can hold nothing but its own old bytes
 # Line 1 is written by the receiver: tail, and `sleeping` (1 while it waits on its doorbell, so
 # movers ring only then). Two lines so producer and consumer do not false-share.
 HEAD_OFFSET = 0
@@ -55,10 +60,12 @@ PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first seque
 HOLDER_OFFSET = 32
 GRANT_TOKEN_OFFSET = 40
 RELEASED_OFFSET = 48
+WRITER_OFFSET = 56
 TAIL_OFFSET = CACHE_LINE
 SLEEPING_OFFSET = CACHE_LINE + 8
-assert RELEASED_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
+assert WRITER_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
 TOKEN_MASK = (1 << 64) - 1
+MIXED = TOKEN_MASK  # the writer word once two partitions have written the ring's space
 # A pair's sequence word stays below this (centuries at any rate): a larger one is forged, and
 # begin_commit could not store the numbers after it in a u64 word.
 SEQ_LIMIT = 1 << 63
@@ -89,12 +96,14 @@ class RingWords(NamedTuple):
     sleeping: int
     token: int  # grant_token
     released: int
+    writer: int
 
     @classmethod
     def of(cls, dst: PartitionLayout) -> RingWords:
         return cls(_word(dst.control + HEAD_OFFSET), _word(dst.control + PENDING_OFFSET),
                    _word(dst.control + TAIL_OFFSET), _word(dst.control + SLEEPING_OFFSET),
-                   _word(dst.control + GRANT_TOKEN_OFFSET), _word(dst.control + RELEASED_OFFSET))
+                   _word(dst.control + GRANT_TOKEN_OFFSET), _word(dst.control + RELEASED_OFFSET),
+                   _word(dst.control + WRITER_OFFSET))
 
 
 def read_head(words: memoryview, dst: PartitionLayout) -> int:
@@ -224,6 +233,20 @@ def prove_release(words: memoryview, ring: RingWords) -> None:
 
 def read_released(words: memoryview, ring: RingWords) -> int:
     return words[ring.released]
+
+
+def note_writer(words: memoryview, ring: RingWords, network_id: int) -> None:
+    """The adapter, lock held, before it writes a byte of a reservation for `network_id`
+    (header, MVXL) or grants one: the ring's space now (also) holds that partition's bytes."""
+    writer = words[ring.writer]
+    if writer != network_id and writer != MIXED:
+        words[ring.writer] = network_id if writer == 0 else MIXED
+
+
+def only_written_by(words: memoryview, ring: RingWords, network_id: int) -> bool:
+    """Whether every byte ever written in the ring's space is `network_id`'s (or nobody's):
+    what such a partition finds there is its own old data, never another's."""
+    return words[ring.writer] == network_id
 
 
 def read_grant_token(words: memoryview, ring: RingWords) -> int:

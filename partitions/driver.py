@@ -222,12 +222,14 @@ class Driver(Lending):
             receive_area.ring_doorbell(self.words, self.rings[dst], self.bells[dst])
 
     def grant_retrying(self, dst_id: int, offset: int, count: int, run: bool = False,
-                       timeout: float = 0.0, stop: Callable[[], bool] | None = None
-                       ) -> Granted | XpmoveError:
-        """`take_grant`, retried like `send_retrying` while the outcome is retryable (the
-        destination full, its lock or this driver busy); the driver is free between tries."""
-        return retrying(lambda reply_by: self.take_grant(dst_id, offset, count, run,
-                                                         reply_by=reply_by), timeout, stop)
+                       timeout: float = 0.0, stop: Callable[[], bool] | None = None,
+                       uninit: bool = False) -> Granted | XpmoveError:
+        """`take_grant` (`take_grant_uninit` if `uninit`), retried like `send_retrying` while
+        the outcome is retryable (the destination full, its lock or this driver busy); the
+        driver is free between tries."""
+        take = self.take_grant_uninit if uninit else self.take_grant
+        return retrying(lambda reply_by: take(dst_id, offset, count, run, reply_by=reply_by),
+                        timeout, stop)
 
     def reconnect(self, request_fd: int, reply_fd: int) -> None:
         """Fresh pipes to a restarted adapter (from the hypervisor); wakes a waiting request.

@@ -87,11 +87,26 @@ class Lending:
         the driver busy for `wait` seconds; `reply_by` as for send_one. Errors are returned,
         not raised.
         """
+        return self._take(dst_id, offset, count, run, wait, reply_by, zero=True)
+
+    def take_grant_uninit(self, dst_id: int, offset: int, count: int, run: bool = False,
+                          wait: float = LOAN_WAIT_S, reply_by: float | None = None
+                          ) -> Granted | XpmoveError:
+        """`take_grant` for a program that writes every byte it commits (numpy's `empty`,
+        iceoryx2's `loan_uninit`): the memset is skipped when the destination's ring has only
+        ever held this partition's records (its `writer` word, which the adapter notes before
+        it writes a byte there), since then the space holds nothing but our own old bytes.
+        Any other ring's space is zeroed as `take_grant` does: isolation never depends on
+        what the program writes."""
+        return self._take(dst_id, offset, count, run, wait, reply_by, zero=False)
+
+    def _take(self, dst_id: int, offset: int, count: int, run: bool, wait: float,
+              reply_by: float | None, zero: bool) -> Granted | XpmoveError:
         busy = self._take_slot(wait)
         if busy is not None:
             return busy
         try:
-            outcome = self._grant(dst_id, offset, count, run, reply_by)
+            outcome = self._grant(dst_id, offset, count, run, reply_by, zero)
         except BaseException:
             self._mutex.release()
             raise
@@ -100,8 +115,9 @@ class Lending:
         return outcome
 
     def _grant(self, dst_id: int, offset: int, count: int, run: bool,
-               reply_by: float | None) -> Granted | XpmoveError:
-        """The request of `take_grant`, mutex held: the error, or the grant, checked."""
+               reply_by: float | None, zero: bool) -> Granted | XpmoveError:
+        """The request of `take_grant`, mutex held: the error, or the grant, checked and
+        zeroed (unless `zero` is false and the space can only hold our own bytes)."""
         op = Op.GRANT_RUN if run else Op.GRANT
         try:
             (r,) = self._survive_restart(op, (Move(self.network_id, dst_id, offset, count),),
@@ -120,8 +136,10 @@ class Lending:
             return RingCorrupt(f"grant of [{r.dst_address}, {r.dst_address + r.count}) for a "
                                f"move of {count} bytes is not a record inside network ID "
                                f"{dst_id}'s receive area [{dst.receive_base}, {end})")
-        np.frombuffer(self.physical, np.uint8, size, r.dst_address).fill(0)  # a memset
-        token = self.words[self.rings[dst_id].token]  # the adapter stored it before replying
+        ring = self.rings[dst_id]
+        if zero or not receive_area.only_written_by(self.words, ring, self.network_id):
+            np.frombuffer(self.physical, np.uint8, size, r.dst_address).fill(0)  # a memset
+        token = self.words[ring.token]  # the adapter stored it before replying
         return Granted(dst_id, r.seq, count, r.detail if run else 1, r.dst_address, size,
                        r.commit_value, token)
 

@@ -14,7 +14,9 @@ The rules are those of Fig 12:
 * Bounds: the view is exactly the granted bytes (a memoryview of `size` bytes: an index or a
   slice assignment past it raises); `write(offset, data)` checks the range and raises
   OutOfBounds naming it. The driver zeroes the space before lending it: it held records other
-  partitions sent to the destination.
+  partitions sent to the destination. An `uninit` loan (for a program that writes every byte
+  it commits) skips the memset only when the ring never held any partition's records but
+  this one's (partitions/lending.py: take_grant_uninit).
 * Ownership: while a loan is held its partition's driver holds the destination's lock, so the
   destination's other senders wait (a long loan blocks them, and a grant held too long may be
   ended by the machine), and its own request slot, so this partition's other threads wait to

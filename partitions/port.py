@@ -304,7 +304,7 @@ class Port:
 
     # -- loans: zero-copy sends (partitions/loan.py) ------------------------------------------
     def loan(self, dst: int, count: int, timeout: float | None = None,
-             cancel: threading.Event | None = None) -> Loan:
+             cancel: threading.Event | None = None, uninit: bool = False) -> Loan:
         """Lend the program `count` bytes of partition `dst`'s receive area to write ONE packet
         in place (Fig 12 with no move): `with port.loan(dst, n) as buf: buf[:] = ...` commits
         on a normal exit (one record there, exactly once) and gives the space back if the
@@ -315,21 +315,23 @@ class Port:
         threads' sends, wait meanwhile, so keep loans short (a grant held too long may be
         ended by the machine). One loan per port at a time; from the thread holding it,
         another loan, a send, `flush()` or a waiting receive raises LoanHeld. `count` is
-        bounded like a send's (`max_record(dst)`, the send space). See partitions/loan.py for
-        the rules.
+        bounded like a send's (`max_record(dst)`, the send space). The lent bytes are zeros;
+        with `uninit=True` (for a program that writes every byte it commits) they may instead
+        hold this partition's OWN older records to `dst`, never another partition's: the
+        memset is skipped only where that is proven. See partitions/loan.py for the rules.
         """
         self._check_no_loan("loan")
         self._check_loan_args(dst, count, f"loan of {count} bytes")
         self._flush_before_sync()  # after what was queued before it
         offset = self._stage_at(count, "a loan")  # the move's source: a range, nothing staged
         return self._take_loan(dst, offset, count, False, timeout, cancel,
-                               lambda g: Loan(self._driver, g, self._loan_ended))
+                               lambda g: Loan(self._driver, g, self._loan_ended), uninit)
 
     def loan_run(self, dst: int, packets: int, length: int, timeout: float | None = None,
-                 cancel: threading.Event | None = None) -> LoanRun:
+                 cancel: threading.Event | None = None, uninit: bool = False) -> LoanRun:
         """`loan`, for a multiple-write run of `packets` packets of `length` bytes: write each
         in `loan.packet(i)`, then commit (ONE record of `packets` sequence numbers). As a
-        context manager it gives the loan itself."""
+        context manager it gives the loan itself. `uninit` as for `loan`."""
         self._check_no_loan("loan_run")
         self._check_loan_args(dst, min(packets, length),
                               f"loan_run of {packets} packets of {length} bytes")
@@ -340,7 +342,7 @@ class Port:
         if packets == 1:  # as send_run does: a run of one packet is a plain record
             offset = self._stage_at(length, "a loan")
             self._flush_before_sync()
-            return self._take_loan(dst, offset, length, False, timeout, cancel, lent)
+            return self._take_loan(dst, offset, length, False, timeout, cancel, lent, uninit)
         run = Run(0, packets, length)
         with self._staging:  # the descriptor the adapter reads, staged as send_batch does
             self._flush_before_sync()  # the staging area holds the queue's buffers
@@ -348,13 +350,14 @@ class Port:
                                               f"packets")
             RUN_DESCRIPTOR.pack_into(self.memory.buffer(offset, RUN_DESCRIPTOR.size), 0,
                                      packets, length)
-            return self._take_loan(dst, offset, run.size, True, timeout, cancel, lent)
+            return self._take_loan(dst, offset, run.size, True, timeout, cancel, lent, uninit)
 
     def _take_loan(self, dst: int, offset: int, count: int, run: bool, timeout: float | None,
-                   cancel: threading.Event | None, lend: Callable[[Granted], LoanT]) -> LoanT:
+                   cancel: threading.Event | None, lend: Callable[[Granted], LoanT],
+                   uninit: bool) -> LoanT:
         outcome = self._driver.grant_retrying(
             dst, offset, count, run, timeout=float("inf") if timeout is None else timeout,
-            stop=self._stopping(cancel))
+            stop=self._stopping(cancel), uninit=uninit)
         if isinstance(outcome, XpmoveError):
             raise outcome
         try:

@@ -121,22 +121,26 @@ class Probe:
         right after `queue_first` per-packet (queued) sends of 100 bytes to `dst`,
         filled with `hex` (or each packet with `payloads`), then per `end`: "commit" (the
         `with` block's normal exit), "raise" (the block raises: given back), "give_back", or
-        "hold" (kept for loan_end / loan_write, the thread still holding it)."""
+        "hold" (kept for loan_end / loan_write, the thread still holding it); `uninit` as
+        the port's. The reply's `found` is what the program found in the loan, in hex."""
         dst, end, timeout = int(msg["dst"]), msg.get("end", "commit"), msg.get("timeout", 0.0)
+        uninit = bool(msg.get("uninit", False))
         for i in range(int(msg.get("queue_first", 0))):  # per-packet sends queued just before
             self.port.send(dst, cork_payload(i, 100), timeout=10.0)
         if "packets" in msg:
             loan: Loan = self.port.loan_run(dst, int(msg["packets"]), int(msg["length"]),
-                                            timeout)
+                                            timeout, uninit=uninit)
         else:
-            loan = self.port.loan(dst, int(msg["count"]), timeout)
-        zeroed = loan.view.tobytes() == bytes(loan.size)  # what the program finds there
+            loan = self.port.loan(dst, int(msg["count"]), timeout, uninit=uninit)
+        found = loan.view.tobytes()  # what the program finds there
+        zeroed = found == bytes(loan.size)
         if isinstance(loan, LoanRun):
             for i, h in enumerate(msg.get("payloads", ())):
                 loan.packet(i)[:] = bytes.fromhex(h)
         elif "hex" in msg:
             loan.view[:] = bytes.fromhex(msg["hex"])
-        reply = {"ok": True, "seq": loan.seq, "size": loan.size, "zeroed": zeroed}
+        reply = {"ok": True, "seq": loan.seq, "size": loan.size, "zeroed": zeroed,
+                 "found": found.hex()}
         if end == "hold":
             self.loan = loan
         elif end == "give_back":

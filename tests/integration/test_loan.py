@@ -58,6 +58,27 @@ def test_loan_run_delivers_every_packet(machine):
     assert bytes.fromhex(receive(m, 2)["hex"]) == b"alone"
 
 
+def test_an_uninit_loan_finds_only_its_own_old_bytes(make_machine):
+    """`uninit=True` skips the memset only while the destination's ring has held nothing but
+    the borrower's own records: partition 1 then finds its own old packet; once partition 3
+    has written there too, every loan (uninit or not) is zeroed again."""
+    m = make_machine(small_config(receive=64 * 1024))
+    mine = b"mine, old" * 3000  # 27 KiB: two of them and the third wraps onto the first
+    for _ in range(2):
+        assert send(m, 1, 2, mine, "fig11")["ok"]
+        assert bytes.fromhex(receive(m, 2)["hex"]) == mine
+    reply = loan(m, 1, 2, count=len(mine), uninit=True, end="give_back")
+    assert reply["ok"] and not reply["zeroed"], reply
+    assert bytes.fromhex(reply["found"]) in mine * 2  # its own bytes, shifted by the header
+    assert loan(m, 1, 2, count=len(mine), end="give_back")["zeroed"]  # the default: zeros
+    assert send(m, 3, 2, b"x" * 100, "fig11")["ok"]  # the ring now holds another's record
+    assert bytes.fromhex(receive(m, 2)["hex"]) == b"x" * 100
+    for _ in range(3):  # wherever the loan lands in the ring
+        reply = loan(m, 1, 2, count=len(mine), uninit=True, hex=mine.hex())
+        assert reply["ok"] and reply["zeroed"], reply
+        assert bytes.fromhex(receive(m, 2)["hex"]) == mine
+
+
 def test_loaned_space_is_zeroed_and_bounded(make_machine):
     """The space held another partition's records: the borrower finds zeros. Writes past the
     granted bytes raise (typed through Loan.write) and change nothing; the loan still works."""

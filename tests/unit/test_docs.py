@@ -226,6 +226,7 @@ CONTROL_WORDS = {
     "holder": receive_area.HOLDER_OFFSET,
     "grant_token": receive_area.GRANT_TOKEN_OFFSET,
     "released": receive_area.RELEASED_OFFSET,
+    "writer": receive_area.WRITER_OFFSET,
     "tail": receive_area.TAIL_OFFSET,
     "sleeping": receive_area.SLEEPING_OFFSET,
 }

@@ -761,3 +761,22 @@ def test_a_retired_destination_is_gone_not_down(m):
     assert not error_for(r.status, src_id=1, dst_id=2, offset=0, count=8, detail=0).retryable
     m.engine.attach(2)
     assert ok(m.submit(1, Op.MOVE, [(2, 0, 8)]))[0].seq == 1
+
+
+def test_the_writer_word_names_the_one_partition_that_wrote_then_mixed():
+    """Noted before a reservation's first byte (moves and grants alike), sticky once mixed;
+    a move that reserved nothing notes nothing."""
+    m = Machine()
+    ring = receive_area.RingWords.of(m.p(2))
+    assert m.words[ring.writer] == 0  # a fresh segment: nobody
+    ok(m.submit(1, Op.MOVE, [(2, 0, 64)]))
+    assert m.words[ring.writer] == 1
+    _, (refused,) = m.submit(3, Op.MOVE, [(2, 0, m.p(2).receive_size)])  # no room: nothing
+    assert refused.status != Status.OK and m.words[ring.writer] == 1
+    ok(m.submit(1, Op.MOVE, [(2, 0, 64)]))
+    assert m.words[ring.writer] == 1
+    (granted,) = ok(m.submit(3, Op.GRANT, [(2, 0, 64)]))
+    assert m.words[ring.writer] == receive_area.MIXED
+    m.drive(granted, 2)
+    ok(m.submit(1, Op.MOVE, [(2, 0, 64)]))
+    assert m.words[ring.writer] == receive_area.MIXED

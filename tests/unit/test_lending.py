@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from adapter import receive_area
 from adapter.errors import LockTimeout
 from adapter.ring import KIND_RECORD
@@ -87,3 +89,23 @@ def test_a_busy_driver_is_a_retryable_lock_timeout():
         outcome = lender.take_grant(2, 0, 100, wait=0.01)
     assert isinstance(outcome, LockTimeout) and outcome.retryable
     assert "stayed busy for 0.01 s" in str(outcome)
+
+
+def plant(m: Machine, dst: int, writer: int) -> None:
+    """Old bytes in `dst`'s ring, and the writer word the adapter would have left for them."""
+    d = m.p(dst)
+    m.mem[d.receive_base:d.receive_base + d.receive_size] = b"\xaa" * d.receive_size
+    m.words[receive_area.RingWords.of(d).writer] = writer
+
+
+@pytest.mark.parametrize("writer", [1, 3, receive_area.MIXED])
+@pytest.mark.parametrize("uninit", [False, True])
+def test_a_grant_skips_the_memset_only_uninit_over_its_own_bytes(writer, uninit):
+    m = Machine()
+    plant(m, 2, writer)
+    lender = Lender(m, 1)
+    granted = (lender.take_grant_uninit if uninit else lender.take_grant)(2, 0, 100)
+    assert isinstance(granted, Granted), granted
+    found = bytes(m.mem[granted.address:granted.address + 100])
+    assert found == (b"\xaa" * 100 if uninit and writer == 1 else bytes(100))
+    assert lender.end_grant(granted, commit=False) is None
