@@ -376,6 +376,16 @@ def test_shipped_sixteen_toml_loads() -> None:
     assert total_memory(cfg) == 128 * MiB
 
 
+def test_shipped_bench_toml_is_the_default_with_32_mib_rings() -> None:
+    """configs/bench.toml: the default's partitions, 32 MiB rings (runs of 15 packets of
+    1 MiB), a 16 MiB sender area (half a ring: the largest run) for every transport."""
+    cfg, default = load_config(REPO / "configs" / "bench.toml"), default_config()
+    assert [(p.name, p.network_id) for p in cfg.partitions] == [
+        (p.name, p.network_id) for p in default.partitions]
+    assert all(p.memory_size == 48 * MiB and p.receive_size == 32 * MiB for p in cfg.partitions)
+    assert cfg.lock_timeout_s == default.lock_timeout_s
+
+
 @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), True, "10"])
 def test_grant_timeout_must_be_a_number_of_seconds(value):
     with pytest.raises(ConfigError, match=r"machine\.grant_timeout_s: expected a number > 0"):
