@@ -37,8 +37,8 @@ import posix_ipc
 from mpi4py import MPI
 
 from adapter import receive_area
-from adapter.errors import XpmoveError
-from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, next_record
+from adapter.errors import DestinationFull, XpmoveError
+from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, next_record, reserve
 from cluster.landing import LandingRing, plan_landing, shippable, spans
 from hypervisor.config import MachineConfig
 from partitions.driver import Driver
@@ -47,7 +47,10 @@ if TYPE_CHECKING:
     from hypervisor.machine import Machine
 
 IDLE_S = 0.01  # the longest the fabric sleeps without looking (a missed wake-up costs this)
-RETRY_S = 0.0005  # a landed record whose destination was full or busy is tried again after
+# A landed record whose destination is full (or its lock busy) is tried again after a pause
+# that doubles from the first to the last value while nothing lands (the drivers' back-off):
+# a receiver frees space without a doorbell.
+RETRY_S = (0.00005, 0.002)
 GRANT_WAIT_S = 1.0  # how long one commit of a landed record may wait for the adapter
 BELL_WAIT_S = 0.2  # the doorbell threads look at the stop flag this often
 ADDRESS_ENV = "XPMOVE_FABRIC_ADDRESS"  # the address other hosts reach this one's doorbell at
@@ -102,6 +105,7 @@ class Fabric:
         self.stats = {"shipped_bytes": 0, "ships": 0, "landed_records": 0, "landed_packets": 0,
                       "retries": 0, "dropped": 0}
         self.problems: list[str] = []
+        self._seen: tuple[int, ...] = ()
         self.failure: BaseException | None = None
 
     # -- Gateway -----------------------------------------------------------------------------
@@ -128,6 +132,8 @@ class Fabric:
                                        locks, bells)
         self._semaphores = [*locks.values(), *bells.values()]
         self.rings = {nid: receive_area.RingWords.of(self.by_id[nid]) for nid in self.network_ids}
+        self.local_rings = {p.network_id: receive_area.RingWords.of(p)
+                            for p in self.layout.partitions if p.network_id not in self.rings}
         for nid in sorted(self.network_ids):
             bell = posix_ipc.Semaphore(machine.names.bells[nid])
             self._semaphores.append(bell)
@@ -168,6 +174,11 @@ class Fabric:
                 except OSError:
                     pass
 
+    def _news(self) -> tuple[int, ...]:
+        """The proxy rings' and landing rings' heads: what changes when there is new work."""
+        return (*(self.words[r.head] for r in self.rings.values()),
+                *(self.wwords[r.words >> 3] for r in self.landing))
+
     def pending(self) -> int:
         """Bytes this host still has to ship or to commit (0: the fabric is drained)."""
         out = sum(self.words[r.head] - self.words[r.tail] for r in self.rings.values())
@@ -178,12 +189,17 @@ class Fabric:
     # -- the fabric thread -------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            retry = False
+            pause = RETRY_S[0]
             while not self._stop.is_set():
+                self._seen = self._news()
                 shipped = any([self._ship(nid) for nid in sorted(self.network_ids)])
-                landed, retry = self._land_all()
+                landed, waiting = self._land_all()
+                if landed or not waiting:
+                    pause = RETRY_S[0]
                 if not (shipped or landed):
-                    self._sleep(RETRY_S if retry else IDLE_S)
+                    self._sleep(pause if waiting else IDLE_S)
+                    if waiting:
+                        pause = min(pause * 2, RETRY_S[1])
         except BaseException as exc:  # the run's verdict reports it; never a silent stop
             self.failure = exc
             self.problems.append(f"fabric of host {self.host} stopped: "
@@ -194,8 +210,9 @@ class Fabric:
         for ring in self.rings.values():
             self.words[ring.sleeping] = 1
         try:
-            if self.pending():
-                return
+            if self._news() != self._seen:
+                return  # committed or landed since the last look (work stuck behind a full
+                # ring is not news: it waits for a datagram, a doorbell or the timeout)
             select.select([self.sock.fileno(), self._wake_r], [], [], timeout)
             self._drain_wakeups()
         finally:
@@ -315,6 +332,8 @@ class Fabric:
         if driver is None or self.host_of.get(source) != ring.source_host:
             return self._drop(f"a record from host {ring.source_host} names source network ID "
                               f"{source}, which does not live there")
+        if not self._room(ring.dst_id, record.length):
+            return None  # full as far as we can see: no adapter round trip to be told so
         payload = ring.data + record.payload_position
         run = record.kind == KIND_RUN
         skip = RUN_DESCRIPTOR.size if run else 0
@@ -335,6 +354,18 @@ class Fabric:
             return None  # the adapter took the grant back: nothing delivered, try again
         self.stats["landed_records"] += 1
         self.stats["landed_packets"] += granted.records
+        return True
+
+    def _room(self, dst_id: int, length: int) -> bool:
+        """Whether destination `dst_id`'s ring seems to have room for a record of `length`
+        (a hint read without its lock: the adapter decides)."""
+        words, dst = self.local_rings[dst_id], self.by_id[dst_id]
+        try:
+            reserve(self.words[words.head], self.words[words.tail], dst.receive_size, length)
+        except DestinationFull:
+            return False
+        except XpmoveError:
+            return True  # not ours to judge: the adapter will say what is wrong
         return True
 
     def _drop(self, why: str) -> bool:
