@@ -183,6 +183,15 @@ class Engine:
         for dst in self.book.granted_to(network_id):
             self._take_back(dst)
 
+    def set_remote_state(self, network_id: int, state: PartitionState) -> None:
+        """A partition living on another host (its proxy's connection here stays up) is
+        active, down (DestinationDown: its host restarts it, or stopped answering) or gone,
+        as that host's fabric says (cluster/fabric.py)."""
+        if state is PartitionState.ACTIVE:
+            self.attach(network_id)
+        else:
+            self.table.set_state(network_id, state)
+
     def retire(self, network_id: int) -> None:
         """The hypervisor will not restart `network_id`: moves to it fail with the
         non-retryable DestinationGone instead of DestinationDown (senders stop retrying). A

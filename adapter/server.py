@@ -30,6 +30,7 @@ import posix_ipc
 
 from adapter.engine import Engine
 from adapter.protocol import MAX_REQUEST_SIZE, ProtocolViolation, RequestDecoder, malformed_reply
+from adapter.translation import PartitionState
 from hypervisor.boot import AdapterBoot
 from hypervisor.control import Channel
 from hypervisor.memory import PhysicalMemory
@@ -220,6 +221,10 @@ class Adapter:
             self.running = False
         elif cmd == "retire":  # a partition that ended and will not be restarted
             self.engine.retire(int(message["network_id"]))
+            self.control.send({"id": message.get("id"), "ok": True})
+        elif cmd == "state":  # a partition of another host: active, dead or gone there
+            self.engine.set_remote_state(int(message["network_id"]),
+                                         PartitionState(message["state"]))
             self.control.send({"id": message.get("id"), "ok": True})
         elif cmd == "attach":  # a (re)started partition's fresh pipes
             request_fd, reply_fd = message["fds"]

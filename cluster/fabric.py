@@ -39,6 +39,8 @@ from mpi4py import MPI
 from adapter import receive_area
 from adapter.errors import DestinationFull, XpmoveError
 from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, next_record, reserve
+from cluster import heartbeat
+from cluster.heartbeat import DOORBELL, HEARTBEAT_S
 from cluster.landing import LandingRing, plan_landing, shippable, spans
 from hypervisor.config import MachineConfig
 from partitions.driver import Driver
@@ -106,6 +108,11 @@ class Fabric:
                       "retries": 0, "dropped": 0}
         self.problems: list[str] = []
         self._seen: tuple[int, ...] = ()
+        self._states: dict[int, str] = {}  # remote partitions' states, as their hosts said
+        now = time.monotonic()
+        self._heard = {h: now for h in range(len(config.hosts)) if h != self.host}
+        self._beat_at = 0.0
+        self.machine: Machine | None = None
         self.failure: BaseException | None = None
 
     # -- Gateway -----------------------------------------------------------------------------
@@ -116,10 +123,15 @@ class Fabric:
         else:
             driver.reconnect(request_fd, reply_fd)
 
+    def remote_states(self) -> dict[int, str]:
+        return heartbeat.remote_states(self.network_ids, self.host_of, self._heard,
+                                       self._states, time.monotonic())
+
     # -- life --------------------------------------------------------------------------------
     def start(self, machine: Machine) -> None:
         """Become the proxies' driver and receiver on `machine` (started, with this gateway)."""
         assert machine.memory is not None
+        self.machine = machine
         self.physical = machine.memory.view
         self.layout = machine.layout
         self.by_id = machine.layout.by_id()
@@ -191,6 +203,7 @@ class Fabric:
         try:
             pause = RETRY_S[0]
             while not self._stop.is_set():
+                self._heartbeat()
                 self._seen = self._news()
                 shipped = any([self._ship(nid) for nid in sorted(self.network_ids)])
                 landed, waiting = self._land_all()
@@ -222,8 +235,11 @@ class Fabric:
 
     def _drain_wakeups(self) -> None:
         try:
-            while self.sock.recv(16):
-                pass
+            while True:
+                beat = heartbeat.decode(self.sock.recv(65536), self.host_of)
+                if beat is not None and beat[0] in self._heard:
+                    self._heard[beat[0]] = time.monotonic()
+                    self._states.update(beat[1])
         except BlockingIOError:
             pass
         try:
@@ -231,6 +247,23 @@ class Fabric:
                 pass
         except BlockingIOError:
             pass
+
+    def _heartbeat(self) -> None:
+        """Every HEARTBEAT_S, tell every other host the states of this host's partitions."""
+        now = time.monotonic()
+        if now < self._beat_at or self.machine is None:
+            return
+        self._beat_at = now + HEARTBEAT_S
+        machine = self.machine
+        states = {nid: "gone" if nid in machine.retired else
+                  "active" if child.state.value == "running" else "dead"
+                  for nid, child in list(machine.partitions.items())}
+        beat = heartbeat.encode(self.host, states)
+        for host in self._heard:
+            try:
+                self.sock.sendto(beat, self.peers[host])
+            except OSError:
+                pass  # the next beat goes again
 
     def _wake(self) -> None:
         try:
@@ -249,7 +282,7 @@ class Fabric:
 
     def _ring(self, host: int) -> None:
         try:
-            self.sock.sendto(b"\1", self.peers[host])
+            self.sock.sendto(DOORBELL, self.peers[host])
         except OSError:
             pass  # a lost doorbell costs IDLE_S
 

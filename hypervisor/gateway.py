@@ -20,6 +20,12 @@ class Gateway(Protocol):
         """The proxies: partitions of the layout that live on other hosts."""
         ...
 
+    def remote_states(self) -> dict[int, str]:
+        """Each proxy's state on its own host as last heard: "active", "dead" (restarting
+        there, or its host stopped answering) or "gone" (ended for good). The machine tells
+        its adapter every change, so moves to them fail as moves to a local partition would."""
+        ...
+
     def connect(self, network_id: int, request_fd: int, reply_fd: int) -> None:
         """Take (and own) the driver ends of a proxy's pipes to the adapter: at start, and
         again each time a restarted adapter hands out fresh pipes."""

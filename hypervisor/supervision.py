@@ -102,6 +102,8 @@ class Supervision:
         self._adapter_due: float | None = None  # when the dead adapter is restarted
         self._waiting: list[Child] = []  # partitions that ended while no adapter ran
         self.gave_up: str | None = None  # why the adapter is not restarted any more
+        self._told: dict[int, str] = {}  # remote partitions' states the adapter was told
+        self._told_adapter: Child | None = None
 
     def poll(self, liveness: bool = False) -> list[Child]:
         """Reap children that exited; restart them per policy. Returns those that died.
@@ -206,6 +208,7 @@ class Supervision:
                 self._adapter_died(dead, now, ran_for=0.0)  # death right at its start
         adapter = self.adapter
         if adapter is not None and adapter.state is ProcessState.RUNNING:
+            self._tell_remote_states(adapter)
             waiting, self._waiting = self._waiting, []
             for child in waiting:  # attached to an adapter that runs
                 assert child.network_id is not None
@@ -215,6 +218,26 @@ class Supervision:
                 else:
                     self._retire(child.network_id)
         return died
+
+    def _tell_remote_states(self, adapter: Child) -> None:
+        """Tell the adapter each change of a remote partition's state (hypervisor/gateway.py);
+        a restarted adapter is told them all again (it boots with every proxy active)."""
+        if self.gateway is None:
+            return
+        if self._told_adapter is not adapter:
+            self._told_adapter, self._told = adapter, {}
+        for nid, state in self.gateway.remote_states().items():
+            if self._told.get(nid, "active") == state:
+                continue
+            try:
+                self._call(adapter, {"cmd": "state", "network_id": nid, "state": state},
+                           RETIRE_TIMEOUT_S)
+            except MachineError as exc:
+                self.events.append(f"could not tell the adapter that remote network ID {nid} "
+                                   f"is {state}: {exc}")
+                return
+            self._told[nid] = state
+            self.events.append(f"remote network ID {nid} is {state}")
 
     def _bring_back(self, restart: Callable[[], None], name: str) -> bool:
         try:

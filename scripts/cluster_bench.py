@@ -175,10 +175,10 @@ class ClusterBench:
                     count = self.call(src, {"cmd": "bench_count"})
                     sent += count["sent"]
                     done += bool(count["sender_done"])
-            looks = self.host.comm.allgather((sent, done, self._received(pairs)))
+            looks = self.host.allgather((sent, done, self._received(pairs)))
             sent, done, got = (sum(look[i] for look in looks) for i in range(3))
             late = time.monotonic() > deadline
-            if (done == len(pairs) and got >= sent) or any(self.host.comm.allgather(late)):
+            if (done == len(pairs) and got >= sent) or any(self.host.allgather(late)):
                 return [] if got >= sent else [f"{sent - got} packets not verified after "
                                                f"{DRAIN_S} s"]
             time.sleep(POLL_S)  # pacing the look, not synchronisation

@@ -8,6 +8,7 @@ job; the other hosts' names are swept by their run registry on the next start.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from scripts.launch import signals_deferred
 from scripts.workload.program import PROGRAM
 
 T = TypeVar("T")
+WAIT_S = 0.005  # how often a host waiting for the others looks (outside MPI)
 
 
 def check_world(config: MachineConfig, size: int, command: str = "launch") -> None:
@@ -47,6 +49,16 @@ class ClusterHost:
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
         self.fabric = Fabric(config, self.comm)
         self.machine = Machine(with_program(config, PROGRAM), gateway=self.fabric)
+
+    def allgather(self, value: T) -> list[T]:
+        """`comm.allgather`, but the wait for the other hosts is spent outside MPI (a rank
+        waiting inside MPI spins: CPU = wall) and supervising this host's machine, so a host
+        that hangs costs the others no CPU and their partitions are still looked after."""
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            self.machine.poll(liveness=True)
+            time.sleep(WAIT_S)  # pacing the look, not synchronisation
+        return self.comm.allgather(value)
 
     def local(self, network_id: int) -> bool:
         return network_id in self.machine.partitions

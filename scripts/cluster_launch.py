@@ -41,7 +41,7 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
         everyone = [p.network_id for p in config.partitions]
         cpu = machine_cpu(machine)
         stats = run_traffic(machine, options, host.console, everyone,
-                            lambda look: combined(comm.allgather(look)))
+                            lambda look: combined(host.allgather(look)))
         cpu = machine_cpu(machine) - cpu
         stats.update(collect(machine, "halt"))
         return stats, {**machine.adapter_stats(), "title": f"adapter of host {host.name}"}, cpu

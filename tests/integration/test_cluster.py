@@ -4,6 +4,7 @@ traffic without losing or doubling an accepted packet. Real MPI ranks, real fabr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -137,3 +138,70 @@ def test_a_cluster_config_outside_mpiexec_is_one_line_naming_the_command(
     assert done.returncode != 0
     assert message in words(done.stderr) and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
+
+
+def rank_process(rank: int, launcher: psutil.Process) -> psutil.Process:
+    """MPI rank `rank`'s hypervisor (the `xpmove` process hydra started)."""
+    for proc in launcher.children(recursive=True):
+        try:
+            if (proc.environ().get("PMI_RANK") == str(rank)
+                    and "scripts.cli" in " ".join(proc.cmdline())):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no rank {rank} under mpiexec")
+
+
+def refused_down(tmp_path: Path, prefix: str) -> int:
+    """DestinationDown answers the adapter of run `prefix` gave so far (xpmove status)."""
+    done = subprocess.run([sys.executable, "-m", "scripts.cli", "status", "--once", "--json",
+                           prefix], cwd=REPO, env=env(tmp_path), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    if done.returncode != 0:
+        return 0
+    snapshot = json.loads(done.stdout.splitlines()[-1])
+    return sum(p["errors"].get("destination_down", 0) for p in snapshot["partitions"])
+
+
+def test_a_hung_host_is_down_for_the_others_and_nothing_is_lost(tmp_path: Path) -> None:
+    """West's hypervisor (its fabric) stops answering under traffic: east's adapter says
+    DestinationDown for west's partitions within the host timeout; when west comes back,
+    every accepted packet is verified once."""
+    proc = subprocess.Popen(command("--duration", "6"), cwd=REPO, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = b""
+    west = None
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            seen = INTERVAL.findall(out.decode(errors="replace"))
+            if seen and int(seen[-1].replace(",", "")) > 1000:
+                break
+            assert time.monotonic() < deadline, out.decode()
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            assert chunk or not ready, f"output ended before traffic:\n{out.decode()}"
+            out += chunk
+        east_run = re.search(r"host east: run (xpm-[0-9a-f]+)", words(out.decode()))
+        assert east_run, out.decode()
+        west = rank_process(1, psutil.Process(proc.pid))
+        west.suspend()
+        while refused_down(tmp_path, east_run.group(1)) == 0:
+            assert time.monotonic() < deadline, "east never said DestinationDown"
+            time.sleep(0.2)  # polling against the deadline
+        west.resume()
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+        out += rest
+    finally:
+        if west is not None:
+            try:
+                west.resume()
+            except psutil.NoSuchProcess:
+                pass
+        stop(proc)
+    text = words(out.decode())
+    verdict = re.search(r"clean: ([\d,]+) of ([\d,]+) accepted packets verified, [\d,]+ "
+                        r"refused, 0 corrupt/gap/duplicate, dead: none", text)
+    assert verdict and verdict.group(1) == verdict.group(2), text
+    assert_names_gone(text, tmp_path)

@@ -780,3 +780,17 @@ def test_the_writer_word_names_the_one_partition_that_wrote_then_mixed():
     m.drive(granted, 2)
     ok(m.submit(1, Op.MOVE, [(2, 0, 64)]))
     assert m.words[ring.writer] == receive_area.MIXED
+
+
+def test_a_remote_partitions_state_is_what_its_host_says(m):
+    """A partition of another host (its proxy's connection here stays up) is down, gone or
+    active again as its host's fabric says: the same answers as for a local one."""
+    from adapter.translation import PartitionState
+
+    m.put(1, 0, b"a" * 8)
+    m.engine.set_remote_state(2, PartitionState.DEAD)
+    assert m.submit(1, Op.MOVE, [(2, 0, 8)])[1][0].status == Status.DESTINATION_DOWN
+    m.engine.set_remote_state(2, PartitionState.GONE)
+    assert m.submit(1, Op.MOVE, [(2, 0, 8)])[1][0].status == Status.DESTINATION_GONE
+    m.engine.set_remote_state(2, PartitionState.ACTIVE)
+    assert ok(m.submit(1, Op.MOVE, [(2, 0, 8)]))[0].seq == 1
