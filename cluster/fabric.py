@@ -373,8 +373,8 @@ class Fabric:
         if run:  # the adapter reads a run's descriptor from the source's own memory
             own = self.by_id[source].base
             self.physical[own:own + skip] = self.window[payload:payload + skip]
-        granted = driver.take_grant(ring.dst_id, 0, record.length, run=run,
-                                    reply_by=time.monotonic() + GRANT_WAIT_S)
+        granted = driver.take_grant_to_fill(ring.dst_id, 0, record.length, run=run,
+                                            reply_by=time.monotonic() + GRANT_WAIT_S)
         if isinstance(granted, XpmoveError):
             if granted.retryable:
                 return None

@@ -109,3 +109,17 @@ def test_a_grant_skips_the_memset_only_uninit_over_its_own_bytes(writer, uninit)
     found = bytes(m.mem[granted.address:granted.address + 100])
     assert found == (b"\xaa" * 100 if uninit and writer == 1 else bytes(100))
     assert lender.end_grant(granted, commit=False) is None
+
+
+def test_a_grant_to_fill_is_never_zeroed_and_commits_what_was_copied_in():
+    """The cluster's fabric copies a landed record over every granted byte at once: the memset
+    would only be overwritten (whoever wrote the ring before)."""
+    m = Machine()
+    plant(m, 2, receive_area.MIXED)
+    lender = Lender(m, 1)
+    granted = lender.take_grant_to_fill(2, 0, 100)
+    assert isinstance(granted, Granted), granted
+    assert bytes(m.mem[granted.address:granted.address + 100]) == b"\xaa" * 100
+    m.mem[granted.address:granted.address + 100] = b"F" * 100
+    assert lender.end_grant(granted, commit=True) is None
+    assert m.records(2) == [(KIND_RECORD, 1, 1, b"F" * 100)]
