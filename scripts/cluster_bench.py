@@ -208,8 +208,12 @@ def cluster_bench(config: MachineConfig, options: ClusterBenchOptions,
     results = host.run(work)
     if results is None:
         return 1
+    prefixes = host.comm.gather(host.machine.prefix, root=0)
     if host.rank == 0:
         report(host.console, results, options)
+        for h, prefix in zip(host.config.hosts, prefixes, strict=True):
+            host.console.print(f"host {h.name} (run {prefix}): every IPC name unlinked",
+                               highlight=False)
     return 0 if all(not r.problems for r in results) else 1
 
 

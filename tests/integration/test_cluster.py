@@ -205,3 +205,23 @@ def test_a_hung_host_is_down_for_the_others_and_nothing_is_lost(tmp_path: Path) 
                         r"refused, 0 corrupt/gap/duplicate, dead: none", text)
     assert verdict and verdict.group(1) == verdict.group(2), text
     assert_names_gone(text, tmp_path)
+
+
+def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
+        tmp_path: Path) -> None:
+    out_json = tmp_path / "cluster.json"
+    done = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "bench", "--config",
+         CONFIG, "--sizes", "1KiB,64KiB", "--batch", "128", "--duration", "0.5",
+         "--transports", "fig11,tcp", "--json", str(out_json)],
+        cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = words(done.stdout + done.stderr)
+    assert done.returncode == 0, out
+    runs = json.loads(out_json.read_text())["runs"]
+    assert {(r["transport"], r["route"], r["size"]) for r in runs} == {
+        (t, r, s) for t in ("fig11", "tcp") for r in ("cross", "local") for s in (1024, 65536)}
+    assert all(r["packets"] > 0 and r["S"] > 0 and not r["problems"] for r in runs), runs
+    for target in ("cross-host fig11 >= 2x cross-host tcp, 1024 B",
+                   "cross-host fig11 CPU per packet within 2x of same-host, 64 KiB"):
+        assert re.search(rf"(MET|MISSED): {re.escape(target)}: ", out), out
+    assert_names_gone(out, tmp_path)
