@@ -205,19 +205,26 @@ def _parse_cpus(value: object, key: str, available: frozenset[int] | None) -> tu
     return tuple(value)
 
 
+def _named_table(entry: object, key: str, allowed: tuple[str, ...], required: tuple[str, ...]
+                 ) -> tuple[Mapping[str, object], str]:
+    """A [[partition]] or [[host]] entry: a table with only `allowed` keys, every `required`
+    one, and a valid `name`; (the table, its name)."""
+    table = _require_table(entry, key)
+    _check_keys(table, allowed, f"{key}.")
+    for k in required:
+        if k not in table:
+            raise _fail(f"{key}.{k}", "missing required key")
+    name = table["name"]
+    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+        raise _fail(f"{key}.name", f"expected 1-32 characters of [A-Za-z0-9_-], got {name!r}")
+    return table, name
+
+
 def _parse_partition(
     entry: object, index: int, available: frozenset[int] | None
 ) -> PartitionConfig:
     key = f"partition[{index}]"
-    table = _require_table(entry, key)
-    _check_keys(table, _PARTITION_KEYS, f"{key}.")
-    for k in _PARTITION_REQUIRED:
-        if k not in table:
-            raise _fail(f"{key}.{k}", "missing required key")
-
-    name = table["name"]
-    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
-        raise _fail(f"{key}.name", f"expected 1-32 characters of [A-Za-z0-9_-], got {name!r}")
+    table, name = _named_table(entry, key, _PARTITION_KEYS, _PARTITION_REQUIRED)
 
     network_id = table["network_id"]
     if not _is_int(network_id) or not 1 <= network_id <= MAX_NETWORK_ID:
@@ -311,14 +318,7 @@ def _parse_hosts(entries: object, partitions: list[str]) -> tuple[HostConfig, ..
     names: dict[str, int] = {}
     for index, entry in enumerate(entries):
         key = f"host[{index}]"
-        table = _require_table(entry, key)
-        _check_keys(table, _HOST_KEYS, f"{key}.")
-        for k in _HOST_KEYS:
-            if k not in table:
-                raise _fail(f"{key}.{k}", "missing required key")
-        name = table["name"]
-        if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
-            raise _fail(f"{key}.name", f"expected 1-32 characters of [A-Za-z0-9_-], got {name!r}")
+        table, name = _named_table(entry, key, _HOST_KEYS, _HOST_KEYS)
         if name in names:
             raise _fail(f"{key}.name", f"duplicate value {name!r} (also host[{names[name]}])")
         names[name] = index

@@ -75,6 +75,22 @@ def test_two_hosts_run_all_to_all_traffic_in_both_flows(tmp_path: Path) -> None:
     assert_names_gone(out, tmp_path)
 
 
+def traffic_flows(proc: subprocess.Popen, deadline: float) -> bytes:
+    """Read the launch's output until its progress lines show packets verified across the
+    hosts (traffic is flowing); the output so far."""
+    assert proc.stdout is not None
+    out = b""
+    while True:
+        seen = INTERVAL.findall(out.decode(errors="replace"))
+        if seen and int(seen[-1].replace(",", "")) > 1000:
+            return out
+        assert time.monotonic() < deadline, out.decode()
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+        assert chunk or not ready, f"output ended before traffic:\n{out.decode()}"
+        out += chunk
+
+
 def adapter_of(rank: int, launcher: psutil.Process) -> psutil.Process | None:
     """The adapter process of MPI rank `rank` (host `rank`) under the mpiexec `launcher`."""
     for proc in launcher.children(recursive=True):
@@ -95,15 +111,7 @@ def test_a_hosts_adapter_killed_under_traffic_loses_and_doubles_nothing(tmp_path
     out = b""
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        while True:  # traffic flows across the hosts: packets verified
-            seen = INTERVAL.findall(out.decode(errors="replace"))
-            if seen and int(seen[-1].replace(",", "")) > 1000:
-                break
-            assert time.monotonic() < deadline, out.decode()
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
-            assert chunk or not ready, f"output ended before traffic:\n{out.decode()}"
-            out += chunk
+        out = traffic_flows(proc, deadline)
         launcher = psutil.Process(proc.pid)
         victim = adapter_of(1, launcher)
         assert victim is not None, "no adapter found under rank 1"
@@ -174,15 +182,7 @@ def test_a_hung_host_is_down_for_the_others_and_nothing_is_lost(tmp_path: Path) 
     west = None
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            seen = INTERVAL.findall(out.decode(errors="replace"))
-            if seen and int(seen[-1].replace(",", "")) > 1000:
-                break
-            assert time.monotonic() < deadline, out.decode()
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
-            assert chunk or not ready, f"output ended before traffic:\n{out.decode()}"
-            out += chunk
+        out = traffic_flows(proc, deadline)
         east_run = re.search(r"host east: run (xpm-[0-9a-f]+)", words(out.decode()))
         assert east_run, out.decode()
         west = rank_process(1, psutil.Process(proc.pid))
