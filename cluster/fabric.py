@@ -13,9 +13,9 @@ q's proxy ring here exactly as for a local destination, under q's lock here.
   place and committed (partitions/lending.py). The destination's lock, the pair's sequence
   numbers, adapter restarts and exactly-once are those of a local move; the landing tail moves
   only after the commit.
-* Wake-ups, never spinning: a proxy ring's doorbell (a POSIX semaphore, one small thread each
-  waits on it) and one UDP datagram per shipped batch to the destination host's fabric, and one
-  back when landing space was freed. Datagrams carry no data: a lost one costs IDLE_S at most.
+* Wake-ups, never spinning (cluster/wakeups.py): a proxy ring's doorbell, and one UDP datagram
+  per shipped batch to the destination host's fabric, one back when landing space was freed.
+  Heartbeats carry each host's partitions' states (cluster/heartbeat.py).
 
 MPI facts this relies on (docs/cluster.md): a window from `Win.Allocate` under one `Lock_all`
 epoch per run takes puts without the target calling MPI on one machine and on RDMA fabrics;
@@ -26,8 +26,6 @@ loop does every IDLE_S.
 from __future__ import annotations
 
 import os
-import select
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,8 +38,9 @@ from adapter import receive_area
 from adapter.errors import DestinationFull, XpmoveError
 from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, next_record, reserve
 from cluster import heartbeat
-from cluster.heartbeat import DOORBELL, HEARTBEAT_S
+from cluster.heartbeat import HEARTBEAT_S
 from cluster.landing import LandingRing, plan_landing, shippable, spans
+from cluster.wakeups import Wakeups
 from hypervisor.config import MachineConfig
 from partitions.driver import Driver
 
@@ -54,14 +53,6 @@ IDLE_S = 0.01  # the longest the fabric sleeps without looking (a missed wake-up
 # a receiver frees space without a doorbell.
 RETRY_S = (0.00005, 0.002)
 GRANT_WAIT_S = 1.0  # how long one commit of a landed record may wait for the adapter
-BELL_WAIT_S = 0.2  # the doorbell threads look at the stop flag this often
-ADDRESS_ENV = "XPMOVE_FABRIC_ADDRESS"  # the address other hosts reach this one's doorbell at
-
-
-def doorbell_address() -> str:
-    """This host's address for the other hosts' doorbells: $XPMOVE_FABRIC_ADDRESS, else what
-    the host name resolves to (on one machine, any local address)."""
-    return os.environ.get(ADDRESS_ENV) or socket.gethostbyname(socket.gethostname())
 
 
 class Fabric:
@@ -88,20 +79,15 @@ class Fabric:
         self.window = memoryview(self.win.tomemory()).cast("B")  # type: ignore[arg-type]
         self.window[:] = bytes(size)
         self.wwords = self.window.cast("Q")
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.setblocking(False)
-        self.peers = [tuple(a) for a in self.comm.allgather(
-            (doorbell_address(), self.sock.getsockname()[1]))]
+        self.wakeups = Wakeups()
+        self.wakeups.peers = [tuple(a) for a in self.comm.allgather(self.wakeups.address)]
         self.win.Lock_all()  # one shared epoch per run: every ring has one writer
         self.comm.Barrier()
         self._fds: dict[int, tuple[int, int]] = {}
         self.drivers: dict[int, Driver] = {}
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._threads: list[threading.Thread] = []
+        self._semaphores: list[posix_ipc.Semaphore] = []
         self._landing_tail: dict[int, int] = {}  # per remote partition, as last read
         self._word = np.zeros(1, np.uint64)
         self.stats = {"shipped_bytes": 0, "ships": 0, "landed_records": 0, "landed_packets": 0,
@@ -111,7 +97,7 @@ class Fabric:
         self._states: dict[int, str] = {}  # remote partitions' states, as their hosts said
         now = time.monotonic()
         self._heard = {h: now for h in range(len(config.hosts)) if h != self.host}
-        self._beat_at = 0.0
+        self._looked = now  # when the fabric last read its datagrams
         self.machine: Machine | None = None
         self.failure: BaseException | None = None
 
@@ -124,8 +110,10 @@ class Fabric:
             driver.reconnect(request_fd, reply_fd)
 
     def remote_states(self) -> dict[int, str]:
+        # silence counts only up to our last look: a fabric blocked for a while (waiting
+        # for a restarted adapter) has not heard, which is not the others' fault
         return heartbeat.remote_states(self.network_ids, self.host_of, self._heard,
-                                       self._states, time.monotonic())
+                                       self._states, min(time.monotonic(), self._looked))
 
     # -- life --------------------------------------------------------------------------------
     def start(self, machine: Machine) -> None:
@@ -146,22 +134,21 @@ class Fabric:
         self.rings = {nid: receive_area.RingWords.of(self.by_id[nid]) for nid in self.network_ids}
         self.local_rings = {p.network_id: receive_area.RingWords.of(p)
                             for p in self.layout.partitions if p.network_id not in self.rings}
-        for nid in sorted(self.network_ids):
-            bell = posix_ipc.Semaphore(machine.names.bells[nid])
-            self._semaphores.append(bell)
-            self._threads.append(threading.Thread(target=self._forward_bell, args=(bell,),
-                                                  name=f"fabric-bell-{nid}", daemon=True))
-        self._threads.append(threading.Thread(target=self._run, name="fabric", daemon=True))
-        for t in self._threads:
-            t.start()
+        self.wakeups.forward_bells({nid: machine.names.bells[nid] for nid in self.network_ids})
+        self._threads = [threading.Thread(target=self._run, name="fabric", daemon=True),
+                         threading.Thread(target=self._beat, name="fabric-heartbeat",
+                                          daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         """End the threads (the machine may stop after this); idempotent."""
         self._stop.set()
-        self._wake()
-        for t in self._threads:
-            t.join()
+        self.wakeups.wake()
+        for thread in self._threads:
+            thread.join()
         self._threads = []
+        self.wakeups.stop()
         for driver in self.drivers.values():
             driver.close()
 
@@ -174,10 +161,8 @@ class Fabric:
         self.wwords.release()
         self.win.Free()
         self.comm.Free()
-        self.sock.close()
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
-        for sem in getattr(self, "_semaphores", []):
+        self.wakeups.close()
+        for sem in self._semaphores:
             sem.close()
         for driver in self.drivers.values():
             for fd in (driver.request_fd, driver.reply_fd):
@@ -203,7 +188,9 @@ class Fabric:
         try:
             pause = RETRY_S[0]
             while not self._stop.is_set():
-                self._heartbeat()
+                for datagram in self.wakeups.poll():  # heartbeats are read even when busy
+                    self._heard_from(datagram)
+                self._looked = time.monotonic()
                 self._seen = self._news()
                 shipped = any([self._ship(nid) for nid in sorted(self.network_ids)])
                 landed, waiting = self._land_all()
@@ -226,65 +213,37 @@ class Fabric:
             if self._news() != self._seen:
                 return  # committed or landed since the last look (work stuck behind a full
                 # ring is not news: it waits for a datagram, a doorbell or the timeout)
-            select.select([self.sock.fileno(), self._wake_r], [], [], timeout)
-            self._drain_wakeups()
+            for datagram in self.wakeups.wait(timeout):
+                self._heard_from(datagram)
+            self._looked = time.monotonic()
         finally:
             for ring in self.rings.values():
                 self.words[ring.sleeping] = 0
             self.comm.Iprobe()  # MPI progress, for fabrics whose puts need the target
 
-    def _drain_wakeups(self) -> None:
-        try:
-            while True:
-                beat = heartbeat.decode(self.sock.recv(65536), self.host_of)
-                if beat is not None and beat[0] in self._heard:
-                    self._heard[beat[0]] = time.monotonic()
-                    self._states.update(beat[1])
-        except BlockingIOError:
-            pass
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+    def _heard_from(self, datagram: bytes) -> None:
+        beat = heartbeat.decode(datagram, self.host_of)
+        if beat is not None and beat[0] in self._heard:
+            self._heard[beat[0]] = time.monotonic()
+            self._states.update(beat[1])
+
+    def _beat(self) -> None:
+        """Every HEARTBEAT_S, tell every other host the states of this host's partitions: a
+        thread of its own, so a fabric thread waiting for a restarted adapter does not make
+        this host look down to the others."""
+        while not self._stop.wait(HEARTBEAT_S):
+            self._heartbeat()
 
     def _heartbeat(self) -> None:
-        """Every HEARTBEAT_S, tell every other host the states of this host's partitions."""
-        now = time.monotonic()
-        if now < self._beat_at or self.machine is None:
-            return
-        self._beat_at = now + HEARTBEAT_S
         machine = self.machine
+        if machine is None:
+            return
         states = {nid: "gone" if nid in machine.retired else
                   "active" if child.state.value == "running" else "dead"
                   for nid, child in list(machine.partitions.items())}
         beat = heartbeat.encode(self.host, states)
         for host in self._heard:
-            try:
-                self.sock.sendto(beat, self.peers[host])
-            except OSError:
-                pass  # the next beat goes again
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a full pipe already wakes the fabric
-
-    def _forward_bell(self, bell: posix_ipc.Semaphore) -> None:
-        """A proxy ring's doorbell, turned into a wake-up of the fabric thread."""
-        while not self._stop.is_set():
-            try:
-                bell.acquire(BELL_WAIT_S)
-            except posix_ipc.BusyError:
-                continue
-            self._wake()
-
-    def _ring(self, host: int) -> None:
-        try:
-            self.sock.sendto(DOORBELL, self.peers[host])
-        except OSError:
-            pass  # a lost doorbell costs IDLE_S
+            self.wakeups.ring(host, beat)
 
     # -- outbound ----------------------------------------------------------------------------
     def _ship(self, nid: int) -> bool:
@@ -318,7 +277,7 @@ class Fabric:
         receive_area.publish_tail(self.words, proxy.control, end)
         self.stats["shipped_bytes"] += end - tail
         self.stats["ships"] += 1
-        self._ring(target)
+        self.wakeups.ring(target)
         return True
 
     # -- inbound -----------------------------------------------------------------------------
@@ -354,7 +313,7 @@ class Fabric:
             self.wwords[ring.tail_word >> 3] = tail
         self.wwords[ring.tail_word >> 3] = tail
         if tail != start:
-            self._ring(ring.source_host)  # landing space freed
+            self.wakeups.ring(ring.source_host)  # landing space freed
         return tail != start, waiting
 
     def _commit(self, ring: LandingRing, record: Any) -> bool | None:
