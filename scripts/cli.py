@@ -158,12 +158,13 @@ def _config(path: str | None) -> MachineConfig:
 
 def _one_host_config(path: str | None, command: str) -> MachineConfig:
     """A config for a command that runs on one host: [[host]] tables are refused, naming
-    the one command that runs across hosts."""
+    the commands that run across hosts."""
     config = _config(path)
     if config.hosts:
         raise SystemExit(f"xpmove {command}: {path} places the partitions on "
-                         f"{len(config.hosts)} hosts ([[host]] tables); only `mpiexec -n "
-                         f"{len(config.hosts)} xpmove launch --config {path}` runs across hosts")
+                         f"{len(config.hosts)} hosts ([[host]] tables); across hosts run "
+                         f"`mpiexec -n {len(config.hosts)} xpmove launch|run|bench --config "
+                         f"{path}`")
     return config
 
 
@@ -282,7 +283,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from scripts.run import run
 
-    return run(_one_host_config(args.config, "run"), args.timeout)
+    config = _config(args.config)
+    if config.hosts:
+        from scripts.cluster_run import run_cluster
+
+        return run_cluster(config, args.timeout)
+    return run(config, args.timeout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

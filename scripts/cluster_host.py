@@ -35,7 +35,9 @@ def check_world(config: MachineConfig, size: int, command: str = "launch") -> No
 
 class ClusterHost:
     def __init__(self, config: MachineConfig, console: Console | None = None,
-                 command: str = "launch"):
+                 command: str = "launch", workload: bool = True):
+        """`workload`: every partition runs the tools' workload program (launch, bench);
+        otherwise each runs the program its config names (run)."""
         from mpi4py import MPI  # only here: importing it starts MPI
 
         from cluster.fabric import Fabric
@@ -48,7 +50,8 @@ class ClusterHost:
         # rank 0 speaks for the cluster
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
         self.fabric = Fabric(config, self.comm)
-        self.machine = Machine(with_program(config, PROGRAM), gateway=self.fabric)
+        self.machine = Machine(with_program(config, PROGRAM) if workload else config,
+                               gateway=self.fabric)
 
     def allgather(self, value: T) -> list[T]:
         """`comm.allgather`, but the wait for the other hosts is spent outside MPI (a rank
