@@ -99,7 +99,6 @@ class Fabric:
         self._heard = {h: now for h in range(len(config.hosts)) if h != self.host}
         self._looked = now  # when the fabric last read its datagrams
         self.machine: Machine | None = None
-        self.failure: BaseException | None = None
 
     # -- Gateway -----------------------------------------------------------------------------
     def connect(self, network_id: int, request_fd: int, reply_fd: int) -> None:
@@ -176,13 +175,6 @@ class Fabric:
         return (*(self.words[r.head] for r in self.rings.values()),
                 *(self.wwords[r.words >> 3] for r in self.landing))
 
-    def pending(self) -> int:
-        """Bytes this host still has to ship or to commit (0: the fabric is drained)."""
-        out = sum(self.words[r.head] - self.words[r.tail] for r in self.rings.values())
-        landed = sum(self.wwords[r.words >> 3] - self.wwords[r.tail_word >> 3]
-                     for r in self.landing)
-        return int(out + landed)
-
     # -- the fabric thread -------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -201,7 +193,6 @@ class Fabric:
                     if waiting:
                         pause = min(pause * 2, RETRY_S[1])
         except BaseException as exc:  # the run's verdict reports it; never a silent stop
-            self.failure = exc
             self.problems.append(f"fabric of host {self.host} stopped: "
                                  f"{type(exc).__name__}: {exc}")
 

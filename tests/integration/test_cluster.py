@@ -251,3 +251,4 @@ def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
                    "cross-host fig11 CPU per packet within 2x of same-host, 64 KiB"):
         assert re.search(rf"(MET|MISSED): {re.escape(target)}: ", out), out
     assert_names_gone(out, tmp_path)
+
