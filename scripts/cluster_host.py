@@ -1,9 +1,11 @@
 """This MPI rank's host of a cluster: its machine and its fabric, started in agreement with
 every other host and stopped whatever happens (`launch` and `bench` under `mpiexec`).
 
-Every host runs the same sequence of collectives; a host that fails alone (an exception,
-Ctrl-C) cannot rejoin it, so it stops its own machine (its names unlinked) and ends the MPI
-job; the other hosts' names are swept by their run registry on the next start.
+Every host runs the same sequence of collectives; a host that fails alone (an exception)
+cannot rejoin it, so it stops its own machine (its names unlinked) and ends the MPI job; the
+other hosts' names are swept by their run registry on the next start. Ctrl-C or SIGTERM
+reaches every rank: each stops its machine, and the job ends once all have (or after
+ABORT_GRACE_S), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from scripts.workload.program import PROGRAM
 
 T = TypeVar("T")
 WAIT_S = 0.005  # how often a host waiting for the others looks (outside MPI)
+ABORT_GRACE_S = 5.0  # how long a host that ends the job waits for the others to clean up
 
 
 def check_world(config: MachineConfig, size: int, command: str = "launch") -> None:
@@ -49,6 +52,7 @@ class ClusterHost:
         self.name = config.hosts[self.rank].name
         # rank 0 speaks for the cluster
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
+        self._ending = self.comm.Dup()  # only the hosts that end the job early meet here
         self.fabric = Fabric(config, self.comm)
         self.machine = Machine(with_program(config, PROGRAM) if workload else config,
                                gateway=self.fabric)
@@ -85,13 +89,13 @@ class ClusterHost:
                     f"partitions; host {self.name}: run {self.machine.prefix}, segment "
                     f"{self.machine.layout.total_size:,} bytes")
                 result = work()
-        except BaseException as exc:  # this host alone: the others wait in a collective
+        except BaseException as exc:  # the others may wait in a collective: end the job
             with signals_deferred():
                 self.fabric.stop()
                 self.machine.stop()
-            Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: {exc}; "
-                                       f"ending the MPI job", soft_wrap=True)
-            self.comm.Abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
+                Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: "
+                                           f"{exc}; ending the MPI job", soft_wrap=True)
+                self._end_job(130 if isinstance(exc, KeyboardInterrupt) else 1)
         with signals_deferred():
             self.fabric.stop()
             self.machine.stop()
@@ -99,6 +103,16 @@ class ClusterHost:
         for e in errors:
             self.console.print(f"[red]{e}", soft_wrap=True)
         return None if errors else result
+
+    def _end_job(self, code: int) -> None:
+        """MPI_Abort, once the other hosts that are ending too have stopped their machines
+        (Ctrl-C or SIGTERM reaches every rank; the first Abort kills the others wherever
+        they are): a barrier of their own, given ABORT_GRACE_S at most."""
+        request = self._ending.Ibarrier()
+        deadline = time.monotonic() + ABORT_GRACE_S
+        while not request.Test() and time.monotonic() < deadline:
+            time.sleep(WAIT_S)  # pacing the look, not synchronisation
+        self.comm.Abort(code)
 
     def problems(self) -> list[str]:
         """What this host's fabric found wrong (the run is then not clean)."""

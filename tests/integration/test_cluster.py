@@ -252,3 +252,26 @@ def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
         assert re.search(rf"(MET|MISSED): {re.escape(target)}: ", out), out
     assert_names_gone(out, tmp_path)
 
+
+
+def test_sigterm_under_traffic_stops_every_host_and_leaves_nothing(tmp_path: Path) -> None:
+    """SIGTERM to mpiexec (as Ctrl-C or a batch system would send) reaches every rank: each
+    stops its machine before the job ends, so no host leaves a process or an IPC name."""
+    proc = subprocess.Popen(command("--duration", "30"), cwd=REPO, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        stop(proc)
+    text = words((out + rest).decode())
+    assert proc.returncode != 0, text
+    assert text.count("KeyboardInterrupt: ; ending the MPI job") == 2, text
+    psutil.wait_procs(children, timeout=10)
+    assert not [p for p in children if p.is_running() and p.status() != "zombie"]
+    east = re.search(r"host east: run (xpm-[0-9a-f]+)", text)
+    assert east and not [n for n in os.listdir("/dev/shm") if east.group(1) in n]
+    assert not [f for f in os.listdir(tmp_path / "runs") if f.endswith(".json")], \
+        "a host's run record (its names) was left behind"
