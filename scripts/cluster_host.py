@@ -10,6 +10,7 @@ ABORT_GRACE_S), so nothing is left behind.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,6 +37,20 @@ def check_world(config: MachineConfig, size: int, command: str = "launch") -> No
                          f"process{'es' if size != 1 else ''})")
 
 
+def config_digest(config: MachineConfig) -> str:
+    """What every host must agree on: the whole parsed config (layout, network IDs, hosts)."""
+    return hashlib.sha256(repr(config).encode()).hexdigest()
+
+
+def check_same_config(config: MachineConfig, digests: list[str], command: str) -> None:
+    """SystemExit on every rank alike if the hosts were not given the same config."""
+    differ = [config.hosts[r].name for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise SystemExit(f"xpmove {command}: hosts {', '.join(differ)} read a config that "
+                         f"differs from host {config.hosts[0].name}'s: every host must get "
+                         f"the same file (the same partitions, sizes and [[host]] tables)")
+
+
 class ClusterHost:
     def __init__(self, config: MachineConfig, console: Console | None = None,
                  command: str = "launch", workload: bool = True):
@@ -50,6 +65,7 @@ class ClusterHost:
         check_world(config, self.comm.Get_size(), command)
         self.rank = self.comm.Get_rank()
         self.name = config.hosts[self.rank].name
+        check_same_config(config, self.comm.allgather(config_digest(config)), command)
         # rank 0 speaks for the cluster
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
         self._ending = self.comm.Dup()  # only the hosts that end the job early meet here

@@ -275,3 +275,17 @@ def test_sigterm_under_traffic_stops_every_host_and_leaves_nothing(tmp_path: Pat
     assert east and not [n for n in os.listdir("/dev/shm") if east.group(1) in n]
     assert not [f for f in os.listdir(tmp_path / "runs") if f.endswith(".json")], \
         "a host's run record (its names) was left behind"
+
+
+def test_hosts_given_different_configs_refuse_before_anything_starts(tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text((REPO / CONFIG).read_text().replace("lock_timeout_s = 1.0",
+                                                         "lock_timeout_s = 2.0"))
+    rank = [sys.executable, "-m", "scripts.cli", "launch", "--config"]
+    done = subprocess.run([str(MPIEXEC), "-n", "1", *rank, CONFIG, ":", "-n", "1", *rank,
+                           str(other)], cwd=REPO, env=env(tmp_path), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    out = words(done.stdout + done.stderr)
+    assert done.returncode != 0
+    assert out.count("hosts west read a config that differs from host east's") == 2, out
+    assert "Traceback" not in out and not (tmp_path / "runs").exists(), out

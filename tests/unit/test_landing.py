@@ -108,3 +108,17 @@ def test_a_cluster_config_needs_one_mpi_process_per_host() -> None:
     check_world(two_hosts(), 2)
     with pytest.raises(SystemExit, match=r"mpiexec -n 2 xpmove launch.*this is 1 MPI process\)"):
         check_world(two_hosts(), 1)
+
+
+def test_hosts_must_read_the_same_config() -> None:
+    from dataclasses import replace
+
+    from scripts.cluster_host import check_same_config, config_digest
+
+    config = two_hosts()
+    same = config_digest(config)
+    check_same_config(config, [same, same], "launch")
+    other = config_digest(replace(config, lock_timeout_s=2.0))
+    with pytest.raises(SystemExit, match="hosts west read a config that differs from host "
+                                         "east's"):
+        check_same_config(config, [same, other], "launch")
