@@ -288,4 +288,6 @@ def test_hosts_given_different_configs_refuse_before_anything_starts(tmp_path: P
     out = words(done.stdout + done.stderr)
     assert done.returncode != 0
     assert out.count("hosts west read a config that differs from host east's") == 2, out
-    assert "Traceback" not in out and not (tmp_path / "runs").exists(), out
+    assert "Traceback" not in out, out
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [f for f in os.listdir(runs) if f.endswith(".json")]
