@@ -218,18 +218,33 @@ def test_a_hung_host_is_down_for_the_others_and_nothing_is_lost(tmp_path: Path) 
     assert_names_gone(text, tmp_path)
 
 
-def test_users_programs_run_across_hosts(tmp_path: Path) -> None:
-    """`mpiexec -n 2 xpmove run`: the README's ping-pong program, pinger on east and ponger on
-    west, unchanged: network IDs are global."""
+HOSTS = '\n[[host]]\nname = "east"\npartitions = ["{}"]\n\n[[host]]\nname = "west"\n' \
+        'partitions = ["{}"]\n'
+
+
+@pytest.mark.parametrize("example, first, second, said", [
+    ("pingpong", "pinger", "ponger", ("fig11: 200 round trips of 64 B",
+                                      "fig12: 200 round trips of 64 B")),
+    ("loans", "producer", "consumer", ("consumer: 400 frames, each once and in order",)),
+])
+def test_users_programs_run_across_hosts(tmp_path: Path, example: str, first: str,
+                                         second: str, said: tuple[str, ...]) -> None:
+    """`mpiexec -n 2 xpmove run`: the README's examples, one partition on each host, unchanged
+    (network IDs are global; the loans go into the remote partition's proxy ring)."""
+    config = REPO / "examples" / f"{example}-hosts.toml"  # the README's, for ping-pong
+    if not config.exists():
+        config = tmp_path / config.name
+        config.write_text((REPO / "examples" / f"{example}.toml").read_text()
+                          + HOSTS.format(first, second))
     done = subprocess.run(
         [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "run", "--config",
-         "examples/pingpong-hosts.toml", "--timeout", "60"],
+         str(config), "--timeout", "60"],
         cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
     out = words(done.stdout + done.stderr)
     assert done.returncode == 0, out
-    for flow in ("fig11", "fig12"):
-        assert f"{flow}: 200 round trips of 64 B" in out, out
-    assert "pinger (ID 1): returned" in out and "ponger (ID 2): returned" in out, out
+    for line in said:
+        assert line in out, out
+    assert f"{first} (ID 1): returned" in out and f"{second} (ID 2): returned" in out, out
     assert "every program returned" in out, out
 
 
