@@ -35,7 +35,7 @@ import posix_ipc
 from mpi4py import MPI
 
 from adapter import receive_area
-from adapter.errors import DestinationFull, XpmoveError
+from adapter.errors import DestinationFull, RingCorrupt, XpmoveError
 from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, next_record, reserve
 from cluster import heartbeat
 from cluster.heartbeat import HEARTBEAT_S
@@ -131,6 +131,7 @@ class Fabric:
                                        locks, bells)
         self._semaphores = [*locks.values(), *bells.values()]
         self.rings = {nid: receive_area.RingWords.of(self.by_id[nid]) for nid in self.network_ids}
+        self._shipping = sorted(self.network_ids)  # proxy rings not found corrupt
         self.local_rings = {p.network_id: receive_area.RingWords.of(p)
                             for p in self.layout.partitions if p.network_id not in self.rings}
         self.wakeups.forward_bells({nid: machine.names.bells[nid] for nid in self.network_ids})
@@ -184,7 +185,7 @@ class Fabric:
                     self._heard_from(datagram)
                 self._looked = time.monotonic()
                 self._seen = self._news()
-                shipped = any([self._ship(nid) for nid in sorted(self.network_ids)])
+                shipped = any([self._ship_unless_corrupt(nid) for nid in self._shipping])
                 landed, waiting = self._land_all()
                 if landed or not waiting:
                     pause = RETRY_S[0]
@@ -237,6 +238,17 @@ class Fabric:
             self.wakeups.ring(host, beat)
 
     # -- outbound ----------------------------------------------------------------------------
+    def _ship_unless_corrupt(self, nid: int) -> bool:
+        """A proxy ring whose words or headers no correct writer could have left (a forged
+        word in the segment) is shipped no more, and reported; the others go on."""
+        try:
+            return self._ship(nid)
+        except RingCorrupt as exc:
+            self._shipping.remove(nid)
+            self.problems.append(f"the proxy ring of network ID {nid} is corrupt, nothing more "
+                                 f"is shipped from it: {exc}")
+            return False
+
     def _ship(self, nid: int) -> bool:
         """Ship what fits of proxy `nid`'s ring into its host's landing ring; True if any."""
         proxy, ring = self.by_id[nid], self.rings[nid]

@@ -306,3 +306,34 @@ def test_hosts_given_different_configs_refuse_before_anything_starts(tmp_path: P
     assert "Traceback" not in out, out
     runs = tmp_path / "runs"
     assert not runs.exists() or not [f for f in os.listdir(runs) if f.endswith(".json")]
+
+
+def test_a_forged_proxy_ring_word_is_contained_and_reported(tmp_path: Path) -> None:
+    """A word no correct writer could leave (charlie's proxy ring head on east, forged far past
+    its tail) stops the shipping of that ring only: it is reported, every other pair's traffic
+    is verified, and the run says it is not clean."""
+    import mmap
+
+    from adapter import receive_area
+    from hypervisor.config import load_config
+    from hypervisor.layout import plan_segment
+
+    charlie = plan_segment(load_config(REPO / CONFIG)).by_id()[3]
+    proc = subprocess.Popen(command("--duration", "3"), cwd=REPO, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
+        east = re.search(r"host east: run (xpm-[0-9a-f]+)", words(out.decode()))
+        assert east, out.decode()
+        with open(f"/dev/shm/{east.group(1)}-mem", "r+b") as f, \
+                mmap.mmap(f.fileno(), 0) as segment:
+            head = charlie.control + receive_area.HEAD_OFFSET
+            segment[head:head + 8] = (1 << 62).to_bytes(8, "little")
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        stop(proc)
+    text = words((out + rest).decode())
+    assert proc.returncode == 1, text
+    assert "host east: the proxy ring of network ID 3 is corrupt" in text, text
+    assert "NOT clean" in text and "0 corrupt/gap/duplicate" in text, text
+    assert_names_gone(text, tmp_path)
