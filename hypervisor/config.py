@@ -367,11 +367,11 @@ def load_config(
         raise ConfigError(f"{shown}: {e}") from e
 
 
-def _default_dict() -> dict[str, object]:
+def _default_dict(memory: str = "8MiB", receive_area: str = "4MiB") -> dict[str, object]:
     names = ("alpha", "bravo", "charlie", "delta")
     return {
         "partition": [
-            {"name": n, "network_id": i, "memory": "8MiB", "receive_area": "4MiB"}
+            {"name": n, "network_id": i, "memory": memory, "receive_area": receive_area}
             for i, n in enumerate(names, start=1)
         ]
     }
@@ -387,6 +387,18 @@ def with_program(cfg: MachineConfig, program: str) -> MachineConfig:
 def default_config() -> MachineConfig:
     """Four 8 MiB partitions, IDs 1..4, no CPU pinning (the hypervisor decides)."""
     return config_from_dict(_default_dict())
+
+
+def bench_config(available_cpus: frozenset[int] | None = None) -> MachineConfig:
+    """The machine `xpmove bench` runs when given no config (as configs/bench.toml): the
+    default's four partitions with 32 MiB receive rings and a 16 MiB sender area each.
+
+    A record holds at most half its ring, so the default's 4 MiB rings cap one request at 31
+    packets of 64 KiB or ONE of 1 MiB; here 255 and 15. The sender area (memory minus ring) is
+    the same for every transport, adapter flows and peers alike (its largest batch); the peers
+    keep their own receive buffers. Built in, so an installed package needs no file.
+    """
+    return config_from_dict(_default_dict("48MiB", "32MiB"), available_cpus)
 
 
 def total_memory(cfg: MachineConfig) -> int:

@@ -113,6 +113,7 @@ class BenchOptions:
     markdown_path: str | None = None
     warmup: float = benchcore.WARMUP
     tail: float = benchcore.TAIL
+    config: str = ""  # what machine ran: the --config path or the built-in bench machine
     command: str = ""
 
 
@@ -979,8 +980,11 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             if switch is not None:
                 switch.start()
             results["host"] = host_info(machine)
+            rings = "/".join(human_size(r) for r in sorted(
+                {p.receive_size for p in config.partitions}))
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
-                          f"partitions; routes {', '.join(f'{s}->{d}' for s, d in route_list)}; "
+                          f"partitions, {rings} rings; "
+                          f"routes {', '.join(f'{s}->{d}' for s, d in route_list)}; "
                           f"batch {','.join(map(str, options.batches))}; memcpy "
                           f"{results['host']['memcpy_GBps']:.1f} GB/s in cache, "
                           f"{results['host']['memcpy_dram_GBps']:.1f} GB/s "
@@ -1053,7 +1057,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                           "latency_packets": options.latency_packets,
                           "latency_interval_s": options.latency_interval,
                           "single_stream": options.single_stream, "scaling": options.scaling,
-                          "command": options.command}
+                          "config": options.config, "command": options.command}
     host = results["host"]
     judged = targets.evaluate(runs, results.get("floor"), results.get("latency"))
     results["targets"] = [t.as_json() for t in judged]

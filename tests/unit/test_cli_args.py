@@ -174,3 +174,29 @@ def test_unusable_run_directory_is_one_line(command: str, tmp_path: Path, capsys
     assert captured.err == (f"xpmove: run directory {tmp_path / 'file'}: exists and is not a "
                             f"directory\n")
     assert "machine up" not in captured.out
+
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_without_config_runs_the_32_mib_bench_machine(tmp_path: Path, monkeypatch) -> None:
+    """No --config: the bench machine (32 MiB rings, 16 MiB sender area), from any directory
+    (it is built in, not read from configs/); launch, run and soak keep the default."""
+    monkeypatch.chdir(tmp_path)
+    cfg = cli.bench_machine(cli.build_parser().parse_args(["bench"]).config)
+    assert [(p.memory_size, p.receive_size) for p in cfg.partitions] == [(48 * MiB, 32 * MiB)] * 4
+    assert cli._config(None).partitions[0].receive_size == 4 * MiB
+
+
+def test_bench_explicit_config_wins() -> None:
+    path = str(REPO / "configs" / "default.toml")
+    cfg = cli.bench_machine(cli.build_parser().parse_args(["bench", "--config", path]).config)
+    assert all(p.receive_size == 4 * MiB for p in cfg.partitions)
+
+
+def test_bench_help_says_why_its_machine_differs() -> None:
+    text = " ".join(subparsers()["bench"].format_help().split())
+    for words in ("configs/bench.toml", "32 MiB receive rings", "31 packets of 64 KiB",
+                  "same for every transport", "peers keep their own buffers"):
+        assert words in text, words

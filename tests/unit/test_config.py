@@ -15,6 +15,7 @@ from hypervisor.config import (
     ConfigError,
     MachineConfig,
     PartitionConfig,
+    bench_config,
     config_from_dict,
     default_config,
     load_config,
@@ -384,6 +385,7 @@ def test_shipped_bench_toml_is_the_default_with_32_mib_rings() -> None:
         (p.name, p.network_id) for p in default.partitions]
     assert all(p.memory_size == 48 * MiB and p.receive_size == 32 * MiB for p in cfg.partitions)
     assert cfg.lock_timeout_s == default.lock_timeout_s
+    assert cfg == bench_config()  # the file is what `xpmove bench` runs with no --config
 
 
 @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), True, "10"])
