@@ -10,9 +10,12 @@ ABORT_GRACE_S), so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -51,6 +54,44 @@ def check_same_config(config: MachineConfig, digests: list[str], command: str) -
                          f"the same file (the same partitions, sizes and [[host]] tables)")
 
 
+def runtime_names(maps: str) -> list[str]:
+    """The MPI runtime's shared-memory files (MPICH's /dev/shm/mpich_shm_*) named in a
+    /proc/PID/maps text, those still linked."""
+    fields = (line.split(maxsplit=5) for line in maps.splitlines())
+    return sorted({f[5] for f in fields if len(f) == 6 and f[5].startswith(
+        "/dev/shm/mpich_shm_") and not f[5].endswith(" (deleted)")})
+
+
+def unlink_runtime_names() -> None:
+    """MPI_Abort skips the MPI_Finalize that unlinks the runtime's shared memory, which
+    would be left on the host: unlink it first (the processes mapping it keep it)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = runtime_names(f.read())
+    except OSError:
+        return  # no /proc (not Linux): nothing we can find
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM arriving inside the block is delivered when it ends: a host that
+    left between a barrier and the collective after it would leave the others inside MPI,
+    where no signal reaches Python, until the job is aborted."""
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda sig, _frame: caught.append(sig))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in caught[:1]:
+            signal.raise_signal(sig)
+
+
 class ClusterHost:
     def __init__(self, config: MachineConfig, console: Console | None = None,
                  command: str = "launch", workload: bool = True):
@@ -78,10 +119,12 @@ class ClusterHost:
         waiting inside MPI spins: CPU = wall) and supervising this host's machine, so a host
         that hangs costs the others no CPU and their partitions are still looked after."""
         request = self.comm.Ibarrier()
-        while not request.Test():
+        while True:
+            with signals_held():  # once past the barrier, every host must reach the allgather
+                if request.Test():
+                    return self.comm.allgather(value)
             self.machine.poll(liveness=True)
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
-        return self.comm.allgather(value)
 
     def local(self, network_id: int) -> bool:
         return network_id in self.machine.partitions
@@ -126,8 +169,12 @@ class ClusterHost:
         they are): a barrier of their own, given ABORT_GRACE_S at most."""
         request = self._ending.Ibarrier()
         deadline = time.monotonic() + ABORT_GRACE_S
-        while not request.Test() and time.monotonic() < deadline:
+        while not (done := request.Test()) and time.monotonic() < deadline:
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
+        if done:  # every host is ending here: end MPI as a normal exit does
+            self.fabric.close()
+            raise SystemExit(code)  # MPI_Finalize at exit unlinks the runtime's names
+        unlink_runtime_names()
         self.comm.Abort(code)
 
     def problems(self) -> list[str]:

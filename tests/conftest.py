@@ -4,11 +4,14 @@ Checked for the runs this test process created: every Machine registers its run 
 run registry before it creates a name, so the suite notes each prefix registered here (a
 wrapper installed for the session, test-side only). Tests that start `xpmove` in a subprocess
 check their own run's names themselves. Other runs on the machine (a developer's launch, a
-parallel session) are none of this suite's business.
+parallel session) are none of this suite's business. iceoryx2 (a bench peer) keeps a
+machine-wide management file by design (`iox2_*.global_mgmt`): one the suite created is
+removed at its end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -24,8 +27,15 @@ def names_of(prefixes: list[str]) -> set[str]:
     return {n for n in os.listdir(SHM) if any(p in n for p in prefixes)}
 
 
+def peer_names() -> set[str]:
+    if not os.path.isdir(SHM):
+        return set()
+    return {n for n in os.listdir(SHM) if n.startswith("iox2_") and n.endswith(".global_mgmt")}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def dev_shm_unchanged():
+    peers_before = peer_names()
     prefixes: list[str] = []
     register = RunRegistry.register
 
@@ -38,5 +48,8 @@ def dev_shm_unchanged():
         yield
     finally:
         RunRegistry.register = register  # type: ignore[method-assign]
+    for name in peer_names() - peers_before:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM, name))
     leaked = names_of(prefixes)
     assert not leaked, f"the test suite leaked IPC names: {sorted(leaked)}"

@@ -4,6 +4,7 @@ traffic without losing or doubling an accepted packet. Real MPI ranks, real fabr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,14 +30,34 @@ VERDICT = re.compile(r"clean: ([\d,]+) of ([\d,]+) accepted packets verified, 0 
 INTERVAL = re.compile(r"\]\s+([\d,]+) verified")
 
 
+def mpi_runtime_names() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+
+
+def mapped_by_a_live_process(name: str) -> bool:
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if any(m.path == f"/dev/shm/{name}" for m in proc.memory_maps(grouped=True)):
+                return True
+    return False
+
+
 @pytest.fixture(autouse=True)
 def swept(tmp_path: Path):
     """Whatever a test did (a failed one may end the MPI job with a host's names still there),
-    the names of its runs whose owner is dead are unlinked after it (`xpmove cleanup`)."""
+    the names of its runs whose owner is dead are unlinked after it (`xpmove cleanup`); and
+    the MPI runtime's own shared memory must be gone with its job (the test fails if not,
+    after unlinking it, so the suite leaves /dev/shm as it found it)."""
+    before = mpi_runtime_names()
     yield
     if (tmp_path / "runs").exists():
         subprocess.run([sys.executable, "-m", "scripts.cli", "cleanup"], cwd=REPO,
                        env=env(tmp_path), capture_output=True, timeout=TIMEOUT_S)
+    left = sorted(n for n in mpi_runtime_names() - before if not mapped_by_a_live_process(n))
+    for name in left:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{name}")
+    assert not left, f"the MPI job left its runtime's shared memory: {left}"
 
 
 def command(*argv: str) -> list[str]:

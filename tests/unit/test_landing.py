@@ -122,3 +122,14 @@ def test_hosts_must_read_the_same_config() -> None:
     with pytest.raises(SystemExit, match="hosts west read a config that differs from host "
                                          "east's"):
         check_same_config(config, [same, other], "launch")
+
+
+def test_the_mpi_runtimes_names_are_found_in_a_maps_text() -> None:
+    from scripts.cluster_host import runtime_names
+
+    maps = ("7f1e-7f2e rw-s 00000000 00:1a 12 /dev/shm/mpich_shm_4ce43181_0\n"
+            "7f2e-7f3e rw-s 00000000 00:1a 12 /dev/shm/mpich_shm_4ce43181_0\n"
+            "7f3e-7f4e rw-s 00000000 00:1a 13 /dev/shm/mpich_shm_0bad_0 (deleted)\n"
+            "7f4e-7f5e rw-s 00000000 00:1a 14 /dev/shm/xpm-1234-seg\n"
+            "7f5e-7f6e rw-p 00000000 00:00 0\n")
+    assert runtime_names(maps) == ["/dev/shm/mpich_shm_4ce43181_0"]
