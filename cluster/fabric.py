@@ -1,26 +1,30 @@
 """The host's fabric: moves records between hosts with MPI one-sided communication.
 
 Each host's hypervisor is an MPI rank (`mpiexec -n H xpmove launch`); its fabric is one thread
-that makes every MPI call after start-up. For a partition q living on another host, this host
-has a proxy of q (hypervisor/gateway.py): the adapter and Fig 12 drivers commit records into
-q's proxy ring here exactly as for a local destination, under q's lock here.
+that makes every MPI call after start-up. The MPI window is the host's segment itself: every
+host carves the whole config, so a segment offset names the same word on every host.
 
-* Outbound: the fabric is the proxy ring's receiver. It ships whole records into the landing
-  ring that q's host keeps for this host (cluster/landing.py): puts of the contiguous spans,
-  flush, then a put of the landing head, flush; only then is the proxy ring's tail published.
-* Inbound: for each record landed here, the fabric commits it into the destination's receive
-  ring as the record's source partition's driver on this host: a Fig 12 grant taken, filled in
-  place and committed (partitions/lending.py). The destination's lock, the pair's sequence
-  numbers, adapter restarts and exactly-once are those of a local move; the landing tail moves
-  only after the commit.
-* Wake-ups, never spinning (cluster/wakeups.py): a proxy ring's doorbell, and one UDP datagram
-  per shipped batch to the destination host's fabric, one back when landing space was freed.
-  Heartbeats carry each host's partitions' states (cluster/heartbeat.py).
+For a partition q living on another host, this host has a proxy of q (hypervisor/gateway.py):
+the adapter and Fig 12 drivers commit records into q's proxy ring here exactly as for a local
+destination, under q's lock here (a loan is filled in place there).
 
-MPI facts this relies on (docs/cluster.md): a window from `Win.Allocate` under one `Lock_all`
-epoch per run takes puts without the target calling MPI on one machine and on RDMA fabrics;
-over plain TCP MPICH completes them only when the target makes MPI progress, which the idle
-loop does every IDLE_S.
+* Pull, Fig 12 across hosts: q's host's fabric is the receiver of q's proxy ring on every other
+  host. For each record it finds there (MPI_Get of the ring's head, then of the record's
+  header) it takes a Fig 12 grant in q's receive ring as the record's source partition's driver
+  (partitions/lending.py), MPI_Gets the payload straight into the granted bytes, commits, and
+  only then puts the proxy ring's new tail back (MPI_Put). So the one copy between hosts is
+  made by the host that holds the destination's lock; the pair's sequence numbers, adapter
+  restarts and exactly-once are those of a local move.
+* Wake-ups, never spinning (cluster/wakeups.py): before it sleeps a fabric sets the `sleeping`
+  word of every proxy ring it pulls (MPI_Put), as a local receiver does for its ring; a mover
+  that commits into a sleeping proxy ring rings its doorbell, and the source host's fabric
+  turns that into a UDP datagram to the puller. Heartbeats carry each host's partitions'
+  states (cluster/heartbeat.py).
+
+MPI facts this relies on (cluster/mpi.py, docs/cluster.md): with MPICH's UCX netmod and
+MPIR_CVAR_NOLOCAL, gets and puts into a `Win.Create` window complete without the target
+calling MPI, on one machine and on RDMA fabrics; over plain TCP only when the target makes MPI
+progress, which the idle loop does every IDLE_S.
 """
 
 from __future__ import annotations
@@ -28,18 +32,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import posix_ipc
-from mpi4py import MPI
 
 from adapter import receive_area
 from adapter.errors import DestinationFull, RingCorrupt, XpmoveError
-from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, next_record, reserve
+from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, RecordView, next_record, reserve
 from cluster import heartbeat
 from cluster.heartbeat import HEARTBEAT_S
-from cluster.landing import LandingRing, plan_landing, shippable, spans
+from cluster.mpi import MPI
 from cluster.wakeups import Wakeups
 from hypervisor.config import MachineConfig
 from partitions.driver import Driver
@@ -48,52 +51,51 @@ if TYPE_CHECKING:
     from hypervisor.machine import Machine
 
 IDLE_S = 0.01  # the longest the fabric sleeps without looking (a missed wake-up costs this)
-# A landed record whose destination is full (or its lock busy) is tried again after a pause
-# that doubles from the first to the last value while nothing lands (the drivers' back-off):
-# a receiver frees space without a doorbell.
+# A record whose destination is full (or its lock busy) is tried again after a pause that
+# doubles from the first to the last value while nothing is pulled (the drivers' back-off): a
+# receiver frees space without a doorbell.
 RETRY_S = (0.00005, 0.002)
-GRANT_WAIT_S = 1.0  # how long one commit of a landed record may wait for the adapter
+GRANT_WAIT_S = 1.0  # how long one commit of a pulled record may wait for the adapter
+
+
+class Inbox(NamedTuple):
+    """A proxy ring on another host that this host's fabric drains: the records of `host`'s
+    partitions for local partition `dst_id`. Offsets are the same on every host."""
+
+    host: int
+    dst_id: int
+    ring: receive_area.RingWords  # word indices of the ring's control block
+    base: int  # segment offset of the ring's first byte
+    capacity: int
 
 
 class Fabric:
     """One host's fabric; also the machine's Gateway for the partitions of other hosts.
 
-    Life: `Fabric(config, comm)` (collective: the window), `Machine(..., gateway=fabric)`,
-    `machine.start()` (hands over the proxies' pipes), `start(machine)`, traffic, `stop()`,
-    `machine.stop()`, `close()` (collective: frees the window)."""
+    Life: `Fabric(config, comm)` (collective), `Machine(..., gateway=fabric)`, `machine.start()`
+    (hands over the proxies' pipes), `start(machine)` (collective: the window over the
+    segment), traffic, `stop()` on every host, `close()` (collective: frees the window; every
+    host's fabric has stopped pulling), then `machine.stop()`."""
 
     def __init__(self, config: MachineConfig, comm: Any):
         self.comm = comm.Dup()  # the fabric's own context: the tools' collectives stay apart
         self.host = comm.Get_rank()
         self.host_of = config.host_of()
+        self.hosts = [h.name for h in config.hosts]
         self.network_ids = frozenset(n for n, h in self.host_of.items() if h != self.host)
-        self.landing, size = plan_landing(config, self.host)
-        # where this host puts, per remote partition: its host's landing ring from this host
-        self.remote: dict[int, LandingRing] = {}
-        for h in range(len(config.hosts)):
-            if h != self.host:
-                for ring in plan_landing(config, h)[0]:
-                    if ring.source_host == self.host:
-                        self.remote[ring.dst_id] = ring
-        self.win = MPI.Win.Allocate(size, 1, comm=self.comm)
-        self.window = memoryview(self.win.tomemory()).cast("B")  # type: ignore[arg-type]
-        self.window[:] = bytes(size)
-        self.wwords = self.window.cast("Q")
+        self.win: Any = None
         self.wakeups = Wakeups()
         self.wakeups.peers = [tuple(a) for a in self.comm.allgather(self.wakeups.address)]
-        self.win.Lock_all()  # one shared epoch per run: every ring has one writer
-        self.comm.Barrier()
         self._fds: dict[int, tuple[int, int]] = {}
         self.drivers: dict[int, Driver] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._semaphores: list[posix_ipc.Semaphore] = []
-        self._landing_tail: dict[int, int] = {}  # per remote partition, as last read
         self._word = np.zeros(1, np.uint64)
-        self.stats = {"shipped_bytes": 0, "ships": 0, "landed_records": 0, "landed_packets": 0,
+        self._header = bytearray(RECORD_HEADER.size)
+        self.stats = {"pulled_bytes": 0, "gets": 0, "landed_records": 0, "landed_packets": 0,
                       "retries": 0, "dropped": 0}
         self.problems: list[str] = []
-        self._seen: tuple[int, ...] = ()
         self._states: dict[int, str] = {}  # remote partitions' states, as their hosts said
         now = time.monotonic()
         self._heard = {h: now for h in range(len(config.hosts)) if h != self.host}
@@ -116,13 +118,18 @@ class Fabric:
 
     # -- life --------------------------------------------------------------------------------
     def start(self, machine: Machine) -> None:
-        """Become the proxies' driver and receiver on `machine` (started, with this gateway)."""
+        """Expose the segment to the other hosts and become the receiver of the proxy rings
+        they keep for this host's partitions (collective; `machine` started with this
+        gateway)."""
         assert machine.memory is not None
         self.machine = machine
         self.physical = machine.memory.view
         self.layout = machine.layout
         self.by_id = machine.layout.by_id()
         self.words = receive_area.words(self.physical)
+        self.win = MPI.Win.Create(self.physical, 1, comm=self.comm)
+        self.win.Set_errhandler(MPI.ERRORS_RETURN)  # a failed get is an exception, not an abort
+        self.win.Lock_all()  # one shared epoch per run: each remote word has one writer
         locks = {k: posix_ipc.Semaphore(v) for k, v in machine.names.locks.items()}
         bells = {k: posix_ipc.Semaphore(v) for k, v in machine.names.bells.items()}
         for nid in sorted(self.network_ids):
@@ -130,10 +137,17 @@ class Fabric:
             self.drivers[nid] = Driver(nid, self.physical, self.layout, request_fd, reply_fd,
                                        locks, bells)
         self._semaphores = [*locks.values(), *bells.values()]
-        self.rings = {nid: receive_area.RingWords.of(self.by_id[nid]) for nid in self.network_ids}
-        self._shipping = sorted(self.network_ids)  # proxy rings not found corrupt
+        self.proxies = {nid: receive_area.RingWords.of(self.by_id[nid])
+                        for nid in self.network_ids}
+        self._announced = dict.fromkeys(self.network_ids, 0)  # proxy heads told their puller
         self.local_rings = {p.network_id: receive_area.RingWords.of(p)
-                            for p in self.layout.partitions if p.network_id not in self.rings}
+                            for p in self.layout.partitions if p.network_id not in self.proxies}
+        self.inboxes = [Inbox(h, nid, words, self.by_id[nid].receive_base,
+                              self.by_id[nid].receive_size)
+                        for h in sorted(self._heard) for nid, words in self.local_rings.items()]
+        self._pulling = list(self.inboxes)  # inboxes not found corrupt
+        self._tails = {box: self._remote_word(box.host, box.ring.tail) for box in self.inboxes}
+        self._heads = dict(self._tails)  # each inbox's head, as last read
         self.wakeups.forward_bells({nid: machine.names.bells[nid] for nid in self.network_ids})
         self._threads = [threading.Thread(target=self._run, name="fabric", daemon=True),
                          threading.Thread(target=self._beat, name="fabric-heartbeat",
@@ -142,7 +156,7 @@ class Fabric:
             thread.start()
 
     def stop(self) -> None:
-        """End the threads (the machine may stop after this); idempotent."""
+        """End the threads (no get or put of this host after this); idempotent."""
         self._stop.set()
         self.wakeups.wake()
         for thread in self._threads:
@@ -153,13 +167,14 @@ class Fabric:
             driver.close()
 
     def close(self) -> None:
-        """Free the window and the doorbell (collective: every host calls it)."""
+        """Free the window and the doorbell (collective: every host calls it after `stop`, and
+        before its machine unmaps the segment)."""
         self.stop()
-        self.win.Unlock_all()
-        self.comm.Barrier()
-        self.window.release()
-        self.wwords.release()
-        self.win.Free()
+        if self.win is not None:
+            self.win.Unlock_all()
+            self.comm.Barrier()  # nobody reads or writes another host's segment any more
+            self.win.Free()
+            self.win = None
         self.comm.Free()
         self.wakeups.close()
         for sem in self._semaphores:
@@ -171,10 +186,22 @@ class Fabric:
                 except OSError:
                     pass
 
-    def _news(self) -> tuple[int, ...]:
-        """The proxy rings' and landing rings' heads: what changes when there is new work."""
-        return (*(self.words[r.head] for r in self.rings.values()),
-                *(self.wwords[r.words >> 3] for r in self.landing))
+    # -- one-sided access to another host's segment -------------------------------------------
+    def _remote_word(self, host: int, index: int) -> int:
+        self.win.Get(self._word, host, (index * 8, 8, MPI.BYTE))
+        self.win.Flush(host)
+        return int(self._word[0])
+
+    def _put_word(self, host: int, index: int, value: int) -> None:
+        self._word[0] = value
+        self.win.Put(self._word, host, (index * 8, 8, MPI.BYTE))
+        self.win.Flush(host)
+
+    def _get(self, host: int, local: int, remote: int, length: int) -> None:
+        """Copy `length` bytes at segment offset `remote` of `host` to offset `local` here."""
+        self.win.Get(self.physical[local:local + length], host, (remote, length, MPI.BYTE))
+        self.win.Flush(host)
+        self.stats["gets"] += 1
 
     # -- the fabric thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -184,34 +211,44 @@ class Fabric:
                 for datagram in self.wakeups.poll():  # heartbeats are read even when busy
                     self._heard_from(datagram)
                 self._looked = time.monotonic()
-                self._seen = self._news()
-                shipped = any([self._ship_unless_corrupt(nid) for nid in self._shipping])
-                landed, waiting = self._land_all()
-                if landed or not waiting:
+                self._announce()
+                pulled, waiting = self._pull_all()
+                if pulled or not waiting:
                     pause = RETRY_S[0]
-                if not (shipped or landed):
+                if not pulled:
                     self._sleep(pause if waiting else IDLE_S)
                     if waiting:
                         pause = min(pause * 2, RETRY_S[1])
         except BaseException as exc:  # the run's verdict reports it; never a silent stop
-            self.problems.append(f"fabric of host {self.host} stopped: "
+            self.problems.append(f"fabric of host {self.hosts[self.host]} stopped: "
                                  f"{type(exc).__name__}: {exc}")
 
+    def _announce(self) -> None:
+        """Tell the puller of each proxy ring here that records wait, if it sleeps (it set the
+        ring's `sleeping` word) and was not told of this head yet."""
+        for nid, ring in self.proxies.items():
+            head = self.words[ring.head]
+            if self.words[ring.sleeping] and head != self._announced[nid]:
+                self._announced[nid] = head
+                self.wakeups.ring(self.host_of[nid])
+
     def _sleep(self, timeout: float) -> None:
-        """Wait for a doorbell, a datagram or `timeout`; MPI progress on the way back."""
-        for ring in self.rings.values():
-            self.words[ring.sleeping] = 1
+        """Wait for a datagram, a proxy's doorbell or `timeout`, with every pulled ring marked
+        sleeping (then read once more: a record committed before the mark is not missed)."""
+        for box in self._pulling:
+            self._put_word(box.host, box.ring.sleeping, 1)
         try:
-            if self._news() != self._seen:
-                return  # committed or landed since the last look (work stuck behind a full
-                # ring is not news: it waits for a datagram, a doorbell or the timeout)
+            if any(self._remote_word(box.host, box.ring.head) != self._heads[box]
+                   for box in self._pulling):
+                return  # committed since the last look (work stuck behind a full ring is not
+                # news: it waits for a datagram, a doorbell or the timeout)
             for datagram in self.wakeups.wait(timeout):
                 self._heard_from(datagram)
             self._looked = time.monotonic()
         finally:
-            for ring in self.rings.values():
-                self.words[ring.sleeping] = 0
-            self.comm.Iprobe()  # MPI progress, for fabrics whose puts need the target
+            for box in self._pulling:
+                self._put_word(box.host, box.ring.sleeping, 0)
+            self.comm.Iprobe()  # MPI progress, for fabrics whose gets need the target
 
     def _heard_from(self, datagram: bytes) -> None:
         beat = heartbeat.decode(datagram, self.host_of)
@@ -237,116 +274,77 @@ class Fabric:
         for host in self._heard:
             self.wakeups.ring(host, beat)
 
-    # -- outbound ----------------------------------------------------------------------------
-    def _ship_unless_corrupt(self, nid: int) -> bool:
-        """A proxy ring whose words or headers no correct writer could have left (a forged
-        word in the segment) is shipped no more, and reported; the others go on."""
-        try:
-            return self._ship(nid)
-        except RingCorrupt as exc:
-            self._shipping.remove(nid)
-            self.problems.append(f"the proxy ring of network ID {nid} is corrupt, nothing more "
-                                 f"is shipped from it: {exc}")
-            return False
+    # -- pulling -----------------------------------------------------------------------------
+    def _pull_all(self) -> tuple[bool, bool]:
+        """Commit what waits in the proxy rings of this host's partitions on the other hosts:
+        (any committed, any waiting for room)."""
+        pulled = waiting = False
+        for box in list(self._pulling):
+            try:
+                done, stuck = self._pull(box)
+            except RingCorrupt as exc:
+                self._pulling.remove(box)
+                self.problems.append(
+                    f"the proxy ring of network ID {box.dst_id} on host {self.hosts[box.host]} "
+                    f"is corrupt, nothing more is pulled from it: {exc}")
+                continue
+            pulled |= done
+            waiting |= stuck
+        return pulled, waiting
 
-    def _ship(self, nid: int) -> bool:
-        """Ship what fits of proxy `nid`'s ring into its host's landing ring; True if any."""
-        proxy, ring = self.by_id[nid], self.rings[nid]
-        head, tail = self.words[ring.head], self.words[ring.tail]
-        if head == tail:
-            return False
-        landing = self.remote[nid]
-        target = self.host_of[nid]
-        base = proxy.receive_base
-
-        def header(pos: int) -> tuple[int, int, int, int]:
-            return RECORD_HEADER.unpack_from(self.physical, base + pos)
-
-        end = shippable(tail, head, proxy.receive_size, self._landing_tail.get(nid, 0), header)
-        if end == tail:  # full as last seen: look at the landing tail again
-            self.win.Get(self._word, target, (landing.tail_word, 8, MPI.BYTE))
-            self.win.Flush(target)
-            self._landing_tail[nid] = int(self._word[0])
-            end = shippable(tail, head, proxy.receive_size, self._landing_tail[nid], header)
-            if end == tail:
-                return False  # the destination host frees space and rings us
-        for pos, length in spans(tail, end, proxy.receive_size):
-            self.win.Put(self.physical[base + pos:base + pos + length], target,
-                         (landing.data + pos, length, MPI.BYTE))
-        self.win.Flush(target)  # the records are in the destination host's memory
-        self._word[0] = end
-        self.win.Put(self._word, target, (landing.words, 8, MPI.BYTE))
-        self.win.Flush(target)  # and now visible to its fabric
-        receive_area.publish_tail(self.words, proxy.control, end)
-        self.stats["shipped_bytes"] += end - tail
-        self.stats["ships"] += 1
-        self.wakeups.ring(target)
-        return True
-
-    # -- inbound -----------------------------------------------------------------------------
-    def _land_all(self) -> tuple[bool, bool]:
-        """Commit landed records into local receive rings: (any committed, any waiting)."""
-        landed = retry = False
-        for ring in self.landing:
-            done, waiting = self._land(ring)
-            landed |= done
-            retry |= waiting
-        return landed, retry
-
-    def _land(self, ring: LandingRing) -> tuple[bool, bool]:
-        head, tail = self.wwords[ring.words >> 3], self.wwords[ring.tail_word >> 3]
-        if head == tail:
-            return False, False
-
-        def header(pos: int) -> tuple[int, int, int, int]:
-            return RECORD_HEADER.unpack_from(self.window, ring.data + pos)
-
-        start, waiting = tail, False
+    def _pull(self, box: Inbox) -> tuple[bool, bool]:
+        """A word no correct writer could leave (a forged head or header there) raises
+        RingCorrupt: that ring is pulled no more, the others go on."""
+        head = self._heads[box] = self._remote_word(box.host, box.ring.head)
+        tail = start = self._tails[box]
+        waiting = False
         while True:
-            record = next_record(tail, head, ring.capacity, header)
+            record = next_record(tail, head, box.capacity, lambda pos: self._read_header(box, pos))
             if record is None:
                 tail = head  # padding only
                 break
-            outcome = self._commit(ring, record)
+            outcome = self._commit(box, record)
             if outcome is None:
                 waiting = True
                 self.stats["retries"] += 1
                 break
             tail = record.next_tail
-            self.wwords[ring.tail_word >> 3] = tail
-        self.wwords[ring.tail_word >> 3] = tail
         if tail != start:
-            self.wakeups.ring(ring.source_host)  # landing space freed
+            self._put_word(box.host, box.ring.tail, tail)  # after the commits: exactly once
+            self._tails[box] = tail
         return tail != start, waiting
 
-    def _commit(self, ring: LandingRing, record: Any) -> bool | None:
-        """Commit one landed record as its source's driver: True committed, False dropped
-        (never deliverable: counted and reported), None to try again later."""
+    def _read_header(self, box: Inbox, pos: int) -> tuple[int, int, int, int]:
+        self.win.Get(self._header, box.host, (box.base + pos, RECORD_HEADER.size, MPI.BYTE))
+        self.win.Flush(box.host)
+        return RECORD_HEADER.unpack_from(self._header)
+
+    def _commit(self, box: Inbox, record: RecordView) -> bool | None:
+        """Commit one record of a remote proxy ring as its source's driver: True committed,
+        False dropped (never deliverable: counted and reported), None to try again later."""
         source = record.source_id
         driver = self.drivers.get(source)
-        if driver is None or self.host_of.get(source) != ring.source_host:
-            return self._drop(f"a record from host {ring.source_host} names source network ID "
-                              f"{source}, which does not live there")
-        if not self._room(ring.dst_id, record.length):
+        if driver is None or self.host_of.get(source) != box.host:
+            return self._drop(f"a record from host {self.hosts[box.host]} names source network "
+                              f"ID {source}, which does not live there")
+        if not self._room(box.dst_id, record.length):
             return None  # full as far as we can see: no adapter round trip to be told so
-        payload = ring.data + record.payload_position
+        payload = box.base + record.payload_position
         run = record.kind == KIND_RUN
         skip = RUN_DESCRIPTOR.size if run else 0
         if run:  # the adapter reads a run's descriptor from the source's own memory
-            own = self.by_id[source].base
-            self.physical[own:own + skip] = self.window[payload:payload + skip]
-        granted = driver.take_grant_to_fill(ring.dst_id, 0, record.length, run=run,
+            self._get(box.host, self.by_id[source].base, payload, skip)
+        granted = driver.take_grant_to_fill(box.dst_id, 0, record.length, run=run,
                                             reply_by=time.monotonic() + GRANT_WAIT_S)
         if isinstance(granted, XpmoveError):
             if granted.retryable:
                 return None
             return self._drop(f"record {record.seq} from network ID {source} to "
-                              f"{ring.dst_id}: {type(granted).__name__}: {granted}")
-        start = payload + skip
-        self.physical[granted.address:granted.address + granted.size] = (
-            self.window[start:start + granted.size])
+                              f"{box.dst_id}: {type(granted).__name__}: {granted}")
+        self._get(box.host, granted.address, payload + skip, granted.size)
         if driver.end_grant(granted, commit=True) is not None:
             return None  # the adapter took the grant back: nothing delivered, try again
+        self.stats["pulled_bytes"] += granted.size
         self.stats["landed_records"] += 1
         self.stats["landed_packets"] += granted.records
         return True
@@ -368,4 +366,3 @@ class Fabric:
         if len(self.problems) < 20:
             self.problems.append(why)
         return False
-

@@ -97,9 +97,8 @@ class ClusterHost:
                  command: str = "launch", workload: bool = True):
         """`workload`: every partition runs the tools' workload program (launch, bench);
         otherwise each runs the program its config names (run)."""
-        from mpi4py import MPI  # only here: importing it starts MPI
-
-        from cluster.fabric import Fabric
+        from cluster.fabric import Fabric  # only here: importing it starts MPI
+        from cluster.mpi import MPI
 
         self.config = config
         self.comm: Any = MPI.COMM_WORLD
@@ -110,6 +109,7 @@ class ClusterHost:
         # rank 0 speaks for the cluster
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
         self._ending = self.comm.Dup()  # only the hosts that end the job early meet here
+        self._look: Any = None  # the barrier of a look (`allgather`) not yet seen met
         self.fabric = Fabric(config, self.comm)
         self.machine = Machine(with_program(config, PROGRAM) if workload else config,
                                gateway=self.fabric)
@@ -118,10 +118,11 @@ class ClusterHost:
         """`comm.allgather`, but the wait for the other hosts is spent outside MPI (a rank
         waiting inside MPI spins: CPU = wall) and supervising this host's machine, so a host
         that hangs costs the others no CPU and their partitions are still looked after."""
-        request = self.comm.Ibarrier()
+        request = self._look = self.comm.Ibarrier()
         while True:
             with signals_held():  # once past the barrier, every host must reach the allgather
                 if request.Test():
+                    self._look = None
                     return self.comm.allgather(value)
             self.machine.poll(liveness=True)
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
@@ -151,29 +152,50 @@ class ClusterHost:
         except BaseException as exc:  # the others may wait in a collective: end the job
             with signals_deferred():
                 self.fabric.stop()
-                self.machine.stop()
                 Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: "
                                            f"{exc}; ending the MPI job", soft_wrap=True)
                 self._end_job(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        self.fabric.stop()
+        try:  # the others may end by `_end_job` (a Ctrl-C this host's work took as its end)
+            self._meet(None)
+        except KeyboardInterrupt:  # a host that never comes: Ctrl-C ends the job
+            with signals_deferred():
+                self._abort(130)
         with signals_deferred():
-            self.fabric.stop()
+            self.fabric.close()  # every host stops reading the others' segments, then unmaps
             self.machine.stop()
-            self.fabric.close()
         for e in errors:
             self.console.print(f"[red]{e}", soft_wrap=True)
         return None if errors else result
 
-    def _end_job(self, code: int) -> None:
-        """MPI_Abort, once the other hosts that are ending too have stopped their machines
-        (Ctrl-C or SIGTERM reaches every rank; the first Abort kills the others wherever
-        they are): a barrier of their own, given ABORT_GRACE_S at most."""
+    def _meet(self, deadline: float | None) -> bool:
+        """Whether every host came to the end of the run (by either way) before `deadline`;
+        waited outside MPI, supervising this host's machine."""
         request = self._ending.Ibarrier()
-        deadline = time.monotonic() + ABORT_GRACE_S
-        while not (done := request.Test()) and time.monotonic() < deadline:
+        while not request.Test():
+            if self._look is not None and self._look.Test():
+                # this host left a look (`allgather`) early; the others may be in the allgather
+                # after its barrier, inside MPI where their own Ctrl-C cannot reach them: join it
+                self._look = None
+                self.comm.allgather(None)
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self.machine.poll(liveness=True)
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
-        if done:  # every host is ending here: end MPI as a normal exit does
+        return True
+
+    def _end_job(self, code: int) -> None:
+        """Stop this host's machine and end the job: as a normal exit when every host comes to
+        the end too (Ctrl-C or SIGTERM reaches every rank), within ABORT_GRACE_S; else by
+        MPI_Abort, which kills the others wherever they are."""
+        if self._meet(time.monotonic() + ABORT_GRACE_S):  # all end here: as a normal exit
             self.fabric.close()
+            self.machine.stop()
             raise SystemExit(code)  # MPI_Finalize at exit unlinks the runtime's names
+        self._abort(code)
+
+    def _abort(self, code: int) -> None:
+        self.machine.stop()  # the job ends now: another host reading our segment ends with it
         unlink_runtime_names()
         self.comm.Abort(code)
 

@@ -74,9 +74,9 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
             adapters.append(adapter)
         dead += host_dead
         problems += host_problems
-        console.print(f"host {host.name} (run {prefix}): fabric {fabric['ships']:,} puts of "
-                      f"{fabric['shipped_bytes']:,} bytes out, {fabric['landed_packets']:,} "
-                      f"packets in ({fabric['landed_records']:,} records, "
+        console.print(f"host {host.name} (run {prefix}): fabric pulled "
+                      f"{fabric['landed_packets']:,} packets in ({fabric['landed_records']:,} "
+                      f"records, {fabric['pulled_bytes']:,} bytes, {fabric['gets']:,} gets, "
                       f"{fabric['retries']:,} retries)", highlight=False)
     console.print(cost_line(totals(stats)[1], cpu, f"every process of the {len(config.hosts)} "
                                                  f"hosts"), highlight=False)

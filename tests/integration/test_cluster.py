@@ -100,9 +100,9 @@ def test_two_hosts_run_all_to_all_traffic_in_both_flows(tmp_path: Path) -> None:
     assert verdict, out
     # 4 partitions, each to 3 peers (2 of them on the other host), 100 packets, 2 flows
     assert verdict.group(1) == verdict.group(2) == "2,400"
-    fabric = re.findall(r"fabric ([\d,]+) puts of ([\d,]+) bytes out, ([\d,]+) packets in",
-                        words(out))
-    assert len(fabric) == 2 and all(int(f[2].replace(",", "")) == 800 for f in fabric), out
+    # each host's fabric pulled what its partitions got from the other host: 2 x 2 x 100 x 2
+    fabric = re.findall(r"fabric pulled ([\d,]+) packets in", words(out))
+    assert len(fabric) == 2 and all(int(f.replace(",", "")) == 800 for f in fabric), out
     assert_names_gone(out, tmp_path)
 
 
@@ -331,7 +331,7 @@ def test_hosts_given_different_configs_refuse_before_anything_starts(tmp_path: P
 
 def test_a_forged_proxy_ring_word_is_contained_and_reported(tmp_path: Path) -> None:
     """A word no correct writer could leave (charlie's proxy ring head on east, forged far past
-    its tail) stops the shipping of that ring only: it is reported, every other pair's traffic
+    its tail) stops the pulling of that ring only: it is reported, every other pair's traffic
     is verified, and the run says it is not clean."""
     import mmap
 
@@ -355,6 +355,6 @@ def test_a_forged_proxy_ring_word_is_contained_and_reported(tmp_path: Path) -> N
         stop(proc)
     text = words((out + rest).decode())
     assert proc.returncode == 1, text
-    assert "host east: the proxy ring of network ID 3 is corrupt" in text, text
+    assert "host west: the proxy ring of network ID 3 on host east is corrupt" in text, text
     assert "NOT clean" in text and "0 corrupt/gap/duplicate" in text, text
     assert_names_gone(text, tmp_path)

@@ -1,0 +1,50 @@
+"""The cluster's pure pieces: one MPI process per host, the hosts agree on one config, the
+cluster's progress, the MPI runtime's names found in a maps text."""
+
+from __future__ import annotations
+
+import pytest
+
+from hypervisor.config import load_config
+from scripts.cluster_host import check_world
+from scripts.cluster_launch import combined
+
+
+def two_hosts():
+    return load_config("configs/two-hosts.toml")
+
+
+def test_the_cluster_progress_sums_hosts_and_waits_for_every_sender() -> None:
+    assert combined([(10, 8, True, 0), (5, 5, False, 2)]) == (15, 13, False, 2)
+    assert combined([(1, 1, True, 0), (2, 2, True, 0)])[2] is True
+
+
+def test_a_cluster_config_needs_one_mpi_process_per_host() -> None:
+    check_world(two_hosts(), 2)
+    with pytest.raises(SystemExit, match=r"mpiexec -n 2 xpmove launch.*this is 1 MPI process\)"):
+        check_world(two_hosts(), 1)
+
+
+def test_hosts_must_read_the_same_config() -> None:
+    from dataclasses import replace
+
+    from scripts.cluster_host import check_same_config, config_digest
+
+    config = two_hosts()
+    same = config_digest(config)
+    check_same_config(config, [same, same], "launch")
+    other = config_digest(replace(config, lock_timeout_s=2.0))
+    with pytest.raises(SystemExit, match="hosts west read a config that differs from host "
+                                         "east's"):
+        check_same_config(config, [same, other], "launch")
+
+
+def test_the_mpi_runtimes_names_are_found_in_a_maps_text() -> None:
+    from scripts.cluster_host import runtime_names
+
+    maps = ("7f1e-7f2e rw-s 00000000 00:1a 12 /dev/shm/mpich_shm_4ce43181_0\n"
+            "7f2e-7f3e rw-s 00000000 00:1a 12 /dev/shm/mpich_shm_4ce43181_0\n"
+            "7f3e-7f4e rw-s 00000000 00:1a 13 /dev/shm/mpich_shm_0bad_0 (deleted)\n"
+            "7f4e-7f5e rw-s 00000000 00:1a 14 /dev/shm/xpm-1234-seg\n"
+            "7f5e-7f6e rw-p 00000000 00:00 0\n")
+    assert runtime_names(maps) == ["/dev/shm/mpich_shm_4ce43181_0"]
