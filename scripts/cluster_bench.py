@@ -29,7 +29,7 @@ from scripts.cluster_host import ClusterHost
 from scripts.launch import largest_packet, machine_cpu
 from scripts.tables import Col, Grid
 
-TRANSPORTS = ("fig11", "fig12", "tcp")
+TRANSPORTS = ("fig11", "fig12", "fig12-loan", "tcp")
 SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
 BATCHES = (1, 32)
 WARMUP_S = 0.3

@@ -388,6 +388,17 @@ def test_shipped_bench_toml_is_the_default_with_32_mib_rings() -> None:
     assert cfg == bench_config()  # the file is what `xpmove bench` runs with no --config
 
 
+def test_shipped_two_hosts_bench_toml_is_two_hosts_with_the_bench_sizes() -> None:
+    cfg, two = (load_config(REPO / "configs" / f"{n}.toml") for n in ("two-hosts-bench",
+                                                                     "two-hosts"))
+    assert cfg.hosts == two.hosts
+    assert [(p.name, p.network_id) for p in cfg.partitions] == [
+        (p.name, p.network_id) for p in two.partitions]
+    bench = bench_config().partitions[0]
+    assert all((p.memory_size, p.receive_size) == (bench.memory_size, bench.receive_size)
+               for p in cfg.partitions)
+
+
 @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), True, "10"])
 def test_grant_timeout_must_be_a_number_of_seconds(value):
     with pytest.raises(ConfigError, match=r"machine\.grant_timeout_s: expected a number > 0"):
