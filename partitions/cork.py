@@ -6,8 +6,12 @@ sends one packet per call would pay that per packet. The cork copies each packet
 submission buffer at the top of the send space, laid out as a multiple-write run (the run's
 descriptor, then the packets, each padded to 8), and returns at once; ONE flusher thread sends
 a buffer's runs whenever no request of the port is in flight. The first packet after a quiet
-spell goes at once; the packets that arrive while a request is in flight go together in the
-next one: TCP's autocork (Nagle without a timer). Back-pressure is the buffers: when every
+spell goes at once, and from the caller's own thread: when nothing else is queued or in flight
+(and the driver is free) `submit` writes its request to the adapter itself (Driver.post_one)
+and the flusher only reads the reply, so a lone packet's path has no thread hand-off (one
+costs a futex wake-up and a GIL switch before the adapter even hears of the packet). The
+packets that arrive while a request is in flight go together in the next one: TCP's autocork
+(Nagle without a timer). Back-pressure is the buffers: when every
 buffer is filling or in flight, `submit` waits.
 
 Sealing rules (pure, `SubmissionBook`): a packet continues the buffer's last run when it has the
@@ -34,8 +38,14 @@ from typing import NamedTuple
 from adapter.errors import RetryableError, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import RUN_DESCRIPTOR
-from partitions.driver import REPLY_GRACE_S, REPLY_WAIT_MIN_S, Driver, Sent
-from partitions.submissions import CORK_BUFFERS, QueuedRun, SubmissionBook, requests_of
+from partitions.driver import REPLY_GRACE_S, REPLY_WAIT_MIN_S, Driver, Posted, Sent
+from partitions.submissions import (
+    CORK_BUFFERS,
+    Buffer,
+    QueuedRun,
+    SubmissionBook,
+    requests_of,
+)
 
 CORK_BUFFER = 256 << 10  # bytes per submission buffer (at most an eighth of the send space)
 WAIT_SLICE_S = 0.05  # a wait with no deadline re-checks `stop` at least this often
@@ -105,6 +115,7 @@ class Cork:
         self._work = threading.Condition(lock)  # the flusher waiting for packets
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
+        self._handed: tuple[Buffer, Posted] | None = None  # a lone packet's request, written
         self._waiters = 0  # threads waiting for room or for a flush
         self._failures: list[QueuedFailure] = []
         self._last_seq: dict[int, int] = {}
@@ -136,13 +147,30 @@ class Cork:
                     offset = self._wait_for_room(dst, flow, n, deadline, key, limit, timeout,
                                                  cancel)
             self._region[offset:offset + n] = packet
-            if self._flusher_idle:  # wake it once: it takes this buffer
-                self._flusher_idle = False
-                self._work.notify()
-            elif self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name="cork-flusher")
-                self._flusher.start()
+            if self._flusher_idle or self._flusher is None:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Condition held, the flusher idle (or not started): give it the work. A lone packet
+        (nothing else queued or in flight, the driver free) has its request written here first,
+        on the caller's thread; the flusher then reads the reply."""
+        buf = self.book.take_lone()
+        if buf is not None:
+            run = buf.runs[0]
+            posted = self._driver.post_one(run.dst, run.payload_offset, run.length, run.flow,
+                                           reply_by(run.deadline))
+            if posted is None:  # the driver is busy (another thread's send or loan)
+                self.book.hand_back(buf)
+            else:
+                self._handed = (buf, posted)
+                self.requests += 1
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                             name="cork-flusher")
+            self._flusher.start()
+        else:  # wake it once: it takes this buffer, or the reply of the posted request
+            self._flusher_idle = False
+            self._work.notify()
 
     def _wait_for_room(self, dst: int, flow: Flow, n: int, deadline: float, key: tuple,
                        limit: int, timeout: float | None, cancel: threading.Event | None) -> int:
@@ -206,12 +234,24 @@ class Cork:
     def _flush_loop(self) -> None:
         cond = self._cond
         while True:
+            posted: Posted | None
             with cond:
-                while (buf := self.book.take()) is None:
+                while True:
+                    if self._handed is not None:  # a lone packet's request submit wrote
+                        (buf, posted), self._handed = self._handed, None
+                        break
+                    if (taken := self.book.take()) is not None:
+                        buf, posted = taken, None
+                        break
                     self._flusher_idle = True
                     self._work.wait()
                 self._flusher_idle = False
-            failures = [f for request in requests_of(buf.runs) for f in self._request(request)]
+            if posted is not None:  # only its reply is left to read
+                failure = self._settle(buf.runs[0], self._driver.complete(posted), retry=True)
+                failures = [] if failure is None else [failure]
+            else:
+                failures = [f for request in requests_of(buf.runs)
+                            for f in self._request(request)]
             with cond:
                 self.book.release(buf)
                 self._failures += failures
@@ -225,13 +265,11 @@ class Cork:
         if len(runs) == 1:
             failure = self._send(runs[0])
             return [] if failure is None else [failure]
-        deadline = min(r.deadline for r in runs)
-        reply_by = (None if deadline == float("inf") else
-                    max(deadline, time.monotonic() + REPLY_WAIT_MIN_S) + REPLY_GRACE_S)
         self.requests += 1
         try:
             outcomes: list[Sent | XpmoveError] = self._driver.send_many(
-                [(r.dst, r.payload_offset, r.length) for r in runs], runs[0].flow, reply_by)
+                [(r.dst, r.payload_offset, r.length) for r in runs], runs[0].flow,
+                reply_by(min(r.deadline for r in runs)))
         except XpmoveError as exc:  # the whole request (AdapterGone: nothing was sent)
             outcomes = [exc] * len(runs)
         failures = []
@@ -248,10 +286,6 @@ class Cork:
 
     def _send(self, run: QueuedRun) -> QueuedFailure | None:
         """Move one run (a lone packet as a plain move); its failure, if it failed."""
-        key_cancel = run.key[-1]
-        stop = self._stop
-        stopping: Callable[[], bool] = (stop.is_set if key_cancel is None else
-                                        lambda: stop.is_set() or key_cancel.is_set())
         timeout = max(0.0, run.deadline - time.monotonic())
         if run.packets == 1:
             offset, count, as_run = run.payload_offset, run.length, False
@@ -260,9 +294,33 @@ class Cork:
             offset, count, as_run = run.offset, run.size, True
         self.requests += 1
         outcome = self._driver.send_retrying(run.dst, offset, count, run.flow, as_run,
-                                             timeout=timeout, stop=stopping)
+                                             timeout=timeout, stop=self._stopping(run))
+        return self._settle(run, outcome)
+
+    def _settle(self, run: QueuedRun, outcome: Sent | XpmoveError, retry: bool = False
+                ) -> QueuedFailure | None:
+        """Book the outcome of `run`'s request: None if it was moved, else its failure. With
+        `retry` (a first attempt made elsewhere: a posted lone packet), a retryable failure
+        goes on as `_send`'s retries would, until the run's deadline or `stop`."""
         if isinstance(outcome, Sent):
             self._last_seq[run.dst] = outcome.seq + outcome.records - 1
             return None
+        if (retry and outcome.retryable and time.monotonic() < run.deadline
+                and not self._stopping(run)()):
+            return self._send(run)
         return QueuedFailure(run.dst, run.flow, run.first, run.last, run.length,
                              self._last_seq.get(run.dst, 0), outcome)
+
+    def _stopping(self, run: QueuedRun) -> Callable[[], bool]:
+        """Whether `run`'s retries must end: the port stops, or the run's cancel event."""
+        key_cancel, stop = run.key[-1], self._stop
+        return (stop.is_set if key_cancel is None else
+                lambda: stop.is_set() or key_cancel.is_set())
+
+
+def reply_by(deadline: float) -> float | None:
+    """How long a request whose retries end at `deadline` waits for its reply (as
+    Driver.send_retrying's attempts do): None with no deadline."""
+    if deadline == float("inf"):
+        return None
+    return max(deadline, time.monotonic() + REPLY_WAIT_MIN_S) + REPLY_GRACE_S

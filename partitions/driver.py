@@ -67,6 +67,21 @@ class Sent(NamedTuple):
     records: int = 1
 
 
+class Posted(NamedTuple):
+    """ONE move's request written by `Driver.post_one` whose reply is not read yet; the
+    driver's request slot stays taken until `Driver.complete(posted)` reads it (from any
+    thread). What a restart needs to resolve it is taken before the write."""
+
+    op: int
+    move: Move
+    reply_by: float | None
+    before: dict[int, int]  # the pair's sequence word before the request (_survive_restart)
+    generation: int
+    reply_fd: int
+    request_id: int
+    started: float
+
+
 T = TypeVar("T")
 
 
@@ -179,8 +194,49 @@ class Driver(Lending):
         busy = self._take_slot(self._slot_wait(reply_by))
         if busy is not None:
             return busy
+        return self._finish_one(op, move, run, reply_by, None)
+
+    def post_one(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
+                 reply_by: float | None = None) -> Posted | None:
+        """Write ONE move's request (as `send_one`'s, no run) on the calling thread and
+        return without its reply, when the driver is free and no abandoned request's reply is
+        awaited; else None, nothing sent (send it with `send_one`). Then the driver stays
+        taken: `complete(posted)`, from any thread, reads the reply and frees it.
+
+        Why: a lone packet from an idle port goes to the adapter with no thread hand-off on
+        its way (partitions/cork.py); the hand-off comes after, off the packet's path."""
+        if not self._mutex.acquire(blocking=False):
+            return None
         try:
-            results = self._survive_restart(op, (move,), reply_by)
+            if self._replies.abandoned:  # their replies come first: the full round trip
+                self._mutex.release()
+                return None
+            op, move = Flow.parse(flow).op, Move(self.network_id, dst_id, offset, count)
+            before = self._pair_seqs((move,))
+            with self._reconnected:
+                generation, request_fd, reply_fd = (self._generation, self.request_fd,
+                                                    self.reply_fd)
+            self._replies.use(generation)
+            started = time.monotonic()
+            request_id = self._write_request(op, (move,), request_fd)
+        except _NotSent:
+            self._mutex.release()  # nothing written: send_one meets the broken pipe again
+            return None
+        except BaseException:
+            self._mutex.release()
+            raise
+        return Posted(op, move, reply_by, before, generation, reply_fd, request_id, started)
+
+    def complete(self, posted: Posted) -> Sent | XpmoveError:
+        """The outcome of a request `post_one` wrote (exactly as `send_one` would have
+        returned it: a restart in between is resolved the same way); frees the driver."""
+        return self._finish_one(posted.op, posted.move, False, posted.reply_by, posted)
+
+    def _finish_one(self, op: int, move: Move, run: bool, reply_by: float | None,
+                    posted: Posted | None) -> Sent | XpmoveError:
+        """`send_one` from the round trip on (the driver's slot taken; freed here)."""
+        try:
+            results = self._survive_restart(op, (move,), reply_by, posted)
             if op in GRANT_OPS:
                 self._execute_grants((move,), results)
             (r,) = results
@@ -189,9 +245,9 @@ class Driver(Lending):
         finally:
             self._mutex.release()
         if r.status != Status.OK:
-            return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=offset,
-                             count=count, detail=r.detail)
-        return Sent(dst_id, r.seq, count, r.detail if run else 1)
+            return error_for(r.status, src_id=self.network_id, dst_id=move.dst_id,
+                             offset=move.offset, count=move.count, detail=r.detail)
+        return Sent(move.dst_id, r.seq, move.count, r.detail if run else 1)
 
     @staticmethod
     def _slot_wait(reply_by: float | None) -> float:
@@ -278,8 +334,8 @@ class Driver(Lending):
         words, seq_words = self.words, self._seq_words
         return {m.dst_id: words[seq_words[m.dst_id]] for m in moves if m.dst_id in seq_words}
 
-    def _survive_restart(self, op: int, moves: Sequence[Move], reply_by: float | None = None
-                         ) -> tuple[Result, ...]:
+    def _survive_restart(self, op: int, moves: Sequence[Move], reply_by: float | None = None,
+                         posted: Posted | None = None) -> tuple[Result, ...]:
         """A round trip that outlives an adapter crash without losing or doubling a move.
 
         If the adapter dies with our request in flight, wait for the restarted one (it has
@@ -288,12 +344,14 @@ class Driver(Lending):
         sent, the rest are sent again. A Fig 12 grant never commits without us, so it is
         always sent again. A request that was never written (the pipe broke first) is sent on
         the new pipes, or fails `AdapterGone` (nothing sent), never `InDoubt`. No reply by
-        `reply_by`: see _unanswered.
+        `reply_by`: see _unanswered. `posted`: the request was already written (post_one).
         """
-        before = self._pair_seqs(moves)
-        generation = self._generation
+        if posted is None:
+            before, generation = self._pair_seqs(moves), self._generation
+        else:
+            before, generation = dict(posted.before), posted.generation
         try:
-            return self._round_trip(op, moves, reply_by)
+            return self._round_trip(op, moves, reply_by, posted)
         except Unanswered as exc:
             raise self._unanswered(op, exc) from None
         except _NotSent as exc:
@@ -363,34 +421,32 @@ class Driver(Lending):
             return False
         return True
 
-    def _round_trip(self, op: int, moves: Sequence[Move], reply_by: float | None = None
-                    ) -> tuple[Result, ...]:
-        """Write one request, read its reply (by `reply_by`, if given: else Unanswered).
+    def _round_trip(self, op: int, moves: Sequence[Move], reply_by: float | None = None,
+                    posted: Posted | None = None) -> tuple[Result, ...]:
+        """Write one request, read its reply (by `reply_by`, if given: else Unanswered);
+        with `posted`, only read the reply of the request post_one wrote.
 
         Replies of requests abandoned at their deadline may still come: they are taken (by
         request id) before our own, and a late grant is given back (_take_late). At most one
         abandoned request is in the pipe: its reply is awaited before the next is written.
         """
-        with self._reconnected:  # the pipes of one generation, for the whole round trip
-            generation, request_fd, reply_fd = self._generation, self.request_fd, self.reply_fd
         replies = self._replies
-        replies.use(generation)
-        started = time.monotonic()
-        try:
-            while replies.abandoned:  # its reply comes first: taken before we write
-                self._take_late(replies.next_frame(reply_fd, reply_by))
-        except Unanswered:
-            raise Unanswered(time.monotonic() - started, sent=False) from None
-        except AdapterGone as exc:
-            raise _NotSent(str(exc)) from None
-        self._request_id = request_id = (self._request_id + 1) & 0xFFFFFFFF
-        data = encode_request(op, request_id, moves)
-        try:
-            written = 0
-            while written < len(data):
-                written += os.write(request_fd, data[written:])
-        except OSError as exc:  # EPIPE, EBADF: no adapter will ever read this request
-            raise _NotSent(f"the adapter is gone ({exc})") from None
+        if posted is not None:  # written with no abandoned reply ahead of it
+            reply_fd, request_id, started = posted.reply_fd, posted.request_id, posted.started
+        else:
+            with self._reconnected:  # the pipes of one generation, for the whole round trip
+                generation, request_fd, reply_fd = (self._generation, self.request_fd,
+                                                    self.reply_fd)
+            replies.use(generation)
+            started = time.monotonic()
+            try:
+                while replies.abandoned:  # its reply comes first: taken before we write
+                    self._take_late(replies.next_frame(reply_fd, reply_by))
+            except Unanswered:
+                raise Unanswered(time.monotonic() - started, sent=False) from None
+            except AdapterGone as exc:
+                raise _NotSent(str(exc)) from None
+            request_id = self._write_request(op, moves, request_fd)
         try:
             while True:
                 got, status, n, reply = frame = replies.next_frame(reply_fd, reply_by)
@@ -410,6 +466,18 @@ class Driver(Lending):
             raise ProtocolViolation(f"reply {got} with {n} results does not answer "
                                     f"request {request_id} of {len(moves)} moves")
         return results
+
+    def _write_request(self, op: int, moves: Sequence[Move], request_fd: int) -> int:
+        """Write one request frame; its request id. _NotSent if the pipe is broken."""
+        self._request_id = request_id = (self._request_id + 1) & 0xFFFFFFFF
+        data = encode_request(op, request_id, moves)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(request_fd, data[written:])
+        except OSError as exc:  # EPIPE, EBADF: no adapter will ever read this request
+            raise _NotSent(f"the adapter is gone ({exc})") from None
+        return request_id
 
     def _start_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():

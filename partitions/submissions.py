@@ -175,6 +175,22 @@ class SubmissionBook:
         buf.state = BufferState.IN_FLIGHT
         return buf
 
+    def take_lone(self) -> Buffer | None:
+        """`take`, only when the filling buffer holds the only packet queued (nothing else
+        filling, sealed or in flight): a lone packet the shell may send at once. If it cannot,
+        `hand_back` the buffer: the flusher takes it next."""
+        buf = self._filling
+        if self.queued != 1 or buf is None or self._sealed or len(buf.runs) != 1:
+            return None
+        return self.take()
+
+    def hand_back(self, buf: Buffer) -> None:
+        """A buffer from `take_lone` that was not sent: the next one `take` gives."""
+        if buf.state is not BufferState.IN_FLIGHT:
+            raise ValueError(f"hand_back of a buffer at {buf.offset} that is {buf.state.value}")
+        buf.state = BufferState.SEALED
+        self._sealed.appendleft(buf)
+
     def release(self, buf: Buffer) -> int:
         """The flusher is done with `buf` (every run moved or reported); how many packets it
         held. The buffer is free again."""

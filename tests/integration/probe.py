@@ -30,6 +30,7 @@ from adapter.protocol import (
     encode_request,
 )
 from adapter.ring import RUN_DESCRIPTOR, align
+from partitions import driver as driver_module
 from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.loan import Loan, LoanRun
 from partitions.port import Port
@@ -219,6 +220,36 @@ class Probe:
                 "result": self.cork_result,
                 "requests": self.port._cork.requests,
                 "last_seq": {str(k): v for k, v in self.port._cork._last_seq.items()}}
+
+    def cmd_lone_sends(self, msg: dict) -> dict:
+        """`count` per-packet (queued) `port.send`s of `length` bytes to `dst` by `flow`, each
+        from an idle port (flushed before the next); reports which thread wrote each adapter
+        request (the driver's encode_request, watched for the duration) and this thread's
+        name. With `thread`, sent from a fresh thread of this partition (joined)."""
+        if msg.get("thread"):
+            out: list[dict] = []
+            sender = threading.Thread(target=lambda: out.append(self.cmd_lone_sends(
+                {**msg, "thread": False})), name="probe-lone-sender")
+            sender.start()
+            sender.join(float(msg.get("join", 30.0)))
+            return out[0] if out else {"ok": False, "error": "the sending thread hung"}
+        writers: list[str] = []
+        encode = driver_module.encode_request
+
+        def watched(*args, **kwargs):
+            writers.append(threading.current_thread().name)
+            return encode(*args, **kwargs)
+
+        driver_module.encode_request = watched
+        try:
+            for i in range(int(msg["count"])):
+                self.port.send(int(msg["dst"]), cork_payload(i, int(msg["length"])),
+                               msg.get("flow", "fig11"), timeout=10.0)
+                if not self.port.flush(10.0):
+                    return {"ok": False, "error": f"send {i} not flushed in 10 s"}
+        finally:
+            driver_module.encode_request = encode
+        return {"ok": True, "writers": writers, "me": threading.current_thread().name}
 
     def cmd_flush(self, msg: dict) -> dict:
         try:

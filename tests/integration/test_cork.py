@@ -156,3 +156,38 @@ def test_stopping_with_queued_packets_reports_the_ones_not_moved(make_machine):
     assert outcome.message.startswith(f"{state['submitted'] - accepted} queued packets were "
                                       f"not moved: packets #{accepted + 1}-"), outcome.message
     assert f"after its seq {accepted}: DestinationFull" in outcome.message
+
+
+@pytest.mark.parametrize("flow", ["fig11", "fig12"])
+def test_a_lone_send_from_an_idle_port_is_written_by_the_sending_thread(make_machine, flow):
+    """Nothing queued or in flight: the sender's own thread writes the request to the adapter
+    (no hand-off to the flusher thread on the packet's way); the flusher only reads the reply.
+    Each packet still arrives once, in order, one request each."""
+    m = make_machine(small_config(2))
+    n, size = 20, 64
+    before = requests(m)
+    reply = m.call(1, {"cmd": "lone_sends", "dst": 2, "length": size, "flow": flow,
+                       "count": n})
+    assert reply["ok"], reply
+    assert reply["writers"] == [reply["me"]] * n, reply
+    check_delivered(received(m, 2, n), [(1, i, size) for i in range(n)])
+    assert requests(m) - before == n
+
+
+def test_a_lone_send_while_another_thread_holds_a_loan_waits_for_it(make_machine):
+    """The driver is busy (another thread of the partition holds a loan): the lone packet is
+    queued instead (the flusher sends it once the loan ends), after the loan's record."""
+    m = make_machine(small_config(2))
+    held = m.call(1, {"cmd": "loan", "dst": 2, "count": 100, "hex": "ab" * 100,
+                      "end": "hold", "timeout": TIMEOUT})
+    assert held["ok"] and held["seq"] == 1, held
+    m.call(1, {"cmd": "cork_send", "dsts": [2], "lengths": [64], "count": 1,
+               "timeout": TIMEOUT, "background": True})
+    wait_for(lambda: m.call(1, {"cmd": "cork_state"})["result"], what="the queued send")
+    assert m.call(1, {"cmd": "cork_state"})["queued"] == 1  # waiting for the driver
+    assert m.call(1, {"cmd": "loan_end"})["seq"] == 1
+    assert m.call(1, {"cmd": "flush", "timeout": TIMEOUT})["done"]
+    got = received(m, 2, 2)
+    assert [(source, seq, length) for source, seq, length, _ in got] == [(1, 1, 100),
+                                                                           (1, 2, 64)]
+    assert got[1][3] == zlib.crc32(cork_payload(0, 64))

@@ -107,6 +107,32 @@ def test_the_flusher_takes_a_partly_filled_buffer_and_filling_goes_on_in_the_oth
     assert b is not None and b.packets == 2 and b.runs[0].first == 2
 
 
+def test_take_lone_takes_only_the_one_packet_queued_and_hand_back_requeues_it_first():
+    book = SubmissionBook(4096, 2 * 1024)
+    assert book.take_lone() is None  # nothing queued
+    place(book)
+    place(book)
+    assert book.take_lone() is None  # two packets: the flusher's run, not a lone one
+    buf = book.take()
+    assert buf is not None
+    book.release(buf)
+    place(book)
+    lone = book.take_lone()
+    assert lone is not None and lone.state is BufferState.IN_FLIGHT
+    assert [(r.packets, r.first) for r in lone.runs] == [(1, 3)]
+    place(book, dst=3)
+    assert book.take_lone() is None  # one in flight already
+    book.hand_back(lone)  # not sent after all: the flusher takes it first, then the next
+    assert lone.state is BufferState.SEALED and book.queued == 2
+    first = book.take()
+    assert first is lone
+    book.release(first)
+    with pytest.raises(ValueError, match="hand_back of a buffer at 4096 that is free"):
+        book.hand_back(first)
+    second = book.take()
+    assert second is not None and [r.dst for r in second.runs] == [3]
+
+
 def test_fits_and_release_of_a_buffer_not_in_flight():
     book = SubmissionBook(0, 2 * 256)
     assert book.fits(256 - D, BIG) and not book.fits(256 - D + 1, BIG)
