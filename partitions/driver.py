@@ -41,6 +41,7 @@ from adapter.protocol import (
 from adapter.translation import TranslationTable
 from hypervisor.layout import SegmentLayout
 from partitions.lending import Granted, Lending
+from partitions.posting import Posted, Posting
 from partitions.replies import Frame, Replies, Unanswered
 
 RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
@@ -67,21 +68,6 @@ class Sent(NamedTuple):
     records: int = 1
 
 
-class Posted(NamedTuple):
-    """ONE move's request written by `Driver.post_one` whose reply is not read yet; the
-    driver's request slot stays taken until `Driver.complete(posted)` reads it (from any
-    thread). What a restart needs to resolve it is taken before the write."""
-
-    op: int
-    move: Move
-    reply_by: float | None
-    before: dict[int, int]  # the pair's sequence word before the request (_survive_restart)
-    generation: int
-    reply_fd: int
-    request_id: int
-    started: float
-
-
 T = TypeVar("T")
 
 
@@ -104,7 +90,7 @@ def retrying(attempt: Callable[[float | None], T | XpmoveError], timeout: float,
         pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
 
-class Driver(Lending):
+class Driver(Lending, Posting):
     def __init__(
         self,
         network_id: int,
@@ -195,42 +181,6 @@ class Driver(Lending):
         if busy is not None:
             return busy
         return self._finish_one(op, move, run, reply_by, None)
-
-    def post_one(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
-                 reply_by: float | None = None) -> Posted | None:
-        """Write ONE move's request (as `send_one`'s, no run) on the calling thread and
-        return without its reply, when the driver is free and no abandoned request's reply is
-        awaited; else None, nothing sent (send it with `send_one`). Then the driver stays
-        taken: `complete(posted)`, from any thread, reads the reply and frees it.
-
-        Why: a lone packet from an idle port goes to the adapter with no thread hand-off on
-        its way (partitions/cork.py); the hand-off comes after, off the packet's path."""
-        if not self._mutex.acquire(blocking=False):
-            return None
-        try:
-            if self._replies.abandoned:  # their replies come first: the full round trip
-                self._mutex.release()
-                return None
-            op, move = Flow.parse(flow).op, Move(self.network_id, dst_id, offset, count)
-            before = self._pair_seqs((move,))
-            with self._reconnected:
-                generation, request_fd, reply_fd = (self._generation, self.request_fd,
-                                                    self.reply_fd)
-            self._replies.use(generation)
-            started = time.monotonic()
-            request_id = self._write_request(op, (move,), request_fd)
-        except _NotSent:
-            self._mutex.release()  # nothing written: send_one meets the broken pipe again
-            return None
-        except BaseException:
-            self._mutex.release()
-            raise
-        return Posted(op, move, reply_by, before, generation, reply_fd, request_id, started)
-
-    def complete(self, posted: Posted) -> Sent | XpmoveError:
-        """The outcome of a request `post_one` wrote (exactly as `send_one` would have
-        returned it: a restart in between is resolved the same way); frees the driver."""
-        return self._finish_one(posted.op, posted.move, False, posted.reply_by, posted)
 
     def _finish_one(self, op: int, move: Move, run: bool, reply_by: float | None,
                     posted: Posted | None) -> Sent | XpmoveError:
