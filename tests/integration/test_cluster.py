@@ -203,6 +203,50 @@ def refused_down(tmp_path: Path, prefix: str) -> int:
     return sum(p["errors"].get("destination_down", 0) for p in snapshot["partitions"])
 
 
+def partition_pid(tmp_path: Path, name: str) -> int | None:
+    """The pid of the running partition `name`, on whichever host runs it (xpmove status)."""
+    def status(*prefix: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "scripts.cli", "status", "--once", "--json",
+                               *prefix], cwd=REPO, env=env(tmp_path), capture_output=True,
+                              text=True, timeout=TIMEOUT_S)
+        return json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else {}
+    for run in status().get("runs", []):
+        for part in status(run["prefix"]).get("partitions", []):
+            if part["name"] == name and part["state"] == "running" and part["pid"]:
+                return int(part["pid"])
+    return None
+
+
+def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
+        tmp_path: Path) -> None:
+    """Charlie (west, never restarted) is SIGKILLed under all-to-all traffic: east's adapter
+    refuses moves to it once east hears, what east had accepted for it is dropped at west and
+    counted, every other pair's packets are verified once, and the run ends NOT clean naming
+    charlie, with every name unlinked (no hang on either host)."""
+    proc = subprocess.Popen(command("--duration", "4"), cwd=REPO, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        out = traffic_flows(proc, deadline)
+        pid = None
+        while pid is None:
+            assert time.monotonic() < deadline, "charlie's pid not found"
+            pid = partition_pid(tmp_path, "charlie")
+        os.kill(pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+        out += rest
+    finally:
+        stop(proc)
+    text = words(out.decode())
+    assert proc.returncode == 1, text
+    assert "NOT clean" in text and "dead: charlie (west)" in text, text
+    assert "0 corrupt/gap/duplicate" in text, text
+    refused = re.search(r"([\d,]+) refused", text)
+    assert refused and int(refused.group(1).replace(",", "")) > 0, text
+    assert_names_gone(out.decode(), tmp_path)
+
+
 def test_a_hung_host_is_down_for_the_others_and_nothing_is_lost(tmp_path: Path) -> None:
     """West's hypervisor (its fabric) stops answering under traffic: east's adapter says
     DestinationDown for west's partitions within the host timeout; when west comes back,
