@@ -9,9 +9,7 @@ a buffer's runs whenever no request of the port is in flight. The first packet a
 spell goes at once, and from the caller's own thread: when nothing else is queued or in flight
 (and the driver is free) `submit` writes its request to the adapter itself (Driver.post_one)
 and the flusher only reads the reply, so a lone packet's path has no thread hand-off (one
-costs a futex wake-up and a GIL switch before the adapter even hears of the packet). The idle
-flusher sleeps on its bell (an eventfd: work) and on the driver's reply pipe, so that reply
-itself wakes it, after the receiver's doorbell, not while the packet is on its way. The
+costs a futex wake-up and a GIL switch before the adapter even hears of the packet). The
 packets that arrive while a request is in flight go together in the next one: TCP's autocork
 (Nagle without a timer). Back-pressure is the buffers: when every
 buffer is filling or in flight, `submit` waits.
@@ -32,8 +30,6 @@ next `submit` or `flush` raises them as ONE `QueuedSendFailed`. A packet is acce
 
 from __future__ import annotations
 
-import os
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -53,7 +49,6 @@ from partitions.submissions import (
 
 CORK_BUFFER = 256 << 10  # bytes per submission buffer (at most an eighth of the send space)
 WAIT_SLICE_S = 0.05  # a wait with no deadline re-checks `stop` at least this often
-WATCH_S = 1.0  # an idle flusher watching the reply pipe also looks for work this often
 
 
 class QueueFull(RetryableError):
@@ -117,10 +112,9 @@ class Cork:
         self.book = SubmissionBook(base, size, buffers)
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # senders waiting for room, flushes
+        self._work = threading.Condition(lock)  # the flusher waiting for packets
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
-        self._watching = False  # the idle flusher also waits for the driver's reply pipe
-        self._bell: int | None = None  # an eventfd that wakes the idle flusher
         self._handed: tuple[Buffer, Posted] | None = None  # a lone packet's request, written
         self._waiters = 0  # threads waiting for room or for a flush
         self._failures: list[QueuedFailure] = []
@@ -170,21 +164,13 @@ class Cork:
             else:
                 self._handed = (buf, posted)
                 self.requests += 1
-            if self._watching:  # the reply wakes the flusher: nothing competes with the
-                return  # adapter and the receiver for a core on the packet's way
         if self._flusher is None:
-            self._bell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            self._flusher = threading.Thread(target=self._flush_loop, args=(self._bell,),
-                                             daemon=True, name="cork-flusher")
+            self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                             name="cork-flusher")
             self._flusher.start()
-        else:  # it takes this buffer, or reads the reply of the posted request
-            self._wake()
-
-    def _wake(self) -> None:
-        """Condition held, the flusher idle: wake it (once)."""
-        self._flusher_idle = self._watching = False
-        if self._bell is not None:
-            os.eventfd_write(self._bell, 1)
+        else:  # wake it once: it takes this buffer, or the reply of the posted request
+            self._flusher_idle = False
+            self._work.notify()
 
     def _wait_for_room(self, dst: int, flow: Flow, n: int, deadline: float, key: tuple,
                        limit: int, timeout: float | None, cancel: threading.Event | None) -> int:
@@ -192,7 +178,8 @@ class Cork:
         try:
             while True:
                 if self._flusher_idle:
-                    self._wake()
+                    self._flusher_idle = False
+                    self._work.notify()
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set() or (cancel is not None and cancel.is_set()):
                     raise QueueFull(f"send to network ID {dst}: no room in the submission "
@@ -244,23 +231,21 @@ class Cork:
         failures, self._failures = self._failures, []
         return QueuedSendFailed(failures)
 
-    def _flush_loop(self, bell: int) -> None:
+    def _flush_loop(self) -> None:
         cond = self._cond
-        watch = True
         while True:
             posted: Posted | None
             with cond:
-                if self._handed is not None:  # a lone packet's request submit wrote
-                    (buf, posted), self._handed = self._handed, None
-                elif (taken := self.book.take()) is not None:
-                    buf, posted = taken, None
-                else:
-                    self._flusher_idle, self._watching = True, watch
-                    reply_fd = self._driver.reply_fd
-                    buf = None
-            if buf is None:
-                watch = self._idle(bell, reply_fd, watch)
-                continue
+                while True:
+                    if self._handed is not None:  # a lone packet's request submit wrote
+                        (buf, posted), self._handed = self._handed, None
+                        break
+                    if (taken := self.book.take()) is not None:
+                        buf, posted = taken, None
+                        break
+                    self._flusher_idle = True
+                    self._work.wait()
+                self._flusher_idle = False
             if posted is not None:  # only its reply is left to read
                 failure = self._settle(buf.runs[0], self._driver.complete(posted), retry=True)
                 failures = [] if failure is None else [failure]
@@ -272,26 +257,6 @@ class Cork:
                 self._failures += failures
                 if self._waiters:
                     cond.notify_all()
-
-    def _idle(self, bell: int, reply_fd: int, watch: bool) -> bool:
-        """The flusher has nothing to do: sleep until the bell (work), or, `watch`ing, until
-        the driver's reply pipe has bytes (the reply of a request submit posted: the flusher's
-        wake-up then comes after the packet's, not in its way). Whether to watch next time:
-        not right after bytes that were no posted request's (another thread's reply, a dead
-        adapter's EOF), which would wake it again at once; then the bell only, for a slice."""
-        poller = select.poll()
-        poller.register(bell, select.POLLIN)
-        if watch:
-            poller.register(reply_fd, select.POLLIN)
-        events = poller.poll((WATCH_S if watch else WAIT_SLICE_S) * 1000)
-        try:
-            os.eventfd_read(bell)
-        except BlockingIOError:
-            pass
-        with self._cond:
-            self._flusher_idle = self._watching = False
-            handed = self._handed is not None
-        return handed or not any(fd == reply_fd for fd, _ in events)
 
     def _request(self, runs: list[QueuedRun]) -> list[QueuedFailure]:
         """One adapter request: a run, or lone packets of one flow to distinct destinations

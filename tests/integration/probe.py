@@ -224,10 +224,8 @@ class Probe:
     def cmd_lone_sends(self, msg: dict) -> dict:
         """`count` per-packet (queued) `port.send`s of `length` bytes to `dst` by `flow`, each
         from an idle port (flushed before the next); reports which thread wrote each adapter
-        request (the driver's encode_request, watched for the duration), this thread's name,
-        and for each posted request whether its reply was already in the pipe when the
-        flusher came to read it (`ready`). With `thread`, sent from a fresh thread of this
-        partition (joined)."""
+        request (the driver's encode_request, watched for the duration) and this thread's
+        name. With `thread`, sent from a fresh thread of this partition (joined)."""
         if msg.get("thread"):
             out: list[dict] = []
             sender = threading.Thread(target=lambda: out.append(self.cmd_lone_sends(
@@ -242,15 +240,7 @@ class Probe:
             writers.append(threading.current_thread().name)
             return encode(*args, **kwargs)
 
-        ready: list[bool] = []
-        complete = self.driver.complete
-
-        def completing(posted):
-            ready.append(bool(select.select([posted.reply_fd], [], [], 0)[0]))
-            return complete(posted)
-
         driver_module.encode_request = watched
-        self.driver.complete = completing  # type: ignore[method-assign]
         try:
             for i in range(int(msg["count"])):
                 self.port.send(int(msg["dst"]), cork_payload(i, int(msg["length"])),
@@ -259,9 +249,7 @@ class Probe:
                     return {"ok": False, "error": f"send {i} not flushed in 10 s"}
         finally:
             driver_module.encode_request = encode
-            del self.driver.complete
-        return {"ok": True, "writers": writers, "me": threading.current_thread().name,
-                "ready": ready}
+        return {"ok": True, "writers": writers, "me": threading.current_thread().name}
 
     def cmd_flush(self, msg: dict) -> dict:
         try:

@@ -174,18 +174,6 @@ def test_a_lone_send_from_an_idle_port_is_written_by_the_sending_thread(make_mac
     assert requests(m) - before == n
 
 
-def test_the_idle_flusher_is_woken_by_the_reply_of_a_lone_send_not_before_it(make_machine):
-    """After a lone packet's request is written, nothing wakes the flusher but the adapter's
-    reply: every time it comes to read one, the reply is already in the pipe (the first
-    packet starts the flusher thread, which reads at once: not counted)."""
-    m = make_machine(small_config(2))
-    n = 30
-    reply = m.call(1, {"cmd": "lone_sends", "dst": 2, "length": 64, "count": n})
-    assert reply["ok"] and len(reply["ready"]) == n, reply
-    assert all(reply["ready"][1:]), reply["ready"]
-    check_delivered(received(m, 2, n), [(1, i, 64) for i in range(n)])
-
-
 def test_a_lone_send_while_another_thread_holds_a_loan_waits_for_it(make_machine):
     """The driver is busy (another thread of the partition holds a loan): the lone packet is
     queued instead (the flusher sends it once the loan ends), after the loan's record."""
