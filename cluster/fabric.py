@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -39,8 +40,18 @@ import posix_ipc
 
 from adapter import receive_area
 from adapter.errors import DestinationFull, RingCorrupt, XpmoveError
-from adapter.ring import KIND_RUN, RECORD_HEADER, RUN_DESCRIPTOR, RecordView, next_record, reserve
+from adapter.ring import (
+    KIND_RUN,
+    RECORD_HEADER,
+    RUN_DESCRIPTOR,
+    RecordView,
+    align,
+    max_payload,
+    next_record,
+    reserve,
+)
 from cluster import heartbeat
+from cluster.coalesce import coalesce, run_size
 from cluster.heartbeat import HEARTBEAT_S
 from cluster.mpi import MPI
 from cluster.wakeups import Wakeups
@@ -93,6 +104,7 @@ class Fabric:
         self._semaphores: list[posix_ipc.Semaphore] = []
         self._word = np.zeros(1, np.uint64)
         self._header = bytearray(RECORD_HEADER.size)
+        self._header_at: tuple[Inbox, int] | None = None  # what _header holds
         self.stats = {"pulled_bytes": 0, "gets": 0, "landed_records": 0, "landed_packets": 0,
                       "retries": 0, "dropped": 0}
         self.problems: list[str] = []
@@ -298,54 +310,92 @@ class Fabric:
         head = self._heads[box] = self._remote_word(box.host, box.ring.head)
         tail = start = self._tails[box]
         waiting = False
+        self._header_at = None  # a header read in an earlier pass may have been replaced
+
+        def after(tail: int) -> RecordView | None:
+            return next_record(tail, head, box.capacity, lambda pos: self._read_header(box, pos))
+
+        largest = max_payload(box.capacity)
         while True:
-            record = next_record(tail, head, box.capacity, lambda pos: self._read_header(box, pos))
+            record = after(tail)
             if record is None:
                 tail = head  # padding only
                 break
-            outcome = self._commit(box, record)
+            group = coalesce(record, lambda r: self._look_after(after, r), largest)
+            outcome = self._commit(box, group)
+            if outcome is None and len(group) > 1:  # no room for them all: one at a time
+                group = group[:1]
+                outcome = self._commit(box, group)
             if outcome is None:
                 waiting = True
                 self.stats["retries"] += 1
                 break
-            tail = record.next_tail
+            tail = group[-1].next_tail
         if tail != start:
             self._put_word(box.host, box.ring.tail, tail)  # after the commits: exactly once
             self._tails[box] = tail
         return tail != start, waiting
 
+    @staticmethod
+    def _look_after(after: Callable[[int], RecordView | None],
+                    record: RecordView) -> RecordView | None:
+        """The record after `record`, for coalescing only: a corrupt one ends the group here
+        (the records before it are committed; the next look raises)."""
+        try:
+            return after(record.next_tail)
+        except RingCorrupt:
+            return None
+
     def _read_header(self, box: Inbox, pos: int) -> tuple[int, int, int, int]:
-        self.win.Get(self._header, box.host, (box.base + pos, RECORD_HEADER.size, MPI.BYTE))
-        self.win.Flush(box.host)
+        if self._header_at != (box, pos):  # the record after a group is read twice
+            self.win.Get(self._header, box.host, (box.base + pos, RECORD_HEADER.size, MPI.BYTE))
+            self.win.Flush(box.host)
+            self._header_at = (box, pos)
         return RECORD_HEADER.unpack_from(self._header)
 
-    def _commit(self, box: Inbox, record: RecordView) -> bool | None:
-        """Commit one record of a remote proxy ring as its source's driver: True committed,
-        False dropped (never deliverable: counted and reported), None to try again later."""
-        source = record.source_id
+    def _commit(self, box: Inbox, group: list[RecordView]) -> bool | None:
+        """Commit records of a remote proxy ring, one grant for all, as their source's driver:
+        True committed, False dropped (never deliverable: counted and reported), None to try
+        again later. Several records (`coalesce`) are committed as one run."""
+        first = group[0]
+        source = first.source_id
         driver = self.drivers.get(source)
         if driver is None or self.host_of.get(source) != box.host:
-            return self._drop(f"a record from host {self.hosts[box.host]} names source network "
-                              f"ID {source}, which does not live there")
-        if not self._room(box.dst_id, record.length):
+            return self._drop(len(group), f"a record from host {self.hosts[box.host]} names "
+                                          f"source network ID {source}, which does not live "
+                                          f"there")
+        run = first.kind == KIND_RUN or len(group) > 1
+        count = run_size(len(group), first.length) if len(group) > 1 else first.length
+        if not self._room(box.dst_id, count):
             return None  # full as far as we can see: no adapter round trip to be told so
-        payload = box.base + record.payload_position
-        run = record.kind == KIND_RUN
-        skip = RUN_DESCRIPTOR.size if run else 0
-        if run:  # the adapter reads a run's descriptor from the source's own memory
-            self._get(box.host, self.by_id[source].base, payload, skip)
-        granted = driver.take_grant_to_fill(box.dst_id, 0, record.length, run=run,
+        own = self.by_id[source].base  # the adapter reads a run's descriptor from there
+        if len(group) > 1:
+            RUN_DESCRIPTOR.pack_into(self.physical, own, len(group), first.length)
+        elif run:
+            self._get(box.host, own, box.base + first.payload_position, RUN_DESCRIPTOR.size)
+        granted = driver.take_grant_to_fill(box.dst_id, 0, count, run=run,
                                             reply_by=time.monotonic() + GRANT_WAIT_S)
         if isinstance(granted, XpmoveError):
             if granted.retryable:
                 return None
-            return self._drop(f"record {record.seq} from network ID {source} to "
-                              f"{box.dst_id}: {type(granted).__name__}: {granted}")
-        self._get(box.host, granted.address, payload + skip, granted.size)
+            return self._drop(len(group), f"record {first.seq} from network ID {source} to "
+                                          f"{box.dst_id}: {type(granted).__name__}: {granted}")
+        if len(group) > 1:
+            stride = align(first.length)
+            for i, record in enumerate(group):
+                at = granted.address + i * stride
+                self.win.Get(self.physical[at:at + record.length], box.host,
+                             (box.base + record.payload_position, record.length, MPI.BYTE))
+            self.win.Flush(box.host)
+            self.stats["gets"] += len(group)
+        else:
+            skip = RUN_DESCRIPTOR.size if run else 0
+            self._get(box.host, granted.address, box.base + first.payload_position + skip,
+                      granted.size)
         if driver.end_grant(granted, commit=True) is not None:
             return None  # the adapter took the grant back: nothing delivered, try again
         self.stats["pulled_bytes"] += granted.size
-        self.stats["landed_records"] += 1
+        self.stats["landed_records"] += len(group)
         self.stats["landed_packets"] += granted.records
         return True
 
@@ -361,8 +411,8 @@ class Fabric:
             return True  # not ours to judge: the adapter will say what is wrong
         return True
 
-    def _drop(self, why: str) -> bool:
-        self.stats["dropped"] += 1
+    def _drop(self, records: int, why: str) -> bool:
+        self.stats["dropped"] += records
         if len(self.problems) < 20:
             self.problems.append(why)
         return False
