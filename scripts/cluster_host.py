@@ -4,8 +4,10 @@ every other host and stopped whatever happens (`launch` and `bench` under `mpiex
 Every host runs the same sequence of collectives; a host that fails alone (an exception)
 cannot rejoin it, so it stops its own machine (its names unlinked) and ends the MPI job; the
 other hosts' names are swept by their run registry on the next start. Ctrl-C or SIGTERM
-reaches every rank: each stops its machine, and the job ends once all have (or after
-ABORT_GRACE_S), so nothing is left behind.
+reaches every rank: the hosts meet (outside MPI, so a signal still gets through), free the
+window, stop their machines and finalize MPI; a host the others do not meet within
+ABORT_GRACE_S ends the job with MPI_Abort after stopping its own machine, so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class ClusterHost:
                 self.comm.allgather(None)
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            self.machine.poll(liveness=True)
+            if self.machine.running:
+                self.machine.poll(liveness=True)
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
         return True
 
