@@ -8,13 +8,10 @@ For a partition q living on another host, this host has a proxy of q (hypervisor
 the adapter and Fig 12 drivers commit records into q's proxy ring here exactly as for a local
 destination, under q's lock here (a loan is filled in place there).
 
-* Pull, Fig 12 across hosts: q's host's fabric is the receiver of q's proxy ring on every other
-  host. For each record it finds there (MPI_Get of the ring's head, then of the record's
-  header) it takes a Fig 12 grant in q's receive ring as the record's source partition's driver
-  (partitions/lending.py), MPI_Gets the payload straight into the granted bytes, commits, and
-  only then puts the proxy ring's new tail back (MPI_Put). So the one copy between hosts is
-  made by the host that holds the destination's lock; the pair's sequence numbers, adapter
-  restarts and exactly-once are those of a local move.
+* Pull, Fig 12 across hosts (cluster/pull.py): q's host's fabric is the receiver of q's proxy
+  ring on every other host; it gets each record straight into a grant it takes in q's ring as
+  the record's source's driver, so the one copy between hosts is made by the host that holds
+  the destination's lock.
 * Wake-ups, never spinning (cluster/wakeups.py): before it sleeps a fabric sets the `sleeping`
   word of every proxy ring it pulls (MPI_Put), as a local receiver does for its ring; a mover
   that commits into a sleeping proxy ring rings its doorbell, and the source host's fabric
@@ -32,28 +29,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import posix_ipc
 
 from adapter import receive_area
-from adapter.errors import DestinationFull, RingCorrupt, XpmoveError
-from adapter.ring import (
-    KIND_RUN,
-    RECORD_HEADER,
-    RUN_DESCRIPTOR,
-    RecordView,
-    align,
-    max_payload,
-    next_record,
-    reserve,
-)
+from adapter.ring import RECORD_HEADER
 from cluster import heartbeat
-from cluster.coalesce import coalesce, run_size
 from cluster.heartbeat import HEARTBEAT_S
 from cluster.mpi import MPI
+from cluster.pull import Inbox, Puller
 from cluster.wakeups import Wakeups
 from hypervisor.config import MachineConfig
 from partitions.driver import Driver
@@ -66,21 +52,9 @@ IDLE_S = 0.01  # the longest the fabric sleeps without looking (a missed wake-up
 # doubles from the first to the last value while nothing is pulled (the drivers' back-off): a
 # receiver frees space without a doorbell.
 RETRY_S = (0.00005, 0.002)
-GRANT_WAIT_S = 1.0  # how long one commit of a pulled record may wait for the adapter
 
 
-class Inbox(NamedTuple):
-    """A proxy ring on another host that this host's fabric drains: the records of `host`'s
-    partitions for local partition `dst_id`. Offsets are the same on every host."""
-
-    host: int
-    dst_id: int
-    ring: receive_area.RingWords  # word indices of the ring's control block
-    base: int  # segment offset of the ring's first byte
-    capacity: int
-
-
-class Fabric:
+class Fabric(Puller):
     """One host's fabric; also the machine's Gateway for the partitions of other hosts.
 
     Life: `Fabric(config, comm)` (collective), `Machine(..., gateway=fabric)`, `machine.start()`
@@ -198,23 +172,6 @@ class Fabric:
                 except OSError:
                     pass
 
-    # -- one-sided access to another host's segment -------------------------------------------
-    def _remote_word(self, host: int, index: int) -> int:
-        self.win.Get(self._word, host, (index * 8, 8, MPI.BYTE))
-        self.win.Flush(host)
-        return int(self._word[0])
-
-    def _put_word(self, host: int, index: int, value: int) -> None:
-        self._word[0] = value
-        self.win.Put(self._word, host, (index * 8, 8, MPI.BYTE))
-        self.win.Flush(host)
-
-    def _get(self, host: int, local: int, remote: int, length: int) -> None:
-        """Copy `length` bytes at segment offset `remote` of `host` to offset `local` here."""
-        self.win.Get(self.physical[local:local + length], host, (remote, length, MPI.BYTE))
-        self.win.Flush(host)
-        self.stats["gets"] += 1
-
     # -- the fabric thread -------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -285,134 +242,3 @@ class Fabric:
         beat = heartbeat.encode(self.host, states)
         for host in self._heard:
             self.wakeups.ring(host, beat)
-
-    # -- pulling -----------------------------------------------------------------------------
-    def _pull_all(self) -> tuple[bool, bool]:
-        """Commit what waits in the proxy rings of this host's partitions on the other hosts:
-        (any committed, any waiting for room)."""
-        pulled = waiting = False
-        for box in list(self._pulling):
-            try:
-                done, stuck = self._pull(box)
-            except RingCorrupt as exc:
-                self._pulling.remove(box)
-                self.problems.append(
-                    f"the proxy ring of network ID {box.dst_id} on host {self.hosts[box.host]} "
-                    f"is corrupt, nothing more is pulled from it: {exc}")
-                continue
-            pulled |= done
-            waiting |= stuck
-        return pulled, waiting
-
-    def _pull(self, box: Inbox) -> tuple[bool, bool]:
-        """A word no correct writer could leave (a forged head or header there) raises
-        RingCorrupt: that ring is pulled no more, the others go on."""
-        head = self._heads[box] = self._remote_word(box.host, box.ring.head)
-        tail = start = self._tails[box]
-        waiting = False
-        self._header_at = None  # a header read in an earlier pass may have been replaced
-
-        def after(tail: int) -> RecordView | None:
-            return next_record(tail, head, box.capacity, lambda pos: self._read_header(box, pos))
-
-        largest = max_payload(box.capacity)
-        while True:
-            record = after(tail)
-            if record is None:
-                tail = head  # padding only
-                break
-            group = coalesce(record, lambda r: self._look_after(after, r), largest)
-            outcome = self._commit(box, group)
-            if outcome is None and len(group) > 1:  # no room for them all: one at a time
-                group = group[:1]
-                outcome = self._commit(box, group)
-            if outcome is None:
-                waiting = True
-                self.stats["retries"] += 1
-                break
-            tail = group[-1].next_tail
-        if tail != start:
-            self._put_word(box.host, box.ring.tail, tail)  # after the commits: exactly once
-            self._tails[box] = tail
-        return tail != start, waiting
-
-    @staticmethod
-    def _look_after(after: Callable[[int], RecordView | None],
-                    record: RecordView) -> RecordView | None:
-        """The record after `record`, for coalescing only: a corrupt one ends the group here
-        (the records before it are committed; the next look raises)."""
-        try:
-            return after(record.next_tail)
-        except RingCorrupt:
-            return None
-
-    def _read_header(self, box: Inbox, pos: int) -> tuple[int, int, int, int]:
-        if self._header_at != (box, pos):  # the record after a group is read twice
-            self.win.Get(self._header, box.host, (box.base + pos, RECORD_HEADER.size, MPI.BYTE))
-            self.win.Flush(box.host)
-            self._header_at = (box, pos)
-        return RECORD_HEADER.unpack_from(self._header)
-
-    def _commit(self, box: Inbox, group: list[RecordView]) -> bool | None:
-        """Commit records of a remote proxy ring, one grant for all, as their source's driver:
-        True committed, False dropped (never deliverable: counted and reported), None to try
-        again later. Several records (`coalesce`) are committed as one run."""
-        first = group[0]
-        source = first.source_id
-        driver = self.drivers.get(source)
-        if driver is None or self.host_of.get(source) != box.host:
-            return self._drop(len(group), f"a record from host {self.hosts[box.host]} names "
-                                          f"source network ID {source}, which does not live "
-                                          f"there")
-        run = first.kind == KIND_RUN or len(group) > 1
-        count = run_size(len(group), first.length) if len(group) > 1 else first.length
-        if not self._room(box.dst_id, count):
-            return None  # full as far as we can see: no adapter round trip to be told so
-        own = self.by_id[source].base  # the adapter reads a run's descriptor from there
-        if len(group) > 1:
-            RUN_DESCRIPTOR.pack_into(self.physical, own, len(group), first.length)
-        elif run:
-            self._get(box.host, own, box.base + first.payload_position, RUN_DESCRIPTOR.size)
-        granted = driver.take_grant_to_fill(box.dst_id, 0, count, run=run,
-                                            reply_by=time.monotonic() + GRANT_WAIT_S)
-        if isinstance(granted, XpmoveError):
-            if granted.retryable:
-                return None
-            return self._drop(len(group), f"record {first.seq} from network ID {source} to "
-                                          f"{box.dst_id}: {type(granted).__name__}: {granted}")
-        if len(group) > 1:
-            stride = align(first.length)
-            for i, record in enumerate(group):
-                at = granted.address + i * stride
-                self.win.Get(self.physical[at:at + record.length], box.host,
-                             (box.base + record.payload_position, record.length, MPI.BYTE))
-            self.win.Flush(box.host)
-            self.stats["gets"] += len(group)
-        else:
-            skip = RUN_DESCRIPTOR.size if run else 0
-            self._get(box.host, granted.address, box.base + first.payload_position + skip,
-                      granted.size)
-        if driver.end_grant(granted, commit=True) is not None:
-            return None  # the adapter took the grant back: nothing delivered, try again
-        self.stats["pulled_bytes"] += granted.size
-        self.stats["landed_records"] += len(group)
-        self.stats["landed_packets"] += granted.records
-        return True
-
-    def _room(self, dst_id: int, length: int) -> bool:
-        """Whether destination `dst_id`'s ring seems to have room for a record of `length`
-        (a hint read without its lock: the adapter decides)."""
-        words, dst = self.local_rings[dst_id], self.by_id[dst_id]
-        try:
-            reserve(self.words[words.head], self.words[words.tail], dst.receive_size, length)
-        except DestinationFull:
-            return False
-        except XpmoveError:
-            return True  # not ours to judge: the adapter will say what is wrong
-        return True
-
-    def _drop(self, records: int, why: str) -> bool:
-        self.stats["dropped"] += records
-        if len(self.problems) < 20:
-            self.problems.append(why)
-        return False

@@ -223,7 +223,8 @@ def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
     refuses moves to it once east hears, what east had accepted for it is dropped at west and
     counted, every other pair's packets are verified once, and the run ends NOT clean naming
     charlie, with every name unlinked (no hang on either host)."""
-    proc = subprocess.Popen(command("--duration", "4"), cwd=REPO, env=env(tmp_path),
+    # long enough that the senders still send well after east hears, even on a loaded machine
+    proc = subprocess.Popen(command("--duration", "8"), cwd=REPO, env=env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = b""
     try:
