@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -39,11 +39,23 @@ class TrafficOptions:
     flows: tuple[str, ...] = tuple(f.value for f in Flow)
 
 
-def totals(stats: dict[int, dict]) -> tuple[int, int]:
-    """(packets accepted by the adapter for delivery, packets verified at receivers)."""
-    sent = sum(sum(s.get("sent", {}).values()) for s in stats.values())
+def totals(stats: dict[int, dict], unreachable: Collection[int] = ()) -> tuple[int, int]:
+    """(packets accepted by the adapter for delivery, packets verified at receivers); with
+    `unreachable`, only what was accepted for the other destinations."""
+    sent = sum(n for s in stats.values() for dst, n in s.get("sent", {}).items()
+               if int(dst) not in unreachable)
     received = sum(sum(s.get("received", {}).values()) for s in stats.values())
     return sent, received
+
+
+def gone_for_good(machine: Machine) -> set[int]:
+    """Partitions that ended and will not come back, here or (on a cluster) on another host:
+    what was accepted for them can never be verified, so the drain does not wait for it."""
+    gone = set(machine.retired)
+    if machine.gateway is not None:
+        gone |= {nid for nid, state in machine.gateway.remote_states().items()
+                 if state == "gone"}
+    return gone
 
 
 def collect(machine: Machine, cmd: str = "stats") -> dict[int, dict]:
@@ -133,7 +145,7 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
             for child in machine.poll(liveness=True):  # a hung adapter is replaced too
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
             stats = collect(machine)
-            sent, received = totals(stats)
+            sent, received = totals(stats, gone_for_good(machine))
             look = (sent, received, all(s["sender_done"] for s in stats.values()),
                     traffic_errors(stats))
             sent, received, senders_done, errors = combine(look) if combine else look

@@ -48,3 +48,12 @@ def test_the_mpi_runtimes_names_are_found_in_a_maps_text() -> None:
             "7f4e-7f5e rw-s 00000000 00:1a 14 /dev/shm/xpm-1234-seg\n"
             "7f5e-7f6e rw-p 00000000 00:00 0\n")
     assert runtime_names(maps) == ["/dev/shm/mpich_shm_4ce43181_0"]
+
+
+def test_what_was_accepted_for_a_partition_gone_for_good_is_not_waited_for() -> None:
+    from scripts.launch import totals
+
+    stats = {1: {"sent": {"2": 10, "3": 7}, "received": {"2": 4}},
+             2: {"sent": {"1": 4, "3": 5}, "received": {"1": 10}}}
+    assert totals(stats) == (26, 14)
+    assert totals(stats, {3}) == (14, 14)  # partition 3 ended: its 12 packets cannot arrive
