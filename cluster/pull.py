@@ -185,18 +185,18 @@ class Puller:
                 return None
             return self._drop(len(group), f"record {first.seq} from network ID {source} to "
                                           f"{box.dst_id}: {type(granted).__name__}: {granted}")
-        if len(group) > 1:
+        if len(group) > 1:  # each packet to its place in the run
             stride = align(first.length)
-            for i, record in enumerate(group):
-                at = granted.address + i * stride
-                self.win.Get(self.physical[at:at + record.length], box.host,
-                             (box.base + record.payload_position, record.length, MPI.BYTE))
-            self.win.Flush(box.host)
-            self.stats["gets"] += len(group)
-        else:
+            spans = [(granted.address + i * stride, box.base + r.payload_position, r.length)
+                     for i, r in enumerate(group)]
+        else:  # the record as it lies (a run's descriptor is written by the adapter)
             skip = RUN_DESCRIPTOR.size if run else 0
-            self._get(box.host, granted.address, box.base + first.payload_position + skip,
-                      granted.size)
+            spans = [(granted.address, box.base + first.payload_position + skip, granted.size)]
+        for local, remote, length in spans:
+            self.win.Get(self.physical[local:local + length], box.host,
+                         (remote, length, MPI.BYTE))
+        self.win.Flush(box.host)
+        self.stats["gets"] += len(spans)
         if driver.end_grant(granted, commit=True) is not None:
             return None  # the adapter took the grant back: nothing delivered, try again
         self.stats["pulled_bytes"] += granted.size
