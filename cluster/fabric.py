@@ -35,6 +35,7 @@ import numpy as np
 import posix_ipc
 
 from adapter import receive_area
+from adapter.errors import AdapterGone
 from adapter.ring import RECORD_HEADER
 from cluster import heartbeat
 from cluster.heartbeat import HEARTBEAT_S
@@ -145,12 +146,12 @@ class Fabric(Puller):
         """End the threads (no get or put of this host after this); idempotent."""
         self._stop.set()
         self.wakeups.wake()
+        for driver in self.drivers.values():
+            driver.close()  # a pull waiting for a restarted adapter gives up now, not in 5 s
         for thread in self._threads:
             thread.join()
         self._threads = []
         self.wakeups.stop()
-        for driver in self.drivers.values():
-            driver.close()
 
     def close(self) -> None:
         """Free the window and the doorbell (collective: every host calls it after `stop`, and
@@ -189,6 +190,8 @@ class Fabric(Puller):
                     if waiting:
                         pause = min(pause * 2, RETRY_S[1])
         except BaseException as exc:  # the run's verdict reports it; never a silent stop
+            if self._stop.is_set() and isinstance(exc, AdapterGone):
+                return  # the stop closed the drivers mid-pull: the record stays in its ring
             self.problems.append(f"fabric of host {self.hosts[self.host]} stopped: "
                                  f"{type(exc).__name__}: {exc}")
 

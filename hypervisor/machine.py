@@ -198,6 +198,12 @@ class Machine(Supervision):
             [sys.executable, "-m", module, "--boot", boot(child_end.fileno()).to_json()],
             pass_fds=[*fds, child_end.fileno()],
             stdin=subprocess.DEVNULL,
+            # its own process group: a signal meant for the job (a terminal's Ctrl-C, mpiexec
+            # forwarding SIGTERM with killpg) reaches the hypervisor, which stops the children
+            # in order; killed with it, the adapter would be restarted mid-shutdown and a
+            # thread waiting on it would wait. A child still exits if the hypervisor dies (its
+            # control channel closes).
+            process_group=0,
         )
         child_end.close()
         return Child(name, network_id, proc, Channel(parent_end))

@@ -48,8 +48,11 @@ def reap_group(proc: subprocess.Popen) -> None:
     proc.wait(TIMEOUT)
 
 
-# -- item 8: Ctrl-C in a terminal ----------------------------------------------------------------
-def test_ctrl_c_to_the_process_group_stops_launch_cleanly(tmp_path):
+# -- item 8: Ctrl-C in a terminal, SIGTERM from a batch system or mpiexec -------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_process_group_stops_launch_cleanly(tmp_path, sig):
+    """What a terminal's Ctrl-C does, or mpiexec forwarding SIGTERM (killpg): the hypervisor
+    stops the machine in order; no child dies of the signal itself (each has its own group)."""
     proc = xpmove(["launch", "--duration", "30", "--config",
                    str(tiny_config(tmp_path / "tiny.toml"))], tmp_path, start_new_session=True)
     try:
@@ -64,7 +67,7 @@ def test_ctrl_c_to_the_process_group_stops_launch_cleanly(tmp_path):
             assert time.monotonic() < deadline, "no interval line within 30 s"
         assert prefix, "no 'machine up' line"
         interrupted_at = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        os.killpg(proc.pid, sig)
         try:
             out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
@@ -73,6 +76,7 @@ def test_ctrl_c_to_the_process_group_stops_launch_cleanly(tmp_path):
         assert proc.returncode == 130, (proc.returncode, err[-2000:])
         assert "Traceback" not in err, err[-3000:]
         assert "interrupted" in out
+        assert " died " not in out and "dead: none" in out, out[-3000:]
         assert took < 10
         assert not shm_names(prefix)
     finally:
