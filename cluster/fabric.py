@@ -115,6 +115,9 @@ class Fabric(Puller):
         self.by_id = machine.layout.by_id()
         self.words = receive_area.words(self.physical)
         self.win = MPI.Win.Create(self.physical, 1, comm=self.comm)
+        now = time.monotonic()  # every host has started its machine: silence counts from here
+        self._heard = dict.fromkeys(self._heard, now)
+        self._looked = now
         self.win.Set_errhandler(MPI.ERRORS_RETURN)  # a failed get is an exception, not an abort
         self.win.Lock_all()  # one shared epoch per run: each remote word has one writer
         locks = {k: posix_ipc.Semaphore(v) for k, v in machine.names.locks.items()}

@@ -34,6 +34,8 @@ from cluster.coalesce import coalesce, run_size
 from cluster.mpi import MPI
 
 if TYPE_CHECKING:
+    import threading
+
     import numpy as np
 
     from hypervisor.layout import PartitionLayout
@@ -73,6 +75,7 @@ class Puller:
         _word: np.ndarray
         _header: bytearray
         _header_at: tuple[Inbox, int] | None
+        _stop: threading.Event  # set: the pass ends after the record in hand
 
     # -- one-sided access to another host's segment -------------------------------------------
     def _remote_word(self, host: int, index: int) -> int:
@@ -97,6 +100,8 @@ class Puller:
         (any committed, any waiting for room)."""
         pulled = waiting = False
         for box in list(self._pulling):
+            if self._stop.is_set():  # each inbox may wait GRANT_WAIT_S on a hung adapter
+                break
             try:
                 done, stuck = self._pull(box)
             except RingCorrupt as exc:
@@ -121,7 +126,7 @@ class Puller:
             return next_record(tail, head, box.capacity, lambda pos: self._read_header(box, pos))
 
         largest = max_payload(box.capacity)
-        while True:
+        while not self._stop.is_set():
             record = after(tail)
             if record is None:
                 tail = head  # padding only

@@ -1,13 +1,14 @@
 """This MPI rank's host of a cluster: its machine and its fabric, started in agreement with
 every other host and stopped whatever happens (`launch` and `bench` under `mpiexec`).
 
-Every host runs the same sequence of collectives; a host that fails alone (an exception)
-cannot rejoin it, so it stops its own machine (its names unlinked) and ends the MPI job; the
-other hosts' names are swept by their run registry on the next start. Ctrl-C or SIGTERM
-reaches every rank: the hosts meet (outside MPI, so a signal still gets through), free the
-window, stop their machines and finalize MPI; a host the others do not meet within
-ABORT_GRACE_S ends the job with MPI_Abort after stopping its own machine, so nothing is left
-behind.
+Every host runs the same sequence of collectives, and every run ends with a meeting of all
+hosts (waited outside MPI, so a signal still gets through) that agrees on the exit code, the
+worst of them: each host then frees the window, stops its machine and finalizes MPI, and none
+goes on to a collective another skips. Ctrl-C or SIGTERM reaches every rank, so all hosts come
+to the meeting; a host that ends early finds the others there, or tells them in the look
+(`allgather`) it leaves (HostEnding). A host the others do not meet within ABORT_GRACE_S ends
+the job with MPI_Abort after stopping its own machine (the others' names are swept by their
+run registry on the next start).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import numpy as np
 from rich.console import Console
 
 from hypervisor.config import MachineConfig, with_program
@@ -28,6 +30,7 @@ from scripts.launch import signals_deferred
 from scripts.workload.program import PROGRAM
 
 T = TypeVar("T")
+ENDING = "xpmove: host ending"  # what a host that ends early gives a look it joins
 WAIT_S = 0.005  # how often a host waiting for the others looks (outside MPI)
 ABORT_GRACE_S = 5.0  # how long a host that ends the job waits for the others to clean up
 
@@ -78,20 +81,25 @@ def unlink_runtime_names() -> None:
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C or SIGTERM arriving inside the block is delivered when it ends: a host that
-    left between a barrier and the collective after it would leave the others inside MPI,
-    where no signal reaches Python, until the job is aborted."""
+def signals_held(deliver: bool = True) -> Iterator[list[int]]:
+    """Ctrl-C or SIGTERM arriving inside the block is noted (the list yielded) and, if
+    `deliver`, delivered when it ends: a host that left between a barrier and the collective
+    after it would leave the others inside MPI, where no signal reaches Python, until the job
+    is aborted."""
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda sig, _frame: caught.append(sig))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield caught
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for sig in caught[:1]:
+        for sig in caught[:1] if deliver else ():
             signal.raise_signal(sig)
+
+
+class HostEnding(Exception):
+    """Another host ended the run early (interrupted, or its work failed) during a look."""
 
 
 class ClusterHost:
@@ -112,6 +120,10 @@ class ClusterHost:
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
         self._ending = self.comm.Dup()  # only the hosts that end the job early meet here
         self._look: Any = None  # the barrier of a look (`allgather`) not yet seen met
+        self._max = MPI.MAX
+        self._unsupervised = False  # the machine's supervision gave up (see _supervise)
+        self._told = False  # this host took part in a look that said the run ends
+        self._failure: str | None = None  # what ended this host's work early, as printed
         self.fabric = Fabric(config, self.comm)
         self.machine = Machine(with_program(config, PROGRAM) if workload else config,
                                gateway=self.fabric)
@@ -119,14 +131,22 @@ class ClusterHost:
     def allgather(self, value: T) -> list[T]:
         """`comm.allgather`, but the wait for the other hosts is spent outside MPI (a rank
         waiting inside MPI spins: CPU = wall) and supervising this host's machine, so a host
-        that hangs costs the others no CPU and their partitions are still looked after."""
+        that hangs costs the others no CPU and their partitions are still looked after.
+        HostEnding when another host ended the run instead of looking."""
         request = self._look = self.comm.Ibarrier()
         while True:
             with signals_held():  # once past the barrier, every host must reach the allgather
                 if request.Test():
                     self._look = None
-                    return self.comm.allgather(value)
-            self.machine.poll(liveness=True)
+                    values = self.comm.allgather(value)
+                    ending = [self.config.hosts[r].name for r, v in enumerate(values)
+                              if isinstance(v, str) and v == ENDING]
+                    if ending:
+                        self._told = True
+                        raise HostEnding(f"host {', '.join(ending)} ended the run")
+                    return values
+            if self.machine.running:
+                self.machine.poll(liveness=True)
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
 
     def local(self, network_id: int) -> bool:
@@ -134,16 +154,18 @@ class ClusterHost:
 
     def run(self, work: Callable[[], T]) -> T | None:
         """Start this host's machine once every host could, run `work` (the same collectives
-        on every host), stop. None, the reasons printed, when some host could not start."""
+        on every host), stop. None, the reasons printed, when some host could not start.
+        SystemExit when some host ended the run early: every host then ends the same way."""
         errors: list[str] = []
         result = None
+        code = 0
         try:
             error = None
             try:
                 self.machine.start()
             except MachineError as exc:
                 error = f"host {self.name}: {exc}"
-            errors = [e for e in self.comm.allgather(error) if e]
+            errors = [e for e in self.allgather(error) if e]
             if not errors:
                 self.fabric.start(self.machine)
                 self.console.print(
@@ -151,56 +173,71 @@ class ClusterHost:
                     f"partitions; host {self.name}: run {self.machine.prefix}, segment "
                     f"{self.machine.layout.total_size:,} bytes")
                 result = work()
-        except BaseException as exc:  # the others may wait in a collective: end the job
+        except BaseException as exc:  # the others may be in a look: end the run for all
+            code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+            self._failure = str(exc)
             with signals_deferred():
-                self.fabric.stop()
                 Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: "
                                            f"{exc}; ending the MPI job", soft_wrap=True)
-                self._end_job(130 if isinstance(exc, KeyboardInterrupt) else 1)
-        self.fabric.stop()
-        try:  # the others may end by `_end_job` (a Ctrl-C this host's work took as its end)
-            self._meet(None)
-        except KeyboardInterrupt:  # a host that never comes: Ctrl-C ends the job
-            with signals_deferred():
-                self._abort(130)
-        with signals_deferred():
+        with signals_held(deliver=False) as caught:  # from here every host ends the same way
+            self.fabric.stop()
+            code = self._meet(code, caught)
             self.fabric.close()  # every host stops reading the others' segments, then unmaps
             self.machine.stop()
+        if code:
+            raise SystemExit(code)  # MPI_Finalize at exit unlinks the runtime's names
         for e in errors:
             self.console.print(f"[red]{e}", soft_wrap=True)
         return None if errors else result
 
-    def _meet(self, deadline: float | None) -> bool:
-        """Whether every host came to the end of the run (by either way) before `deadline`;
-        waited outside MPI, supervising this host's machine."""
-        request = self._ending.Ibarrier()
-        while not request.Test():
+    def _meet(self, code: int, caught: list[int]) -> int:
+        """Meet every other host at the end of the run: the highest exit code of them all, so
+        no host goes on to a collective that another skips. On the way, join the look the
+        others may wait in (a host that ends early brings them here). Waited outside MPI,
+        supervising this host's machine. A host that ends early (`code`) or is interrupted
+        here (`caught`) waits ABORT_GRACE_S for the others, then ends the job alone with
+        MPI_Abort."""
+        mine, worst = np.array([code], np.int32), np.zeros(1, np.int32)
+        request = self._ending.Iallreduce(mine, worst, op=self._max)
+        deadline = None
+        met = False
+        while True:
+            if self._look is None and not self._told:  # the others are in a look, or here
+                self._look = self.comm.Ibarrier()
             if self._look is not None and self._look.Test():
-                # this host left a look (`allgather`) early; the others may be in the allgather
-                # after its barrier, inside MPI where their own Ctrl-C cannot reach them: join it
+                # the look this host left or joined: the others in it hear that the run ends
+                # (HostEnding), and none stays in its allgather, inside MPI where no signal
+                # reaches it. Every host takes part in one such look, so none is left pending.
                 self._look = None
-                self.comm.allgather(None)
+                self._told = True
+                self.comm.allgather(ENDING)
+            met = met or request.Test()
+            if met and self._told:
+                return int(worst[0])
+            if deadline is None and (code or caught):
+                deadline = time.monotonic() + ABORT_GRACE_S
             if deadline is not None and time.monotonic() > deadline:
-                return False
-            if self.machine.running:
-                self.machine.poll(liveness=True)
+                self._abort(code or 130)
+            self._supervise()
             time.sleep(WAIT_S)  # pacing the look, not synchronisation
-        return True
 
-    def _end_job(self, code: int) -> None:
-        """Stop this host's machine and end the job: as a normal exit when every host comes to
-        the end too (Ctrl-C or SIGTERM reaches every rank), within ABORT_GRACE_S; else by
-        MPI_Abort, which kills the others wherever they are."""
-        if self._meet(time.monotonic() + ABORT_GRACE_S):  # all end here: as a normal exit
-            self.fabric.close()
-            self.machine.stop()
-            raise SystemExit(code)  # MPI_Finalize at exit unlinks the runtime's names
-        self._abort(code)
+    def _supervise(self) -> None:
+        """Look after this host's machine while waiting for the others; once it cannot be
+        looked after (its adapter given up on: every poll says so) only the stop is left."""
+        if not self.machine.running or self._unsupervised:
+            return
+        try:
+            self.machine.poll(liveness=True)
+        except MachineError as exc:
+            self._unsupervised = True
+            if str(exc) != self._failure:  # not said already as what ended the work
+                Console(stderr=True).print(f"[red]host {self.name}: {exc}", soft_wrap=True)
 
-    def _abort(self, code: int) -> None:
+    def _abort(self, code: int) -> NoReturn:
         self.machine.stop()  # the job ends now: another host reading our segment ends with it
         unlink_runtime_names()
         self.comm.Abort(code)
+        raise SystemExit(code)  # not reached: MPI_Abort ends this process
 
     def problems(self) -> list[str]:
         """What this host's fabric found wrong (the run is then not clean)."""

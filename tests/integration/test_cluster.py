@@ -60,9 +60,9 @@ def swept(tmp_path: Path):
     assert not left, f"the MPI job left its runtime's shared memory: {left}"
 
 
-def command(*argv: str) -> list[str]:
+def command(*argv: str, config: str | Path = CONFIG) -> list[str]:
     return [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "launch",
-            "--config", CONFIG, *argv]
+            "--config", str(config), *argv]
 
 
 def env(tmp_path: Path) -> dict[str, str]:
@@ -161,6 +161,36 @@ def test_a_hosts_adapter_killed_under_traffic_loses_and_doubles_nothing(tmp_path
     verdict = VERDICT.search(words(text))
     assert verdict and verdict.group(1) == verdict.group(2), text
     assert_names_gone(text, tmp_path)
+
+
+def test_a_host_that_fails_alone_ends_the_run_on_every_host(tmp_path: Path) -> None:
+    """adapter_restart_limit = 0: west's adapter SIGKILLed under traffic is not restarted, so
+    west's work fails alone. West ends the run, east hears it at its next look, and both stop
+    their machines and end the job together: no MPI_Abort, no name or run record left."""
+    config = tmp_path / "give-up.toml"
+    config.write_text((REPO / CONFIG).read_text().replace(
+        "lock_timeout_s = 1.0", "lock_timeout_s = 1.0\nadapter_restart_limit = 0"))
+    proc = subprocess.Popen(command("--duration", "30", config=config), cwd=REPO,
+                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
+        runs = [f[:-5] for f in os.listdir(tmp_path / "runs") if f.endswith(".json")]
+        victim = adapter_of(1, psutil.Process(proc.pid))
+        assert victim is not None and len(runs) == 2, runs
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+        took = time.monotonic() - killed
+    finally:
+        stop(proc)
+    text = words((out + rest).decode())
+    assert proc.returncode == 1, text
+    assert "host west: MachineError: the adapter keeps dying" in text, text
+    assert "host east: HostEnding: host west ended the run; ending the MPI job" in text, text
+    assert "Abort(" not in text, text
+    assert took < 20, f"the job took {took:.1f} s to end"  # not the 30 s of traffic
+    assert not [n for n in os.listdir("/dev/shm") if any(r in n for r in runs)]
+    assert not [f for f in os.listdir(tmp_path / "runs") if f.endswith(".json")]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -351,7 +381,10 @@ def test_sigterm_under_traffic_stops_every_host_and_leaves_nothing(tmp_path: Pat
         stop(proc)
     text = words((out + rest).decode())
     assert proc.returncode != 0, text
-    assert text.count("KeyboardInterrupt: ; ending the MPI job") == 2, text
+    # each host ends by its own SIGTERM, or by the other's ending if that came first
+    assert len(re.findall(r"host (?:east|west): (?:KeyboardInterrupt|HostEnding)\b[^;]*; "
+                          r"ending the MPI job", text)) == 2, text
+    assert "Abort(" not in text, text
     psutil.wait_procs(children, timeout=10)
     assert not [p for p in children if p.is_running() and p.status() != "zombie"]
     east = re.search(r"host east: run (xpm-[0-9a-f]+)", text)
