@@ -25,7 +25,7 @@ from typing import NamedTuple
 from rich.console import Console
 
 from hypervisor.config import MachineConfig
-from scripts.cluster_host import ClusterHost
+from scripts.cluster_host import ABORT_GRACE_S, ClusterHost
 from scripts.launch import largest_packet, machine_cpu
 from scripts.tables import Col, Grid
 
@@ -187,6 +187,7 @@ class ClusterBench:
 def cluster_bench(config: MachineConfig, options: ClusterBenchOptions,
                   console: Console | None = None) -> int:
     host = ClusterHost(config, console, command="bench")
+    host.grace = ABORT_GRACE_S + max(options.duration, WARMUP_S)  # a run sleeps between looks
     limit = largest_packet(config)
     sizes = tuple(s for s in (options.sizes or SIZES) if s <= limit)
     bench = ClusterBench(host, options)
@@ -208,12 +209,13 @@ def cluster_bench(config: MachineConfig, options: ClusterBenchOptions,
     results = host.run(work)
     if results is None:
         return 1
-    prefixes = host.comm.gather(host.machine.prefix, root=0)
-    if host.rank == 0:
-        report(host.console, results, options)
-        for h, prefix in zip(host.config.hosts, prefixes, strict=True):
-            host.console.print(f"host {h.name} (run {prefix}): every IPC name unlinked",
-                               highlight=False)
+    with host.after_run():
+        prefixes = host.comm.gather(host.machine.prefix, root=0)
+        if host.rank == 0:
+            report(host.console, results, options)
+            for h, prefix in zip(host.config.hosts, prefixes, strict=True):
+                host.console.print(f"host {h.name} (run {prefix}): every IPC name unlinked",
+                                   highlight=False)
     return 0 if all(not r.problems for r in results) else 1
 
 

@@ -6,7 +6,7 @@ hosts (waited outside MPI, so a signal still gets through) that agrees on the ex
 worst of them: each host then frees the window, stops its machine and finalizes MPI, and none
 goes on to a collective another skips. Ctrl-C or SIGTERM reaches every rank, so all hosts come
 to the meeting; a host that ends early finds the others there, or tells them in the look
-(`allgather`) it leaves (HostEnding). A host the others do not meet within ABORT_GRACE_S ends
+(`allgather`) it leaves (HostEnding). A host the others do not meet within its grace ends
 the job with MPI_Abort after stopping its own machine (the others' names are swept by their
 run registry on the next start).
 """
@@ -123,16 +123,20 @@ class ClusterHost:
         self._max = MPI.MAX
         self._unsupervised = False  # the machine's supervision gave up (see _supervise)
         self._told = False  # this host took part in a look that said the run ends
+        # how long a host that ends early waits for the others: more than the work's longest
+        # stretch between two looks (the bench's measuring sleep), or they cannot be told
+        self.grace = ABORT_GRACE_S
         self._failure: str | None = None  # what ended this host's work early, as printed
         self.fabric = Fabric(config, self.comm)
         self.machine = Machine(with_program(config, PROGRAM) if workload else config,
                                gateway=self.fabric)
 
-    def allgather(self, value: T) -> list[T]:
+    def allgather(self, value: T, then: Callable[[list[T]], object] | None = None) -> list[T]:
         """`comm.allgather`, but the wait for the other hosts is spent outside MPI (a rank
         waiting inside MPI spins: CPU = wall) and supervising this host's machine, so a host
         that hangs costs the others no CPU and their partitions are still looked after.
-        HostEnding when another host ended the run instead of looking."""
+        HostEnding when another host ended the run instead of looking. `then(values)` runs
+        before a signal can get in (a collective every host must enter after this look)."""
         request = self._look = self.comm.Ibarrier()
         while True:
             with signals_held():  # once past the barrier, every host must reach the allgather
@@ -144,6 +148,8 @@ class ClusterHost:
                     if ending:
                         self._told = True
                         raise HostEnding(f"host {', '.join(ending)} ended the run")
+                    if then is not None:
+                        then(values)
                     return values
             if self.machine.running:
                 self.machine.poll(liveness=True)
@@ -165,9 +171,8 @@ class ClusterHost:
                 self.machine.start()
             except MachineError as exc:
                 error = f"host {self.name}: {exc}"
-            errors = [e for e in self.allgather(error) if e]
+            errors = [e for e in self.allgather(error, then=self._start_fabric) if e]
             if not errors:
-                self.fabric.start(self.machine)
                 self.console.print(
                     f"cluster up: {self.comm.Get_size()} hosts, {len(self.config.partitions)} "
                     f"partitions; host {self.name}: run {self.machine.prefix}, segment "
@@ -190,12 +195,24 @@ class ClusterHost:
             self.console.print(f"[red]{e}", soft_wrap=True)
         return None if errors else result
 
+    def _start_fabric(self, errors: list[str | None]) -> None:
+        """Once every host could start its machine: the window (a collective, entered by every
+        host in the look that agreed on it, so no signal leaves one host out)."""
+        if not any(errors):
+            self.fabric.start(self.machine)
+
+    def after_run(self) -> contextlib.AbstractContextManager[list[int]]:
+        """Around the hosts' exchange after `run` (the report gathered, the exit code agreed):
+        a signal is held to its end, since a host that left it would leave the others inside
+        MPI, where no signal reaches them; the run is over, so it waits for the report only."""
+        return signals_held()
+
     def _meet(self, code: int, caught: list[int]) -> int:
         """Meet every other host at the end of the run: the highest exit code of them all, so
         no host goes on to a collective that another skips. On the way, join the look the
         others may wait in (a host that ends early brings them here). Waited outside MPI,
         supervising this host's machine. A host that ends early (`code`) or is interrupted
-        here (`caught`) waits ABORT_GRACE_S for the others, then ends the job alone with
+        here (`caught`) waits `grace` for the others, then ends the job alone with
         MPI_Abort."""
         mine, worst = np.array([code], np.int32), np.zeros(1, np.int32)
         request = self._ending.Iallreduce(mine, worst, op=self._max)
@@ -215,7 +232,7 @@ class ClusterHost:
             if met and self._told:
                 return int(worst[0])
             if deadline is None and (code or caught):
-                deadline = time.monotonic() + ABORT_GRACE_S
+                deadline = time.monotonic() + self.grace
             if deadline is not None and time.monotonic() > deadline:
                 self._abort(code or 130)
             self._supervise()

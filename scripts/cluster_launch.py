@@ -29,7 +29,8 @@ from scripts.launch import (
 def combined(looks: list[Look]) -> Look:
     """The cluster's progress from every host's (pure)."""
     return (sum(look[0] for look in looks), sum(look[1] for look in looks),
-            all(look[2] for look in looks), sum(look[3] for look in looks))
+            all(look[2] for look in looks), sum(look[3] for look in looks),
+            any(look[4] for look in looks))
 
 
 def launch_cluster(config: MachineConfig, options: TrafficOptions,
@@ -52,12 +53,14 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
     stats, adapter, cpu = outcome
     rows = {nid: (c.name, c.state.value) for nid, c in machine.partitions.items()}
     dead = [f"{c.name} ({host.name})" for c in machine.children() if c.state.value == "dead"]
-    gathered = comm.gather((rows, stats, adapter, dead, host.problems(), host.fabric.stats,
-                            machine.prefix, cpu), root=0)
-    code = 1
-    if host.rank == 0:
-        code = cluster_report(host.console, gathered, config)
-    return comm.bcast(code, root=0)
+    with host.after_run():
+        gathered = comm.gather((rows, stats, adapter, dead, host.problems(),
+                                host.fabric.stats, machine.prefix, cpu), root=0)
+        code = 1
+        if host.rank == 0:
+            code = cluster_report(host.console, gathered, config)
+        code = comm.bcast(code, root=0)
+    return code
 
 
 def cluster_report(console: Console, gathered: list, config: MachineConfig) -> int:

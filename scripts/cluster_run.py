@@ -45,11 +45,13 @@ def run_cluster(config: MachineConfig, timeout: float | None,
 
     timed_out = host.run(work)
     outcomes = {nid: o for nid, o in machine.outcomes().items() if nid in programs}
-    gathered = host.comm.gather((host.name, machine.events, outcomes), root=0)
-    code = 1
-    if host.rank == 0:
-        code = cluster_report(host.console, gathered, timed_out is None, bool(timed_out))
-    return host.comm.bcast(code, root=0)
+    with host.after_run():
+        gathered = host.comm.gather((host.name, machine.events, outcomes), root=0)
+        code = 1
+        if host.rank == 0:
+            code = cluster_report(host.console, gathered, timed_out is None, bool(timed_out))
+        code = host.comm.bcast(code, root=0)
+    return code
 
 
 def cluster_report(console: Console, gathered: list, failed: bool, timed_out: bool) -> int:

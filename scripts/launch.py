@@ -113,7 +113,8 @@ class IntervalPrinter:
         self.t0, self.before = now, verified
 
 
-Look = tuple[int, int, bool, int]  # packets accepted, verified; senders done; errors
+# packets accepted, verified; senders done; errors; the drain deadline passed
+Look = tuple[int, int, bool, int, bool]
 
 
 def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
@@ -146,9 +147,12 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
             stats = collect(machine)
             sent, received = totals(stats, gone_for_good(machine))
+            # whether the drain is over is decided in the look too: on a cluster every host
+            # must end in the same look, and each has its own clock
+            late = drain_deadline is not None and time.monotonic() > drain_deadline
             look = (sent, received, all(s["sender_done"] for s in stats.values()),
-                    traffic_errors(stats))
-            sent, received, senders_done, errors = combine(look) if combine else look
+                    traffic_errors(stats), late)
+            sent, received, senders_done, errors, late = combine(look) if combine else look
             of = f"{expected:,}" if expected is not None else f"{sent:,} accepted"
             progress.update(task, completed=received, total=expected or max(sent, 1),
                             description=f"{received:,} of {of} packets verified")
@@ -157,7 +161,7 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
                 return stats
             if senders_done:
                 drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
-                if time.monotonic() > drain_deadline:
+                if late:
                     console.print(f"[red]receivers still missing {sent - received} packets "
                                   f"after {DRAIN_TIMEOUT_S} s")
                     return stats
