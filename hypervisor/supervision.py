@@ -66,6 +66,9 @@ class RestartBackoff:
 
     def give_up_message(self, what: str, key: str) -> str:
         restarts = len(self.deaths) - 1
+        if restarts == 0:  # a limit of 0: the first death is the last
+            return (f"{what} died and is not restarted ({key} = {self.limit}; its stderr "
+                    f"above says why it died)")
         span = self.deaths[-1] - self.deaths[0]
         return (f"{what} keeps dying: restarted {restarts} times in {span:.1f} s, and each "
                 f"time it died again within {self.stable_s:g} s of its start; not restarted "

@@ -40,3 +40,11 @@ def test_adapter_restart_limit_default():
     cfg = config_from_dict({"partition": [
         {"name": "a", "network_id": 1, "memory": "1MiB", "receive_area": "256KiB"}]})
     assert cfg.adapter_restart_limit == 5
+
+
+def test_a_limit_of_zero_says_the_first_death_is_the_last():
+    b = RestartBackoff(limit=0)
+    assert b.on_death(now=5.0, ran_for=1.0) is None
+    assert b.give_up_message("the adapter", "machine.adapter_restart_limit") == (
+        "the adapter died and is not restarted (machine.adapter_restart_limit = 0; its stderr "
+        "above says why it died)")
