@@ -118,7 +118,7 @@ class ClusterHost:
         check_same_config(config, self.comm.allgather(config_digest(config)), command)
         # rank 0 speaks for the cluster
         self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
-        self._ending = self.comm.Dup()  # only the hosts that end the job early meet here
+        self._ending = self.comm.Dup()  # where every host meets at the end of a run (_meet)
         self._look: Any = None  # the barrier of a look (`allgather`) not yet seen met
         self._max = MPI.MAX
         self._unsupervised = False  # the machine's supervision gave up (see _supervise)
