@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -28,6 +29,9 @@ RUN = re.compile(r"host (\w+) \(run (xpm-[0-9a-f]+)\)")
 VERDICT = re.compile(r"clean: ([\d,]+) of ([\d,]+) accepted packets verified, 0 refused, "
                      r"0 corrupt/gap/duplicate, dead: none")
 INTERVAL = re.compile(r"\]\s+([\d,]+) verified")
+# a host ended by its own signal, or by the other's ending if that came first
+ENDED = re.compile(r"host (?:east|west): (?:KeyboardInterrupt|HostEnding)\b[^;]*; ending the "
+                   r"MPI job")
 
 
 def mpi_runtime_names() -> set[str]:
@@ -109,11 +113,18 @@ def test_two_hosts_run_all_to_all_traffic_in_both_flows(tmp_path: Path) -> None:
 def traffic_flows(proc: subprocess.Popen, deadline: float) -> bytes:
     """Read the launch's output until its progress lines show packets verified across the
     hosts (traffic is flowing); the output so far."""
+    def flowing(text: str) -> bool:
+        seen = INTERVAL.findall(text)
+        return bool(seen) and int(seen[-1].replace(",", "")) > 1000
+    return read_until(proc, flowing, deadline)
+
+
+def read_until(proc: subprocess.Popen, done: Callable[[str], bool], deadline: float) -> bytes:
+    """Read the job's output until `done(output so far)`; the output."""
     assert proc.stdout is not None
     out = b""
     while True:
-        seen = INTERVAL.findall(out.decode(errors="replace"))
-        if seen and int(seen[-1].replace(",", "")) > 1000:
+        if done(out.decode(errors="replace")):
             return out
         assert time.monotonic() < deadline, out.decode()
         ready, _, _ = select.select([proc.stdout], [], [], 1.0)
@@ -367,6 +378,30 @@ def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
 
 
 
+def test_sigterm_during_a_bench_run_ends_it_on_every_host(tmp_path: Path) -> None:
+    """SIGTERM while the cluster bench measures its second run (the hosts sleep between two
+    looks): both hosts end the run together, without MPI_Abort, and leave nothing."""
+    proc = subprocess.Popen(
+        [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "bench", "--config",
+         CONFIG, "--sizes", "1KiB", "--batch", "128", "--duration", "4", "--transports",
+         "fig11"], cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        out = read_until(proc, lambda text: "[1/2] fig11 cross" in text,
+                         time.monotonic() + TIMEOUT_S)
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        stop(proc)
+    text = words((out + rest).decode())
+    assert proc.returncode != 0, text
+    assert "[2/2]" not in text, text  # ended inside the second run, not after it
+    assert len(ENDED.findall(text)) == 2, text
+    assert "Abort(" not in text, text
+    assert not [f for f in os.listdir(tmp_path / "runs") if f.endswith(".json")], \
+        "a host's run record (its names) was left behind"
+
+
 def test_sigterm_under_traffic_stops_every_host_and_leaves_nothing(tmp_path: Path) -> None:
     """SIGTERM to mpiexec (as Ctrl-C or a batch system would send) reaches every rank: each
     stops its machine before the job ends, so no host leaves a process or an IPC name."""
@@ -381,9 +416,7 @@ def test_sigterm_under_traffic_stops_every_host_and_leaves_nothing(tmp_path: Pat
         stop(proc)
     text = words((out + rest).decode())
     assert proc.returncode != 0, text
-    # each host ends by its own SIGTERM, or by the other's ending if that came first
-    assert len(re.findall(r"host (?:east|west): (?:KeyboardInterrupt|HostEnding)\b[^;]*; "
-                          r"ending the MPI job", text)) == 2, text
+    assert len(ENDED.findall(text)) == 2, text
     assert "Abort(" not in text, text
     psutil.wait_procs(children, timeout=10)
     assert not [p for p in children if p.is_running() and p.status() != "zombie"]
