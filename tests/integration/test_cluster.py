@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -133,20 +133,36 @@ def read_until(proc: subprocess.Popen, done: Callable[[str], bool], deadline: fl
         out += chunk
 
 
-def adapter_of(rank: int, launcher: psutil.Process) -> psutil.Process | None:
-    """The adapter process of MPI rank `rank` (host `rank`) under the mpiexec `launcher`."""
+def of_rank(rank: int, launcher: psutil.Process) -> Iterator[tuple[psutil.Process, list[str]]]:
+    """Each process of MPI rank `rank` (host `rank`) under the mpiexec `launcher`, with its
+    command line."""
     for proc in launcher.children(recursive=True):
         try:
-            if proc.environ().get("PMI_RANK") != str(rank):
-                continue
-            if "adapter.server" in " ".join(proc.cmdline()):
-                return proc
+            if proc.environ().get("PMI_RANK") == str(rank):
+                yield proc, proc.cmdline()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+
+
+def adapter_of(rank: int, launcher: psutil.Process) -> psutil.Process | None:
+    """The adapter process of MPI rank `rank` (host `rank`) under the mpiexec `launcher`."""
+    return next((p for p, argv in of_rank(rank, launcher) if "adapter.server" in argv), None)
+
+
+def partition_of(rank: int, network_id: int, launcher: psutil.Process) -> psutil.Process | None:
+    """The process of partition `network_id` on host `rank` (its boot block names it)."""
+    for proc, argv in of_rank(rank, launcher):
+        if "partitions.main" in argv and "--boot" in argv:
+            if json.loads(argv[argv.index("--boot") + 1]).get("network_id") == network_id:
+                return proc
     return None
 
 
 def test_a_hosts_adapter_killed_under_traffic_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """West's adapter SIGKILLed under traffic is restarted: every accepted packet is verified
+    once. While west cannot commit, the proxy rings on east fill, so on a loaded machine a send
+    may be refused DestinationFull after its timeout (back-pressure, nothing accepted): the run
+    is then NOT clean for that reason only."""
     proc = subprocess.Popen(command("--duration", "8"), cwd=REPO, env=env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
@@ -168,9 +184,14 @@ def test_a_hosts_adapter_killed_under_traffic_loses_and_doubles_nothing(tmp_path
     finally:
         stop(proc)
     text = out.decode()
-    assert proc.returncode == 0, text
-    verdict = VERDICT.search(words(text))
+    verdict = re.search(r"clean: ([\d,]+) of ([\d,]+) accepted packets verified, ([\d,]+) "
+                        r"refused, 0 corrupt/gap/duplicate, dead: none", words(text))
     assert verdict and verdict.group(1) == verdict.group(2), text
+    refused = int(verdict.group(3).replace(",", ""))
+    assert proc.returncode == (1 if refused else 0), text
+    if refused:  # only back-pressure: the errors the adapters counted are destination_full
+        errors = re.findall(r"errors: (\w+)", words(text))
+        assert set(errors) == {"destination_full"}, text
     assert_names_gone(text, tmp_path)
 
 
@@ -223,14 +244,9 @@ def test_a_cluster_config_outside_mpiexec_is_one_line_naming_the_command(
 
 def rank_process(rank: int, launcher: psutil.Process) -> psutil.Process:
     """MPI rank `rank`'s hypervisor (the `xpmove` process hydra started)."""
-    for proc in launcher.children(recursive=True):
-        try:
-            if (proc.environ().get("PMI_RANK") == str(rank)
-                    and "scripts.cli" in " ".join(proc.cmdline())):
-                return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    raise AssertionError(f"no rank {rank} under mpiexec")
+    found = next((p for p, argv in of_rank(rank, launcher) if "scripts.cli" in argv), None)
+    assert found is not None, f"no rank {rank} under mpiexec"
+    return found
 
 
 def refused_down(tmp_path: Path, prefix: str) -> int:
@@ -242,20 +258,6 @@ def refused_down(tmp_path: Path, prefix: str) -> int:
         return 0
     snapshot = json.loads(done.stdout.splitlines()[-1])
     return sum(p["errors"].get("destination_down", 0) for p in snapshot["partitions"])
-
-
-def partition_pid(tmp_path: Path, name: str) -> int | None:
-    """The pid of the running partition `name`, on whichever host runs it (xpmove status)."""
-    def status(*prefix: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "scripts.cli", "status", "--once", "--json",
-                               *prefix], cwd=REPO, env=env(tmp_path), capture_output=True,
-                              text=True, timeout=TIMEOUT_S)
-        return json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else {}
-    for run in status().get("runs", []):
-        for part in status(run["prefix"]).get("partitions", []):
-            if part["name"] == name and part["state"] == "running" and part["pid"]:
-                return int(part["pid"])
-    return None
 
 
 def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
@@ -272,11 +274,9 @@ def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
     try:
         deadline = time.monotonic() + TIMEOUT_S
         out = traffic_flows(proc, deadline)
-        pid = None
-        while pid is None:
-            assert time.monotonic() < deadline, "charlie's pid not found"
-            pid = partition_pid(tmp_path, "charlie")
-        os.kill(pid, signal.SIGKILL)
+        charlie = partition_of(1, 3, psutil.Process(proc.pid))
+        assert charlie is not None, "no process of charlie (network ID 3) under rank 1"
+        charlie.send_signal(signal.SIGKILL)
         rest, _ = proc.communicate(timeout=TIMEOUT_S)
         out += rest
     finally:
