@@ -21,9 +21,11 @@ from scripts.launch import (
     cost_line,
     machine_cpu,
     report,
+    restarted_partitions,
     run_traffic,
     totals,
 )
+from scripts.shares import Shares
 
 
 def combined(looks: list[Look]) -> Look:
@@ -39,12 +41,12 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
     machine, comm = host.machine, host.comm
 
     def work() -> tuple[dict[int, dict], dict, float]:
-        everyone = [p.network_id for p in config.partitions]
+        shares = Shares(machine, options.size, options.packets, options.duration,
+                        options.flows, [p.network_id for p in config.partitions])
         cpu = machine_cpu(machine)
-        stats = run_traffic(machine, options, host.console, everyone,
-                            lambda look: combined(host.allgather(look)))
+        run_traffic(machine, shares, host.console, lambda look: combined(host.allgather(look)))
         cpu = machine_cpu(machine) - cpu
-        stats.update(collect(machine, "halt"))
+        stats = shares.count(collect(machine, "halt"))
         return stats, {**machine.adapter_stats(), "title": f"adapter of host {host.name}"}, cpu
 
     outcome = host.run(work)
@@ -55,7 +57,8 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
     dead = [f"{c.name} ({host.name})" for c in machine.children() if c.state.value == "dead"]
     with host.after_run():
         gathered = comm.gather((rows, stats, adapter, dead, host.problems(),
-                                host.fabric.stats, machine.prefix, cpu), root=0)
+                                host.fabric.stats, machine.prefix, cpu,
+                                restarted_partitions(machine, f" ({host.name})")), root=0)
         code = 1
         if host.rank == 0:
             code = cluster_report(host.console, gathered, config)
@@ -66,11 +69,12 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
 def cluster_report(console: Console, gathered: list, config: MachineConfig) -> int:
     rows: dict[int, tuple[str, str]] = {}
     stats: dict[int, dict] = {}
-    adapters, dead, problems = [], [], []
+    adapters, dead, problems, restarted = [], [], [], []
     cpu = 0.0
-    for (host_rows, host_stats, adapter, host_dead, host_problems, fabric, prefix, host_cpu
-         ), host in zip(gathered, config.hosts, strict=True):
+    for (host_rows, host_stats, adapter, host_dead, host_problems, fabric, prefix, host_cpu,
+         host_restarted), host in zip(gathered, config.hosts, strict=True):
         cpu += host_cpu
+        restarted += host_restarted
         rows.update(host_rows)
         stats.update(host_stats)
         if adapter:
@@ -85,4 +89,4 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
                                                  f"hosts"), highlight=False)
     order = {p.network_id: i for i, p in enumerate(config.partitions)}
     rows = dict(sorted(rows.items(), key=lambda item: order[item[0]]))
-    return report(console, rows, stats, adapters, dead, False, tuple(problems))
+    return report(console, rows, stats, adapters, dead, False, tuple(problems), restarted)

@@ -3,6 +3,8 @@
 Every partition sends verified packets to every other partition in both flows (Fig 11 and
 Fig 12); receivers check source, per-pair sequence and every byte. The run is bounded by a
 packet count or a duration; Ctrl-C or SIGTERM ends it early, still shutting down cleanly.
+Packets are counted from the segment's books, and a partition the machine restarts continues
+its share of the traffic (scripts/shares.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from scripts.loadgen.benchcore import si
+from scripts.shares import Shares
 from scripts.tables import Col, Grid
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
@@ -41,10 +44,11 @@ class TrafficOptions:
 
 def totals(stats: dict[int, dict], unreachable: Collection[int] = ()) -> tuple[int, int]:
     """(packets accepted by the adapter for delivery, packets verified at receivers); with
-    `unreachable`, only what was accepted for the other destinations."""
+    `unreachable`, only what was accepted for, and arrived at, the other destinations."""
     sent = sum(n for s in stats.values() for dst, n in s.get("sent", {}).items()
                if int(dst) not in unreachable)
-    received = sum(sum(s.get("received", {}).values()) for s in stats.values())
+    received = sum(sum(s.get("received", {}).values()) for nid, s in stats.items()
+                   if nid not in unreachable)
     return sent, received
 
 
@@ -117,25 +121,17 @@ class IntervalPrinter:
 Look = tuple[int, int, bool, int, bool]
 
 
-def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
-                everyone: list[int] | None = None,
+def run_traffic(machine: Machine, shares: Shares, console: Console,
                 combine: Callable[[Look], Look] | None = None) -> dict[int, dict]:
-    """Start every local partition's traffic to `everyone` else (default: this machine's
-    partitions) and supervise until the senders are done and every accepted packet arrived
-    (or the drain deadline). `combine` turns this host's progress into the whole cluster's
-    (every host calls it once per look, so it may be a collective)."""
-    ids = list(machine.partitions)
-    everyone = everyone or ids
-    for nid in ids:
-        reply = machine.call(nid, {
-            "cmd": "traffic", "peers": [p for p in everyone if p != nid],
-            "flows": list(options.flows), "size": options.size, "packets": options.packets,
-            "duration": options.duration})
-        if not reply.get("ok"):
-            raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
+    """Start every local partition's share of the traffic and supervise until the senders
+    are done and every accepted packet arrived (or the drain deadline). A partition the
+    machine restarts continues its share. `combine` turns this host's progress into the
+    whole cluster's (every host calls it once per look, so it may be a collective)."""
+    shares.start()
     expected = None
-    if options.packets is not None:
-        expected = options.packets * len(options.flows) * len(everyone) * (len(everyone) - 1)
+    if shares.packets is not None:
+        n = len(shares.everyone)
+        expected = shares.packets * len(shares.flows) * n * (n - 1)
     drain_deadline = None
     intervals = IntervalPrinter(console)
     # the description carries the counts: with --duration there is no total to format
@@ -145,12 +141,16 @@ def run_traffic(machine: Machine, options: TrafficOptions, console: Console,
         while True:
             for child in machine.poll(liveness=True):  # a hung adapter is replaced too
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
-            stats = collect(machine)
-            sent, received = totals(stats, gone_for_good(machine))
+            for line in shares.resume():
+                console.print(f"[yellow]{line}")
+            stats = shares.count(collect(machine))
+            gone = gone_for_good(machine)
+            sent, received = totals(stats, gone)
             # whether the drain is over is decided in the look too: on a cluster every host
             # must end in the same look, and each has its own clock
             late = drain_deadline is not None and time.monotonic() > drain_deadline
-            look = (sent, received, all(s["sender_done"] for s in stats.values()),
+            look = (sent, received,
+                    all(s.get("sender_done", False) or nid in gone for nid, s in stats.items()),
                     traffic_errors(stats), late)
             sent, received, senders_done, errors, late = combine(look) if combine else look
             of = f"{expected:,}" if expected is not None else f"{sent:,} accepted"
@@ -247,6 +247,7 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     machine = Machine(with_program(config, PROGRAM))
     stats: dict[int, dict] = {}
     adapter: dict = {}
+    shares: Shares | None = None
     interrupted = False
     try:
         try:
@@ -254,28 +255,39 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
                           f"partitions, segment {machine.layout.total_size:,} bytes")
             cpu = machine_cpu(machine)
-            stats = run_traffic(machine, options, console)
+            shares = Shares(machine, options.size, options.packets, options.duration,
+                            options.flows)
+            stats = run_traffic(machine, shares, console)
             cpu = machine_cpu(machine) - cpu
             console.print(cost_line(totals(stats)[1], cpu), highlight=False)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
         if machine.running:
-            stats.update(collect(machine, "halt"))
+            halted = collect(machine, "halt")
+            stats = shares.count(halted) if shares is not None else halted
             adapter = machine.adapter_stats()
     finally:
         with signals_deferred():
             machine.stop()
     return report(console, {nid: (c.name, c.state.value) for nid, c in machine.partitions.items()},
                   stats, [adapter] if adapter else [],
-                  [c.name for c in machine.children() if c.state.value == "dead"], interrupted)
+                  [c.name for c in machine.children() if c.state.value == "dead"], interrupted,
+                  restarted=restarted_partitions(machine))
+
+
+def restarted_partitions(machine: Machine, where: str = "") -> list[str]:
+    """'NAME (n times)' for each partition the machine restarted (`where`: its host)."""
+    return [f"{machine.partitions[nid].name}{where} ({n} time{'s' * (n > 1)})"
+            for nid, n in machine.restarts.items() if nid != "adapter" and n]
 
 
 def report(console: Console, partitions: dict[int, tuple[str, str]], stats: dict[int, dict],
            adapters: list[dict], dead: list[str], interrupted: bool,
-           problems: tuple[str, ...] = ()) -> int:
+           problems: tuple[str, ...] = (), restarted: list[str] | None = None) -> int:
     """Print the partition and adapter tables and the verdict line; the exit code. `problems`
-    are faults found elsewhere (a cluster's fabrics) that make the run not clean."""
+    are faults found elsewhere (a cluster's fabrics) that make the run not clean; `restarted`
+    names the partitions the machine restarted (their traffic went on: not a fault)."""
     console.print(partition_table(partitions, stats))
     for adapter in adapters:
         console.print(adapter_table(adapter))
@@ -288,7 +300,9 @@ def report(console: Console, partitions: dict[int, tuple[str, str]], stats: dict
     clean = (received == sent and bad == 0 and not dead and refused == 0 and not problems
              and all(v == "free" for a in adapters for v in a.get("locks", {}).values()))
     summary = (f"{refused:,} refused, {bad} corrupt/gap/duplicate, "
-               f"dead: {', '.join(dead) or 'none'}; all IPC names unlinked")
+               f"dead: {', '.join(dead) or 'none'}"
+               + (f", restarted: {', '.join(restarted)}" if restarted else "")
+               + "; all IPC names unlinked")
     if interrupted:
         # the stop cut the traffic short: what was accepted but not yet verified was in flight
         console.print(f"[yellow]interrupted[/]: {received:,} of {sent:,} accepted packets "

@@ -36,8 +36,10 @@ from adapter.protocol import Flow
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
+from scripts.books import destination_books, pair_books
 from scripts.launch import IntervalPrinter, collect, signals_deferred, traffic_errors
 from scripts.rogue import RoguePlan, RogueProcess
+from scripts.shares import Incarnations
 from scripts.soak_report import (  # noqa: F401  (report_table, poison_lines: the CLI's)
     Poisoned,
     SoakReport,
@@ -57,23 +59,15 @@ POISON_SHARE = 4  # the rogue poisons one destination in this many (at least one
 DIED = re.compile(r"(?P<name>.+) died \(exit code (?P<code>-?\d+)\)")
 
 
-def destination_books(machine: Machine) -> dict[int, tuple[int, int]]:
+def books_by_destination(machine: Machine) -> dict[int, tuple[int, int]]:
     """Per destination, (committed, delivered) summed over every source, from the segment."""
     assert machine.memory is not None
-    words = receive_area.words(machine.memory.view)
-    layout = machine.layout
-    books = {}
-    for dst in layout.partitions:
-        sources = [src for src in layout.partitions if src.index != dst.index]
-        books[dst.network_id] = (
-            sum(words[layout.seq_address(src.index, dst.index) >> 3] for src in sources),
-            sum(words[layout.delivered_address(src.index, dst.index) >> 3] for src in sources))
-    return books
+    return destination_books(pair_books(machine.memory.view, machine.layout))
 
 
-def pair_books(machine: Machine) -> tuple[int, int]:
+def segment_totals(machine: Machine) -> tuple[int, int]:
     """(committed, delivered) summed over every ordered pair, read from the segment."""
-    return tally(destination_books(machine), ())
+    return tally(books_by_destination(machine), ())
 
 
 def pair_detail(machine: Machine, skip: Collection[int] = ()) -> list[str]:
@@ -81,18 +75,15 @@ def pair_detail(machine: Machine, skip: Collection[int] = ()) -> list[str]:
     (destinations in `skip`, the poisoned ones, are left out)."""
     assert machine.memory is not None
     words = receive_area.words(machine.memory.view)
-    lines = []
-    for src in machine.layout.partitions:
-        for dst in machine.layout.partitions:
-            if dst.network_id in skip:
-                continue
-            c = words[machine.layout.seq_address(src.index, dst.index) >> 3]
-            d = words[machine.layout.delivered_address(src.index, dst.index) >> 3]
-            if c != d:
-                pending = receive_area.read_head(words, dst) - receive_area.read_tail(words, dst)
-                lines.append(f"{src.network_id} -> {dst.network_id}: committed {c}, delivered "
-                             f"{d}, {pending} bytes unconsumed at {dst.network_id}")
-    return lines
+    by_id = machine.layout.by_id()
+
+    def unconsumed(dst: int) -> int:
+        return receive_area.read_head(words, by_id[dst]) - receive_area.read_tail(words, by_id[dst])
+
+    return [f"{src} -> {dst}: committed {c}, delivered {d}, {unconsumed(dst)} bytes unconsumed "
+            f"at {dst}"
+            for (src, dst), (c, d) in pair_books(machine.memory.view, machine.layout).items()
+            if c != d and dst not in skip]
 
 
 def start_traffic(machine: Machine, nid: int, shape: dict, until: float) -> None:
@@ -133,46 +124,18 @@ class _Soak:
         self.rng = rng
         self.shape = shape
         self.report = SoakReport(rogue=rogue)
-        self.last_stats: dict[int, dict] = {}
         self.rogue: RogueProcess | None = None
         self.refused: dict[int, str] = {}  # destination -> the adapter's RingCorrupt reason
         self.receiver_errors: dict[int, str] = {}
-        self.carried: dict[int, dict] = {}  # what killed incarnations counted, by partition
+        self.incarnations = Incarnations(machine)  # and what the killed ones counted
         self.absorbed: dict[int, int] = {}  # adapter pid -> stray lock posts it absorbed
         self._next_look = 0.0
 
-    def resume(self, seen: dict, until: float) -> None:
+    def resume(self, until: float) -> None:
         """Give every partition incarnation started since we last looked its share of
-        traffic, and keep what its predecessor counted (errors, duplicates, corrupt packets).
-
-        Restarts happen wherever the machine notices a death (its poll, or a failed call), so
-        compare against what we have seen rather than around one poll."""
-        for key, n in list(self.machine.restarts.items()):
-            if key != "adapter" and n > seen.get(key, 0):
-                seen[key] = n
-                self.carry(key)
-                start_traffic(self.machine, key, self.shape, until)
-
-    def carry(self, nid: int) -> None:
-        old = self.last_stats.pop(nid, None)
-        if old is None:
-            return
-        kept = self.carried.setdefault(nid, {"errors": Counter(), "duplicates": 0, "corrupt": 0})
-        kept["errors"].update(old.get("errors", {}))
-        kept["duplicates"] += old.get("duplicates", 0)
-        kept["corrupt"] += old.get("corrupt", 0)
-
-    def counted(self) -> dict[int, dict]:
-        """Per partition, over all its incarnations: errors by kind, duplicates, corrupt."""
-        total: dict[int, dict] = {}
-        for nid in self.machine.partitions:
-            parts = (self.carried.get(nid, {}), self.last_stats.get(nid, {}))
-            errors: Counter[str] = Counter()
-            for part in parts:
-                errors.update(part.get("errors", {}))
-            total[nid] = {"errors": errors,
-                          **{k: sum(p.get(k, 0) for p in parts) for k in ("duplicates", "corrupt")}}
-        return total
+        traffic (what its predecessors counted is kept)."""
+        for nid in self.incarnations.new():
+            start_traffic(self.machine, nid, self.shape, until)
 
     def poisoned(self) -> set[int]:
         """The destinations the rogue wrote a garbage word for (so far)."""
@@ -231,9 +194,9 @@ class _Soak:
 
     def fill(self) -> None:
         """The books and the receivers' counts into the report, split by poisoned or not."""
-        report, stats = self.report, self.counted()
+        report, stats = self.report, self.incarnations.counted()
         poisoned = self.poisoned()
-        books = destination_books(self.machine)
+        books = books_by_destination(self.machine)
         report.accepted, report.delivered = tally(books, poisoned)
         kept = [s for nid, s in stats.items() if nid not in poisoned]
         report.duplicated = sum(s.get("duplicates", 0) for s in kept)
@@ -268,7 +231,6 @@ class _Soak:
                       f"{self.shape['batch']}")
         intervals = IntervalPrinter(console, "delivered")
         until = time.monotonic() + duration
-        seen: dict = {}
         for nid in machine.partitions:
             start_traffic(machine, nid, self.shape, until)
         if report.rogue:
@@ -277,7 +239,7 @@ class _Soak:
         while time.monotonic() < until:
             time.sleep(POLL_S)  # supervision period, not synchronisation
             machine.poll()
-            self.resume(seen, until)
+            self.resume(until)
             self.events()
             if time.monotonic() >= next_kill:
                 next_kill += kill_every
@@ -287,16 +249,16 @@ class _Soak:
                 report.kills += 1
                 report.adapter_kills += victim is None
                 console.print(f"  killed {'adapter' if victim is None else f'partition {victim}'}")
-            self.last_stats.update(collect(machine))
+            self.incarnations.last.update(collect(machine))
             if report.rogue:  # without one, the drain's last look suffices (and costs less)
                 self.look()
             if intervals.due():
-                delivered = tally(destination_books(machine), self.poisoned())[1]
-                intervals.tick(delivered, traffic_errors(self.last_stats))
+                delivered = tally(books_by_destination(machine), self.poisoned())[1]
+                intervals.tick(delivered, traffic_errors(self.incarnations.last))
         self.stop_rogue()  # the promises are checked on what the rogue left
-        self.drain(seen, until)
+        self.drain(until)
 
-    def drain(self, seen: dict, until: float) -> None:
+    def drain(self, until: float) -> None:
         machine, console = self.machine, self.console
         poisoned = self.poisoned()
         if poisoned:
@@ -305,11 +267,11 @@ class _Soak:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
             machine.poll()
-            self.resume(seen, until)
+            self.resume(until)
             self.events()
             stats = collect(machine)
-            self.last_stats.update(stats)
-            committed, delivered = tally(destination_books(machine), poisoned)
+            self.incarnations.last.update(stats)
+            committed, delivered = tally(books_by_destination(machine), poisoned)
             drained = all(s["sender_done"] for s in stats.values()) and committed == delivered
             locks = self.locks() if drained else None  # None: the adapter is restarting
             if locks is not None:

@@ -64,6 +64,17 @@ class TrafficPlan:
     batch: int = 1  # packets per request (adapter) or per sendall (sockets), to one peer
     interval: float | None = None  # paced (the bench's lone-packet latency): one round per
     # `interval` seconds, so each packet travels alone on an idle path
+    # per peer, packets over all flows, instead of `packets` per peer and flow: what is left
+    # of a restarted partition's share (xpmove launch: packets - what its predecessor sent)
+    quota: dict[int, int] | None = None
+
+    def packets_for(self, peer: int, flow: int) -> int | None:
+        """How many packets go to `peer` on the `flow`-th flow (None: no count bounds it);
+        a quota is shared out over the flows, the first ones taking the remainder."""
+        if self.quota is None:
+            return self.packets
+        share, rest = divmod(self.quota.get(peer, 0), len(self.flows))
+        return share + (flow < rest)
 
     @classmethod
     def from_message(cls, msg: dict, view_size: int,
@@ -80,16 +91,23 @@ class TrafficPlan:
                 raise PlanError(f"flows: unknown flow {f!r} (known: {sorted(known_flows)})")
         if not MIN_PACKET <= size <= view_size:
             raise PlanError(f"size: {size} must be in [{MIN_PACKET}, {view_size}]")
-        if packets is None and duration is None:
+        if packets is None and duration is None and msg.get("quota") is None:
             raise PlanError("packets/duration: give at least one bound")
         if batch < 1:
             raise PlanError(f"batch: {batch} must be >= 1")
         if interval is not None and not 0 < float(interval) <= 1.0:
             raise PlanError(f"interval: {interval} must be in (0, 1] seconds")
+        quota = msg.get("quota")
+        if quota is not None:
+            quota = {int(peer): int(n) for peer, n in quota.items()}
+            if strays := sorted(set(quota) - set(peers)):
+                raise PlanError(f"quota: network IDs {strays} are not among the peers")
+            if bad := {p: n for p, n in quota.items() if n < 0}:
+                raise PlanError(f"quota: negative packet counts {bad}")
         return cls(peers, flows, size, None if packets is None else int(packets),
                    None if duration is None else float(duration),
                    float(msg.get("send_timeout", 5.0)), batch,
-                   None if interval is None else float(interval))
+                   None if interval is None else float(interval), quota)
 
 
 @dataclass
@@ -341,8 +359,10 @@ class Traffic:
         legs = [(peer, self._transports[flow], batches[flow],
                  type(self._transports[flow]).loan is not SendTransport.loan)
                 for peer in plan.peers for flow in plan.flows]
+        # packets still to send per leg (None: not bounded by a count)
+        left = [plan.packets_for(peer, i) for peer in plan.peers for i in range(len(plan.flows))]
+        counted = any(n is not None for n in left)
         errors, sent_to, size, timeout = self.errors, self.sent, plan.size, plan.send_timeout
-        done = 0  # packets per peer and flow so far
         untimed = 0  # small batches filled since the last timed one
         n = self.batch_used
         next_round = time.monotonic()
@@ -375,12 +395,17 @@ class Traffic:
                     if stop.wait(max(0.0, next_round - time.monotonic())):
                         break
                     next_round = max(next_round + plan.interval, time.monotonic())
-                if plan.packets is not None and done >= plan.packets:
+                if counted and not any(left):
                     break
                 if end is not None and time.monotonic() >= end:
                     break
-                k = n if plan.packets is None else min(n, plan.packets - done)
-                for peer, transport, full, lends in legs:
+                for leg, (peer, transport, full, lends) in enumerate(legs):
+                    budget = left[leg]
+                    k = n if budget is None else min(n, budget)
+                    if not k:
+                        continue
+                    if budget is not None:
+                        left[leg] = budget - k
                     first = counters[peer] + 1
                     counters[peer] += k
                     now = clock()
@@ -395,7 +420,6 @@ class Traffic:
                         sent = transport.send(peer, batch, errors, timeout, stop)
                     sent_to[peer] += sent
                     self.bytes_out += sent * size
-                done += k
         except Exception as exc:  # a broken transport ends this run, reported as an error
             self.errors[f"sender: {type(exc).__name__}: {exc}"] += 1
         finally:

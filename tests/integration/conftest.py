@@ -6,6 +6,7 @@ for the whole suite; tests poll against a deadline instead of sleeping.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = TIMEOUT, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.01)  # polling interval against a deadline
+
+
+def booted_partition(argv: list[str]) -> int | None:
+    """The network ID of the partition process started with `argv` (its boot block names
+    it); None for any other process."""
+    if "partitions.main" not in argv or "--boot" not in argv:
+        return None
+    return json.loads(argv[argv.index("--boot") + 1]).get("network_id")
 
 
 def names_exist(machine: Machine) -> list[str]:

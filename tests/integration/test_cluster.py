@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.integration.conftest import booted_partition
+
 pytest.importorskip("mpi4py", reason="the .[cluster] extra (mpi4py, mpich) is not installed")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,9 +154,8 @@ def adapter_of(rank: int, launcher: psutil.Process) -> psutil.Process | None:
 def partition_of(rank: int, network_id: int, launcher: psutil.Process) -> psutil.Process | None:
     """The process of partition `network_id` on host `rank` (its boot block names it)."""
     for proc, argv in of_rank(rank, launcher):
-        if "partitions.main" in argv and "--boot" in argv:
-            if json.loads(argv[argv.index("--boot") + 1]).get("network_id") == network_id:
-                return proc
+        if booted_partition(argv) == network_id:
+            return proc
     return None
 
 
@@ -288,6 +289,35 @@ def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
     assert "receivers still missing" not in text, text  # no drain waits for charlie's packets
     refused = re.search(r"([\d,]+) refused", text)
     assert refused and int(refused.group(1).replace(",", "")) > 0, text
+    assert_names_gone(out.decode(), tmp_path)
+
+
+def test_a_partition_restarted_under_traffic_continues_its_share_across_hosts(
+        tmp_path: Path) -> None:
+    """restart = "on-failure": charlie (west) SIGKILLed under traffic is restarted; its new
+    incarnation sends what is left of its share (west's books) and receives what east keeps
+    sending it. The run ends clean with exactly the packets asked for, naming the restart."""
+    config = tmp_path / "restart.toml"
+    config.write_text((REPO / CONFIG).read_text().replace(
+        "lock_timeout_s = 1.0", 'lock_timeout_s = 1.0\nrestart = "on-failure"'))
+    # 4 x 3 x 2 x 3,000 = 72,000 packets: charlie has sent a few of its 18,000 when killed
+    proc = subprocess.Popen(command("--packets", "3000", config=config), cwd=REPO,
+                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    try:
+        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
+        charlie = partition_of(1, 3, psutil.Process(proc.pid))
+        assert charlie is not None, "no process of charlie (network ID 3) under rank 1"
+        charlie.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+        out += rest
+    finally:
+        stop(proc)
+    text = words(out.decode())
+    assert proc.returncode == 0, text
+    verdict = VERDICT.search(text)
+    assert verdict and verdict.group(1) == verdict.group(2) == "72,000", text
+    assert "restarted: charlie (west) (1 time)" in text, text
     assert_names_gone(out.decode(), tmp_path)
 
 

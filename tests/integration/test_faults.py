@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import posix_ipc
+import psutil
 import pytest
 
 from hypervisor.names import RunRegistry
-from tests.integration.conftest import TIMEOUT, small_config, wait_for
+from tests.integration.conftest import TIMEOUT, booted_partition, small_config, wait_for
 from tests.integration.test_machine import _processes_of_run, receive, send
+from tests.integration.test_supervision import reap_group, shm_names, tiny_config, xpmove
 
 
 def kill(pid: int) -> None:
@@ -244,3 +247,48 @@ def test_a_partition_that_will_not_come_back_is_gone_at_once(make_machine, flow)
     assert "will not be restarted" in reply["message"]
     assert time.monotonic() - started < 4.0  # not the 8 s of retrying a DestinationDown
     assert send(m, 1, 3, b"y" * 64, flow)["ok"]  # the others are untouched
+
+
+PARTITIONS = 3
+
+
+@pytest.mark.parametrize("bound", [("--packets", "4000"), ("--duration", "5")],
+                         ids=["packets", "duration"])
+def test_launch_continues_the_share_of_a_partition_restarted_under_traffic(tmp_path, bound):
+    """restart = "on-failure": p2 SIGKILLed while it sends is restarted; its new incarnation
+    sends what is left of its share (the segment's books say what was accepted) and receives
+    its own. The run ends clean, every accepted packet verified once; with --packets exactly
+    the packets asked for."""
+    config = tmp_path / "restart.toml"
+    config.write_text('[machine]\nrestart = "on-failure"\n\n'
+                      + tiny_config(tmp_path / "tiny.toml", PARTITIONS).read_text())
+    proc = xpmove(["launch", *bound, "--config", str(config)], tmp_path, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        out, deadline = "", time.monotonic() + 60
+        while not re.search(r"\]\s+[1-9][\d,]* verified", out):  # traffic flows
+            assert time.monotonic() < deadline, out
+            line = proc.stdout.readline()
+            assert line, f"launch ended before its traffic:\n{out}"
+            out += line
+        prefix = re.search(r"machine up: run (xpm-[0-9a-f]+)", out).group(1)
+        victim = next(c for c in psutil.Process(proc.pid).children()
+                      if booted_partition(c.cmdline()) == 2)
+        victim.kill()
+        rest, err = proc.communicate(timeout=90)
+        out += rest
+    finally:
+        reap_group(proc)
+    assert proc.returncode == 0, (out[-3000:], err[-2000:])
+    assert "p2 died (exit code -9)" in out
+    # the kill came while p2 still had packets to send: the path under test
+    assert re.search(r"p2 restarted: it continues its share( \([1-9][\d,]* packets left\))?",
+                     out), out[-3000:]
+    verdict = re.search(r"clean: ([\d,]+) of ([\d,]+) accepted packets verified, 0 refused, "
+                        r"0 corrupt/gap/duplicate, dead: none", out)
+    assert verdict, out[-3000:]
+    verified, accepted = (int(g.replace(",", "")) for g in verdict.groups())
+    assert verified == accepted
+    if bound[0] == "--packets":
+        assert accepted == 4000 * 2 * PARTITIONS * (PARTITIONS - 1)
+    assert not shm_names(prefix)

@@ -9,7 +9,7 @@ import time
 import posix_ipc
 import pytest
 
-from scripts.soak import pair_books
+from scripts.soak import segment_totals
 from tests.integration.conftest import TIMEOUT, small_config, wait_for
 from tests.integration.test_faults import kill, restarted
 from tests.integration.test_machine import send
@@ -76,7 +76,7 @@ def test_stray_lock_posts_do_not_break_exactly_once(make_machine, flow, batch):
         assert not s["errors"], s
     accepted = sum(sum(s["sent"].values()) for s in stats.values())
     assert accepted > 0
-    committed, delivered = pair_books(m)
+    committed, delivered = segment_totals(m)
     assert committed == delivered == accepted
     adapter = m.adapter_stats()
     assert adapter["errors"].get("stray_lock_release", 0) > 0, adapter

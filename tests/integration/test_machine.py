@@ -72,9 +72,10 @@ def test_launch_traffic_all_to_all(machine):
     """The built-in workload: every partition to every other, both flows, all verified."""
     from rich.console import Console
 
-    from scripts.launch import TrafficOptions, run_traffic, totals
+    from scripts.launch import run_traffic, totals
+    from scripts.shares import Shares
 
-    stats = run_traffic(machine, TrafficOptions(packets=40, size=2000),
+    stats = run_traffic(machine, Shares(machine, size=2000, packets=40, duration=None),
                         Console(file=open(os.devnull, "w")))
     sent, received = totals(stats)
     assert sent == received == 40 * 2 * 4 * 3

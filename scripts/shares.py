@@ -1,0 +1,162 @@
+"""Each partition's share of the built-in traffic, kept across its restarts.
+
+A partition restarted by the machine (`restart = "on-failure"` or `"always"`) is a new process
+that knows nothing of its predecessor's traffic. `Incarnations` notices each new one and keeps
+what its predecessor counted (refused sends, corrupt, missing or doubled packets); `Shares`
+(for `xpmove launch`) gives the new incarnation what is left of its share (the packets its
+predecessor did not get accepted, or the rest of the duration) and counts packets from the
+segment's books (scripts/books.py), which no kill can reach, instead of from the processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Collection
+
+from adapter.protocol import Flow
+from hypervisor.machine import Machine, MachineError
+from scripts.books import accepted_from, pair_books, partition_counts
+
+KEPT = ("duplicates", "corrupt", "gaps")  # what a killed incarnation counted, carried over
+
+
+class Incarnations:
+    """The partitions' incarnations: which are new since the last look, and what the killed
+    ones counted (their last reported numbers: anything after the last look died with them)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.seen = {k: n for k, n in machine.restarts.items() if k != "adapter"}
+        self.last: dict[int, dict] = {}  # the newest report of each partition's incarnation
+        self.carried: dict[int, dict] = {}
+
+    def new(self) -> list[int]:
+        """Partitions restarted since the last call; their predecessors' counts are kept.
+
+        Restarts happen wherever the machine notices a death (its poll, or a failed call), so
+        compare against what was seen rather than around one poll."""
+        fresh = []
+        for key, n in list(self.machine.restarts.items()):
+            if key != "adapter" and n > self.seen.get(key, 0):
+                self.seen[key] = n
+                self._carry(key)
+                fresh.append(key)
+        return fresh
+
+    def _carry(self, nid: int) -> None:
+        old = self.last.pop(nid, None)
+        if old is None:
+            return
+        kept = self.carried.setdefault(nid, {"errors": Counter(), **dict.fromkeys(KEPT, 0)})
+        kept["errors"].update(old.get("errors", {}))
+        for key in KEPT:
+            kept[key] += old.get(key, 0)
+
+    def counted(self) -> dict[int, dict]:
+        """Per partition, over all its incarnations: errors by kind, and KEPT's counts."""
+        total: dict[int, dict] = {}
+        for nid in self.machine.partitions:
+            parts = (self.carried.get(nid, {}), self.last.get(nid, {}))
+            errors: Counter[str] = Counter()
+            for part in parts:
+                errors.update(part.get("errors", {}))
+            total[nid] = {"errors": dict(errors),
+                          **{k: sum(p.get(k, 0) for p in parts) for k in KEPT}}
+        return total
+
+
+def traffic_command(peers: list[int], flows: Collection[str], size: int, packets: int | None,
+                    duration: float | None, quota: dict[int, int] | None = None) -> dict:
+    """The workload's `traffic` command; with a `quota` (per peer, over all flows) instead of
+    `packets` per peer and flow."""
+    command = {"cmd": "traffic", "peers": peers, "flows": list(flows), "size": size,
+               "packets": packets, "duration": duration}
+    if quota is not None:
+        command["quota"] = {str(peer): n for peer, n in quota.items()}
+    return command
+
+
+class Shares:
+    """The all-to-all traffic of `xpmove launch`: every local partition sends `packets` per
+    peer and flow to every other of `everyone` (or for `duration` seconds), and counts are
+    the segment's books, so a restarted partition continues its predecessor's share."""
+
+    def __init__(self, machine: Machine, size: int, packets: int | None,
+                 duration: float | None, flows: Collection[str] = tuple(f.value for f in Flow),
+                 everyone: list[int] | None = None) -> None:
+        self.machine = machine
+        self.size, self.packets, self.duration = size, packets, duration
+        self.flows = tuple(flows)
+        self.everyone = everyone or list(machine.partitions)
+        self.incarnations = Incarnations(machine)
+        self.until: float | None = None
+
+    def start(self) -> None:
+        """Every local partition's share, from the beginning."""
+        if self.duration is not None:
+            self.until = time.monotonic() + self.duration
+        for nid in self.machine.partitions:
+            reply = self.machine.call(nid, traffic_command(
+                self._peers(nid), self.flows, self.size, self.packets, self.duration))
+            if not reply.get("ok"):
+                raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
+
+    def _peers(self, nid: int) -> list[int]:
+        return [p for p in self.everyone if p != nid]
+
+    def resume(self) -> list[str]:
+        """Give every incarnation started since the last look what is left of its share; a
+        line for each (an incarnation that dies meanwhile is the next one's to resume)."""
+        lines = []
+        for nid in self.incarnations.new():
+            command = self.rest_of_share(nid)
+            try:
+                reply = self.machine.call(nid, command)
+            except MachineError:
+                continue
+            name = self.machine.partitions[nid].name
+            if not reply.get("ok"):
+                lines.append(f"{name} restarted, but refused its traffic: {reply.get('message')}")
+            elif command["cmd"] == "receive_on":
+                lines.append(f"{name} restarted: it receives (its share is sent)")
+            else:
+                left = sum(command["quota"].values()) if "quota" in command else None
+                lines.append(f"{name} restarted: it continues its share"
+                             + (f" ({left:,} packets left)" if left is not None else ""))
+        return lines
+
+    def rest_of_share(self, nid: int) -> dict:
+        """The command for `nid`'s new incarnation: the packets its predecessors did not get
+        accepted (the books say which were), within what is left of the duration; only its
+        receiving if nothing is left to send."""
+        peers = self._peers(nid)
+        duration = None if self.until is None else self.until - time.monotonic()
+        quota = None
+        if self.packets is not None:
+            total = self.packets * len(self.flows)
+            accepted = accepted_from(self._pairs(), nid, peers)
+            quota = {p: max(0, total - accepted[p]) for p in peers}
+        if (duration is not None and duration <= 0) or (quota is not None
+                                                         and not any(quota.values())):
+            return {"cmd": "receive_on"}
+        return traffic_command(peers, self.flows, self.size, None, duration, quota)
+
+    def _pairs(self) -> dict:
+        assert self.machine.memory is not None
+        return pair_books(self.machine.memory.view, self.machine.layout)
+
+    def count(self, reports: dict[int, dict]) -> dict[int, dict]:
+        """Every local partition's report: its current incarnation's (`reports`, as
+        launch.collect gives them), with what killed incarnations counted added, and packets
+        (and bytes) out and in from the books."""
+        self.incarnations.last.update(reports)
+        counted = self.incarnations.counted()
+        books = partition_counts(self._pairs(), self.machine.partitions)
+        stats = {}
+        for nid in self.machine.partitions:
+            s = {**self.incarnations.last.get(nid, {}), **counted[nid], **books[nid]}
+            s["bytes_out"] = sum(s["sent"].values()) * self.size
+            s["bytes_in"] = sum(s["received"].values()) * self.size
+            stats[nid] = s
+        return stats

@@ -1,0 +1,75 @@
+"""A restarted partition's share of the traffic, and the books it is counted from (pure)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from scripts.books import accepted_from, destination_books, partition_counts
+from scripts.shares import Incarnations
+from scripts.workload.traffic import PlanError, TrafficPlan
+
+FLOWS = ["fig11", "fig12"]
+
+
+def plan(**fields) -> TrafficPlan:
+    return TrafficPlan.from_message({"peers": [2, 3], "flows": FLOWS, "size": 64, **fields},
+                                    view_size=4096)
+
+
+def test_a_quota_is_shared_out_over_the_flows_exactly():
+    p = plan(quota={"2": 7, "3": 0})
+    assert [p.packets_for(2, 0), p.packets_for(2, 1)] == [4, 3]
+    assert [p.packets_for(3, 0), p.packets_for(3, 1)] == [0, 0]
+
+
+def test_without_a_quota_every_flow_sends_packets():
+    p = plan(packets=5)
+    assert p.quota is None
+    assert {p.packets_for(peer, flow) for peer in (2, 3) for flow in (0, 1)} == {5}
+    assert plan(duration=1.0).packets_for(2, 0) is None
+
+
+@pytest.mark.parametrize("quota, named", [({"9": 1}, "[9]"), ({"2": -1}, "{2: -1}")])
+def test_a_bad_quota_is_refused_naming_it(quota, named):
+    with pytest.raises(PlanError, match="quota") as err:
+        plan(quota=quota)
+    assert named in str(err.value)
+
+
+PAIRS = {(1, 2): (10, 8), (2, 1): (5, 5), (1, 3): (4, 4), (3, 1): (0, 0), (2, 3): (6, 1),
+         (3, 2): (2, 2)}
+
+
+def test_books_by_destination_sum_over_sources():
+    assert destination_books(PAIRS) == {2: (12, 10), 1: (5, 5), 3: (10, 5)}
+
+
+def test_partition_counts_are_out_by_destination_and_in_by_source():
+    counts = partition_counts(PAIRS, [1, 2])  # a host with 1 and 2; 3 lives elsewhere
+    assert counts[1] == {"sent": {"2": 10, "3": 4}, "received": {"2": 5}}
+    assert counts[2] == {"sent": {"1": 5, "3": 6}, "received": {"1": 8, "3": 2}}
+    assert 3 not in counts
+
+
+def test_accepted_from_a_source():
+    assert accepted_from(PAIRS, 2, [1, 3]) == {1: 5, 3: 6}
+    assert accepted_from(PAIRS, 3, [1, 4]) == {1: 0, 4: 0}  # 4: no such pair yet
+
+
+def test_a_new_incarnation_is_noticed_once_and_its_predecessor_counts_are_kept():
+    machine = SimpleNamespace(restarts={"adapter": 2}, partitions={1: None, 2: None})
+    lives = Incarnations(machine)
+    lives.last.update({1: {"errors": {"DestinationFull": 2}, "corrupt": 1, "duplicates": 0,
+                           "gaps": 0},
+                       2: {"errors": {}, "corrupt": 0, "duplicates": 0, "gaps": 0}})
+    assert lives.new() == []  # the adapter's restarts are not a partition's
+    machine.restarts[1] = 1
+    assert lives.new() == [1]
+    assert lives.new() == []
+    lives.last[1] = {"errors": {"DestinationFull": 1}, "corrupt": 0, "duplicates": 3, "gaps": 0}
+    counted = lives.counted()
+    assert counted[1] == {"errors": {"DestinationFull": 3}, "duplicates": 3, "corrupt": 1,
+                          "gaps": 0}
+    assert counted[2] == {"errors": {}, "duplicates": 0, "corrupt": 0, "gaps": 0}
