@@ -278,7 +278,7 @@ def test_launch_continues_the_share_of_a_partition_restarted_under_traffic(tmp_p
         rest, err = proc.communicate(timeout=90)
         out += rest
     finally:
-        reap_group(proc)
+        reap_group(proc, tmp_path)
     assert proc.returncode == 0, (out[-3000:], err[-2000:])
     assert "p2 died (exit code -9)" in out
     # the kill came while p2 still had packets to send: the path under test

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.names import RunRegistry
 from tests.integration.conftest import TIMEOUT, names_exist, small_config, wait_for
 from tests.integration.test_machine import receive, send
 
@@ -38,14 +39,16 @@ def xpmove(args: list[str], tmp_path: Path, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def reap_group(proc: subprocess.Popen) -> None:
-    """Whatever the test did: nothing of the group outlives it."""
+def reap_group(proc: subprocess.Popen, tmp_path: Path) -> None:
+    """Whatever the test did: nothing of the group outlives it, and no IPC name either (a
+    launcher killed here cannot unlink its run's names: the sweep does, as `xpmove cleanup`)."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     proc.wait(TIMEOUT)
+    RunRegistry(str(tmp_path / "runs")).sweep()
 
 
 # -- item 8: Ctrl-C in a terminal, SIGTERM from a batch system or mpiexec -------------------------
@@ -80,7 +83,7 @@ def test_a_signal_to_the_process_group_stops_launch_cleanly(tmp_path, sig):
         assert took < 10
         assert not shm_names(prefix)
     finally:
-        reap_group(proc)
+        reap_group(proc, tmp_path)
 
 
 # -- item 10: startup failures -----------------------------------------------------------------
@@ -96,7 +99,7 @@ def test_startup_failure_is_one_line_and_leaves_no_names(tmp_path):
     try:
         out, err = proc.communicate(timeout=60)
     finally:
-        reap_group(proc)
+        reap_group(proc, tmp_path)
     assert proc.returncode == 1, (out, err)
     assert "Traceback" not in err, err
     lines = err.strip().splitlines()
@@ -343,7 +346,7 @@ def test_launch_exits_with_one_line_when_the_adapter_keeps_dying(tmp_path):
             time.sleep(0.02)  # polling interval against the deadline
         out, err = proc.communicate(timeout=30)
     finally:
-        reap_group(proc)
+        reap_group(proc, tmp_path)
     assert proc.returncode == 1, (proc.returncode, err[-2000:])
     assert "Traceback" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("xpmove:")]
