@@ -309,23 +309,32 @@ class Supervision:
                               f"{late} (their pipes wait for them)" if late else ""))
 
     def restart_partition(self, network_id: int) -> None:
+        """Start a new incarnation of a partition that ended. Every attempt counts against
+        `restart_limit`, whether or not the new process comes up: one that cannot be started
+        (the adapter did not take its pipes, no process) waits for the next poll to try again,
+        and a program that dies before it is ready dies like any other; neither is retried
+        forever."""
         if self._stopping:
             return
         self.retired.discard(network_id)
         old = self.partitions[network_id]
         old.channel.close()
-        old.step(ProcessEvent.RESTART)
+        self.restarts[network_id] = self.restarts.get(network_id, 0) + 1
         config = next(p for p in self.config.partitions if p.network_id == network_id)
-        pipes = Pipes.open()
         try:
-            assert self.adapter is not None
-            self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
-                       CALL_TIMEOUT_S, fds=pipes.adapter_ends())
-            child = self._spawn_partition(config, pipes)
-        finally:
-            pipes.close()
+            pipes = Pipes.open()
+            try:
+                assert self.adapter is not None
+                self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
+                           CALL_TIMEOUT_S, fds=pipes.adapter_ends())
+                child = self._spawn_partition(config, pipes)
+            finally:
+                pipes.close()
+        except BaseException:
+            self._waiting.append(old)  # still dead: the next poll decides again
+            raise
+        old.step(ProcessEvent.RESTART)
         self.partitions[network_id] = child
         self._await_ready([child])
-        self.restarts[network_id] = self.restarts.get(network_id, 0) + 1
         self.events.append(f"{child.name} restarted (pid {child.proc.pid})")
 

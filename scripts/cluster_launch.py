@@ -17,7 +17,6 @@ from scripts.cluster_host import ClusterHost
 from scripts.launch import (
     Look,
     TrafficOptions,
-    collect,
     cost_line,
     machine_cpu,
     report,
@@ -46,7 +45,7 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
         cpu = machine_cpu(machine)
         run_traffic(machine, shares, host.console, lambda look: combined(host.allgather(look)))
         cpu = machine_cpu(machine) - cpu
-        stats = shares.count(collect(machine, "halt"))
+        stats = shares.look("halt")
         return stats, {**machine.adapter_stats(), "title": f"adapter of host {host.name}"}, cpu
 
     outcome = host.run(work)

@@ -22,9 +22,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
-from hypervisor.machine import Machine, MachineError
+from hypervisor.machine import Machine
 from scripts.loadgen.benchcore import si
-from scripts.shares import Shares
+from scripts.shares import Shares, collect
 from scripts.tables import Col, Grid
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
@@ -43,12 +43,13 @@ class TrafficOptions:
 
 
 def totals(stats: dict[int, dict], unreachable: Collection[int] = ()) -> tuple[int, int]:
-    """(packets accepted by the adapter for delivery, packets verified at receivers); with
+    """(packets accepted by the adapter for delivery, packets verified at receivers: those
+    received, as the books count them, less those the receivers found corrupt); with
     `unreachable`, only what was accepted for, and arrived at, the other destinations."""
     sent = sum(n for s in stats.values() for dst, n in s.get("sent", {}).items()
                if int(dst) not in unreachable)
-    received = sum(sum(s.get("received", {}).values()) for nid, s in stats.items()
-                   if nid not in unreachable)
+    received = sum(sum(s.get("received", {}).values()) - s.get("corrupt", 0)
+                   for nid, s in stats.items() if nid not in unreachable)
     return sent, received
 
 
@@ -60,21 +61,6 @@ def gone_for_good(machine: Machine) -> set[int]:
         gone |= {nid for nid, state in machine.gateway.remote_states().items()
                  if state == "gone"}
     return gone
-
-
-def collect(machine: Machine, cmd: str = "stats") -> dict[int, dict]:
-    """The workload's report from every partition that answers (`halt`: stop its traffic
-    first); one that dies meanwhile is left to poll()."""
-    stats = {}
-    for nid, child in list(machine.partitions.items()):
-        if child.proc.poll() is None:
-            try:
-                reply = machine.call(nid, {"cmd": cmd})
-            except MachineError:
-                continue
-            if "stats" in reply:
-                stats[nid] = reply["stats"]
-    return stats
 
 
 def interval_line(t0: float, t1: float, verified: int, before: int, errors: int,
@@ -143,7 +129,7 @@ def run_traffic(machine: Machine, shares: Shares, console: Console,
                 console.print(f"[red]{child.name} died (exit code {child.exit_code})")
             for line in shares.resume():
                 console.print(f"[yellow]{line}")
-            stats = shares.count(collect(machine))
+            stats = shares.look()
             gone = gone_for_good(machine)
             sent, received = totals(stats, gone)
             # whether the drain is over is decided in the look too: on a cluster every host
@@ -264,8 +250,7 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
         if machine.running:
-            halted = collect(machine, "halt")
-            stats = shares.count(halted) if shares is not None else halted
+            stats = shares.look("halt") if shares is not None else collect(machine, "halt")
             adapter = machine.adapter_stats()
     finally:
         with signals_deferred():

@@ -12,13 +12,35 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from adapter.protocol import Flow
 from hypervisor.machine import Machine, MachineError
 from scripts.books import accepted_from, pair_books, partition_counts
 
 KEPT = ("duplicates", "corrupt", "gaps")  # what a killed incarnation counted, carried over
+
+
+def collect(machine: Machine, cmd: str = "stats",
+            incarnations: Mapping[int, int] | None = None) -> dict[int, dict]:
+    """The workload's report from every partition that answers (`halt`: stop its traffic
+    first); one that dies meanwhile is left to poll(). With `incarnations` (network ID -> pid),
+    only from those processes: a restarted partition's new process, not yet given its share,
+    would otherwise be taken for the one before it."""
+    stats = {}
+    for nid in list(machine.partitions):
+        child = machine.partitions[nid]
+        if child.proc.poll() is not None:
+            continue
+        if incarnations is not None and incarnations.get(nid) != child.proc.pid:
+            continue
+        try:
+            reply = machine.call(nid, {"cmd": cmd})
+        except MachineError:
+            continue
+        if "stats" in reply and machine.partitions[nid] is child:
+            stats[nid] = reply["stats"]
+    return stats
 
 
 class Incarnations:
@@ -80,7 +102,10 @@ def traffic_command(peers: list[int], flows: Collection[str], size: int, packets
 class Shares:
     """The all-to-all traffic of `xpmove launch`: every local partition sends `packets` per
     peer and flow to every other of `everyone` (or for `duration` seconds), and counts are
-    the segment's books, so a restarted partition continues its predecessor's share."""
+    the segment's books, so a restarted partition continues its predecessor's share.
+
+    Each partition process is given its share once (`given`: network ID -> pid) and reports
+    only while it is the one given it; a new process waits in `pending` until it answers."""
 
     def __init__(self, machine: Machine, size: int, packets: int | None,
                  duration: float | None, flows: Collection[str] = tuple(f.value for f in Flow),
@@ -91,14 +116,16 @@ class Shares:
         self.everyone = everyone or list(machine.partitions)
         self.incarnations = Incarnations(machine)
         self.until: float | None = None
+        self.given: dict[int, int] = {}
+        self.pending: set[int] = set()
 
     def start(self) -> None:
-        """Every local partition's share, from the beginning."""
+        """Every local partition's share, from the beginning (a partition that dies meanwhile
+        gets it when it is restarted); a partition that refuses it ends the run."""
         if self.duration is not None:
             self.until = time.monotonic() + self.duration
-        for nid in self.machine.partitions:
-            reply = self.machine.call(nid, traffic_command(
-                self._peers(nid), self.flows, self.size, self.packets, self.duration))
+        self.pending = set(self.machine.partitions)
+        for nid, reply in self._give().items():
             if not reply.get("ok"):
                 raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
 
@@ -106,25 +133,41 @@ class Shares:
         return [p for p in self.everyone if p != nid]
 
     def resume(self) -> list[str]:
-        """Give every incarnation started since the last look what is left of its share; a
-        line for each (an incarnation that dies meanwhile is the next one's to resume)."""
+        """Give every process started since the last look (and any that did not answer
+        before) what is left of its share; a line for each that got it."""
+        self.pending.update(self.incarnations.new())
         lines = []
-        for nid in self.incarnations.new():
+        for nid, reply in self._give().items():
+            name = self.machine.partitions[nid].name
+            if not reply.get("ok"):
+                lines.append(f"{name} restarted, but refused its traffic: {reply.get('message')}")
+            elif reply["command"]["cmd"] == "receive_on":
+                lines.append(f"{name} restarted: it receives (its share is sent)")
+            else:
+                quota = reply["command"].get("quota")
+                lines.append(f"{name} restarted: it continues its share" + (
+                    f" ({sum(quota.values()):,} packets left)" if quota is not None else ""))
+        return lines
+
+    def _give(self) -> dict[int, dict]:
+        """Send each pending partition's running process the rest of its share; the replies
+        (with the command) of those that answered. One that does not answer stays pending."""
+        replies = {}
+        for nid in sorted(self.pending):
+            child = self.machine.partitions[nid]
+            if child.proc.poll() is not None or child.state.value != "running":
+                continue  # dead, or not up yet: its next process is given the share
             command = self.rest_of_share(nid)
             try:
                 reply = self.machine.call(nid, command)
             except MachineError:
                 continue
-            name = self.machine.partitions[nid].name
-            if not reply.get("ok"):
-                lines.append(f"{name} restarted, but refused its traffic: {reply.get('message')}")
-            elif command["cmd"] == "receive_on":
-                lines.append(f"{name} restarted: it receives (its share is sent)")
-            else:
-                left = sum(command["quota"].values()) if "quota" in command else None
-                lines.append(f"{name} restarted: it continues its share"
-                             + (f" ({left:,} packets left)" if left is not None else ""))
-        return lines
+            if self.machine.partitions[nid] is not child:
+                continue  # restarted during the call: the new one is asked next look
+            self.pending.discard(nid)
+            self.given[nid] = child.proc.pid
+            replies[nid] = {**reply, "command": command}
+        return replies
 
     def rest_of_share(self, nid: int) -> dict:
         """The command for `nid`'s new incarnation: the packets its predecessors did not get
@@ -146,11 +189,12 @@ class Shares:
         assert self.machine.memory is not None
         return pair_books(self.machine.memory.view, self.machine.layout)
 
-    def count(self, reports: dict[int, dict]) -> dict[int, dict]:
-        """Every local partition's report: its current incarnation's (`reports`, as
-        launch.collect gives them), with what killed incarnations counted added, and packets
-        (and bytes) out and in from the books."""
-        self.incarnations.last.update(reports)
+    def look(self, cmd: str = "stats") -> dict[int, dict]:
+        """Every local partition's report (`halt`: after stopping its traffic): its current
+        process's, what killed processes counted added, and packets (and bytes) out and in
+        from the books. A process not given its share yet has no report, so its partition is
+        not done sending."""
+        self.incarnations.last.update(collect(self.machine, cmd, self.given))
         counted = self.incarnations.counted()
         books = partition_counts(self._pairs(), self.machine.partitions)
         stats = {}

@@ -37,9 +37,9 @@ from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from scripts.books import destination_books, pair_books
-from scripts.launch import IntervalPrinter, collect, signals_deferred, traffic_errors
+from scripts.launch import IntervalPrinter, signals_deferred, traffic_errors
 from scripts.rogue import RoguePlan, RogueProcess
-from scripts.shares import Incarnations
+from scripts.shares import Incarnations, collect
 from scripts.soak_report import (  # noqa: F401  (report_table, poison_lines: the CLI's)
     Poisoned,
     SoakReport,

@@ -359,9 +359,10 @@ class Traffic:
         legs = [(peer, self._transports[flow], batches[flow],
                  type(self._transports[flow]).loan is not SendTransport.loan)
                 for peer in plan.peers for flow in plan.flows]
-        # packets still to send per leg (None: not bounded by a count)
-        left = [plan.packets_for(peer, i) for peer in plan.peers for i in range(len(plan.flows))]
-        counted = any(n is not None for n in left)
+        # packets still to send per leg, when a count bounds the traffic
+        counted = plan.packets is not None or plan.quota is not None
+        left = [plan.packets_for(peer, i) or 0 for peer in plan.peers
+                for i in range(len(plan.flows))]
         errors, sent_to, size, timeout = self.errors, self.sent, plan.size, plan.send_timeout
         untimed = 0  # small batches filled since the last timed one
         n = self.batch_used
@@ -390,7 +391,7 @@ class Traffic:
                 untimed = 0
 
         try:
-            while not stop.is_set():
+            while legs and not stop.is_set():  # no peers: nothing to send
                 if plan.interval is not None:  # paced: wait for the round's start time
                     if stop.wait(max(0.0, next_round - time.monotonic())):
                         break
@@ -399,13 +400,13 @@ class Traffic:
                     break
                 if end is not None and time.monotonic() >= end:
                     break
+                k = n
                 for leg, (peer, transport, full, lends) in enumerate(legs):
-                    budget = left[leg]
-                    k = n if budget is None else min(n, budget)
-                    if not k:
-                        continue
-                    if budget is not None:
-                        left[leg] = budget - k
+                    if counted:
+                        k = min(n, left[leg])
+                        if not k:
+                            continue
+                        left[leg] -= k
                     first = counters[peer] + 1
                     counters[peer] += k
                     now = clock()

@@ -252,7 +252,7 @@ def test_a_partition_that_will_not_come_back_is_gone_at_once(make_machine, flow)
 PARTITIONS = 3
 
 
-@pytest.mark.parametrize("bound", [("--packets", "4000"), ("--duration", "5")],
+@pytest.mark.parametrize("bound", [("--packets", "6000"), ("--duration", "5")],
                          ids=["packets", "duration"])
 def test_launch_continues_the_share_of_a_partition_restarted_under_traffic(tmp_path, bound):
     """restart = "on-failure": p2 SIGKILLed while it sends is restarted; its new incarnation
@@ -290,5 +290,5 @@ def test_launch_continues_the_share_of_a_partition_restarted_under_traffic(tmp_p
     verified, accepted = (int(g.replace(",", "")) for g in verdict.groups())
     assert verified == accepted
     if bound[0] == "--packets":
-        assert accepted == 4000 * 2 * PARTITIONS * (PARTITIONS - 1)
+        assert accepted == 6000 * 2 * PARTITIONS * (PARTITIONS - 1)
     assert not shm_names(prefix)

@@ -403,3 +403,25 @@ def test_a_grant_held_too_long_kills_its_holder(make_machine, packets):
     stats = m.adapter_stats()
     assert stats["counters"]["grants_abandoned"] == 1 and stats["grants"] == {}
     assert set(stats["locks"].values()) == {"free"}
+
+
+def test_a_restart_that_could_not_start_is_tried_again(make_machine):
+    """A partition whose restart fails (here: no descriptor left for its pipes) is not
+    forgotten: the next poll tries again, within restart_limit, and it comes back."""
+    m = make_machine(small_config(n=2, restart="always"))
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    os.kill(m.pid(2), signal.SIGKILL)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no pipe can be opened
+    try:
+        wait_for(lambda: m.poll() is not None and any("restart of p2 failed" in e
+                                                      for e in m.events),
+                 what="a failed restart of p2")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for(lambda: m.poll() is not None and m.partitions[2].state.value == "running",
+             what="p2 restarted on a later poll")
+    assert m.restarts[2] == 2  # the failed attempt counts against restart_limit
+    assert send(m, 1, 2, b"back again", "fig11", timeout=TIMEOUT)["ok"]
+    assert bytes.fromhex(receive(m, 2)["hex"]) == b"back again"

@@ -73,3 +73,49 @@ def test_a_new_incarnation_is_noticed_once_and_its_predecessor_counts_are_kept()
     assert counted[1] == {"errors": {"DestinationFull": 3}, "duplicates": 3, "corrupt": 1,
                           "gaps": 0}
     assert counted[2] == {"errors": {}, "duplicates": 0, "corrupt": 0, "gaps": 0}
+
+
+def segment_with(accepted: dict[tuple[int, int], int]):
+    """A 3-partition segment whose pair sequence words say what the adapter accepted."""
+    from adapter import receive_area
+    from hypervisor.config import MachineConfig, PartitionConfig
+    from hypervisor.layout import plan_segment
+
+    layout = plan_segment(MachineConfig(partitions=tuple(
+        PartitionConfig(f"p{i}", i, 1 << 20, 256 << 10) for i in (1, 2, 3))))
+    memory = memoryview(bytearray(layout.total_size))
+    words = receive_area.words(memory)
+    by_id = layout.by_id()
+    for (src, dst), n in accepted.items():
+        words[layout.seq_address(by_id[src].index, by_id[dst].index) >> 3] = n
+    return SimpleNamespace(memory=SimpleNamespace(view=memory), layout=layout,
+                           partitions=dict.fromkeys((1, 2, 3)), restarts={})
+
+
+def shares(machine, packets=None, duration=None):
+    from scripts.shares import Shares
+
+    return Shares(machine, size=64, packets=packets, duration=duration, flows=FLOWS)
+
+
+def test_a_restarted_partition_is_given_what_its_predecessors_did_not_get_accepted():
+    share = shares(segment_with({(2, 1): 150, (2, 3): 200, (1, 2): 7}), packets=100)
+    assert share.rest_of_share(2) == {"cmd": "traffic", "peers": [1, 3], "flows": FLOWS,
+                                      "size": 64, "packets": None, "duration": None,
+                                      "quota": {"1": 50, "3": 0}}
+
+
+def test_a_restarted_partition_whose_share_is_sent_only_receives():
+    share = shares(segment_with({(2, 1): 200, (2, 3): 200}), packets=100)
+    assert share.rest_of_share(2) == {"cmd": "receive_on"}
+
+
+def test_a_restarted_partition_sends_for_the_rest_of_the_duration():
+    import time
+
+    share = shares(segment_with({}), duration=5.0)
+    share.until = time.monotonic() + 3.0  # 2 s of the 5 have gone
+    command = share.rest_of_share(3)
+    assert 2.0 < command["duration"] <= 3.0 and "quota" not in command
+    share.until = time.monotonic() - 0.5  # the duration is over
+    assert share.rest_of_share(3) == {"cmd": "receive_on"}
