@@ -261,6 +261,25 @@ def refused_down(tmp_path: Path, prefix: str) -> int:
     return sum(p["errors"].get("destination_down", 0) for p in snapshot["partitions"])
 
 
+def kill_charlie_under_traffic(argv: list[str], tmp_path: Path
+                               ) -> tuple[subprocess.Popen, bytes]:
+    """Start the job, SIGKILL charlie (network ID 3, west) once traffic flows across the
+    hosts, and let the job end; the job and all it printed."""
+    proc = subprocess.Popen(argv, cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    out = b""
+    try:
+        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
+        charlie = partition_of(1, 3, psutil.Process(proc.pid))
+        assert charlie is not None, "no process of charlie (network ID 3) under rank 1"
+        charlie.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+        out += rest
+    finally:
+        stop(proc)
+    return proc, out
+
+
 def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
         tmp_path: Path) -> None:
     """Charlie (west, never restarted) is SIGKILLed under all-to-all traffic: east's adapter
@@ -269,19 +288,7 @@ def test_a_partition_of_the_other_host_dies_under_traffic_and_the_run_ends(
     charlie, with every name unlinked, without waiting out the drain for packets charlie can
     never verify (no hang on either host)."""
     # long enough that the senders still send well after east hears, even on a loaded machine
-    proc = subprocess.Popen(command("--duration", "8"), cwd=REPO, env=env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = b""
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        out = traffic_flows(proc, deadline)
-        charlie = partition_of(1, 3, psutil.Process(proc.pid))
-        assert charlie is not None, "no process of charlie (network ID 3) under rank 1"
-        charlie.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=TIMEOUT_S)
-        out += rest
-    finally:
-        stop(proc)
+    proc, out = kill_charlie_under_traffic(command("--duration", "8"), tmp_path)
     text = words(out.decode())
     assert proc.returncode == 1, text
     assert "NOT clean" in text and "dead: charlie (west)" in text, text
@@ -301,18 +308,8 @@ def test_a_partition_restarted_under_traffic_continues_its_share_across_hosts(
     config.write_text((REPO / CONFIG).read_text().replace(
         "lock_timeout_s = 1.0", 'lock_timeout_s = 1.0\nrestart = "on-failure"'))
     # 4 x 3 x 2 x 3,000 = 72,000 packets: charlie has sent a few of its 18,000 when killed
-    proc = subprocess.Popen(command("--packets", "3000", config=config), cwd=REPO,
-                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = b""
-    try:
-        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
-        charlie = partition_of(1, 3, psutil.Process(proc.pid))
-        assert charlie is not None, "no process of charlie (network ID 3) under rank 1"
-        charlie.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=TIMEOUT_S)
-        out += rest
-    finally:
-        stop(proc)
+    proc, out = kill_charlie_under_traffic(command("--packets", "3000", config=config),
+                                           tmp_path)
     text = words(out.decode())
     assert proc.returncode == 0, text
     verdict = VERDICT.search(text)
