@@ -321,20 +321,25 @@ class Supervision:
         old.channel.close()
         self.restarts[network_id] = self.restarts.get(network_id, 0) + 1
         config = next(p for p in self.config.partitions if p.network_id == network_id)
+        pipes = None
         try:
             pipes = Pipes.open()
-            try:
-                assert self.adapter is not None
-                self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
-                           CALL_TIMEOUT_S, fds=pipes.adapter_ends())
-                child = self._spawn_partition(config, pipes)
-            finally:
-                pipes.close()
+            assert self.adapter is not None
+            self._call(self.adapter, {"cmd": "attach", "network_id": network_id},
+                       CALL_TIMEOUT_S, fds=pipes.adapter_ends())
+            child = self._spawn_partition(config, pipes)
         except BaseException:
             self._waiting.append(old)  # still dead: the next poll decides again
             raise
+        finally:
+            if pipes is not None:
+                pipes.close()
         old.step(ProcessEvent.RESTART)
         self.partitions[network_id] = child
-        self._await_ready([child])
+        try:
+            self._await_ready([child])
+        except MachineError:
+            child.proc.kill()  # never ready: its exit is the next poll's news, like any death
+            raise
         self.events.append(f"{child.name} restarted (pid {child.proc.pid})")
 

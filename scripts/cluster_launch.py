@@ -22,7 +22,7 @@ from scripts.launch import (
     report,
     restarted_partitions,
     run_traffic,
-    totals,
+    verified,
 )
 from scripts.shares import Shares
 
@@ -84,7 +84,7 @@ def cluster_report(console: Console, gathered: list, config: MachineConfig) -> i
                       f"{fabric['landed_packets']:,} packets in ({fabric['landed_records']:,} "
                       f"records, {fabric['pulled_bytes']:,} bytes, {fabric['gets']:,} gets, "
                       f"{fabric['retries']:,} retries)", highlight=False)
-    console.print(cost_line(totals(stats)[1], cpu, f"every process of the {len(config.hosts)} "
+    console.print(cost_line(verified(stats), cpu, f"every process of the {len(config.hosts)} "
                                                  f"hosts"), highlight=False)
     order = {p.network_id: i for i, p in enumerate(config.partitions)}
     rows = dict(sorted(rows.items(), key=lambda item: order[item[0]]))

@@ -43,14 +43,19 @@ class TrafficOptions:
 
 
 def totals(stats: dict[int, dict], unreachable: Collection[int] = ()) -> tuple[int, int]:
-    """(packets accepted by the adapter for delivery, packets verified at receivers: those
-    received, as the books count them, less those the receivers found corrupt); with
-    `unreachable`, only what was accepted for, and arrived at, the other destinations."""
+    """(packets accepted by the adapter for delivery, packets received: the books count every
+    packet a receiver consumed, intact or not); with `unreachable`, only what was accepted
+    for, and arrived at, the other destinations."""
     sent = sum(n for s in stats.values() for dst, n in s.get("sent", {}).items()
                if int(dst) not in unreachable)
-    received = sum(sum(s.get("received", {}).values()) - s.get("corrupt", 0)
-                   for nid, s in stats.items() if nid not in unreachable)
+    received = sum(sum(s.get("received", {}).values()) for nid, s in stats.items()
+                   if nid not in unreachable)
     return sent, received
+
+
+def verified(stats: dict[int, dict]) -> int:
+    """Packets received intact: received less what the receivers found corrupt."""
+    return totals(stats)[1] - sum(s.get("corrupt", 0) for s in stats.values())
 
 
 def gone_for_good(machine: Machine) -> set[int]:
@@ -245,7 +250,7 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
                             options.flows)
             stats = run_traffic(machine, shares, console)
             cpu = machine_cpu(machine) - cpu
-            console.print(cost_line(totals(stats)[1], cpu), highlight=False)
+            console.print(cost_line(verified(stats), cpu), highlight=False)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the machine")
@@ -278,7 +283,7 @@ def report(console: Console, partitions: dict[int, tuple[str, str]], stats: dict
         console.print(adapter_table(adapter))
     for problem in problems:
         console.print(f"[red]{problem}", soft_wrap=True)
-    sent, received = totals(stats)
+    sent, received = totals(stats)[0], verified(stats)
     bad = sum(s.get("corrupt", 0) + s.get("gaps", 0) + s.get("duplicates", 0)
               for s in stats.values())
     refused = sum(sum(s.get("errors", {}).values()) for s in stats.values())

@@ -15,24 +15,26 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 
 from adapter.protocol import Flow
-from hypervisor.machine import Machine, MachineError
+from hypervisor.machine import Child, Machine, MachineError
 from scripts.books import accepted_from, pair_books, partition_counts
 
 KEPT = ("duplicates", "corrupt", "gaps")  # what a killed incarnation counted, carried over
+SHARE_CALL_TIMEOUT_S = 5.0  # one try of giving a process its share
+SHARE_TIMEOUT_S = 30.0  # a running process that has not taken its share by then is hung
 
 
 def collect(machine: Machine, cmd: str = "stats",
-            incarnations: Mapping[int, int] | None = None) -> dict[int, dict]:
+            incarnations: Mapping[int, Child] | None = None) -> dict[int, dict]:
     """The workload's report from every partition that answers (`halt`: stop its traffic
-    first); one that dies meanwhile is left to poll(). With `incarnations` (network ID -> pid),
-    only from those processes: a restarted partition's new process, not yet given its share,
-    would otherwise be taken for the one before it."""
+    first); one that dies meanwhile is left to poll(). With `incarnations` (network ID -> the
+    process given its share), only from those processes: a restarted partition's new process,
+    not yet given its share, would otherwise be taken for the one before it."""
     stats = {}
     for nid in list(machine.partitions):
         child = machine.partitions[nid]
         if child.proc.poll() is not None:
             continue
-        if incarnations is not None and incarnations.get(nid) != child.proc.pid:
+        if incarnations is not None and incarnations.get(nid) is not child:
             continue
         try:
             reply = machine.call(nid, {"cmd": cmd})
@@ -104,8 +106,9 @@ class Shares:
     peer and flow to every other of `everyone` (or for `duration` seconds), and counts are
     the segment's books, so a restarted partition continues its predecessor's share.
 
-    Each partition process is given its share once (`given`: network ID -> pid) and reports
-    only while it is the one given it; a new process waits in `pending` until it answers."""
+    Each partition process is given its share once (`given`) and reports only while it is the
+    one given it; a new process waits in `pending` until it answers, or is killed if it does
+    not within SHARE_TIMEOUT_S (the machine then restarts it or gives up, per its policy)."""
 
     def __init__(self, machine: Machine, size: int, packets: int | None,
                  duration: float | None, flows: Collection[str] = tuple(f.value for f in Flow),
@@ -116,15 +119,15 @@ class Shares:
         self.everyone = everyone or list(machine.partitions)
         self.incarnations = Incarnations(machine)
         self.until: float | None = None
-        self.given: dict[int, int] = {}
-        self.pending: set[int] = set()
+        self.given: dict[int, Child] = {}
+        self.pending: dict[int, float] = {}  # network ID -> since when it waits for its share
 
     def start(self) -> None:
         """Every local partition's share, from the beginning (a partition that dies meanwhile
         gets it when it is restarted); a partition that refuses it ends the run."""
         if self.duration is not None:
             self.until = time.monotonic() + self.duration
-        self.pending = set(self.machine.partitions)
+        self.pending = dict.fromkeys(self.machine.partitions, time.monotonic())
         for nid, reply in self._give().items():
             if not reply.get("ok"):
                 raise SystemExit(f"partition {nid} refused the traffic: {reply.get('message')}")
@@ -135,18 +138,37 @@ class Shares:
     def resume(self) -> list[str]:
         """Give every process started since the last look (and any that did not answer
         before) what is left of its share; a line for each that got it."""
-        self.pending.update(self.incarnations.new())
-        lines = []
+        now = time.monotonic()
+        for nid in self.incarnations.new():
+            self.pending.setdefault(nid, now)
+        lines = self._give_up()
         for nid, reply in self._give().items():
             name = self.machine.partitions[nid].name
+            if self.machine.restarts.get(nid):
+                name += " restarted"
             if not reply.get("ok"):
-                lines.append(f"{name} restarted, but refused its traffic: {reply.get('message')}")
+                lines.append(f"{name}, but refused its traffic: {reply.get('message')}")
             elif reply["command"]["cmd"] == "receive_on":
-                lines.append(f"{name} restarted: it receives (its share is sent)")
+                lines.append(f"{name}: it receives (its share is sent)")
             else:
                 quota = reply["command"].get("quota")
-                lines.append(f"{name} restarted: it continues its share" + (
+                lines.append(f"{name}: it continues its share" + (
                     f" ({sum(quota.values()):,} packets left)" if quota is not None else ""))
+        return lines
+
+    def _give_up(self) -> list[str]:
+        """Kill a running process that has not taken its share within SHARE_TIMEOUT_S (hung):
+        its partition is then the machine's to restart or retire, and the run does not wait
+        for it forever."""
+        lines = []
+        for nid, since in list(self.pending.items()):
+            child = self.machine.partitions[nid]
+            if (time.monotonic() - since > SHARE_TIMEOUT_S and child.proc.poll() is None
+                    and child.state.value == "running"):
+                self.machine.kill(nid)
+                self.pending[nid] = time.monotonic()  # its next process gets the full time
+                lines.append(f"{child.name} did not take its share of the traffic within "
+                             f"{SHARE_TIMEOUT_S:g} s: killed (pid {child.proc.pid})")
         return lines
 
     def _give(self) -> dict[int, dict]:
@@ -159,13 +181,13 @@ class Shares:
                 continue  # dead, or not up yet: its next process is given the share
             command = self.rest_of_share(nid)
             try:
-                reply = self.machine.call(nid, command)
+                reply = self.machine.call(nid, command, SHARE_CALL_TIMEOUT_S)
             except MachineError:
                 continue
             if self.machine.partitions[nid] is not child:
                 continue  # restarted during the call: the new one is asked next look
-            self.pending.discard(nid)
-            self.given[nid] = child.proc.pid
+            del self.pending[nid]
+            self.given[nid] = child
             replies[nid] = {**reply, "command": command}
         return replies
 

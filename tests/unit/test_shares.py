@@ -119,3 +119,32 @@ def test_a_restarted_partition_sends_for_the_rest_of_the_duration():
     assert 2.0 < command["duration"] <= 3.0 and "quota" not in command
     share.until = time.monotonic() - 0.5  # the duration is over
     assert share.rest_of_share(3) == {"cmd": "receive_on"}
+
+
+def test_a_process_that_does_not_take_its_share_in_time_is_killed():
+    import time
+
+    from scripts.shares import SHARE_TIMEOUT_S
+
+    killed = []
+    hung = SimpleNamespace(name="p2", state=SimpleNamespace(value="running"),
+                           proc=SimpleNamespace(pid=4242, poll=lambda: None))
+    machine = segment_with({})
+    machine.partitions = {1: hung, 2: hung, 3: hung}
+    machine.kill = killed.append
+    share = shares(machine, packets=10)
+    share.pending = {2: time.monotonic() - SHARE_TIMEOUT_S - 1, 3: time.monotonic()}
+    lines = share._give_up()
+    assert killed == [2]  # 3 has waited less than SHARE_TIMEOUT_S
+    assert lines == [f"p2 did not take its share of the traffic within {SHARE_TIMEOUT_S:g} s: "
+                     f"killed (pid 4242)"]
+    assert time.monotonic() - share.pending[2] < 1  # its next process gets the full time
+
+
+def test_verified_is_what_arrived_less_what_was_corrupt():
+    from scripts.launch import totals, verified
+
+    stats = {1: {"sent": {"2": 10}, "received": {"2": 7}, "corrupt": 2},
+             2: {"sent": {"1": 7}, "received": {"1": 10}, "corrupt": 0}}
+    assert totals(stats) == (17, 17)
+    assert verified(stats) == 15
