@@ -138,6 +138,7 @@ class Fabric(Puller):
         self._pulling = list(self.inboxes)  # inboxes not found corrupt
         self._tails = {box: self._remote_word(box.host, box.ring.tail) for box in self.inboxes}
         self._heads = dict(self._tails)  # each inbox's head, as last read
+        self._ahead = {}  # per inbox, (source, seq) of records committed past the tail
         self.wakeups.forward_bells({nid: machine.names.bells[nid] for nid in self.network_ids})
         self._threads = [threading.Thread(target=self._run, name="fabric", daemon=True),
                          threading.Thread(target=self._beat, name="fabric-heartbeat",

@@ -15,7 +15,6 @@ ended for good, a source that does not live on h) are dropped, counted and repor
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adapter import receive_area
@@ -30,7 +29,7 @@ from adapter.ring import (
     next_record,
     reserve,
 )
-from cluster.coalesce import coalesce, run_size
+from cluster.coalesce import groups, run_size
 from cluster.mpi import MPI
 
 if TYPE_CHECKING:
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from partitions.driver import Driver
 
 GRANT_WAIT_S = 1.0  # how long one commit of a pulled record may wait for the adapter
+SCAN_RECORDS = 1024  # record headers one pass reads at most (a pass stopped early reads again)
 
 
 class Inbox(NamedTuple):
@@ -75,6 +75,7 @@ class Puller:
         _word: np.ndarray
         _header: bytearray
         _header_at: tuple[Inbox, int] | None
+        _ahead: dict[Inbox, set[tuple[int, int]]]  # committed past a record that must wait
         _stop: threading.Event  # set: the pass ends after the record in hand
 
     # -- one-sided access to another host's segment -------------------------------------------
@@ -115,23 +116,30 @@ class Puller:
         return pulled, waiting
 
     def _pull(self, box: Inbox) -> tuple[bool, bool]:
-        """A word no correct writer could leave (a forged head or header there) raises
-        RingCorrupt: that ring is pulled no more, the others go on."""
+        """One pass over a proxy ring: read up to SCAN_RECORDS headers from the tail, commit
+        them in groups (cluster/coalesce.py), then move the tail over the records done. A
+        record committed past one that must wait is remembered (`_ahead`), skipped by the
+        next pass and passed by the tail then: each is committed once. A word no correct
+        writer could leave (a forged head or header there) raises RingCorrupt: that ring is
+        pulled no more, the others go on."""
         head = self._heads[box] = self._remote_word(box.host, box.ring.head)
-        tail = start = self._tails[box]
-        waiting = False
-        self._header_at = None  # a header read in an earlier pass may have been replaced
-
-        def after(tail: int) -> RecordView | None:
-            return next_record(tail, head, box.capacity, lambda pos: self._read_header(box, pos))
-
-        largest = max_payload(box.capacity)
-        while not self._stop.is_set():
-            record = after(tail)
+        start = tail = self._tails[box]
+        ahead = self._ahead.setdefault(box, set())
+        scanned: list[RecordView] = []
+        end = None  # where the scan ended, if it reached the head
+        while len(scanned) < SCAN_RECORDS and not self._stop.is_set():
+            record = next_record(tail, head, box.capacity,
+                                 lambda pos: self._read_header(box, pos))
             if record is None:
-                tail = head  # padding only
+                end = head  # padding only after the last record
                 break
-            group = coalesce(record, lambda r: self._look_after(after, r), largest)
+            scanned.append(record)
+            tail = record.next_tail
+        waiting = False
+        todo = [r for r in scanned if (r.source_id, r.seq) not in ahead]
+        for group in groups(todo, max_payload(box.capacity)):
+            if self._stop.is_set():
+                break
             outcome = self._commit(box, group)
             if outcome is None and len(group) > 1:  # no room for them all: one at a time
                 group = group[:1]
@@ -140,21 +148,19 @@ class Puller:
                 waiting = True
                 self.stats["retries"] += 1
                 break
-            tail = group[-1].next_tail
+            ahead.update((r.source_id, r.seq) for r in group)  # committed or dropped
+        tail = start
+        for r in scanned:  # the tail passes the records done, up to the first not done
+            if (r.source_id, r.seq) not in ahead:
+                break
+            ahead.discard((r.source_id, r.seq))
+            tail = r.next_tail
+        else:
+            tail = end if end is not None else tail
         if tail != start:
             self._put_word(box.host, box.ring.tail, tail)  # after the commits: exactly once
             self._tails[box] = tail
         return tail != start, waiting
-
-    @staticmethod
-    def _look_after(after: Callable[[int], RecordView | None],
-                    record: RecordView) -> RecordView | None:
-        """The record after `record`, for coalescing only: a corrupt one ends the group here
-        (the records before it are committed; the next look raises)."""
-        try:
-            return after(record.next_tail)
-        except RingCorrupt:
-            return None
 
     def _read_header(self, box: Inbox, pos: int) -> tuple[int, int, int, int]:
         if self._header_at != (box, pos):  # the record after a group is read twice
