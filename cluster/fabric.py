@@ -79,7 +79,6 @@ class Fabric(Puller):
         self._semaphores: list[posix_ipc.Semaphore] = []
         self._word = np.zeros(1, np.uint64)
         self._header = bytearray(RECORD_HEADER.size)
-        self._header_at: tuple[Inbox, int] | None = None  # what _header holds
         self.stats = {"pulled_bytes": 0, "gets": 0, "landed_records": 0, "landed_packets": 0,
                       "retries": 0, "dropped": 0}
         self.problems: list[str] = []

@@ -74,7 +74,6 @@ class Puller:
         _heads: dict[Inbox, int]
         _word: np.ndarray
         _header: bytearray
-        _header_at: tuple[Inbox, int] | None
         _ahead: dict[Inbox, set[tuple[int, int]]]  # committed past a record that must wait
         _stop: threading.Event  # set: the pass ends after the record in hand
 
@@ -163,10 +162,8 @@ class Puller:
         return tail != start, waiting
 
     def _read_header(self, box: Inbox, pos: int) -> tuple[int, int, int, int]:
-        if self._header_at != (box, pos):  # the record after a group is read twice
-            self.win.Get(self._header, box.host, (box.base + pos, RECORD_HEADER.size, MPI.BYTE))
-            self.win.Flush(box.host)
-            self._header_at = (box, pos)
+        self.win.Get(self._header, box.host, (box.base + pos, RECORD_HEADER.size, MPI.BYTE))
+        self.win.Flush(box.host)
         return RECORD_HEADER.unpack_from(self._header)
 
     def _commit(self, box: Inbox, group: list[RecordView]) -> bool | None:
