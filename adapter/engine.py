@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from adapter import receive_area
@@ -41,7 +41,6 @@ from adapter.ring import (
     MIN_RUN,
     RUN_DESCRIPTOR,
     Reservation,
-    check_counters,
     check_run,
     max_payload,
     reserve,
@@ -50,8 +49,8 @@ from adapter.translation import PartitionState, Translation, TranslationTable
 from hypervisor.layout import PartitionLayout, SegmentLayout
 
 # Module aliases for the per-request path: an Enum class attribute lookup costs ~0.2 us here.
-MOVE, GRANT, MOVE_RUN, GRANT_RUN = Op.MOVE, Op.GRANT, Op.MOVE_RUN, Op.GRANT_RUN
-SERVED_OPS = frozenset((MOVE, GRANT, MOVE_RUN, GRANT_RUN))
+MOVE, GRANT, MOVE_RUN, GRANT_RUN, LEASE = Op.MOVE, Op.GRANT, Op.MOVE_RUN, Op.GRANT_RUN, Op.LEASE
+SERVED_OPS = frozenset((MOVE, GRANT, MOVE_RUN, GRANT_RUN, LEASE))
 RUN_OPS = frozenset((MOVE_RUN, GRANT_RUN))
 OK = Status.OK
 GRANTED, HELD = LockState.GRANTED, LockState.HELD
@@ -109,7 +108,8 @@ class Engine:
     """
 
     def __init__(self, memory: memoryview, layout: SegmentLayout, locks: Mapping[int, Lock],
-                 bells: Mapping[int, Bell], lock_timeout: float):
+                 bells: Mapping[int, Bell], lock_timeout: float,
+                 recalls: Mapping[int, Bell] | None = None):
         self.layout = layout
         self.by_id = layout.by_id()
         self.table = TranslationTable(layout.partitions)
@@ -119,6 +119,7 @@ class Engine:
         self.seq_words = receive_area.seq_words(layout)
         self.locks = dict(locks)
         self.bells = dict(bells)
+        self.recalls = dict(recalls or {})  # per partition: wakes its driver to give a lease back
         self.lock_timeout = lock_timeout
         self.book = LockBook()
         for network_id in self.by_id:  # every lock is in the book (and in stats) from the start
@@ -152,9 +153,16 @@ class Engine:
                     f"partition"))
             elif holder:
                 self.book.acquired(dst_id)
-                token = receive_area.read_grant_token(self.words, self.rings[dst_id])
-                self.book.granted(Grant(holder, dst_id, 0, now, recovered=True, token=token))
-                self._recovered_holders.add(holder)
+                ring = self.rings[dst_id]
+                token = receive_area.read_grant_token(self.words, ring)
+                # A lease stays its holder's: it commits without asking us, so its next
+                # request proves nothing about it. It ends when the holder gives it back
+                # (recalled like any lease) or dies.
+                lease = token != 0 and receive_area.lease_token(self.words, ring) == token
+                self.book.granted(Grant(holder, dst_id, 0, now, recovered=True, token=token,
+                                        lease=lease))
+                if not lease:
+                    self._recovered_holders.add(holder)
                 continue
             if not self.locks[dst_id].try_acquire():
                 self.counters["locks_reclaimed"] += 1  # held by the adapter that died
@@ -207,7 +215,7 @@ class Engine:
         self._recovered_holders.discard(holder)
         for dst in self.book.granted_to(holder):
             grant = self.book.record(dst).grant
-            if grant is not None and grant.recovered:
+            if grant is not None and grant.recovered and not grant.lease:
                 self._take_back(dst)
 
     # -- locks -------------------------------------------------------------------------
@@ -295,7 +303,7 @@ class Engine:
         if me in self._parked:
             raise EngineError(f"network ID {me} submitted request {request.request_id} while "
                               f"request {self._parked[me].request.request_id} is parked")
-        if op not in SERVED_OPS:
+        if op not in SERVED_OPS or (op == LEASE and len(moves) != 1):
             self._count_error(me, "malformed")
             return malformed_reply(op, request.request_id)
         self.counters["requests"] += 1
@@ -350,10 +358,13 @@ class Engine:
         checked = work.checked
         dsts = ((checked[0][1].dst.network_id,) if len(checked) == 1
                 else sorted({t.dst.network_id for _, t in checked}))
+        if work.request.op == LEASE and dsts and self._holds_lease(me, dsts[0]):
+            return self._renew_lease(me, work, now)
         for dst in dsts:
             if not self._try_lock(dst):
                 for d in taken:
                     self._unlock(d)
+                self._recall(dst, now)
                 if first:
                     self.book.record(dst).waits += 1
                     self.counters["lock_waits"] += 1
@@ -407,6 +418,9 @@ class Engine:
         Per destination the order is what makes a crash at any point recoverable: pending
         commit first, then sequence numbers, headers and payload, and `head` last.
         """
+        if op == LEASE:
+            self._lease(me, checked, results, now)
+            return
         if len(checked) == 1:  # every lone move and every run: nothing to group
             by_dst = {checked[0][1].dst.network_id: checked}
         else:
@@ -493,28 +507,98 @@ class Engine:
         dst_id = dst.network_id
         if dst_id in self.corrupt:
             raise RingCorrupt(self.corrupt[dst_id])
-        where = f"network ID {dst_id}'s control block"
         try:
-            check_counters(head, tail, dst.receive_size)
+            receive_area.check_commit_words(self.words, dst, ring, head, tail, seq_word)
         except RingCorrupt as exc:
-            raise self._fail(dst_id, RingCorrupt(f"{where}: {exc}")) from None
-        pending = self.words[ring.pending]
-        if head != pending:
-            raise self._fail(dst_id, RingCorrupt(
-                f"{where}: head {head} is not the last commit's pending_head {pending}"))
-        seq = self.words[seq_word]
-        if seq >= receive_area.SEQ_LIMIT:
-            raise self._fail(dst_id, RingCorrupt(
-                f"{where}: a pair's sequence word is {seq} (limit {receive_area.SEQ_LIMIT})"))
+            raise self._fail(dst_id, exc) from None
+
+    # -- leases: standing grants (partitions/leasing.py) -------------------------------------
+    def _lease(self, me: int, checked: list[tuple[int, Translation]],
+               results: list[Result | None], now: float) -> None:
+        """Grant `me` the destination's lock as a lease (its lock held): the driver will
+        commit records there itself, one after another, until it gives the lock back. The
+        control block's words are checked first, as before any commit; then, in this order
+        (a crash between any two stores recovers): the writer, the token, the lease mark, and
+        the holder last."""
+        for i, t in checked:  # one move (submit refuses any other lease request)
+            dst, ring = t.dst, self.rings[t.dst.network_id]
+            seq_word = self.seq_words[t.src.index][dst.index]
+            words = self.words
+            try:
+                self._check_words(dst, ring, words[ring.head], words[ring.tail], seq_word)
+            except RingCorrupt as exc:
+                results[i] = self._failure(exc, me, dst.network_id, me)
+                self._unlock(dst.network_id)
+                continue
+            receive_area.note_writer(words, ring, me)  # every byte it will write is ours
+            token = receive_area.next_grant_token(words, ring)
+            receive_area.mark_lease(words, ring, token)
+            receive_area.set_holder(words, dst, me)
+            self.book.granted(Grant(me, dst.network_id, 0, now, token=token, lease=True))
+            self.counters["leases"] += 1
+            results[i] = self._lease_result(t, seq_word)
+
+    def _lease_result(self, t: Translation, seq_word: int) -> Result:
+        """What the holder needs to check its lease against: the pair's last sequence number,
+        the receive area, the head it starts from."""
+        dst = t.dst
+        return Result(OK, 0, self.words[seq_word], t.src_address, dst.receive_base,
+                      dst.receive_size, self.words[self.rings[dst.network_id].head])
+
+    def _holds_lease(self, me: int, dst: int) -> bool:
+        """Whether `me` holds `dst`'s lock as a lease it has not given back."""
+        rec = self.book.record(dst)
+        grant = rec.grant
+        return (rec.state is GRANTED and grant is not None and grant.lease
+                and grant.holder == me and self.words[self.rings[dst].released] != grant.token)
+
+    def _renew_lease(self, me: int, work: Work, now: float) -> bytes:
+        """A LEASE from the holder of that very lease: its reply was lost (the adapter
+        restarted, and a recovered lease is kept). The lease is confirmed, not granted again,
+        and a recall in force is withdrawn: a waiting sender recalls it again at its next
+        try."""
+        (i, t), = work.checked
+        rec = self.book.record(t.dst.network_id)
+        assert rec.grant is not None
+        rec.grant = replace(rec.grant, recovered=False)
+        rec.recalled_at = None
+        receive_area.recall_lease(self.words, self.rings[t.dst.network_id], 0)
+        self.counters["leases_renewed"] += 1
+        work.results[i] = self._lease_result(t, self.seq_words[t.src.index][t.dst.index])
+        return encode_reply(LEASE, work.request.request_id, OK,
+                            work.results)  # type: ignore[arg-type]  # all filled
+
+    def _recall(self, dst: int, now: float) -> None:
+        """A request found `dst`'s lock busy: if a lease holds it, ask the holder for it back
+        (the recall word, then its driver's recall semaphore), once per lease. From now on
+        the holder has the grant timeout to give it back."""
+        rec = self.book.record(dst)
+        grant = rec.grant
+        if rec.state is not GRANTED or grant is None or not grant.lease or rec.recalled_at:
+            return
+        rec.recalled_at = now
+        receive_area.recall_lease(self.words, self.rings[dst], grant.token)
+        bell = self.recalls.get(grant.holder)
+        if bell is not None:
+            bell.release()
+        self.counters["leases_recalled"] += 1
 
     # -- statistics --------------------------------------------------------------------
     def held_grants(self, now: float) -> dict[str, dict]:
-        """Destination -> {"holder", "age_s"} of every lock granted to a driver and not freed
-        yet (freed ones are settled first by stats())."""
-        return {str(dst): {"holder": rec.grant.holder,
-                           "age_s": round(max(0.0, now - rec.grant.granted_at), 3)}
-                for dst, rec in self.book.records.items()
-                if rec.state is GRANTED and rec.grant is not None}
+        """Destination -> {"holder", "age_s", "lease"} of every lock granted to a driver and
+        not freed yet (freed ones are settled first by stats()). A lease counts its age from
+        its recall, and is left out while nobody waits for it."""
+        held = {}
+        for dst, rec in self.book.records.items():
+            grant = rec.grant
+            if rec.state is not GRANTED or grant is None:
+                continue
+            since = rec.recalled_at if grant.lease else grant.granted_at
+            if since is None:
+                continue  # a lease nobody waits for: its holder may keep it
+            held[str(dst)] = {"holder": grant.holder, "age_s": round(max(0.0, now - since), 3),
+                              "lease": grant.lease}
+        return held
 
     def stats(self, now: float | None = None) -> dict:
         """Counters, errors, each lock's state and how often a request found it busy, the

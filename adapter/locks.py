@@ -66,6 +66,9 @@ class Grant:
     # when the control block's `released` word equals it (the holder's proof); any other post
     # is a stray one, absorbed and counted.
     token: int = 0
+    # A standing grant (Op.LEASE): the holder keeps the lock between its commits and gives it
+    # back when recalled; the grant timeout runs from the recall, not from the grant.
+    lease: bool = False
 
 
 @dataclass
@@ -73,6 +76,7 @@ class LockRecord:
     state: LockState = LockState.FREE
     grant: Grant | None = None
     waits: int = 0  # how many times a request found this lock busy
+    recalled_at: float | None = None  # when the adapter asked the lease's holder to give it back
 
 
 @dataclass
@@ -111,7 +115,7 @@ class LockBook:
 
     def _end_grant(self, destination: int, event: LockEvent) -> Grant:
         rec = self._step(destination, event)
-        grant, rec.grant = rec.grant, None
+        grant, rec.grant, rec.recalled_at = rec.grant, None, None
         assert grant is not None
         return grant
 

@@ -53,10 +53,17 @@ class Op(IntEnum):
     # descriptor written by the adapter), then the lock and the addresses of the packets are
     # returned (source and destination past the descriptor) for the driver's ONE MVXL.
     GRANT_RUN = 4
+    # A standing grant (a lease): the destination's lock is granted and STAYS with the driver,
+    # which commits record after record itself (partitions/leasing.py) until it gives the lock
+    # back, by itself or when the adapter recalls it because another sender waits. The move
+    # names one byte of the sender's own memory (never read): its checks are a move's.
+    # Result: seq = the pair's last sequence number, dst_address and count = the receive area.
+    LEASE = 5
 
 
-# Ops whose moves the driver executes (Fig 12): nothing commits without the driver.
-GRANT_OPS = frozenset((Op.GRANT, Op.GRANT_RUN))
+# Ops whose moves the driver executes (Fig 12 and leases): nothing commits without the driver,
+# and a grant whose reply came too late is given back unused.
+GRANT_OPS = frozenset((Op.GRANT, Op.GRANT_RUN, Op.LEASE))
 
 
 class Flow(StrEnum):

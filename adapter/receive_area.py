@@ -34,6 +34,7 @@ from adapter.ring import (
     RECORD_HEADER,
     RUN_DESCRIPTOR,
     Reservation,
+    check_counters,
 )
 from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, SegmentLayout
 
@@ -54,7 +55,12 @@ from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, Se
 #                 reservation's first byte, so an uninit loan (partitions/lending.py) may skip
 #                 the memset exactly when the space can hold nothing but its own old bytes
 # Line 1 is written by the receiver: tail, and `sleeping` (1 while it waits on its doorbell, so
-# movers ring only then). Two lines so producer and consumer do not false-share.
+# movers ring only then). Two lines so producer and consumer do not false-share. Two words of
+# line 1 belong to the adapter and change only when a lease does (partitions/leasing.py):
+#   lease         the token of the grant in force if it is a standing grant (Op.LEASE), else
+#                 0: a restarted adapter keeps such a grant instead of taking it back
+#   recall        the token of the lease the adapter wants back (another sender waits); the
+#                 holder's driver gives it back when it finds its own token here
 HEAD_OFFSET = 0
 PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
 HOLDER_OFFSET = 32
@@ -63,7 +69,9 @@ RELEASED_OFFSET = 48
 WRITER_OFFSET = 56
 TAIL_OFFSET = CACHE_LINE
 SLEEPING_OFFSET = CACHE_LINE + 8
-assert WRITER_OFFSET + 8 <= TAIL_OFFSET and SLEEPING_OFFSET + 8 <= RING_CONTROL_SIZE
+LEASE_OFFSET = CACHE_LINE + 16
+RECALL_OFFSET = CACHE_LINE + 24
+assert WRITER_OFFSET + 8 <= TAIL_OFFSET and RECALL_OFFSET + 8 <= RING_CONTROL_SIZE
 TOKEN_MASK = (1 << 64) - 1
 MIXED = TOKEN_MASK  # the writer word once two partitions have written the ring's space
 # A pair's sequence word stays below this (centuries at any rate): a larger one is forged, and
@@ -97,13 +105,16 @@ class RingWords(NamedTuple):
     token: int  # grant_token
     released: int
     writer: int
+    lease: int
+    recall: int
 
     @classmethod
     def of(cls, dst: PartitionLayout) -> RingWords:
         return cls(_word(dst.control + HEAD_OFFSET), _word(dst.control + PENDING_OFFSET),
                    _word(dst.control + TAIL_OFFSET), _word(dst.control + SLEEPING_OFFSET),
                    _word(dst.control + GRANT_TOKEN_OFFSET), _word(dst.control + RELEASED_OFFSET),
-                   _word(dst.control + WRITER_OFFSET))
+                   _word(dst.control + WRITER_OFFSET), _word(dst.control + LEASE_OFFSET),
+                   _word(dst.control + RECALL_OFFSET))
 
 
 def read_head(words: memoryview, dst: PartitionLayout) -> int:
@@ -253,6 +264,49 @@ def read_grant_token(words: memoryview, ring: RingWords) -> int:
     return words[ring.token]
 
 
+def mark_lease(words: memoryview, ring: RingWords, token: int) -> None:
+    """The adapter, granting a lease (lock held, token stored): the grant is a standing one,
+    and nothing is recalled yet."""
+    words[ring.recall] = 0
+    words[ring.lease] = token
+
+
+def lease_token(words: memoryview, ring: RingWords) -> int:
+    """The token of the lease in force, or 0 if the grant in force (if any) is no lease."""
+    return words[ring.lease]
+
+
+def recall_lease(words: memoryview, ring: RingWords, token: int) -> None:
+    """The adapter: it wants the lease `token` back (written before it wakes the holder)."""
+    words[ring.recall] = token
+
+
+def recalled(words: memoryview, ring: RingWords) -> int:
+    """The token of the lease the adapter asked back (0: none)."""
+    return words[ring.recall]
+
+
+def check_commit_words(words: memoryview, dst: PartitionLayout, ring: RingWords, head: int,
+                       tail: int, seq_word: int) -> None:
+    """Before a commit builds on them, lock held and the last commit settled: RingCorrupt
+    naming the word unless `head` and `tail` are possible, `head` is what the last commit
+    published (the pending head: a plausible but forged head differs) and the pair's sequence
+    word leaves room. The adapter (Engine) and a lease's holder (partitions/leasing.py) both
+    check these words before each commit: `tail` comes from the receiving partition."""
+    where = f"network ID {dst.network_id}'s control block"
+    try:
+        check_counters(head, tail, dst.receive_size)
+    except RingCorrupt as exc:
+        raise RingCorrupt(f"{where}: {exc}") from None
+    pending = words[ring.pending]
+    if head != pending:
+        raise RingCorrupt(f"{where}: head {head} is not the last commit's pending_head "
+                          f"{pending}")
+    seq = words[seq_word]
+    if seq >= SEQ_LIMIT:
+        raise RingCorrupt(f"{where}: a pair's sequence word is {seq} (limit {SEQ_LIMIT})")
+
+
 def read_pending(words: memoryview, dst: PartitionLayout) -> tuple[int, int, int]:
     """(pending head, source index, first sequence number) of the last commit begun."""
     base = _word(dst.control + PENDING_OFFSET)
@@ -268,11 +322,13 @@ def settle_commit(words: memoryview, layout: SegmentLayout, dst: PartitionLayout
 
     Every word is checked before anything is written back: a value no commit could have left
     (check_pending) raises RingCorrupt naming the word and the value, and nothing but `holder`
-    changes (the caller fails the destination).
+    and the lease words change (the caller fails the destination).
     """
     pending_head, src_index, first_seq = read_pending(words, dst)
     head = read_head(words, dst)
     set_holder(words, dst, 0)
+    words[_word(dst.control + LEASE_OFFSET)] = 0  # whatever ended, no lease is in force
+    words[_word(dst.control + RECALL_OFFSET)] = 0
     if pending_head == 0 or head == pending_head:
         return True
     seq_address = check_pending(words, layout, dst, head, pending_head, src_index, first_seq)

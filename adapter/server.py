@@ -72,7 +72,9 @@ class Adapter:
         self.memory = PhysicalMemory.attach(boot.segment)
         locks = {k: SemaphoreLock(v) for k, v in boot.locks.items()}
         bells = {k: posix_ipc.Semaphore(v) for k, v in boot.bells.items()}
-        self.engine = Engine(self.memory.view, boot.layout, locks, bells, boot.lock_timeout_s)
+        recalls = {k: posix_ipc.Semaphore(v) for k, v in boot.recalls.items()}
+        self.engine = Engine(self.memory.view, boot.layout, locks, bells, boot.lock_timeout_s,
+                             recalls)
         self.control = Channel(socket.socket(fileno=boot.control_fd))
         # select.epoll itself, not `selectors`: its Python wrapper builds a key and a list
         # entry per ready fd, on every request

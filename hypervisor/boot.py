@@ -25,12 +25,14 @@ class Connection:
 
 @dataclass(frozen=True)
 class Boot:
-    """What every child needs: the segment, its layout, the names of locks and doorbells."""
+    """What every child needs: the segment, its layout, the names of locks, doorbells and
+    recall semaphores."""
 
     segment: str
     layout: SegmentLayout
     locks: dict[int, str]
     bells: dict[int, str]
+    recalls: dict[int, str]
     control_fd: int
 
     def to_json(self) -> str:
@@ -45,6 +47,7 @@ class Boot:
             "layout": SegmentLayout.from_dict(data["layout"]),
             "locks": {int(k): str(v) for k, v in data["locks"].items()},
             "bells": {int(k): str(v) for k, v in data["bells"].items()},
+            "recalls": {int(k): str(v) for k, v in data["recalls"].items()},
             "control_fd": int(data["control_fd"]),
         }
 

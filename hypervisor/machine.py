@@ -74,9 +74,10 @@ class Names:
     segment: str
     locks: dict[int, str] = field(default_factory=dict)
     bells: dict[int, str] = field(default_factory=dict)
+    recalls: dict[int, str] = field(default_factory=dict)  # per partition: "give your lease back"
 
     def semaphores(self) -> list[str]:
-        return [*self.locks.values(), *self.bells.values()]
+        return [*self.locks.values(), *self.bells.values(), *self.recalls.values()]
 
 
 class Machine(Supervision):
@@ -104,6 +105,7 @@ class Machine(Supervision):
             segment=ipc_name(self.prefix, "mem"),
             locks={i: ipc_name(self.prefix, f"lock-{i}") for i in ids},
             bells={i: ipc_name(self.prefix, f"bell-{i}") for i in ids},
+            recalls={i: ipc_name(self.prefix, f"recall-{i}") for i in ids},
         )
         self.memory: PhysicalMemory | None = None
         self._semaphores: list[posix_ipc.Semaphore] = []
@@ -165,7 +167,7 @@ class Machine(Supervision):
             raise preallocation_error(exc, self.layout.total_size, shm_free_bytes()) from None
         for name in self.names.locks.values():
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 1))
-        for name in self.names.bells.values():
+        for name in [*self.names.bells.values(), *self.names.recalls.values()]:
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 0))
 
     def _start_status(self) -> None:
@@ -210,7 +212,8 @@ class Machine(Supervision):
 
     def _boot_names(self) -> dict:
         return {"segment": self.names.segment, "layout": self.layout,
-                "locks": self.names.locks, "bells": self.names.bells}
+                "locks": self.names.locks, "bells": self.names.bells,
+                "recalls": self.names.recalls}
 
     def _spawn_adapter(self, pipes: dict[int, Pipes]) -> Child:
         connections = tuple(Connection(nid, p.request_r, p.reply_w) for nid, p in pipes.items())

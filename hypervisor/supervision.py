@@ -160,9 +160,10 @@ class Supervision:
 
     def _end_stuck_grants(self, grants: dict) -> None:
         """A partition that has held a destination's lock (a Fig 12 grant) longer than
-        `grant_timeout_s` is alive but stuck (or hostile) and blocks every sender to that
-        destination: kill it. The adapter then sees its pipe close, takes the lock back and
-        undoes the uncommitted move; the partition comes back per the restart policy."""
+        `grant_timeout_s`, or kept a lease that long after the adapter recalled it, is alive
+        but stuck (or hostile) and blocks every sender to that destination: kill it. The
+        adapter then sees its pipe close, takes the lock back and undoes the uncommitted
+        move; the partition comes back per the restart policy."""
         limit = self.config.grant_timeout_s
         for dst, grant in grants.items():
             holder, age = grant.get("holder"), grant.get("age_s", 0.0)
@@ -171,8 +172,10 @@ class Supervision:
                     or child.state is not ProcessState.RUNNING or child.proc.poll() is not None):
                 continue
             child.proc.kill()
-            self.events.append(f"{child.name} held the lock of network ID {dst} for {age:.1f} s "
-                               f"(grant_timeout_s = {limit:g}): killed, its lock taken back")
+            held = (f"kept its lease on network ID {dst} {age:.1f} s after it was recalled"
+                    if grant.get("lease") else f"held the lock of network ID {dst} for {age:.1f} s")
+            self.events.append(f"{child.name} {held} (grant_timeout_s = {limit:g}): killed, its "
+                               f"lock taken back")
 
     def _supervise(self) -> list[Child]:
         died, ended = [], []

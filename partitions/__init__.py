@@ -2,7 +2,8 @@
 
 A partition program is a function `main(port)` named in the config
 (`program = "package.module:function"`). Everything it needs is exported here: the `Port`,
-what it returns (`Sent`, `Packet`, `Run`, the zero-copy `Loan` and `LoanRun`), the flows
+what it returns (`Sent`, `Packet`, `Run`, the zero-copy `Loan` and `LoanRun`, the standing
+grant `Lease`), the flows
 (`Flow.FIG11`: the adapter moves the bytes; `Flow.FIG12`: the driver moves them under the
 granted lock) and the typed errors.
 """
@@ -29,6 +30,8 @@ from adapter.errors import (
 from adapter.protocol import Flow
 from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.driver import Sent
+from partitions.lease import Lease, LeaseClosed
+from partitions.leasing import LeaseLost
 from partitions.loan import Loan, LoanEnded, LoanError, LoanExported, LoanHeld, LoanRun
 from partitions.memory import PartitionView
 from partitions.port import Port, Run
@@ -37,7 +40,8 @@ from partitions.receiver import Packet
 __all__ = [
     "AdapterGone", "BadCount", "BadOffset", "DestinationDown", "DestinationFull", "DestinationGone",
     "Flow",
-    "InDoubt", "Loan", "LoanEnded", "LoanError", "LoanExported", "LoanHeld", "LoanRun",
+    "InDoubt", "Lease", "LeaseClosed", "LeaseLost",
+    "Loan", "LoanEnded", "LoanError", "LoanExported", "LoanHeld", "LoanRun",
     "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
     "PartitionView", "Port", "QueueFull", "QueuedSendFailed", "RetryableError", "RingCorrupt",
     "Run", "Sent", "SourceMismatch",

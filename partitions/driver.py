@@ -40,6 +40,7 @@ from adapter.protocol import (
 )
 from adapter.translation import TranslationTable
 from hypervisor.layout import SegmentLayout
+from partitions.leasing import HeldLease, Leasing
 from partitions.lending import Granted, Lending
 from partitions.posting import Posted, Posting
 from partitions.replies import Frame, Replies, Unanswered
@@ -90,7 +91,7 @@ def retrying(attempt: Callable[[float | None], T | XpmoveError], timeout: float,
         pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
 
-class Driver(Lending, Posting):
+class Driver(Lending, Leasing, Posting):
     def __init__(
         self,
         network_id: int,
@@ -100,6 +101,7 @@ class Driver(Lending, Posting):
         reply_fd: int,
         locks: dict[int, posix_ipc.Semaphore],
         bells: dict[int, posix_ipc.Semaphore],
+        recall: posix_ipc.Semaphore | None = None,
     ):
         self.network_id = network_id
         self.physical = physical
@@ -127,6 +129,9 @@ class Driver(Lending, Posting):
         self.late_replies = 0  # replies that came after their request's deadline
         self.late_grants_returned = 0  # grants in them, given back unused
         self._reaper: threading.Thread | None = None  # takes late replies of abandoned grants
+        self.recall = recall  # posted by the adapter when it wants a lease back
+        self._leases: dict[int, HeldLease] = {}  # by destination (partitions/leasing.py)
+        self._keeper: threading.Thread | None = None  # answers recalls of leases
 
     def send_retrying(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                       run: bool = False, timeout: float = 0.0,

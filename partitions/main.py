@@ -100,8 +100,9 @@ class Partition:
         lock_ids, bell_ids = semaphores_needed(self.network_id, boot.bells)
         locks = {k: posix_ipc.Semaphore(boot.locks[k]) for k in lock_ids}
         bells = {k: posix_ipc.Semaphore(boot.bells[k]) for k in bell_ids}
+        recall = posix_ipc.Semaphore(boot.recalls[self.network_id])  # its leases' recalls
         self.driver = Driver(self.network_id, self.memory.view, boot.layout,
-                             boot.request_fd, boot.reply_fd, locks, bells)
+                             boot.request_fd, boot.reply_fd, locks, bells, recall)
         self.receiver = Receiver(self.memory.view, boot.layout, self.network_id,
                                  bells[self.network_id])
         names = {p.network_id: p.name for p in boot.layout.partitions}

@@ -35,6 +35,7 @@ from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import BlockHandler
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
+from partitions.lease import Lease
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
 from partitions.memory import PartitionView
@@ -388,6 +389,27 @@ class Port:
             raise LoanHeld(f"{what}: this thread holds a loan to network ID {loan.dst} "
                            f"({loan.size} bytes); commit or give it back first (the {what} "
                            f"would wait for the loan itself)")
+
+    # -- leases: standing grants (partitions/lease.py) ----------------------------------------
+    def lease(self, dst: int, timeout: float | None = None,
+              cancel: threading.Event | None = None) -> Lease:
+        """A standing grant on `dst`: `lease.send(data)` then commits each packet there at once,
+        with no request to the adapter (one wake-up per lone packet, the receiver's). Given
+        back by `close()` (or the `with` block's end), and whenever another sender waits for
+        `dst` (the next send asks again). Waits, retrying like `send`, for the lock. See
+        partitions/lease.py for the rules."""
+        self._check_no_loan("lease")
+        if dst not in self._max_run:
+            self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
+        self._flush_before_sync()  # after what was queued before it
+
+        def before_send() -> None:
+            self._check_no_loan("lease send")
+            self._flush_before_sync()
+
+        lease = Lease(self._driver, dst, self._max_run[dst], before_send, self._stopping)
+        lease.acquire(timeout, cancel)
+        return lease
 
     # -- receiving --------------------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Packet | None:

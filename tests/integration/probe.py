@@ -32,6 +32,7 @@ from adapter.protocol import (
 from adapter.ring import RUN_DESCRIPTOR, align
 from partitions import driver as driver_module
 from partitions.cork import QueuedSendFailed, QueueFull
+from partitions.lease import Lease
 from partitions.loan import Loan, LoanRun
 from partitions.port import Port
 from scripts.workload.program import Workload
@@ -44,6 +45,7 @@ class Probe:
         self.driver = port._driver  # the trusted code, reached only by this test program
         self.workload = Workload(port)
         self.loan: Loan  # the loan `loan` was told to hold
+        self.leases: dict[int, Lease] = {}  # by destination: what `lease` took
         self.returning = threading.Event()  # set: the program returns (as a user's would)
         self.cork_result: dict | None = None  # of the last cork_send, once it is done
 
@@ -177,6 +179,27 @@ class Probe:
         finally:
             del kept
         return {"ok": True, "seq": sent.seq, "records": sent.records}
+    # -- leases (partitions/lease.py) ---------------------------------------------------------
+    def cmd_lease(self, msg: dict) -> dict:
+        """`port.lease(dst, timeout)`, kept for lease_send / lease_close."""
+        dst = int(msg["dst"])
+        self.leases[dst] = self.port.lease(dst, msg.get("timeout", 10.0))
+        return {"ok": True, "held": self.leases[dst].held}
+
+    def cmd_lease_send(self, msg: dict) -> dict:
+        """Send each of `payloads` (hex), then `sizes` packets of zeros, through the lease on
+        `dst`, `timeout` each: their sequence numbers, and whether the lease is still held
+        after the last."""
+        lease = self.leases[int(msg["dst"])]
+        packets = ([bytes.fromhex(h) for h in msg.get("payloads", ())]
+                   + [bytes(int(n)) for n in msg.get("sizes", ())])
+        seqs = [lease.send(p, msg.get("timeout", 10.0)).seq for p in packets]
+        return {"ok": True, "seqs": seqs, "held": lease.held}
+
+    def cmd_lease_close(self, msg: dict) -> dict:
+        self.leases[int(msg["dst"])].close()
+        return {"ok": True}
+
     # -- per-packet sends, queued (partitions/cork.py) ---------------------------------------
     def cmd_cork_send(self, msg: dict) -> dict:
         """`count` per-packet `port.send` calls (queued), packet i to `dsts[i % len]` with

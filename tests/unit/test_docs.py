@@ -229,6 +229,8 @@ CONTROL_WORDS = {
     "writer": receive_area.WRITER_OFFSET,
     "tail": receive_area.TAIL_OFFSET,
     "sleeping": receive_area.SLEEPING_OFFSET,
+    "lease": receive_area.LEASE_OFFSET,
+    "recall": receive_area.RECALL_OFFSET,
 }
 
 

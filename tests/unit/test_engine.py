@@ -261,7 +261,8 @@ def test_stats_name_each_held_grant_its_holder_and_age(m):
     m.put(1, 0, b"held")
     (r,) = ok(m.submit(1, Op.GRANT, [(2, 0, 4)], now=100.0))
     assert m.engine.stats()["grants"] == {}  # no clock, no ages
-    assert m.engine.stats(now=112.5)["grants"] == {"2": {"holder": 1, "age_s": 12.5}}
+    assert m.engine.stats(now=112.5)["grants"] == {"2": {"holder": 1, "age_s": 12.5,
+                                                         "lease": False}}
     m.drive(r, 2)  # freed: settled by stats, no longer held
     assert m.engine.stats(now=113.0)["grants"] == {}
 

@@ -1,0 +1,247 @@
+"""The driver's half of a lease (partitions/lease.py): a standing grant on one destination.
+
+`Leasing` is a part of `Driver` (partitions/driver.py), kept apart because it is one idea. A
+Fig 12 grant gives the driver a destination's lock for ONE request's moves. A lease (Op.LEASE)
+gives it the lock until it gives the lock back, and the driver commits record after record
+itself with no request at all: the commit protocol's steps in adapter/receive_area.py's order
+(check the words, reserve, begin the commit, header, payload, publish `head`, doorbell), as
+the adapter does for a Fig 11 move. A lone packet then costs one wake-up (the receiver's) and
+two processes, as it does over a socket, instead of two wake-ups and three processes.
+
+What keeps it safe:
+
+* **Given back when another sender waits.** A request that finds the lock leased makes the
+  adapter write the lease's token as the control block's `recall` word and post this
+  partition's recall semaphore. The keeper thread (one per driver, blocked on that semaphore)
+  gives the lease back: the holder's proof (`released`), then the post of the lock, exactly as
+  a Fig 12 grant ends. From the recall on the holder has `grant_timeout_s`, then the machine
+  kills it as a stuck holder. A send finds the recall too, and gives the lease back first.
+* **Never two writers.** Each lease has a mutex: a commit and a give-back never overlap, so
+  the lock is posted only between commits. Before each commit the driver checks that the grant
+  is still its own (`grant_token`, `holder`, not yet `released`): a lease the adapter took
+  back is never written under.
+* **Exactly once, in order.** Sequence numbers come from the pair's sequence word, advanced by
+  `begin_commit` under the lock, as for every other move; a holder that dies mid-commit leaves
+  a pending commit the adapter settles (rolls back) when it takes the lock back.
+* **Adapter restarts.** A restarted adapter keeps a lease it finds in the segment (the `lease`
+  word names its token). A LEASE whose reply died with the old adapter is asked again and
+  confirmed (Engine._renew_lease); one the driver stopped asking for is given back by the
+  keeper when it is recalled (`_answer_recall`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import posix_ipc
+
+from adapter import receive_area
+from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
+from adapter.protocol import Move, Op, Result
+from adapter.ring import reserve
+
+if TYPE_CHECKING:
+    from hypervisor.layout import PartitionLayout
+
+KEEPER_SLICE_S = 0.5  # the keeper re-checks the recall words (and its driver closing) this often
+
+
+class LeaseLost(LockTimeout):
+    """The lease is not held any more (recalled, given back, or taken back by the adapter):
+    nothing of this send was written. Retryable: the next try asks for the lease again."""
+
+
+@dataclass
+class HeldLease:
+    """A lease on `dst_id` as the driver knows it; `mutex` keeps a commit and a give-back
+    apart. `token` is the grant's (receive_area.next_grant_token) while `held`."""
+
+    dst_id: int
+    token: int = 0
+    held: bool = False
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Leasing:
+    """Driver's methods for leases; the attributes and methods below come from Driver."""
+
+    if TYPE_CHECKING:
+        network_id: int
+        physical: memoryview
+        words: memoryview
+        by_id: dict[int, PartitionLayout]
+        rings: dict[int, receive_area.RingWords]
+        locks: dict[int, posix_ipc.Semaphore]
+        bells: dict[int, posix_ipc.Semaphore]
+        recall: posix_ipc.Semaphore | None
+        _seq_words: dict[int, int]
+        _mutex: threading.Lock
+        _closing: bool
+        _leases: dict[int, HeldLease]
+        _keeper: threading.Thread | None
+
+        def _take_slot(self, wait: float) -> LockTimeout | None: ...
+
+        @staticmethod
+        def _slot_wait(reply_by: float | None) -> float: ...
+
+        def _survive_restart(self, op: int, moves: Sequence[Move],
+                             reply_by: float | None = None) -> tuple[Result, ...]: ...
+
+    def take_lease(self, dst_id: int, reply_by: float | None = None) -> HeldLease | XpmoveError:
+        """The lease on `dst_id`: the one held, or a LEASE request for it (parked by the
+        adapter while the lock is busy, as any move is). Errors are returned, not raised."""
+        lease = self._leases.get(dst_id)
+        if lease is not None and lease.held:
+            return lease
+        busy = self._take_slot(self._slot_wait(reply_by))
+        if busy is not None:
+            return busy
+        try:
+            return self._ask_lease(dst_id, reply_by)
+        finally:
+            self._mutex.release()
+
+    def _ask_lease(self, dst_id: int, reply_by: float | None) -> HeldLease | XpmoveError:
+        """The LEASE round trip, the driver's slot held (so the keeper cannot mistake the
+        lease for one whose reply was lost while we mark it held)."""
+        try:
+            (r,) = self._survive_restart(Op.LEASE, (Move(self.network_id, dst_id, 0, 1),),
+                                         reply_by)
+        except XpmoveError as exc:
+            return exc
+        if r.status != Status.OK:
+            return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=0, count=1,
+                             detail=r.detail)
+        dst, ring = self.by_id[dst_id], self.rings[dst_id]
+        token = self.words[ring.token]
+        if (r.dst_address != dst.receive_base or r.count != dst.receive_size
+                or receive_area.read_holder(self.words, dst) != self.network_id
+                or receive_area.lease_token(self.words, ring) != token):
+            self._free_lock(dst_id)  # never write under what is not plainly our lease
+            return RingCorrupt(f"the lease on network ID {dst_id} does not match its control "
+                               f"block (receive area [{r.dst_address}, "
+                               f"{r.dst_address + r.count}), holder "
+                               f"{receive_area.read_holder(self.words, dst)}); given back")
+        lease = self._leases.setdefault(dst_id, HeldLease(dst_id))
+        with lease.mutex:
+            lease.token, lease.held = token, True
+        self._start_keeper()
+        return lease
+
+    def lease_send(self, lease: HeldLease, data: memoryview) -> int | XpmoveError:
+        """Commit `data` (the program's bytes, already bounds-checked) as ONE record under the
+        lease: the one copy of the packet, no request. LeaseLost if the lease is not held any
+        more (nothing written); DestinationFull (lease kept) if the ring has no room;
+        RingCorrupt (lease given back, so the adapter finds the words too) if a word of the
+        control block is impossible. The record's sequence number when sent."""
+        dst_id, count = lease.dst_id, len(data)
+        words, me = self.words, self.network_id
+        dst, ring = self.by_id[dst_id], self.rings[dst_id]
+        with lease.mutex:
+            token = lease.token
+            if not lease.held or not self._still_ours(dst, ring, token):
+                lease.held = False
+                return LeaseLost(f"the lease on network ID {dst_id} is not held any more; "
+                                 f"nothing was sent")
+            if words[ring.recall] == token:  # another sender waits: it goes first
+                self._give_back(lease)
+                return LeaseLost(f"the lease on network ID {dst_id} was recalled (another "
+                                 f"sender waits); nothing was sent")
+            seq_word = self._seq_words[dst_id]
+            head, tail = words[ring.head], words[ring.tail]
+            try:
+                receive_area.check_commit_words(words, dst, ring, head, tail, seq_word)
+                r = reserve(head, tail, dst.receive_size, count)
+            except RingCorrupt as exc:
+                self._give_back(lease)
+                return exc
+            except XpmoveError as exc:  # no room: the lease stays, the receiver drains
+                return exc
+            seq = receive_area.begin_commit(words, ring, r.new_head,
+                                            self.by_id[me].index, seq_word, 1)
+            payload = receive_area.write_record_header(self.physical, dst, r, me, seq)
+            self.physical[payload:payload + count] = data  # MVXL: the packet's one copy
+            receive_area.publish_head(words, dst.control, r.new_head)  # the commit
+        receive_area.ring_doorbell(words, ring, self.bells[dst_id])
+        return seq
+
+    def end_lease(self, lease: HeldLease) -> None:
+        """Give the lease back if it is still held (nothing is in flight: commits are whole)."""
+        with lease.mutex:
+            if lease.held and self._still_ours(self.by_id[lease.dst_id],
+                                               self.rings[lease.dst_id], lease.token):
+                self._give_back(lease)
+            lease.held = False
+
+    def _still_ours(self, dst: PartitionLayout, ring: receive_area.RingWords, token: int) -> bool:
+        words = self.words
+        return (words[ring.token] == token and words[ring.released] != token
+                and receive_area.read_holder(words, dst) == self.network_id)
+
+    def _give_back(self, lease: HeldLease) -> None:
+        """lease.mutex held: the holder's proof, then the post of the lock (Fig 12 1205)."""
+        lease.held = False
+        self._free_lock(lease.dst_id)
+
+    def _free_lock(self, dst_id: int) -> None:
+        receive_area.prove_release(self.words, self.rings[dst_id])
+        self.locks[dst_id].release()
+
+    # -- the keeper: answers recalls -----------------------------------------------------
+    def _start_keeper(self) -> None:
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
+                                            name=f"xpmove-lease-keeper-{self.network_id}")
+            self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        """Thread: wait for a recall (the adapter posts our recall semaphore), answer it. The
+        wait is bounded so that a closing driver ends the thread, and a recall whose post was
+        lost (or a driver without a recall semaphore) is still answered within a slice."""
+        stopped = threading.Event()
+        while not self._closing:
+            if self.recall is None:
+                stopped.wait(KEEPER_SLICE_S)
+            else:
+                try:
+                    self.recall.acquire(KEEPER_SLICE_S)
+                except posix_ipc.BusyError:
+                    pass
+            self.answer_recalls()
+
+    def answer_recalls(self) -> int:
+        """Give back every lease the adapter recalled; how many were given back."""
+        given = 0
+        for dst_id, ring in self.rings.items():
+            recalled = self.words[ring.recall]
+            if recalled and dst_id != self.network_id:
+                given += self._answer_recall(dst_id, recalled)
+        return given
+
+    def _answer_recall(self, dst_id: int, recalled: int) -> int:
+        lease = self._leases.get(dst_id)
+        if lease is not None:
+            with lease.mutex:
+                if lease.held:
+                    if lease.token != recalled:
+                        return 0
+                    self._give_back(lease)
+                    return 1
+        # Not a lease we know: if the segment names us its holder, its LEASE reply was lost
+        # (adapter restart, request abandoned). Ours to give back, once no LEASE is in flight.
+        dst, ring, words = self.by_id[dst_id], self.rings[dst_id], self.words
+        if not self._mutex.acquire(blocking=False):
+            return 0  # a request is in flight: the next slice looks again
+        try:
+            if ((lease is None or not lease.held)
+                    and receive_area.lease_token(words, ring) == recalled
+                    and self._still_ours(dst, ring, recalled)):
+                self._free_lock(dst_id)
+                return 1
+        finally:
+            self._mutex.release()
+        return 0

@@ -1,0 +1,121 @@
+"""Leases (standing grants): a destination's lock kept by the sender's driver, which commits
+each packet there itself with no request; given back when another sender waits. Real
+partitions, adapter and semaphores, through the probe."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import TIMEOUT, small_config, wait_for
+from tests.integration.test_faults import kill, restarted
+from tests.integration.test_loan import locks_free
+from tests.integration.test_machine import receive, send
+
+
+def lease(m, src: int, dst: int, **msg) -> dict:
+    return m.call(src, {"cmd": "lease", "dst": dst, **msg})
+
+
+def lease_send(m, src: int, dst: int, payloads: list[bytes], **msg) -> dict:
+    return m.call(src, {"cmd": "lease_send", "dst": dst, "payloads": [p.hex() for p in payloads],
+                        **msg})
+
+
+def received(m, nid: int, n: int) -> list[tuple[int, int, bytes]]:
+    """The next `n` packets at `nid` as (source, seq, bytes); then nothing more."""
+    got = [receive(m, nid) for _ in range(n)]
+    assert receive(m, nid, timeout=0) is None
+    return [(p["source_id"], p["seq"], bytes.fromhex(p["hex"])) for p in got]
+
+
+def test_lease_sends_arrive_in_order_once_with_no_request_per_packet(machine):
+    m = machine
+    assert send(m, 1, 2, b"before the lease", "fig11")["seq"] == 1
+    assert lease(m, 1, 2)["held"]
+    requests = m.adapter_stats()["counters"]["requests"]
+    payloads = [b"leased %d " % i * (i + 1) for i in range(50)]
+    reply = lease_send(m, 1, 2, payloads)
+    assert reply["seqs"] == list(range(2, 52)) and reply["held"]
+    assert m.adapter_stats()["counters"]["requests"] == requests  # not one per packet
+    assert received(m, 2, 51) == [(1, 1, b"before the lease")] + [
+        (1, i + 2, p) for i, p in enumerate(payloads)]
+    assert m.call(1, {"cmd": "lease_close", "dst": 2})["ok"]
+    assert locks_free(m)  # the adapter settles the given-back lease
+    assert send(m, 1, 2, b"after", "fig12")["seq"] == 52
+
+
+def test_another_sender_is_served_at_once_and_the_lease_is_asked_for_again(machine):
+    """A sender that finds the lock leased makes the adapter recall the lease; the holder's
+    driver gives it back on its own thread, so the other send succeeds in ONE attempt (the
+    adapter parks it at most lock_timeout_s), and the holder's next send leases again."""
+    m = machine
+    assert lease(m, 1, 2)["held"]
+    assert lease_send(m, 1, 2, [b"one"])["seqs"] == [1]
+    assert send(m, 3, 2, b"from three", "fig11")["seq"] == 1  # one attempt
+    reply = lease_send(m, 1, 2, [b"two"])
+    assert reply["seqs"] == [2] and reply["held"]
+    counters = m.adapter_stats()["counters"]
+    assert counters["leases"] == 2 and counters["leases_recalled"] == 1
+    assert sorted(received(m, 2, 3)) == [(1, 1, b"one"), (1, 2, b"two"), (3, 1, b"from three")]
+
+
+def test_a_partition_killed_holding_a_lease_gives_the_lock_back(make_machine):
+    """kill -9 the holder: what it committed stays delivered once, the lock comes back (the
+    other sender gets it), and the restarted partition leases again after its last number."""
+    m = make_machine(small_config(restart="always"))
+    assert lease(m, 1, 2)["held"]
+    assert lease_send(m, 1, 2, [b"a", b"b", b"c"])["seqs"] == [1, 2, 3]
+    kill(m.pid(1))
+    assert send(m, 3, 2, b"from three", "fig12", timeout=TIMEOUT)["seq"] == 1
+    assert sorted(received(m, 2, 4)) == [(1, 1, b"a"), (1, 2, b"b"), (1, 3, b"c"),
+                                         (3, 1, b"from three")]
+    wait_for(lambda: restarted(m, 1), what="partition 1 to restart")
+    assert lease(m, 1, 2, timeout=TIMEOUT)["held"]
+    assert lease_send(m, 1, 2, [b"again"])["seqs"] == [4]
+    assert received(m, 2, 1) == [(1, 4, b"again")]
+
+
+def test_a_lease_outlives_an_adapter_restart_and_is_recalled_by_the_new_adapter(make_machine):
+    m = make_machine(small_config())
+    assert lease(m, 1, 2)["held"]
+    assert lease_send(m, 1, 2, [b"before"])["seqs"] == [1]
+    old = m.pid()
+    kill(old)
+    wait_for(lambda: restarted(m, "adapter"), what="adapter restart")
+    reply = lease_send(m, 1, 2, [b"during"])  # no request: the lease is still ours
+    assert reply["seqs"] == [2] and reply["held"]
+    assert send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)["seq"] == 1
+    assert lease_send(m, 1, 2, [b"after"])["seqs"] == [3]
+    assert sorted(received(m, 2, 4)) == [(1, 1, b"before"), (1, 2, b"during"), (1, 3, b"after"),
+                                         (3, 1, b"from three")]
+    assert m.adapter_stats()["counters"]["leases_recalled"] == 1
+
+
+@pytest.mark.parametrize("dst, error", [(99, "UnknownNetworkId"), (1, "OwnNetworkId")])
+def test_a_lease_on_a_bad_destination_is_a_typed_error(machine, dst, error):
+    reply = lease(machine, 1, dst)
+    assert reply["error"] == error and str(dst) in reply["message"]
+    assert locks_free(machine)
+
+
+@pytest.mark.parametrize("msg, error, named", [
+    ({"payloads": [""]}, "BadCount", "0 bytes"),
+    ({"sizes": [200 * 1024]}, "TooLarge", str(200 * 1024)),
+])
+def test_bad_lease_sends_are_typed_errors_and_send_nothing(machine, msg, error, named):
+    m = machine
+    assert lease(m, 1, 2)["held"]
+    reply = m.call(1, {"cmd": "lease_send", "dst": 2, **msg})
+    assert reply["error"] == error and named in reply["message"]
+    assert lease_send(m, 1, 2, [b"good"])["seqs"] == [1]  # the lease is unharmed
+    assert received(m, 2, 1) == [(1, 1, b"good")]
+
+
+def test_a_send_on_a_closed_lease_is_refused(machine):
+    m = machine
+    assert lease(m, 1, 2)["held"]
+    assert m.call(1, {"cmd": "lease_close", "dst": 2})["ok"]
+    reply = lease_send(m, 1, 2, [b"late"])
+    assert reply["error"] == "LeaseClosed" and "2" in reply["message"]
+    assert receive(m, 2, timeout=0) is None
+    assert locks_free(m)

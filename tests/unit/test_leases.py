@@ -1,0 +1,240 @@
+"""Leases (standing grants) without processes: the adapter's engine (adapter/engine.py) and the
+driver's half (partitions/leasing.py) over one bytearray segment, the engine answering the
+driver's requests directly. The test plays the other senders, the receiver, the crashes and
+the restarted adapter.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from adapter import receive_area
+from adapter.engine import Engine
+from adapter.errors import DestinationFull, RingCorrupt, Status, XpmoveError
+from adapter.protocol import Move, Op, Request
+from adapter.ring import KIND_RECORD
+from partitions.leasing import HeldLease, LeaseLost, Leasing
+from tests.unit.test_engine import IDS, TIMEOUT, FakeBell, Machine, decode, ok
+
+
+class LeaseMachine(Machine):
+    """test_engine's Machine, its engine given a recall semaphore (a counter) per partition."""
+
+    def fresh_engine(self) -> Engine:
+        self.recalls = getattr(self, "recalls", {i: FakeBell() for i in IDS})
+        return Engine(self.mem, self.layout, self.locks, self.bells, TIMEOUT, self.recalls)
+
+    def ring(self, dst: int) -> receive_area.RingWords:
+        return receive_area.RingWords.of(self.p(dst))
+
+
+class EngineDriver(Leasing):
+    """The driver's lease methods over the test's segment; its requests go straight to the
+    machine's engine (the pipes and the adapter's shell are not what is tested here)."""
+
+    def __init__(self, m: LeaseMachine, network_id: int):
+        self.m, self.network_id = m, network_id
+        self.physical, self.words, self.by_id = m.mem, m.words, m.by_id
+        self.rings = {i: m.ring(i) for i in IDS}
+        self.locks, self.bells, self.recall = m.locks, m.bells, None
+        mine = receive_area.seq_words(m.layout)[m.p(network_id).index]
+        self._seq_words = {i: mine[m.p(i).index] for i in IDS}
+        self._mutex, self._closing = threading.Lock(), False
+        self._leases: dict[int, HeldLease] = {}
+        self._keeper = threading.Thread()  # never started: the test answers recalls itself
+        self.now = 0.0
+
+    def _take_slot(self, wait: float):
+        self._mutex.acquire()
+
+    @staticmethod
+    def _slot_wait(reply_by):
+        return -1.0
+
+    def _survive_restart(self, op, moves, reply_by=None):
+        request = Request(op, 1, tuple(moves))
+        frame = self.m.engine.submit(self.network_id, request, self.now)
+        assert frame is not None, "parked: the test expected the lock free"
+        status, results = decode(frame)
+        assert status == Status.OK
+        return results
+
+    def _start_keeper(self) -> None:
+        pass
+
+
+@pytest.fixture
+def m() -> LeaseMachine:
+    return LeaseMachine()
+
+
+def sent(outcome):
+    assert not isinstance(outcome, XpmoveError), outcome
+    return outcome
+
+
+def test_a_lease_commits_records_with_no_request_and_keeps_the_lock(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    ring = m.ring(2)
+    assert lease.held and m.lock_state(2) == "granted" and m.locks[2].value == 0
+    assert receive_area.read_holder(m.words, m.p(2)) == 1
+    assert receive_area.lease_token(m.words, ring) == lease.token == m.words[ring.token]
+    requests = m.engine.counters["requests"]
+    seqs = [sent(d.lease_send(lease, memoryview(b"packet %d" % i))) for i in range(3)]
+    assert seqs == [1, 2, 3] and m.seq(1, 2) == 3
+    assert m.records(2) == [(KIND_RECORD, 1, i + 1, b"packet %d" % i) for i in range(3)]
+    assert m.engine.counters["requests"] == requests  # no request per packet
+    assert m.lock_state(2) == "granted"  # still leased
+
+
+def test_the_lease_rings_the_doorbell_only_when_the_receiver_sleeps(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    sent(d.lease_send(lease, memoryview(b"awake")))
+    assert m.bells[2].rings == 0
+    receive_area.set_sleeping(m.words, m.p(2), True)
+    sent(d.lease_send(lease, memoryview(b"asleep")))
+    assert m.bells[2].rings == 1
+
+
+def test_a_waiting_sender_recalls_the_lease_once_and_is_served_when_it_comes_back(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    sent(d.lease_send(lease, memoryview(b"leased")))
+    assert m.engine.stats(now=5.0)["grants"] == {}  # nobody waits: the holder may keep it
+    m.put(3, 0, b"other")
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None  # parked behind the lease
+    ring = m.ring(2)
+    assert receive_area.recalled(m.words, ring) == lease.token
+    assert m.recalls[1].rings == 1
+    assert m.engine.retry_parked(10.5) == []  # still leased: no second recall
+    assert m.recalls[1].rings == 1
+    assert m.engine.stats(now=12.0)["grants"] == {"2": {"holder": 1, "age_s": 2.0,
+                                                        "lease": True}}
+    assert d.answer_recalls() == 1  # the keeper's answer
+    assert not lease.held and m.locks[2].value == 1
+    ((network_id, frame),) = m.engine.retry_parked(12.5)
+    (r,) = ok(decode(frame))
+    assert network_id == 3 and r.seq == 1
+    assert receive_area.lease_token(m.words, ring) == 0 == receive_area.recalled(m.words, ring)
+    assert [rec[1:3] for rec in m.records(2)] == [(1, 1), (3, 1)]
+    assert isinstance(d.lease_send(lease, memoryview(b"late")), LeaseLost)  # nothing written
+    assert len(m.records(2)) == 2
+
+
+def test_a_send_that_finds_its_lease_recalled_gives_it_back_and_writes_nothing(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
+    assert isinstance(d.lease_send(lease, memoryview(b"x")), LeaseLost)
+    assert m.records(2) == [] and m.seq(1, 2) == 0
+    assert len(m.engine.retry_parked(1.1)) == 1  # the waiting sender went first
+
+
+def test_a_full_ring_keeps_the_lease_and_writes_nothing(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    big = memoryview(bytes(m.p(2).receive_size // 2 - 64))
+    sent(d.lease_send(lease, big))
+    sent(d.lease_send(lease, big))
+    outcome = d.lease_send(lease, big)
+    assert isinstance(outcome, DestinationFull)
+    assert lease.held and m.seq(1, 2) == 2 and len(m.records(2)) == 2
+
+
+def test_a_forged_tail_is_refused_and_the_lease_given_back(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    receive_area.publish_tail(m.words, m.p(2).control, 4096)  # past head: impossible
+    outcome = d.lease_send(lease, memoryview(b"x"))
+    assert isinstance(outcome, RingCorrupt) and "tail" in str(outcome)
+    assert not lease.held and m.head(2) == 0 and m.seq(1, 2) == 0
+    m.engine.settle_finished_grants()
+    assert m.lock_state(2) == "free"
+
+
+def test_a_holder_that_dies_mid_commit_leaves_no_record_and_no_gap(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    sent(d.lease_send(lease, memoryview(b"committed")))
+    ring, dst = m.ring(2), m.p(2)
+    head = receive_area.read_head(m.words, dst)
+    receive_area.begin_commit(m.words, ring, head + 64, dst.index - 1, d._seq_words[2], 1)
+    m.engine.detach(1)  # died between begin_commit and head
+    assert m.lock_state(2) == "free" and m.engine.counters["locks_reclaimed"] == 1
+    assert m.seq(1, 2) == 1 and [r[2] for r in m.records(2)] == [1]
+    assert receive_area.lease_token(m.words, ring) == 0
+
+
+def test_a_restarted_adapter_keeps_the_lease_through_its_holders_other_requests(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    m.engine = m.fresh_engine()  # the adapter restarted while partition 1 held the lease
+    m.engine.recover(1.0)
+    for i in IDS:
+        m.engine.attach(i)
+    grant = m.engine.book.record(2).grant
+    assert grant.lease and grant.recovered
+    m.put(1, 0, b"to three")
+    ok(m.submit(1, Op.MOVE, [(3, 0, 8)]))  # its next request proves nothing about the lease
+    assert m.lock_state(2) == "granted"
+    assert sent(d.lease_send(lease, memoryview(b"still mine"))) == 1
+    assert m.records(2) == [(KIND_RECORD, 1, 1, b"still mine")]
+
+
+def test_a_lease_asked_again_by_its_holder_is_confirmed_not_granted_twice(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    token = lease.token
+    m.engine = m.fresh_engine()
+    m.engine.recover(1.0)
+    for i in IDS:
+        m.engine.attach(i)
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=2.0) is None  # recalls it
+    lease.held = False  # as if the LEASE reply had died with the old adapter
+    again = sent(d.take_lease(2))
+    assert again.token == token and m.engine.counters["leases_renewed"] == 1
+    assert receive_area.recalled(m.words, m.ring(2)) == 0  # withdrawn ...
+    assert m.engine.retry_parked(2.1) == []
+    assert receive_area.recalled(m.words, m.ring(2)) == token  # ... and made again
+
+
+def test_a_lease_whose_reply_was_lost_is_given_back_when_recalled(m):
+    d = EngineDriver(m, 1)
+    sent(d.take_lease(2))
+    d._leases.clear()  # the driver never learnt of it
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
+    assert d.answer_recalls() == 1
+    assert len(m.engine.retry_parked(1.1)) == 1
+
+
+def test_a_recall_of_someone_elses_lease_is_not_answered(m):
+    holder, other = EngineDriver(m, 1), EngineDriver(m, 3)
+    lease = sent(holder.take_lease(2))
+    m.put(3, 0, b"x")
+    assert m.submit(3, Op.MOVE, [(2, 0, 1)], now=1.0) is None
+    assert other.answer_recalls() == 0 and lease.held and m.locks[2].value == 0
+
+
+def test_a_lease_request_of_two_moves_is_malformed(m):
+    request = Request(Op.LEASE, 7, (Move(1, 2, 0, 1), Move(1, 3, 0, 1)))
+    status, _ = decode(m.engine.submit(1, request, 0.0))
+    assert status == Status.MALFORMED
+    assert m.lock_state(2) == "free" and m.lock_state(3) == "free"
+
+
+def test_a_given_back_lease_settles_and_the_next_lease_gets_a_new_token(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    first = lease.token
+    sent(d.lease_send(lease, memoryview(b"one")))
+    d.end_lease(lease)
+    assert not lease.held
+    m.engine.settle_finished_grants()
+    assert m.lock_state(2) == "free" and "grants_abandoned" not in m.engine.counters
+    again = sent(d.take_lease(2))
+    assert again.token != first
+    assert sent(d.lease_send(again, memoryview(b"two"))) == 2
