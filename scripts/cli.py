@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of fig11, fig12 (batch 1: per-packet calls, queued), "
                         "fig12-loan (Fig 12 with no move: each batch filled in the "
                         "destination's ring, a loan, then committed), "
+                        "fig12-lease (a standing grant: each packet committed by the "
+                        "sender's driver, no request), "
                         "fig11-sync, fig12-sync (batch 1 only: one synchronous request per "
                         "packet, the patent's literal flow), vswitch, tcp and the peers zmq, "
                         "pipe, iceoryx2 (default: all of them whose package is installed: "

@@ -63,12 +63,19 @@ from scripts.workload import peers as peer_transports
 from scripts.workload.pattern import MIN_PACKET, Pattern
 from scripts.workload.program import PROGRAM
 from scripts.workload.traffic import TIME_EVERY
-from scripts.workload.transports import FRAME, LOAN, SYNC_SUFFIX, BatchLayout, make_batch
+from scripts.workload.transports import (
+    FRAME,
+    LEASE,
+    LOAN,
+    SYNC_SUFFIX,
+    BatchLayout,
+    make_batch,
+)
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # batch 1 only: one request a packet
 BATCHING = (*ADAPTER_FLOWS, LOAN)  # the adapter's transports the single-stream and scaling use
-ADAPTER_TRANSPORTS = (*BATCHING, *SYNC_FLOWS)  # every transport through the adapter
+ADAPTER_TRANSPORTS = (*BATCHING, LEASE, *SYNC_FLOWS)  # every transport through the adapter
 TRANSPORTS = (*ADAPTER_TRANSPORTS, "vswitch", "tcp", *peer_transports.PEERS)  # every one known
 DEFAULT_TRANSPORTS = (*ADAPTER_TRANSPORTS, "vswitch", "tcp", *peer_transports.available())
 DEFAULT_SIZES = (64, 1024, 64 * 1024, 1024 * 1024)

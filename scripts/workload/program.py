@@ -28,11 +28,13 @@ from partitions.port import Port
 from scripts.workload import peers
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import (
+    LEASE,
     LOAN,
     LOOPBACK,
     SYNC_SUFFIX,
     AdapterFlow,
     AdapterRing,
+    LeaseFlow,
     LoanFlow,
     ReceiveEndpoint,
     SendTransport,
@@ -44,7 +46,7 @@ from scripts.workload.transports import (
 
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # one request per packet, literally
-ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, LOAN, *SYNC_FLOWS)  # every transport through the adapter
+ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, LOAN, LEASE, *SYNC_FLOWS)  # every adapter transport
 TRANSPORTS = (*ADAPTER_TRANSPORTS, "tcp", "vswitch", *peers.PEERS)
 PROGRAM = f"{__name__}:main"
 
@@ -69,6 +71,7 @@ class Workload:
             **{f.value: AdapterFlow(port, f) for f in Flow},
             **{f.value + SYNC_SUFFIX: AdapterFlow(port, f, sync=True) for f in Flow},
             LOAN: LoanFlow(port),
+            LEASE: LeaseFlow(port),
             "tcp": self.tcp_out,
             "vswitch": self.switch}
         self.peer_in: dict[str, ReceiveEndpoint] = {}  # created on first use (optional packages)

@@ -11,6 +11,9 @@ same packets with the same checks whatever carries them:
 * ``fig12-loan`` -- Fig 12 with no move: the batch is laid out as a run IN the destination's
   receive ring, lent under the grant (`Port.loan_run`); the workload fills it there and the
   loan is committed (`LoanFlow`).
+* ``fig12-lease`` -- a standing grant per destination (`Port.lease`): every packet is one
+  `lease.send`, committed in the destination's ring by the sender's driver with no request
+  (`LeaseFlow`).
 * ``tcp`` -- prior art, partitions talk to each other directly over TCP on loopback
   (`TcpLinks` to send, `TcpListener` to receive).
 * ``vswitch`` -- prior art, the virtual LAN of Fig 7B: every partition holds one TCP
@@ -52,6 +55,7 @@ from partitions.blocks import (
     payloads,
 )
 from partitions.cork import QueuedSendFailed
+from partitions.lease import Lease
 from partitions.port import Port, Run
 
 FRAME = struct.Struct("<IIQQ")  # destination ID, source ID, per-pair sequence number, length
@@ -63,6 +67,7 @@ READER_CAPACITY = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
 SYNC_SUFFIX = "-sync"  # fig11-sync, fig12-sync: the patent's literal one request per packet
 LOAN = "fig12-loan"  # Fig 12 with no move: the batch filled in the ring (LoanFlow)
+LEASE = "fig12-lease"  # a standing grant: each packet committed by the driver (LeaseFlow)
 
 
 class FrameError(Exception):
@@ -319,6 +324,38 @@ class LoanFlow(AdapterFlow):
             errors[type(exc).__name__] += n
             return 0
         return n
+
+
+class LeaseFlow(AdapterFlow):
+    """``fig12-lease``: a standing grant on each destination (`Port.lease`, taken at its first
+    packet): every packet of a batch is one `lease.send`, committed by this partition's driver
+    with no request. Another sender to the same destination recalls the lease, and the next
+    send asks for it again; the leases are given back when the traffic ends."""
+
+    def __init__(self, port: Port):
+        super().__init__(port, Flow.FIG12)
+        self.name = LEASE
+        self._leases: dict[int, Lease] = {}
+
+    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
+             stop: threading.Event) -> int:
+        sent = 0
+        try:
+            lease = self._leases.get(dst)
+            if lease is None:
+                lease = self._leases[dst] = self.port.lease(dst, timeout, stop)
+            for slot in batch.slots:
+                lease.send(slot.payload, timeout, stop)
+                sent += 1
+        except XpmoveError as exc:
+            errors[type(exc).__name__] += len(batch.slots) - sent
+        return sent
+
+    def finish(self, errors: Counter, timeout: float) -> Counter:
+        for lease in self._leases.values():
+            lease.close()
+        self._leases.clear()
+        return super().finish(errors, timeout)
 
 
 class AdapterRing(ReceiveEndpoint):

@@ -97,8 +97,8 @@ def test_launch_duration_reaches_traffic_and_prints_progress_in_a_pipe(tmp_path:
     (("launch", "--duration", "-1"), "argument --duration: '-1': give a finite number"),
     (("bench", "--transports", ","), "argument --transports: ',': give a comma list of "
                                      "transports (known: fig11, fig12, fig12-loan, "
-                                     "fig11-sync, fig12-sync, vswitch, tcp, zmq, pipe, "
-                                     "iceoryx2)"),
+                                     "fig12-lease, fig11-sync, fig12-sync, vswitch, tcp, "
+                                     "zmq, pipe, iceoryx2)"),
     (("bench", "--json", "/no/such/dir/r.json", "--transports", "fig11", "--sizes", "64",
       "--packets", "5", "--batch", "1", "--no-latency", "--no-single-stream"),
      "argument --json: '/no/such/dir/r.json': directory /no/such/dir does not exist"),

@@ -62,13 +62,14 @@ def test_counts_must_be_at_least_one(capsys, command: str, option: str) -> None:
 def test_empty_transport_list_refused(capsys, value: str) -> None:
     line = refused(capsys, "bench", "--transports", value)
     assert f"'{value}'" in line
-    assert "known: fig11, fig12, fig12-loan, fig11-sync, fig12-sync, vswitch, tcp" in line
+    assert ("known: fig11, fig12, fig12-loan, fig12-lease, fig11-sync, fig12-sync, vswitch, "
+            "tcp") in line
 
 
 def test_unknown_transport_refused_naming_it(capsys) -> None:
     line = refused(capsys, "bench", "--transports", "fig11,udp")
-    assert ("unknown 'udp' (known: fig11, fig12, fig12-loan, fig11-sync, fig12-sync, vswitch, "
-            "tcp, zmq, pipe, iceoryx2)") in line
+    assert ("unknown 'udp' (known: fig11, fig12, fig12-loan, fig12-lease, fig11-sync, "
+            "fig12-sync, vswitch, tcp, zmq, pipe, iceoryx2)") in line
 
 
 def test_transports_parsed() -> None:
