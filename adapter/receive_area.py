@@ -220,6 +220,11 @@ def set_holder(words: memoryview, dst: PartitionLayout, holder: int) -> None:
     words[_word(dst.control + HOLDER_OFFSET)] = holder
 
 
+def holder_word(dst: PartitionLayout) -> int:
+    """The index of `dst`'s `holder` word in `words`, for a reader that checks it often."""
+    return _word(dst.control + HOLDER_OFFSET)
+
+
 def read_holder(words: memoryview, dst: PartitionLayout) -> int:
     return words[_word(dst.control + HOLDER_OFFSET)]
 

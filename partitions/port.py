@@ -402,14 +402,16 @@ class Port:
         if dst not in self._max_run:
             self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
         self._flush_before_sync()  # after what was queued before it
-
-        def before_send() -> None:
-            self._check_no_loan("lease send")
-            self._flush_before_sync()
-
-        lease = Lease(self._driver, dst, self._max_run[dst], before_send, self._stopping)
+        lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
+                      self._stopping)
         lease.acquire(timeout, cancel)
         return lease
+
+    def _before_lease_send(self) -> None:
+        """Each lease send: not from the thread holding a loan, and after what was queued."""
+        if self._loan is not None:
+            self._check_no_loan("lease send")
+        self._flush_before_sync()
 
     # -- receiving --------------------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Packet | None:

@@ -62,6 +62,7 @@ class Receiver:
             p.network_id: segment.seq_address(p.index, own.index) >> 3
             for p in segment.partitions}
         self.words = receive_area.words(physical)
+        self._ring = receive_area.RingWords.of(own)  # head and tail, read on every wake-up
         self._area = physical[own.receive_base:own.receive_base + own.receive_size]
         self._flat = as_bytes(self._area)
 
@@ -78,8 +79,8 @@ class Receiver:
         """
         words, flat = self.words, self._flat
         capacity = self.own.receive_size
-        head = receive_area.read_head(words, self.own)
-        tail = start_tail = receive_area.read_tail(words, self.own)
+        head = words[self._ring.head]
+        tail = start_tail = words[self._ring.tail]
         if tail > head:  # forged (head below tail, or tail past head): never "empty"
             check_counters(head, tail, capacity)
         done = 0
@@ -208,8 +209,7 @@ class Receiver:
         return self.words[self._delivered_words[source_id]]
 
     def pending_bytes(self) -> int:
-        return (receive_area.read_head(self.words, self.own)
-                - receive_area.read_tail(self.words, self.own))
+        return self.words[self._ring.head] - self.words[self._ring.tail]
 
     def close(self) -> None:
         self._flat = np.empty(0, np.uint8)  # drop the export of the view (idempotent)
