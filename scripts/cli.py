@@ -229,12 +229,12 @@ def _cluster_bench(config: MachineConfig, args: argparse.Namespace) -> int:
     host (scripts/cluster_bench.py); the options that make sense there."""
     from rich.console import Console
 
-    from scripts.cluster_bench import TRANSPORTS, ClusterBenchOptions, cluster_bench
+    from scripts.cluster_bench import KNOWN, TRANSPORTS, ClusterBenchOptions, cluster_bench
 
     transports = tuple(args.transports or TRANSPORTS)
-    unknown = [t for t in transports if t not in TRANSPORTS]
+    unknown = [t for t in transports if t not in KNOWN]
     if unknown:
-        raise SystemExit(f"xpmove bench: across hosts the transports are {', '.join(TRANSPORTS)}"
+        raise SystemExit(f"xpmove bench: across hosts the transports are {', '.join(KNOWN)}"
                          f"; not {', '.join(unknown)}")
     options = ClusterBenchOptions(
         transports=transports, sizes=args.sizes, batches=args.batch,
