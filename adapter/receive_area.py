@@ -35,6 +35,7 @@ from adapter.ring import (
     RUN_DESCRIPTOR,
     Reservation,
     check_counters,
+    reserve,
 )
 from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, SegmentLayout
 
@@ -214,6 +215,47 @@ def begin_commit(words: memoryview, ring: RingWords, new_head: int, src_index: i
     words[base] = new_head
     words[seq_word] = first_seq + records - 1
     return first_seq
+
+
+def commit_record(words: memoryview, memory: memoryview, dst: PartitionLayout, ring: RingWords,
+                  source_id: int, src_index: int, seq_word: int, data: memoryview) -> int:
+    """ONE record of `data` from `source_id` committed by a holder of `dst`'s lock that writes
+    its own records (a lease's driver, partitions/leasing.py); its sequence number. Raises
+    RingCorrupt naming a bad word, TooLarge or DestinationFull, with nothing written.
+
+    The steps are check_commit_words, reserve, begin_commit, write_record_header, the payload
+    and publish_head, in that order. The usual case (the words as the last commit left them,
+    room before the ring's end) runs them flat in this one call: a lone packet finds every
+    cache cold, and each call and lookup costs latency there (lone 64 B packets under a lease,
+    p50 over 600: 47-48 us flat against 57-61 us through the helpers, alternating runs).
+    Anything else (a wrap, no room, a word to question) takes the helpers themselves, which
+    raise the named errors; tests/unit/test_commit_record.py holds the two paths equal.
+    """
+    capacity, count = dst.receive_size, len(data)
+    head, tail, last = words[ring.head], words[ring.tail], words[seq_word]
+    need = -(-(HEADER_SIZE + count) // ALIGN) * ALIGN
+    pos = head % capacity
+    if (head == words[ring.pending] and last < SEQ_LIMIT and 0 <= tail <= head
+            and head % ALIGN == 0 and tail % ALIGN == 0 and need <= capacity // 2 // ALIGN * ALIGN
+            and pos + need <= capacity and head + need - tail <= capacity):
+        new_head, first = head + need, last + 1
+        base = ring.pending  # begin_commit's stores, in its order
+        words[base + 1] = src_index
+        words[base + 2] = first
+        words[base] = new_head
+        words[seq_word] = first
+        address = dst.receive_base + pos
+        RECORD_HEADER.pack_into(memory, address, KIND_RECORD, source_id, first, count)
+        memory[address + HEADER_SIZE:address + HEADER_SIZE + count] = data
+        words[ring.head] = new_head  # the commit, last
+        return first
+    check_commit_words(words, dst, ring, head, tail, seq_word)
+    r = reserve(head, tail, capacity, count)
+    first = begin_commit(words, ring, r.new_head, src_index, seq_word, 1)
+    payload = write_record_header(memory, dst, r, source_id, first)
+    memory[payload:payload + count] = data
+    publish_head(words, dst.control, r.new_head)
+    return first
 
 
 def set_holder(words: memoryview, dst: PartitionLayout, holder: int) -> None:

@@ -41,7 +41,6 @@ import posix_ipc
 from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
 from adapter.protocol import Move, Op, Result
-from adapter.ring import reserve
 
 if TYPE_CHECKING:
     from hypervisor.layout import PartitionLayout
@@ -162,21 +161,14 @@ class Leasing:
                 self._give_back(lease)
                 return LeaseLost(f"the lease on network ID {lease.dst_id} was recalled "
                                  f"(another sender waits); nothing was sent")
-            seq_word, head = lease.seq_word, words[ring.head]
             try:
-                receive_area.check_commit_words(words, dst, ring, head, words[ring.tail],
-                                                seq_word)
-                r = reserve(head, words[ring.tail], dst.receive_size, len(data))
+                seq = receive_area.commit_record(words, self.physical, dst, ring, me,
+                                                 lease.src_index, lease.seq_word, data)
             except RingCorrupt as exc:
                 self._give_back(lease)
                 return exc
             except XpmoveError as exc:  # no room: the lease stays, the receiver drains
                 return exc
-            seq = receive_area.begin_commit(words, ring, r.new_head, lease.src_index,
-                                            seq_word, 1)
-            payload = receive_area.write_record_header(self.physical, dst, r, me, seq)
-            self.physical[payload:payload + len(data)] = data  # MVXL: the packet's one copy
-            receive_area.publish_head(words, dst.control, r.new_head)  # the commit
         receive_area.ring_doorbell(words, ring, lease.bell)
         return seq
 
