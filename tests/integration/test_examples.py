@@ -55,7 +55,7 @@ def test_example_runs_and_every_program_returns(example: str, tmp_path: Path) ->
     if example == "loans":
         assert "consumer: 400 frames, each once and in order" in proc.stdout, output
     if example == "pingpong":
-        for flow in ("fig11", "fig12"):
+        for flow in ("fig11", "fig12", "lease"):
             assert re.search(rf"^{flow}: .*p50 [0-9.]+ us, p99 [0-9.]+ us", proc.stdout,
                              re.MULTILINE), output
 
