@@ -158,7 +158,12 @@ class Engine:
                 # A lease stays its holder's: it commits without asking us, so its next
                 # request proves nothing about it. It ends when the holder gives it back
                 # (recalled like any lease) or dies.
-                lease = token != 0 and receive_area.lease_token(self.words, ring) == token
+                marked = receive_area.lease_token(self.words, ring)
+                lease = token != 0 and marked == token
+                if marked and not lease:
+                    self._fail(dst_id, RingCorrupt(
+                        f"network ID {dst_id}'s control block: lease {marked} is neither 0 nor "
+                        f"the grant's token {token}"))
                 self.book.granted(Grant(holder, dst_id, 0, now, recovered=True, token=token,
                                         lease=lease))
                 if not lease:
@@ -174,7 +179,9 @@ class Engine:
             for network_id in self.by_id:
                 if network_id not in alive:  # dead when we started: not a destination
                     self.table.set_state(network_id, PartitionState.DEAD)
-                    self._take_back_recovered(network_id)
+                    self._recovered_holders.discard(network_id)
+                    for leased in self.book.granted_to(network_id):  # its leases too
+                        self._take_back(leased)
 
     def attach(self, network_id: int) -> None:
         """`network_id` is up (again): a destination, and may submit requests."""
@@ -190,6 +197,7 @@ class Engine:
             self.table.set_state(network_id, PartitionState.DEAD)
         for dst in self.book.granted_to(network_id):
             self._take_back(dst)
+        self._recall(network_id, None)  # a lease on it: its holder must learn it is down
 
     def set_remote_state(self, network_id: int, state: PartitionState) -> None:
         """A partition living on another host (its proxy's connection here stays up) is
@@ -199,12 +207,14 @@ class Engine:
             self.attach(network_id)
         else:
             self.table.set_state(network_id, state)
+            self._recall(network_id, None)
 
     def retire(self, network_id: int) -> None:
         """The hypervisor will not restart `network_id`: moves to it fail with the
         non-retryable DestinationGone instead of DestinationDown (senders stop retrying). A
         later `attach` (a restart after all) makes it a destination again."""
         self.table.set_state(network_id, PartitionState.GONE)
+        self._recall(network_id, None)  # a lease's holder learns it at its next LEASE
 
     def _take_back_recovered(self, holder: int) -> None:
         """Recovered grants of `holder` end when it proves it is not mid-move: it is not
@@ -358,8 +368,11 @@ class Engine:
         checked = work.checked
         dsts = ((checked[0][1].dst.network_id,) if len(checked) == 1
                 else sorted({t.dst.network_id for _, t in checked}))
-        if work.request.op == LEASE and dsts and self._holds_lease(me, dsts[0]):
-            return self._renew_lease(me, work, now)
+        if work.request.op == LEASE and dsts:
+            if self._holds_lease(me, dsts[0]):
+                return self._renew_lease(me, work, now)
+            if self._waited_for(me, dsts[0]):
+                return None
         for dst in dsts:
             if not self._try_lock(dst):
                 for d in taken:
@@ -536,14 +549,15 @@ class Engine:
             receive_area.set_holder(words, dst, me)
             self.book.granted(Grant(me, dst.network_id, 0, now, token=token, lease=True))
             self.counters["leases"] += 1
-            results[i] = self._lease_result(t, seq_word)
+            results[i] = self._lease_result(t, seq_word, token)
 
-    def _lease_result(self, t: Translation, seq_word: int) -> Result:
-        """What the holder needs to check its lease against: the pair's last sequence number,
-        the receive area, the head it starts from."""
+    @staticmethod
+    def _lease_result(t: Translation, seq_word: int, token: int) -> Result:
+        """What the holder checks its lease against: the receive area, and the lease's token
+        (as the commit value: a lease commits nothing by the reply) that its give-back must
+        name."""
         dst = t.dst
-        return Result(OK, 0, self.words[seq_word], t.src_address, dst.receive_base,
-                      dst.receive_size, self.words[self.rings[dst.network_id].head])
+        return Result(OK, 0, 0, t.src_address, dst.receive_base, dst.receive_size, token)
 
     def _holds_lease(self, me: int, dst: int) -> bool:
         """Whether `me` holds `dst`'s lock as a lease it has not given back."""
@@ -554,29 +568,40 @@ class Engine:
 
     def _renew_lease(self, me: int, work: Work, now: float) -> bytes:
         """A LEASE from the holder of that very lease: its reply was lost (the adapter
-        restarted, and a recovered lease is kept). The lease is confirmed, not granted again,
-        and a recall in force is withdrawn: a waiting sender recalls it again at its next
-        try."""
+        restarted, and a recovered lease is kept). The lease is confirmed, not granted again;
+        a recall in force stays in force (its clock too), so the holder gives it back at once
+        and asking again never buys time."""
         (i, t), = work.checked
         rec = self.book.record(t.dst.network_id)
         assert rec.grant is not None
         rec.grant = replace(rec.grant, recovered=False)
-        rec.recalled_at = None
-        receive_area.recall_lease(self.words, self.rings[t.dst.network_id], 0)
         self.counters["leases_renewed"] += 1
-        work.results[i] = self._lease_result(t, self.seq_words[t.src.index][t.dst.index])
+        work.results[i] = self._lease_result(t, self.seq_words[t.src.index][t.dst.index],
+                                             rec.grant.token)
         return encode_reply(LEASE, work.request.request_id, OK,
                             work.results)  # type: ignore[arg-type]  # all filled
 
-    def _recall(self, dst: int, now: float) -> None:
-        """A request found `dst`'s lock busy: if a lease holds it, ask the holder for it back
-        (the recall word, then its driver's recall semaphore), once per lease. From now on
+    def _waited_for(self, me: int, dst: int) -> bool:
+        """Whether another partition's request parked before `me`'s (or any, if `me` has
+        none parked) waits for `dst`: a LEASE then waits behind it, so a holder asking again
+        at once cannot take the lock back before the sender its recall was for."""
+        for network_id, work in self._parked.items():
+            if network_id == me:
+                return False
+            if any(t.dst.network_id == dst for _, t in work.checked):
+                return True
+        return False
+
+    def _recall(self, dst: int, now: float | None) -> None:
+        """A request found `dst`'s lock busy, or `dst` stopped being a destination: if a lease
+        holds it, ask the holder for it back (the recall word, then its driver's recall
+        semaphore), once per lease. From `now` on (None: from the next look at the grants)
         the holder has the grant timeout to give it back."""
         rec = self.book.record(dst)
         grant = rec.grant
-        if rec.state is not GRANTED or grant is None or not grant.lease or rec.recalled_at:
+        if rec.state is not GRANTED or grant is None or not grant.lease or rec.recalled:
             return
-        rec.recalled_at = now
+        rec.recalled, rec.recalled_at = True, now
         receive_area.recall_lease(self.words, self.rings[dst], grant.token)
         bell = self.recalls.get(grant.holder)
         if bell is not None:
@@ -593,9 +618,12 @@ class Engine:
             grant = rec.grant
             if rec.state is not GRANTED or grant is None:
                 continue
-            since = rec.recalled_at if grant.lease else grant.granted_at
-            if since is None:
+            if grant.lease and not rec.recalled:
                 continue  # a lease nobody waits for: its holder may keep it
+            if grant.lease and rec.recalled_at is None:
+                rec.recalled_at = now  # recalled with no clock: the timeout starts now
+            since = rec.recalled_at if grant.lease else grant.granted_at
+            assert since is not None
             held[str(dst)] = {"holder": grant.holder, "age_s": round(max(0.0, now - since), 3),
                               "lease": grant.lease}
         return held

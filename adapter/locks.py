@@ -76,7 +76,10 @@ class LockRecord:
     state: LockState = LockState.FREE
     grant: Grant | None = None
     waits: int = 0  # how many times a request found this lock busy
-    recalled_at: float | None = None  # when the adapter asked the lease's holder to give it back
+    recalled: bool = False  # the adapter asked the lease's holder to give it back
+    # when (None until a clock was known: a destination's death recalls with none; the grant
+    # timeout then counts from the next look at the grants)
+    recalled_at: float | None = None
 
 
 @dataclass
@@ -115,7 +118,7 @@ class LockBook:
 
     def _end_grant(self, destination: int, event: LockEvent) -> Grant:
         rec = self._step(destination, event)
-        grant, rec.grant, rec.recalled_at = rec.grant, None, None
+        grant, rec.grant, rec.recalled, rec.recalled_at = rec.grant, None, False, None
         assert grant is not None
         return grant
 

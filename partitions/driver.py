@@ -132,6 +132,7 @@ class Driver(Lending, Leasing, Posting):
         self.recall = recall  # posted by the adapter when it wants a lease back
         self._leases: dict[int, HeldLease] = {}  # by destination (partitions/leasing.py)
         self._keeper: threading.Thread | None = None  # answers recalls of leases
+        self.keeper_errors = 0  # exceptions the keeper survived
 
     def send_retrying(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                       run: bool = False, timeout: float = 0.0,
@@ -479,6 +480,11 @@ class Driver(Lending, Leasing, Posting):
         if op not in GRANT_OPS or status != Status.OK or n != len(moves):
             return
         results = decode_results(data, n, REPLY_HEADER.size)
+        if op == Op.LEASE:  # named by its token: the keeper may have ended it already
+            (m,), (r,) = moves, results
+            if r.status == Status.OK and self._free_lease(m.dst_id, r.commit_value):
+                self.late_grants_returned += 1
+            return
         for dst in {m.dst_id for m, r in zip(moves, results, strict=True)
                     if r.status == Status.OK}:
             self._free_grant(dst, committed=False)

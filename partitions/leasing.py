@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from hypervisor.layout import PartitionLayout
 
 KEEPER_SLICE_S = 0.5  # the keeper re-checks the recall words (and its driver closing) this often
+KEEPER_RETRY_S = 0.001  # how soon it looks again at a recall it had to leave for a request
 
 
 class LeaseLost(LockTimeout):
@@ -89,6 +90,7 @@ class Leasing:
         _closing: bool
         _leases: dict[int, HeldLease]
         _keeper: threading.Thread | None
+        keeper_errors: int
 
         def _take_slot(self, wait: float) -> LockTimeout | None: ...
 
@@ -124,23 +126,34 @@ class Leasing:
             return error_for(r.status, src_id=self.network_id, dst_id=dst_id, offset=0, count=1,
                              detail=r.detail)
         dst, ring = self.by_id[dst_id], self.rings[dst_id]
-        token = self.words[ring.token]
+        token = r.commit_value  # a lease's reply carries its token there
         if (r.dst_address != dst.receive_base or r.count != dst.receive_size
-                or receive_area.read_holder(self.words, dst) != self.network_id
-                or receive_area.lease_token(self.words, ring) != token):
-            self._free_lock(dst_id)  # never write under what is not plainly our lease
+                or receive_area.lease_token(self.words, ring) != token
+                or not self._still_ours(dst, ring, token)):
+            self._free_lease(dst_id, token)  # never write under what is not plainly our lease
             return RingCorrupt(f"the lease on network ID {dst_id} does not match its control "
                                f"block (receive area [{r.dst_address}, "
-                               f"{r.dst_address + r.count}), holder "
+                               f"{r.dst_address + r.count}), token {token}, holder "
                                f"{receive_area.read_holder(self.words, dst)}); given back")
-        lease = self._leases.get(dst_id)
-        if lease is None:
-            lease = self._leases[dst_id] = HeldLease(
-                dst_id, dst, ring, self._seq_words[dst_id], receive_area.holder_word(dst),
-                self.by_id[self.network_id].index, self.bells[dst_id])
+        lease = self._lease_of(dst_id)
+        self._start_keeper()
         with lease.mutex:
             lease.token, lease.held = token, True
-        self._start_keeper()
+            if self.words[ring.recall] == token:  # recalled before we knew it: answer now
+                self._give_back(lease)
+                return LeaseLost(f"the lease on network ID {dst_id} was recalled as soon as it "
+                                 f"was granted (another sender waits); nothing was sent")
+        return lease
+
+    def _lease_of(self, dst_id: int) -> HeldLease:
+        """The driver's record of its lease on `dst_id` (held or not), made at first need."""
+        lease = self._leases.get(dst_id)
+        if lease is None:
+            dst = self.by_id[dst_id]
+            lease = self._leases[dst_id] = HeldLease(
+                dst_id, dst, self.rings[dst_id], self._seq_words[dst_id],
+                receive_area.holder_word(dst), self.by_id[self.network_id].index,
+                self.bells[dst_id])
         return lease
 
     def lease_send(self, lease: HeldLease, data: memoryview) -> int | XpmoveError:
@@ -187,13 +200,26 @@ class Leasing:
     def _give_back(self, lease: HeldLease) -> None:
         """lease.mutex held: the holder's proof, then the post of the lock (Fig 12 1205)."""
         lease.held = False
-        self._free_lock(lease.dst_id)
+        self._free_lease(lease.dst_id, lease.token)
 
-    def _free_lock(self, dst_id: int) -> None:
-        receive_area.prove_release(self.words, self.rings[dst_id])
+    def _free_lease(self, dst_id: int, token: int) -> bool:
+        """End the lease `token` on `dst_id`, if it is still ours and not ended yet: the proof
+        (that very token as `released`), then the post of the lock. A give-back names its
+        grant: one that came late (the lease was ended another way and the lock granted on)
+        writes nothing and posts nothing, so it can never end someone else's grant."""
+        dst, ring = self.by_id[dst_id], self.rings[dst_id]
+        if not self._still_ours(dst, ring, token):
+            return False
+        self.words[ring.released] = token
         self.locks[dst_id].release()
+        return True
 
     # -- the keeper: answers recalls -----------------------------------------------------
+    def start_keeper(self) -> None:
+        """Start the thread that answers recalls (the partition process does at start, so
+        even a lease whose reply never reached us is given back when recalled)."""
+        self._start_keeper()
+
     def _start_keeper(self) -> None:
         if self._keeper is None or not self._keeper.is_alive():
             self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
@@ -205,45 +231,53 @@ class Leasing:
         wait is bounded so that a closing driver ends the thread, and a recall whose post was
         lost (or a driver without a recall semaphore) is still answered within a slice."""
         stopped = threading.Event()
+        wait = KEEPER_SLICE_S
         while not self._closing:
-            if self.recall is None:
-                stopped.wait(KEEPER_SLICE_S)
-            else:
-                try:
-                    self.recall.acquire(KEEPER_SLICE_S)
-                except posix_ipc.BusyError:
-                    pass
-            self.answer_recalls()
+            try:
+                if self.recall is None:
+                    stopped.wait(wait)
+                else:
+                    try:
+                        self.recall.acquire(wait)
+                    except posix_ipc.BusyError:
+                        pass
+                _, deferred = self.answer_recalls()
+                wait = KEEPER_RETRY_S if deferred else KEEPER_SLICE_S
+            except Exception:  # noqa: BLE001 (a signal, a closing segment): keep answering
+                self.keeper_errors += 1
+                stopped.wait(KEEPER_RETRY_S)
 
-    def answer_recalls(self) -> int:
-        """Give back every lease the adapter recalled; how many were given back."""
-        given = 0
+    def answer_recalls(self) -> tuple[int, int]:
+        """Give back every lease the adapter recalled: (how many were given back, how many
+        must wait for the request in flight and be looked at again shortly)."""
+        given = deferred = 0
         for dst_id, ring in self.rings.items():
             recalled = self.words[ring.recall]
             if recalled and dst_id != self.network_id:
-                given += self._answer_recall(dst_id, recalled)
-        return given
+                outcome = self._answer_recall(dst_id, recalled)
+                given += outcome is True
+                deferred += outcome is None
+        return given, deferred
 
-    def _answer_recall(self, dst_id: int, recalled: int) -> int:
-        lease = self._leases.get(dst_id)
-        if lease is not None:
-            with lease.mutex:
-                if lease.held:
-                    if lease.token != recalled:
-                        return 0
-                    self._give_back(lease)
-                    return 1
-        # Not a lease we know: if the segment names us its holder, its LEASE reply was lost
-        # (adapter restart, request abandoned). Ours to give back, once no LEASE is in flight.
-        dst, ring, words = self.by_id[dst_id], self.rings[dst_id], self.words
+    def _answer_recall(self, dst_id: int, recalled: int) -> bool | None:
+        """Give back the lease `recalled` on `dst_id` if it is ours: True if given back, False
+        if it is not ours to give, None if a request is in flight (look again)."""
+        lease = self._lease_of(dst_id)
+        with lease.mutex:
+            if lease.held:
+                if lease.token != recalled:
+                    return False
+                self._give_back(lease)
+                return True
+        # Not a lease we hold: if the segment names us its holder, its LEASE reply was lost
+        # (adapter restart, request abandoned). Ours to give back once no request is in flight
+        # (none can be marking it held then), under the lease's mutex, naming its token.
         if not self._mutex.acquire(blocking=False):
-            return 0  # a request is in flight: the next slice looks again
+            return None
         try:
-            if ((lease is None or not lease.held)
-                    and receive_area.lease_token(words, ring) == recalled
-                    and self._still_ours(dst, ring, recalled)):
-                self._free_lock(dst_id)
-                return 1
+            with lease.mutex:
+                if (lease.held or receive_area.lease_token(self.words, lease.ring) != recalled):
+                    return False
+                return self._free_lease(dst_id, recalled)
         finally:
             self._mutex.release()
-        return 0

@@ -103,6 +103,7 @@ class Partition:
         recall = posix_ipc.Semaphore(boot.recalls[self.network_id])  # its leases' recalls
         self.driver = Driver(self.network_id, self.memory.view, boot.layout,
                              boot.request_fd, boot.reply_fd, locks, bells, recall)
+        self.driver.start_keeper()
         self.receiver = Receiver(self.memory.view, boot.layout, self.network_id,
                                  bells[self.network_id])
         names = {p.network_id: p.name for p in boot.layout.partitions}

@@ -196,6 +196,12 @@ class Probe:
         seqs = [lease.send(p, msg.get("timeout", 10.0)).seq for p in packets]
         return {"ok": True, "seqs": seqs, "held": lease.held}
 
+    def cmd_stall_keeper(self, msg: dict) -> dict:
+        """A driver that no longer answers recalls (a stuck holder): its keeper finds nothing
+        to give back from now on."""
+        self.driver.answer_recalls = lambda: (0, 0)
+        return {"ok": True}
+
     def cmd_lease_close(self, msg: dict) -> dict:
         self.leases[int(msg["dst"])].close()
         return {"ok": True}

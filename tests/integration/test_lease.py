@@ -4,6 +4,8 @@ partitions, adapter and semaphores, through the probe."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tests.integration.conftest import TIMEOUT, small_config, wait_for
@@ -44,11 +46,12 @@ def test_lease_sends_arrive_in_order_once_with_no_request_per_packet(machine):
     assert send(m, 1, 2, b"after", "fig12")["seq"] == 52
 
 
-def test_another_sender_is_served_at_once_and_the_lease_is_asked_for_again(machine):
+def test_another_sender_is_served_at_once_and_the_lease_is_asked_for_again(make_machine):
     """A sender that finds the lock leased makes the adapter recall the lease; the holder's
-    driver gives it back on its own thread, so the other send succeeds in ONE attempt (the
-    adapter parks it at most lock_timeout_s), and the holder's next send leases again."""
-    m = machine
+    driver gives it back on its own thread at the recall's post, so the other send succeeds
+    in ONE attempt although the adapter parks it at most lock_timeout_s = 0.3 s (shorter than
+    the keeper's 0.5 s look without a post), and the holder's next send leases again."""
+    m = make_machine(small_config(lock_timeout_s=0.3))
     assert lease(m, 1, 2)["held"]
     assert lease_send(m, 1, 2, [b"one"])["seqs"] == [1]
     assert send(m, 3, 2, b"from three", "fig11")["seq"] == 1  # one attempt
@@ -82,6 +85,10 @@ def test_a_lease_outlives_an_adapter_restart_and_is_recalled_by_the_new_adapter(
     old = m.pid()
     kill(old)
     wait_for(lambda: restarted(m, "adapter"), what="adapter restart")
+    assert m.adapter_stats()["locks"]["2"] == "granted"  # recovered as its holder's lease
+    assert send(m, 1, 3, b"to three", "fig11", timeout=TIMEOUT)["seq"] == 1
+    assert m.adapter_stats()["locks"]["2"] == "granted"  # that request proved nothing of it
+    assert received(m, 3, 1) == [(1, 1, b"to three")]
     reply = lease_send(m, 1, 2, [b"during"])  # no request: the lease is still ours
     assert reply["seqs"] == [2] and reply["held"]
     assert send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)["seq"] == 1
@@ -119,3 +126,27 @@ def test_a_send_on_a_closed_lease_is_refused(machine):
     assert reply["error"] == "LeaseClosed" and "2" in reply["message"]
     assert receive(m, 2, timeout=0) is None
     assert locks_free(m)
+
+
+def test_a_holder_that_keeps_a_recalled_lease_is_killed_at_the_grant_timeout(make_machine):
+    """A holder whose driver stops answering recalls keeps the destination from everyone:
+    grant_timeout_s = 1 after the recall, supervision kills it, the adapter takes the lock
+    back, and the waiting sender gets through; what the holder committed stays delivered."""
+    m = make_machine(small_config(n=3, grant_timeout_s=1.0, restart="always"))
+    assert lease(m, 1, 2)["held"]
+    assert lease_send(m, 1, 2, [b"committed"])["seqs"] == [1]
+    assert m.call(1, {"cmd": "stall_keeper"})["ok"]
+    assert m.adapter_stats()["grants"] == {}  # nobody waits: the lease may be kept
+    outcome: dict = {}
+    sender = threading.Thread(target=lambda: outcome.update(
+        send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)))
+    sender.start()
+    try:
+        wait_for(lambda: m.poll(liveness=True) is not None and not sender.is_alive(),
+                 timeout=TIMEOUT + 5, what="the other sender to get through")
+    finally:
+        sender.join(TIMEOUT * 2)
+    assert outcome.get("seq") == 1, outcome
+    assert any("p1 kept its lease on network ID 2" in e and "killed" in e
+               for e in m.events), m.events
+    assert sorted(received(m, 2, 2)) == [(1, 1, b"committed"), (3, 1, b"from three")]

@@ -114,7 +114,7 @@ def test_a_waiting_sender_recalls_the_lease_once_and_is_served_when_it_comes_bac
     assert m.recalls[1].rings == 1
     assert m.engine.stats(now=12.0)["grants"] == {"2": {"holder": 1, "age_s": 2.0,
                                                         "lease": True}}
-    assert d.answer_recalls() == 1  # the keeper's answer
+    assert d.answer_recalls() == (1, 0)  # the keeper's answer
     assert not lease.held and m.locks[2].value == 1
     ((network_id, frame),) = m.engine.retry_parked(12.5)
     (r,) = ok(decode(frame))
@@ -162,7 +162,7 @@ def test_a_holder_that_dies_mid_commit_leaves_no_record_and_no_gap(m):
     sent(d.lease_send(lease, memoryview(b"committed")))
     ring, dst = m.ring(2), m.p(2)
     head = receive_area.read_head(m.words, dst)
-    receive_area.begin_commit(m.words, ring, head + 64, dst.index - 1, d._seq_words[2], 1)
+    receive_area.begin_commit(m.words, ring, head + 64, m.p(1).index, d._seq_words[2], 1)
     m.engine.detach(1)  # died between begin_commit and head
     assert m.lock_state(2) == "free" and m.engine.counters["locks_reclaimed"] == 1
     assert m.seq(1, 2) == 1 and [r[2] for r in m.records(2)] == [1]
@@ -185,7 +185,10 @@ def test_a_restarted_adapter_keeps_the_lease_through_its_holders_other_requests(
     assert m.records(2) == [(KIND_RECORD, 1, 1, b"still mine")]
 
 
-def test_a_lease_asked_again_by_its_holder_is_confirmed_not_granted_twice(m):
+def test_a_lease_asked_again_by_its_holder_is_confirmed_and_a_recall_stays_in_force(m):
+    """The holder's LEASE reply died with the old adapter: asked again, the lease is confirmed
+    (same token), not granted twice; a recall in force stays, with its clock, so the driver
+    gives the lease back at once and asking again never buys time."""
     d = EngineDriver(m, 1)
     lease = sent(d.take_lease(2))
     token = lease.token
@@ -195,11 +198,96 @@ def test_a_lease_asked_again_by_its_holder_is_confirmed_not_granted_twice(m):
         m.engine.attach(i)
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=2.0) is None  # recalls it
     lease.held = False  # as if the LEASE reply had died with the old adapter
-    again = sent(d.take_lease(2))
-    assert again.token == token and m.engine.counters["leases_renewed"] == 1
-    assert receive_area.recalled(m.words, m.ring(2)) == 0  # withdrawn ...
-    assert m.engine.retry_parked(2.1) == []
-    assert receive_area.recalled(m.words, m.ring(2)) == token  # ... and made again
+    assert isinstance(d.take_lease(2), LeaseLost)  # confirmed, then given back at once
+    assert m.engine.counters["leases_renewed"] == 1 and m.engine.counters["leases"] == 0
+    assert m.engine.book.record(2).recalled_at == 2.0  # the clock of the first recall
+    assert receive_area.read_released(m.words, m.ring(2)) == token
+    ((network_id, _),) = m.engine.retry_parked(7.1)
+    assert network_id == 3
+
+
+def test_a_lease_renewed_under_a_recall_is_given_back_once(m):
+    """A lease whose reply was lost, recalled, then confirmed to its holder: the driver gives
+    it back when it learns of it, and the keeper's later look finds nothing to give back (a
+    second post would end the next holder's grant)."""
+    d = EngineDriver(m, 1)
+    sent(d.take_lease(2))
+    d._leases.clear()  # the driver never learnt of it
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
+    assert isinstance(d.take_lease(2), LeaseLost)  # the renewal, given back at once
+    assert d.answer_recalls() == (0, 0)
+    assert m.locks[2].value == 1  # posted once
+    assert len(m.engine.retry_parked(1.1)) == 1
+    assert m.locks[2].value == 1  # the engine took it and freed it after 3's move
+
+
+def test_a_late_give_back_names_its_lease_and_never_ends_the_next_grant(m):
+    """A LEASE reply that comes after its lease was already given back (the keeper answered
+    a recall) must not end the grant made since: its give-back names the lease's token
+    (Driver._take_late uses _free_lease), so it writes and posts nothing."""
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    first = lease.token
+    m.put(3, 0, b"fig12 move")
+    assert m.submit(3, Op.GRANT, [(2, 0, 10)], now=1.0) is None
+    assert d.answer_recalls() == (1, 0)
+    ((network_id, frame),) = m.engine.retry_parked(1.1)
+    assert network_id == 3 and ok(decode(frame))
+    assert m.lock_state(2) == "granted" and m.locks[2].value == 0  # granted to 3 now
+    released = receive_area.read_released(m.words, m.ring(2))
+    assert d._free_lease(2, first) is False  # the late reply's give-back
+    assert m.locks[2].value == 0 and receive_area.read_released(m.words, m.ring(2)) == released
+    m.engine.settle_finished_grants()
+    assert m.lock_state(2) == "granted"  # 3's grant stands
+
+
+def test_a_holder_asking_again_waits_behind_the_sender_its_recall_was_for(m):
+    d = EngineDriver(m, 1)
+    sent(d.take_lease(2))
+    m.put(3, 0, b"waiting")
+    assert m.submit(3, Op.MOVE, [(2, 0, 7)], now=1.0) is None
+    assert d.answer_recalls() == (1, 0)
+    assert m.submit(1, Op.LEASE, [(2, 0, 1)], now=1.0) is None  # parked behind 3
+    served = [network_id for network_id, _ in m.engine.retry_parked(1.1)]
+    assert served == [3, 1]
+    assert [r[1:3] for r in m.records(2)] == [(3, 1)]
+
+
+def test_a_lease_on_a_destination_that_ends_is_recalled(m):
+    """Retired (or dead) destination: the lease is recalled, so its holder's next LEASE hears
+    DestinationGone instead of filling a ring nobody will drain. The grant timeout counts
+    from the first look at the grants after the recall (it came with no clock)."""
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    m.engine.retire(2)
+    assert receive_area.recalled(m.words, m.ring(2)) == lease.token and m.recalls[1].rings == 1
+    assert m.engine.stats(now=50.0)["grants"]["2"]["age_s"] == 0.0
+    assert m.engine.stats(now=53.0)["grants"]["2"]["age_s"] == 3.0
+    assert isinstance(d.lease_send(lease, memoryview(b"x")), LeaseLost)
+    request = Request(Op.LEASE, 9, (Move(1, 2, 0, 1),))
+    _, (r,) = decode(m.engine.submit(1, request, 54.0))
+    assert r.status == Status.DESTINATION_GONE
+
+
+def test_a_lease_of_a_holder_that_died_while_no_adapter_ran_is_taken_back(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    ring, dst = m.ring(2), m.p(2)
+    head = receive_area.read_head(m.words, dst)
+    receive_area.begin_commit(m.words, ring, head + 64, m.p(1).index, lease.seq_word, 1)
+    m.engine = m.fresh_engine()  # the adapter restarted; partition 1 died meanwhile
+    m.engine.recover(1.0, connected=[2, 3])
+    assert m.lock_state(2) == "free" and m.seq(1, 2) == 0  # its half-done commit undone
+    assert receive_area.lease_token(m.words, ring) == 0
+
+
+def test_a_forged_lease_word_fails_its_destination_at_recovery(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    m.words[m.ring(2).lease] = lease.token + 5
+    m.engine = m.fresh_engine()
+    m.engine.recover(1.0)
+    assert "lease" in m.engine.corrupt[2]
 
 
 def test_a_lease_whose_reply_was_lost_is_given_back_when_recalled(m):
@@ -207,7 +295,7 @@ def test_a_lease_whose_reply_was_lost_is_given_back_when_recalled(m):
     sent(d.take_lease(2))
     d._leases.clear()  # the driver never learnt of it
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
-    assert d.answer_recalls() == 1
+    assert d.answer_recalls() == (1, 0)
     assert len(m.engine.retry_parked(1.1)) == 1
 
 
@@ -216,7 +304,7 @@ def test_a_recall_of_someone_elses_lease_is_not_answered(m):
     lease = sent(holder.take_lease(2))
     m.put(3, 0, b"x")
     assert m.submit(3, Op.MOVE, [(2, 0, 1)], now=1.0) is None
-    assert other.answer_recalls() == 0 and lease.held and m.locks[2].value == 0
+    assert other.answer_recalls() == (0, 0) and lease.held and m.locks[2].value == 0
 
 
 def test_a_lease_request_of_two_moves_is_malformed(m):
