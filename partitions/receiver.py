@@ -25,6 +25,9 @@ import posix_ipc
 from adapter import receive_area
 from adapter.errors import BadCount, RingCorrupt
 from adapter.ring import (
+    ALIGN,
+    HEADER_SIZE,
+    KIND_RECORD,
     KIND_RUN,
     RECORD_HEADER,
     RUN_DESCRIPTOR,
@@ -81,6 +84,10 @@ class Receiver:
         capacity = self.own.receive_size
         head = words[self._ring.head]
         tail = start_tail = words[self._ring.tail]
+        if tail < head and limit != 0:
+            lone = self._lone_record(handler, head, tail)
+            if lone is not None:
+                return lone
         if tail > head:  # forged (head below tail, or tail past head): never "empty"
             check_counters(head, tail, capacity)
         done = 0
@@ -114,6 +121,32 @@ class Receiver:
         if tail != start_tail:
             receive_area.publish_tail(words, self.own.control, tail)
         return done
+
+    def _lone_record(self, handler: BlockHandler, head: int, tail: int) -> int | None:
+        """`drain` when the ring holds exactly one plain record, at `tail`, ending at `head`
+        (the lone packet: what a wake-up usually finds on an idle path); None for anything
+        else, which the general walk handles (and judges). The same steps in fewer calls: a
+        lone packet finds every cache cold, and each call costs latency there.
+        tests/unit/test_receiver.py holds it equal to the general walk."""
+        capacity = self.own.receive_size
+        pos = tail % capacity
+        if not (tail % ALIGN == 0 and head - tail <= capacity and capacity - pos >= HEADER_SIZE):
+            return None
+        kind, source_id, seq, length = RECORD_HEADER.unpack_from(self._area, pos)
+        size = -(-(HEADER_SIZE + length) // ALIGN) * ALIGN
+        if kind != KIND_RECORD or tail + size != head or pos + size > capacity:
+            return None
+        slot = self._delivered_word(source_id, pos)
+        taken = 0
+        if self._check_delivered(source_id, slot) < seq:
+            start = pos + HEADER_SIZE
+            handler(source_id, seq, [self._area[start:start + length]])
+            self.words[slot] = seq  # before the tail: a crash re-reads
+            taken = 1
+        else:
+            self.redelivered += 1  # a killed incarnation handled it: exactly once
+        receive_area.publish_tail(self.words, self.own.control, head)
+        return taken
 
     def _drain_run(self, handler: BlockHandler, record, limit: int | None) -> tuple[int, bool]:
         """Hand over the packets of a RUN record not yet delivered, at most `limit`, in blocks
