@@ -38,7 +38,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,6 +90,10 @@ SWITCH_TIMEOUT_S = 10.0
 DEFAULT_BATCHES = (1, 32)  # the patent's literal flow, and batched
 LATENCY_SIZE = 64
 LATENCY_PACKETS = 200
+# The lone-packet phase goes round the transports this many times, each round a share of the
+# packets: a slow spell of the shared host (a phase is 0.4 s of 2 ms gaps) then falls on every
+# transport alike instead of on the one measured at that moment.
+LATENCY_ROUNDS = 4
 LATENCY_INTERVAL_S = 0.002  # pace of the lone packets: one per 2 ms, each alone on the path
 FLOOR_SECONDS = 0.3  # thread CPU seconds of fill + check per (size, batch) for the floor
 FLOOR_BYTES = 8 << 20  # the floor's batch is capped to this many bytes
@@ -437,15 +441,40 @@ class Bench:
         except (MachineError, KeyError, TypeError, ValueError):
             return None
 
-    def lone_latency(self, transport: str, route: tuple[int, int]) -> dict:
-        """One-way latency of lone 64 B packets: batch 1, one route, one packet per
-        `latency_interval` (far longer than a packet takes), so each travels on an idle path.
-        The latency is the receiver's clock at verification minus the send time in the packet
-        (CLOCK_MONOTONIC, shared by every process)."""
+    def lone_latencies(self, transports: Sequence[str], route: tuple[int, int],
+                       advance: Callable[[], None] = lambda: None) -> dict[str, dict]:
+        """One-way latency of lone 64 B packets for each transport: batch 1, one route, one
+        packet per `latency_interval` (far longer than a packet takes), so each travels on an
+        idle path. The latency is the receiver's clock at verification minus the send time in
+        the packet (CLOCK_MONOTONIC, shared by every process). The transports take turns, in
+        LATENCY_ROUNDS rounds of a share of `latency_packets` each, their samples pooled."""
+        n = self.options.latency_packets
+        shares = [k for k in (n // LATENCY_ROUNDS + (i < n % LATENCY_ROUNDS)
+                              for i in range(LATENCY_ROUNDS)) if k]
+        pooled = {t: {"lat": [], "received": 0, "corrupt": 0, "attempted": 0}
+                  for t in transports}
+        for k in shares:
+            for t in transports:
+                got = self._lone_round(t, route, k)
+                for key, value in got.items():
+                    pooled[t][key] += value
+                advance()
+        return {t: {"transport": t, "packet_size": LATENCY_SIZE, "batch": 1,
+                    "route": list(route), "interval_s": self.options.latency_interval,
+                    "packets": p["received"], "rounds": len(shares),
+                    "p50_us": benchcore.percentile(p["lat"], 0.50),
+                    "p99_us": benchcore.percentile(p["lat"], 0.99),
+                    "max_us": max(p["lat"], default=0.0), "samples": len(p["lat"]),
+                    "lost": max(0, p["attempted"] - p["received"] - p["corrupt"]),
+                    "corrupt": p["corrupt"]}
+                for t, p in pooled.items()}
+
+    def _lone_round(self, transport: str, route: tuple[int, int], n: int) -> dict:
+        """`n` lone packets of `transport` on `route`: their latency samples (µs) and the
+        counts (received, corrupt, attempted)."""
         o = self.options
         src, dst = route
         participants = sorted({src, dst})
-        n = o.latency_packets
         ports = self._open(transport, participants)
         try:
             self.call(src, {"cmd": "bench_send", "transport": transport, "peers": [dst],
@@ -468,17 +497,11 @@ class Bench:
         finally:
             stats = self._close(participants)
         rx_stats, tx_stats = stats.get(dst, {}), stats.get(src, {})
-        lat = rx_stats.get("latency_samples_us", [])
-        received = sum(rx_stats.get("received", {}).values())
-        corrupt = rx_stats.get("corrupt", 0) + rx_stats.get("duplicates", 0)
-        attempted = sum(tx_stats.get("sent", {}).values()) + sum(
-            tx_stats.get("errors", {}).values())
-        return {"transport": transport, "packet_size": LATENCY_SIZE, "batch": 1,
-                "route": list(route), "interval_s": o.latency_interval, "packets": received,
-                "p50_us": benchcore.percentile(lat, 0.50),
-                "p99_us": benchcore.percentile(lat, 0.99),
-                "max_us": max(lat, default=0.0), "samples": len(lat),
-                "lost": max(0, attempted - received - corrupt), "corrupt": corrupt}
+        return {"lat": list(rx_stats.get("latency_samples_us", [])),
+                "received": sum(rx_stats.get("received", {}).values()),
+                "corrupt": rx_stats.get("corrupt", 0) + rx_stats.get("duplicates", 0),
+                "attempted": sum(tx_stats.get("sent", {}).values())
+                + sum(tx_stats.get("errors", {}).values())}
 
     def _counts(self, plan: RunPlan) -> dict[int, dict]:
         return {nid: self.call(nid, {"cmd": "bench_count"}) for nid in plan.participants}
@@ -1011,11 +1034,10 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                     results["single_stream"].append(b.run(plan))
                     progress.advance(overall)
                 if options.latency:
-                    results["latency"] = {}
-                    lone = progress.add_task("lone 64 B packets", total=len(options.transports))
-                    for t in options.transports:
-                        results["latency"][t] = b.lone_latency(t, route_list[0])
-                        progress.advance(lone)
+                    lone = progress.add_task("lone 64 B packets",
+                                             total=len(options.transports) * LATENCY_ROUNDS)
+                    results["latency"] = b.lone_latencies(
+                        options.transports, route_list[0], lambda: progress.advance(lone))
     finally:
         with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
             if switch is not None:
