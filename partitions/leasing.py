@@ -41,6 +41,7 @@ import posix_ipc
 from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
 from adapter.protocol import Move, Op, Result
+from partitions.driver_parts import DriverParts
 
 if TYPE_CHECKING:
     from hypervisor.layout import PartitionLayout
@@ -73,20 +74,14 @@ class HeldLease:
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
 
-class Leasing:
+class Leasing(DriverParts):
     """Driver's methods for leases; the attributes and methods below come from Driver."""
 
     if TYPE_CHECKING:
-        network_id: int
-        physical: memoryview
-        words: memoryview
-        by_id: dict[int, PartitionLayout]
-        rings: dict[int, receive_area.RingWords]
         locks: dict[int, posix_ipc.Semaphore]
         bells: dict[int, posix_ipc.Semaphore]
         recall: posix_ipc.Semaphore | None
         _seq_words: dict[int, int]
-        _mutex: threading.Lock
         _closing: bool
         _leases: dict[int, HeldLease]
         _keeper: threading.Thread | None

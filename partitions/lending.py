@@ -14,7 +14,6 @@ next request as proof that it is not mid-move and takes the grant back.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -24,9 +23,7 @@ from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
 from adapter.protocol import Move, Op, Result
 from adapter.ring import RUN_DESCRIPTOR
-
-if TYPE_CHECKING:
-    from hypervisor.layout import PartitionLayout
+from partitions.driver_parts import DriverParts
 
 LOAN_WAIT_S = 0.05  # how long one try of a loan waits for the driver (another thread's loan)
 
@@ -46,16 +43,10 @@ class Granted(NamedTuple):
     token: int  # the grant's token: the grant is still ours while the control block holds it
 
 
-class Lending:
-    """Driver's methods for loans; the attributes and methods below come from Driver."""
+class Lending(DriverParts):
+    """Driver's methods for loans; the methods below come from Driver."""
 
     if TYPE_CHECKING:
-        network_id: int
-        physical: memoryview
-        words: memoryview
-        by_id: dict[int, PartitionLayout]
-        rings: dict[int, receive_area.RingWords]
-        _mutex: threading.Lock
 
         def _survive_restart(self, op: int, moves: Sequence[Move],
                              reply_by: float | None = None) -> tuple[Result, ...]: ...

@@ -384,17 +384,23 @@ def test_users_programs_run_across_hosts(tmp_path: Path, example: str, first: st
     assert "every program returned" in out, out
 
 
-def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
-        tmp_path: Path) -> None:
+def cluster_bench(tmp_path: Path, *options: str) -> tuple[str, list[dict]]:
+    """`mpiexec -n 2 xpmove bench --config two-hosts` with `options`, 0.5 s a run: its output
+    (the test fails unless it exits 0) and the runs of its JSON."""
     out_json = tmp_path / "cluster.json"
     done = subprocess.run(
         [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "bench", "--config",
-         CONFIG, "--sizes", "1KiB,64KiB", "--batch", "128", "--duration", "0.5",
-         "--transports", "fig11,tcp", "--json", str(out_json)],
+         CONFIG, "--duration", "0.5", *options, "--json", str(out_json)],
         cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
     out = words(done.stdout + done.stderr)
     assert done.returncode == 0, out
-    runs = json.loads(out_json.read_text())["runs"]
+    return out, json.loads(out_json.read_text())["runs"]
+
+
+def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
+        tmp_path: Path) -> None:
+    out, runs = cluster_bench(tmp_path, "--sizes", "1KiB,64KiB", "--batch", "128",
+                              "--transports", "fig11,tcp")
     assert {(r["transport"], r["route"], r["size"]) for r in runs} == {
         (t, r, s) for t in ("fig11", "tcp") for r in ("cross", "local") for s in (1024, 65536)}
     assert all(r["packets"] > 0 and r["S"] > 0 and not r["problems"] for r in runs), runs
@@ -408,15 +414,8 @@ def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
 def test_leases_across_hosts_deliver_every_packet(tmp_path: Path) -> None:
     """A lease on a remote destination is a lease on its proxy ring here: the driver commits
     into it, the fabric carries the records over, every one verified (the bench's check)."""
-    out_json = tmp_path / "cluster.json"
-    done = subprocess.run(
-        [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "bench", "--config",
-         CONFIG, "--sizes", "1KiB", "--batch", "1", "--duration", "0.5",
-         "--transports", "fig12-lease", "--json", str(out_json)],
-        cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
-    out = words(done.stdout + done.stderr)
-    assert done.returncode == 0, out
-    runs = json.loads(out_json.read_text())["runs"]
+    out, runs = cluster_bench(tmp_path, "--sizes", "1KiB", "--batch", "1",
+                              "--transports", "fig12-lease")
     assert {r["route"] for r in runs} == {"cross", "local"}, runs
     assert all(r["packets"] > 0 and not r["problems"] for r in runs), runs
     assert_names_gone(out, tmp_path)

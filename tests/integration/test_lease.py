@@ -4,14 +4,13 @@ partitions, adapter and semaphores, through the probe."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from tests.integration.conftest import TIMEOUT, small_config, wait_for
 from tests.integration.test_faults import kill, restarted
 from tests.integration.test_loan import locks_free
 from tests.integration.test_machine import receive, send
+from tests.integration.test_supervision import sent_while_supervised
 
 
 def lease(m, src: int, dst: int, **msg) -> dict:
@@ -137,15 +136,7 @@ def test_a_holder_that_keeps_a_recalled_lease_is_killed_at_the_grant_timeout(mak
     assert lease_send(m, 1, 2, [b"committed"])["seqs"] == [1]
     assert m.call(1, {"cmd": "stall_keeper"})["ok"]
     assert m.adapter_stats()["grants"] == {}  # nobody waits: the lease may be kept
-    outcome: dict = {}
-    sender = threading.Thread(target=lambda: outcome.update(
-        send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)))
-    sender.start()
-    try:
-        wait_for(lambda: m.poll(liveness=True) is not None and not sender.is_alive(),
-                 timeout=TIMEOUT + 5, what="the other sender to get through")
-    finally:
-        sender.join(TIMEOUT * 2)
+    outcome = sent_while_supervised(m, 3, 2, b"from three")
     assert outcome.get("seq") == 1, outcome
     assert any("p1 kept its lease on network ID 2" in e and "killed" in e
                for e in m.events), m.events

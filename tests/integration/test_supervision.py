@@ -366,6 +366,22 @@ def test_the_segment_is_allocated_when_it_is_created(make_machine):
 
 
 # -- a grant held by a live but stuck driver ---------------------------------------------------
+def sent_while_supervised(m, src: int, dst: int, data: bytes) -> dict:
+    """`send` (fig11, retried up to TIMEOUT) from another thread while this one polls the
+    machine with liveness pings, as `launch` does, so supervision can end a stuck holder that
+    keeps the destination's lock; the send's reply once it got through."""
+    outcome: dict = {}
+    sender = threading.Thread(target=lambda: outcome.update(
+        send(m, src, dst, data, "fig11", timeout=TIMEOUT)))
+    sender.start()
+    try:
+        wait_for(lambda: m.poll(liveness=True) is not None and not sender.is_alive(),
+                 timeout=TIMEOUT + 5, what="the other sender to get through")
+    finally:
+        sender.join(TIMEOUT * 2)
+    return outcome
+
+
 @pytest.mark.parametrize("packets", [None, 8])
 def test_a_grant_held_too_long_kills_its_holder(make_machine, packets):
     """Partition 1 takes a Fig 12 grant on 2 and never finishes it (alive, not dying). With
@@ -379,15 +395,7 @@ def test_a_grant_held_too_long_kills_its_holder(make_machine, packets):
     held_at = time.monotonic()
     grants = m.adapter_stats()["grants"]
     assert grants["2"]["holder"] == 1 and 0 <= grants["2"]["age_s"] < 10, grants
-    outcome: dict = {}
-    sender = threading.Thread(target=lambda: outcome.update(
-        send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)))
-    sender.start()
-    try:
-        wait_for(lambda: m.poll(liveness=True) is not None and not sender.is_alive(),
-                 timeout=TIMEOUT + 5, what="the other sender to get through")
-    finally:
-        sender.join(TIMEOUT * 2)
+    outcome = sent_while_supervised(m, 3, 2, b"from three")
     took = time.monotonic() - held_at
     assert outcome.get("seq") == 1, outcome
     assert 1.0 <= took < 1.0 + 6.0, took  # the timeout, a ping a second, the send's retries
