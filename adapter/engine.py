@@ -54,6 +54,10 @@ SERVED_OPS = frozenset((MOVE, GRANT, MOVE_RUN, GRANT_RUN, LEASE))
 RUN_OPS = frozenset((MOVE_RUN, GRANT_RUN))
 OK = Status.OK
 GRANTED, HELD = LockState.GRANTED, LockState.HELD
+# A lease is not recalled before it is this old: two holders asking for one destination in
+# turn could otherwise hand it back and forth before either committed a packet (the reply is
+# not even read yet). A parked request retries every 0.2 ms, so it waits at most this more.
+LEASE_MIN_HOLD_S = 0.001
 
 
 class Lock(Protocol):
@@ -561,10 +565,8 @@ class Engine:
 
     def _holds_lease(self, me: int, dst: int) -> bool:
         """Whether `me` holds `dst`'s lock as a lease it has not given back."""
-        rec = self.book.record(dst)
-        grant = rec.grant
-        return (rec.state is GRANTED and grant is not None and grant.lease
-                and grant.holder == me and self.words[self.rings[dst].released] != grant.token)
+        grant = self.book.record(dst).grant
+        return self._granted_to(dst, me) and grant is not None and grant.lease
 
     def _renew_lease(self, me: int, work: Work, now: float) -> bytes:
         """A LEASE from the holder of that very lease: its reply was lost (the adapter
@@ -588,9 +590,17 @@ class Engine:
         for network_id, work in self._parked.items():
             if network_id == me:
                 return False
-            if any(t.dst.network_id == dst for _, t in work.checked):
-                return True
+            dsts = {t.dst.network_id for _, t in work.checked}
+            if dst in dsts and not any(self._granted_to(d, me) for d in dsts):
+                return True  # (one that waits for a lock `me` holds would wait for us)
         return False
+
+    def _granted_to(self, dst: int, holder: int) -> bool:
+        """Whether `dst`'s lock is granted to `holder`, which has not given it back yet."""
+        rec = self.book.record(dst)
+        grant = rec.grant
+        return (rec.state is GRANTED and grant is not None and grant.holder == holder
+                and self.words[self.rings[dst].released] != grant.token)
 
     def _recall(self, dst: int, now: float | None) -> None:
         """A request found `dst`'s lock busy, or `dst` stopped being a destination: if a lease
@@ -601,6 +611,8 @@ class Engine:
         grant = rec.grant
         if rec.state is not GRANTED or grant is None or not grant.lease or rec.recalled:
             return
+        if now is not None and now - grant.granted_at < LEASE_MIN_HOLD_S:
+            return  # its holder has not had the time to use it yet: the next try recalls
         rec.recalled, rec.recalled_at = True, now
         receive_area.recall_lease(self.words, self.rings[dst], grant.token)
         bell = self.recalls.get(grant.holder)

@@ -235,7 +235,7 @@ def commit_record(words: memoryview, memory: memoryview, dst: PartitionLayout, r
     head, tail, last = words[ring.head], words[ring.tail], words[seq_word]
     need = -(-(HEADER_SIZE + count) // ALIGN) * ALIGN
     pos = head % capacity
-    if (head == words[ring.pending] and last < SEQ_LIMIT and 0 <= tail <= head
+    if (0 < count and head == words[ring.pending] and last < SEQ_LIMIT and 0 <= tail <= head
             and head % ALIGN == 0 and tail % ALIGN == 0 and need <= capacity // 2 // ALIGN * ALIGN
             and pos + need <= capacity and head + need - tail <= capacity):
         new_head, first = head + need, last + 1

@@ -8,8 +8,9 @@ packet costs one wake-up, the receiver's, as over a socket. The lease is given b
 `close()` (or leaving the `with` block), and whenever another sender (another partition, or
 this one's own queued sends) needs the destination: the adapter recalls it, the driver gives
 it back between two commits, and the next `send` asks for it again, waiting its turn like any
-move. So a lease never keeps the destination from its other senders for more than one packet
-once they wait.
+move. So once another sender waits, a lease carries at most the packet being sent (each grant
+carries at least one, so two lessees cannot hand it back and forth with nothing sent), after
+a grant at least 1 ms old (Engine: LEASE_MIN_HOLD_S).
 
     with port.lease(2) as lease:
         for packet in packets:

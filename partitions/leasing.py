@@ -132,12 +132,8 @@ class Leasing(DriverParts):
                                f"{receive_area.read_holder(self.words, dst)}); given back")
         lease = self._lease_of(dst_id)
         self._start_keeper()
-        with lease.mutex:
-            lease.token, lease.held = token, True
-            if self.words[ring.recall] == token:  # recalled before we knew it: answer now
-                self._give_back(lease)
-                return LeaseLost(f"the lease on network ID {dst_id} was recalled as soon as it "
-                                 f"was granted (another sender waits); nothing was sent")
+        with lease.mutex:  # recalled already? The send this is for commits first, then
+            lease.token, lease.held = token, True  # gives it back (or the keeper, if idle)
         return lease
 
     def _lease_of(self, dst_id: int) -> HeldLease:
@@ -165,10 +161,6 @@ class Leasing(DriverParts):
                 lease.held = False
                 return LeaseLost(f"the lease on network ID {lease.dst_id} is not held any "
                                  f"more; nothing was sent")
-            if words[ring.recall] == token:  # another sender waits: it goes first
-                self._give_back(lease)
-                return LeaseLost(f"the lease on network ID {lease.dst_id} was recalled "
-                                 f"(another sender waits); nothing was sent")
             try:
                 seq = receive_area.commit_record(words, self.physical, dst, ring, me,
                                                  lease.src_index, lease.seq_word, data)
@@ -176,7 +168,11 @@ class Leasing(DriverParts):
                 self._give_back(lease)
                 return exc
             except XpmoveError as exc:  # no room: the lease stays, the receiver drains
+                if words[ring.recall] == token:  # ... unless another sender waits
+                    self._give_back(lease)
                 return exc
+            if words[ring.recall] == token:  # another sender waits: after this packet, it
+                self._give_back(lease)  # goes first (each grant carries at least one)
         receive_area.ring_doorbell(words, ring, lease.bell)
         return seq
 

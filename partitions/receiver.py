@@ -84,7 +84,7 @@ class Receiver:
         capacity = self.own.receive_size
         head = words[self._ring.head]
         tail = start_tail = words[self._ring.tail]
-        if tail < head and limit != 0:
+        if tail < head and (limit is None or limit > 0):
             lone = self._lone_record(handler, head, tail)
             if lone is not None:
                 return lone
@@ -130,7 +130,7 @@ class Receiver:
         tests/unit/test_receiver.py holds it equal to the general walk."""
         capacity = self.own.receive_size
         pos = tail % capacity
-        if not (tail % ALIGN == 0 and head - tail <= capacity and capacity - pos >= HEADER_SIZE):
+        if not (tail % ALIGN == 0 and capacity - pos >= HEADER_SIZE):
             return None
         kind, source_id, seq, length = RECORD_HEADER.unpack_from(self._area, pos)
         size = -(-(HEADER_SIZE + length) // ALIGN) * ALIGN

@@ -94,6 +94,13 @@ LATENCY_PACKETS = 200
 # packets: a slow spell of the shared host (a phase is 0.4 s of 2 ms gaps) then falls on every
 # transport alike instead of on the one measured at that moment.
 LATENCY_ROUNDS = 4
+
+
+def latency_shares(packets: int) -> list[int]:
+    """How many lone packets each round of the latency phase sends: `packets` split over
+    LATENCY_ROUNDS rounds (fewer if there are fewer packets), as evenly as it goes."""
+    return [k for k in (packets // LATENCY_ROUNDS + (i < packets % LATENCY_ROUNDS)
+                        for i in range(LATENCY_ROUNDS)) if k]
 LATENCY_INTERVAL_S = 0.002  # pace of the lone packets: one per 2 ms, each alone on the path
 FLOOR_SECONDS = 0.3  # thread CPU seconds of fill + check per (size, batch) for the floor
 FLOOR_BYTES = 8 << 20  # the floor's batch is capped to this many bytes
@@ -448,11 +455,8 @@ class Bench:
         idle path. The latency is the receiver's clock at verification minus the send time in
         the packet (CLOCK_MONOTONIC, shared by every process). The transports take turns, in
         LATENCY_ROUNDS rounds of a share of `latency_packets` each, their samples pooled."""
-        n = self.options.latency_packets
-        shares = [k for k in (n // LATENCY_ROUNDS + (i < n % LATENCY_ROUNDS)
-                              for i in range(LATENCY_ROUNDS)) if k]
-        pooled = {t: {"lat": [], "received": 0, "corrupt": 0, "attempted": 0}
-                  for t in transports}
+        shares = latency_shares(self.options.latency_packets)
+        pooled = {t: {"lat": [], "received": 0, "corrupt": 0, "lost": 0} for t in transports}
         for k in shares:
             for t in transports:
                 got = self._lone_round(t, route, k)
@@ -465,13 +469,12 @@ class Bench:
                     "p50_us": benchcore.percentile(p["lat"], 0.50),
                     "p99_us": benchcore.percentile(p["lat"], 0.99),
                     "max_us": max(p["lat"], default=0.0), "samples": len(p["lat"]),
-                    "lost": max(0, p["attempted"] - p["received"] - p["corrupt"]),
-                    "corrupt": p["corrupt"]}
+                    "lost": p["lost"], "corrupt": p["corrupt"]}
                 for t, p in pooled.items()}
 
     def _lone_round(self, transport: str, route: tuple[int, int], n: int) -> dict:
         """`n` lone packets of `transport` on `route`: their latency samples (µs) and the
-        counts (received, corrupt, attempted)."""
+        counts (received, corrupt, lost)."""
         o = self.options
         src, dst = route
         participants = sorted({src, dst})
@@ -497,11 +500,12 @@ class Bench:
         finally:
             stats = self._close(participants)
         rx_stats, tx_stats = stats.get(dst, {}), stats.get(src, {})
-        return {"lat": list(rx_stats.get("latency_samples_us", [])),
-                "received": sum(rx_stats.get("received", {}).values()),
-                "corrupt": rx_stats.get("corrupt", 0) + rx_stats.get("duplicates", 0),
-                "attempted": sum(tx_stats.get("sent", {}).values())
-                + sum(tx_stats.get("errors", {}).values())}
+        received = sum(rx_stats.get("received", {}).values())
+        corrupt = rx_stats.get("corrupt", 0) + rx_stats.get("duplicates", 0)
+        attempted = sum(tx_stats.get("sent", {}).values()) + sum(
+            tx_stats.get("errors", {}).values())
+        return {"lat": list(rx_stats.get("latency_samples_us", [])), "received": received,
+                "corrupt": corrupt, "lost": max(0, attempted - received - corrupt)}
 
     def _counts(self, plan: RunPlan) -> dict[int, dict]:
         return {nid: self.call(nid, {"cmd": "bench_count"}) for nid in plan.participants}
@@ -1034,8 +1038,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                     results["single_stream"].append(b.run(plan))
                     progress.advance(overall)
                 if options.latency:
-                    lone = progress.add_task("lone 64 B packets",
-                                             total=len(options.transports) * LATENCY_ROUNDS)
+                    lone = progress.add_task("lone 64 B packets", total=len(options.transports)
+                                             * len(latency_shares(options.latency_packets)))
                     results["latency"] = b.lone_latencies(
                         options.transports, route_list[0], lambda: progress.advance(lone))
     finally:

@@ -5,7 +5,7 @@ same record, the same words, the same sequence number, or the same error with no
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapter import receive_area
@@ -50,19 +50,32 @@ def flat(words, memory, data) -> int:
     return receive_area.commit_record(words, memory, DST, RING, 1, SRC.index, SEQ_WORD, data)
 
 
-@settings(max_examples=400, deadline=None)
+NEED_64 = 88  # a record of 64 bytes: header and payload, aligned
+
+
+@settings(max_examples=600, deadline=None)
 @given(tail=st.integers(0, 4 * CAPACITY // ALIGN).map(lambda n: n * ALIGN),
        used=st.integers(0, CAPACITY // ALIGN).map(lambda n: n * ALIGN),
-       count=st.integers(1, CAPACITY // 2),
+       count=st.integers(0, CAPACITY // 2),
        seq=st.one_of(st.integers(0, 1000), st.just(receive_area.SEQ_LIMIT)),
-       forged=st.sampled_from(["none", "pending", "tail", "head"]))
+       forged=st.sampled_from(["none", "pending", "tail past head", "head",
+                               "head and pending", "tail"]))
+@example(tail=0, used=CAPACITY - NEED_64, count=64, seq=0, forged="none")  # exactly full
+@example(tail=CAPACITY - NEED_64, used=0, count=64, seq=0, forged="none")  # ends at the end
+@example(tail=CAPACITY - NEED_64 + ALIGN, used=0, count=64, seq=0, forged="none")  # a wrap
+@example(tail=0, used=0, count=0, seq=0, forged="none")  # nothing to send
 def test_commit_record_equals_the_protocols_helpers(tail, used, count, seq, forged):
     head = tail + used
     pending = head + ALIGN if forged == "pending" else head
-    if forged == "tail":
-        tail = head + ALIGN  # past head
+    if forged == "tail past head":
+        tail = head + ALIGN
     elif forged == "head":
-        head += 1  # unaligned
+        head += 1  # unaligned (and no longer the pending head)
+    elif forged == "head and pending":
+        head += 4  # unaligned, as the last commit left it
+        pending = head
+    elif forged == "tail":
+        tail = max(0, tail - 4)  # unaligned
     data = bytes((i * 7 + 3) % 256 for i in range(count))
     assert outcome(flat, head, tail, pending, seq, data) == outcome(
         by_the_helpers, head, tail, pending, seq, data)

@@ -125,14 +125,30 @@ def test_a_waiting_sender_recalls_the_lease_once_and_is_served_when_it_comes_bac
     assert len(m.records(2)) == 2
 
 
-def test_a_send_that_finds_its_lease_recalled_gives_it_back_and_writes_nothing(m):
+def test_a_send_under_a_recalled_lease_commits_its_packet_then_gives_it_back(m):
+    """Each grant carries at least one packet: a send that finds its lease recalled commits,
+    then gives it back (two holders cannot hand a lease back and forth with nothing sent)."""
     d = EngineDriver(m, 1)
     lease = sent(d.take_lease(2))
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
-    assert isinstance(d.lease_send(lease, memoryview(b"x")), LeaseLost)
-    assert m.records(2) == [] and m.seq(1, 2) == 0
-    assert len(m.engine.retry_parked(1.1)) == 1  # the waiting sender went first
+    assert sent(d.lease_send(lease, memoryview(b"x"))) == 1
+    assert not lease.held and m.locks[2].value == 1
+    assert isinstance(d.lease_send(lease, memoryview(b"y")), LeaseLost)  # nothing written
+    assert len(m.engine.retry_parked(1.1)) == 1  # the waiting sender went next
+    assert [r[1:3] for r in m.records(2)] == [(1, 1), (3, 1)]
 
+
+def test_a_lease_is_not_recalled_before_its_holder_could_use_it(m):
+    d = EngineDriver(m, 1)
+    d.now = 5.0
+    lease = sent(d.take_lease(2))
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=5.0003) is None
+    assert receive_area.recalled(m.words, m.ring(2)) == 0  # too young
+    assert m.engine.retry_parked(5.0006) == []
+    assert receive_area.recalled(m.words, m.ring(2)) == 0
+    assert sent(d.lease_send(lease, memoryview(b"first"))) == 1  # it gets to use it
+    assert m.engine.retry_parked(5.0011) == []
+    assert receive_area.recalled(m.words, m.ring(2)) == lease.token  # now recalled
 
 def test_a_full_ring_keeps_the_lease_and_writes_nothing(m):
     d = EngineDriver(m, 1)
@@ -187,8 +203,8 @@ def test_a_restarted_adapter_keeps_the_lease_through_its_holders_other_requests(
 
 def test_a_lease_asked_again_by_its_holder_is_confirmed_and_a_recall_stays_in_force(m):
     """The holder's LEASE reply died with the old adapter: asked again, the lease is confirmed
-    (same token), not granted twice; a recall in force stays, with its clock, so the driver
-    gives the lease back at once and asking again never buys time."""
+    (same token), not granted twice; a recall in force stays, with its clock, so asking again
+    never buys time."""
     d = EngineDriver(m, 1)
     lease = sent(d.take_lease(2))
     token = lease.token
@@ -198,23 +214,26 @@ def test_a_lease_asked_again_by_its_holder_is_confirmed_and_a_recall_stays_in_fo
         m.engine.attach(i)
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=2.0) is None  # recalls it
     lease.held = False  # as if the LEASE reply had died with the old adapter
-    assert isinstance(d.take_lease(2), LeaseLost)  # confirmed, then given back at once
+    again = sent(d.take_lease(2))  # confirmed: same token, still recalled
+    assert again.token == token and receive_area.recalled(m.words, m.ring(2)) == token
     assert m.engine.counters["leases_renewed"] == 1 and m.engine.counters["leases"] == 0
     assert m.engine.book.record(2).recalled_at == 2.0  # the clock of the first recall
+    assert d.answer_recalls() == (1, 0)  # idle: the keeper gives it back
     assert receive_area.read_released(m.words, m.ring(2)) == token
     ((network_id, _),) = m.engine.retry_parked(7.1)
     assert network_id == 3
 
 
 def test_a_lease_renewed_under_a_recall_is_given_back_once(m):
-    """A lease whose reply was lost, recalled, then confirmed to its holder: the driver gives
-    it back when it learns of it, and the keeper's later look finds nothing to give back (a
-    second post would end the next holder's grant)."""
+    """A lease whose reply was lost, recalled, then confirmed to its holder: given back once,
+    and a later look finds nothing to give back (a second post would end the next holder's
+    grant)."""
     d = EngineDriver(m, 1)
     sent(d.take_lease(2))
     d._leases.clear()  # the driver never learnt of it
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
-    assert isinstance(d.take_lease(2), LeaseLost)  # the renewal, given back at once
+    sent(d.take_lease(2))  # the renewal
+    assert d.answer_recalls() == (1, 0)
     assert d.answer_recalls() == (0, 0)
     assert m.locks[2].value == 1  # posted once
     assert len(m.engine.retry_parked(1.1)) == 1
@@ -263,7 +282,7 @@ def test_a_lease_on_a_destination_that_ends_is_recalled(m):
     assert receive_area.recalled(m.words, m.ring(2)) == lease.token and m.recalls[1].rings == 1
     assert m.engine.stats(now=50.0)["grants"]["2"]["age_s"] == 0.0
     assert m.engine.stats(now=53.0)["grants"]["2"]["age_s"] == 3.0
-    assert isinstance(d.lease_send(lease, memoryview(b"x")), LeaseLost)
+    assert sent(d.lease_send(lease, memoryview(b"x"))) == 1 and not lease.held  # given back
     request = Request(Op.LEASE, 9, (Move(1, 2, 0, 1),))
     _, (r,) = decode(m.engine.submit(1, request, 54.0))
     assert r.status == Status.DESTINATION_GONE

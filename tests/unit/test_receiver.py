@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapter.errors import RingCorrupt
@@ -90,7 +90,7 @@ def test_counters_that_cross_are_corrupt_not_an_empty_ring(m, word):
 
 
 # -- the lone record's short path --------------------------------------------------------------
-def drained(m: Machine, general: bool) -> tuple:
+def drained(m: Machine, general: bool, limit: int | None = None) -> tuple:
     """What one drain of partition 2's ring does, through the short path for a lone record or
     (`general`) the general walk alone: its outcome, the handler's calls, tail, delivered."""
     r = receiver(m)
@@ -99,48 +99,59 @@ def drained(m: Machine, general: bool) -> tuple:
     calls: list = []
     try:
         outcome: object = r.drain(lambda source, seq, rows: calls.append(
-            (source, seq, [bytes(row) for row in rows])))
-    except RingCorrupt as exc:
-        outcome = str(exc)
+            (source, seq, [bytes(row) for row in rows])), limit)
+    except (RingCorrupt, struct.error) as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
     dst = m.p(2)
     return (outcome, calls, m.words[dst.control // 8 + 8], m.words[delivered_word(m, 1, 2)],
             r.redelivered)
 
 
-@settings(max_examples=300, deadline=None)
-@given(length=st.integers(1, 600), before=st.integers(0, 3),
+@settings(max_examples=400, deadline=None)
+@given(length=st.integers(1, 600), at=st.integers(0, 4 * 16384 // 8).map(lambda n: n * 8),
        forge=st.sampled_from(["none", "delivered", "kind", "length", "head", "tail", "source",
-                              "length and head"]),
-       value=st.integers(0, 1 << 20))
-def test_the_lone_record_path_equals_the_general_walk(length, before, forge, value):
-    """One record at the tail (after `before` drained ones, so anywhere in the ring), its
-    words forged or not: the short path and the general walk do exactly the same."""
+                              "length and head", "unaligned tail", "shifted"]),
+       value=st.integers(0, 1 << 20), limit=st.sampled_from([None, None, 1, 0, -1]))
+@example(length=8, at=16384 - 32, forge="none", value=0, limit=None)  # ends at the ring end
+@example(length=8, at=16384 - 16, forge="none", value=0, limit=None)  # a PAD, then at 0
+@example(length=8, at=16384 - 40, forge="unaligned tail", value=0, limit=None)
+@example(length=8, at=64, forge="shifted", value=0, limit=None)
+def test_the_lone_record_path_equals_the_general_walk(length, at, forge, value, limit):
+    """One record committed by the adapter at ring position `at` (any counter value, so
+    anywhere in the ring, a PAD before it where it does not fit), its words forged or not,
+    drained with any limit: the short path and the general walk do exactly the same."""
     outcomes = []
     for general in (False, True):
         m = Machine()
-        for i in range(before + 1):
-            m.put(1, 0, bytes([i + 1]) * length)
-            ok(m.submit(1, Op.MOVE, [(2, 0, length)]))
-            if i < before:
-                collect(receiver(m))
         dst = m.p(2)
-        tail = m.words[dst.control // 8 + 8]
+        control = dst.control // 8
+        m.words[control] = m.words[control + 1] = m.words[control + 8] = at  # head, pending, tail
+        m.put(1, 0, bytes([value % 251 + 1]) * length)
+        ok(m.submit(1, Op.MOVE, [(2, 0, length)]))
+        tail = m.words[control + 8]
         pos = dst.receive_base + tail % dst.receive_size
         if forge == "delivered":
-            m.words[delivered_word(m, 1, 2)] = value % (before + 3)
+            m.words[delivered_word(m, 1, 2)] = value % 3
         elif forge == "kind":
             struct.pack_into("<I", m.mem, pos, value)
         elif forge == "length":
             struct.pack_into("<Q", m.mem, pos + 16, value)
         elif forge == "head":
-            m.words[dst.control // 8] += 8 * (value % 4)
+            m.words[control] += 8 * (value % 4)
         elif forge == "tail":
-            m.words[dst.control // 8 + 8] += 8 * (value % 3)
+            m.words[control + 8] += 8 * (value % 3)
         elif forge == "source":
             struct.pack_into("<I", m.mem, pos + 4, value % 6)
         elif forge == "length and head":  # a record that would run past the ring's end
             forged = dst.receive_size - tail % dst.receive_size - 24 + 1 + value % 64
             struct.pack_into("<Q", m.mem, pos + 16, forged)
-            m.words[dst.control // 8] = tail + -(-(24 + forged) // 8) * 8
-        outcomes.append(drained(m, general))
+            m.words[control] = tail + -(-(24 + forged) // 8) * 8
+        elif forge == "unaligned tail":
+            m.words[control + 8] += 4
+        elif forge == "shifted":  # the whole record 4 bytes on, tail and head with it
+            record = bytes(m.mem[pos:pos + 24 + length])
+            m.mem[pos + 4:pos + 28 + length] = record
+            m.words[control + 8] += 4
+            m.words[control] += 4
+        outcomes.append(drained(m, general, limit))
     assert outcomes[0] == outcomes[1]
