@@ -68,17 +68,18 @@ class FakeBell:
 class Machine:
     """One engine over one bytearray segment, plus the test's views of it."""
 
-    def __init__(self) -> None:
-        parts = tuple(PartitionConfig(f"p{i}", i, 16 * PAGE_SIZE, 4 * PAGE_SIZE) for i in IDS)
+    def __init__(self, ids: tuple[int, ...] = IDS) -> None:
+        self.ids = ids
+        parts = tuple(PartitionConfig(f"p{i}", i, 16 * PAGE_SIZE, 4 * PAGE_SIZE) for i in ids)
         self.layout: SegmentLayout = plan_segment(MachineConfig(partitions=parts))
         self.mem = memoryview(bytearray(self.layout.total_size))
         self.words = receive_area.words(self.mem)
         self.by_id = self.layout.by_id()
-        self.locks = {i: FakeLock() for i in IDS}
-        self.bells = {i: FakeBell() for i in IDS}
+        self.locks = {i: FakeLock() for i in ids}
+        self.bells = {i: FakeBell() for i in ids}
         self.engine = self.fresh_engine()
         self.engine.recover(0.0)
-        for i in IDS:
+        for i in ids:
             self.engine.attach(i)
         self._ids = iter(range(1, 1 << 30))
 

@@ -23,7 +23,7 @@ class LeaseMachine(Machine):
     """test_engine's Machine, its engine given a recall semaphore (a counter) per partition."""
 
     def fresh_engine(self) -> Engine:
-        self.recalls = getattr(self, "recalls", {i: FakeBell() for i in IDS})
+        self.recalls = getattr(self, "recalls", {i: FakeBell() for i in self.ids})
         return Engine(self.mem, self.layout, self.locks, self.bells, TIMEOUT, self.recalls)
 
     def ring(self, dst: int) -> receive_area.RingWords:
@@ -37,10 +37,10 @@ class EngineDriver(Leasing):
     def __init__(self, m: LeaseMachine, network_id: int):
         self.m, self.network_id = m, network_id
         self.physical, self.words, self.by_id = m.mem, m.words, m.by_id
-        self.rings = {i: m.ring(i) for i in IDS}
+        self.rings = {i: m.ring(i) for i in m.ids}
         self.locks, self.bells, self.recall = m.locks, m.bells, None
         mine = receive_area.seq_words(m.layout)[m.p(network_id).index]
-        self._seq_words = {i: mine[m.p(i).index] for i in IDS}
+        self._seq_words = {i: mine[m.p(i).index] for i in m.ids}
         self._mutex, self._closing = threading.Lock(), False
         self._leases: dict[int, HeldLease] = {}
         self._keeper = threading.Thread()  # never started: the test answers recalls itself
@@ -345,3 +345,15 @@ def test_a_given_back_lease_settles_and_the_next_lease_gets_a_new_token(m):
     again = sent(d.take_lease(2))
     assert again.token != first
     assert sent(d.lease_send(again, memoryview(b"two"))) == 2
+
+
+def test_a_lease_does_not_wait_behind_a_request_that_waits_for_its_own_sender():
+    """Partition 3's request to 2 and 4 parks on 2, which partition 1 leases. 1's LEASE on 4
+    must not park behind it (it would wait for 3, which waits for 1's lease on 2: a cycle
+    until the lock timeout); FIFO behind earlier requests holds otherwise."""
+    m = LeaseMachine(ids=(1, 2, 3, 4))
+    d = EngineDriver(m, 1)
+    sent(d.take_lease(2))
+    m.put(3, 0, b"to two and four")
+    assert m.submit(3, Op.MOVE, [(2, 0, 6), (4, 0, 6)], now=1.0) is None  # parked on 2
+    ok(m.submit(1, Op.LEASE, [(4, 0, 1)], now=1.0))  # granted, not parked behind 3
