@@ -11,9 +11,10 @@ adapter/receive_area.py), and until it is stopped:
   only on its holder's token; a doorbell only wakes a receiver early);
 * every `garbage_every` seconds writes ONE garbage word into a word of one of its `targets`:
   the destination's ring control block (head, the pending commit's three words, holder, grant
-  token, released, tail, sleeping) or a per-pair word whose destination it is (the pair's
-  sequence word, its delivered word). Such a write POISONS that destination: the promises no
-  longer hold for it (its checks should refuse it, RingCorrupt), but it must not harm any other.
+  token, released, tail, sleeping, lease, recall) or a per-pair word whose destination it is
+  (the pair's sequence word, its delivered word). Such a write POISONS that destination: the
+  promises no longer hold for it (its checks should refuse it, RingCorrupt), but it must not
+  harm any other.
 
 Each write is one JSON line on stdout (`{"event": "write", ...}`: destination, word, address,
 old and new value, seconds since the start); on SIGTERM it prints `{"event": "done", ...}` with
@@ -58,7 +59,8 @@ def target_words(layout: SegmentLayout, dst_id: int) -> dict[str, int]:
              "pending_source": ra.PENDING_OFFSET + 8, "pending_first_seq": ra.PENDING_OFFSET + 16,
              "holder": ra.HOLDER_OFFSET, "grant_token": ra.GRANT_TOKEN_OFFSET,
              "released": ra.RELEASED_OFFSET, "tail": ra.TAIL_OFFSET,
-             "sleeping": ra.SLEEPING_OFFSET}
+             "sleeping": ra.SLEEPING_OFFSET, "lease": ra.LEASE_OFFSET,
+             "recall": ra.RECALL_OFFSET}
     words = {name: dst.control + offset for name, offset in block.items()}
     for src in layout.partitions:
         if src.network_id != dst_id:
