@@ -72,10 +72,10 @@ class Leases:
             receive_area.set_holder(words, dst, me)
             self.book.granted(Grant(me, dst.network_id, 0, now, token=token, lease=True))
             self.counters["leases"] += 1
-            results[i] = self._lease_result(t, seq_word, token)
+            results[i] = self._lease_result(t, token)
 
     @staticmethod
-    def _lease_result(t: Translation, seq_word: int, token: int) -> Result:
+    def _lease_result(t: Translation, token: int) -> Result:
         """What the holder checks its lease against: the receive area, and the lease's token
         (as the commit value: a lease commits nothing by the reply) that its give-back must
         name."""
@@ -90,15 +90,14 @@ class Leases:
     def _renew_lease(self, me: int, work: Work, now: float) -> bytes:
         """A LEASE from the holder of that very lease: its reply was lost (the adapter
         restarted, and a recovered lease is kept). The lease is confirmed, not granted again;
-        a recall in force stays in force (its clock too), so the holder gives it back at once
-        and asking again never buys time."""
+        a recall in force stays in force (its clock too), so the holder gives it back after
+        its next packet (or its keeper, if it sends none) and asking again never buys time."""
         (i, t), = work.checked
         rec = self.book.record(t.dst.network_id)
         assert rec.grant is not None
         rec.grant = replace(rec.grant, recovered=False)
         self.counters["leases_renewed"] += 1
-        work.results[i] = self._lease_result(t, self.seq_words[t.src.index][t.dst.index],
-                                             rec.grant.token)
+        work.results[i] = self._lease_result(t, rec.grant.token)
         return encode_reply(LEASE, work.request.request_id, OK,
                             work.results)  # type: ignore[arg-type]  # all filled
 

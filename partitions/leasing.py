@@ -131,7 +131,7 @@ class Leasing(DriverParts):
                                f"{r.dst_address + r.count}), token {token}, holder "
                                f"{receive_area.read_holder(self.words, dst)}); given back")
         lease = self._lease_of(dst_id)
-        self._start_keeper()
+        self.start_keeper()  # (started at the partition's start; drivers made elsewhere too)
         with lease.mutex:  # recalled already? The send this is for commits first, then
             lease.token, lease.held = token, True  # gives it back (or the keeper, if idle)
         return lease
@@ -155,7 +155,7 @@ class Leasing(DriverParts):
         control block is impossible. The record's sequence number when sent."""
         words, me, ring, dst = self.words, self.network_id, lease.ring, lease.dst
         with lease.mutex:
-            token = lease.token
+            token = lease.token  # then _still_ours, inline: this is the lone packet's path
             if (not lease.held or words[ring.token] != token or words[ring.released] == token
                     or words[lease.holder_word] != me):
                 lease.held = False
@@ -207,11 +207,9 @@ class Leasing(DriverParts):
 
     # -- the keeper: answers recalls -----------------------------------------------------
     def start_keeper(self) -> None:
-        """Start the thread that answers recalls (the partition process does at start, so
-        even a lease whose reply never reached us is given back when recalled)."""
-        self._start_keeper()
-
-    def _start_keeper(self) -> None:
+        """Start the thread that answers recalls, unless it runs (the partition process starts
+        it at once, so even a lease whose reply never reached us is given back when
+        recalled)."""
         if self._keeper is None or not self._keeper.is_alive():
             self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
                                             name=f"xpmove-lease-keeper-{self.network_id}")

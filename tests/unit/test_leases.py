@@ -61,7 +61,7 @@ class EngineDriver(Leasing):
         assert status == Status.OK
         return results
 
-    def _start_keeper(self) -> None:
+    def start_keeper(self) -> None:
         pass
 
 
