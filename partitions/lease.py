@@ -27,6 +27,12 @@ The rules:
   died, `TooLarge`/`BadCount` for a packet no record could hold. A send on a closed lease
   raises LeaseClosed. A holder that keeps a recalled lease past `grant_timeout_s` (it cannot:
   the driver answers recalls on its own thread) is killed as a stuck one.
+* Loans under a lease: `lease.loan(n)` / `lease.loan_run(packets, length)` lend the record's
+  bytes in the destination's ring as `Port.loan` does (partitions/loan.py: the same `Loan`,
+  the same rules), with no request to the adapter: the program fills it in place and
+  `commit()` publishes it, so a batch costs neither a copy nor a round trip. While a loan is
+  open the lease is not given back (a recall waits for the loan's end, and the holder still
+  has `grant_timeout_s` from the recall), and the lease's other sends wait.
 * One lease per destination per partition: two `Lease` objects for one destination share it,
   and closing one gives it back for both (the other asks again at its next send).
 """
@@ -36,10 +42,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 from adapter.errors import BadCount, TooLarge, XpmoveError
+from adapter.ring import MAX_RUN_RECORDS, RUN_DESCRIPTOR, align
 from partitions.driver import Driver, Sent, retrying
 from partitions.leasing import HeldLease
+from partitions.lending import Granted
+from partitions.loan import Loan, LoanHeld, LoanRun
+
+LoanT = TypeVar("LoanT", bound=Loan)
 
 
 class LeaseClosed(XpmoveError):
@@ -59,6 +71,8 @@ class Lease:
         self._stopping = stopping
         self._held: HeldLease | None = None
         self._closed = False
+        self._loan: Loan | None = None  # this lease's open loan, and the thread holding it
+        self._loan_thread: int | None = None
 
     def acquire(self, timeout: float | None, cancel: threading.Event | None = None) -> None:
         """Ask for the lease now (Port.lease does): errors at once, the first send fast."""
@@ -78,8 +92,7 @@ class Lease:
         """Commit `data` as ONE record at the destination: the lease's path (one copy, no
         request) while it is held, else the lease is asked for again first. Returns the `Sent`
         with its sequence number; raises the typed error (nothing sent) otherwise."""
-        if self._closed:
-            raise LeaseClosed(f"the lease on network ID {self.dst} is closed; nothing was sent")
+        self._check_usable("send")
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
@@ -102,16 +115,100 @@ class Lease:
         return Sent(self.dst, outcome, count)
 
     def _attempt(self, view: memoryview, reply_by: float | None) -> int | XpmoveError:
+        held = self._holding(reply_by)
+        return held if isinstance(held, XpmoveError) else self._driver.lease_send(held, view)
+
+    def _holding(self, reply_by: float | None) -> HeldLease | XpmoveError:
+        """The lease, asked for again if it is not held."""
         held = self._driver.take_lease(self.dst, reply_by)
-        if isinstance(held, XpmoveError):
-            return held
-        self._held = held
-        return self._driver.lease_send(held, view)
+        if not isinstance(held, XpmoveError):
+            self._held = held
+        return held
+
+    def _check_usable(self, what: str) -> None:
+        if self._closed:
+            raise LeaseClosed(f"{what}: the lease on network ID {self.dst} is closed; nothing "
+                              f"was sent")
+        loan = self._loan
+        if loan is not None and self._loan_thread == threading.get_ident():
+            raise LoanHeld(f"{what}: this thread holds a loan under the lease on network ID "
+                           f"{self.dst} ({loan.size} bytes); commit or give it back first")
+
+    # -- loans under the lease: filled in place, committed with no request ------------------
+    def loan(self, count: int, timeout: float | None = None,
+             cancel: threading.Event | None = None, uninit: bool = False) -> Loan:
+        """Lend `count` bytes of the destination's ring for ONE packet, as `Port.loan` does
+        but with no request: `with lease.loan(n) as buf: buf[:] = ...` commits on a normal
+        exit. Waits (retrying, like `send`) for room and for the lease."""
+        if count < 1 or count > self._max_record:
+            raise (BadCount if count < 1 else TooLarge)(
+                f"loan of {count} bytes under the lease on network ID {self.dst}: allowed "
+                f"1..{self._max_record}")
+        return self._lend(count, None, timeout, cancel, uninit,
+                          lambda g, end: Loan(self._driver, g, self._loan_ended, end))
+
+    def loan_run(self, packets: int, length: int, timeout: float | None = None,
+                 cancel: threading.Event | None = None, uninit: bool = False) -> LoanRun:
+        """`loan` for a run of `packets` packets of `length` bytes (`loan.packet(i)`), ONE
+        record of `packets` sequence numbers, as `Port.loan_run` but with no request."""
+        count = length if packets == 1 else RUN_DESCRIPTOR.size + packets * align(length)
+        what = f"loan_run of {packets} packets of {length} bytes under the lease on network " \
+               f"ID {self.dst}"
+        if packets < 1 or length < 1 or packets > MAX_RUN_RECORDS:
+            raise BadCount(f"{what}: packets must be 1..{MAX_RUN_RECORDS}, length >= 1")
+        if count > self._max_record:
+            raise TooLarge(f"{what}: {count} bytes, its records hold at most "
+                           f"{self._max_record}")
+        run = None if packets == 1 else (packets, length)
+        return self._lend(count, run, timeout, cancel, uninit,
+                          lambda g, end: LoanRun(self._driver, g, self._loan_ended, packets,
+                                                 length, end))
+
+    def _lend(self, count: int, run: tuple[int, int] | None, timeout: float | None,
+              cancel: threading.Event | None, uninit: bool,
+              make: Callable[[Granted, Callable[[Granted, bool], XpmoveError | None]], LoanT]
+              ) -> LoanT:
+        self._check_usable("loan")
+        self._before_send()
+        driver = self._driver
+
+        def attempt(reply_by: float | None) -> Granted | XpmoveError:
+            held = self._holding(reply_by) if self._held is None or not self._held.held \
+                else self._held
+            if isinstance(held, XpmoveError):
+                return held
+            return driver.lease_loan(held, count, run, uninit)
+
+        outcome = retrying(attempt, float("inf") if timeout is None else timeout,
+                           self._stopping(cancel))
+        if isinstance(outcome, XpmoveError):
+            raise outcome
+        held = self._held
+        assert held is not None
+
+        def end(granted: Granted, commit: bool) -> XpmoveError | None:
+            return driver.end_lease_loan(held, granted, commit)
+
+        try:
+            loan = make(outcome, end)
+        except BaseException:
+            end(outcome, False)
+            raise
+        self._loan, self._loan_thread = loan, threading.get_ident()
+        return loan
+
+    def _loan_ended(self, loan: Loan) -> None:
+        if self._loan is loan:
+            self._loan = self._loan_thread = None
 
     def close(self) -> None:
-        """Give the lease back (if held); later sends raise LeaseClosed. Idempotent."""
+        """Give the lease back (if held); later sends raise LeaseClosed. Idempotent. An open
+        loan of this lease is given back first (LoanExported, the lease kept, while a view
+        made from it is alive)."""
         if self._closed:
             return
+        if self._loan is not None:
+            self._loan.give_back()
         self._closed = True
         if self._held is not None:
             self._driver.end_lease(self._held)

@@ -23,6 +23,10 @@ What keeps it safe:
 * **Exactly once, in order.** Sequence numbers come from the pair's sequence word, advanced by
   `begin_commit` under the lock, as for every other move; a holder that dies mid-commit leaves
   a pending commit the adapter settles (rolls back) when it takes the lock back.
+* **Loans under a lease.** `lease_loan` reserves a record for the program to fill in place (no
+  copy, no request) and `end_lease_loan` commits it: the same steps as `lease_send`, split at
+  the payload. While a loan is open the lease is never given back (the keeper defers a
+  recall, a send waits): the program writes past `head`, where the next holder would write.
 * **Adapter restarts.** A restarted adapter keeps a lease it finds in the segment (the `lease`
   word names its token). A LEASE whose reply died with the old adapter is asked again and
   confirmed (Engine._renew_lease); one the driver stopped asking for is given back by the
@@ -34,14 +38,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import posix_ipc
 
 from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
 from adapter.protocol import Move, Op, Result
+from adapter.ring import KIND_RECORD, KIND_RUN, RUN_DESCRIPTOR, Reservation, reserve
 from partitions.driver_parts import DriverParts
+from partitions.lending import Granted
 
 if TYPE_CHECKING:
     from hypervisor.layout import PartitionLayout
@@ -72,6 +79,15 @@ class HeldLease:
     token: int = 0
     held: bool = False
     mutex: threading.Lock = field(default_factory=threading.Lock)
+    lent: OpenLoan | None = None  # a loan under the lease, reserved and not yet ended
+
+
+class OpenLoan(NamedTuple):
+    """A record reserved under a lease for the program to fill (Leasing.lease_loan)."""
+
+    head: int  # the ring's head when reserved: nobody else may move it before the commit
+    reservation: Reservation
+    run: tuple[int, int] | None  # (packets, packet length) of a run, None for one record
 
 
 class Leasing(DriverParts):
@@ -155,6 +171,8 @@ class Leasing(DriverParts):
         control block is impossible. The record's sequence number when sent."""
         words, me, ring, dst = self.words, self.network_id, lease.ring, lease.dst
         with lease.mutex:
+            if lease.lent is not None:
+                return _loan_open(lease)
             token = lease.token  # then _still_ours, inline: this is the lone packet's path
             if (not lease.held or words[ring.token] != token or words[ring.released] == token
                     or words[lease.holder_word] != me):
@@ -176,9 +194,83 @@ class Leasing(DriverParts):
         receive_area.ring_doorbell(words, ring, lease.bell)
         return seq
 
+    def lease_loan(self, lease: HeldLease, count: int, run: tuple[int, int] | None,
+                   uninit: bool) -> Granted | XpmoveError:
+        """Reserve ONE record of `count` bytes (a run's: descriptor included) under the lease
+        for the program to fill in place; nothing is visible until `end_lease_loan` commits it.
+        The lent bytes are zeroed unless `uninit` and the ring only ever held our records
+        (as Lending.take_grant_uninit). Errors as `lease_send`'s, returned."""
+        words, ring, dst = self.words, lease.ring, lease.dst
+        with lease.mutex:
+            if lease.lent is not None:
+                return _loan_open(lease)
+            if not (lease.held and self._still_ours(dst, ring, lease.token)):
+                lease.held = False
+                return LeaseLost(f"the lease on network ID {lease.dst_id} is not held any "
+                                 f"more; nothing was lent")
+            head, tail = words[ring.head], words[ring.tail]
+            try:
+                receive_area.check_commit_words(words, dst, ring, head, tail, lease.seq_word)
+                r = reserve(head, tail, dst.receive_size, count)
+            except RingCorrupt as exc:
+                self._give_back(lease)
+                return exc
+            except XpmoveError as exc:  # no room: as lease_send
+                if words[ring.recall] == lease.token:
+                    self._give_back(lease)
+                return exc
+            address = dst.receive_base + r.payload_position
+            size, records = count, 1
+            if run is not None:
+                address, size, records = (address + RUN_DESCRIPTOR.size,
+                                          count - RUN_DESCRIPTOR.size, run[0])
+            if not uninit or not receive_area.only_written_by(words, ring, self.network_id):
+                np.frombuffer(self.physical, np.uint8, size, address).fill(0)  # a memset
+            lease.lent = OpenLoan(head, r, run)
+            return Granted(lease.dst_id, words[lease.seq_word] + 1, count, records, address,
+                           size, r.new_head, lease.token)
+
+    def end_lease_loan(self, lease: HeldLease, granted: Granted,
+                       commit: bool) -> XpmoveError | None:
+        """End the loan `lease_loan` lent: `commit` publishes it as one record (the header, a
+        run's descriptor, `head`, the doorbell), else nothing is written. Either way the lease
+        goes back now if it was recalled meanwhile. LeaseLost if the lease is not ours any
+        more (nothing delivered)."""
+        words, ring, dst = self.words, lease.ring, lease.dst
+        with lease.mutex:
+            lent, lease.lent = lease.lent, None
+            if lent is None or not (lease.held and lease.token == granted.token
+                                    and self._still_ours(dst, ring, granted.token)):
+                lease.held = False
+                return LeaseLost(f"the lease on network ID {lease.dst_id} was lost while "
+                                 f"its loan was open; nothing was delivered")
+            if commit:
+                if (words[ring.head] != lent.head or words[ring.pending] != lent.head
+                        or words[lease.seq_word] + 1 != granted.seq):
+                    self._give_back(lease)
+                    return RingCorrupt(f"network ID {lease.dst_id}'s control block changed "
+                                       f"under a loan of its lease (head {words[ring.head]}, "
+                                       f"was {lent.head}); nothing was delivered, given back")
+                first = receive_area.begin_commit(words, ring, lent.reservation.new_head,
+                                                  lease.src_index, lease.seq_word,
+                                                  granted.records)
+                payload = receive_area.write_record_header(
+                    self.physical, dst, lent.reservation, self.network_id, first,
+                    KIND_RECORD if lent.run is None else KIND_RUN)
+                if lent.run is not None:
+                    receive_area.write_run_descriptor(self.physical, payload, *lent.run)
+                receive_area.publish_head(words, dst.control, lent.reservation.new_head)
+            if words[ring.recall] == lease.token:
+                self._give_back(lease)
+        if commit:
+            receive_area.ring_doorbell(words, ring, lease.bell)
+        return None
+
     def end_lease(self, lease: HeldLease) -> None:
         """Give the lease back if it is still held (nothing is in flight: commits are whole)."""
         with lease.mutex:
+            if lease.lent is not None:
+                return  # another Lease object's loan is open: its end or a recall gives it back
             if lease.held and self._still_ours(lease.dst, lease.ring, lease.token):
                 self._give_back(lease)
             lease.held = False
@@ -256,6 +348,8 @@ class Leasing(DriverParts):
             if lease.held:
                 if lease.token != recalled:
                     return False
+                if lease.lent is not None:  # given back when its loan ends
+                    return None
                 self._give_back(lease)
                 return True
         # Not a lease we hold: if the segment names us its holder, its LEASE reply was lost
@@ -270,3 +364,10 @@ class Leasing(DriverParts):
                 return self._free_lease(dst_id, recalled)
         finally:
             self._mutex.release()
+
+
+def _loan_open(lease: HeldLease) -> LockTimeout:
+    """A send or loan under a lease whose loan is open (another thread's): retryable, it waits
+    for that loan to end."""
+    return LockTimeout(f"a loan under the lease on network ID {lease.dst_id} is open; "
+                       f"nothing was sent")

@@ -7,7 +7,8 @@ the record's payload in the destination's ring and produces the packet (or, with
 `Port.loan_run`, a run of packets) in place. `commit()` publishes it; `give_back()` frees the
 lock without publishing, and the adapter undoes the reservation (its space and sequence
 numbers come back). No protocol change: a loan is a GRANT (or GRANT_RUN) the driver finishes
-later (Driver.take_grant / end_grant).
+later (Driver.take_grant / end_grant). A lease lends the same way with no request at all
+(`Lease.loan`, partitions/lease.py); its loans follow these rules too.
 
 The rules are those of Fig 12:
 
@@ -83,10 +84,12 @@ class Loan:
     carry. As a context manager it gives the view, commits on a normal exit and gives the
     space back if the block raises."""
 
-    def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[Loan], None]):
+    def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[Loan], None],
+                 end: Callable[[Granted, bool], XpmoveError | None] | None = None):
         self._driver = driver
         self._granted = granted
         self._on_end = on_end
+        self._end_grant = end  # None: the driver's end_grant; a lease's: its own commit
         self.state = LoanState.HELD
         self.dst = granted.dst_id
         self.seq = granted.seq
@@ -138,7 +141,8 @@ class Loan:
                 f"destination") from None
         error: XpmoveError | None = None
         try:
-            error = self._driver.end_grant(self._granted, commit=event == COMMIT)
+            end = self._end_grant or self._driver.end_grant
+            error = end(self._granted, event == COMMIT)
         finally:  # over whatever happened; taken back by the adapter, it delivered nothing
             self.state = LoanState.GIVEN_BACK if error is not None else new
             self._on_end(self)
@@ -166,8 +170,9 @@ class LoanRun(Loan):
     the run's descriptor). As a context manager it gives itself."""
 
     def __init__(self, driver: Driver, granted: Granted, on_end: Callable[[Loan], None],
-                 packets: int, length: int):
-        super().__init__(driver, granted, on_end)
+                 packets: int, length: int,
+                 end: Callable[[Granted, bool], XpmoveError | None] | None = None):
+        super().__init__(driver, granted, on_end, end)
         self.packets = packets
         self.length = length
         self.stride = align(length)

@@ -56,6 +56,7 @@ from partitions.blocks import (
 )
 from partitions.cork import QueuedSendFailed
 from partitions.lease import Lease
+from partitions.loan import LoanRun
 from partitions.port import Port, Run
 
 FRAME = struct.Struct("<IIQQ")  # destination ID, source ID, per-pair sequence number, length
@@ -305,8 +306,7 @@ class LoanFlow(AdapterFlow):
                       errors: Counter, timeout: float, stop: threading.Event) -> int:
         n, size = len(template.slots), len(template.slots[0].payload)
         try:
-            # uninit: the fill writes every packet (as iceoryx2's loan_slice_uninit)
-            loan = self.port.loan_run(dst, n, size, timeout, cancel=stop, uninit=True)
+            loan = self._lend(dst, n, size, timeout, stop)
         except XpmoveError as exc:
             errors[type(exc).__name__] += n
             return 0
@@ -325,25 +325,46 @@ class LoanFlow(AdapterFlow):
             return 0
         return n
 
+    def _lend(self, dst: int, n: int, size: int, timeout: float, stop: threading.Event
+              ) -> LoanRun:
+        # uninit: the fill writes every packet (as iceoryx2's loan_slice_uninit)
+        return self.port.loan_run(dst, n, size, timeout, cancel=stop, uninit=True)
 
-class LeaseFlow(AdapterFlow):
+
+class LeaseFlow(LoanFlow):
     """``fig12-lease``: a standing grant on each destination (`Port.lease`, taken at its first
-    packet): every packet of a batch is one `lease.send`, committed by this partition's driver
-    with no request. Another sender to the same destination recalls the lease, and the next
-    send asks for it again; the leases are given back when the traffic ends."""
+    packet), so no packet costs a request: at batch 1 each packet is one `lease.send` (one
+    copy), a bigger batch is ONE run loaned under the lease, filled in place and committed
+    (`Lease.loan_run`: no copy either). Another sender to the same destination recalls the
+    lease, and the next send asks for it again; the leases are given back when the traffic
+    ends."""
 
     def __init__(self, port: Port):
-        super().__init__(port, Flow.FIG12)
+        super().__init__(port)
         self.name = LEASE
         self._leases: dict[int, Lease] = {}
+
+    def _lease(self, dst: int, timeout: float, stop: threading.Event) -> Lease:
+        lease = self._leases.get(dst)
+        if lease is None:
+            lease = self._leases[dst] = self.port.lease(dst, timeout, stop)
+        return lease
+
+    def _lend(self, dst: int, n: int, size: int, timeout: float, stop: threading.Event
+              ) -> LoanRun:
+        return self._lease(dst, timeout, stop).loan_run(n, size, timeout, stop, uninit=True)
+
+    def fill_and_send(self, dst: int, template: Batch, fill: Callable[[Batch], None],
+                      errors: Counter, timeout: float, stop: threading.Event) -> int:
+        if len(template.slots) == 1:  # a lone packet: one copy, the lease's shortest path
+            return SendTransport.fill_and_send(self, dst, template, fill, errors, timeout, stop)
+        return super().fill_and_send(dst, template, fill, errors, timeout, stop)
 
     def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
              stop: threading.Event) -> int:
         sent = 0
         try:
-            lease = self._leases.get(dst)
-            if lease is None:
-                lease = self._leases[dst] = self.port.lease(dst, timeout, stop)
+            lease = self._lease(dst, timeout, stop)
             for slot in batch.slots:
                 lease.send(slot.payload, timeout, stop)
                 sent += 1

@@ -196,6 +196,34 @@ class Probe:
         seqs = [lease.send(p, msg.get("timeout", 10.0)).seq for p in packets]
         return {"ok": True, "seqs": seqs, "held": lease.held}
 
+    def cmd_lease_loan(self, msg: dict) -> dict:
+        """Under the lease on `dst`: `lease.loan_run(len(payloads), length)` (or with one
+        payload and no `length`, `lease.loan(len)`), filled with `payloads` (hex), then per
+        `end`: "commit", "give_back" or "hold" (kept for lease_loan_end). Its seq and size."""
+        lease = self.leases[int(msg["dst"])]
+        payloads = [bytes.fromhex(h) for h in msg["payloads"]]
+        timeout = msg.get("timeout", 10.0)
+        if "length" in msg:
+            loan: Loan = lease.loan_run(len(payloads), int(msg["length"]), timeout)
+            assert isinstance(loan, LoanRun)
+            for i, p in enumerate(payloads):
+                loan.packet(i)[:] = p
+        else:
+            loan = lease.loan(len(payloads[0]), timeout)
+            loan.view[:] = payloads[0]
+        reply = {"ok": True, "seq": loan.seq, "size": loan.size}
+        if msg.get("end", "commit") == "hold":
+            self.loan = loan
+        elif msg.get("end", "commit") == "commit":
+            loan.commit()
+        else:
+            loan.give_back()
+        return reply
+
+    def cmd_lease_loan_end(self, msg: dict) -> dict:
+        self.loan.commit() if msg.get("end", "commit") == "commit" else self.loan.give_back()
+        return {"ok": True, "held": self.leases[int(msg["dst"])].held}
+
     def cmd_stall_keeper(self, msg: dict) -> dict:
         """A driver that no longer answers recalls (a stuck holder): its keeper finds nothing
         to give back from now on."""

@@ -141,3 +141,38 @@ def test_a_holder_that_keeps_a_recalled_lease_is_killed_at_the_grant_timeout(mak
     assert any("p1 kept its lease on network ID 2" in e and "killed" in e
                for e in m.events), m.events
     assert sorted(received(m, 2, 2)) == [(1, 1, b"committed"), (3, 1, b"from three")]
+
+
+def lease_loan(m, src: int, dst: int, payloads: list[bytes], **msg) -> dict:
+    return m.call(src, {"cmd": "lease_loan", "dst": dst, "payloads": [p.hex() for p in payloads],
+                        **msg})
+
+
+def test_loans_under_a_lease_are_filled_in_place_with_no_request(machine):
+    """A run and a lone packet filled in the destination's ring and committed, one given
+    back: in order, once, the given-back one's numbers unused, and not one request."""
+    m = machine
+    assert lease(m, 1, 2)["held"]
+    requests = m.adapter_stats()["counters"]["requests"]
+    run = [b"run %d" % i for i in range(3)]
+    assert lease_loan(m, 1, 2, run, length=5)["seq"] == 1
+    assert lease_loan(m, 1, 2, [b"given back"], end="give_back")["seq"] == 4
+    assert lease_loan(m, 1, 2, [b"lone"])["seq"] == 4
+    assert lease_send(m, 1, 2, [b"sent"])["seqs"] == [5]
+    assert m.adapter_stats()["counters"]["requests"] == requests
+    assert received(m, 2, 5) == [(1, 1, b"run 0"), (1, 2, b"run 1"), (1, 3, b"run 2"),
+                                 (1, 4, b"lone"), (1, 5, b"sent")]
+
+
+def test_a_lease_with_an_open_loan_is_given_back_only_after_the_loan(make_machine):
+    """Another sender waits (the adapter recalls the lease) while the holder's program fills
+    a loan under it: the lease stays until the loan commits (so nobody writes where the
+    program writes), then goes back at once and the other sender gets through."""
+    m = make_machine(small_config(lock_timeout_s=0.3))
+    assert lease(m, 1, 2)["held"]
+    assert lease_loan(m, 1, 2, [b"held open"], end="hold")["seq"] == 1
+    reply = send(m, 3, 2, b"too soon", "fig11", timeout=0.5)
+    assert reply["error"] == "LockTimeout", reply  # recalled, but the loan is open
+    assert m.call(1, {"cmd": "lease_loan_end", "dst": 2})["held"] is False  # given back
+    assert send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)["seq"] == 1
+    assert sorted(received(m, 2, 2)) == [(1, 1, b"held open"), (3, 1, b"from three")]

@@ -1,0 +1,192 @@
+"""Loans under a lease (Leasing.lease_loan / end_lease_loan) without processes: the engine and
+the driver's half over one bytearray segment, as tests/unit/test_leases.py does. A loan
+reserves a record for the program to fill in place; its commit publishes it with no request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapter import receive_area
+from adapter.errors import BadCount, DestinationFull, LockTimeout, TooLarge, XpmoveError
+from adapter.protocol import Op
+from adapter.ring import KIND_RECORD, KIND_RUN, RUN_DESCRIPTOR, align, max_payload
+from partitions.lease import Lease, LeaseClosed
+from partitions.leasing import LeaseLost
+from partitions.loan import LoanHeld, LoanState
+from tests.unit.test_leases import EngineDriver, LeaseMachine, sent
+
+CAP = max_payload(LeaseMachine().p(2).receive_size)  # the largest record a ring here holds
+
+
+@pytest.fixture
+def m() -> LeaseMachine:
+    return LeaseMachine()
+
+
+def lent_bytes(m: LeaseMachine, granted) -> memoryview:
+    return m.mem[granted.address:granted.address + granted.size]
+
+
+def test_a_loan_is_invisible_until_its_commit_and_needs_no_request(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    requests = m.engine.counters["requests"]
+    granted = sent(d.lease_loan(lease, 5, None, uninit=False))
+    assert (granted.seq, granted.records, granted.size) == (1, 1, 5)
+    lent_bytes(m, granted)[:] = b"hello"
+    assert m.records(2) == [] and m.seq(1, 2) == 0  # nothing visible, no number used yet
+    assert d.end_lease_loan(lease, granted, commit=True) is None
+    assert m.records(2) == [(KIND_RECORD, 1, 1, b"hello")] and m.seq(1, 2) == 1
+    assert m.engine.counters["requests"] == requests and lease.held
+
+
+def test_a_run_loan_is_one_record_of_consecutive_sequence_numbers(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    sent(d.lease_send(lease, memoryview(b"first")))
+    packets, length = 3, 6
+    count = RUN_DESCRIPTOR.size + packets * align(length)
+    granted = sent(d.lease_loan(lease, count, (packets, length), uninit=False))
+    assert (granted.seq, granted.records, granted.size) == (2, 3, count - RUN_DESCRIPTOR.size)
+    view = lent_bytes(m, granted)
+    for i in range(packets):
+        view[i * align(length):i * align(length) + length] = b"pkt %02d" % i
+    assert d.end_lease_loan(lease, granted, commit=True) is None
+    (_, (kind, src, seq, payload)) = m.records(2)
+    assert (kind, src, seq, m.seq(1, 2)) == (KIND_RUN, 1, 2, 4)
+    assert RUN_DESCRIPTOR.unpack_from(payload) == (packets, length)
+    assert payload[RUN_DESCRIPTOR.size + 2 * align(length):][:length] == b"pkt 02"
+
+
+def test_a_loan_given_back_writes_nothing_and_the_next_send_takes_its_number(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    granted = sent(d.lease_loan(lease, 64, None, uninit=False))
+    head = m.head(2)
+    assert d.end_lease_loan(lease, granted, commit=False) is None
+    assert (m.head(2), m.seq(1, 2), m.records(2)) == (head, 0, [])
+    assert sent(d.lease_send(lease, memoryview(b"next"))) == 1
+
+
+def test_a_recall_waits_for_the_open_loan_then_the_lease_goes_back_after_its_commit(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    granted = sent(d.lease_loan(lease, 4, None, uninit=False))
+    m.put(3, 0, b"other")
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None  # parked: recalls the lease
+    assert d.answer_recalls() == (0, 1)  # deferred: the program writes past head right now
+    assert isinstance(d.lease_send(lease, memoryview(b"x")), LockTimeout)  # waits its turn
+    assert lease.held and m.locks[2].value == 0
+    lent_bytes(m, granted)[:] = b"mine"
+    assert d.end_lease_loan(lease, granted, commit=True) is None
+    assert not lease.held and m.locks[2].value == 1  # given back right after the commit
+    assert m.records(2) == [(KIND_RECORD, 1, 1, b"mine")]
+    ((_, frame),) = m.engine.retry_parked(10.5)  # the waiting sender's move goes next
+
+
+def test_lent_space_that_held_another_partitions_records_is_zeroed_even_uninit(m):
+    m.put(3, 0, b"secret!!")
+    ((status, (r,))) = m.submit(3, Op.MOVE, [(2, 0, 8)])
+    receive_area.publish_tail(m.words, m.p(2).control, m.head(2))  # read: the ring is empty
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    np.frombuffer(m.mem, np.uint8, 64, m.p(2).receive_base + 64).fill(0xAB)  # old bytes
+    granted = sent(d.lease_loan(lease, 64, None, uninit=True))
+    assert bytes(lent_bytes(m, granted)) == bytes(64)  # the ring holds 3's bytes too: zeroed
+    assert d.end_lease_loan(lease, granted, commit=False) is None
+
+
+def test_an_uninit_loan_of_a_ring_only_we_wrote_is_not_zeroed(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    granted = sent(d.lease_loan(lease, 64, None, uninit=True))
+    lent_bytes(m, granted)[:] = b"\xab" * 64
+    assert d.end_lease_loan(lease, granted, commit=False) is None
+    again = sent(d.lease_loan(lease, 64, None, uninit=True))
+    assert again.address == granted.address and bytes(lent_bytes(m, again)) == b"\xab" * 64
+    zeroed = (d.end_lease_loan(lease, again, commit=False),
+              sent(d.lease_loan(lease, 64, None, uninit=False)))[1]
+    assert bytes(lent_bytes(m, zeroed)) == bytes(64)
+
+
+def test_a_loan_whose_lease_was_taken_back_delivers_nothing(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    granted = sent(d.lease_loan(lease, 4, None, uninit=False))
+    m.words[m.ring(2).token] += 1  # the grant is not ours any more (the adapter's doing)
+    assert isinstance(d.end_lease_loan(lease, granted, commit=True), LeaseLost)
+    assert (m.records(2), m.seq(1, 2), lease.held) == ([], 0, False)
+
+
+def test_a_full_ring_lends_nothing_and_keeps_the_lease(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    capacity = m.p(2).receive_size
+    for _ in range(2):  # two records of half the ring each: full
+        granted = sent(d.lease_loan(lease, capacity // 2 - 24, None, uninit=False))
+        assert d.end_lease_loan(lease, granted, commit=True) is None
+    assert isinstance(d.lease_loan(lease, capacity // 2 - 24, None, uninit=False),
+                      DestinationFull)
+    assert lease.held and lease.lent is None
+
+
+def test_one_loan_at_a_time_under_a_lease(m):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    granted = sent(d.lease_loan(lease, 8, None, uninit=False))
+    second = d.lease_loan(lease, 8, None, uninit=False)
+    assert isinstance(second, LockTimeout) and isinstance(second, XpmoveError)
+    assert second.retryable  # another thread's loan: wait for it
+    assert d.end_lease_loan(lease, granted, commit=False) is None
+
+
+def lease_of(m: LeaseMachine, d: EngineDriver, dst: int = 2) -> Lease:
+    """The program's Lease over the test's driver (no port: no queue to flush first)."""
+    lease = Lease(d, dst, max_payload(m.p(dst).receive_size), lambda: None,
+                  lambda cancel: lambda: False)
+    lease.acquire(1.0)
+    return lease
+
+
+def test_the_programs_lease_loans_commit_as_the_port_loans_do(m):
+    d = EngineDriver(m, 1)
+    lease = lease_of(m, d)
+    with lease.loan_run(2, 3) as run:
+        run.packet(0)[:] = b"abc"
+        run.packet(1)[:] = b"def"
+    with lease.loan(4) as view:
+        view[:] = b"lone"
+    sent_ = lease.loan(2)
+    sent_.view[:] = b"ok"
+    assert sent_.commit().seq == 4
+    ((_, _, seq, _), (_, _, lone_seq, lone), (_, _, _, ok_)) = m.records(2)
+    assert (seq, lone_seq, lone, ok_) == (1, 3, b"lone", b"ok")
+
+
+@pytest.mark.parametrize("call, error, named", [
+    (lambda lease, cap: lease.loan(0), BadCount, "loan of 0 bytes"),
+    (lambda lease, cap: lease.loan(cap + 1), TooLarge, f"loan of {CAP + 1} bytes"),
+    (lambda lease, cap: lease.loan_run(0, 8), BadCount, "loan_run of 0 packets"),
+    (lambda lease, cap: lease.loan_run(2, cap), TooLarge, "loan_run of 2 packets"),
+])
+def test_a_bad_lease_loan_is_refused_by_name_and_lends_nothing(m, call, error, named):
+    d = EngineDriver(m, 1)
+    lease = lease_of(m, d)
+    with pytest.raises(error, match=named):
+        call(lease, CAP)
+    assert lease.held and d._leases[2].lent is None and m.records(2) == []
+
+
+def test_the_thread_holding_a_lease_loan_cannot_send_and_close_gives_the_loan_back(m):
+    d = EngineDriver(m, 1)
+    lease = lease_of(m, d)
+    loan = lease.loan(8)
+    with pytest.raises(LoanHeld, match="commit or give it back first"):
+        lease.send(b"would wait for itself")
+    lease.close()
+    assert loan.state is LoanState.GIVEN_BACK and m.records(2) == []
+    assert m.locks[2].value == 1  # the lease went back too
+    with pytest.raises(LeaseClosed):
+        lease.loan(8)
