@@ -413,10 +413,12 @@ def test_the_bench_across_hosts_measures_every_route_and_says_each_target(
 
 def test_leases_across_hosts_deliver_every_packet(tmp_path: Path) -> None:
     """A lease on a remote destination is a lease on its proxy ring here: the driver commits
-    into it, the fabric carries the records over, every one verified (the bench's check)."""
-    out, runs = cluster_bench(tmp_path, "--sizes", "1KiB", "--batch", "1",
+    into it (batch 1: lease.send; batch 16: a run loaned under the lease, filled in place),
+    the fabric carries the records over, every one verified (the bench's check)."""
+    out, runs = cluster_bench(tmp_path, "--sizes", "1KiB", "--batch", "1,16",
                               "--transports", "fig12-lease")
-    assert {r["route"] for r in runs} == {"cross", "local"}, runs
+    assert {(r["route"], r["batch"]) for r in runs} == {
+        (route, b) for route in ("cross", "local") for b in (1, 16)}, runs
     assert all(r["packets"] > 0 and not r["problems"] for r in runs), runs
     assert_names_gone(out, tmp_path)
 
