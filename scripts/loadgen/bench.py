@@ -7,6 +7,8 @@ of one size are measured back to back under the same conditions:
   1, one per-packet `port.send_from` call each, queued: the port coalesces them into runs).
 * ``fig12-loan``: Fig 12 with no move, the packets are filled in the destination's ring (a
   loan, `port.loan_run`), then committed.
+* ``fig12-lease``: under a standing grant (`port.lease`), no request at all: one `lease.send`
+  per packet at batch 1, each bigger batch a run loaned under the lease and filled in place.
 * ``fig11-sync`` / ``fig12-sync``: the patent's literal flow, one synchronous request per packet
   (`sync=True`); run at batch 1 only (batched, they are fig11 / fig12).
 * ``vswitch``: the prior art of Fig 7B, TCP on loopback through a virtual switch process that
@@ -25,15 +27,15 @@ While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and 
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
 partitions, the adapter for fig11/fig12/fig12-loan, the switch for vswitch, and this process, whose
 polling is thus charged to every transport alike). S = dT/dC is fitted by
-scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was lost
-or corrupt (or a run failed), 130 when interrupted.
+scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was
+lost or corrupt (or a run failed), 130 when interrupted. Beside the runs: measure.py (the CPU
+meter, memcpy, the floor), report.py (the tables, the Markdown summary), targets.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import select
 import subprocess
 import sys
@@ -43,7 +45,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -56,11 +57,28 @@ from hypervisor.names import RunRegistry
 from partitions.blocks import SMALL_BLOCK
 from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore, targets
-from scripts.loadgen.benchcore import Sample, SlopeError, human_size, interval_line, si
+from scripts.loadgen.benchcore import (
+    BenchError,
+    Sample,
+    SlopeError,
+    human_size,
+    interval_line,
+    run_label,
+)
+from scripts.loadgen.measure import FLOOR_SECONDS, CpuMeter, floors, host_info
 from scripts.loadgen.plot import plot_fig14, require_matplotlib
-from scripts.tables import Col, Grid
+from scripts.loadgen.report import (
+    detail_table,
+    floor_table,
+    latency_table,
+    markdown_summary,
+    relative_to_tcp,
+    scaling_table,
+    summary_tables,
+    targets_table,
+)
 from scripts.workload import peers as peer_transports
-from scripts.workload.pattern import MIN_PACKET, Pattern
+from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 from scripts.workload.traffic import TIME_EVERY
 from scripts.workload.transports import (
@@ -68,8 +86,6 @@ from scripts.workload.transports import (
     LEASE,
     LOAN,
     SYNC_SUFFIX,
-    BatchLayout,
-    make_batch,
 )
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
@@ -84,8 +100,6 @@ REPORT_S = 0.5
 DRAIN_TIMEOUT_S = 15.0  # after the senders stop, how long receivers may take to catch up
 PACKETS_TIMEOUT_S = 120.0  # a --packets run that takes longer than this is cut off
 LATENCY_SAMPLES = 20_000  # per receiver, for the pooled percentiles
-MEMCPY_BLOCK = 1 << 20
-MEMCPY_SECONDS = 0.3
 SWITCH_TIMEOUT_S = 10.0
 DEFAULT_BATCHES = (1, 32)  # the patent's literal flow, and batched
 LATENCY_SIZE = 64
@@ -102,13 +116,7 @@ def latency_shares(packets: int) -> list[int]:
     return [k for k in (packets // LATENCY_ROUNDS + (i < packets % LATENCY_ROUNDS)
                         for i in range(LATENCY_ROUNDS)) if k]
 LATENCY_INTERVAL_S = 0.002  # pace of the lone packets: one per 2 ms, each alone on the path
-FLOOR_SECONDS = 0.3  # thread CPU seconds of fill + check per (size, batch) for the floor
-FLOOR_BYTES = 8 << 20  # the floor's batch is capped to this many bytes
 SIXTEEN = Path(__file__).resolve().parents[2] / "configs" / "sixteen.toml"
-
-
-class BenchError(RuntimeError):
-    """A run could not be carried out (a partition refused, a process died)."""
 
 
 @dataclass(frozen=True)
@@ -202,128 +210,6 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
             break
         out += chunk
     return out.decode(errors="replace").strip()
-
-
-class CpuMeter:
-    """Sum of user + system CPU seconds of a fixed set of processes (psutil)."""
-
-    def __init__(self, pids: dict[str, int]):
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-
-    def by_process(self) -> dict[str, float]:
-        out = {}
-        for name, proc in self.procs.items():
-            try:
-                t = proc.cpu_times()
-            except psutil.Error as exc:
-                raise BenchError(f"{name} (pid {proc.pid}) is gone: {exc}") from None
-            out[name] = t.user + t.system
-        return out
-
-
-def memcpy_bandwidth(memory: memoryview, src: int, dst: int, block: int = MEMCPY_BLOCK,
-                     seconds: float = MEMCPY_SECONDS) -> float:
-    """Bytes per second of repeated `block`-byte memoryview copies between two segment places."""
-    with memory[src:src + block] as a, memory[dst:dst + block] as b:
-        b[:] = a  # fault the pages in
-        copies = 0
-        start = time.perf_counter()
-        while True:
-            for _ in range(8):
-                b[:] = a
-            copies += 8
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return copies * block / elapsed
-
-
-def memcpy_dram_bandwidth(memory: memoryview, blocks: list[int], block: int = MEMCPY_BLOCK,
-                          seconds: float = MEMCPY_SECONDS) -> float:
-    """Like memcpy_bandwidth, cycling through `blocks` (first half -> second half) so the
-    working set outgrows the caches: closer to what a stream of fresh packets gets."""
-    half = len(blocks) // 2
-    pairs = list(zip(blocks[:half], blocks[half:2 * half], strict=True))
-    copies = 0
-    start = time.perf_counter()
-    while True:
-        for src, dst in pairs:
-            memory[dst:dst + block] = memory[src:src + block]
-        copies += len(pairs)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return copies * block / elapsed
-
-
-def host_info(machine: Machine) -> dict:
-    """The host, and the segment's memcpy bandwidth measured before any traffic, in the
-    partitions' sender areas (below their receive areas; nothing is in flight yet)."""
-    by_index = sorted(machine.layout.partitions, key=lambda p: p.index)
-    src, dst = by_index[0].base, by_index[1 % len(by_index)].base
-    if src == dst:
-        dst = src + MEMCPY_BLOCK
-    assert machine.memory is not None
-    bw = memcpy_bandwidth(machine.memory.view, src, dst)
-    blocks = [p.base + k * MEMCPY_BLOCK for p in by_index
-              for k in range(p.receive_offset // MEMCPY_BLOCK)]
-    dram = memcpy_dram_bandwidth(machine.memory.view, blocks) if len(blocks) >= 2 else bw
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "memcpy_GBps": bw / 1e9,
-        "memcpy_block_bytes": MEMCPY_BLOCK,
-        "memcpy_note": "repeated 1 MiB memoryview slice copies between the same two places "
-                       "of the shared segment (cache-resident), in the bench process",
-        "memcpy_dram_GBps": dram / 1e9,
-        "memcpy_dram_working_set_bytes": (len(blocks) // 2) * 2 * MEMCPY_BLOCK,
-        "memcpy_dram_note": "1 MiB copies cycling through every partition's sender area, "
-                            "working set above the caches when the segment is large enough",
-    }
-
-
-def floor_s(size: int, batch: int, seconds: float = FLOOR_SECONDS) -> float:
-    """S of the workload's fill and check alone, no transport: one thread fills a batch of
-    `size`-byte packets in its own memory, laid out as tcp frames, and checks it, in a loop
-    (thread CPU time): the zero-copy limit of every transport."""
-    pattern = Pattern(size)
-    layout = BatchLayout(FRAME.size)
-    n = max(1, min(batch, FLOOR_BYTES // layout.stride(size)))
-    region = memoryview(bytearray(layout.stride(size) * n))
-    b = make_batch(region, size, layout, n)
-    rows = b.payloads
-    views = [memoryview(slot.payload) for slot in b.slots]
-    counter, packets = 0, 0
-    start = time.thread_time()
-    while True:
-        now = time.monotonic_ns()
-        if n < SMALL_BLOCK:
-            for i, v in enumerate(views):
-                pattern.fill(v, 1, 2, counter + 1 + i, now)
-            ok = all(pattern.check(v, 1, 2)[0] for v in views)
-        else:
-            pattern.fill_rows(rows, 1, 2, counter + 1, now)
-            ok = pattern.check_block(rows, 1, 2) is not None
-        if not ok:
-            raise BenchError(f"floor: the pattern check failed at {size} B (a bug)")
-        counter += n
-        packets += n
-        elapsed = time.thread_time() - start
-        if elapsed >= seconds:
-            return packets / elapsed
-
-
-def floors(sizes: tuple[int, ...], batches: tuple[int, ...]) -> dict[str, dict]:
-    """The floor per size at the best of `batches`: {"<size>": {"S", "batch"}}."""
-    out = {}
-    for size in sizes:
-        best = max(((floor_s(size, b), b) for b in batches), key=lambda x: x[0])
-        out[str(size)] = {"S": best[0], "batch": best[1]}
-    return out
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -651,211 +537,6 @@ class Bench:
         }
 
 
-# -- summary, JSON, plot ----------------------------------------------------------------------
-
-
-def relative_to_tcp(runs: list[dict]) -> None:
-    """S_vs_tcp: S over the tcp run of the same size AND batch (the targets compare bests)."""
-    tcp = {(r["packet_size"], r.get("batch", 1)): r["S"] for r in runs if r["transport"] == "tcp"}
-    for r in runs:
-        base = tcp.get((r["packet_size"], r.get("batch", 1)))
-        r["S_vs_tcp"] = r["S"] / base if base and r["S"] else None
-
-
-def _label(r: dict) -> str:
-    return r.get("label") or f"{r['transport']} b{r.get('batch', 1)}"
-
-
-RUN_CAPTION = ("run: transport and bN = N packets per request (per sendall for tcp/vswitch); "
-               "\"(M used)\": the sender area or the smallest receive ring holds only M, so M "
-               "went per request")
-
-def detail_table(title: str, runs: list[dict], memcpy_gbps: float) -> Grid:
-    """One row per run. %memcpy: bytes/s against the memcpy bandwidth over a working set
-    above the caches."""
-    detail = Grid(title, caption=RUN_CAPTION, columns=[Col("run", "left", True), *map(Col, (
-                      "size", "packets", "CPU s", "wall s", "S", "S/tcp", "S transport",
-                      "%floor", "pkt/s", "MB/s", "%memcpy", "p50 us", "p99 us", "lost",
-                      "corrupt"))],
-                  drop=("wall s", "CPU s", "%memcpy", "pkt/s", "p50 us", "p99 us", "MB/s",
-                        "%floor", "S transport", "packets"))
-    for r in runs:
-        detail.add_row(_label(r), *_detail_cells(r, memcpy_gbps))
-    return detail
-
-
-def summary_tables(runs: list[dict], memcpy_gbps: float) -> list[Grid]:
-    detail = detail_table("Fig 14: S = dT/dC = packets delivered and verified per CPU-second "
-                          "of every process on the path (S/tcp: tcp of the same batch)",
-                          runs, memcpy_gbps)
-    sizes = sorted({r["packet_size"] for r in runs})
-    matrix = Grid("S by packet size (x tcp of the same batch)",
-                  [Col("run", "left", True), *(Col(human_size(s), text=True) for s in sizes)])
-    for label, cells in _matrix(runs, sizes):
-        matrix.add_row(label, *cells)
-    return [detail, matrix]
-
-
-def _detail_cells(r: dict, memcpy_gbps: float) -> list[str]:
-    rel = r.get("S_vs_tcp")
-    s_tr, floor = r.get("S_transport"), r.get("S_vs_floor")
-    return [human_size(r["packet_size"]), f"{r['packets']:,}", f"{r['cpu_s']:.2f}",
-            f"{r['wall_s']:.2f}", _s_cell(r), f"{rel:.2f}x" if rel else "-",
-            f"{s_tr:,.0f}" if s_tr else "-", f"{100 * floor:.0f}" if floor else "-",
-            f"{r['pps']:,.0f}",
-            f"{r['bytes_per_s'] / 1e6:,.1f}",
-            f"{100 * r['bytes_per_s'] / (memcpy_gbps * 1e9):.1f}" if memcpy_gbps else "-",
-            f"{r['latency_p50_us']:,.0f}", f"{r['latency_p99_us']:,.0f}",
-            _flag(r["lost"]), _flag(r["corrupt"])]
-
-
-def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
-    by = {(_label(r), r["packet_size"]): r for r in runs}
-    out = []
-    for label in dict.fromkeys(_label(r) for r in sorted(
-            runs, key=lambda r: (TRANSPORTS.index(r["transport"]) if r["transport"] in
-                                 TRANSPORTS else 99, r.get("batch", 1)))):
-        cells = []
-        for size in sizes:
-            r = by.get((label, size))
-            rel = r.get("S_vs_tcp") if r else None
-            cells.append("-" if r is None else _s_cell(r, si) + (f" ({rel:.2f}x)" if rel else ""))
-        out.append((label, cells))
-    return out
-
-
-FLOOR_CAPTION = ("floor: fill + check alone, no transport, in the bench process (the zero-copy "
-                 "limit); S transport: S on C minus every participant's fill and check CPU")
-
-
-def floor_table(floor: dict[str, dict]) -> Grid:
-    table = Grid("Floor: S of the workload's fill + check alone, no transport",
-                 [Col("size"), Col("S floor"), Col("us/pkt"), Col("batch")],
-                 caption=FLOOR_CAPTION)
-    for size, f in sorted(floor.items(), key=lambda kv: int(kv[0])):
-        table.add_row(human_size(int(size)), f"{f['S']:,.0f}",
-                      f"{1e6 / f['S']:.2f}" if f["S"] else "-", str(f["batch"]))
-    return table
-
-
-def latency_table(latency: dict[str, dict]) -> Grid:
-    table = Grid("Lone 64 B packets, batch 1, one route, one packet per "
-                 f"{next(iter(latency.values()))['interval_s'] * 1e3:g} ms: one-way latency "
-                 "(send timestamp in the packet to verified at the receiver)",
-                 [Col("transport", "left", True), *map(Col, (
-                     "route", "packets", "p50 us", "p99 us", "max us", "lost", "corrupt"))],
-                 drop=("route", "max us"))
-    for t, r in latency.items():
-        table.add_row(t, f"{r['route'][0]}->{r['route'][1]}", f"{r['packets']:,}",
-                      f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}", f"{r['max_us']:,.0f}",
-                      _flag(r["lost"]), _flag(r["corrupt"]))
-    return table
-
-
-def scaling_table(scaling: list[dict]) -> Grid:
-    table = Grid("Scaling: 1 KiB all-to-all, per-packet CPU = 1/S (steady window) and C/T "
-                 "(whole run), every process on the path",
-                 [Col("run", "left", True), *map(Col, (
-                     "partitions", "routes", "packets", "S", "us/pkt (1/S)", "us/pkt (C/T)",
-                     "lost", "corrupt"))],
-                 drop=("routes", "packets"))
-    for r in scaling:
-        table.add_row(*_scaling_cells(r))
-    return table
-
-
-def _scaling_cells(r: dict) -> list[str]:
-    return [_label(r), str(r["partitions"]), str(len(r["routes"])), f"{r['packets']:,}",
-            _s_cell(r), f"{1e6 / r['S']:.1f}" if r["S"] else "-",
-            f"{1e6 * r['cpu_s'] / r['packets']:.1f}" if r["packets"] else "-",
-            _flag(r["lost"]), _flag(r["corrupt"])]
-
-
-def targets_table(judged: list[dict]) -> Grid:
-    """Issue 14's targets: each with both operands and the verdict (targets.py)."""
-    table = Grid("Targets (issue 14; every operand measured in this one run)",
-                 [Col("target", "left", True), Col("ratio"), Col("goal"),
-                  Col("verdict", "left", True), Col("compared", "left", True)],
-                 caption=targets.CAPTION)
-    style = {True: "[bold green]", False: "[bold red]", None: "[yellow]"}
-    for t in judged:
-        table.add_row(t["name"], targets.measured_text(t), t["goal"], style[t["met"]]
-                      + t["verdict"], t.get("detail", ""))
-    return table
-
-
-def markdown_summary(results: dict) -> str:
-    """The results as Markdown tables (for benchmarks/README.md)."""
-    runs = results["runs"]
-    host = results.get("host", {})
-    lines = ["| run | size | packets | CPU s | wall s | S (pkt/CPU-s) | S / S_tcp | S transport "
-             "| % floor | pkt/s | MB/s | p50 us | p99 us | lost | corrupt |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        rel = r.get("S_vs_tcp")
-        s_tr, floor = r.get("S_transport"), r.get("S_vs_floor")
-        lines.append(
-            f"| {_label(r)} | {human_size(r['packet_size'])} | {r['packets']:,} | "
-            f"{r['cpu_s']:.2f} | {r['wall_s']:.2f} | {_s_cell(r)} | "
-            f"{f'{rel:.2f}' if rel else '-'} | {f'{s_tr:,.0f}' if s_tr else '-'} | "
-            f"{f'{100 * floor:.0f}' if floor else '-'} | {r['pps']:,.0f} | "
-            f"{r['bytes_per_s'] / 1e6:,.1f} | "
-            f"{r['latency_p50_us']:,.0f} | {r['latency_p99_us']:,.0f} | {r['lost']} | "
-            f"{r['corrupt']} |")
-    sizes = sorted({r["packet_size"] for r in runs})
-    lines += ["", "| S (x tcp of the same batch) | " + " | ".join(human_size(s) for s in sizes)
-              + " |", "|---|" + "---:|" * len(sizes)]
-    for label, cells in _matrix(runs, sizes):
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if results.get("floor"):
-        lines += ["", f"Floor ({FLOOR_CAPTION}):", "", "| size | S floor | batch |",
-                  "|---:|---:|---:|"]
-        for size, f in sorted(results["floor"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {human_size(int(size))} | {f['S']:,.0f} | {f['batch']} |")
-    if results.get("single_stream"):
-        lines += ["", "Single stream (one route):", "",
-                  "| run | size | packets | S (pkt/CPU-s) | MB/s | lost | corrupt |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in results["single_stream"]:
-            lines.append(f"| {_label(r)} | {human_size(r['packet_size'])} | {r['packets']:,} | "
-                         f"{_s_cell(r)} | {r['bytes_per_s'] / 1e6:,.1f} | {r['lost']} | "
-                         f"{r['corrupt']} |")
-    if results.get("latency"):
-        lines += ["", "Lone 64 B packets (batch 1, one route, paced):", "",
-                  "| transport | packets | p50 us | p99 us | max us | lost | corrupt |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for t, r in results["latency"].items():
-            lines.append(f"| {t} | {r['packets']:,} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | "
-                         f"{r['max_us']:,.0f} | {r['lost']} | {r['corrupt']} |")
-    if results.get("scaling"):
-        lines += ["", "Scaling, 1 KiB all-to-all:", "",
-                  "| run | partitions | routes | packets | S | us/pkt (1/S) | us/pkt (C/T) | lost"
-                  " | corrupt |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in results["scaling"]:
-            lines.append("| " + " | ".join(_scaling_cells(r)) + " |")
-    if results.get("targets"):
-        lines += ["", "| target | ratio | goal | verdict | compared |",
-                  "|---|---:|---:|---|---|"]
-        for t in results["targets"]:
-            lines.append(f"| {t['name']} | {targets.measured_text(t)} | {t['goal']} | "
-                         f"{t['verdict']} | {t.get('detail', '')} |")
-        lines += ["", f"({targets.CAPTION}.)"]
-    if host:
-        lines += ["", f"Host: {host.get('cpu_count')} CPUs, {host.get('platform')}, Python "
-                      f"{host.get('python')}; memcpy {host.get('memcpy_GBps', 0):.1f} GB/s "
-                      f"(1 MiB, in cache), {host.get('memcpy_dram_GBps', 0):.1f} GB/s (over "
-                      f"{host.get('memcpy_dram_working_set_bytes', 0) >> 20} MiB)."]
-    return "\n".join(lines).replace("[bold red]", "") + "\n"
-
-
-def _s_cell(r: dict, fmt=lambda x: f"{x:,.0f}") -> str:
-    return "-" if "error" in r.get("fit", {}) else fmt(r["S"])
-
-
-def _flag(n: int) -> str:
-    return "0" if n == 0 else f"[bold red]{n}"
-
-
 @dataclass
 class Outcome:
     """How the bench's phases ended: interrupted (Ctrl-C) or failed (a run could not be
@@ -1121,7 +802,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                *results.get("latency", {}).values()]
     bad = [r for r in checked if r["lost"] or r["corrupt"]]
     for r in bad:
-        console.print(f"[red]{_label(r)} {human_size(r['packet_size'])}: {r['lost']} lost, "
+        console.print(f"[red]{run_label(r)} {human_size(r['packet_size'])}: {r['lost']} lost, "
                       f"{r['corrupt']} corrupt; send errors {r.get('send_errors', '-')}")
     if outcome.interrupted:
         return 130, results

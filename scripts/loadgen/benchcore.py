@@ -22,6 +22,10 @@ TAIL = 0.1
 MIN_STEADY = 3
 
 
+class BenchError(RuntimeError):
+    """A run could not be carried out (a partition refused, a process died)."""
+
+
 class SlopeError(ValueError):
     """S cannot be computed from these samples; says why."""
 
@@ -106,6 +110,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return float(ordered[rank - 1])
+
+
+def run_label(r: dict) -> str:
+    """'fig12-loan b16384': a run's transport and batch (or the label it was given)."""
+    return r.get("label") or f"{r['transport']} b{r.get('batch', 1)}"
 
 
 def routes(ids: Sequence[int], topology: str) -> list[tuple[int, int]]:

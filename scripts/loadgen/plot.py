@@ -14,16 +14,11 @@ from __future__ import annotations
 import json
 import sys
 
-from scripts.loadgen.benchcore import human_size, si
+from scripts.loadgen.benchcore import human_size, run_label, si
 
 COLORS = ("tab:blue", "tab:green", "tab:red", "tab:orange", "tab:purple", "tab:brown",
           "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold")
 DASHES = ("-", (0, (5, 2)))
-
-
-def run_label(r: dict) -> str:
-    """'fig12-loan b16384': the run's transport and batch."""
-    return r.get("label") or f"{r['transport']} b{r.get('batch', 1)}"
 
 
 def usable(r: dict) -> bool:

@@ -98,7 +98,7 @@ def test_without_work_takes_fill_and_check_out_of_c():
 
 
 def test_floor_table_fits_80_columns():
-    from scripts.loadgen.bench import floor_table
+    from scripts.loadgen.report import floor_table
     from scripts.tables import ELLIPSIS, render_text
 
     text = render_text(floor_table({"64": {"S": 2.24e7, "batch": 32},
@@ -108,7 +108,7 @@ def test_floor_table_fits_80_columns():
 
 
 def test_floor_is_positive_and_checked():
-    from scripts.loadgen.bench import floor_s
+    from scripts.loadgen.measure import floor_s
 
     assert floor_s(64, 1, seconds=0.02) > 0
     assert floor_s(2048, 32, seconds=0.02) > 0

@@ -8,8 +8,7 @@ import struct
 
 import pytest
 
-from scripts.loadgen.bench import plot_fig14
-from scripts.loadgen.plot import best_runs, floor_s, main
+from scripts.loadgen.plot import best_runs, floor_s, main, plot_fig14
 
 
 def png_size(path) -> tuple[int, int]:

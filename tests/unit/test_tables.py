@@ -8,7 +8,7 @@ import re
 import pytest
 
 from scripts.launch import adapter_table, partition_table
-from scripts.loadgen.bench import latency_table, scaling_table, summary_tables, targets_table
+from scripts.loadgen.report import latency_table, scaling_table, summary_tables, targets_table
 from scripts.soak import SoakReport, report_table
 from scripts.tables import ELLIPSIS, Col, Grid, render_text
 
