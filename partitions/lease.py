@@ -34,7 +34,8 @@ The rules:
   open the lease is not given back (a recall waits for the loan's end, and the holder still
   has `grant_timeout_s` from the recall), and the lease's other sends wait.
 * One lease per destination per partition: two `Lease` objects for one destination share it,
-  and closing one gives it back for both (the other asks again at its next send).
+  and closing one gives it back for both (the other asks again at its next send), unless
+  the other has a loan open: then that loan's end, or the next recall, gives it back.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import TypeVar
 from adapter.errors import BadCount, TooLarge, XpmoveError
 from adapter.ring import MAX_RUN_RECORDS, RUN_DESCRIPTOR, align
 from partitions.driver import Driver, Sent, retrying
-from partitions.leasing import HeldLease
+from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
 
@@ -129,10 +130,12 @@ class Lease:
         if self._closed:
             raise LeaseClosed(f"{what}: the lease on network ID {self.dst} is closed; nothing "
                               f"was sent")
-        loan = self._loan
-        if loan is not None and self._loan_thread == threading.get_ident():
-            raise LoanHeld(f"{what}: this thread holds a loan under the lease on network ID "
-                           f"{self.dst} ({loan.size} bytes); commit or give it back first")
+        # (a loan under ANY lease of this port: another Lease object may share this one)
+        if self._driver.open_lease_loans:
+            leased = self._driver.lent_by(threading.get_ident())
+            if leased is not None:
+                raise LoanHeld(f"{what}: this thread holds a loan under the lease on network "
+                               f"ID {leased.dst_id}; commit or give it back first")
 
     # -- loans under the lease: filled in place, committed with no request ------------------
     def loan(self, count: int, timeout: float | None = None,
@@ -184,10 +187,11 @@ class Lease:
         if isinstance(outcome, XpmoveError):
             raise outcome
         held = self._held
-        assert held is not None
+        assert held is not None and held.lent is not None
+        opened = held.lent  # this loan's: only its own end may end it
 
         def end(granted: Granted, commit: bool) -> XpmoveError | None:
-            return driver.end_lease_loan(held, granted, commit)
+            return driver.end_lease_loan(held, opened, granted, commit)
 
         try:
             loan = make(outcome, end)
@@ -203,12 +207,20 @@ class Lease:
 
     def close(self) -> None:
         """Give the lease back (if held); later sends raise LeaseClosed. Idempotent. An open
-        loan of this lease is given back first (LoanExported, the lease kept, while a view
-        made from it is alive)."""
+        loan of this lease is given back first if this thread holds it (LoanExported, nothing
+        changed, while a view made from it is alive); another thread's raises LoanHeld
+        (nothing changed): it is that thread's to commit or give back."""
         if self._closed:
             return
-        if self._loan is not None:
-            self._loan.give_back()
+        loan = self._loan
+        if loan is not None:
+            if self._loan_thread != threading.get_ident():
+                raise LoanHeld(f"close: another thread holds a loan under the lease on network "
+                               f"ID {self.dst} ({loan.size} bytes); it must end first")
+            try:
+                loan.give_back()
+            except LeaseLost:
+                pass  # the lease went with it: nothing was delivered, nothing to give back
         self._closed = True
         if self._held is not None:
             self._driver.end_lease(self._held)

@@ -88,6 +88,7 @@ class OpenLoan(NamedTuple):
     head: int  # the ring's head when reserved: nobody else may move it before the commit
     reservation: Reservation
     run: tuple[int, int] | None  # (packets, packet length) of a run, None for one record
+    thread: int  # the thread it was lent to (threading.get_ident): LoanHeld for its waits
 
 
 class Leasing(DriverParts):
@@ -102,6 +103,7 @@ class Leasing(DriverParts):
         _leases: dict[int, HeldLease]
         _keeper: threading.Thread | None
         keeper_errors: int
+        open_lease_loans: int  # loans open under any lease (lent_by's shortcut)
 
         def _take_slot(self, wait: float) -> LockTimeout | None: ...
 
@@ -226,21 +228,27 @@ class Leasing(DriverParts):
                                           count - RUN_DESCRIPTOR.size, run[0])
             if not uninit or not receive_area.only_written_by(words, ring, self.network_id):
                 np.frombuffer(self.physical, np.uint8, size, address).fill(0)  # a memset
-            lease.lent = OpenLoan(head, r, run)
+            lease.lent = OpenLoan(head, r, run, threading.get_ident())
+            self.open_lease_loans += 1
             return Granted(lease.dst_id, words[lease.seq_word] + 1, count, records, address,
                            size, r.new_head, lease.token)
 
-    def end_lease_loan(self, lease: HeldLease, granted: Granted,
+    def end_lease_loan(self, lease: HeldLease, opened: OpenLoan, granted: Granted,
                        commit: bool) -> XpmoveError | None:
-        """End the loan `lease_loan` lent: `commit` publishes it as one record (the header, a
-        run's descriptor, `head`, the doorbell), else nothing is written. Either way the lease
-        goes back now if it was recalled meanwhile. LeaseLost if the lease is not ours any
-        more (nothing delivered)."""
+        """End the loan `lease_loan` lent (`opened`, its `lease.lent` then): `commit`
+        publishes it as one record (the header, a run's descriptor, `head`, the doorbell), else
+        nothing is written. Either way the lease goes back now if it was recalled meanwhile.
+        LeaseLost if the lease is not ours any more (nothing delivered), or if `opened` was
+        ended already (then nothing is done: the loan open now, if any, is another one)."""
         words, ring, dst = self.words, lease.ring, lease.dst
         with lease.mutex:
-            lent, lease.lent = lease.lent, None
-            if lent is None or not (lease.held and lease.token == granted.token
-                                    and self._still_ours(dst, ring, granted.token)):
+            if lease.lent is not opened:  # ended already: never end the next loan instead
+                return LeaseLost(f"the loan under the lease on network ID {lease.dst_id} was "
+                                 f"already ended; nothing more was delivered")
+            lent, lease.lent = opened, None
+            self.open_lease_loans -= 1
+            if not (lease.held and lease.token == granted.token
+                    and self._still_ours(dst, ring, granted.token)):
                 lease.held = False
                 return LeaseLost(f"the lease on network ID {lease.dst_id} was lost while "
                                  f"its loan was open; nothing was delivered")
@@ -264,6 +272,18 @@ class Leasing(DriverParts):
                 self._give_back(lease)
         if commit:
             receive_area.ring_doorbell(words, ring, lease.bell)
+        return None
+
+    def lent_by(self, thread: int) -> HeldLease | None:
+        """The lease with a loan open in `thread`, if any: that thread must not wait for the
+        destination's lock (Port and Lease raise LoanHeld instead). A send's check: one
+        counter read while no lease loan is open."""
+        if not self.open_lease_loans:
+            return None
+        for lease in tuple(self._leases.values()):
+            lent = lease.lent
+            if lent is not None and lent.thread == thread:
+                return lease
         return None
 
     def end_lease(self, lease: HeldLease) -> None:
@@ -348,8 +368,8 @@ class Leasing(DriverParts):
             if lease.held:
                 if lease.token != recalled:
                     return False
-                if lease.lent is not None:  # given back when its loan ends
-                    return None
+                if lease.lent is not None:  # the loan's end gives it back (it reads the
+                    return False  # recall word, written before the post that woke us)
                 self._give_back(lease)
                 return True
         # Not a lease we hold: if the segment names us its holder, its LEASE reply was lost

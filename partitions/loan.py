@@ -36,6 +36,7 @@ The rules are those of Fig 12:
 from __future__ import annotations
 
 import pickle
+import threading
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -90,6 +91,7 @@ class Loan:
         self._granted = granted
         self._on_end = on_end
         self._end_grant = end  # None: the driver's end_grant; a lease's: its own commit
+        self._ending = threading.Lock()
         self.state = LoanState.HELD
         self.dst = granted.dst_id
         self.seq = granted.seq
@@ -126,6 +128,10 @@ class Loan:
         self._end(GIVE_BACK)
 
     def _end(self, event: str) -> Sent | None:
+        with self._ending:  # two threads ending one loan: the second finds it ended
+            return self._end_once(event)
+
+    def _end_once(self, event: str) -> Sent | None:
         new = TRANSITIONS.get((self.state, event))
         if new is None:
             raise LoanEnded(f"{event}: the loan of {self.size} bytes to network ID {self.dst} "

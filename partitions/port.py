@@ -383,12 +383,19 @@ class Port:
             raise BadCount(f"{what}: the count must be >= 1")
 
     def _check_no_loan(self, what: str) -> None:
-        """LoanHeld if the calling thread holds this port's loan: `what` would wait for it."""
+        """LoanHeld if the calling thread holds this port's loan, or a loan under one of its
+        leases: `what` would wait for it."""
         loan = self._loan
         if loan is not None and self._loan_thread == threading.get_ident():
             raise LoanHeld(f"{what}: this thread holds a loan to network ID {loan.dst} "
                            f"({loan.size} bytes); commit or give it back first (the {what} "
                            f"would wait for the loan itself)")
+        if self._driver.open_lease_loans:
+            leased = self._driver.lent_by(threading.get_ident())
+            if leased is not None:
+                raise LoanHeld(f"{what}: this thread holds a loan under the lease on network "
+                               f"ID {leased.dst_id}; commit or give it back first (the {what} "
+                               f"would wait for the loan itself)")
 
     # -- leases: standing grants (partitions/lease.py) ----------------------------------------
     def lease(self, dst: int, timeout: float | None = None,
@@ -409,7 +416,7 @@ class Port:
 
     def _before_lease_send(self) -> None:
         """Each lease send: not from the thread holding a loan, and after what was queued."""
-        if self._loan is not None:
+        if self._loan is not None or self._driver.open_lease_loans:
             self._check_no_loan("lease send")
         self._flush_before_sync()
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.integration.conftest import TIMEOUT, small_config, wait_for
 from tests.integration.test_faults import kill, restarted
-from tests.integration.test_loan import locks_free
+from tests.integration.test_loan import loan, locks_free
 from tests.integration.test_machine import receive, send
 from tests.integration.test_supervision import sent_while_supervised
 
@@ -176,3 +176,18 @@ def test_a_lease_with_an_open_loan_is_given_back_only_after_the_loan(make_machin
     assert m.call(1, {"cmd": "lease_loan_end", "dst": 2})["held"] is False  # given back
     assert send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)["seq"] == 1
     assert sorted(received(m, 2, 2)) == [(1, 1, b"held open"), (3, 1, b"from three")]
+
+
+def test_the_thread_holding_a_lease_loan_gets_loan_held_instead_of_waiting_for_itself(machine):
+    """Each call that would wait for the leased destination (a send, a port loan, a flush, a
+    waiting receive, a send under the same lease) raises LoanHeld at once from the thread
+    holding a loan under the lease; the loan then commits as if nothing happened."""
+    m = machine
+    assert lease(m, 1, 2)["held"]
+    assert lease_loan(m, 1, 2, [b"held"], end="hold")["seq"] == 1
+    for reply in (send(m, 1, 2, b"sync", "fig11", sync=True), loan(m, 1, 2, count=8),
+                  m.call(1, {"cmd": "receive", "timeout": 1.0}), m.call(1, {"cmd": "flush"}),
+                  lease_send(m, 1, 2, [b"same lease"])):
+        assert reply["error"] == "LoanHeld" and "network ID 2" in reply["message"], reply
+    assert m.call(1, {"cmd": "lease_loan_end", "dst": 2})["ok"]
+    assert received(m, 2, 1) == [(1, 1, b"held")]

@@ -5,6 +5,8 @@ reserves a record for the program to fill in place; its commit publishes it with
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,7 @@ def test_a_loan_is_invisible_until_its_commit_and_needs_no_request(m):
     assert (granted.seq, granted.records, granted.size) == (1, 1, 5)
     lent_bytes(m, granted)[:] = b"hello"
     assert m.records(2) == [] and m.seq(1, 2) == 0  # nothing visible, no number used yet
-    assert d.end_lease_loan(lease, granted, commit=True) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=True) is None
     assert m.records(2) == [(KIND_RECORD, 1, 1, b"hello")] and m.seq(1, 2) == 1
     assert m.engine.counters["requests"] == requests and lease.held
 
@@ -53,7 +55,7 @@ def test_a_run_loan_is_one_record_of_consecutive_sequence_numbers(m):
     view = lent_bytes(m, granted)
     for i in range(packets):
         view[i * align(length):i * align(length) + length] = b"pkt %02d" % i
-    assert d.end_lease_loan(lease, granted, commit=True) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=True) is None
     (_, (kind, src, seq, payload)) = m.records(2)
     assert (kind, src, seq, m.seq(1, 2)) == (KIND_RUN, 1, 2, 4)
     assert RUN_DESCRIPTOR.unpack_from(payload) == (packets, length)
@@ -65,7 +67,7 @@ def test_a_loan_given_back_writes_nothing_and_the_next_send_takes_its_number(m):
     lease = sent(d.take_lease(2))
     granted = sent(d.lease_loan(lease, 64, None, uninit=False))
     head = m.head(2)
-    assert d.end_lease_loan(lease, granted, commit=False) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=False) is None
     assert (m.head(2), m.seq(1, 2), m.records(2)) == (head, 0, [])
     assert sent(d.lease_send(lease, memoryview(b"next"))) == 1
 
@@ -76,11 +78,11 @@ def test_a_recall_waits_for_the_open_loan_then_the_lease_goes_back_after_its_com
     granted = sent(d.lease_loan(lease, 4, None, uninit=False))
     m.put(3, 0, b"other")
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None  # parked: recalls the lease
-    assert d.answer_recalls() == (0, 1)  # deferred: the program writes past head right now
+    assert d.answer_recalls() == (0, 0)  # left to the loan's end: it writes past head now
     assert isinstance(d.lease_send(lease, memoryview(b"x")), LockTimeout)  # waits its turn
     assert lease.held and m.locks[2].value == 0
     lent_bytes(m, granted)[:] = b"mine"
-    assert d.end_lease_loan(lease, granted, commit=True) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=True) is None
     assert not lease.held and m.locks[2].value == 1  # given back right after the commit
     assert m.records(2) == [(KIND_RECORD, 1, 1, b"mine")]
     ((_, frame),) = m.engine.retry_parked(10.5)  # the waiting sender's move goes next
@@ -95,7 +97,7 @@ def test_lent_space_that_held_another_partitions_records_is_zeroed_even_uninit(m
     np.frombuffer(m.mem, np.uint8, 64, m.p(2).receive_base + 64).fill(0xAB)  # old bytes
     granted = sent(d.lease_loan(lease, 64, None, uninit=True))
     assert bytes(lent_bytes(m, granted)) == bytes(64)  # the ring holds 3's bytes too: zeroed
-    assert d.end_lease_loan(lease, granted, commit=False) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=False) is None
 
 
 def test_an_uninit_loan_of_a_ring_only_we_wrote_is_not_zeroed(m):
@@ -103,10 +105,10 @@ def test_an_uninit_loan_of_a_ring_only_we_wrote_is_not_zeroed(m):
     lease = sent(d.take_lease(2))
     granted = sent(d.lease_loan(lease, 64, None, uninit=True))
     lent_bytes(m, granted)[:] = b"\xab" * 64
-    assert d.end_lease_loan(lease, granted, commit=False) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=False) is None
     again = sent(d.lease_loan(lease, 64, None, uninit=True))
     assert again.address == granted.address and bytes(lent_bytes(m, again)) == b"\xab" * 64
-    zeroed = (d.end_lease_loan(lease, again, commit=False),
+    zeroed = (d.end_lease_loan(lease, lease.lent, again, commit=False),
               sent(d.lease_loan(lease, 64, None, uninit=False)))[1]
     assert bytes(lent_bytes(m, zeroed)) == bytes(64)
 
@@ -116,7 +118,7 @@ def test_a_loan_whose_lease_was_taken_back_delivers_nothing(m):
     lease = sent(d.take_lease(2))
     granted = sent(d.lease_loan(lease, 4, None, uninit=False))
     m.words[m.ring(2).token] += 1  # the grant is not ours any more (the adapter's doing)
-    assert isinstance(d.end_lease_loan(lease, granted, commit=True), LeaseLost)
+    assert isinstance(d.end_lease_loan(lease, lease.lent, granted, commit=True), LeaseLost)
     assert (m.records(2), m.seq(1, 2), lease.held) == ([], 0, False)
 
 
@@ -126,7 +128,7 @@ def test_a_full_ring_lends_nothing_and_keeps_the_lease(m):
     capacity = m.p(2).receive_size
     for _ in range(2):  # two records of half the ring each: full
         granted = sent(d.lease_loan(lease, capacity // 2 - 24, None, uninit=False))
-        assert d.end_lease_loan(lease, granted, commit=True) is None
+        assert d.end_lease_loan(lease, lease.lent, granted, commit=True) is None
     assert isinstance(d.lease_loan(lease, capacity // 2 - 24, None, uninit=False),
                       DestinationFull)
     assert lease.held and lease.lent is None
@@ -139,7 +141,7 @@ def test_one_loan_at_a_time_under_a_lease(m):
     second = d.lease_loan(lease, 8, None, uninit=False)
     assert isinstance(second, LockTimeout) and isinstance(second, XpmoveError)
     assert second.retryable  # another thread's loan: wait for it
-    assert d.end_lease_loan(lease, granted, commit=False) is None
+    assert d.end_lease_loan(lease, lease.lent, granted, commit=False) is None
 
 
 def lease_of(m: LeaseMachine, d: EngineDriver, dst: int = 2) -> Lease:
@@ -190,3 +192,58 @@ def test_the_thread_holding_a_lease_loan_cannot_send_and_close_gives_the_loan_ba
     assert m.locks[2].value == 1  # the lease went back too
     with pytest.raises(LeaseClosed):
         lease.loan(8)
+
+
+def test_ending_a_loan_twice_never_ends_the_next_one(m):
+    """A stale end (the loan was committed already, and the next one lent since) must not
+    forget the loan open now: its lease stays unrecallable until THAT loan ends."""
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    granted = sent(d.lease_loan(lease, 16, None, uninit=False))
+    first = (lease.lent, granted)
+    assert d.end_lease_loan(lease, *first, commit=True) is None
+    second = sent(d.lease_loan(lease, 16, None, uninit=False))
+    assert isinstance(d.end_lease_loan(lease, *first, commit=False), LeaseLost)
+    assert lease.lent is not None and lease.held  # the second loan is still open
+    m.put(3, 0, b"other")
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None  # recalls the lease
+    assert d.answer_recalls() == (0, 0) and m.locks[2].value == 0  # not given back under it
+    assert d.end_lease_loan(lease, lease.lent, second, commit=False) is None
+    assert not lease.held and m.locks[2].value == 1
+
+
+def test_a_thread_holding_a_loan_under_one_lease_object_gets_loan_held_from_another(m):
+    d = EngineDriver(m, 1)
+    one, other = lease_of(m, d), lease_of(m, d)  # port.lease(dst) twice: one lease
+    loan = one.loan(8)
+    assert d.lent_by(threading.get_ident()) is d._leases[2]
+    with pytest.raises(LoanHeld, match="network ID 2"):
+        other.send(b"would wait for itself", timeout=None)
+    with pytest.raises(LoanHeld):
+        other.loan(4)
+    loan.give_back()
+    assert d.lent_by(threading.get_ident()) is None and d.open_lease_loans == 0
+    assert other.send(b"now").seq == 1
+
+
+def test_close_from_another_thread_leaves_an_open_loan_to_its_thread(m):
+    d = EngineDriver(m, 1)
+    lease = lease_of(m, d)
+    loan = lease.loan(4)
+    loan.view[:] = b"data"
+    raised: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            lease.close()
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            raised.append(exc)
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    closer.join()
+    assert len(raised) == 1 and isinstance(raised[0], LoanHeld)
+    assert loan.state is LoanState.HELD and d.lent_by(threading.get_ident()) is not None
+    assert loan.commit().seq == 1 and m.records(2) == [(KIND_RECORD, 1, 1, b"data")]
+    lease.close()
+    assert m.locks[2].value == 1
