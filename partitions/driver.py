@@ -131,7 +131,7 @@ class Driver(Lending, Leasing, Posting):
         self._reaper: threading.Thread | None = None  # takes late replies of abandoned grants
         self.recall = recall  # posted by the adapter when it wants a lease back
         self._leases: dict[int, HeldLease] = {}  # by destination (partitions/leasing.py)
-        self.open_lease_loans = 0  # loans open under its leases (Leasing.lent_by)
+        self.lent_leases: set[int] = set()  # destinations with a loan open under their lease
         self._keeper: threading.Thread | None = None  # answers recalls of leases
         self.keeper_errors = 0  # exceptions the keeper survived
 

@@ -35,7 +35,8 @@ The rules:
   has `grant_timeout_s` from the recall), and the lease's other sends wait.
 * One lease per destination per partition: two `Lease` objects for one destination share it,
   and closing one gives it back for both (the other asks again at its next send), unless
-  the other has a loan open: then that loan's end, or the next recall, gives it back.
+  the other has a loan open: then the lease stays until a recall (or that loan's end, if the
+  recall came first).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class Lease:
             raise LeaseClosed(f"{what}: the lease on network ID {self.dst} is closed; nothing "
                               f"was sent")
         # (a loan under ANY lease of this port: another Lease object may share this one)
-        if self._driver.open_lease_loans:
+        if self._driver.lent_leases:
             leased = self._driver.lent_by(threading.get_ident())
             if leased is not None:
                 raise LoanHeld(f"{what}: this thread holds a loan under the lease on network "

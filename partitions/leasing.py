@@ -25,8 +25,9 @@ What keeps it safe:
   a pending commit the adapter settles (rolls back) when it takes the lock back.
 * **Loans under a lease.** `lease_loan` reserves a record for the program to fill in place (no
   copy, no request) and `end_lease_loan` commits it: the same steps as `lease_send`, split at
-  the payload. While a loan is open the lease is never given back (the keeper defers a
-  recall, a send waits): the program writes past `head`, where the next holder would write.
+  the payload. While a loan is open the lease is never given back (the keeper leaves a
+  recall to the loan's end, a send waits): the program writes past `head`, where the next
+  holder would write.
 * **Adapter restarts.** A restarted adapter keeps a lease it finds in the segment (the `lease`
   word names its token). A LEASE whose reply died with the old adapter is asked again and
   confirmed (Engine._renew_lease); one the driver stopped asking for is given back by the
@@ -103,7 +104,8 @@ class Leasing(DriverParts):
         _leases: dict[int, HeldLease]
         _keeper: threading.Thread | None
         keeper_errors: int
-        open_lease_loans: int  # loans open under any lease (lent_by's shortcut)
+        lent_leases: set[int]  # destinations with a loan open (lent_by's shortcut; a set's
+        # add and discard are each one step under the GIL, where a shared counter's += is not)
 
         def _take_slot(self, wait: float) -> LockTimeout | None: ...
 
@@ -229,7 +231,7 @@ class Leasing(DriverParts):
             if not uninit or not receive_area.only_written_by(words, ring, self.network_id):
                 np.frombuffer(self.physical, np.uint8, size, address).fill(0)  # a memset
             lease.lent = OpenLoan(head, r, run, threading.get_ident())
-            self.open_lease_loans += 1
+            self.lent_leases.add(lease.dst_id)
             return Granted(lease.dst_id, words[lease.seq_word] + 1, count, records, address,
                            size, r.new_head, lease.token)
 
@@ -246,7 +248,7 @@ class Leasing(DriverParts):
                 return LeaseLost(f"the loan under the lease on network ID {lease.dst_id} was "
                                  f"already ended; nothing more was delivered")
             lent, lease.lent = opened, None
-            self.open_lease_loans -= 1
+            self.lent_leases.discard(lease.dst_id)
             if not (lease.held and lease.token == granted.token
                     and self._still_ours(dst, ring, granted.token)):
                 lease.held = False
@@ -277,10 +279,9 @@ class Leasing(DriverParts):
     def lent_by(self, thread: int) -> HeldLease | None:
         """The lease with a loan open in `thread`, if any: that thread must not wait for the
         destination's lock (Port and Lease raise LoanHeld instead). A send's check: one
-        counter read while no lease loan is open."""
-        if not self.open_lease_loans:
-            return None
-        for lease in tuple(self._leases.values()):
+        read of an empty set while no lease loan is open."""
+        for dst_id in tuple(self.lent_leases):
+            lease = self._leases[dst_id]
             lent = lease.lent
             if lent is not None and lent.thread == thread:
                 return lease

@@ -130,7 +130,7 @@ class Port:
         `timeout` bounds the retries (and, queued, the wait for room); `cancel`, an extra
         Event, ends them early."""
         view = memoryview(data).cast("B")
-        if self._loan is not None:
+        if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send")
         if not sync and self._queueable(dst, len(view)):
             with self._staging:
@@ -160,9 +160,9 @@ class Port:
         default (copied into the submission queue, like `send`; the bytes may be reused at
         once); `sync=True` is the patent's call: no copy but the move itself, `Sent` returned.
         Bytes inside the submission area (`cork_area`) are always sent synchronously."""
+        if self._loan is not None or self._driver.lent_leases:
+            self._check_no_loan("send_from")  # before the flush of a sync send: it would wait
         if not sync:
-            if self._loan is not None:
-                self._check_no_loan("send_from")
             start, end = self._cork_area
             if ((offset + count <= start or offset >= end) and offset >= 0
                     and self._queueable(dst, count)):
@@ -390,7 +390,7 @@ class Port:
             raise LoanHeld(f"{what}: this thread holds a loan to network ID {loan.dst} "
                            f"({loan.size} bytes); commit or give it back first (the {what} "
                            f"would wait for the loan itself)")
-        if self._driver.open_lease_loans:
+        if self._driver.lent_leases:
             leased = self._driver.lent_by(threading.get_ident())
             if leased is not None:
                 raise LoanHeld(f"{what}: this thread holds a loan under the lease on network "
@@ -416,7 +416,7 @@ class Port:
 
     def _before_lease_send(self) -> None:
         """Each lease send: not from the thread holding a loan, and after what was queued."""
-        if self._loan is not None or self._driver.open_lease_loans:
+        if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("lease send")
         self._flush_before_sync()
 

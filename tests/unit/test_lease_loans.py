@@ -222,7 +222,7 @@ def test_a_thread_holding_a_loan_under_one_lease_object_gets_loan_held_from_anot
     with pytest.raises(LoanHeld):
         other.loan(4)
     loan.give_back()
-    assert d.lent_by(threading.get_ident()) is None and d.open_lease_loans == 0
+    assert d.lent_by(threading.get_ident()) is None and not d.lent_leases
     assert other.send(b"now").seq == 1
 
 

@@ -43,7 +43,7 @@ class EngineDriver(Leasing):
         self._seq_words = {i: mine[m.p(i).index] for i in m.ids}
         self._mutex, self._closing = threading.Lock(), False
         self._leases: dict[int, HeldLease] = {}
-        self.open_lease_loans = 0
+        self.lent_leases: set[int] = set()
         self._keeper = threading.Thread()  # never started: the test answers recalls itself
         self.now = 0.0
 
