@@ -16,7 +16,6 @@ import sys
 import textwrap
 from importlib import metadata
 
-from adapter.protocol import Flow
 from hypervisor.config import ConfigError, MachineConfig, bench_config, load_config
 from hypervisor.machine import MachineError
 from hypervisor.names import RunDirError, RunRegistry
@@ -105,12 +104,15 @@ def batches(text: str) -> tuple[int, ...]:
 
 
 def flows(text: str) -> tuple[str, ...]:
-    known = [f.value for f in Flow]
-    for f in (items := _items(text, f"flows ({', '.join(known)})")):
-        try:
-            Flow.parse(f)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+    """launch's and soak's --flows: the adapter's flows and fig12-lease (a lease per
+    destination); a flow named twice counts once."""
+    from scripts.workload.program import TRAFFIC_FLOWS
+
+    items = _items(text, f"flows ({', '.join(TRAFFIC_FLOWS)})")
+    for f in items:
+        if f not in TRAFFIC_FLOWS:
+            raise argparse.ArgumentTypeError(f"unknown flow {f!r} (known: "
+                                             f"{', '.join(TRAFFIC_FLOWS)})")
     return tuple(items)
 
 
@@ -260,7 +262,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     console = Console()
     try:
         report = soak(config, args.duration, args.kill_every, args.size, args.seed, console,
-                      batch=args.batch, rogue=args.rogue)
+                      batch=args.batch, rogue=args.rogue, flows=args.flows)
     except SoakInterrupted as stop:
         report = stop.report
         console.print(report_table(report))
@@ -355,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of traffic (default: none, the packet count ends it)")
     p.add_argument("--size", type=size, default="1KiB", metavar="B",
                    help="packet size: bytes or with a KiB/MiB suffix")
-    p.add_argument("--flows", type=flows, default="fig11,fig12", help="comma list of fig11, fig12")
+    p.add_argument("--flows", type=flows, default="fig11,fig12",
+                   help="comma list of fig11, fig12 and fig12-lease (a lease on each destination: "
+                        "one lease.send a packet, a run loaned under it a batch)")
     p.set_defaults(func=cmd_launch)
 
     p = command("bench", "Fig 14 load generator: S = dT/dC of the adapter's flows against the "
@@ -421,8 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed for the victims and the rogue (default: a different one "
                         "each run)")
     p.add_argument("--batch", type=count, default=1, metavar="N",
-                   help="packets per request: > 1 sends multiple-write runs in both flows "
+                   help="packets per request: > 1 sends multiple-write runs in every flow "
                         "(1: the literal flows)")
+    p.add_argument("--flows", type=flows, default="fig11,fig12,fig12-lease",
+                   help="comma list of fig11, fig12 and fig12-lease (leases: recalled "
+                        "constantly here, since every partition sends to every other)")
     p.add_argument("--rogue", action="store_true",
                    help="a hostile process of the same user attacks during the kills: posts "
                         "every lock and doorbell at random (stray posts, absorbed) and writes "

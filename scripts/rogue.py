@@ -2,13 +2,15 @@
 
 No POSIX mechanism stops a process of the same user from opening a run's names, so this one does
 what such a process can. It derives the names from the run's prefix (`ls /dev/shm` shows it;
-hypervisor/names.py: "/<prefix>-mem", "/<prefix>-lock-<id>", "/<prefix>-bell-<id>"), maps the
+hypervisor/names.py: "/<prefix>-mem", "/<prefix>-lock-<id>", "/<prefix>-bell-<id>",
+"/<prefix>-recall-<id>"), maps the
 whole segment, knows where every word is from the config (hypervisor/layout.py,
 adapter/receive_area.py), and until it is stopped:
 
-* posts a random lock or doorbell semaphore every POST_EVERY_S. A stray post must be ABSORBED
-  with no effect at all, in both flows (the adapter counts and ignores it; a Fig 12 grant ends
-  only on its holder's token; a doorbell only wakes a receiver early);
+* posts a random lock, doorbell or recall semaphore every POST_EVERY_S. A stray post must be
+  ABSORBED with no effect at all, in every flow (the adapter counts and ignores it; a Fig 12
+  grant ends only on its holder's token; a doorbell only wakes a receiver early; a recall
+  only wakes a driver's keeper, which gives back only a lease whose `recall` word names it);
 * every `garbage_every` seconds writes ONE garbage word into a word of one of its `targets`:
   the destination's ring control block (head, the pending commit's three words, holder, grant
   token, released, tail, sleeping, lease, recall) or a per-pair word whose destination it is
@@ -112,7 +114,7 @@ def attack(plan: RoguePlan, out: TextIO, stopped: threading.Event) -> dict:
     words = ra.words(memoryview(segment))
     ids = [p.network_id for p in plan.layout.partitions]
     sems = [(what, posix_ipc.Semaphore(ipc_name(plan.prefix, f"{what}-{nid}")))
-            for what in ("lock", "bell") for nid in ids]
+            for what in ("lock", "bell", "recall") for nid in ids]
     rng = random.Random(plan.seed)  # the posts
     pick = random.Random(plan.seed + 1)  # the writes: the same words and kinds for a seed
     posts: Counter[str] = Counter()
@@ -141,7 +143,7 @@ def attack(plan: RoguePlan, out: TextIO, stopped: threading.Event) -> dict:
     for _, sem in sems:
         sem.close()
     return {"event": "done", "lock_posts": posts["lock"], "bell_posts": posts["bell"],
-            "writes": writes}
+            "recall_posts": posts["recall"], "writes": writes}
 
 
 def main(argv: list[str] | None = None) -> int:

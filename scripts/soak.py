@@ -1,4 +1,5 @@
-"""`xpmove soak`: all-to-all traffic in both flows while partitions and the adapter are killed.
+"""`xpmove soak`: all-to-all traffic in every flow (fig11, fig12, and leases: fig12-lease)
+while partitions and the adapter are killed.
 
 The books are kept where no kill can reach them: the segment's per-pair tables. `committed`
 (the adapter's last sequence number per pair, rolled back for every abandoned commit) is what
@@ -32,7 +33,6 @@ from collections.abc import Collection
 from rich.console import Console
 
 from adapter import receive_area
-from adapter.protocol import Flow
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
@@ -55,6 +55,7 @@ DRAIN_TIMEOUT_S = 30.0
 ADAPTER_SHARE = 0.25  # fraction of kills aimed at the adapter
 LOOK_EVERY_S = 1.0  # how often the adapter's refusals and the receivers' errors are read
 POISON_SHARE = 4  # the rogue poisons one destination in this many (at least one)
+SOAK_FLOWS = ("fig11", "fig12", "fig12-lease")  # every partition sends by each, to every other
 # Machine._supervise's event for a child that died; the soak's own kills are SIGKILL
 DIED = re.compile(r"(?P<name>.+) died \(exit code (?P<code>-?\d+)\)")
 
@@ -91,7 +92,7 @@ def start_traffic(machine: Machine, nid: int, shape: dict, until: float) -> None
     meanwhile, its restart will."""
     remaining = until - time.monotonic()
     peers = [p for p in machine.partitions if p != nid]
-    command = {"cmd": "traffic", "peers": peers, "flows": [f.value for f in Flow], **shape,
+    command = {"cmd": "traffic", "peers": peers, **shape,
                "duration": remaining, "send_timeout": 5.0}
     if remaining <= 0:  # too late to send, never too late to drain what is waiting for it
         command = {"cmd": "receive_on"}
@@ -156,6 +157,7 @@ class _Soak:
             self.rogue.stop()
             self.report.lock_posts = self.rogue.done.get("lock_posts", 0)
             self.report.bell_posts = self.rogue.done.get("bell_posts", 0)
+            self.report.recall_posts = self.rogue.done.get("recall_posts", 0)
             self.report.rogue_failure = self.rogue.failure
 
     def events(self) -> None:
@@ -307,16 +309,19 @@ class _Soak:
 
 def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 1024,
          seed: int | None = None, console: Console | None = None,
-         registry: RunRegistry | None = None, batch: int = 1, rogue: bool = False) -> SoakReport:
+         registry: RunRegistry | None = None, batch: int = 1, rogue: bool = False,
+         flows: tuple[str, ...] = SOAK_FLOWS) -> SoakReport:
     """`batch` > 1 sends batches as multiple-write runs (MOVE_RUN in fig11, GRANT_RUN in
-    fig12), so kills land inside runs as well as between single moves. `rogue`: a hostile
-    process attacks during the kills (see the module docstring). An interrupt raises
+    fig12, a run loaned under the lease in fig12-lease), so kills land inside runs as well as
+    between single moves. `flows` as launch's: each partition sends by all of them. `rogue`: a
+    hostile process attacks during the kills (see the module docstring). An interrupt raises
     SoakInterrupted carrying the report so far, after the rogue and the machine have stopped."""
     console = console or Console()
     config = dataclasses.replace(config, restart="always", restart_limit=1_000_000,
                                  adapter_restart_limit=1_000_000)  # the kills are ours
     machine = Machine(with_program(config, PROGRAM), registry=registry)
-    run = _Soak(machine, console, random.Random(seed), {"size": size, "batch": batch}, rogue)
+    run = _Soak(machine, console, random.Random(seed),
+                {"size": size, "batch": batch, "flows": list(flows)}, rogue)
     started = time.monotonic()
     try:
         try:

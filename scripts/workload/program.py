@@ -47,6 +47,7 @@ from scripts.workload.transports import (
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # one request per packet, literally
 ADAPTER_TRANSPORTS = (*ADAPTER_FLOWS, LOAN, LEASE, *SYNC_FLOWS)  # every adapter transport
+TRAFFIC_FLOWS = (*ADAPTER_FLOWS, LEASE)  # what launch and soak may send by (`traffic`)
 TRANSPORTS = (*ADAPTER_TRANSPORTS, "tcp", "vswitch", *peers.PEERS)
 PROGRAM = f"{__name__}:main"
 
@@ -102,7 +103,7 @@ class Workload:
         return handler(msg)
 
     def cmd_traffic(self, msg: dict) -> dict:
-        plan = TrafficPlan.from_message(msg, self.port.send_space, ADAPTER_FLOWS)
+        plan = TrafficPlan.from_message(msg, self.port.send_space, TRAFFIC_FLOWS)
         self.traffic.start_receiving(self.ring)
         self.traffic.start_sending(plan, {f: self.senders[f] for f in plan.flows})
         return {"ok": True}

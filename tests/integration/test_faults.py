@@ -201,7 +201,8 @@ def test_a_record_from_no_partition_is_a_corrupt_ring(make_machine, run):
 @pytest.mark.parametrize("batch", [1, 64])
 def test_soak_short_run(registry, batch):
     """`xpmove soak` in small: kills partitions and the adapter, loses and doubles nothing,
-    with single moves and with multiple-write runs in both flows."""
+    with single moves and with multiple-write runs, in every flow (fig11, fig12 and leases,
+    which every partition's three peers keep recalling from each other)."""
     from rich.console import Console
 
     from scripts.soak import soak

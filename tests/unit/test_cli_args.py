@@ -121,6 +121,10 @@ def test_size_takes_units_like_bench_sizes(capsys, command: str) -> None:
 def test_flows_checked(capsys) -> None:
     assert cli.build_parser().parse_args(["launch", "--flows", "fig12"]).flows == ("fig12",)
     assert "flow 'fig13'" in refused(capsys, "launch", "--flows", "fig11,fig13")
+    parse = cli.build_parser().parse_args
+    assert parse(["launch", "--flows", "fig12-lease,fig11"]).flows == ("fig12-lease", "fig11")
+    assert parse(["soak"]).flows == ("fig11", "fig12", "fig12-lease")  # leases soaked too
+    assert parse(["soak", "--flows", "fig11,fig11"]).flows == ("fig11",)
 
 
 def test_version_from_package_metadata(capsys) -> None:
