@@ -179,7 +179,9 @@ class Shares:
             child = self.machine.partitions[nid]
             if child.proc.poll() is not None or child.state.value != "running":
                 continue  # dead, or not up yet: its next process is given the share
-            command = self.rest_of_share(nid)
+            # named after the process: a command repeated because its reply was lost is
+            # taken as the one it repeats (the workload answers "already sending" otherwise)
+            command = {**self.rest_of_share(nid), "share": child.proc.pid}
             try:
                 reply = self.machine.call(nid, command, SHARE_CALL_TIMEOUT_S)
             except MachineError:

@@ -76,6 +76,7 @@ class Workload:
             "tcp": self.tcp_out,
             "vswitch": self.switch}
         self.peer_in: dict[str, ReceiveEndpoint] = {}  # created on first use (optional packages)
+        self.share: object = None  # the launch share being sent (cmd_traffic)
 
     def _peer_endpoint(self, name: str) -> ReceiveEndpoint:
         """The peer's receive endpoint and (in self.senders) its send transport."""
@@ -103,9 +104,16 @@ class Workload:
         return handler(msg)
 
     def cmd_traffic(self, msg: dict) -> dict:
+        """Start sending (and receiving). A command naming the `share` this process is
+        already sending (launch repeats one whose reply it lost) is answered as the first
+        was; any other while the traffic runs is refused ("already sending")."""
+        share = msg.get("share")
+        if share is not None and share == self.share and not self.traffic.sender_done.is_set():
+            return {"ok": True, "repeated": True}
         plan = TrafficPlan.from_message(msg, self.port.send_space, TRAFFIC_FLOWS)
         self.traffic.start_receiving(self.ring)
         self.traffic.start_sending(plan, {f: self.senders[f] for f in plan.flows})
+        self.share = share
         return {"ok": True}
 
     def cmd_receive_on(self, msg: dict) -> dict:

@@ -74,6 +74,20 @@ def test_adapter_restart_idle(make_machine):
     assert set(m.adapter_stats()["locks"].values()) == {"free"}
 
 
+def test_a_share_command_repeated_is_answered_as_the_first(make_machine):
+    """launch repeats a share command whose reply it lost (scripts/shares.py names it after
+    the process): the workload answers it as the first instead of refusing it, and still
+    refuses any other traffic command while it sends."""
+    m = make_machine(small_config(2))
+    command = {"cmd": "traffic", "peers": [2], "flows": ["fig11"], "size": 512,
+               "duration": 30.0, "share": 4242}
+    assert m.call(1, command) == {"ok": True}
+    assert m.call(1, {**command, "duration": 29.5}) == {"ok": True, "repeated": True}
+    for other in ({**command, "share": 4243}, {k: v for k, v in command.items() if k != "share"}):
+        reply = m.call(1, other)
+        assert reply["ok"] is False and "already sending" in reply["message"], reply
+
+
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("flow", ["fig11", "fig12"])
 def test_adapter_killed_under_load(make_machine, flow, batch):
