@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from adapter.errors import XpmoveError
 from adapter.protocol import FLOWS, Flow
 from partitions.port import Port
 from scripts.workload import peers
@@ -68,11 +69,12 @@ class Workload:
         self.tcp_in = TcpListener()
         self.tcp_out = TcpLinks(port.network_id)
         self.switch = SwitchPort(port.network_id)
+        self.leases = LeaseFlow(port)
         self.senders: dict[str, SendTransport] = {
             **{f.value: AdapterFlow(port, f) for f in Flow},
             **{f.value + SYNC_SUFFIX: AdapterFlow(port, f, sync=True) for f in Flow},
             LOAN: LoanFlow(port),
-            LEASE: LeaseFlow(port),
+            LEASE: self.leases,
             "tcp": self.tcp_out,
             "vswitch": self.switch}
         self.peer_in: dict[str, ReceiveEndpoint] = {}  # created on first use (optional packages)
@@ -163,7 +165,9 @@ class Workload:
                 self._peer_endpoint(transport)
                 sender = self.senders[transport]
                 sender.connect({int(k): v for k, v in msg["ports"].items()})  # type: ignore
-        except (TransportError, OSError) as exc:
+            elif transport == LEASE:  # taken now, as a socket is opened now, not per packet
+                self.leases.connect(plan.peers, plan.send_timeout)
+        except (TransportError, OSError, XpmoveError) as exc:
             return failure(exc)
         self.traffic.start_sending(plan, {transport: self.senders[transport]})
         return {"ok": True, "batch_used": self.traffic.batch_used}

@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -343,6 +343,12 @@ class LeaseFlow(LoanFlow):
         super().__init__(port)
         self.name = LEASE
         self._leases: dict[int, Lease] = {}
+
+    def connect(self, peers: Iterable[int], timeout: float) -> None:
+        """Take the lease on each of `peers` before the traffic starts, as the socket
+        transports connect before it: its first packet then pays no LEASE request."""
+        for dst in peers:
+            self._lease(dst, timeout, threading.Event())
 
     def _lease(self, dst: int, timeout: float, stop: threading.Event) -> Lease:
         lease = self._leases.get(dst)
