@@ -117,7 +117,7 @@ def flows(text: str) -> tuple[str, ...]:
 
 
 def transports(text: str) -> tuple[str, ...]:
-    from scripts.loadgen.bench import TRANSPORTS
+    from scripts.loadgen.options import TRANSPORTS
 
     known = ", ".join(TRANSPORTS)
     items = _items(text, f"transports (known: {known})")
@@ -211,7 +211,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = bench_machine(args.config)
     if config.hosts:
         return _cluster_bench(config, args)
-    from scripts.loadgen.bench import DEFAULT_TRANSPORTS, BenchOptions, bench
+    from scripts.loadgen.bench import bench
+    from scripts.loadgen.options import DEFAULT_TRANSPORTS, BenchOptions
 
     options = BenchOptions(
         transports=args.transports or DEFAULT_TRANSPORTS, sizes=args.sizes,

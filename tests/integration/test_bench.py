@@ -18,7 +18,8 @@ import psutil
 import pytest
 from rich.console import Console
 
-from scripts.loadgen.bench import TRANSPORTS, BenchOptions, bench
+from scripts.loadgen.bench import bench
+from scripts.loadgen.options import TRANSPORTS, BenchOptions
 from tests.integration.conftest import TIMEOUT, small_config
 
 REPO = Path(__file__).resolve().parents[2]

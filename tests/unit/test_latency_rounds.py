@@ -1,10 +1,10 @@
-"""The bench's lone-packet phase in rounds (scripts/loadgen/bench.py: latency_shares)."""
+"""The bench's lone-packet phase in rounds (scripts/loadgen/options.py: latency_shares)."""
 
 from __future__ import annotations
 
 import pytest
 
-from scripts.loadgen.bench import LATENCY_ROUNDS, latency_shares
+from scripts.loadgen.options import LATENCY_ROUNDS, latency_shares
 
 
 @pytest.mark.parametrize("packets, shares", [

@@ -151,6 +151,6 @@ def test_evaluate_every_target_in_order_and_json_shape():
 
 def test_the_scaling_config_is_where_the_bench_looks():
     """`xpmove bench --scaling` without --scaling-config reads configs/sixteen.toml."""
-    from scripts.loadgen.bench import SIXTEEN
+    from scripts.loadgen.options import SIXTEEN
 
     assert SIXTEEN.is_file(), SIXTEEN
