@@ -165,6 +165,8 @@ class ClusterHost:
         errors: list[str] = []
         result = None
         code = 0
+        held = contextlib.ExitStack()  # signals held from the end of the work to the end
+        caught: list[int] | None = None
         try:
             error = None
             try:
@@ -178,13 +180,18 @@ class ClusterHost:
                     f"partitions; host {self.name}: run {self.machine.prefix}, segment "
                     f"{self.machine.layout.total_size:,} bytes")
                 result = work()
+            # from here every host ends the same way: held before this `try` ends, so a
+            # signal is either caught below or held, never raised on the way between the two
+            caught = held.enter_context(signals_held(deliver=False))
         except BaseException as exc:  # the others may be in a look: end the run for all
             code = 130 if isinstance(exc, KeyboardInterrupt) else 1
             self._failure = str(exc)
             with signals_deferred():
                 Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: "
                                            f"{exc}; ending the MPI job", soft_wrap=True)
-        with signals_held(deliver=False) as caught:  # from here every host ends the same way
+        with held:
+            if caught is None:  # the work raised (or a signal came before the hold)
+                caught = held.enter_context(signals_held(deliver=False))
             self.fabric.stop()
             code = self._meet(code, caught)
             self.fabric.close()  # every host stops reading the others' segments, then unmaps
