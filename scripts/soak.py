@@ -9,7 +9,8 @@ all pairs. Duplicates are counted by the receivers (a sequence number seen twice
 If the drain times out, the pairs that disagree are listed; with XPMOVE_DEBUG=1 set, every
 partition also dumps its threads' stacks to stderr (faulthandler on SIGUSR1).
 
-With `rogue`, a hostile process (scripts/rogue.py) posts locks and doorbells at random during
+With `rogue`, a hostile process (scripts/rogue.py) posts locks, doorbells and recall semaphores
+at random during
 the kills, and writes garbage words into the words of a few chosen destinations (a quarter of
 them, at least one). A post poisons nothing: it must be absorbed. A garbage word in a
 destination's ring control block or in a pair word whose destination it is POISONS that
@@ -148,8 +149,8 @@ class _Soak:
         plan = RoguePlan(self.machine.prefix, self.machine.layout, targets,
                          self.rng.getrandbits(32), kill_every, kill_every / 2)
         self.rogue = RogueProcess(plan).start()
-        self.console.print(f"  rogue started: stray posts on every lock and doorbell, garbage "
-                           f"words into the words of destination(s) {list(targets)}")
+        self.console.print(f"  rogue started: stray posts on every lock, doorbell and recall, "
+                           f"garbage words into the words of destination(s) {list(targets)}")
 
     def stop_rogue(self) -> None:
         """Idempotent; on every path (the end of the traffic, Ctrl-C, a failure)."""

@@ -25,7 +25,7 @@ all per-transport code.
 
 While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and verified, asked
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
-partitions, the adapter for fig11/fig12/fig12-loan, the switch for vswitch, and this process, whose
+partitions, the adapter for the fig11*/fig12* ones, the switch for vswitch, and this process, whose
 polling is thus charged to every transport alike). S = dT/dC is fitted by
 scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was
 lost or corrupt (or a run failed), 130 when interrupted. This file is the command: its phases

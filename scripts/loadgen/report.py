@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from scripts.loadgen import targets
 from scripts.loadgen.benchcore import human_size, run_label, si
+from scripts.loadgen.options import TRANSPORTS
 from scripts.tables import Col, Grid
 
 
@@ -61,12 +62,12 @@ def _detail_cells(r: dict, memcpy_gbps: float) -> list[str]:
 
 
 def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
-    """One row per transport and batch, in the order the transports were first run."""
+    """One row per transport and batch, transports in the bench's order (TRANSPORTS)."""
     by = {(run_label(r), r["packet_size"]): r for r in runs}
-    first = list(dict.fromkeys(r["transport"] for r in runs))
     out = []
     for label in dict.fromkeys(run_label(r) for r in sorted(
-            runs, key=lambda r: (first.index(r["transport"]), r.get("batch", 1)))):
+            runs, key=lambda r: (TRANSPORTS.index(r["transport"]) if r["transport"] in
+                                 TRANSPORTS else len(TRANSPORTS), r.get("batch", 1)))):
         cells = []
         for size in sizes:
             r = by.get((label, size))

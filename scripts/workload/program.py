@@ -3,7 +3,8 @@
 launch, bench and soak run it in every partition and steer it with commands
 (`Machine.call(network_id, {"cmd": ...})`, answered through `Port.on_command`):
 
-    traffic      start all-to-all verified traffic on the adapter's flows (launch, soak)
+    traffic      start all-to-all verified traffic on the adapter's flows and leases
+                 (launch, soak); a repeat of the `share` already given is answered as it was
     receive_on   only receive and verify (a partition that is not sending)
     bench_open   start a load-generator run: zero the counters, receive on one transport
                  (tcp: listens on `bind`, default loopback, returns its `port`; zmq, pipe,
@@ -106,11 +107,12 @@ class Workload:
         return handler(msg)
 
     def cmd_traffic(self, msg: dict) -> dict:
-        """Start sending (and receiving). A command naming the `share` this process is
-        already sending (launch repeats one whose reply it lost) is answered as the first
-        was; any other while the traffic runs is refused ("already sending")."""
+        """Start sending (and receiving). A command naming the `share` this process was
+        already given (launch repeats one whose reply it lost) is answered as the first was,
+        whether that traffic still runs or has ended (a process is given its share once: never
+        sent twice); any other while the traffic runs is refused ("already sending")."""
         share = msg.get("share")
-        if share is not None and share == self.share and not self.traffic.sender_done.is_set():
+        if share is not None and share == self.share:
             return {"ok": True, "repeated": True}
         plan = TrafficPlan.from_message(msg, self.port.send_space, TRAFFIC_FLOWS)
         self.traffic.start_receiving(self.ring)
@@ -167,9 +169,10 @@ class Workload:
                 sender.connect({int(k): v for k, v in msg["ports"].items()})  # type: ignore
             elif transport == LEASE:  # taken now, as a socket is opened now, not per packet
                 self.leases.connect(plan.peers, plan.send_timeout)
-        except (TransportError, OSError, XpmoveError) as exc:
+            self.traffic.start_sending(plan, {transport: self.senders[transport]})
+        except (TransportError, OSError, XpmoveError, PlanError) as exc:
+            self.leases.close_leases()  # a run refused keeps no lease it took for itself
             return failure(exc)
-        self.traffic.start_sending(plan, {transport: self.senders[transport]})
         return {"ok": True, "batch_used": self.traffic.batch_used}
 
     def cmd_bench_count(self, msg: dict) -> dict:

@@ -332,12 +332,12 @@ class LoanFlow(AdapterFlow):
 
 
 class LeaseFlow(LoanFlow):
-    """``fig12-lease``: a standing grant on each destination (`Port.lease`, taken at its first
-    packet), so no packet costs a request: at batch 1 each packet is one `lease.send` (one
-    copy), a bigger batch is ONE run loaned under the lease, filled in place and committed
-    (`Lease.loan_run`: no copy either). Another sender to the same destination recalls the
-    lease, and the next send asks for it again; the leases are given back when the traffic
-    ends."""
+    """``fig12-lease``: a standing grant on each destination (`Port.lease`, taken when the
+    run starts, `connect`, as the sockets connect then), so no packet costs a request: at
+    batch 1 each packet is one `lease.send` (one copy), a bigger batch is ONE run loaned
+    under the lease, filled in place and committed (`Lease.loan_run`: no copy either).
+    Another sender to the same destination recalls the lease, and the next send asks for it
+    again; the leases are given back when the traffic ends."""
 
     def __init__(self, port: Port):
         super().__init__(port)
@@ -379,10 +379,14 @@ class LeaseFlow(LoanFlow):
         return sent
 
     def finish(self, errors: Counter, timeout: float) -> Counter:
-        for lease in self._leases.values():
-            lease.close()
-        self._leases.clear()
+        self.close_leases()
         return super().finish(errors, timeout)
+
+    def close_leases(self) -> None:
+        """Give back every lease this run took (idempotent)."""
+        leases, self._leases = self._leases, {}
+        for lease in leases.values():
+            lease.close()
 
 
 class AdapterRing(ReceiveEndpoint):

@@ -88,6 +88,22 @@ def test_a_share_command_repeated_is_answered_as_the_first(make_machine):
         assert reply["ok"] is False and "already sending" in reply["message"], reply
 
 
+def test_a_share_repeated_after_its_traffic_ended_sends_nothing_again(make_machine):
+    """The repeat of a share whose traffic already ended (its reply lost, the traffic short)
+    is answered as the first was: the share is not sent twice."""
+    m = make_machine(small_config(2))
+    command = {"cmd": "traffic", "peers": [2], "flows": ["fig11"], "size": 512, "packets": 20,
+               "share": 77}
+    assert m.call(1, command) == {"ok": True}
+
+    def stats() -> dict:
+        return m.call(1, {"cmd": "stats"})["stats"]
+
+    wait_for(lambda: stats()["sender_done"], what="the share's 20 packets sent")
+    assert m.call(1, command) == {"ok": True, "repeated": True}
+    assert sum(stats()["sent"].values()) == 20 and stats()["sender_done"]
+
+
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("flow", ["fig11", "fig12"])
 def test_adapter_killed_under_load(make_machine, flow, batch):

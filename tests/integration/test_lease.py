@@ -194,3 +194,16 @@ def test_the_thread_holding_a_lease_loan_gets_loan_held_instead_of_waiting_for_i
         assert reply["error"] == "LoanHeld" and "network ID 2" in reply["message"], reply
     assert m.call(1, {"cmd": "lease_loan_end", "dst": 2})["ok"]
     assert received(m, 2, 1) == [(1, 1, b"held")]
+
+
+def test_a_bench_run_refused_at_its_start_keeps_no_lease(make_machine):
+    """The bench's fig12-lease takes its leases when a run starts: one it cannot take (the lock
+    is held by another partition's grant) refuses the run, and the leases it did take are
+    given back at once (before, they stayed with the partition until someone recalled them)."""
+    m = make_machine(small_config(3))
+    assert m.call(2, {"cmd": "hold_grant", "dst": 3, "count": 100})["ok"]
+    assert m.call(1, {"cmd": "bench_open", "transport": "fig12-lease"})["ok"]
+    reply = m.call(1, {"cmd": "bench_send", "transport": "fig12-lease", "peers": [2, 3],
+                       "size": 64, "packets": 10, "send_timeout": 0.5})
+    assert reply["ok"] is False and reply["error"] == "LockTimeout", reply
+    assert m.adapter_stats()["locks"]["2"] == "free"  # the lease on 2 was given back
