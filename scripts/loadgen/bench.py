@@ -294,9 +294,9 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     relative_to_tcp(runs)
     results["method"] = {
         "T": "packets delivered and verified (Pattern.check) at the receivers",
-        "C": "user+system CPU seconds (psutil) of all partitions, the adapter (fig11, fig12, "
-             "fig12-loan), "
-             "the virtual switch (vswitch) and the bench process, since the run started",
+        "C": "user+system CPU seconds (psutil) of all partitions, the adapter (every fig11* "
+             "and fig12* transport), the virtual switch (vswitch) and the bench process, "
+             "since the run started",
         "S": "least-squares slope of T over C on the samples taken while every sender was "
              f"still sending, minus the first {options.warmup:.0%} and last {options.tail:.0%} "
              "of them (all samples if fewer than 3 remain)",

@@ -5,7 +5,7 @@ measured" with the reason when the run lacks an operand (never left out). Transp
 by name, so adapter paths added later count without a change here:
 
 * an adapter path is any transport whose name starts with fig11 or fig12 (fig11, fig12,
-  fig12-loan, fig11-sync, fig12-sync), at any batch;
+  fig12-loan, fig12-lease, fig11-sync, fig12-sync), at any batch;
 * the peers are what a user would pick instead (iceoryx2, zmq, pipe, tcp, vswitch), each at
   its own best batch.
 
