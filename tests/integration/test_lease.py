@@ -206,4 +206,5 @@ def test_a_bench_run_refused_at_its_start_keeps_no_lease(make_machine):
     reply = m.call(1, {"cmd": "bench_send", "transport": "fig12-lease", "peers": [2, 3],
                        "size": 64, "packets": 10, "send_timeout": 0.5})
     assert reply["ok"] is False and reply["error"] == "LockTimeout", reply
-    assert m.adapter_stats()["locks"]["2"] == "free"  # the lease on 2 was given back
+    wait_for(lambda: m.adapter_stats()["locks"]["2"] == "free",  # the lease on 2 given back
+             what="the lease on network ID 2 given back")
