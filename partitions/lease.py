@@ -56,6 +56,17 @@ from partitions.loan import Loan, LoanHeld, LoanRun
 LoanT = TypeVar("LoanT", bound=Loan)
 
 
+def refuse_if_lent(driver: Driver, what: str) -> None:
+    """LoanHeld if the calling thread holds a loan under any lease of `driver`: `what` would
+    wait for that loan itself (Port and Lease ask; one read of an empty set otherwise)."""
+    if driver.lent_leases:
+        leased = driver.lent_by(threading.get_ident())
+        if leased is not None:
+            raise LoanHeld(f"{what}: this thread holds a loan under the lease on network ID "
+                           f"{leased.dst_id}; commit or give it back first (the {what} would "
+                           f"wait for the loan itself)")
+
+
 class LeaseClosed(XpmoveError):
     """A send on a lease that was closed (never on the wire: the adapter does not see it)."""
 
@@ -131,12 +142,7 @@ class Lease:
         if self._closed:
             raise LeaseClosed(f"{what}: the lease on network ID {self.dst} is closed; nothing "
                               f"was sent")
-        # (a loan under ANY lease of this port: another Lease object may share this one)
-        if self._driver.lent_leases:
-            leased = self._driver.lent_by(threading.get_ident())
-            if leased is not None:
-                raise LoanHeld(f"{what}: this thread holds a loan under the lease on network "
-                               f"ID {leased.dst_id}; commit or give it back first")
+        refuse_if_lent(self._driver, what)  # another Lease object may share this one
 
     # -- loans under the lease: filled in place, committed with no request ------------------
     def loan(self, count: int, timeout: float | None = None,
@@ -177,8 +183,7 @@ class Lease:
         driver = self._driver
 
         def attempt(reply_by: float | None) -> Granted | XpmoveError:
-            held = self._holding(reply_by) if self._held is None or not self._held.held \
-                else self._held
+            held = self._holding(reply_by)  # the held lease at once, else a LEASE request
             if isinstance(held, XpmoveError):
                 return held
             return driver.lease_loan(held, count, run, uninit)

@@ -186,13 +186,8 @@ class Leasing(DriverParts):
             try:
                 seq = receive_area.commit_record(words, self.physical, dst, ring, me,
                                                  lease.src_index, lease.seq_word, data)
-            except RingCorrupt as exc:
-                self._give_back(lease)
-                return exc
-            except XpmoveError as exc:  # no room: the lease stays, the receiver drains
-                if words[ring.recall] == token:  # ... unless another sender waits
-                    self._give_back(lease)
-                return exc
+            except XpmoveError as exc:
+                return self._refused(lease, exc)
             if words[ring.recall] == token:  # another sender waits: after this packet, it
                 self._give_back(lease)  # goes first (each grant carries at least one)
         receive_area.ring_doorbell(words, ring, lease.bell)
@@ -216,13 +211,8 @@ class Leasing(DriverParts):
             try:
                 receive_area.check_commit_words(words, dst, ring, head, tail, lease.seq_word)
                 r = reserve(head, tail, dst.receive_size, count)
-            except RingCorrupt as exc:
-                self._give_back(lease)
-                return exc
-            except XpmoveError as exc:  # no room: as lease_send
-                if words[ring.recall] == lease.token:
-                    self._give_back(lease)
-                return exc
+            except XpmoveError as exc:
+                return self._refused(lease, exc)
             address = dst.receive_base + r.payload_position
             size, records = count, 1
             if run is not None:
@@ -300,6 +290,14 @@ class Leasing(DriverParts):
         words = self.words
         return (words[ring.token] == token and words[ring.released] != token
                 and receive_area.read_holder(words, dst) == self.network_id)
+
+    def _refused(self, lease: HeldLease, exc: XpmoveError) -> XpmoveError:
+        """lease.mutex held, a commit or loan refused by the words (nothing written): a
+        corrupt word gives the lease back (the adapter then finds the words too); no room
+        keeps it, the receiver drains, unless another sender waits."""
+        if isinstance(exc, RingCorrupt) or self.words[lease.ring.recall] == lease.token:
+            self._give_back(lease)
+        return exc
 
     def _give_back(self, lease: HeldLease) -> None:
         """lease.mutex held: the holder's proof, then the post of the lock (Fig 12 1205)."""

@@ -35,7 +35,7 @@ from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
 from partitions.blocks import BlockHandler
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
-from partitions.lease import Lease
+from partitions.lease import Lease, refuse_if_lent
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
 from partitions.memory import PartitionView
@@ -390,12 +390,7 @@ class Port:
             raise LoanHeld(f"{what}: this thread holds a loan to network ID {loan.dst} "
                            f"({loan.size} bytes); commit or give it back first (the {what} "
                            f"would wait for the loan itself)")
-        if self._driver.lent_leases:
-            leased = self._driver.lent_by(threading.get_ident())
-            if leased is not None:
-                raise LoanHeld(f"{what}: this thread holds a loan under the lease on network "
-                               f"ID {leased.dst_id}; commit or give it back first (the {what} "
-                               f"would wait for the loan itself)")
+        refuse_if_lent(self._driver, what)
 
     # -- leases: standing grants (partitions/lease.py) ----------------------------------------
     def lease(self, dst: int, timeout: float | None = None,

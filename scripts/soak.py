@@ -49,14 +49,14 @@ from scripts.soak_report import (  # noqa: F401  (report_table, poison_lines: th
     report_table,
     tally,
 )
-from scripts.workload.program import PROGRAM
+from scripts.workload.program import PROGRAM, TRAFFIC_FLOWS
 
 POLL_S = 0.05  # supervision period: a death is noticed and repaired within this
 DRAIN_TIMEOUT_S = 30.0
 ADAPTER_SHARE = 0.25  # fraction of kills aimed at the adapter
 LOOK_EVERY_S = 1.0  # how often the adapter's refusals and the receivers' errors are read
 POISON_SHARE = 4  # the rogue poisons one destination in this many (at least one)
-SOAK_FLOWS = ("fig11", "fig12", "fig12-lease")  # every partition sends by each, to every other
+SOAK_FLOWS = TRAFFIC_FLOWS  # every partition sends by each (leases too), to every other
 # Machine._supervise's event for a child that died; the soak's own kills are SIGKILL
 DIED = re.compile(r"(?P<name>.+) died \(exit code (?P<code>-?\d+)\)")
 

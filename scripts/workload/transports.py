@@ -11,8 +11,8 @@ same packets with the same checks whatever carries them:
 * ``fig12-loan`` -- Fig 12 with no move: the batch is laid out as a run IN the destination's
   receive ring, lent under the grant (`Port.loan_run`); the workload fills it there and the
   loan is committed (`LoanFlow`).
-* ``fig12-lease`` -- a standing grant per destination (`Port.lease`): every packet is one
-  `lease.send`, committed in the destination's ring by the sender's driver with no request
+* ``fig12-lease`` -- a standing grant per destination (`Port.lease`), no request at all: a
+  lone packet is one `lease.send`, a batch one run loaned under the lease and filled in place
   (`LeaseFlow`).
 * ``tcp`` -- prior art, partitions talk to each other directly over TCP on loopback
   (`TcpLinks` to send, `TcpListener` to receive).
