@@ -37,7 +37,6 @@ What keeps it safe:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -46,7 +45,7 @@ import posix_ipc
 
 from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
-from adapter.protocol import Move, Op, Result
+from adapter.protocol import Move, Op
 from adapter.ring import KIND_RECORD, KIND_RUN, RUN_DESCRIPTOR, Reservation, reserve
 from partitions.driver_parts import DriverParts
 from partitions.lending import Granted
@@ -111,9 +110,6 @@ class Leasing(DriverParts):
 
         @staticmethod
         def _slot_wait(reply_by: float | None) -> float: ...
-
-        def _survive_restart(self, op: int, moves: Sequence[Move],
-                             reply_by: float | None = None) -> tuple[Result, ...]: ...
 
     def take_lease(self, dst_id: int, reply_by: float | None = None) -> HeldLease | XpmoveError:
         """The lease on `dst_id`: the one held, or a LEASE request for it (parked by the

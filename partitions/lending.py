@@ -14,14 +14,13 @@ next request as proof that it is not mid-move and takes the grant back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
-from adapter.protocol import Move, Op, Result
+from adapter.protocol import Move, Op
 from adapter.ring import RUN_DESCRIPTOR
 from partitions.driver_parts import DriverParts
 
@@ -47,10 +46,6 @@ class Lending(DriverParts):
     """Driver's methods for loans; the methods below come from Driver."""
 
     if TYPE_CHECKING:
-
-        def _survive_restart(self, op: int, moves: Sequence[Move],
-                             reply_by: float | None = None) -> tuple[Result, ...]: ...
-
         def _free_grant(self, dst: int, committed: bool) -> None: ...
 
     def _take_slot(self, wait: float) -> LockTimeout | None:
