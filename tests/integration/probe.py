@@ -30,7 +30,7 @@ from adapter.protocol import (
     encode_request,
 )
 from adapter.ring import RUN_DESCRIPTOR, align
-from partitions import driver as driver_module
+from partitions import requesting as requesting_module
 from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.lease import Lease
 from partitions.loan import Loan, LoanRun
@@ -291,13 +291,13 @@ class Probe:
             sender.join(float(msg.get("join", 30.0)))
             return out[0] if out else {"ok": False, "error": "the sending thread hung"}
         writers: list[str] = []
-        encode = driver_module.encode_request
+        encode = requesting_module.encode_request
 
         def watched(*args, **kwargs):
             writers.append(threading.current_thread().name)
             return encode(*args, **kwargs)
 
-        driver_module.encode_request = watched
+        requesting_module.encode_request = watched
         try:
             for i in range(int(msg["count"])):
                 self.port.send(int(msg["dst"]), cork_payload(i, int(msg["length"])),
@@ -305,7 +305,7 @@ class Probe:
                 if not self.port.flush(10.0):
                     return {"ok": False, "error": f"send {i} not flushed in 10 s"}
         finally:
-            driver_module.encode_request = encode
+            requesting_module.encode_request = encode
         return {"ok": True, "writers": writers, "me": threading.current_thread().name}
 
     def cmd_flush(self, msg: dict) -> dict:
