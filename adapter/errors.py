@@ -138,7 +138,11 @@ def describe(
     messages = {
         Status.UNKNOWN_ID: f"unknown destination network ID {dst_id} ({move})",
         Status.OWN_ID: f"destination network ID {dst_id} is the sender's own ({move})",
-        Status.BAD_COUNT: f"count {count} must be > 0 ({move})",
+        Status.BAD_COUNT: (
+            f"count {count} must be > 0 ({move})" if count < 1 else
+            f"count {count} was refused: a run's descriptor must name packets that tile it "
+            f"exactly, each padded to 8 bytes, no more than a request may carry ({move})"
+        ),
         Status.BAD_OFFSET: f"source offset {offset} must be >= 0 ({move})",
         Status.OUT_OF_BOUNDS: (
             f"source range [{offset}, {offset + count}) exceeds the region of network ID "

@@ -145,6 +145,15 @@ MAX_RUN_RECORDS = 32768  # packets one request may carry in runs (a ring may bou
 MIN_RUN = RUN_DESCRIPTOR.size + ALIGN  # the smallest run: a descriptor and one 1-byte packet
 
 
+def check_run_shape(packets: int, length: int, what: str) -> None:
+    """BadCount naming the values unless a run of `packets` packets of `length` bytes is one
+    a request may carry (1..MAX_RUN_RECORDS packets, each >= 1 byte): checked where the
+    program names them, since the adapter's refusal reaches it only as a status code."""
+    if not 1 <= packets <= MAX_RUN_RECORDS or length < 1:
+        raise BadCount(f"{what}: a run holds 1..{MAX_RUN_RECORDS} packets of >= 1 byte each "
+                       f"(got {packets} packets of {length} bytes)")
+
+
 def check_run(count: int, packets: int, packet_length: int,
               max_packets: int = MAX_RUN_RECORDS) -> int:
     """The packet stride of a run of `count` bytes that its descriptor says holds `packets`

@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from adapter.errors import BadCount, TooLarge, XpmoveError
-from adapter.ring import MAX_RUN_RECORDS, RUN_DESCRIPTOR, align
+from adapter.ring import RUN_DESCRIPTOR, align, check_run_shape
 from partitions.driver import Driver, Sent, retrying
 from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
@@ -164,8 +164,7 @@ class Lease:
         count = length if packets == 1 else RUN_DESCRIPTOR.size + packets * align(length)
         what = f"loan_run of {packets} packets of {length} bytes under the lease on network " \
                f"ID {self.dst}"
-        if packets < 1 or length < 1 or packets > MAX_RUN_RECORDS:
-            raise BadCount(f"{what}: packets must be 1..{MAX_RUN_RECORDS}, length >= 1")
+        check_run_shape(packets, length, what)
         if count > self._max_record:
             raise TooLarge(f"{what}: {count} bytes, its records hold at most "
                            f"{self._max_record}")

@@ -31,7 +31,7 @@ from typing import Literal, NamedTuple, TypeVar, overload
 
 from adapter.errors import BadCount, OwnNetworkId, TooLarge, UnknownNetworkId, XpmoveError
 from adapter.protocol import Flow
-from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, max_payload
+from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, check_run_shape, max_payload
 from partitions.blocks import BlockHandler
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
@@ -229,6 +229,7 @@ class Port:
             raise BadCount("send_batch: no packets")
         self._check_no_loan("send_batch")
         length = len(memoryview(packets[0]).cast("B"))
+        check_run_shape(len(packets), length, f"send_batch to network ID {dst}")
         with self._staging:
             self._flush_before_sync()
             run = Run(0, len(packets), length)
@@ -248,8 +249,7 @@ class Port:
         run = Run(offset, packets, length)
         if offset % ALIGN:
             raise BadCount(f"run offset {offset} is not a multiple of {ALIGN}")
-        if packets < 1 or length < 1:
-            raise BadCount(f"run of {packets} packets of {length} bytes: both must be >= 1")
+        check_run_shape(packets, length, f"run_at({offset}, {packets}, {length})")
         self.memory.buffer(offset, run.size)  # raises OutOfBounds naming the range
         return run
 
@@ -258,6 +258,7 @@ class Port:
         """Send a run laid out in own memory (see `run_at`): its descriptor is written here,
         the packets move as they are. A run of one packet is sent as a plain move.
         Synchronous: it goes after everything queued before it."""
+        check_run_shape(run.packets, run.length, f"send_run to network ID {dst}")
         self._flush_before_sync()
         if run.packets == 1:
             return self._send(dst, run.packet_offset(0), run.length, flow, False, timeout,
@@ -334,8 +335,9 @@ class Port:
         in `loan.packet(i)`, then commit (ONE record of `packets` sequence numbers). As a
         context manager it gives the loan itself. `uninit` as for `loan`."""
         self._check_no_loan("loan_run")
-        self._check_loan_args(dst, min(packets, length),
-                              f"loan_run of {packets} packets of {length} bytes")
+        what = f"loan_run of {packets} packets of {length} bytes"
+        self._check_loan_args(dst, min(packets, length), what)
+        check_run_shape(packets, length, what)
 
         def lent(granted: Granted) -> LoanRun:
             return LoanRun(self._driver, granted, self._loan_ended, packets, length)
