@@ -20,8 +20,8 @@ of one size are measured back to back under the same conditions:
   skipped with a note.
 
 The same partition processes, running the built-in workload program (scripts/workload/), send
-the same packets (pattern.py) and verify every one with the same check; transports.py holds
-all per-transport code.
+the same packets (pattern.py) and verify every one with the same check; transports.py and the
+modules it names hold all per-transport code.
 
 While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and verified, asked
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
@@ -82,12 +82,10 @@ from scripts.loadgen.report import (
 )
 from scripts.loadgen.runs import Bench, RunPlan, VSwitchProcess
 from scripts.workload import peers as peer_transports
+from scripts.workload.frames import FRAME
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 from scripts.workload.traffic import TIME_EVERY
-from scripts.workload.transports import (
-    FRAME,
-)
 
 
 @dataclass

@@ -50,16 +50,12 @@ import numpy as np
 
 from hypervisor.config import MAX_NETWORK_ID
 from partitions.blocks import BlockHandler, as_bytes
+from scripts.workload.frames import FRAME, FrameError, FrameStamper, drain_frames
 from scripts.workload.transports import (
-    FRAME,
     Batch,
-    FrameError,
-    FrameStamper,
     ReceiveEndpoint,
     SendTransport,
     TransportError,
-    close_listener,
-    drain_frames,
     make_batch,
 )
 
@@ -219,6 +215,15 @@ class ZmqPush(FrameStamper, SendTransport):
 
 
 # -- pipe -------------------------------------------------------------------------------------
+
+
+def close_listener(selector: selectors.BaseSelector, listener: socket.socket) -> None:
+    """Take a listening socket out of its selector (if it is still in) and close it."""
+    try:
+        selector.unregister(listener)
+    except (KeyError, ValueError):
+        pass
+    listener.close()
 
 
 class PipeListener(ReceiveEndpoint):

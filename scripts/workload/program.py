@@ -28,23 +28,18 @@ from adapter.errors import XpmoveError
 from adapter.protocol import FLOWS, Flow
 from partitions.port import Port
 from scripts.workload import peers
-from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
-from scripts.workload.transports import (
+from scripts.workload.adapter_flows import (
     LEASE,
     LOAN,
-    LOOPBACK,
     SYNC_SUFFIX,
     AdapterFlow,
     AdapterRing,
     LeaseFlow,
     LoanFlow,
-    ReceiveEndpoint,
-    SendTransport,
-    SwitchPort,
-    TcpLinks,
-    TcpListener,
-    TransportError,
 )
+from scripts.workload.sockets import LOOPBACK, SwitchPort, TcpLinks, TcpListener
+from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
+from scripts.workload.transports import ReceiveEndpoint, SendTransport, TransportError
 
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # one request per packet, literally

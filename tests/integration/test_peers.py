@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from scripts.workload.transports import FRAME, BatchLayout, make_batch
+from scripts.workload.frames import FRAME
+from scripts.workload.transports import BatchLayout, make_batch
 from tests.integration.conftest import TIMEOUT
 
 pytest.importorskip("iceoryx2")

@@ -9,8 +9,9 @@ import pytest
 from hypervisor.layout import PartitionLayout
 from partitions.blocks import SMALL_BLOCK
 from partitions.memory import PartitionView
+from scripts.workload.frames import FRAME, FrameReader, FrameStamper
 from scripts.workload.traffic import TIME_EVERY, ReceiveStats, Traffic, timing_scale
-from scripts.workload.transports import FRAME, BatchLayout, FrameReader, FrameStamper, make_batch
+from scripts.workload.transports import BatchLayout, make_batch
 
 SRC, DST, SIZE = 1, 2, 64
 SPACE = 1 << 20
