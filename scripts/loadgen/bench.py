@@ -15,9 +15,9 @@ of one size are measured back to back under the same conditions:
   the bench starts next to the machine (scripts/loadgen/vswitch.py).
 * ``tcp``: the prior art without the switch, partition to partition over TCP on loopback.
 * ``zmq``, ``pipe``, ``iceoryx2``: what a Python user would pick instead (the ``peers`` extra;
-  scripts/workload/peers.py): pyzmq PUSH/PULL over ipc://, multiprocessing Connections over
-  AF_UNIX, iceoryx2 publish-subscribe with zero-copy loans. A peer whose package is missing is
-  skipped with a note.
+  scripts/workload/peers.py, iceoryx2_peer.py): pyzmq PUSH/PULL over ipc://, multiprocessing
+  Connections over AF_UNIX, iceoryx2 publish-subscribe with zero-copy loans. A peer whose
+  package is missing is skipped with a note.
 
 The same partition processes, running the built-in workload program (scripts/workload/), send
 the same packets (pattern.py) and verify every one with the same check; transports.py and the

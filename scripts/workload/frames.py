@@ -131,7 +131,7 @@ def drain_frames(view: memoryview, flat: np.ndarray, start: int, end: int,
     """Hand every whole frame in `view[start:end]` to `handler`, a block of equal frames at a
     time (`flat` is the same memory as a uint8 array). Return (frames handed over, where the
     first incomplete frame starts: `end` when none is). Pure; the peers' message receivers
-    (peers.py) and `FrameReader` share it."""
+    (peers.py, iceoryx2_peer.py) and `FrameReader` share it."""
     n = 0
     while end - start >= FRAME.size:
         _dst, source, seq, length = FRAME.unpack_from(view, start)

@@ -37,6 +37,7 @@ from scripts.workload.adapter_flows import (
     LeaseFlow,
     LoanFlow,
 )
+from scripts.workload.iceoryx2_peer import Iceoryx2Publisher, Iceoryx2Subscriber
 from scripts.workload.sockets import LOOPBACK, SwitchPort, TcpLinks, TcpListener
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import ReceiveEndpoint, SendTransport, TransportError
@@ -86,7 +87,7 @@ class Workload:
                 elif name == peers.PIPE:
                     pair = (peers.PipeListener(), peers.PipeLinks(nid))
                 else:
-                    pair = (peers.Iceoryx2Subscriber(), peers.Iceoryx2Publisher(nid))
+                    pair = (Iceoryx2Subscriber(), Iceoryx2Publisher(nid))
             except ImportError as exc:
                 raise TransportError(f"{name}: its package is not installed ({exc}); "
                                      f"pip install -e '.[peers]'") from None
@@ -137,7 +138,7 @@ class Workload:
                 self.traffic.start_receiving(self.tcp_in)
             elif transport in peers.PEERS:
                 endpoint = self._peer_endpoint(transport)
-                if isinstance(endpoint, peers.Iceoryx2Subscriber):
+                if isinstance(endpoint, Iceoryx2Subscriber):
                     reply["address"] = endpoint.open(self.port.network_id)
                 else:
                     reply["address"] = endpoint.open()  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from tests.integration.conftest import TIMEOUT
 
 pytest.importorskip("iceoryx2")
 
-from scripts.workload.peers import ICEORYX_BUFFER, Iceoryx2Publisher  # noqa: E402
+from scripts.workload.iceoryx2_peer import ICEORYX_BUFFER, Iceoryx2Publisher  # noqa: E402
 
 SAMPLES = 3 * ICEORYX_BUFFER  # more than the subscriber's buffer holds
 PAYLOAD = 64
@@ -24,7 +24,7 @@ PAYLOAD = 64
 
 def subscriber(conn) -> None:
     """Open the receiving endpoint, say its name, poll only when told, report the count."""
-    from scripts.workload.peers import Iceoryx2Subscriber
+    from scripts.workload.iceoryx2_peer import Iceoryx2Subscriber
 
     endpoint = Iceoryx2Subscriber()
     try:
