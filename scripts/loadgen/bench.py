@@ -85,7 +85,7 @@ from scripts.workload import peers as peer_transports
 from scripts.workload.frames import FRAME
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
-from scripts.workload.traffic import TIME_EVERY
+from scripts.workload.receive_check import TIME_EVERY
 
 
 @dataclass
