@@ -29,9 +29,9 @@ partitions, the adapter for the fig11*/fig12* ones, the switch for vswitch, and 
 polling is thus charged to every transport alike). S = dT/dC is fitted by
 scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was
 lost or corrupt (or a run failed), 130 when interrupted. This file is the command: its phases
-and their order. One run is runs.py; the names and options options.py; beside the runs,
-measure.py (the CPU meter, memcpy, the floor), report.py (the tables, the Markdown summary)
-and targets.py.
+and their order. One run is runs.py (the virtual switch child vswitch_process.py); the names
+and options options.py; beside the runs, measure.py (the CPU meter, memcpy, the floor),
+report.py (the tables, the Markdown summary) and targets.py.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ from scripts.loadgen.report import (
     summary_tables,
     targets_table,
 )
-from scripts.loadgen.runs import Bench, RunPlan, VSwitchProcess
+from scripts.loadgen.runs import Bench, RunPlan
+from scripts.loadgen.vswitch_process import VSwitchProcess
 from scripts.workload import peers as peer_transports
 from scripts.workload.frames import FRAME
 from scripts.workload.pattern import MIN_PACKET

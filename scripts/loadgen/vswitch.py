@@ -15,7 +15,7 @@ an acknowledgement frame; a frame whose source is not the connection's ID is dro
 spoofing), a frame to an unknown ID is dropped and counted, a malformed stream closes the
 connection.
 
-Started by the load generator (scripts/loadgen/runs.py: VSwitchProcess): prints
+Started by the load generator (scripts/loadgen/vswitch_process.py: VSwitchProcess): prints
 ``vswitch listening <host> <port>`` on stdout once ready; stops when its stdin reaches EOF
 (the parent closed it or died) and then prints one JSON line with its counters.
 """
