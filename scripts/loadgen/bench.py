@@ -15,13 +15,13 @@ of one size are measured back to back under the same conditions:
   the bench starts next to the machine (scripts/loadgen/vswitch.py).
 * ``tcp``: the prior art without the switch, partition to partition over TCP on loopback.
 * ``zmq``, ``pipe``, ``iceoryx2``: what a Python user would pick instead (the ``peers`` extra;
-  scripts/workload/peers.py): pyzmq PUSH/PULL over ipc://, multiprocessing Connections over
-  AF_UNIX, iceoryx2 publish-subscribe with zero-copy loans. A peer whose package is missing is
-  skipped with a note.
+  scripts/workload/peers.py, iceoryx2_peer.py): pyzmq PUSH/PULL over ipc://, multiprocessing
+  Connections over AF_UNIX, iceoryx2 publish-subscribe with zero-copy loans. A peer whose
+  package is missing is skipped with a note.
 
 The same partition processes, running the built-in workload program (scripts/workload/), send
-the same packets (pattern.py) and verify every one with the same check; transports.py holds
-all per-transport code.
+the same packets (pattern.py) and verify every one with the same check; transports.py and the
+modules it names hold all per-transport code.
 
 While a run goes on the bench samples, every SAMPLE_S, T (packets delivered and verified, asked
 of the receivers) and C (user + system CPU seconds, psutil, of every process on the path: all
@@ -29,9 +29,9 @@ partitions, the adapter for the fig11*/fig12* ones, the switch for vswitch, and 
 polling is thus charged to every transport alike). S = dT/dC is fitted by
 scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was
 lost or corrupt (or a run failed), 130 when interrupted. This file is the command: its phases
-and their order. One run is runs.py; the names and options options.py; beside the runs,
-measure.py (the CPU meter, memcpy, the floor), report.py (the tables, the Markdown summary)
-and targets.py.
+and their order. One run is runs.py (the virtual switch child vswitch_process.py); the names
+and options options.py; beside the runs, measure.py (the CPU meter, memcpy, the floor),
+report.py (the tables, the Markdown summary) and targets.py.
 """
 
 from __future__ import annotations
@@ -80,14 +80,13 @@ from scripts.loadgen.report import (
     summary_tables,
     targets_table,
 )
-from scripts.loadgen.runs import Bench, RunPlan, VSwitchProcess
+from scripts.loadgen.runs import Bench, RunPlan
+from scripts.loadgen.vswitch_process import VSwitchProcess
 from scripts.workload import peers as peer_transports
+from scripts.workload.frames import FRAME
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
-from scripts.workload.traffic import TIME_EVERY
-from scripts.workload.transports import (
-    FRAME,
-)
+from scripts.workload.receive_check import TIME_EVERY
 
 
 @dataclass

@@ -13,8 +13,9 @@ import psutil
 from hypervisor.machine import Machine
 from partitions.blocks import SMALL_BLOCK
 from scripts.loadgen.benchcore import BenchError
+from scripts.workload.frames import FRAME
 from scripts.workload.pattern import Pattern
-from scripts.workload.transports import FRAME, BatchLayout, make_batch
+from scripts.workload.transports import BatchLayout, make_batch
 
 MEMCPY_BLOCK = 1 << 20
 MEMCPY_SECONDS = 0.3

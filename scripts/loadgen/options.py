@@ -9,7 +9,7 @@ from pathlib import Path
 from adapter.protocol import Flow
 from scripts.loadgen import benchcore
 from scripts.workload import peers as peer_transports
-from scripts.workload.transports import LEASE, LOAN, SYNC_SUFFIX
+from scripts.workload.adapter_flows import LEASE, LOAN, SYNC_SUFFIX
 
 ADAPTER_FLOWS = tuple(f.value for f in Flow)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # batch 1 only: one request a packet

@@ -1,7 +1,7 @@
 """The virtual switch of the prior art (Fig 7B): a virtual LAN run by the hypervisor.
 
 Every partition holds one TCP connection to this process on 127.0.0.1 and sends frames
-(scripts/workload/transports.py: FRAME header with the destination and source network IDs, then the
+(scripts/workload/frames.py: FRAME header with the destination and source network IDs, then the
 payload); the switch reads each frame, looks its destination up and forwards the whole frame
 to that partition's connection. It is what a packet crosses when partitions talk through a
 network stack instead of the cross-partition adapter: two more socket copies and a user-space
@@ -15,7 +15,7 @@ an acknowledgement frame; a frame whose source is not the connection's ID is dro
 spoofing), a frame to an unknown ID is dropped and counted, a malformed stream closes the
 connection.
 
-Started by the load generator (scripts/loadgen/runs.py: VSwitchProcess): prints
+Started by the load generator (scripts/loadgen/vswitch_process.py: VSwitchProcess): prints
 ``vswitch listening <host> <port>`` on stdout once ready; stops when its stdin reaches EOF
 (the parent closed it or died) and then prints one JSON line with its counters.
 """
@@ -32,7 +32,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from scripts.workload.transports import FRAME, LOOPBACK, FrameError, FrameReader
+from scripts.workload.frames import FRAME, FrameError, FrameReader
+from scripts.workload.sockets import LOOPBACK
 
 OUT_LIMIT = 256 << 10  # bytes queued for a destination before its sources stop being read
 # (a frame is queued whenever less than OUT_LIMIT waits, so frames of any size pass)

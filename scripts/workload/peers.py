@@ -15,14 +15,7 @@ same fill and check:
   (what `multiprocessing.connection.Listener` does), and senders connect with `Client`. Not
   named FIFOs: a FIFO has one byte stream for every writer, and writes above PIPE_BUF from
   two senders (all-to-all) would interleave; a socket per sender keeps messages whole.
-* ``iceoryx2`` -- publish-subscribe with zero-copy loans: one service per receiving partition
-  (a Slice of bytes; one publisher per sender), the sender loans a sample, the workload fills
-  the batch's packets IN the sample (`loan`), `send` publishes it, and an event service of
-  the same receiver wakes its listener (one notify per sample), as iceoryx2's
-  event-based-communication example does. Before its first batch a publisher waits until the
-  subscriber has attached their connection (`_handshake`): iceoryx2 attaches it lazily, in
-  the subscriber's next `receive()`, and until then a full buffer drops samples (`send()`
-  returns 0) although the publisher retries until delivered (iceoryx2 issue #305).
+* ``iceoryx2`` -- publish-subscribe with zero-copy loans: iceoryx2_peer.py.
 
 Optional packages: pyzmq and iceoryx2 (the ``peers`` extra). `available()` says which peers
 can run here; the bench skips the others with a note.
@@ -30,17 +23,13 @@ can run here; the bench skips the others with a note.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import selectors
 import shutil
 import socket
-import struct
 import tempfile
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from multiprocessing.connection import BufferTooShort, Client, Connection
@@ -48,30 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from hypervisor.config import MAX_NETWORK_ID
 from partitions.blocks import BlockHandler, as_bytes
-from scripts.workload.transports import (
-    FRAME,
-    Batch,
-    FrameError,
-    FrameStamper,
-    ReceiveEndpoint,
-    SendTransport,
-    TransportError,
-    close_listener,
-    drain_frames,
-    make_batch,
-)
+from scripts.workload.frames import FrameError, FrameStamper, drain_frames
+from scripts.workload.transports import Batch, ReceiveEndpoint, SendTransport, TransportError
 
 ZMQ, PIPE, ICEORYX2 = "zmq", "pipe", "iceoryx2"
 PEERS = (ZMQ, PIPE, ICEORYX2)
 # the importable module each peer needs (None: the standard library is enough)
 PEER_MODULES: dict[str, str | None] = {ZMQ: "zmq", PIPE: None, ICEORYX2: "iceoryx2"}
 RECEIVE_BUFFER = 1 << 20  # grows to the largest message seen
-ICEORYX_BUFFER = 64  # samples a subscriber holds before a publisher waits
-ICEORYX_CONNECT_S = 5.0  # how long a publisher waits to see its subscriber
-ICEORYX_PUBLISHERS = 64
-HELLO = struct.Struct("<I")  # a publisher's first sample: its network ID, shorter than a FRAME
 
 
 def installed(module: str | None, find: Callable[[str], object] = importlib.util.find_spec
@@ -95,7 +69,7 @@ def run_dir() -> str:
     return tempfile.mkdtemp(prefix="xpmove-peer-")
 
 
-def _check_whole(n_end: int, end: int, what: str) -> None:
+def check_whole(n_end: int, end: int, what: str) -> None:
     if n_end != end:
         raise FrameError(f"{what}: a message ends inside a frame ({end - n_end} bytes left)")
 
@@ -113,7 +87,7 @@ class _MessageBuffer:
 
     def drain(self, n: int, handler: BlockHandler, what: str) -> int:
         count, end = drain_frames(self.view, self.flat, 0, n, handler)
-        _check_whole(end, n, what)
+        check_whole(end, n, what)
         return count
 
 
@@ -156,7 +130,7 @@ class ZmqPull(ReceiveEndpoint):
             view = message.buffer
             count, end = drain_frames(view, np.frombuffer(view, np.uint8), 0, len(view),
                                       handler)
-            _check_whole(end, len(view), "zmq")
+            check_whole(end, len(view), "zmq")
             n += count
 
     def close(self) -> None:
@@ -219,6 +193,15 @@ class ZmqPush(FrameStamper, SendTransport):
 
 
 # -- pipe -------------------------------------------------------------------------------------
+
+
+def close_listener(selector: selectors.BaseSelector, listener: socket.socket) -> None:
+    """Take a listening socket out of its selector (if it is still in) and close it."""
+    try:
+        selector.unregister(listener)
+    except (KeyError, ValueError):
+        pass
+    listener.close()
 
 
 class PipeListener(ReceiveEndpoint):
@@ -328,245 +311,3 @@ class PipeLinks(FrameStamper, SendTransport):
         conns, self._conns = self._conns, {}
         for conn in conns.values():
             conn.close()
-
-
-# -- iceoryx2 ---------------------------------------------------------------------------------
-
-
-class Iceoryx2Node:
-    """The process's one iceoryx2 node (created on first use, signal handling left to us)."""
-
-    _node: Any = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def get(cls) -> Any:
-        with cls._lock:
-            if cls._node is None:
-                import iceoryx2 as iox2
-
-                iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
-                cls._node = (iox2.NodeBuilder.new()
-                             .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
-                             .create(iox2.ServiceType.Ipc))
-            return cls._node
-
-
-def _services(name: str) -> tuple[Any, Any, Any]:
-    """(publish-subscribe service, wake event service, attached event service) of one receiving
-    partition, created or opened with the same settings on both sides. Publishers notify
-    `wake` after each sample; the subscriber notifies `attached` (event ID: the publisher's
-    network ID) when it has received a publisher's hello."""
-    import iceoryx2 as iox2
-
-    node = Iceoryx2Node.get()
-    data = (node.service_builder(iox2.ServiceName.new(name))
-            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-            .max_publishers(ICEORYX_PUBLISHERS)
-            .subscriber_max_buffer_size(ICEORYX_BUFFER)
-            .enable_safe_overflow(False)  # a full subscriber makes the publisher wait
-            .open_or_create())
-    wake = (node.service_builder(iox2.ServiceName.new(name + "/wake"))
-            .event().max_notifiers(ICEORYX_PUBLISHERS).open_or_create())
-    attached = (node.service_builder(iox2.ServiceName.new(name + "/attached"))
-                .event().max_listeners(ICEORYX_PUBLISHERS).event_id_max_value(MAX_NETWORK_ID)
-                .open_or_create())
-    return data, wake, attached
-
-
-def _await_subscriber(data: Any, publisher: Any, dst: int) -> None:
-    """Wait until `publisher` is connected to the destination's subscriber: iceoryx2 connects
-    ports lazily, and a sample sent before that reaches nobody (`send()` returns 0) and would be
-    counted as lost."""
-    deadline = time.monotonic() + ICEORYX_CONNECT_S
-    while data.dynamic_config.number_of_subscribers < 1:
-        if time.monotonic() >= deadline:
-            raise TransportError(f"iceoryx2: partition {dst}'s subscriber did not appear "
-                                 f"within {ICEORYX_CONNECT_S} s")
-        time.sleep(0.001)  # polling another process's registration, with a deadline
-    publisher.update_connections()
-
-
-def _handshake(publisher: Any, notifier: Any, attached: Any, network_id: int, dst: int) -> None:
-    """Send a hello and wait until the subscriber says it received it: only then is the
-    connection attached on its side, and only from then on does RetryUntilDelivered hold (a
-    sample that finds the buffer full before that is dropped: `send()` returns 0). The
-    subscriber attaches in its next `receive()`, so the wake notify is repeated until the
-    answer comes, within ICEORYX_CONNECT_S."""
-    import iceoryx2 as iox2
-
-    sample = publisher.loan_slice_uninit(HELLO.size)
-    HELLO.pack_into(sample.payload().as_memory_view().cast("B"), 0, network_id)
-    sample.assume_init().send()
-    deadline = time.monotonic() + ICEORYX_CONNECT_S
-    step = iox2.Duration.from_millis(10)
-    while True:
-        notifier.notify()
-        if any(a.id.as_value == network_id for a in attached.timed_wait(step)):
-            return
-        if time.monotonic() >= deadline:
-            raise TransportError(f"iceoryx2: partition {dst}'s subscriber did not take the "
-                                 f"hello of partition {network_id} within "
-                                 f"{ICEORYX_CONNECT_S} s")
-
-
-def _release(*ports: Any) -> None:
-    for port in ports:
-        if port is not None:
-            port.delete()
-
-
-class Iceoryx2Subscriber(ReceiveEndpoint):
-    """This partition's service: one subscriber, woken by its listener; each sample is one batch
-    of frames, checked in the sample's memory and then released."""
-
-    channel = ICEORYX2
-
-    def __init__(self) -> None:
-        self._sub: Any = None
-        self._listener: Any = None
-        self._attached: Any = None  # notifier: answers a publisher's hello
-        self._services: tuple = ()
-
-    def open(self, network_id: int) -> str:
-        self.close()
-        name = f"xpmove/{uuid.uuid4().hex}/{network_id}"
-        self._services = data, wake, attached = _services(name)
-        self._sub = data.subscriber_builder().buffer_size(ICEORYX_BUFFER).create()
-        self._listener = wake.listener_builder().create()
-        self._attached = attached.notifier_builder().create()
-        return name
-
-    def poll(self, handler: BlockHandler, timeout: float) -> int:
-        import iceoryx2 as iox2
-
-        sub, listener = self._sub, self._listener
-        if sub is None:
-            return 0
-        n = self._drain(sub, handler)
-        if n:
-            listener.try_wait()
-            return n
-        listener.timed_wait(iox2.Duration.from_secs_f64(timeout))
-        return self._drain(sub, handler)
-
-    def _drain(self, sub: Any, handler: BlockHandler) -> int:
-        n = 0
-        while (sample := sub.receive()) is not None:
-            try:
-                payload = sample.payload()
-                size = payload.len()
-                view = payload.as_memory_view().cast("B")
-                if size < FRAME.size:  # a publisher's hello: this connection is attached
-                    self._answer(view, size)
-                    continue
-                count, end = drain_frames(view, np.frombuffer(view, np.uint8), 0, size, handler)
-                _check_whole(end, size, "iceoryx2")
-                n += count
-            finally:
-                sample.delete()
-        return n
-
-    def _answer(self, view: memoryview, size: int) -> None:
-        import iceoryx2 as iox2
-
-        if size != HELLO.size:
-            raise FrameError(f"iceoryx2: a sample of {size} bytes is neither a hello "
-                             f"({HELLO.size}) nor a frame (>= {FRAME.size})")
-        (network_id,) = HELLO.unpack_from(view)
-        self._attached.notify_with_custom_event_id(iox2.EventId.new(network_id))
-
-    def close(self) -> None:
-        _release(self._sub, self._listener, self._attached)
-        self._sub = self._listener = self._attached = None
-        self._services = ()
-
-
-class Iceoryx2Publisher(FrameStamper, SendTransport):
-    """A publisher and a notifier per destination service. `loan` lends a sample laid out as the
-    batch; the workload fills it in place; `send` stamps the frames and publishes it."""
-
-    name = channel = ICEORYX2
-
-    def __init__(self, network_id: int):
-        super().__init__(network_id)
-        self._names: dict[int, str] = {}
-        self._ports: dict[int, tuple[Any, Any]] = {}  # publisher, notifier
-        self._services: dict[int, tuple[Any, Any, Any]] = {}
-        self._loaned: Any = None
-
-    def connect(self, names: dict[int, str]) -> None:
-        self._names.update(names)
-
-    def _ports_for(self, dst: int, span: int) -> tuple[Any, Any]:
-        ports = self._ports.get(dst)
-        if ports is None:
-            import iceoryx2 as iox2
-
-            try:
-                data, wake, attached = self._services[dst] = _services(self._names[dst])
-                answers = attached.listener_builder().create()  # before the hello is sent
-                publisher = notifier = None
-                try:
-                    publisher = (data.publisher_builder().initial_max_slice_len(span)
-                                 .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
-                                 .backpressure_strategy(
-                                     iox2.BackpressureStrategy.RetryUntilDelivered)
-                                 .create())
-                    notifier = wake.notifier_builder().create()
-                    _await_subscriber(data, publisher, dst)
-                    _handshake(publisher, notifier, answers, self.network_id, dst)
-                except BaseException:
-                    _release(publisher, notifier)
-                    raise
-                finally:
-                    answers.delete()
-                ports = self._ports[dst] = (publisher, notifier)
-            except (KeyError, TransportError):
-                raise
-            except Exception as exc:
-                raise TransportError(f"iceoryx2: cannot publish to partition {dst}: "
-                                     f"{exc}") from None
-        return ports
-
-    def loan(self, dst: int, batch: Batch) -> Batch:
-        span = len(batch.span)
-        publisher, _ = self._ports_for(dst, span)
-        sample = publisher.loan_slice_uninit(span)
-        self._loaned = sample
-        view = sample.payload().as_memory_view().cast("B")
-        return make_batch(view, len(batch.slots[0].payload), batch.layout, len(batch.slots))
-
-    def send(self, dst: int, batch: Batch, errors: Counter, timeout: float,
-             stop: threading.Event) -> int:
-        n = len(batch.slots)
-        sample, self._loaned = self._loaned, None
-        if sample is None:  # not loaned: copy the batch into a sample
-            loaned = self.loan(dst, batch)
-            loaned.span[:] = batch.span
-            sample, self._loaned = self._loaned, None
-            batch = loaned
-        _, notifier = self._ports[dst]
-        last = self.stamp(dst, batch)
-        try:
-            reached = sample.assume_init().send()
-            notifier.notify()
-        except Exception as exc:  # iceoryx2's SendError and NotifierNotifyError
-            errors[type(exc).__name__] += n
-            return 0
-        if not reached:  # iceoryx2 dropped it (seen under back-pressure at batch 1): not
-            # sent, reported as an error; the numbers are used again, so no gap follows
-            errors["iceoryx2: sample reached no subscriber"] += n
-            return 0
-        self.stamped(dst, last)
-        return n
-
-    def close(self) -> None:
-        ports, self._ports = self._ports, {}
-        if self._loaned is not None:
-            self._loaned.delete()
-            self._loaned = None
-        for publisher, notifier in ports.values():
-            _release(publisher, notifier)
-        self._services.clear()
-        self._names.clear()

@@ -28,23 +28,19 @@ from adapter.errors import XpmoveError
 from adapter.protocol import FLOWS, Flow
 from partitions.port import Port
 from scripts.workload import peers
-from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
-from scripts.workload.transports import (
+from scripts.workload.adapter_flows import (
     LEASE,
     LOAN,
-    LOOPBACK,
     SYNC_SUFFIX,
     AdapterFlow,
     AdapterRing,
     LeaseFlow,
     LoanFlow,
-    ReceiveEndpoint,
-    SendTransport,
-    SwitchPort,
-    TcpLinks,
-    TcpListener,
-    TransportError,
 )
+from scripts.workload.iceoryx2_peer import Iceoryx2Publisher, Iceoryx2Subscriber
+from scripts.workload.sockets import LOOPBACK, SwitchPort, TcpLinks, TcpListener
+from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
+from scripts.workload.transports import ReceiveEndpoint, SendTransport, TransportError
 
 ADAPTER_FLOWS = tuple(f.value for f in FLOWS)
 SYNC_FLOWS = tuple(f + SYNC_SUFFIX for f in ADAPTER_FLOWS)  # one request per packet, literally
@@ -91,7 +87,7 @@ class Workload:
                 elif name == peers.PIPE:
                     pair = (peers.PipeListener(), peers.PipeLinks(nid))
                 else:
-                    pair = (peers.Iceoryx2Subscriber(), peers.Iceoryx2Publisher(nid))
+                    pair = (Iceoryx2Subscriber(), Iceoryx2Publisher(nid))
             except ImportError as exc:
                 raise TransportError(f"{name}: its package is not installed ({exc}); "
                                      f"pip install -e '.[peers]'") from None
@@ -142,7 +138,7 @@ class Workload:
                 self.traffic.start_receiving(self.tcp_in)
             elif transport in peers.PEERS:
                 endpoint = self._peer_endpoint(transport)
-                if isinstance(endpoint, peers.Iceoryx2Subscriber):
+                if isinstance(endpoint, Iceoryx2Subscriber):
                     reply["address"] = endpoint.open(self.port.network_id)
                 else:
                     reply["address"] = endpoint.open()  # type: ignore[attr-defined]

@@ -10,12 +10,13 @@ from collections import Counter
 
 import pytest
 
-from scripts.workload.transports import FRAME, BatchLayout, make_batch
+from scripts.workload.frames import FRAME
+from scripts.workload.transports import BatchLayout, make_batch
 from tests.integration.conftest import TIMEOUT
 
 pytest.importorskip("iceoryx2")
 
-from scripts.workload.peers import ICEORYX_BUFFER, Iceoryx2Publisher  # noqa: E402
+from scripts.workload.iceoryx2_peer import ICEORYX_BUFFER, Iceoryx2Publisher  # noqa: E402
 
 SAMPLES = 3 * ICEORYX_BUFFER  # more than the subscriber's buffer holds
 PAYLOAD = 64
@@ -23,7 +24,7 @@ PAYLOAD = 64
 
 def subscriber(conn) -> None:
     """Open the receiving endpoint, say its name, poll only when told, report the count."""
-    from scripts.workload.peers import Iceoryx2Subscriber
+    from scripts.workload.iceoryx2_peer import Iceoryx2Subscriber
 
     endpoint = Iceoryx2Subscriber()
     try:

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, check_run
-from scripts.workload.transports import FRAME, BatchLayout, batch_capacity, make_batch
+from scripts.workload.frames import FRAME
+from scripts.workload.transports import BatchLayout, batch_capacity, make_batch
 
 RUN = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN)  # a multiple-write run (adapter flows)
 FRAMES = BatchLayout(FRAME.size)  # socket frames

@@ -9,7 +9,7 @@ import pytest
 
 from partitions import blocks
 from partitions.blocks import SMALL_BLOCK
-from scripts.workload.transports import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
+from scripts.workload.frames import FRAME, GREEDY_READ, LARGE_FRAME, FrameError, FrameReader
 
 
 def frame(dst: int, src: int, seq: int, payload: bytes) -> bytes:

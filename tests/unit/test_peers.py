@@ -7,8 +7,9 @@ import pytest
 
 from partitions.blocks import as_bytes
 from scripts.loadgen.benchcore import installed_transports
+from scripts.workload.frames import FRAME, FrameError, drain_frames
 from scripts.workload.peers import PEER_MODULES, PEERS, available, installed
-from scripts.workload.transports import FRAME, BatchLayout, FrameError, drain_frames, make_batch
+from scripts.workload.transports import BatchLayout, make_batch
 
 
 def fake_find(present: set[str]):

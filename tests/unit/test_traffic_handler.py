@@ -1,6 +1,7 @@
-"""The workload's receive handler (Traffic): what it counts for intact, corrupt, duplicate and
-out-of-order blocks, short (memoryviews, one check each) and long (rows, one check_block), and
-the sampled fill/check timing. Frames go through the real FrameStamper and FrameReader."""
+"""The workload's receive handler (receive_check.make_handler): what it counts for intact,
+corrupt, duplicate and out-of-order blocks, short (memoryviews, one check each) and long (rows,
+one check_block), and the sampled fill/check timing. Frames go through the real FrameStamper
+and FrameReader."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 from hypervisor.layout import PartitionLayout
 from partitions.blocks import SMALL_BLOCK
 from partitions.memory import PartitionView
-from scripts.workload.traffic import TIME_EVERY, ReceiveStats, Traffic, timing_scale
-from scripts.workload.transports import FRAME, BatchLayout, FrameReader, FrameStamper, make_batch
+from scripts.workload.frames import FRAME, FrameReader, FrameStamper
+from scripts.workload.receive_check import TIME_EVERY, ReceiveStats, make_handler, timing_scale
+from scripts.workload.traffic import Traffic
+from scripts.workload.transports import BatchLayout, make_batch
 
 SRC, DST, SIZE = 1, 2, 64
 SPACE = 1 << 20
@@ -21,7 +24,7 @@ def receiver() -> tuple[Traffic, ReceiveStats, object]:
     view = PartitionView(region, PartitionLayout(0, "p", DST, 0, 2 * SPACE, SPACE, SPACE, 0))
     traffic = Traffic(DST, view, SPACE)
     rx = ReceiveStats()
-    return traffic, rx, traffic._make_handler("tcp", rx)
+    return traffic, rx, make_handler("tcp", rx, traffic.pattern, DST, traffic._last_seq)
 
 
 def frames(traffic: Traffic, stamper: FrameStamper, count: int, first_counter: int,

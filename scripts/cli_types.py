@@ -1,0 +1,101 @@
+"""The `xpmove` command line's argument types: each returns the parsed value or names the bad
+value and why.
+
+They are the parser's `type=` functions (cli.py), so a bad value is refused before anything
+starts, argparse-style (usage, one line naming the value, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds > 0")
+    return value
+
+
+def count(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
+
+
+def size(text: str) -> int:
+    """Bytes, or with a KiB/MiB suffix (as `bench --sizes`)."""
+    from scripts.loadgen.benchcore import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _items(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma list of {what}")
+    return list(dict.fromkeys(items))
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    return tuple(size(t) for t in _items(text, "packet sizes, e.g. 64,1KiB,1MiB"))
+
+
+def batches(text: str) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(count(t) for t in _items(text, "integers >= 1, e.g. 1,32")))
+
+
+def flows(text: str) -> tuple[str, ...]:
+    """launch's and soak's --flows: the adapter's flows and fig12-lease (a lease per
+    destination); a flow named twice counts once."""
+    from scripts.workload.program import TRAFFIC_FLOWS
+
+    items = _items(text, f"flows ({', '.join(TRAFFIC_FLOWS)})")
+    for f in items:
+        if f not in TRAFFIC_FLOWS:
+            raise argparse.ArgumentTypeError(f"unknown flow {f!r} (known: "
+                                             f"{', '.join(TRAFFIC_FLOWS)})")
+    return tuple(items)
+
+
+def transports(text: str) -> tuple[str, ...]:
+    from scripts.loadgen.options import TRANSPORTS
+
+    known = ", ".join(TRANSPORTS)
+    items = _items(text, f"transports (known: {known})")
+    unknown = [t for t in items if t not in TRANSPORTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown {', '.join(map(repr, unknown))} "
+                                         f"(known: {known})")
+    return tuple(items)
+
+
+def output_path(text: str) -> str:
+    """A file the command can create or overwrite at the end: checked before anything runs."""
+    path = os.path.expanduser(text)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text!r}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: no permission to write in {parent}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not writable")
+    return path
