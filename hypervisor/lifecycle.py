@@ -64,7 +64,8 @@ class Outcome:
 
     `state` is "returned", "raised" (then `error` is the exception's type and `message` its
     text), "killed" (the process died without reporting: `exit_code` says how, negative for a
-    signal), "stopped" (it was still running when the machine stopped it) or "running".
+    signal), "stopped" (it was still running when the machine stopped it; `error` and
+    `message` name an xpmove error the stop caused it to raise, if it did) or "running".
     """
 
     name: str
@@ -87,4 +88,6 @@ class Outcome:
             code = self.exit_code
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             return f"killed ({how})"
+        if self.state == "stopped" and self.error:
+            return f"stopped (its wait cut short: {self.error}: {self.message})"
         return self.state

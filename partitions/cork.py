@@ -181,7 +181,12 @@ class Cork:
                     self._flusher_idle = False
                     self._work.notify()
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set() or (cancel is not None and cancel.is_set()):
+                cut = ("the machine is stopping" if self._stop.is_set() else "cancelled"
+                       if cancel is not None and cancel.is_set() else None)
+                if cut is not None:
+                    raise QueueFull(f"send to network ID {dst}: {cut} while it waited for room "
+                                    f"in the submission buffers; the packet was not queued")
+                if left <= 0:
                     raise QueueFull(f"send to network ID {dst}: no room in the submission "
                                     f"buffers within {timeout} s ({self.book.queued} packets "
                                     f"queued)")

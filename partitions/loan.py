@@ -61,11 +61,21 @@ class LoanHeld(LoanError):
 
 
 class LoanExported(LoanError):
-    """A view made from the loan's buffer is still alive: the loan cannot end yet."""
+    """A view made from the loan's buffer is still alive: the loan cannot end yet. `loan` is
+    the loan (still held), for a `with` block's exit, whose program has no other handle."""
+
+    def __init__(self, message: str, loan: Loan | None = None):
+        super().__init__(message)
+        self.loan = loan
 
 
 class LoanEnded(LoanError):
     """The loan was already committed or given back."""
+
+
+class LoanLeftOpen(LoanError):
+    """The program ended with a loan open: the partition gave it back, delivering nothing
+    (reported as the program's failure, so an unsent packet is never silent)."""
 
 
 class LoanState(Enum):
@@ -143,8 +153,8 @@ class Loan:
             raise LoanExported(
                 f"{event}: a view made from the loan of {self.size} bytes to network ID "
                 f"{self.dst} is still alive (a slice, a cast or a numpy array of it): drop it "
-                f"and call {event}() again; nothing changed, the loan still holds the "
-                f"destination") from None
+                f"and call {event}() again (this exception's `loan` is the loan); nothing "
+                f"changed, the loan still holds the destination", self) from None
         error: XpmoveError | None = None
         try:
             end = self._end_grant or self._driver.end_grant

@@ -37,11 +37,13 @@ from collections.abc import Callable
 
 import posix_ipc
 
+from adapter.errors import XpmoveError
 from hypervisor.boot import PartitionBoot
 from hypervisor.control import Channel, ControlError
 from hypervisor.memory import PhysicalMemory
 from partitions.cork import QueuedFailure, QueuedSendFailed
 from partitions.driver import Driver
+from partitions.loan import LoanError, LoanLeftOpen
 from partitions.mapping import hidden_ranges, hide, semaphores_needed
 from partitions.memory import PartitionView
 from partitions.port import Port
@@ -89,6 +91,17 @@ class ProgramReport:
         self.done.set()
 
 
+def raised_report(exc: BaseException, stopping: bool) -> dict:
+    """The report of a program that raised `exc`: its text and traceback as strings, nothing
+    that keeps the program's frames alive. An error of ours raised once the machine was
+    stopping it (a wait cut short) is its stop, not its failure."""
+    user_frames = exc.__traceback__.tb_next if exc.__traceback__ else None
+    stopped = stopping and isinstance(exc, XpmoveError)
+    return {"outcome": "stopped" if stopped else "raised", "error": type(exc).__name__,
+            "message": str(exc), "traceback": "".join(traceback.format_exception(
+                type(exc), exc, user_frames, limit=-8))}
+
+
 class Partition:
     def __init__(self, boot: PartitionBoot):
         self.boot = boot
@@ -122,21 +135,35 @@ class Partition:
                 load_program(self.boot.program)(self.port)
             report = {"outcome": "returned"}
         except BaseException as exc:  # the program's failure is reported, never re-raised
-            user_frames = exc.__traceback__.tb_next if exc.__traceback__ else None
-            report = {"outcome": "raised", "error": type(exc).__name__, "message": str(exc),
-                      "traceback": "".join(traceback.format_exception(
-                          type(exc), exc, user_frames, limit=-8))}
-        failures = self._drain_queue()
-        if failures:  # accepted packets that were not moved: the program did not succeed
-            gone = QueuedSendFailed(failures)
-            if report["outcome"] == "returned":
-                report = {"outcome": "raised", "error": type(gone).__name__,
-                          "message": str(gone)}
-            else:
-                report["message"] += f"; and {gone}"
-        self.port.commands_ready.set()  # commands waiting for a handler get their answer
-        self.outcome.finish(report)
+            report = raised_report(exc, self.port.stop.is_set())
+        try:  # the program's frames are gone (no traceback kept): so are its views of loans
+            self._settle(report)
+        finally:
+            self.port.commands_ready.set()  # commands waiting for a handler get their answer
+            self.outcome.finish(report)
 
+    def _settle(self, report: dict) -> None:
+        """What the program left: loans still open are given back (each holds a lock, and the
+        queue waits behind it), then the queue is moved; either turns a return into a failure
+        (nothing accepted is silently dropped), noted in `report`."""
+        problems: list[XpmoveError] = []
+        left_open = self.port.give_back_loans()
+        if left_open:
+            problems.append(LoanLeftOpen(f"the program ended with {len(left_open)} loan(s) "
+                                         f"open: {'; '.join(left_open)}"))
+        try:
+            failures = self._drain_queue()
+        except LoanError as exc:  # a loan that could not end holds the queue behind it
+            problems.append(exc)
+            failures = self.port.unflushed()
+        if failures:  # accepted packets that were not moved: the program did not succeed
+            problems.append(QueuedSendFailed(failures))
+        for problem in problems:
+            if report["outcome"] == "returned":
+                report.update(outcome="raised", error=type(problem).__name__,
+                              message=str(problem))
+            else:
+                report["message"] += f"; and {problem}"
     def _drain_queue(self) -> list[QueuedFailure]:
         """Move what the program queued (per-packet sends) before the partition reports: until
         done while the machine runs (each queued move ends at its own timeout), within

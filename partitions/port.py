@@ -24,8 +24,10 @@ is raised.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
@@ -37,7 +39,7 @@ from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
 from partitions.lease import Lease, refuse_if_lent
 from partitions.lending import Granted
-from partitions.loan import Loan, LoanHeld, LoanRun
+from partitions.loan import Loan, LoanExported, LoanHeld, LoanRun
 from partitions.memory import PartitionView
 from partitions.receiver import Packet, Receiver
 
@@ -104,6 +106,7 @@ class Port:
         self._commands: CommandHandler | None = None
         self._loan: Loan | None = None  # the loan this port holds (at most one: see loan())
         self._loan_thread: int | None = None
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()  # for give_back_loans
         self.commands_ready = threading.Event()
 
     # -- sending ----------------------------------------------------------------------------
@@ -394,6 +397,31 @@ class Port:
                            f"would wait for the loan itself)")
         refuse_if_lent(self._driver, what)
 
+    def give_back_loans(self) -> list[str]:
+        """Give back every loan still open on this port and under its leases, delivering
+        nothing; one line per loan for a report. The partition does this when its program
+        ends (an open loan holds the destination's lock, and this partition's queue waits
+        behind it); a program may too, e.g. in a `finally`. A loan that a view made from it
+        still keeps alive (LoanExported) cannot end: it is named as still held."""
+        loans = [self._loan, *(lease.open_loan for lease in list(self._leases))]
+        lines = []
+        for loan in dict.fromkeys(x for x in loans if x is not None):
+            what = f"a loan of {loan.size} bytes to network ID {loan.dst}"
+            for attempt in range(2):
+                try:
+                    loan.give_back()
+                except LoanExported:
+                    if attempt == 0:
+                        gc.collect()  # views held only by reference cycles (old frames)
+                        continue
+                    lines.append(f"{what}: still held, a view made from it is alive")
+                except XpmoveError:  # ended meanwhile, or its lease was lost: nothing sent
+                    break
+                else:
+                    lines.append(f"{what}: given back, nothing delivered")
+                break
+        return lines
+
     # -- leases: standing grants (partitions/lease.py) ----------------------------------------
     def lease(self, dst: int, timeout: float | None = None,
               cancel: threading.Event | None = None) -> Lease:
@@ -409,6 +437,7 @@ class Port:
         lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
                       self._stopping)
         lease.acquire(timeout, cancel)
+        self._leases.add(lease)
         return lease
 
     def _before_lease_send(self) -> None:

@@ -125,7 +125,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     config = bench_machine(args.config)
     if config.hosts:
@@ -141,15 +140,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         latency_packets=args.latency_packets, single_stream=args.single_stream,
         scaling=args.scaling, scaling_config=args.scaling_config,
         config=args.config or BENCH_MACHINE, command=" ".join(["xpmove", *sys.argv[1:]]))
-    width = None if sys.stdout.isatty() else 140  # keep lines and tables whole in logs
-    code, _ = bench(config, options, Console(width=width))
+    from scripts.console import make_console
+
+    code, _ = bench(config, options, make_console())
     return code
 
 
 def _cluster_bench(config: MachineConfig, args: argparse.Namespace) -> int:
     """`mpiexec -n H xpmove bench --config F`: fig11, fig12 and tcp across hosts and on one
     host (scripts/cluster_bench.py); the options that make sense there."""
-    from rich.console import Console
 
     from scripts.cluster_bench import KNOWN, TRANSPORTS, ClusterBenchOptions, cluster_bench
 
@@ -161,12 +160,12 @@ def _cluster_bench(config: MachineConfig, args: argparse.Namespace) -> int:
     options = ClusterBenchOptions(
         transports=transports, sizes=args.sizes, batches=args.batch,
         duration=args.duration if args.duration is not None else 2.0, json_path=args.json)
-    width = None if sys.stdout.isatty() else 140
-    return cluster_bench(config, options, Console(width=width))
+    from scripts.console import make_console
+
+    return cluster_bench(config, options, make_console())
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from scripts.launch import largest_packet
     from scripts.soak import SoakInterrupted, soak
@@ -179,7 +178,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     if not MIN_PACKET <= args.size <= limit:
         raise SystemExit(f"xpmove soak: --size {args.size} must be in [{MIN_PACKET}, {limit}] "
                          f"for this config (sender area and half a receive ring)")
-    console = Console()
+    from scripts.console import make_console
+
+    console = make_console()
     try:
         report = soak(config, args.duration, args.kill_every, args.size, args.seed, console,
                       batch=args.batch, rogue=args.rogue, flows=args.flows)

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
+from scripts.console import make_console
 from scripts.launch import signals_deferred
 from scripts.workload.program import PROGRAM
 
@@ -117,7 +118,7 @@ class ClusterHost:
         self.name = config.hosts[self.rank].name
         check_same_config(config, self.comm.allgather(config_digest(config)), command)
         # rank 0 speaks for the cluster
-        self.console = (console or Console()) if self.rank == 0 else Console(quiet=True)
+        self.console = (console or make_console()) if self.rank == 0 else Console(quiet=True)
         self._ending = self.comm.Dup()  # where every host meets at the end of a run (_meet)
         self._look: Any = None  # the barrier of a look (`allgather`) not yet seen met
         self._max = MPI.MAX

@@ -23,6 +23,7 @@ from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine
+from scripts.console import make_console
 from scripts.loadgen.benchcore import si
 from scripts.shares import Shares, collect
 from scripts.tables import Col, Grid
@@ -230,7 +231,7 @@ def largest_packet(config: MachineConfig) -> int:
 def launch(config: MachineConfig, options: TrafficOptions, console: Console | None = None) -> int:
     """Run the machine once; 0 when every packet was accepted and arrived intact, and all
     shut down."""
-    console = console or Console()
+    console = console or make_console()
     limit = largest_packet(config)
     if not MIN_PACKET <= options.size <= limit:
         raise SystemExit(f"xpmove: --size {options.size} must be in [{MIN_PACKET}, {limit}] for "

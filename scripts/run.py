@@ -17,6 +17,7 @@ from rich.markup import escape
 from hypervisor.config import MachineConfig
 from hypervisor.lifecycle import Outcome
 from hypervisor.machine import Machine, MachineError
+from scripts.console import make_console
 from scripts.launch import signals_deferred
 
 STYLE = {"returned": "green", "raised": "red", "killed": "red", "stopped": "yellow"}
@@ -29,7 +30,7 @@ def report(outcomes: dict[int, Outcome], timed_out: bool) -> list[str]:
         o = outcomes[nid]
         what = escape(o.describe())
         if o.state == "stopped" and timed_out:
-            what = "still running at the timeout: stopped"
+            what = f"still running at the timeout: {what}"
         lines.append(f"  [{STYLE.get(o.state, 'yellow')}]{escape(o.name)}[/] (ID {nid}): {what}")
         if o.state == "raised" and o.traceback:
             lines.extend(f"      [dim]{escape(line)}[/]" for line in o.traceback.rstrip()
@@ -39,11 +40,13 @@ def report(outcomes: dict[int, Outcome], timed_out: bool) -> list[str]:
 
 def run(config: MachineConfig, timeout: float | None, console: Console | None = None) -> int:
     """Run the machine's programs to their end; 0 if every one returned."""
-    console = console or Console()
+    console = console or make_console()
     idle = [p.name for p in config.partitions if p.program is None]
     if idle:
-        console.print(f"[yellow]note:[/] {', '.join(idle)} name no program: they run nothing "
-                      f"and are stopped when the others end")
+        one = len(idle) == 1
+        console.print(f"[yellow]note:[/] {', '.join(idle)} {'names' if one else 'name'} no "
+                      f"program: {'it runs' if one else 'they run'} nothing and "
+                      f"{'is' if one else 'are'} stopped when the others end")
     machine = Machine(config)
     timed_out = interrupted = False
     try:

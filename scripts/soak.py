@@ -38,6 +38,7 @@ from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from scripts.books import destination_books, pair_books
+from scripts.console import make_console
 from scripts.launch import IntervalPrinter, signals_deferred, traffic_errors
 from scripts.rogue import RoguePlan, RogueProcess
 from scripts.shares import Incarnations, collect
@@ -317,7 +318,7 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
     between single moves. `flows` as launch's: each partition sends by all of them. `rogue`: a
     hostile process attacks during the kills (see the module docstring). An interrupt raises
     SoakInterrupted carrying the report so far, after the rogue and the machine have stopped."""
-    console = console or Console()
+    console = console or make_console()
     config = dataclasses.replace(config, restart="always", restart_limit=1_000_000,
                                  adapter_restart_limit=1_000_000)  # the kills are ours
     machine = Machine(with_program(config, PROGRAM), registry=registry)

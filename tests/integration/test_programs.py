@@ -1,0 +1,93 @@
+"""What a user's own program meets at its edges, through a real `xpmove run` (test_examples'
+harness): a loan left open when it ends, a run too long for one request, a send the
+machine's stop cuts short. Each must end promptly with a report that names the cause."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_examples import xpmove_run
+
+GRANT_TIMEOUT_S = 10.0  # the default grant_timeout_s: a lock held that long gets its holder killed
+
+PROGRAMS = """
+    import os
+    import time
+
+    import numpy as np
+
+    def _loaned():  # tell `sender` that the loan is taken (the run's cwd is tmp_path)
+        open("loaned", "w").close()
+
+    def plain(port):
+        loan = port.loan(2, 16, timeout=5)
+        loan.view[:] = b"x" * 16
+        _loaned()
+        raise ValueError("my bug")
+
+    def exported(port):
+        with port.loan(2, 64, timeout=5) as buf:
+            arr = np.frombuffer(buf, np.uint8)
+            arr[:] = 1
+            _loaned()
+
+    def leased(port):
+        lease = port.lease(2, timeout=5)
+        lease.loan(32, timeout=5)
+        _loaned()
+
+    def receiver(port):
+        packet = port.receive(timeout=20)
+        print("two got", None if packet is None else packet.payload)
+
+    def sender(port):
+        deadline = time.monotonic() + 10
+        while not os.path.exists("loaned"):
+            assert time.monotonic() < deadline, "one never took its loan"
+            time.sleep(0.01)
+        port.send(2, b"after the loan", timeout=8, sync=True)
+"""
+
+
+def write_config(tmp_path: Path, leaver: str) -> Path:
+    (tmp_path / "prog.py").write_text(textwrap.dedent(PROGRAMS))
+    (tmp_path / "loaned").unlink(missing_ok=True)
+    config = tmp_path / "machine.toml"
+    config.write_text("".join(
+        f'[[partition]]\nname = "{name}"\nnetwork_id = {nid}\nmemory = "1MiB"\n'
+        f'receive_area = "256KiB"\nprogram = "prog:{program}"\n\n'
+        for name, nid, program in (("one", 1, leaver), ("two", 2, "receiver"),
+                                   ("three", 3, "sender"))))
+    return config
+
+
+@pytest.mark.parametrize("leaver, expect", [
+    ("plain", r"raised ValueError: my bug; and the program ended with 1 loan\(s\) open: a loan "
+              r"of 16 bytes to network ID 2: given back, nothing delivered"),
+    ("exported", r"raised LoanExported: commit: a view made from the loan of 64 bytes .*; and "
+                 r"the program ended with 1 loan\(s\) open: a loan of 64 bytes to network ID 2: "
+                 r"given back, nothing delivered"),
+    ("leased", r"raised LoanLeftOpen: the program ended with 1 loan\(s\) open: a loan of 32 "
+               r"bytes to network ID 2: given back, nothing delivered"),
+])
+def test_a_loan_left_open_is_given_back_when_the_program_ends(tmp_path: Path, leaver: str,
+                                                               expect: str) -> None:
+    """The loan (a port's, one whose numpy view outlived its `with` block, one under a lease)
+    is given back as the program ends, not held until the grant timeout kills the partition:
+    the report names it after the program's own error, and another sender's packet reaches
+    the destination at once, the only packet it gets."""
+    started = time.monotonic()
+    proc = xpmove_run(write_config(tmp_path, leaver), tmp_path, tmp_path, timeout=30)
+    took = time.monotonic() - started
+    out = proc.stdout + proc.stderr
+    assert re.search(r"one \(ID 1\): " + expect, proc.stdout), out
+    assert "two got b'after the loan'" in proc.stdout, out
+    assert "three (ID 3): returned" in proc.stdout, out
+    assert "killed" not in proc.stdout and "held the lock" not in out, out
+    assert took < GRANT_TIMEOUT_S, f"{took:.1f} s: the lock waited for the grant timeout"
+    assert proc.returncode == 1, out
