@@ -8,7 +8,7 @@ partition's death is EOF at the adapter and the adapter's death is EOF at the dr
 
 Two parts of Machine live apart, one idea each: talking to the children over their control
 channels (`Calls`, hypervisor/calls.py) and supervising them (`Supervision`,
-hypervisor/supervision.py).
+hypervisor/supervision.py). A child is spawned, awaited and reaped by hypervisor/children.py.
 """
 
 from __future__ import annotations
@@ -18,17 +18,14 @@ import itertools
 import os
 import select
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import posix_ipc
 
-from hypervisor.boot import AdapterBoot, Boot, Connection, PartitionBoot
+from hypervisor.boot import AdapterBoot, Connection, PartitionBoot
 from hypervisor.calls import Calls
 from hypervisor.children import (
     CALL_TIMEOUT_S,
@@ -37,10 +34,12 @@ from hypervisor.children import (
     Child,
     MachineError,
     Pipes,
+    await_ready,
     reap,
+    spawn,
 )
 from hypervisor.config import MachineConfig, PartitionConfig
-from hypervisor.control import Channel, ControlError
+from hypervisor.control import ControlError
 from hypervisor.gateway import Gateway
 from hypervisor.layout import SegmentLayout, plan_segment
 from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState
@@ -53,8 +52,6 @@ from hypervisor.supervision import Supervision
 __all__ = ["Child", "Machine", "MachineError", "Pipes", "check_shm_room", "preallocation_error",
            "shm_free_bytes"]
 
-STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
-STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
 ADAPTER_MODULE = "adapter.server"
@@ -146,7 +143,7 @@ class Machine(Calls, Supervision):
         try:
             self._create_resources()
             self._spawn_all()
-            self._await_ready()
+            await_ready(self.children())
             self._start_status()
         except (MachineError, OSError, posix_ipc.Error, ValueError) as exc:
             self.stop()
@@ -197,24 +194,6 @@ class Machine(Calls, Supervision):
         if server is not None:
             server.stop()
 
-    def _spawn(self, module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
-               network_id: int | None) -> Child:
-        """Start `python -m module --boot JSON`; `boot(control_fd)` builds its boot block."""
-        parent_end, child_end = socket.socketpair()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--boot", boot(child_end.fileno()).to_json()],
-            pass_fds=[*fds, child_end.fileno()],
-            stdin=subprocess.DEVNULL,
-            # its own process group: a signal meant for the job (a terminal's Ctrl-C, mpiexec
-            # forwarding SIGTERM with killpg) reaches the hypervisor, which stops the children
-            # in order; killed with it, the adapter would be restarted mid-shutdown and a
-            # thread waiting on it would wait. A child still exits if the hypervisor dies (its
-            # control channel closes).
-            process_group=0,
-        )
-        child_end.close()
-        return Child(name, network_id, proc, Channel(parent_end))
-
     def _boot_names(self) -> dict:
         return {"segment": self.names.segment, "layout": self.layout,
                 "locks": self.names.locks, "bells": self.names.bells,
@@ -229,7 +208,7 @@ class Machine(Calls, Supervision):
                                connections=connections, retired=tuple(sorted(self.retired)))
 
         fds = [fd for p in pipes.values() for fd in p.adapter_ends()]
-        return self._spawn(ADAPTER_MODULE, boot, fds, "adapter", None)
+        return spawn(ADAPTER_MODULE, boot, fds, "adapter", None)
 
     def _spawn_partition(self, p: PartitionConfig, pipes: Pipes) -> Child:
         def boot(control_fd: int) -> PartitionBoot:
@@ -237,8 +216,7 @@ class Machine(Calls, Supervision):
                                  network_id=p.network_id, request_fd=pipes.request_w,
                                  reply_fd=pipes.reply_r, cpus=p.cpus, program=p.program)
 
-        return self._spawn(PARTITION_MODULE, boot, list(pipes.driver_ends()), p.name,
-                           p.network_id)
+        return spawn(PARTITION_MODULE, boot, list(pipes.driver_ends()), p.name, p.network_id)
 
     def _spawn_all(self) -> None:
         pipes: dict[int, Pipes] = {}
@@ -267,27 +245,6 @@ class Machine(Calls, Supervision):
 
     def children(self) -> list[Child]:
         return ([self.adapter] if self.adapter else []) + list(self.partitions.values())
-
-    def _await_ready(self, children: list[Child] | None = None) -> None:
-        """Each child has its own deadline, from its spawn, longer when many start together."""
-        children = children or self.children()
-        allowed = STARTUP_TIMEOUT_S + STARTUP_PER_CHILD_S * len(children)
-        for child in children:
-            deadline = child.spawned_at + allowed
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise MachineError(f"{child.name} not ready within {allowed:g} s of its "
-                                       f"start ({len(children)} processes starting)")
-                try:
-                    msg = child.channel.receive(timeout=min(remaining, 0.5))
-                except ControlError:
-                    raise MachineError(
-                        f"{child.name} exited during start-up (code {child.proc.poll()})"
-                    ) from None
-                if msg is not None and msg.get("event") == "ready":
-                    child.step(ProcessEvent.READY)
-                    break
 
     # -- talking to children (the calls themselves: hypervisor/calls.py) ----------------
     def outcomes(self) -> dict[int, Outcome]:
