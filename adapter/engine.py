@@ -130,7 +130,7 @@ class Engine(Grants, Commits, Leases):
         self._recovered_holders: set[int] = set()
         self.corrupt: dict[int, str] = {}  # destination -> why its words cannot be trusted
 
-    # -- partitions coming and going (recover, at start: adapter/grants.py) --------------
+    # -- partitions coming and going (recover, at start: adapter/grants.py) ------------
     def attach(self, network_id: int) -> None:
         """`network_id` is up (again): a destination, and may submit requests."""
         self._parked.pop(network_id, None)
@@ -164,7 +164,7 @@ class Engine(Grants, Commits, Leases):
         self.table.set_state(network_id, PartitionState.GONE)
         self._recall(network_id, None)  # a lease's holder learns it at its next LEASE
 
-    # -- destinations refused as corrupt -------------------------------------------------
+    # -- destinations refused as corrupt -----------------------------------------------
     def _fail(self, dst: int, exc: RingCorrupt) -> RingCorrupt:
         """A word of `dst` is impossible: refuse it (RING_CORRUPT) until clear_corrupt."""
         if dst not in self.corrupt:

@@ -45,7 +45,7 @@ class Grants:
 
         def _fail(self, dst: int, exc: RingCorrupt) -> RingCorrupt: ...
 
-    # -- start ---------------------------------------------------------------------------
+    # -- start -------------------------------------------------------------------------
     def recover(self, now: float, connected: Iterable[int] | None = None) -> None:
         """Bring every destination lock to a known state from what the segment says; the
         partitions not in `connected` (default: all are) are dead, not destinations.
@@ -164,7 +164,7 @@ class Grants:
             if rec.state is GRANTED and self._try_lock(dst):
                 self._unlock(dst)
 
-    # -- grants still held ------------------------------------------------------------
+    # -- grants still held -------------------------------------------------------------
     def held_grants(self, now: float) -> dict[str, dict]:
         """Destination -> {"holder", "age_s", "lease"} of every lock granted to a driver and
         not freed yet (freed ones are settled first by stats()). A lease counts its age from

@@ -246,7 +246,7 @@ class Machine(Calls, Supervision):
     def children(self) -> list[Child]:
         return ([self.adapter] if self.adapter else []) + list(self.partitions.values())
 
-    # -- talking to children (the calls themselves: hypervisor/calls.py) ----------------
+    # -- talking to children (the calls themselves: hypervisor/calls.py) -----------------
     def outcomes(self) -> dict[int, Outcome]:
         """How each partition's program ended (or that it is still running), by network ID."""
         result = {}
