@@ -14,6 +14,9 @@ deadline. Each partition has at most one request in the engine at a time.
 
 The commit protocol's steps are adapter/receive_area.py's functions; the lock bookkeeping (who
 holds what) is adapter/locks.py's LockBook; the translation table is adapter/translation.py's.
+Three parts of Engine live apart, one idea each: its locks, grants and recovery (`Grants`,
+adapter/grants.py), the commit of a request whose locks are held (`Commits`,
+adapter/commits.py) and leases (`Leases`, adapter/leases.py).
 
     engine = Engine(memory, layout, locks, bells, lock_timeout)
     engine.recover(now)                        # at start: locks to a known state
@@ -26,35 +29,27 @@ holds what) is adapter/locks.py's LockBook; the translation table is adapter/tra
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from adapter import receive_area
+from adapter.commits import Commits
 from adapter.errors import RingCorrupt, Status, XpmoveError
+from adapter.grants import Grants
 from adapter.leases import Leases
-from adapter.locks import Grant, LockBook, LockState
-from adapter.moves import mvxl
-from adapter.protocol import GRANT_OPS, Op, Request, Result, encode_reply, malformed_reply
-from adapter.ring import (
-    KIND_RUN,
-    MAX_RUN_RECORDS,
-    MIN_RUN,
-    RUN_DESCRIPTOR,
-    Reservation,
-    check_run,
-    max_payload,
-    reserve,
-)
+from adapter.locks import LockBook, LockState
+from adapter.protocol import Op, Request, Result, encode_reply, malformed_reply
+from adapter.ring import MAX_RUN_RECORDS, MIN_RUN, RUN_DESCRIPTOR, check_run, max_payload
 from adapter.translation import PartitionState, Translation, TranslationTable
-from hypervisor.layout import PartitionLayout, SegmentLayout
+from hypervisor.layout import SegmentLayout
 
 # Module aliases for the per-request path: an Enum class attribute lookup costs ~0.2 us here.
 MOVE, GRANT, MOVE_RUN, GRANT_RUN, LEASE = Op.MOVE, Op.GRANT, Op.MOVE_RUN, Op.GRANT_RUN, Op.LEASE
 SERVED_OPS = frozenset((MOVE, GRANT, MOVE_RUN, GRANT_RUN, LEASE))
 RUN_OPS = frozenset((MOVE_RUN, GRANT_RUN))
 OK = Status.OK
-GRANTED, HELD = LockState.GRANTED, LockState.HELD
+HELD = LockState.HELD
 
 
 class Lock(Protocol):
@@ -93,7 +88,7 @@ class Work:
     runs: dict[int, tuple[int, int]] = field(default_factory=dict)  # move -> (packets, length)
 
 
-class Engine(Leases):
+class Engine(Grants, Commits, Leases):
     """The request engine of one adapter over one segment. See the module docstring.
 
     `counters` and `errors` are the adapter's statistics (stats()); the shell bumps them too
@@ -135,55 +130,7 @@ class Engine(Leases):
         self._recovered_holders: set[int] = set()
         self.corrupt: dict[int, str] = {}  # destination -> why its words cannot be trusted
 
-    # -- start, partitions coming and going --------------------------------------------
-    def recover(self, now: float, connected: Iterable[int] | None = None) -> None:
-        """Bring every destination lock to a known state from what the segment says; the
-        partitions not in `connected` (default: all are) are dead, not destinations.
-
-        On a first start every lock is free and this changes nothing. After an adapter crash a
-        lock may still be taken by the dead adapter (taken back here, its half-done commit
-        settled) or granted to a driver (kept as a grant until its holder frees it or proves it
-        is not moving: _take_back_recovered; the grant reply may have died with the old
-        adapter).
-        """
-        for dst_id, dst in self.by_id.items():
-            holder = receive_area.read_holder(self.words, dst)
-            if holder and (holder not in self.by_id or holder == dst_id):
-                self._fail(dst_id, RingCorrupt(
-                    f"network ID {dst_id}'s control block: holder {holder} is not another "
-                    f"partition"))
-            elif holder:
-                self.book.acquired(dst_id)
-                ring = self.rings[dst_id]
-                token = receive_area.read_grant_token(self.words, ring)
-                # A lease stays its holder's: it commits without asking us, so its next
-                # request proves nothing about it. It ends when the holder gives it back
-                # (recalled like any lease) or dies.
-                marked = receive_area.lease_token(self.words, ring)
-                lease = token != 0 and marked == token
-                if marked and not lease:
-                    self._fail(dst_id, RingCorrupt(
-                        f"network ID {dst_id}'s control block: lease {marked} is neither 0 nor "
-                        f"the grant's token {token}"))
-                self.book.granted(Grant(holder, dst_id, 0, now, recovered=True, token=token,
-                                        lease=lease))
-                if not lease:
-                    self._recovered_holders.add(holder)
-                continue
-            if not self.locks[dst_id].try_acquire():
-                self.counters["locks_reclaimed"] += 1  # held by the adapter that died
-            self.book.acquired(dst_id)
-            self._settle(dst_id)
-            self._unlock(dst_id)
-        if connected is not None:
-            alive = set(connected)
-            for network_id in self.by_id:
-                if network_id not in alive:  # dead when we started: not a destination
-                    self.table.set_state(network_id, PartitionState.DEAD)
-                    self._recovered_holders.discard(network_id)
-                    for leased in self.book.granted_to(network_id):  # its leases too
-                        self._take_back(leased)
-
+    # -- partitions coming and going (recover, at start: adapter/grants.py) ------------
     def attach(self, network_id: int) -> None:
         """`network_id` is up (again): a destination, and may submit requests."""
         self._parked.pop(network_id, None)
@@ -217,56 +164,7 @@ class Engine(Leases):
         self.table.set_state(network_id, PartitionState.GONE)
         self._recall(network_id, None)  # a lease's holder learns it at its next LEASE
 
-    def _take_back_recovered(self, holder: int) -> None:
-        """Recovered grants of `holder` end when it proves it is not mid-move: it is not
-        connected, its pipe closed, or it sent a new request (its driver sends one at a time
-        and finishes a grant before asking again)."""
-        if holder not in self._recovered_holders:  # the common case, on every request: O(1)
-            return
-        self._recovered_holders.discard(holder)
-        for dst in self.book.granted_to(holder):
-            grant = self.book.record(dst).grant
-            if grant is not None and grant.recovered and not grant.lease:
-                self._take_back(dst)
-
-    # -- locks -------------------------------------------------------------------------
-    def _try_lock(self, dst: int) -> bool:
-        lock = self.locks[dst]
-        if not lock.try_acquire():
-            return False
-        if lock.value:
-            self._absorb_stray_releases(lock)
-        rec = self.book.record(dst)
-        if rec.state is GRANTED:
-            grant = rec.grant
-            if grant is not None and self.words[self.rings[dst].released] != grant.token:
-                # Not the holder's free (it writes the token first): a stray post. We keep the
-                # unit we took, the grant stands; the holder's own post frees it later.
-                self.errors["stray_lock_release"] += 1
-                return False
-            self.book.settled(dst)
-            self._settle(dst)
-        else:
-            self.book.acquired(dst)
-        return True
-
-    def _absorb_stray_releases(self, lock: Lock) -> None:
-        """We hold the lock, so its value must be 0. Any partition can open the semaphore by
-        name; an extra release would let two writers in. Take the surplus back, count it."""
-        while lock.value > 0:
-            if not lock.try_acquire():
-                break
-            self.errors["stray_lock_release"] += 1
-
-    def _settle(self, dst: int) -> None:
-        """A grant ended (or a restarted adapter found one): undo it if never committed. A
-        pending commit whose words are impossible fails the destination (never raises)."""
-        try:
-            if not receive_area.settle_commit(self.words, self.layout, self.by_id[dst]):
-                self.counters["grants_abandoned"] += 1
-        except RingCorrupt as exc:
-            self._fail(dst, exc)
-
+    # -- destinations refused as corrupt -----------------------------------------------
     def _fail(self, dst: int, exc: RingCorrupt) -> RingCorrupt:
         """A word of `dst` is impossible: refuse it (RING_CORRUPT) until clear_corrupt."""
         if dst not in self.corrupt:
@@ -278,26 +176,6 @@ class Engine(Leases):
         """The operator (or the hypervisor) repaired `dst`'s words: serve it again. The words
         are checked again on the next move, as always."""
         self.corrupt.pop(dst, None)
-
-    def _take_back(self, dst: int) -> None:
-        """The holder of a granted lock died: the lock comes back (Invariant 5)."""
-        if self.locks[dst].try_acquire():
-            self.book.settled(dst)  # it had freed the lock before dying
-        else:
-            self.book.reclaimed(dst)
-            self.counters["locks_reclaimed"] += 1
-        self._settle(dst)
-        self._unlock(dst)
-
-    def _unlock(self, dst: int) -> None:
-        self.book.released(dst)
-        self.locks[dst].release()
-
-    def settle_finished_grants(self) -> None:
-        """Settle every grant whose holder already freed the lock, so states are current."""
-        for dst, rec in list(self.book.records.items()):
-            if rec.state is GRANTED and self._try_lock(dst):
-                self._unlock(dst)
 
     # -- requests ----------------------------------------------------------------------
     def has_parked(self) -> bool:
@@ -424,128 +302,7 @@ class Engine(Leases):
         check_run(t.count, packets, length, budget)
         return packets, length
 
-    def _execute(self, me: int, op: int, checked: list[tuple[int, Translation]],
-                 results: list[Result | None], runs: dict[int, tuple[int, int]],
-                 now: float) -> None:
-        """All destination locks are held: reserve, begin the commit, move (Fig 11) or grant.
-
-        Per destination the order is what makes a crash at any point recoverable: pending
-        commit first, then sequence numbers, headers and payload, and `head` last.
-        """
-        if op == LEASE:
-            self._lease(me, checked, results, now)
-            return
-        if len(checked) == 1:  # every lone move and every run: nothing to group
-            by_dst = {checked[0][1].dst.network_id: checked}
-        else:
-            by_dst = {}
-            for i, t in checked:
-                by_dst.setdefault(t.dst.network_id, []).append((i, t))
-        words, mem, counters = self.words, self.mem, self.counters
-        header, descriptor = receive_area.write_record_header, receive_area.write_run_descriptor
-        for dst_id, moves in by_dst.items():
-            dst, ring = self.by_id[dst_id], self.rings[dst_id]
-            src = moves[0][1].src
-            seq_word = self.seq_words[src.index][dst.index]
-            head, tail = words[ring.head], words[ring.tail]
-            try:  # the words this commit builds on, before anything is written
-                self._check_words(dst, ring, head, tail, seq_word)
-            except RingCorrupt as exc:
-                for i, t in moves:
-                    results[i] = self._failure(exc, t.src.network_id, dst_id, t.src.network_id)
-                self._unlock(dst_id)
-                continue
-            placed: list[tuple[int, Translation, Reservation]] = []
-            for i, t in moves:
-                try:  # a run is one record too: contiguous, never wrapped
-                    r = reserve(head, tail, dst.receive_size, t.count)
-                except XpmoveError as exc:
-                    results[i] = self._failure(exc, t.src.network_id, dst_id, t.src.network_id)
-                    if exc.status is Status.DESTINATION_FULL:
-                        results[i] = Result(Status.DESTINATION_FULL,
-                                            dst.receive_size - (head - tail))
-                    continue
-                placed.append((i, t, r))
-                head = r.new_head
-            if not placed:
-                self._unlock(dst_id)
-                continue
-            receive_area.note_writer(words, ring, src.network_id)  # before any byte of it
-            records = (sum(runs[i][0] if i in runs else 1 for i, _, _ in placed) if runs
-                       else len(placed))
-            seq = receive_area.begin_commit(words, ring, head, src.index, seq_word, records)
-            moved = 0
-            for i, t, r in placed:
-                if i in runs:
-                    # Multiple-write: ONE record for the whole run, and in Fig 11 ONE MVXL;
-                    # then the descriptor, from the values checked at request time.
-                    packets, length = runs[i]
-                    payload = header(mem, dst, r, src.network_id, seq, KIND_RUN)
-                    if op == MOVE_RUN:
-                        mvxl(mem, payload, t.src_address, t.count)
-                        descriptor(mem, payload, packets, length)
-                        results[i] = Result(OK, packets, seq, t.src_address, payload, t.count,
-                                            head)
-                    else:  # the driver moves the packets; the descriptor is ours
-                        descriptor(mem, payload, packets, length)
-                        skip = RUN_DESCRIPTOR.size
-                        results[i] = Result(OK, packets, seq, t.src_address + skip,
-                                            payload + skip, t.count - skip, head)
-                    seq += packets
-                else:
-                    payload = header(mem, dst, r, src.network_id, seq)
-                    if op == MOVE:
-                        mvxl(mem, payload, t.src_address, t.count)
-                    results[i] = Result(OK, 0, seq, t.src_address, payload, t.count, head)
-                    seq += 1
-                moved += t.count
-            counters["moves"] += records
-            counters["bytes"] += moved
-            self.bytes_out[src.network_id] += moved
-            self.bytes_in[dst_id] += moved
-            if op not in GRANT_OPS:
-                receive_area.publish_head(words, dst.control, head)  # the commit
-                self._unlock(dst_id)
-                receive_area.ring_doorbell(words, ring, self.bells[dst_id])
-            else:
-                token = receive_area.next_grant_token(words, ring)
-                receive_area.set_holder(words, dst, me)
-                self.book.granted(Grant(me, dst_id, head, now, token=token))
-                counters["grants"] += 1
-
-    def _check_words(self, dst: PartitionLayout, ring: receive_area.RingWords, head: int,
-                     tail: int, seq_word: int) -> None:
-        """Lock held, last commit settled: RingCorrupt (and the destination failed) unless
-        `head` and `tail` are possible, `head` is what the last commit published (the pending
-        head: a plausible but forged head differs) and the pair's sequence word leaves room."""
-        dst_id = dst.network_id
-        if dst_id in self.corrupt:
-            raise RingCorrupt(self.corrupt[dst_id])
-        try:
-            receive_area.check_commit_words(self.words, dst, ring, head, tail, seq_word)
-        except RingCorrupt as exc:
-            raise self._fail(dst_id, exc) from None
-
     # -- statistics --------------------------------------------------------------------
-    def held_grants(self, now: float) -> dict[str, dict]:
-        """Destination -> {"holder", "age_s", "lease"} of every lock granted to a driver and
-        not freed yet (freed ones are settled first by stats()). A lease counts its age from
-        its recall, and is left out while nobody waits for it."""
-        held = {}
-        for dst, rec in self.book.records.items():
-            grant = rec.grant
-            if rec.state is not GRANTED or grant is None:
-                continue
-            if grant.lease and not rec.recalled:
-                continue  # a lease nobody waits for: its holder may keep it
-            if grant.lease and rec.recalled_at is None:
-                rec.recalled_at = now  # recalled with no clock: the timeout starts now
-            since = rec.recalled_at if grant.lease else grant.granted_at
-            assert since is not None
-            held[str(dst)] = {"holder": grant.holder, "age_s": round(max(0.0, now - since), 3),
-                              "lease": grant.lease}
-        return held
-
     def stats(self, now: float | None = None) -> dict:
         """Counters, errors, each lock's state and how often a request found it busy, the
         destinations refused as corrupt with why, and (given the clock `now`) every Fig 12

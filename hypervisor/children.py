@@ -1,22 +1,29 @@
 """The hypervisor's children as it keeps them: a spawned process with its control channel and
 lifecycle state (`Child`), one partition's pair of pipes to the adapter (`Pipes`), and the
-error the machine raises (`MachineError`). Shared by the machine (start, stop) and its
+error the machine raises (`MachineError`); how a child is started (`spawn`), awaited until it
+is ready (`await_ready`) and reaped (`reap`). Shared by the machine (start, stop) and its
 supervision (hypervisor/supervision.py)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hypervisor.control import Channel
+from hypervisor.boot import Boot
+from hypervisor.control import Channel, ControlError
 from hypervisor.lifecycle import ProcessEvent, ProcessState, next_state
 
 STOP_TIMEOUT_S = 5.0
 KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is killed
 CALL_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
+STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
 
 
 class MachineError(RuntimeError):
@@ -68,6 +75,46 @@ class Pipes:
     def close(self) -> None:
         for fd in (self.request_r, self.request_w, self.reply_r, self.reply_w):
             os.close(fd)
+
+
+def spawn(module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
+          network_id: int | None) -> Child:
+    """Start `python -m module --boot JSON`; `boot(control_fd)` builds its boot block."""
+    parent_end, child_end = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--boot", boot(child_end.fileno()).to_json()],
+        pass_fds=[*fds, child_end.fileno()],
+        stdin=subprocess.DEVNULL,
+        # its own process group: a signal meant for the job (a terminal's Ctrl-C, mpiexec
+        # forwarding SIGTERM with killpg) reaches the hypervisor, which stops the children
+        # in order; killed with it, the adapter would be restarted mid-shutdown and a
+        # thread waiting on it would wait. A child still exits if the hypervisor dies (its
+        # control channel closes).
+        process_group=0,
+    )
+    child_end.close()
+    return Child(name, network_id, proc, Channel(parent_end))
+
+
+def await_ready(children: list[Child]) -> None:
+    """Each child has its own deadline, from its spawn, longer when many start together."""
+    allowed = STARTUP_TIMEOUT_S + STARTUP_PER_CHILD_S * len(children)
+    for child in children:
+        deadline = child.spawned_at + allowed
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MachineError(f"{child.name} not ready within {allowed:g} s of its "
+                                   f"start ({len(children)} processes starting)")
+            try:
+                msg = child.channel.receive(timeout=min(remaining, 0.5))
+            except ControlError:
+                raise MachineError(
+                    f"{child.name} exited during start-up (code {child.proc.poll()})"
+                ) from None
+            if msg is not None and msg.get("event") == "ready":
+                child.step(ProcessEvent.READY)
+                break
 
 
 def reap(procs: list[subprocess.Popen]) -> None:

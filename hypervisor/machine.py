@@ -5,6 +5,10 @@ semaphore of a run, records each name in the run registry *before* creating it, 
 them all on every exit path (normal stop, exception, Ctrl-C/SIGTERM via the caller's
 try/finally, a child's crash). The parent closes its copies of the children's pipe ends, so a
 partition's death is EOF at the adapter and the adapter's death is EOF at the drivers.
+
+Two parts of Machine live apart, one idea each: talking to the children over their control
+channels (`Calls`, hypervisor/calls.py) and supervising them (`Supervision`,
+hypervisor/supervision.py). A child is spawned, awaited and reaped by hypervisor/children.py.
 """
 
 from __future__ import annotations
@@ -14,17 +18,15 @@ import itertools
 import os
 import select
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import posix_ipc
 
-from hypervisor.boot import AdapterBoot, Boot, Connection, PartitionBoot
+from hypervisor.boot import AdapterBoot, Connection, PartitionBoot
+from hypervisor.calls import Calls
 from hypervisor.children import (
     CALL_TIMEOUT_S,
     KILL_AFTER_S,
@@ -32,10 +34,12 @@ from hypervisor.children import (
     Child,
     MachineError,
     Pipes,
+    await_ready,
     reap,
+    spawn,
 )
 from hypervisor.config import MachineConfig, PartitionConfig
-from hypervisor.control import Channel, ControlError
+from hypervisor.control import ControlError
 from hypervisor.gateway import Gateway
 from hypervisor.layout import SegmentLayout, plan_segment
 from hypervisor.lifecycle import Outcome, ProcessEvent, ProcessState
@@ -48,8 +52,6 @@ from hypervisor.supervision import Supervision
 __all__ = ["Child", "Machine", "MachineError", "Pipes", "check_shm_room", "preallocation_error",
            "shm_free_bytes"]
 
-STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
-STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
 WAIT_POLL_S = 0.2  # Machine.wait looks at the children at least this often
 # The children, named by module: the platform starts them but never imports them (layers).
 ADAPTER_MODULE = "adapter.server"
@@ -80,7 +82,7 @@ class Names:
         return [*self.locks.values(), *self.bells.values(), *self.recalls.values()]
 
 
-class Machine(Supervision):
+class Machine(Calls, Supervision):
     """A running machine: the segment, the adapter and one process per partition.
 
     `with Machine(load_config("my.toml")) as m: outcomes = m.wait(timeout=60)` starts it, runs
@@ -141,7 +143,7 @@ class Machine(Supervision):
         try:
             self._create_resources()
             self._spawn_all()
-            self._await_ready()
+            await_ready(self.children())
             self._start_status()
         except (MachineError, OSError, posix_ipc.Error, ValueError) as exc:
             self.stop()
@@ -192,24 +194,6 @@ class Machine(Supervision):
         if server is not None:
             server.stop()
 
-    def _spawn(self, module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
-               network_id: int | None) -> Child:
-        """Start `python -m module --boot JSON`; `boot(control_fd)` builds its boot block."""
-        parent_end, child_end = socket.socketpair()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--boot", boot(child_end.fileno()).to_json()],
-            pass_fds=[*fds, child_end.fileno()],
-            stdin=subprocess.DEVNULL,
-            # its own process group: a signal meant for the job (a terminal's Ctrl-C, mpiexec
-            # forwarding SIGTERM with killpg) reaches the hypervisor, which stops the children
-            # in order; killed with it, the adapter would be restarted mid-shutdown and a
-            # thread waiting on it would wait. A child still exits if the hypervisor dies (its
-            # control channel closes).
-            process_group=0,
-        )
-        child_end.close()
-        return Child(name, network_id, proc, Channel(parent_end))
-
     def _boot_names(self) -> dict:
         return {"segment": self.names.segment, "layout": self.layout,
                 "locks": self.names.locks, "bells": self.names.bells,
@@ -224,7 +208,7 @@ class Machine(Supervision):
                                connections=connections, retired=tuple(sorted(self.retired)))
 
         fds = [fd for p in pipes.values() for fd in p.adapter_ends()]
-        return self._spawn(ADAPTER_MODULE, boot, fds, "adapter", None)
+        return spawn(ADAPTER_MODULE, boot, fds, "adapter", None)
 
     def _spawn_partition(self, p: PartitionConfig, pipes: Pipes) -> Child:
         def boot(control_fd: int) -> PartitionBoot:
@@ -232,8 +216,7 @@ class Machine(Supervision):
                                  network_id=p.network_id, request_fd=pipes.request_w,
                                  reply_fd=pipes.reply_r, cpus=p.cpus, program=p.program)
 
-        return self._spawn(PARTITION_MODULE, boot, list(pipes.driver_ends()), p.name,
-                           p.network_id)
+        return spawn(PARTITION_MODULE, boot, list(pipes.driver_ends()), p.name, p.network_id)
 
     def _spawn_all(self) -> None:
         pipes: dict[int, Pipes] = {}
@@ -263,87 +246,7 @@ class Machine(Supervision):
     def children(self) -> list[Child]:
         return ([self.adapter] if self.adapter else []) + list(self.partitions.values())
 
-    def _await_ready(self, children: list[Child] | None = None) -> None:
-        """Each child has its own deadline, from its spawn, longer when many start together."""
-        children = children or self.children()
-        allowed = STARTUP_TIMEOUT_S + STARTUP_PER_CHILD_S * len(children)
-        for child in children:
-            deadline = child.spawned_at + allowed
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise MachineError(f"{child.name} not ready within {allowed:g} s of its "
-                                       f"start ({len(children)} processes starting)")
-                try:
-                    msg = child.channel.receive(timeout=min(remaining, 0.5))
-                except ControlError:
-                    raise MachineError(
-                        f"{child.name} exited during start-up (code {child.proc.poll()})"
-                    ) from None
-                if msg is not None and msg.get("event") == "ready":
-                    child.step(ProcessEvent.READY)
-                    break
-
-    # -- talking to children -------------------------------------------------------------
-    def call(self, network_id: int, message: dict, timeout: float = CALL_TIMEOUT_S) -> dict:
-        """Send a command to a partition and return its reply."""
-        return self._call(self.partitions[network_id], message, timeout)
-
-    def _call(self, child: Child, message: dict, timeout: float,
-              fds: tuple[int, ...] = ()) -> dict:
-        """One command, one reply. Replies carry the command's id, so a reply left over from
-        an interrupted call (Ctrl-C mid-call) is recognised and dropped, never mistaken."""
-        call_id = next(self._call_ids)
-        deadline = time.monotonic() + timeout
-        if not child.call_lock.acquire(timeout=max(0.0, timeout)):
-            raise MachineError(f"{child.name} busy: no turn for {message.get('cmd')!r} within "
-                               f"{timeout} s")
-        try:
-            try:
-                child.channel.send({**message, "id": call_id}, fds)
-                while True:
-                    reply = child.channel.receive(max(0.0, deadline - time.monotonic()))
-                    if reply is None:
-                        raise MachineError(f"{child.name} did not answer "
-                                           f"{message.get('cmd')!r} within {timeout} s")
-                    if "event" in reply:
-                        self._on_event(child, reply)
-                    elif reply.pop("id", None) == call_id:
-                        return reply
-            finally:
-                child.call_lock.release()  # before any supervision: a restart never waits on it
-        except (ControlError, OSError, ValueError) as exc:  # OSError/ValueError: closed under us
-            if not self._polling and threading.current_thread() is self._owner:
-                self.poll()
-            raise MachineError(f"{child.name}: {exc}") from None
-
-    def _on_event(self, child: Child, message: dict) -> None:
-        """A message a child sent on its own: a partition's program ended."""
-        if message.get("event") == "finished":
-            child.report = message
-            child.step(ProcessEvent.FINISHED)
-
-    def _drain_events(self, child: Child) -> None:
-        """Take the events a child sent while nobody was calling it (never blocks). While
-        another thread's call waits on the channel, that call takes them (and its reply,
-        which this would otherwise read and drop)."""
-        if child.network_id is None or child.state not in (ProcessState.RUNNING,
-                                                            ProcessState.STOPPING):
-            return
-        if not child.call_lock.acquire(blocking=False):
-            return
-        try:
-            while select.select([child.channel.sock], [], [], 0)[0]:
-                if not child.channel.feed_available():
-                    break  # EOF: its exit is seen by supervision
-            while (message := child.channel.pending()) is not None:
-                if "event" in message:
-                    self._on_event(child, message)
-        except (ControlError, OSError, ValueError):  # closed (ValueError: fd -1): its exit
-            pass  # is seen by supervision
-        finally:
-            child.call_lock.release()
-
+    # -- talking to children (the calls themselves: hypervisor/calls.py) -----------------
     def outcomes(self) -> dict[int, Outcome]:
         """How each partition's program ended (or that it is still running), by network ID."""
         result = {}
@@ -405,59 +308,6 @@ class Machine(Supervision):
         return child.proc.pid
 
     # -- supervision: hypervisor/supervision.py (poll, check_adapter, restart_*) ----------
-    def _call_all(self, messages: dict[int, tuple[dict, tuple[int, ...]]],
-                  timeout: float) -> dict[int, dict]:
-        """One command to each of several partitions at once; the replies that came within
-        one common deadline, by network ID. A partition that is stopped, busy or dead does
-        not hold up the others (each message still reaches it: a late reply is dropped by id)."""
-        deadline = time.monotonic() + timeout
-        waiting: dict[int, int] = {}  # network ID -> call id, its call lock held
-        replies: dict[int, dict] = {}
-        try:
-            for nid, (message, fds) in messages.items():
-                child = self.partitions[nid]
-                if not child.call_lock.acquire(timeout=max(0.0, min(
-                        0.5, deadline - time.monotonic()))):
-                    continue
-                call_id = next(self._call_ids)
-                try:
-                    child.channel.send({**message, "id": call_id}, fds)
-                except (ControlError, OSError, ValueError):
-                    child.call_lock.release()
-                    continue
-                waiting[nid] = call_id
-            while waiting:
-                for nid in list(waiting):
-                    child = self.partitions[nid]
-                    try:
-                        while (msg := child.channel.pending()) is not None:
-                            if "event" in msg:
-                                self._on_event(child, msg)
-                            elif msg.pop("id", None) == waiting[nid]:
-                                replies[nid] = msg
-                                child.call_lock.release()
-                                del waiting[nid]
-                                break
-                    except (ControlError, ValueError):
-                        child.call_lock.release()
-                        del waiting[nid]
-                left = deadline - time.monotonic()
-                if not waiting or left <= 0:
-                    break
-                socks = {self.partitions[nid].channel.sock: nid for nid in waiting}
-                try:
-                    ready = select.select(list(socks), [], [], left)[0]
-                except (OSError, ValueError):
-                    break
-                for sock in ready:
-                    nid = socks[sock]
-                    if not self.partitions[nid].channel.feed_available():  # EOF: it died
-                        self.partitions[nid].call_lock.release()
-                        del waiting[nid]
-        finally:
-            for nid in waiting:
-                self.partitions[nid].call_lock.release()
-        return replies
 
     # -- stop ----------------------------------------------------------------------------
     def stop(self) -> dict[int, Outcome]:
@@ -524,4 +374,3 @@ class Machine(Supervision):
         if self._started:
             unlink_quietly(shm=[self.names.segment], sem=self.names.semaphores())
             self.registry.remove(self.prefix)
-

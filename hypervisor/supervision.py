@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from hypervisor.children import CALL_TIMEOUT_S, STOP_TIMEOUT_S, Child, MachineError, Pipes
+from hypervisor.children import (
+    CALL_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Child,
+    MachineError,
+    Pipes,
+    await_ready,
+)
 from hypervisor.lifecycle import ProcessEvent, ProcessState
 
 if TYPE_CHECKING:
@@ -93,7 +100,6 @@ class Supervision:
         _spawn_partition: Callable[[PartitionConfig, Pipes], Child]
         _connect_gateway: Callable[[dict[int, Pipes]], None]
         gateway: Gateway | None
-        _await_ready: Callable[..., None]
         _drain_events: Callable[[Child], None]
         outcomes: Callable[[], dict[int, Outcome]]
         children: Callable[[], list[Child]]
@@ -297,7 +303,7 @@ class Supervision:
         pipes = {nid: Pipes.open() for nid in [*live, *sorted(proxies)]}
         try:
             self.adapter = self._spawn_adapter(pipes)
-            self._await_ready([self.adapter])
+            await_ready([self.adapter])
             self._connect_gateway(pipes)
             answered = self._call_all({nid: ({"cmd": "reconnect"}, pipes[nid].driver_ends())
                                        for nid in live}, RECONNECT_TIMEOUT_S)
@@ -340,7 +346,7 @@ class Supervision:
         old.step(ProcessEvent.RESTART)
         self.partitions[network_id] = child
         try:
-            self._await_ready([child])
+            await_ready([child])
         except MachineError:
             child.proc.kill()  # never ready: its exit is the next poll's news, like any death
             raise

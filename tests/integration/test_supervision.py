@@ -112,12 +112,12 @@ def test_startup_failure_is_one_line_and_leaves_no_names(tmp_path):
 
 def test_startup_deadline_is_per_child(make_machine):
     """Each child's deadline runs from its own spawn: one spawned late is not short of time."""
-    import hypervisor.machine as machine_module
+    import hypervisor.children as children_module
 
     m = make_machine(small_config(n=2))
     spawned = [c.spawned_at for c in m.children()]
     assert spawned == sorted(spawned) and len(set(spawned)) == len(spawned)
-    assert machine_module.STARTUP_PER_CHILD_S > 0
+    assert children_module.STARTUP_PER_CHILD_S > 0
 
 
 # -- item 6: reconnects in parallel ------------------------------------------------------------

@@ -544,7 +544,7 @@ def test_recovery_rolls_back_a_commit_the_dead_adapter_left_half_done(m, monkeyp
     def crash(*args):
         raise Crash
 
-    monkeypatch.setattr("adapter.engine.mvxl", crash)
+    monkeypatch.setattr("adapter.commits.mvxl", crash)
     with pytest.raises(Crash):
         m.submit(1, Op.MOVE, [(2, 0, 9)])
     monkeypatch.undo()
