@@ -37,54 +37,87 @@ class XpmoveError(Exception):
 
 
 class UnknownNetworkId(XpmoveError):
+    """The destination network ID names no partition of this machine."""
+
     status = Status.UNKNOWN_ID
 
 
 class OwnNetworkId(XpmoveError):
+    """The destination is the sender itself: a partition does not send to its own ring."""
+
     status = Status.OWN_ID
 
 
 class BadCount(XpmoveError):
+    """A byte or packet count no move may have (nothing to send, a run whose packets do
+    not tile it or are too many for one request)."""
+
     status = Status.BAD_COUNT
 
 
 class BadOffset(XpmoveError):
+    """A source offset below 0."""
+
     status = Status.BAD_OFFSET
 
 
 class OutOfBounds(XpmoveError):
+    """A range outside the memory it names (own memory, or a loan's bytes): nothing was
+    read or written."""
+
     status = Status.OUT_OF_BOUNDS
 
 
 class TooLarge(XpmoveError):
+    """More bytes than one record of the destination may hold (`Port.max_record(dst)`), or
+    than the send space can stage."""
+
     status = Status.TOO_LARGE
 
 
 class SourceMismatch(XpmoveError):
+    """A request named another partition as its source (only a forged request does)."""
+
     status = Status.SOURCE_MISMATCH
 
 
 class MalformedRequest(XpmoveError):
+    """A request the adapter could not parse (only a forged or broken driver sends one)."""
+
     status = Status.MALFORMED
 
 
 class RingCorrupt(XpmoveError):
+    """The destination's receive ring has words no honest writer leaves: the adapter
+    refuses to write there until the machine restarts that partition."""
+
     status = Status.RING_CORRUPT
 
 
 class RetryableError(XpmoveError):
+    """A refusal that may pass: the sends retry it until their `timeout`."""
+
     retryable = True
 
 
 class DestinationFull(RetryableError):
+    """The destination's receive area has no room for the record until its receiver
+    takes packets out."""
+
     status = Status.DESTINATION_FULL
 
 
 class LockTimeout(RetryableError):
+    """The destination's lock (or this partition's own request slot) stayed busy past the
+    wait: another sender, a loan or a lease held it."""
+
     status = Status.LOCK_TIMEOUT
 
 
 class DestinationDown(RetryableError):
+    """The destination partition is not running now (starting, restarting, or its host
+    unheard from); a restart may end this."""
+
     status = Status.DESTINATION_DOWN
 
 

@@ -113,7 +113,7 @@ def parse_size(value: object, key: str) -> int:
     """
     if _is_int(value):
         if value < 0:
-            raise _fail(key, f"expected a size >= 0, got {value!r}")
+            raise _fail(key, f"a size cannot be negative, got {value!r}")
         return value
     if isinstance(value, str):
         match = _SIZE_RE.fullmatch(value)
@@ -143,10 +143,11 @@ def _require_table(value: object, key: str) -> Mapping[str, object]:
 
 def _page_size(value: object, key: str, minimum: int) -> int:
     size = parse_size(value, key)
+    shown = f"size {size}" if value == size else f"size {value!r} ({size} bytes)"
     if size % PAGE_SIZE != 0:
-        raise _fail(key, f"size {size} ({value!r}) is not a multiple of {PAGE_SIZE}")
+        raise _fail(key, f"{shown} is not a multiple of {PAGE_SIZE}")
     if size < minimum:
-        raise _fail(key, f"size {size} ({value!r}) is below the minimum {minimum}")
+        raise _fail(key, f"{shown} is below the minimum {minimum}")
     return size
 
 

@@ -337,8 +337,9 @@ class Machine(Calls, Supervision):
             replies = self._call_all({nid: ({"cmd": "stop"}, ()) for nid in running},
                                      STOP_TIMEOUT_S)
             for nid, reply in replies.items():
-                if reply.get("outcome") == "raised":  # it failed while stopping (say, sends
-                    self.partitions[nid].report = reply  # it had queued could not go out)
+                if reply.get("outcome") == "raised" or reply.get("error"):  # it failed while
+                    self.partitions[nid].report = reply  # stopping (sends it had queued could
+                    # not go out), or its wait was cut short by the stop (outcome "stopped")
         except Exception as exc:
             self.events.append(f"stopping partitions: {exc}")
         adapter = self.adapter

@@ -32,7 +32,15 @@ from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.driver import Sent
 from partitions.lease import Lease, LeaseClosed
 from partitions.leasing import LeaseLost
-from partitions.loan import Loan, LoanEnded, LoanError, LoanExported, LoanHeld, LoanRun
+from partitions.loan import (
+    Loan,
+    LoanEnded,
+    LoanError,
+    LoanExported,
+    LoanHeld,
+    LoanLeftOpen,
+    LoanRun,
+)
 from partitions.memory import PartitionView
 from partitions.port import Port, Run
 from partitions.receiver import Packet
@@ -41,7 +49,7 @@ __all__ = [
     "AdapterGone", "BadCount", "BadOffset", "DestinationDown", "DestinationFull", "DestinationGone",
     "Flow",
     "InDoubt", "Lease", "LeaseClosed", "LeaseLost",
-    "Loan", "LoanEnded", "LoanError", "LoanExported", "LoanHeld", "LoanRun",
+    "Loan", "LoanEnded", "LoanError", "LoanExported", "LoanHeld", "LoanLeftOpen", "LoanRun",
     "LockTimeout", "MalformedRequest", "OutOfBounds", "OwnNetworkId", "Packet",
     "PartitionView", "Port", "QueueFull", "QueuedSendFailed", "RetryableError", "RingCorrupt",
     "Run", "Sent", "SourceMismatch",

@@ -39,12 +39,14 @@ REPLY_GRACE_S = 0.25
 
 
 class Sent(NamedTuple):
-    """A move the adapter accepted: where it went and its per-pair sequence number."""
+    """A committed send: where it went, the pair's sequence number of its first packet,
+    the bytes it moved (a run's include its descriptor and each packet's padding to 8) and
+    how many packets (sequence numbers) it carried."""
 
     dst_id: int
-    seq: int  # of the first record
+    seq: int  # of the first packet
     count: int  # type: ignore[assignment]  # bytes (a field named like tuple.count)
-    records: int = 1
+    records: int = 1  # packets, each with its own sequence number
 
 
 T = TypeVar("T")

@@ -37,6 +37,9 @@ from collections.abc import Callable
 
 import posix_ipc
 
+import adapter
+import hypervisor
+import partitions
 from adapter.errors import XpmoveError
 from hypervisor.boot import PartitionBoot
 from hypervisor.control import Channel, ControlError
@@ -95,11 +98,32 @@ def raised_report(exc: BaseException, stopping: bool) -> dict:
     """The report of a program that raised `exc`: its text and traceback as strings, nothing
     that keeps the program's frames alive. An error of ours raised once the machine was
     stopping it (a wait cut short) is its stop, not its failure."""
-    user_frames = exc.__traceback__.tb_next if exc.__traceback__ else None
     stopped = stopping and isinstance(exc, XpmoveError)
     return {"outcome": "stopped" if stopped else "raised", "error": type(exc).__name__,
-            "message": str(exc), "traceback": "".join(traceback.format_exception(
-                type(exc), exc, user_frames, limit=-8))}
+            "message": str(exc), "traceback": program_traceback(exc)}
+
+
+LIBRARY = tuple(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep
+                for m in (adapter, hypervisor, partitions))
+PROGRAM_FRAMES = 4  # the program's own frames a report shows at most (the innermost)
+
+
+def program_traceback(exc: BaseException) -> str:
+    """`exc`'s traceback as the program's author needs it: the program's own innermost
+    frames (the line that called us among them), then of the frames inside xpmove only the
+    one that raised, so a short report still shows the user's line."""
+    frames = list(traceback.extract_tb(exc.__traceback__))[1:]  # without _run_program's
+    mine = [i for i, f in enumerate(frames) if not f.filename.startswith(LIBRARY)]
+    shown, inside = frames, []
+    if mine:
+        shown, inside = frames[max(0, mine[-1] + 1 - PROGRAM_FRAMES):mine[-1] + 1], \
+            frames[mine[-1] + 1:]
+    lines = ["Traceback (most recent call last):\n",
+             *traceback.StackSummary.from_list(shown).format()]
+    if len(inside) > 1:
+        lines.append(f"  ({len(inside) - 1} frame(s) inside xpmove not shown)\n")
+    lines += traceback.StackSummary.from_list(inside[-1:]).format()
+    return "".join(lines + traceback.format_exception_only(type(exc), exc))
 
 
 class Partition:

@@ -18,7 +18,9 @@ from hypervisor.config import ConfigError, MachineConfig, bench_config, load_con
 from hypervisor.machine import MachineError
 from hypervisor.names import RunDirError, RunRegistry
 from scripts.cli_types import (
+    BadOption,
     batches,
+    check_packet_size,
     count,
     flows,
     output_path,
@@ -170,14 +172,11 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from scripts.launch import largest_packet
     from scripts.soak import SoakInterrupted, soak
     from scripts.soak_report import broken_promises, poison_lines, report_table
-    from scripts.workload.pattern import MIN_PACKET
 
     _one_host_config(args.config, "soak")
     config = _traffic_config(args.config, "soak")
     limit = largest_packet(config)
-    if not MIN_PACKET <= args.size <= limit:
-        raise SystemExit(f"xpmove soak: --size {args.size} must be in [{MIN_PACKET}, {limit}] "
-                         f"for this config (sender area and half a receive ring)")
+    check_packet_size(args.size, limit)
     from scripts.console import make_console
 
     console = make_console()
@@ -373,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between refreshes")
     p.set_defaults(func=cmd_status)
 
-    p = command("cleanup", "unlink IPC names left by runs whose launcher died")
+    p = command("cleanup", "unlink IPC names left by runs whose launcher died: every run "
+                "records its names in the run registry, $XPMOVE_RUN_DIR (default "
+                "/tmp/xpmove-runs-<uid>), before it creates them; a run whose launcher is gone "
+                "is swept (every start sweeps them too); runs still alive are left alone")
     p.set_defaults(func=cmd_cleanup)
     return parser
 
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirError, MachineError) as exc:  # e.g. a machine that cannot start: one line
         print(f"xpmove: {exc}", file=sys.stderr)
         return 1
+    except BadOption as exc:
+        print(f"xpmove {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,21 @@ import argparse
 import math
 import os
 
+from scripts.workload.pattern import MIN_PACKET
+
+
+class BadOption(Exception):
+    """An option value refused once the config is known (a --size its rings cannot carry):
+    one line naming it, exit 2, as the parser does for the rest (cli.main)."""
+
+
+def check_packet_size(size: int, limit: int) -> None:
+    """BadOption unless `size` is a packet the built-in workload can send on a machine whose
+    largest packet is `limit` (launch.largest_packet)."""
+    if not MIN_PACKET <= size <= limit:
+        raise BadOption(f"--size {size} must be in [{MIN_PACKET}, {limit}] for this config "
+                        f"(sender area and half a receive ring)")
+
 
 def seconds(text: str) -> float:
     """A finite number of seconds > 0."""

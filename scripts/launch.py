@@ -23,11 +23,11 @@ from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine
+from scripts.cli_types import check_packet_size
 from scripts.console import make_console
 from scripts.loadgen.benchcore import si
 from scripts.shares import Shares, collect
 from scripts.tables import Col, Grid
-from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 
 POLL_S = 0.2
@@ -233,9 +233,7 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     shut down."""
     console = console or make_console()
     limit = largest_packet(config)
-    if not MIN_PACKET <= options.size <= limit:
-        raise SystemExit(f"xpmove: --size {options.size} must be in [{MIN_PACKET}, {limit}] for "
-                         f"this config (sender area and half a receive ring)")
+    check_packet_size(options.size, limit)
     machine = Machine(with_program(config, PROGRAM))
     stats: dict[int, dict] = {}
     adapter: dict = {}

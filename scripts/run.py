@@ -34,7 +34,7 @@ def report(outcomes: dict[int, Outcome], timed_out: bool) -> list[str]:
         lines.append(f"  [{STYLE.get(o.state, 'yellow')}]{escape(o.name)}[/] (ID {nid}): {what}")
         if o.state == "raised" and o.traceback:
             lines.extend(f"      [dim]{escape(line)}[/]" for line in o.traceback.rstrip()
-                         .splitlines()[-6:])
+                         .splitlines()[1:])  # the partition kept the frames that matter
     return lines
 
 

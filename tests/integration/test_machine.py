@@ -289,14 +289,17 @@ def test_multiple_write_run_is_one_record_however_many_packets(machine):
         assert (packet["source_id"], packet["seq"], bytes.fromhex(packet["hex"])) == (3, seq, data)
 
 
-@pytest.mark.parametrize("size", ["10", "3000000"])
-def test_launch_refuses_a_packet_size_the_machine_cannot_carry(size, tmp_path):
+@pytest.mark.parametrize("command, size", [("launch", "10"), ("launch", "3000000"),
+                                           ("soak", "0")])
+def test_launch_refuses_a_packet_size_the_machine_cannot_carry(command, size, tmp_path):
+    """A bad option value, known bad once the config is read: one line, exit 2 (README)."""
     runs = tmp_path / "runs"
-    result = subprocess.run([sys.executable, "-m", "scripts.cli", "launch", "--size", size],
+    result = subprocess.run([sys.executable, "-m", "scripts.cli", command, "--size", size],
                             capture_output=True, text=True, timeout=TIMEOUT,
                             env={**os.environ, "XPMOVE_RUN_DIR": str(runs)})
-    assert result.returncode != 0
-    assert f"--size {size} must be in [24, 2097128]" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"xpmove {command}: --size {size} must be in [24, 2097128] for "
+                             f"this config (sender area and half a receive ring)\n")
     assert no_run_registered(runs)
 
 

@@ -91,3 +91,69 @@ def test_a_loan_left_open_is_given_back_when_the_program_ends(tmp_path: Path, le
     assert "killed" not in proc.stdout and "held the lock" not in out, out
     assert took < GRANT_TIMEOUT_S, f"{took:.1f} s: the lock waited for the grant timeout"
     assert proc.returncode == 1, out
+
+
+def two_partitions(tmp_path: Path, one: str, two: str) -> Path:
+    """Partitions one and two of 1 MiB (256 KiB receive areas) running `prog:one` and
+    `prog:two` of the programs in `one` and `two` (dedented)."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent(one) + textwrap.dedent(two))
+    config = tmp_path / "machine.toml"
+    config.write_text("".join(
+        f'[[partition]]\nname = "{name}"\nnetwork_id = {nid}\nmemory = "1MiB"\n'
+        f'receive_area = "256KiB"\nprogram = "prog:{name}"\n\n'
+        for name, nid in (("one", 1), ("two", 2))))
+    return config
+
+
+def test_a_run_too_long_for_one_request_is_refused_naming_its_packets(tmp_path: Path) -> None:
+    """Every way a program names a run of 40,000 packets (more than one request carries) is
+    refused at once with BadCount naming the 40,000, not an adapter status code's 'count
+    640008 must be > 0'; nothing is sent."""
+    config = two_partitions(tmp_path, """
+        from partitions import BadCount
+
+        def one(port):
+            attempts = {
+                "send_batch": lambda: port.send_batch(2, [b"x" * 8] * 40000),
+                "run_at": lambda: port.run_at(0, 40000, 10),
+                "loan_run": lambda: port.loan_run(2, 40000, 1, timeout=5),
+                "lease.loan_run": lambda: port.lease(2, timeout=5).loan_run(40000, 1),
+            }
+            for name, attempt in attempts.items():
+                try:
+                    attempt()
+                except BadCount as exc:
+                    print(f"{name} refused: {exc}")
+    """, """
+        def two(port):
+            assert port.receive(timeout=0.5) is None, "a refused run delivered something"
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    for name in ("send_batch", "run_at", "loan_run", "lease.loan_run"):
+        assert re.search(rf"^{re.escape(name)} refused: .*a run holds 1\.\.32768 packets .*got "
+                         rf"40000 packets", proc.stdout, re.MULTILINE), out
+
+
+def test_a_send_the_machines_stop_cuts_short_is_reported_as_the_stop(tmp_path: Path) -> None:
+    """A program blocked in a per-packet send (the destination never receives, the queue is
+    full) when the run's timeout stops the machine: the send raises, naming the stop, and
+    the report says the program was stopped, not that it failed."""
+    config = two_partitions(tmp_path, """
+        def one(port):
+            while True:  # ignores port.stop: the send itself must end
+                port.send(2, b"x" * 1024)
+    """, """
+        def two(port):
+            port.stop.wait()
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path, timeout=2)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert re.search(r"one \(ID 1\): still running at the timeout: stopped \(its wait cut "
+                     r"short: QueueFull: send to network ID 2: the machine is stopping while it "
+                     r"waited for room in the submission buffers; the packet was not queued",
+                     proc.stdout), out
+    assert "two (ID 2): still running at the timeout: stopped" in proc.stdout, out
+    assert "raised" not in proc.stdout, out
