@@ -27,9 +27,10 @@ from partitions.leasing import HeldLease, Leasing
 from partitions.lending import Granted, Lending
 from partitions.posting import Posted, Posting
 from partitions.replies import Replies
-from partitions.requesting import RECONNECT_WAIT_S, Requesting
+from partitions.requesting import Requesting
 
 RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
+RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 # A reply is waited for until the caller's deadline, but at least REPLY_WAIT_MIN_S, plus
 # REPLY_GRACE_S: a timeout of 0 (one attempt) or a retry late in its window is not cut short by
 # a busy adapter or a loaded machine, and the adapter's answer to a request parked behind a

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from partitions.posting import Posted
     from partitions.replies import Replies
 
-RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
 REAP_SLICE_S = 0.1  # the late-reply thread re-checks its pipe and the driver this often
 
 
@@ -49,7 +48,7 @@ class Requesting(DriverParts):
     if TYPE_CHECKING:
         request_fd: int
         reply_fd: int
-        reconnect_wait: float
+        reconnect_wait: float  # RECONNECT_WAIT_S (partitions/driver.py)
         late_replies: int
         late_grants_returned: int
         _request_id: int

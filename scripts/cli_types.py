@@ -11,8 +11,6 @@ import argparse
 import math
 import os
 
-from scripts.workload.pattern import MIN_PACKET
-
 
 class BadOption(Exception):
     """An option value refused once the config is known (a --size its rings cannot carry):
@@ -22,6 +20,8 @@ class BadOption(Exception):
 def check_packet_size(size: int, limit: int) -> None:
     """BadOption unless `size` is a packet the built-in workload can send on a machine whose
     largest packet is `limit` (launch.largest_packet)."""
+    from scripts.workload.pattern import MIN_PACKET  # numpy: only the commands that send
+
     if not MIN_PACKET <= size <= limit:
         raise BadOption(f"--size {size} must be in [{MIN_PACKET}, {limit}] for this config "
                         f"(sender area and half a receive ring)")

@@ -111,7 +111,8 @@ def test_loaned_space_is_zeroed_and_bounded(make_machine):
     ({"count": 200 * 1024}, "TooLarge", "count 204800"),
     ({"count": 2 << 20}, "TooLarge", "2097152 bytes"),
     ({"packets": 0, "length": 8}, "BadCount", "0 packets"),
-    ({"packets": 40000, "length": 1}, "TooLarge", "count 320008"),
+    ({"packets": 40000, "length": 1}, "BadCount", "got 40000 packets"),  # > one request's
+    ({"packets": 30000, "length": 1}, "TooLarge", "count 240008"),  # > one record's bytes
 ])
 def test_bad_loans_are_typed_errors_and_leak_no_lock(machine, msg, error, named):
     m = machine
