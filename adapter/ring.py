@@ -145,6 +145,11 @@ MAX_RUN_RECORDS = 32768  # packets one request may carry in runs (a ring may bou
 MIN_RUN = RUN_DESCRIPTOR.size + ALIGN  # the smallest run: a descriptor and one 1-byte packet
 
 
+def run_size(packets: int, length: int) -> int:
+    """Bytes of a run of `packets` packets of `length` bytes (descriptor, padded packets)."""
+    return RUN_DESCRIPTOR.size + packets * align(length)
+
+
 def check_run_shape(packets: int, length: int, what: str) -> None:
     """BadCount naming the values unless a run of `packets` packets of `length` bytes is one
     a request may carry (1..MAX_RUN_RECORDS packets, each >= 1 byte): checked where the

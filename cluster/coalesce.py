@@ -15,12 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adapter.ring import KIND_RECORD, MAX_RUN_RECORDS, RUN_DESCRIPTOR, RecordView, align
-
-
-def run_size(packets: int, length: int) -> int:
-    """Bytes of a run of `packets` packets of `length` bytes (descriptor, padded packets)."""
-    return RUN_DESCRIPTOR.size + packets * align(length)
+from adapter.ring import KIND_RECORD, MAX_RUN_RECORDS, RecordView, run_size
 
 
 def groups(records: Sequence[RecordView], largest: int) -> list[list[RecordView]]:

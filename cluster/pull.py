@@ -28,8 +28,9 @@ from adapter.ring import (
     max_payload,
     next_record,
     reserve,
+    run_size,
 )
-from cluster.coalesce import groups, run_size
+from cluster.coalesce import groups
 from cluster.mpi import MPI
 
 if TYPE_CHECKING:

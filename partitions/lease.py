@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from adapter.errors import BadCount, TooLarge, XpmoveError
-from adapter.ring import RUN_DESCRIPTOR, align, check_run_shape
+from adapter.ring import check_run_shape, run_size
 from partitions.driver import Driver, Sent, retrying
 from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
@@ -166,7 +166,7 @@ class Lease:
                  cancel: threading.Event | None = None, uninit: bool = False) -> LoanRun:
         """`loan` for a run of `packets` packets of `length` bytes (`loan.packet(i)`), ONE
         record of `packets` sequence numbers, as `Port.loan_run` but with no request."""
-        count = length if packets == 1 else RUN_DESCRIPTOR.size + packets * align(length)
+        count = length if packets == 1 else run_size(packets, length)
         what = f"loan_run of {packets} packets of {length} bytes under the lease on network " \
                f"ID {self.dst}"
         check_run_shape(packets, length, what)

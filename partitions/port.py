@@ -24,7 +24,6 @@ is raised.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 import weakref
@@ -33,14 +32,14 @@ from typing import Literal, NamedTuple, TypeVar, overload
 
 from adapter.errors import BadCount, OwnNetworkId, TooLarge, UnknownNetworkId, XpmoveError
 from adapter.protocol import Flow
-from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, check_run_shape, max_payload
+from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, check_run_shape, max_payload, run_size
 from partitions.blocks import BlockHandler
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
-from partitions.lease import Lease, refuse_if_lent
-from partitions.lending import Granted
-from partitions.loan import Loan, LoanExported, LoanHeld, LoanRun
+from partitions.lease import Lease
+from partitions.loan import Loan
 from partitions.memory import PartitionView
+from partitions.port_loans import PortLoans
 from partitions.receiver import Packet, Receiver
 
 WAIT_SLICE_S = 0.05  # a wait with no timeout re-checks `stop` at least this often
@@ -64,7 +63,7 @@ class Run(NamedTuple):
 
     @property
     def size(self) -> int:
-        return RUN_DESCRIPTOR.size + self.packets * self.stride
+        return run_size(self.packets, self.length)
 
     def packet_offset(self, i: int) -> int:
         """Offset in own memory of packet `i` (0-based)."""
@@ -73,7 +72,7 @@ class Run(NamedTuple):
         return self.offset + RUN_DESCRIPTOR.size + i * self.stride
 
 
-class Port:
+class Port(PortLoans):
     """A partition program's view of the machine (see the module docstring).
 
     Attributes: `network_id` and `name` of this partition; `peers`, the network IDs of the
@@ -306,145 +305,6 @@ class Port:
         if cancel is None:
             return stop.is_set
         return lambda: stop.is_set() or cancel.is_set()
-
-    # -- loans: zero-copy sends (partitions/loan.py) ------------------------------------------
-    def loan(self, dst: int, count: int, timeout: float | None = None,
-             cancel: threading.Event | None = None, uninit: bool = False) -> Loan:
-        """Lend the program `count` bytes of partition `dst`'s receive area to write ONE packet
-        in place (Fig 12 with no move): `with port.loan(dst, n) as buf: buf[:] = ...` commits
-        on a normal exit (one record there, exactly once) and gives the space back if the
-        block raises; or `loan.commit()` / `loan.give_back()`.
-
-        Waits, retrying like `send`, for room and for the destination's lock, then HOLDS that
-        lock until the loan ends: the destination's other senders, and this partition's other
-        threads' sends, wait meanwhile, so keep loans short (a grant held too long may be
-        ended by the machine). One loan per port at a time; from the thread holding it,
-        another loan, a send, `flush()` or a waiting receive raises LoanHeld. `count` is
-        bounded like a send's (`max_record(dst)`, the send space). The lent bytes are zeros;
-        with `uninit=True` (for a program that writes every byte it commits) they may instead
-        hold this partition's OWN older records to `dst`, never another partition's: the
-        memset is skipped only where that is proven. See partitions/loan.py for the rules.
-        """
-        self._check_no_loan("loan")
-        self._check_loan_args(dst, count, f"loan of {count} bytes")
-        self._flush_before_sync()  # after what was queued before it
-        offset = self._stage_at(count, "a loan")  # the move's source: a range, nothing staged
-        return self._take_loan(dst, offset, count, False, timeout, cancel,
-                               lambda g: Loan(self._driver, g, self._loan_ended), uninit)
-
-    def loan_run(self, dst: int, packets: int, length: int, timeout: float | None = None,
-                 cancel: threading.Event | None = None, uninit: bool = False) -> LoanRun:
-        """`loan`, for a multiple-write run of `packets` packets of `length` bytes: write each
-        in `loan.packet(i)`, then commit (ONE record of `packets` sequence numbers). As a
-        context manager it gives the loan itself. `uninit` as for `loan`."""
-        self._check_no_loan("loan_run")
-        what = f"loan_run of {packets} packets of {length} bytes"
-        self._check_loan_args(dst, min(packets, length), what)
-        check_run_shape(packets, length, what)
-
-        def lent(granted: Granted) -> LoanRun:
-            return LoanRun(self._driver, granted, self._loan_ended, packets, length)
-
-        if packets == 1:  # as send_run does: a run of one packet is a plain record
-            offset = self._stage_at(length, "a loan")
-            self._flush_before_sync()
-            return self._take_loan(dst, offset, length, False, timeout, cancel, lent, uninit)
-        run = Run(0, packets, length)
-        with self._staging:  # the descriptor the adapter reads, staged as send_batch does
-            self._flush_before_sync()  # the staging area holds the queue's buffers
-            offset = self._stage_at(run.size, f"a loan of a run of {packets} {length}-byte "
-                                              f"packets")
-            RUN_DESCRIPTOR.pack_into(self.memory.buffer(offset, RUN_DESCRIPTOR.size), 0,
-                                     packets, length)
-            return self._take_loan(dst, offset, run.size, True, timeout, cancel, lent, uninit)
-
-    def _take_loan(self, dst: int, offset: int, count: int, run: bool, timeout: float | None,
-                   cancel: threading.Event | None, lend: Callable[[Granted], LoanT],
-                   uninit: bool) -> LoanT:
-        outcome = self._driver.grant_retrying(
-            dst, offset, count, run, timeout=float("inf") if timeout is None else timeout,
-            stop=self._stopping(cancel), uninit=uninit)
-        if isinstance(outcome, XpmoveError):
-            raise outcome
-        try:
-            loan = lend(outcome)
-        except BaseException:
-            self._driver.end_grant(outcome, commit=False)
-            raise
-        self._loan, self._loan_thread = loan, threading.get_ident()
-        return loan
-
-    def _loan_ended(self, loan: Loan) -> None:
-        """`loan` is over. Another thread's next loan may already be registered (the driver
-        was free before this call): only `loan` itself is forgotten."""
-        if self._loan is loan:
-            self._loan = self._loan_thread = None
-
-    @staticmethod
-    def _check_loan_args(dst: int, count: int, what: str) -> None:
-        if not isinstance(dst, int):
-            raise UnknownNetworkId(f"{what}: unknown destination network ID {dst!r}")
-        if count < 1:
-            raise BadCount(f"{what}: the count must be >= 1")
-
-    def _check_no_loan(self, what: str) -> None:
-        """LoanHeld if the calling thread holds this port's loan, or a loan under one of its
-        leases: `what` would wait for it."""
-        loan = self._loan
-        if loan is not None and self._loan_thread == threading.get_ident():
-            raise LoanHeld(f"{what}: this thread holds a loan to network ID {loan.dst} "
-                           f"({loan.size} bytes); commit or give it back first (the {what} "
-                           f"would wait for the loan itself)")
-        refuse_if_lent(self._driver, what)
-
-    def give_back_loans(self) -> list[str]:
-        """Give back every loan still open on this port and under its leases, delivering
-        nothing; one line per loan for a report. The partition does this when its program
-        ends (an open loan holds the destination's lock, and this partition's queue waits
-        behind it); a program may too, e.g. in a `finally`. A loan that a view made from it
-        still keeps alive (LoanExported) cannot end: it is named as still held."""
-        loans = [self._loan, *(lease.open_loan for lease in list(self._leases))]
-        lines = []
-        for loan in dict.fromkeys(x for x in loans if x is not None):
-            what = f"a loan of {loan.size} bytes to network ID {loan.dst}"
-            for attempt in range(2):
-                try:
-                    loan.give_back()
-                except LoanExported:
-                    if attempt == 0:
-                        gc.collect()  # views held only by reference cycles (old frames)
-                        continue
-                    lines.append(f"{what}: still held, a view made from it is alive")
-                except XpmoveError:  # ended meanwhile, or its lease was lost: nothing sent
-                    break
-                else:
-                    lines.append(f"{what}: given back, nothing delivered")
-                break
-        return lines
-
-    # -- leases: standing grants (partitions/lease.py) ----------------------------------------
-    def lease(self, dst: int, timeout: float | None = None,
-              cancel: threading.Event | None = None) -> Lease:
-        """A standing grant on `dst`: `lease.send(data)` then commits each packet there at once,
-        with no request to the adapter (one wake-up per lone packet, the receiver's). Given
-        back by `close()` (or the `with` block's end), and whenever another sender waits for
-        `dst` (the next send asks again). Waits, retrying like `send`, for the lock. See
-        partitions/lease.py for the rules."""
-        self._check_no_loan("lease")
-        if dst not in self._max_run:
-            self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
-        self._flush_before_sync()  # after what was queued before it
-        lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
-                      self._stopping)
-        lease.acquire(timeout, cancel)
-        self._leases.add(lease)
-        return lease
-
-    def _before_lease_send(self) -> None:
-        """Each lease send: not from the thread holding a loan, and after what was queued."""
-        if self._loan is not None or self._driver.lent_leases:
-            self._check_no_loan("lease send")
-        self._flush_before_sync()
 
     # -- receiving --------------------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Packet | None:

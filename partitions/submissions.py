@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from adapter.protocol import MAX_MOVES, Flow
-from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align
+from adapter.ring import ALIGN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, align, run_size
 
 CORK_BUFFERS = 2  # one in flight, one filling
 LOOKAHEAD = 32  # runs a request of lone packets looks past its first for more destinations
@@ -45,7 +45,7 @@ class QueuedRun:
     @property
     def size(self) -> int:
         """Bytes of its descriptor and packets (each padded to ALIGN)."""
-        return RUN_DESCRIPTOR.size + self.packets * align(self.length)
+        return run_size(self.packets, self.length)
 
     @property
     def payload_offset(self) -> int:

@@ -5,8 +5,15 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapter.ring import KIND_RECORD, KIND_RUN, MAX_RUN_RECORDS, RUN_DESCRIPTOR, RecordView
-from cluster.coalesce import groups, run_size
+from adapter.ring import (
+    KIND_RECORD,
+    KIND_RUN,
+    MAX_RUN_RECORDS,
+    RUN_DESCRIPTOR,
+    RecordView,
+    run_size,
+)
+from cluster.coalesce import groups
 
 
 def records(*specs: tuple[int, int, int]) -> list[RecordView]:
