@@ -34,6 +34,7 @@ class XpmoveError(Exception):
 
     status: Status = Status.MALFORMED
     retryable = False
+    cut_short = False  # set on one a wait gave up with because the machine was stopping
 
 
 class UnknownNetworkId(XpmoveError):

@@ -184,8 +184,11 @@ class Cork:
                 cut = ("the machine is stopping" if self._stop.is_set() else "cancelled"
                        if cancel is not None and cancel.is_set() else None)
                 if cut is not None:
-                    raise QueueFull(f"send to network ID {dst}: {cut} while it waited for room "
-                                    f"in the submission buffers; the packet was not queued")
+                    stopped = QueueFull(f"send to network ID {dst}: {cut} while it waited for "
+                                        f"room in the submission buffers; the packet was not "
+                                        f"queued")
+                    stopped.cut_short = True
+                    raise stopped
                 if left <= 0:
                     raise QueueFull(f"send to network ID {dst}: no room in the submission "
                                     f"buffers within {timeout} s ({self.book.queued} packets "

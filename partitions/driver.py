@@ -65,8 +65,12 @@ def retrying(attempt: Callable[[float | None], T | XpmoveError], timeout: float,
         reply_by = (None if deadline == float("inf") else
                     max(deadline, time.monotonic() + REPLY_WAIT_MIN_S) + REPLY_GRACE_S)
         outcome = attempt(reply_by)
-        if (not isinstance(outcome, XpmoveError) or not outcome.retryable
-                or (stop is not None and stop()) or time.monotonic() >= deadline):
+        if not isinstance(outcome, XpmoveError) or not outcome.retryable:
+            return outcome
+        if stop is not None and stop():
+            outcome.cut_short = True  # the stop ended the wait, not the destination
+            return outcome
+        if time.monotonic() >= deadline:
             return outcome
         time.sleep(pause)  # back-off while the destination drains, not synchronisation
         pause = min(pause * 2, RETRY_BACKOFF_S[1])

@@ -76,8 +76,10 @@ class Lease:
 
     def __init__(self, driver: Driver, dst: int, max_record: int,
                  before_send: Callable[[], None], stopping: Callable[[threading.Event | None],
-                                                                     Callable[[], bool]]):
+                                                                     Callable[[], bool]],
+                 on_loan: Callable[[Loan, bool], None] = lambda loan, is_open: None):
         self.dst = dst
+        self._on_loan = on_loan  # told of each loan's start and end (the port's book)
         self._driver = driver
         self._max_record = max_record
         self._before_send = before_send
@@ -209,9 +211,11 @@ class Lease:
             end(outcome, False)
             raise
         self._loan, self._loan_thread = loan, threading.get_ident()
+        self._on_loan(loan, True)
         return loan
 
     def _loan_ended(self, loan: Loan) -> None:
+        self._on_loan(loan, False)
         if self._loan is loan:
             self._loan = self._loan_thread = None
 

@@ -147,8 +147,7 @@ class Loan:
             raise LoanEnded(f"{event}: the loan of {self.size} bytes to network ID {self.dst} "
                             f"is already {self.state.value}")
         try:
-            self.view.release()
-            self._region.release()
+            self._release_views()
         except BufferError:
             raise LoanExported(
                 f"{event}: a view made from the loan of {self.size} bytes to network ID "
@@ -166,6 +165,17 @@ class Loan:
             raise error
         g = self._granted
         return Sent(g.dst_id, g.seq, g.count, g.records)
+
+    def _release_views(self) -> None:
+        """Release `view` and the region under it; BufferError (nothing changed) while a view
+        made from them is alive. A slice of `view` lets `view` go but keeps the region: `view`
+        is then made anew, so the loan is as it was and can still be filled and committed."""
+        self.view.release()
+        try:
+            self._region.release()
+        except BufferError:
+            self.view = memoryview(pickle.PickleBuffer(self._region))
+            raise
 
     def __enter__(self) -> memoryview:
         return self.view

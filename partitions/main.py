@@ -12,10 +12,12 @@ this process's main thread serves the control channel:
 * anything else goes to the handler the program registered with `port.on_command`, on one
   worker thread, in arrival order.
 
-When the program returns or raises, what it queued with per-packet sends is flushed first (until
-done, or within FLUSH_GRACE_S once the machine stops it; runs that failed or were left turn a
-"returned" into "raised QueuedSendFailed" naming them). Then the outcome is reported to the
-hypervisor (`finished` event: "returned", or "raised" with the exception's type and message) and
+When the program returns or raises, loans it left open are given back (LoanLeftOpen), then
+what it queued with per-packet sends is flushed (until done, or within FLUSH_GRACE_S once the
+machine stops it; runs that failed or were left are QueuedSendFailed naming them): either turns
+the outcome into "raised" (partitions/program_report.py). Then the outcome is reported to the
+hypervisor (`finished` event, or the answer to `stop`: "returned", "raised" with the exception's
+type, message and traceback, or "stopped" when the machine's stop cut a wait of it short) and
 the process exits (0, or 1 if it raised). Without a program the partition runs nothing until
 stopped. The process also exits when the hypervisor's end of the control channel closes.
 """
@@ -32,18 +34,15 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 
 import posix_ipc
 
-import adapter
-import hypervisor
-import partitions
 from adapter.errors import XpmoveError
 from hypervisor.boot import PartitionBoot
 from hypervisor.control import Channel, ControlError
 from hypervisor.memory import PhysicalMemory
+from partitions import program_report
 from partitions.cork import QueuedFailure, QueuedSendFailed
 from partitions.driver import Driver
 from partitions.loan import LoanError, LoanLeftOpen
@@ -94,38 +93,6 @@ class ProgramReport:
         self.done.set()
 
 
-def raised_report(exc: BaseException, stopping: bool) -> dict:
-    """The report of a program that raised `exc`: its text and traceback as strings, nothing
-    that keeps the program's frames alive. An error of ours raised once the machine was
-    stopping it (a wait cut short) is its stop, not its failure."""
-    stopped = stopping and isinstance(exc, XpmoveError)
-    return {"outcome": "stopped" if stopped else "raised", "error": type(exc).__name__,
-            "message": str(exc), "traceback": program_traceback(exc)}
-
-
-LIBRARY = tuple(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep
-                for m in (adapter, hypervisor, partitions))
-PROGRAM_FRAMES = 4  # the program's own frames a report shows at most (the innermost)
-
-
-def program_traceback(exc: BaseException) -> str:
-    """`exc`'s traceback as the program's author needs it: the program's own innermost
-    frames (the line that called us among them), then of the frames inside xpmove only the
-    one that raised, so a short report still shows the user's line."""
-    frames = list(traceback.extract_tb(exc.__traceback__))[1:]  # without _run_program's
-    mine = [i for i, f in enumerate(frames) if not f.filename.startswith(LIBRARY)]
-    shown, inside = frames, []
-    if mine:
-        shown, inside = frames[max(0, mine[-1] + 1 - PROGRAM_FRAMES):mine[-1] + 1], \
-            frames[mine[-1] + 1:]
-    lines = ["Traceback (most recent call last):\n",
-             *traceback.StackSummary.from_list(shown).format()]
-    if len(inside) > 1:
-        lines.append(f"  ({len(inside) - 1} frame(s) inside xpmove not shown)\n")
-    lines += traceback.StackSummary.from_list(inside[-1:]).format()
-    return "".join(lines + traceback.format_exception_only(type(exc), exc))
-
-
 class Partition:
     def __init__(self, boot: PartitionBoot):
         self.boot = boot
@@ -159,17 +126,17 @@ class Partition:
                 load_program(self.boot.program)(self.port)
             report = {"outcome": "returned"}
         except BaseException as exc:  # the program's failure is reported, never re-raised
-            report = raised_report(exc, self.port.stop.is_set())
+            report = program_report.raised(exc, self.port.stop.is_set())
         try:  # the program's frames are gone (no traceback kept): so are its views of loans
-            self._settle(report)
+            report = self._settle(report)
         finally:
             self.port.commands_ready.set()  # commands waiting for a handler get their answer
             self.outcome.finish(report)
 
-    def _settle(self, report: dict) -> None:
-        """What the program left: loans still open are given back (each holds a lock, and the
-        queue waits behind it), then the queue is moved; either turns a return into a failure
-        (nothing accepted is silently dropped), noted in `report`."""
+    def _settle(self, report: dict) -> dict:
+        """`report` with what the program left: loans still open are given back (each holds
+        a lock, and the queue waits behind it), then the queue is moved; either is a failure
+        (nothing accepted is silently dropped: partitions/program_report.py)."""
         problems: list[XpmoveError] = []
         left_open = self.port.give_back_loans()
         if left_open:
@@ -182,12 +149,8 @@ class Partition:
             failures = self.port.unflushed()
         if failures:  # accepted packets that were not moved: the program did not succeed
             problems.append(QueuedSendFailed(failures))
-        for problem in problems:
-            if report["outcome"] == "returned":
-                report.update(outcome="raised", error=type(problem).__name__,
-                              message=str(problem))
-            else:
-                report["message"] += f"; and {problem}"
+        return program_report.with_problems(report, problems)
+
     def _drain_queue(self) -> list[QueuedFailure]:
         """Move what the program queued (per-packet sends) before the partition reports: until
         done while the machine runs (each queued move ends at its own timeout), within

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
@@ -36,7 +35,6 @@ from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, check_run_shape, max_payl
 from partitions.blocks import BlockHandler
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
-from partitions.lease import Lease
 from partitions.loan import Loan
 from partitions.memory import PartitionView
 from partitions.port_loans import PortLoans
@@ -105,7 +103,7 @@ class Port(PortLoans):
         self._commands: CommandHandler | None = None
         self._loan: Loan | None = None  # the loan this port holds (at most one: see loan())
         self._loan_thread: int | None = None
-        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()  # for give_back_loans
+        self._lease_loans: set[Loan] = set()  # loans open under this port's leases
         self.commands_ready = threading.Event()
 
     # -- sending ----------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -21,7 +20,7 @@ from adapter.errors import BadCount, UnknownNetworkId, XpmoveError
 from adapter.ring import RUN_DESCRIPTOR, check_run_shape, run_size
 from partitions.lease import Lease, refuse_if_lent
 from partitions.lending import Granted
-from partitions.loan import Loan, LoanExported, LoanHeld, LoanRun
+from partitions.loan import Loan, LoanEnded, LoanExported, LoanHeld, LoanRun
 
 if TYPE_CHECKING:
     from partitions.driver import Driver
@@ -40,7 +39,7 @@ class PortLoans:
         _max_run: dict[int, int]
         _loan: Loan | None
         _loan_thread: int | None
-        _leases: weakref.WeakSet[Lease]
+        _lease_loans: set[Loan]
 
         def _flush_before_sync(self) -> None: ...
 
@@ -145,7 +144,7 @@ class PortLoans:
         ends (an open loan holds the destination's lock, and this partition's queue waits
         behind it); a program may too, e.g. in a `finally`. A loan that a view made from it
         still keeps alive (LoanExported) cannot end: it is named as still held."""
-        loans = [self._loan, *(lease.open_loan for lease in list(self._leases))]
+        loans = [self._loan, *list(self._lease_loans)]  # list(): one step under the GIL
         lines = []
         for loan in dict.fromkeys(x for x in loans if x is not None):
             what = f"a loan of {loan.size} bytes to network ID {loan.dst}"
@@ -157,12 +156,22 @@ class PortLoans:
                         gc.collect()  # views held only by reference cycles (old frames)
                         continue
                     lines.append(f"{what}: still held, a view made from it is alive")
-                except XpmoveError:  # ended meanwhile, or its lease was lost: nothing sent
+                except LoanEnded:  # ended meanwhile by its own thread: not left open
                     break
+                except XpmoveError as exc:  # its grant or lease was lost: nothing delivered
+                    lines.append(f"{what}: ended, nothing delivered ({exc})")
                 else:
                     lines.append(f"{what}: given back, nothing delivered")
                 break
         return lines
+
+    def _lease_loan(self, loan: Loan, is_open: bool) -> None:
+        """A lease's loan started or ended: the book give_back_loans reads (strong references:
+        a lease the program dropped with a loan open is still found)."""
+        if is_open:
+            self._lease_loans.add(loan)
+        else:
+            self._lease_loans.discard(loan)
 
     # -- leases: standing grants (partitions/lease.py) ----------------------------------------
     def lease(self, dst: int, timeout: float | None = None,
@@ -177,9 +186,8 @@ class PortLoans:
             self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
         self._flush_before_sync()  # after what was queued before it
         lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
-                      self._stopping)
+                      self._stopping, self._lease_loan)
         lease.acquire(timeout, cancel)
-        self._leases.add(lease)
         return lease
 
     def _before_lease_send(self) -> None:

@@ -111,12 +111,13 @@ def _terminate_as_interrupt(signum, frame) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from scripts.launch import TrafficOptions, launch
+    from scripts.launch import TrafficOptions, largest_packet, launch
 
     packets = args.packets
     if packets is None and args.duration is None:
         packets = DEFAULT_PACKETS
     config = _traffic_config(args.config, "launch")
+    check_packet_size(args.size, largest_packet(config))  # one host or several
     options = TrafficOptions(packets=packets, duration=args.duration, size=args.size,
                              flows=args.flows)
     if config.hosts:

@@ -23,7 +23,6 @@ from adapter.protocol import Flow
 from adapter.ring import max_payload
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine
-from scripts.cli_types import check_packet_size
 from scripts.console import make_console
 from scripts.loadgen.benchcore import si
 from scripts.shares import Shares, collect
@@ -232,8 +231,6 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
     """Run the machine once; 0 when every packet was accepted and arrived intact, and all
     shut down."""
     console = console or make_console()
-    limit = largest_packet(config)
-    check_packet_size(options.size, limit)
     machine = Machine(with_program(config, PROGRAM))
     stats: dict[int, dict] = {}
     adapter: dict = {}

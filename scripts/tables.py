@@ -1,4 +1,4 @@
-"""Result tables that fit the terminal (or the pipe's 80 columns) without cutting a number.
+"""Result tables that fit the terminal (or a pipe's PIPE_WIDTH) without cutting a number.
 
 A `Grid` is a table as data: title, columns, rows, and which columns may go when the width is
 short. It is a rich renderable, so `console.print(grid)` works; at print time it is laid out

@@ -68,12 +68,16 @@ def test_the_context_manager_commits_or_gives_back():
 ])
 def test_a_live_export_keeps_the_loan_held(export):
     """Anything made from the view can still write into the ring: while one lives the loan
-    cannot end (nothing is asked of the driver); once it is gone, it can."""
+    cannot end (nothing is asked of the driver, and the loan's own view still works: a slice
+    lets the view go but not the region under it); once it is gone, it can."""
     loan, driver, ends = make()
     kept = export(loan.view)
     for end in (loan.commit, loan.give_back):
-        with pytest.raises(LoanExported, match="network ID 2 is still alive"):
+        with pytest.raises(LoanExported, match="network ID 2 is still alive") as raised:
             end()
+        assert raised.value.loan is loan  # a `with` block's only handle on it
+        loan.view[0] = 7
+        loan.write(1, b"\x08")
     assert (driver.ended, ends, loan.state) == ([], [], LoanState.HELD)
     del kept
     loan.give_back()
