@@ -212,18 +212,25 @@ class Lease:
             raise
         self._loan, self._loan_thread = loan, threading.get_ident()
         self._on_loan(loan, True)
+        if self._closed:  # closed by another thread while this one was lent to: close saw
+            loan.give_back()  # no loan, so this one is ours to undo (and the lease with it)
+            raise LeaseClosed(f"loan: the lease on network ID {self.dst} was closed while "
+                              f"the loan was made; nothing was lent")
         return loan
 
     def _loan_ended(self, loan: Loan) -> None:
         self._on_loan(loan, False)
         if self._loan is loan:
             self._loan = self._loan_thread = None
+        if self._closed and self._held is not None:  # close() left it to this loan's end
+            self._driver.end_lease(self._held)
 
     def close(self) -> None:
         """Give the lease back (if held); later sends raise LeaseClosed. Idempotent. An open
         loan of this lease is given back first if this thread holds it (LoanExported, nothing
         changed, while a view made from it is alive); another thread's raises LoanHeld
-        (nothing changed): it is that thread's to commit or give back."""
+        (nothing changed): it is that thread's to commit or give back. A loan another thread
+        is being lent as close() runs is undone there (LeaseClosed, nothing lent)."""
         if self._closed:
             return
         loan = self._loan

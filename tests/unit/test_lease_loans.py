@@ -194,6 +194,28 @@ def test_the_thread_holding_a_lease_loan_cannot_send_and_close_gives_the_loan_ba
         lease.loan(8)
 
 
+def test_a_close_from_another_thread_while_a_loan_is_made_undoes_the_loan_and_the_lease(m):
+    """close() on another thread between the driver lending and the Lease registering the
+    loan (it sees no loan, so it closes): the loan is given back and the lending call raises
+    LeaseClosed; the lease goes back once that loan has ended (not left to a recall)."""
+    d = EngineDriver(m, 1)
+    lease = lease_of(m, d)
+    lend = d.lease_loan
+
+    def lend_then_close(*args, **kwargs):
+        granted = lend(*args, **kwargs)
+        closer = threading.Thread(target=lease.close)
+        closer.start()
+        closer.join()
+        return granted
+
+    d.lease_loan = lend_then_close  # type: ignore[method-assign]
+    with pytest.raises(LeaseClosed, match="closed while the loan was made"):
+        lease.loan(8)
+    assert d._leases[2].lent is None and m.records(2) == [] and m.seq(1, 2) == 0
+    assert m.locks[2].value == 1 and not lease.held  # the lease went back too
+
+
 def test_ending_a_loan_twice_never_ends_the_next_one(m):
     """A stale end (the loan was committed already, and the next one lent since) must not
     forget the loan open now: its lease stays unrecallable until THAT loan ends."""
