@@ -1,6 +1,6 @@
 """Fixtures that start real machines (real processes, segment, semaphores, pipes): one per
 test (`machine`, `make_machine`), or machines the fuzz tests (test_fuzz_*.py) share across
-examples (`rig`).
+examples (`rig`); and the sweep after each cluster test's MPI job (`swept`).
 
 Every fixture that spawns also reaps and unlinks, whatever the test did. One timeout constant
 for the whole suite; tests poll against a deadline instead of sleeping.
@@ -8,17 +8,23 @@ for the whole suite; tests poll against a deadline instead of sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import psutil
 import pytest
 
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.machine import Machine
 from hypervisor.names import RunRegistry
+from tests.integration.cluster_jobs import REPO, TIMEOUT_S, env
 
 TIMEOUT = 10.0
 KiB = 1024
@@ -183,3 +189,34 @@ def rig(rig_module) -> Iterator[Rig]:
     yield rig_module
     if rig_module.dirty:  # the test failed mid-example: do not hand that machine on
         rig_module.retire()
+
+
+# -- the cluster tests' MPI jobs (test_cluster_*.py: pytestmark = usefixtures("swept")) ----
+def mpi_runtime_names() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+
+
+def mapped_by_a_live_process(name: str) -> bool:
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if any(m.path == f"/dev/shm/{name}" for m in proc.memory_maps(grouped=True)):
+                return True
+    return False
+
+
+@pytest.fixture
+def swept(tmp_path: Path):
+    """Whatever a test did (a failed one may end the MPI job with a host's names still there),
+    the names of its runs whose owner is dead are unlinked after it (`xpmove cleanup`); and
+    the MPI runtime's own shared memory must be gone with its job (the test fails if not,
+    after unlinking it, so the suite leaves /dev/shm as it found it)."""
+    before = mpi_runtime_names()
+    yield
+    if (tmp_path / "runs").exists():
+        subprocess.run([sys.executable, "-m", "scripts.cli", "cleanup"], cwd=REPO,
+                       env=env(tmp_path), capture_output=True, timeout=TIMEOUT_S)
+    left = sorted(n for n in mpi_runtime_names() - before if not mapped_by_a_live_process(n))
+    for name in left:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{name}")
+    assert not left, f"the MPI job left its runtime's shared memory: {left}"
