@@ -8,6 +8,10 @@ pipes and memory directly. Commands the probe does not know go to the built-in w
 (traffic, stats, ...), so one machine can do both.
 
 Byte strings travel as hex in the JSON commands.
+
+Its commands for loans and leases are the part `ProbeLoans` (probe_loans.py), those for
+queued per-packet sends the part `ProbeCork` (probe_cork.py); `main` here is the one
+entry point that configs name.
 """
 
 from __future__ import annotations
@@ -30,15 +34,15 @@ from adapter.protocol import (
     encode_request,
 )
 from adapter.ring import RUN_DESCRIPTOR, align
-from partitions import requesting as requesting_module
-from partitions.cork import QueuedSendFailed, QueueFull
 from partitions.lease import Lease
-from partitions.loan import Loan, LoanRun
+from partitions.loan import Loan
 from partitions.port import Port
 from scripts.workload.program import Workload
+from tests.integration.probe_cork import ProbeCork
+from tests.integration.probe_loans import ProbeLoans
 
 
-class Probe:
+class Probe(ProbeLoans, ProbeCork):
     def __init__(self, port: Port):
         self.port = port
         self.view = port.memory
@@ -118,202 +122,6 @@ class Probe:
             {"ok": True, "seq": o.seq} if not isinstance(o, Exception) else
             {"ok": False, "error": type(o).__name__, "message": str(o),
              "retryable": bool(getattr(o, "retryable", False))} for o in outcomes]}
-
-    def cmd_loan(self, msg: dict) -> dict:
-        """`port.loan(dst, count)` (or, with `packets`, `port.loan_run(dst, packets, length)`)
-        right after `queue_first` per-packet (queued) sends of 100 bytes to `dst`,
-        filled with `hex` (or each packet with `payloads`), then per `end`: "commit" (the
-        `with` block's normal exit), "raise" (the block raises: given back), "give_back", or
-        "hold" (kept for loan_end / loan_write, the thread still holding it); `uninit` as
-        the port's. The reply's `found` is what the program found in the loan, in hex."""
-        dst, end, timeout = int(msg["dst"]), msg.get("end", "commit"), msg.get("timeout", 0.0)
-        uninit = bool(msg.get("uninit", False))
-        for i in range(int(msg.get("queue_first", 0))):  # per-packet sends queued just before
-            self.port.send(dst, cork_payload(i, 100), timeout=10.0)
-        if "packets" in msg:
-            loan: Loan = self.port.loan_run(dst, int(msg["packets"]), int(msg["length"]),
-                                            timeout, uninit=uninit)
-        else:
-            loan = self.port.loan(dst, int(msg["count"]), timeout, uninit=uninit)
-        found = loan.view.tobytes()  # what the program finds there
-        zeroed = found == bytes(loan.size)
-        if isinstance(loan, LoanRun):
-            for i, h in enumerate(msg.get("payloads", ())):
-                loan.packet(i)[:] = bytes.fromhex(h)
-        elif "hex" in msg:
-            loan.view[:] = bytes.fromhex(msg["hex"])
-        reply = {"ok": True, "seq": loan.seq, "size": loan.size, "zeroed": zeroed,
-                 "found": found.hex()}
-        if end == "hold":
-            self.loan = loan
-        elif end == "give_back":
-            loan.give_back()
-        else:
-            with loan:
-                if end == "raise":
-                    raise ValueError("the program failed while writing its loan")
-        return reply
-
-    def cmd_loan_write(self, msg: dict) -> dict:
-        """Write into the held loan: `how` "write" (Loan.write at `offset`), "index" (one byte
-        at view[offset]) or "slice" (view[offset:offset + len] = bytes)."""
-        data, offset, view = bytes.fromhex(msg["hex"]), int(msg["offset"]), self.loan.view
-        how = msg.get("how", "write")
-        if how == "write":
-            self.loan.write(offset, data)
-        elif how == "index":
-            view[offset] = data[0]
-        else:
-            view[offset:offset + len(data)] = data
-        return {"ok": True}
-
-    def cmd_loan_end(self, msg: dict) -> dict:
-        """Commit (or `give_back`) the held loan; with `keep_slice`, a slice of its view is
-        still alive when it ends (then dropped, so the loan can end later)."""
-        kept = self.loan.view[:1] if msg.get("keep_slice") else None
-        try:
-            if msg.get("give_back"):
-                self.loan.give_back()
-                return {"ok": True}
-            sent = self.loan.commit()
-        finally:
-            del kept
-        return {"ok": True, "seq": sent.seq, "records": sent.records}
-    # -- leases (partitions/lease.py) ---------------------------------------------------------
-    def cmd_lease(self, msg: dict) -> dict:
-        """`port.lease(dst, timeout)`, kept for lease_send / lease_close."""
-        dst = int(msg["dst"])
-        self.leases[dst] = self.port.lease(dst, msg.get("timeout", 10.0))
-        return {"ok": True, "held": self.leases[dst].held}
-
-    def cmd_lease_send(self, msg: dict) -> dict:
-        """Send each of `payloads` (hex), then `sizes` packets of zeros, through the lease on
-        `dst`, `timeout` each: their sequence numbers, and whether the lease is still held
-        after the last."""
-        lease = self.leases[int(msg["dst"])]
-        packets = ([bytes.fromhex(h) for h in msg.get("payloads", ())]
-                   + [bytes(int(n)) for n in msg.get("sizes", ())])
-        seqs = [lease.send(p, msg.get("timeout", 10.0)).seq for p in packets]
-        return {"ok": True, "seqs": seqs, "held": lease.held}
-
-    def cmd_lease_loan(self, msg: dict) -> dict:
-        """Under the lease on `dst`: `lease.loan_run(len(payloads), length)` (or with one
-        payload and no `length`, `lease.loan(len)`), filled with `payloads` (hex), then per
-        `end`: "commit", "give_back" or "hold" (kept for lease_loan_end). Its seq and size."""
-        lease = self.leases[int(msg["dst"])]
-        payloads = [bytes.fromhex(h) for h in msg["payloads"]]
-        timeout = msg.get("timeout", 10.0)
-        if "length" in msg:
-            loan: Loan = lease.loan_run(len(payloads), int(msg["length"]), timeout)
-            assert isinstance(loan, LoanRun)
-            for i, p in enumerate(payloads):
-                loan.packet(i)[:] = p
-        else:
-            loan = lease.loan(len(payloads[0]), timeout)
-            loan.view[:] = payloads[0]
-        reply = {"ok": True, "seq": loan.seq, "size": loan.size}
-        if msg.get("end", "commit") == "hold":
-            self.loan = loan
-        elif msg.get("end", "commit") == "commit":
-            loan.commit()
-        else:
-            loan.give_back()
-        return reply
-
-    def cmd_lease_loan_end(self, msg: dict) -> dict:
-        self.loan.commit() if msg.get("end", "commit") == "commit" else self.loan.give_back()
-        return {"ok": True, "held": self.leases[int(msg["dst"])].held}
-
-    def cmd_stall_keeper(self, msg: dict) -> dict:
-        """A driver that no longer answers recalls (a stuck holder): its keeper finds nothing
-        to give back from now on."""
-        self.driver.answer_recalls = lambda: (0, 0)
-        return {"ok": True}
-
-    def cmd_lease_close(self, msg: dict) -> dict:
-        self.leases[int(msg["dst"])].close()
-        return {"ok": True}
-
-    # -- per-packet sends, queued (partitions/cork.py) ---------------------------------------
-    def cmd_cork_send(self, msg: dict) -> dict:
-        """`count` per-packet `port.send` calls (queued), packet i to `dsts[i % len]` with
-        `lengths[i % len]` bytes by `flows[i % len]`; each payload starts with i (u32) then
-        bytes (i + j) % 251. `background`: in a thread (the reply comes at once; `cork_state`
-        tells how far it got) and then the program returns if `then_return`. Reports which i
-        were queued (their submission numbers) and what the sends raised."""
-        if msg.get("background"):
-            threading.Thread(target=self._cork_send, args=(msg,), daemon=True).start()
-            return {"ok": True}
-        return {"ok": True, **self._cork_send(msg)}
-
-    def _cork_send(self, msg: dict) -> dict:
-        dsts, lengths = msg["dsts"], msg["lengths"]
-        flows = msg.get("flows", ["fig11"])
-        queued, raised = [], []
-        for i in range(int(msg["count"])):
-            if self.port.stop.is_set():  # as a program should: stop sending
-                break
-            n = lengths[i % len(lengths)]
-            try:
-                self.port.send(dsts[i % len(dsts)], cork_payload(i, n), flows[i % len(flows)],
-                               msg.get("timeout"))
-                queued.append([i, self.port._cork.book.submitted])
-            except QueuedSendFailed as exc:
-                raised.append(failures_json(exc))
-            except QueueFull as exc:  # the rest would not fit either
-                raised.append({"error": type(exc).__name__, "message": str(exc)})
-                break
-            except XpmoveError as exc:
-                raised.append({"error": type(exc).__name__, "message": str(exc)})
-        if msg.get("then_return"):
-            self.returning.set()
-        self.cork_result = {"queued": queued, "raised": raised}
-        return self.cork_result
-
-    def cmd_cork_state(self, msg: dict) -> dict:
-        book = self.port._cork.book
-        return {"ok": True, "submitted": book.submitted, "queued": book.queued,
-                "waiting": self.port._cork._waiters,  # sends waiting for room, flushes
-                "result": self.cork_result,
-                "requests": self.port._cork.requests,
-                "last_seq": {str(k): v for k, v in self.port._cork._last_seq.items()}}
-
-    def cmd_lone_sends(self, msg: dict) -> dict:
-        """`count` per-packet (queued) `port.send`s of `length` bytes to `dst` by `flow`, each
-        from an idle port (flushed before the next); reports which thread wrote each adapter
-        request (the driver's encode_request, watched for the duration) and this thread's
-        name. With `thread`, sent from a fresh thread of this partition (joined)."""
-        if msg.get("thread"):
-            out: list[dict] = []
-            sender = threading.Thread(target=lambda: out.append(self.cmd_lone_sends(
-                {**msg, "thread": False})), name="probe-lone-sender")
-            sender.start()
-            sender.join(float(msg.get("join", 30.0)))
-            return out[0] if out else {"ok": False, "error": "the sending thread hung"}
-        writers: list[str] = []
-        encode = requesting_module.encode_request
-
-        def watched(*args, **kwargs):
-            writers.append(threading.current_thread().name)
-            return encode(*args, **kwargs)
-
-        requesting_module.encode_request = watched
-        try:
-            for i in range(int(msg["count"])):
-                self.port.send(int(msg["dst"]), cork_payload(i, int(msg["length"])),
-                               msg.get("flow", "fig11"), timeout=10.0)
-                if not self.port.flush(10.0):
-                    return {"ok": False, "error": f"send {i} not flushed in 10 s"}
-        finally:
-            requesting_module.encode_request = encode
-        return {"ok": True, "writers": writers, "me": threading.current_thread().name}
-
-    def cmd_flush(self, msg: dict) -> dict:
-        try:
-            done = self.port.flush(msg.get("timeout"))
-        except QueuedSendFailed as exc:
-            return {"ok": True, "done": False, "failed": failures_json(exc)}
-        return {"ok": True, "done": done, "failed": None}
 
     def cmd_receive_all(self, msg: dict) -> dict:
         """Every packet that arrives until `count` did or `timeout` passes: source, seq,
@@ -413,19 +221,6 @@ class Probe:
         physical[result.dst_address:result.dst_address + half] = (
             physical[result.src_address:result.src_address + half])
         return {"ok": True, "seq": result.seq}
-
-
-def cork_payload(i: int, n: int) -> bytes:
-    """Packet i of `cmd_cork_send`, `n` bytes (at least 1)."""
-    body = bytes((i + j) % 251 for j in range(n))
-    return (i.to_bytes(4, "little") + body[4:])[:n] if n >= 4 else body
-
-
-def failures_json(exc: QueuedSendFailed) -> dict:
-    return {"error": type(exc).__name__, "message": str(exc),
-            "failures": [{"dst": f.dst, "flow": f.flow.value, "first": f.first, "last": f.last,
-                          "after_seq": f.after_seq, "error": type(f.error).__name__}
-                         for f in exc.failures]}
 
 
 def main(port: Port) -> None:

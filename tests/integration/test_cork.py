@@ -11,7 +11,7 @@ import zlib
 import pytest
 
 from tests.integration.conftest import TIMEOUT, KiB, small_config, wait_for
-from tests.integration.probe import cork_payload
+from tests.integration.probe_cork import cork_payload
 
 
 def requests(machine) -> int:

@@ -16,7 +16,7 @@ import pytest
 from hypervisor.names import RunRegistry
 from tests.integration.conftest import TIMEOUT, booted_partition, small_config, wait_for
 from tests.integration.test_machine import _processes_of_run, receive, send
-from tests.integration.test_supervision import reap_group, shm_names, tiny_config, xpmove
+from tests.integration.xpmove_command import reap_group, shm_names, tiny_config, xpmove
 
 
 def kill(pid: int) -> None:

@@ -1,5 +1,7 @@
-"""Supervision that notices, startup and shutdown (issue 12, items 5, 6, 8, 10): real
-processes, deadlines polled, everything started is reaped."""
+"""Supervision that notices (issue 12, items 2, 5, 6): a hung adapter found by the liveness
+ping and replaced, reconnects in parallel, adapter restarts that back off and give up, a
+failed restart tried again, a grant held too long. Real processes, deadlines polled,
+everything started is reaped."""
 
 from __future__ import annotations
 
@@ -7,117 +9,14 @@ import os
 import re
 import resource
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from hypervisor.names import RunRegistry
-from tests.integration.conftest import TIMEOUT, names_exist, small_config, wait_for
+from tests.integration.conftest import TIMEOUT, small_config, wait_for
 from tests.integration.test_machine import receive, send
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_config(path: Path, n: int = 2) -> Path:
-    path.write_text("".join(f'[[partition]]\nname = "p{i}"\nnetwork_id = {i}\n'
-                            f'memory = "1MiB"\nreceive_area = "256KiB"\n\n'
-                            for i in range(1, n + 1)))
-    return path
-
-
-def shm_names(prefix: str) -> list[str]:
-    return [n for n in os.listdir("/dev/shm") if prefix in n]
-
-
-def xpmove(args: list[str], tmp_path: Path, **popen) -> subprocess.Popen:
-    env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "scripts.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-
-
-def reap_group(proc: subprocess.Popen, tmp_path: Path) -> None:
-    """Whatever the test did: nothing of the group outlives it, and no IPC name either (a
-    launcher killed here cannot unlink its run's names: the sweep does, as `xpmove cleanup`)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(TIMEOUT)
-    RunRegistry(str(tmp_path / "runs")).sweep()
-
-
-# -- item 8: Ctrl-C in a terminal, SIGTERM from a batch system or mpiexec -------------------------
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_signal_to_the_process_group_stops_launch_cleanly(tmp_path, sig):
-    """What a terminal's Ctrl-C does, or mpiexec forwarding SIGTERM (killpg): the hypervisor
-    stops the machine in order; no child dies of the signal itself (each has its own group)."""
-    proc = xpmove(["launch", "--duration", "30", "--config",
-                   str(tiny_config(tmp_path / "tiny.toml"))], tmp_path, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        prefix = None
-        deadline = time.monotonic() + 30
-        for line in proc.stdout:  # blocking reads end with launch's output (killed at worst)
-            if m := re.search(r"machine up: run (xpm-[0-9a-f]+)", line):
-                prefix = m.group(1)
-            if prefix and re.match(r"\[\s*[\d.]+-\s*[\d.]+ s\]", line):
-                break  # traffic runs
-            assert time.monotonic() < deadline, "no interval line within 30 s"
-        assert prefix, "no 'machine up' line"
-        interrupted_at = time.monotonic()
-        os.killpg(proc.pid, sig)
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            pytest.fail("launch still running 10 s after Ctrl-C")
-        took = time.monotonic() - interrupted_at
-        assert proc.returncode == 130, (proc.returncode, err[-2000:])
-        assert "Traceback" not in err, err[-3000:]
-        assert "interrupted" in out
-        assert " died " not in out and "dead: none" in out, out[-3000:]
-        assert took < 10
-        assert not shm_names(prefix)
-    finally:
-        reap_group(proc, tmp_path)
-
-
-# -- item 10: startup failures -----------------------------------------------------------------
-def _few_descriptors() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
-
-
-def test_startup_failure_is_one_line_and_leaves_no_names(tmp_path):
-    """16 partitions need 64 pipe ends and 16 control sockets: 40 descriptors cannot hold them."""
-    proc = xpmove(["launch", "--packets", "1", "--config",
-                   str(tiny_config(tmp_path / "many.toml", n=16))], tmp_path,
-                  start_new_session=True, preexec_fn=_few_descriptors)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        reap_group(proc, tmp_path)
-    assert proc.returncode == 1, (out, err)
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    match = re.match(r"xpmove: run (xpm-[0-9a-f]+) could not start: too many open files", lines[0])
-    assert match, lines[0]
-    assert "ulimit -n" in lines[0]
-    assert not shm_names(match.group(1))
-
-
-def test_startup_deadline_is_per_child(make_machine):
-    """Each child's deadline runs from its own spawn: one spawned late is not short of time."""
-    import hypervisor.children as children_module
-
-    m = make_machine(small_config(n=2))
-    spawned = [c.spawned_at for c in m.children()]
-    assert spawned == sorted(spawned) and len(set(spawned)) == len(spawned)
-    assert children_module.STARTUP_PER_CHILD_S > 0
+from tests.integration.xpmove_command import reap_group, shm_names, tiny_config, xpmove
 
 
 # -- item 6: reconnects in parallel ------------------------------------------------------------
@@ -170,108 +69,6 @@ def test_poll_pings_at_most_once_a_second(make_machine):
     wait_for(lambda: m.poll(liveness=True) is not None and m.pid() != old, timeout=TIMEOUT,
              what="the hung adapter replaced by poll(liveness=True)")
     assert send(m, 1, 2, b"x", "fig11", timeout=TIMEOUT)["ok"]
-
-
-def test_stop_with_a_stopped_adapter_is_bounded(make_machine):
-    m = make_machine(small_config(n=3))
-    adapter = m.pid()
-    os.kill(adapter, signal.SIGSTOP)
-    try:
-        started = time.monotonic()
-        m.stop()
-        assert time.monotonic() - started < 10.0
-        assert not names_exist(m)
-        assert all(c.proc.poll() is not None for c in m.children())
-    finally:
-        try:
-            os.kill(adapter, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-
-# -- item 5, the driver's side: every wait in the driver honours its timeout ---------------------
-def _delivered(m, nid: int) -> list[tuple[int, bytes]]:
-    got = []
-    while (packet := receive(m, nid, timeout=0.5)) is not None:
-        got.append((packet["seq"], bytes.fromhex(packet["hex"])))
-    return got
-
-
-@pytest.mark.parametrize("flow", ["fig11", "fig12"])
-def test_a_send_to_a_stopped_adapter_ends_at_its_timeout(make_machine, flow):
-    """SIGSTOP the adapter (nothing supervises here): a send with timeout=1.0 ends with its
-    typed error in about 1 s (was: no answer at all). A move in flight is InDoubt; a grant
-    moved nothing (AdapterGone). The next request, while the late reply is still awaited, is
-    not sent (AdapterGone, never InDoubt). After SIGCONT the late reply is dropped by id (a
-    late grant given back unused) and nothing is lost or doubled."""
-    m = make_machine(small_config(n=3))
-    assert send(m, 1, 2, b"before", flow)["seq"] == 1
-    m.kill(None, signal.SIGSTOP)
-    try:
-        started = time.monotonic()
-        reply = send(m, 1, 2, b"during", flow, timeout=1.0)
-        took = time.monotonic() - started
-        assert reply["ok"] is False, reply
-        expected = "InDoubt" if flow == "fig11" else "AdapterGone"
-        assert reply["error"] == expected, reply
-        assert re.search(r"no reply from the adapter within 1(\.\d+)? s", reply["message"]), \
-            reply["message"]
-        assert took < 2.5, took
-        started = time.monotonic()
-        # (elsewhere in memory: the move in doubt still reads its bytes when the adapter runs)
-        reply = send(m, 1, 3, b"not sent", flow, offset=4096, timeout=0.5)
-        assert reply["error"] == "AdapterGone", reply
-        assert "not sent" in reply["message"], reply["message"]
-        assert time.monotonic() - started < 2.5
-    finally:
-        m.kill(None, signal.SIGCONT)
-    assert send(m, 1, 2, b"after", flow, offset=8192, timeout=TIMEOUT)["ok"]
-    assert send(m, 1, 3, b"to three", flow, offset=8192, timeout=TIMEOUT)["seq"] == 1
-    if flow == "fig11":  # the move in doubt was in the pipe: the adapter did it when it ran
-        assert _delivered(m, 2) == [(1, b"before"), (2, b"during"), (3, b"after")]
-    else:  # the late grant was given back unused: its reservation undone, the seq reused
-        assert _delivered(m, 2) == [(1, b"before"), (2, b"after")]
-        assert m.adapter_stats()["counters"]["grants_abandoned"] == 1
-    assert _delivered(m, 3) == [(1, b"to three")]
-    assert set(m.adapter_stats()["locks"].values()) == {"free"}
-    assert m.restarts.get("adapter") is None  # the same adapter all along
-
-
-def test_a_late_grant_goes_back_at_once(make_machine):
-    """A Fig 12 send gives up on a stopped adapter; once the adapter runs again it grants the
-    abandoned request. The sender's driver gives that grant back as soon as the reply arrives,
-    without sending anything else (was: at its next request, so a partition that stopped
-    sending held the destination's lock until the grant timeout killed it)."""
-    m = make_machine(small_config(n=3))
-    m.kill(None, signal.SIGSTOP)
-    try:
-        reply = send(m, 1, 2, b"abandoned", "fig12", timeout=0.5)
-        assert reply["error"] == "AdapterGone", reply
-    finally:
-        m.kill(None, signal.SIGCONT)
-    wait_for(lambda: m.adapter_stats()["grants"] == {}, timeout=3.0,
-             what="the late grant given back")
-    assert m.adapter_stats()["counters"]["grants_abandoned"] == 1
-    assert send(m, 3, 2, b"from three", "fig11", timeout=TIMEOUT)["seq"] == 1
-    assert _delivered(m, 2) == [(1, b"from three")]
-    assert set(m.adapter_stats()["locks"].values()) == {"free"}
-
-
-def test_a_send_that_never_reached_an_adapter_is_not_in_doubt(make_machine):
-    """The adapter is dead and nothing restarts it: the request cannot be written (EPIPE), so
-    the send fails AdapterGone, retryable, by its timeout (was: InDoubt after 5 s)."""
-    m = make_machine(small_config(n=2))
-    adapter = m.adapter
-    m.kill(None, signal.SIGKILL)
-    wait_for(lambda: adapter.proc.poll() is not None, what="the adapter's exit")
-    started = time.monotonic()
-    reply = send(m, 1, 2, b"nowhere", "fig11", timeout=1.0)
-    assert reply["error"] == "AdapterGone" and reply["retryable"], reply
-    assert "nothing was sent" in reply["message"], reply["message"]
-    assert time.monotonic() - started < 2.5
-    wait_for(lambda: m.poll() or m.restarts.get("adapter"), what="adapter restart")
-    assert send(m, 1, 2, b"somewhere", "fig11", timeout=TIMEOUT)["seq"] == 1
-    assert _delivered(m, 2) == [(1, b"somewhere")]
 
 
 # -- item 2: a restart loop backs off and gives up ---------------------------------------------
@@ -353,16 +150,6 @@ def test_launch_exits_with_one_line_when_the_adapter_keeps_dying(tmp_path):
     assert len(lines) == 1 and "the adapter keeps dying: restarted 2 times in" in lines[0], err
     assert len(killed) == 3
     assert not shm_names(prefix)
-
-
-# -- item 9: the segment is allocated at start ---------------------------------------------------
-def test_the_segment_is_allocated_when_it_is_created(make_machine):
-    """Every page of the segment is allocated when the machine starts (was: a sparse file, so a
-    /dev/shm that filled up later meant SIGBUS in whichever process touched a page first)."""
-    m = make_machine(small_config(n=2))
-    st = os.stat(f"/dev/shm/{m.names.segment.lstrip('/')}")
-    assert st.st_size == m.layout.total_size
-    assert st.st_blocks * 512 >= st.st_size, (st.st_blocks * 512, st.st_size)
 
 
 # -- a grant held by a live but stuck driver ---------------------------------------------------

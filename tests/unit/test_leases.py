@@ -16,11 +16,11 @@ from adapter.errors import DestinationFull, RingCorrupt, Status, XpmoveError
 from adapter.protocol import Move, Op, Request
 from adapter.ring import KIND_RECORD
 from partitions.leasing import HeldLease, LeaseLost, Leasing
-from tests.unit.test_engine import IDS, TIMEOUT, FakeBell, Machine, decode, ok
+from tests.unit.engine_machine import IDS, TIMEOUT, FakeBell, Machine, decode, ok
 
 
 class LeaseMachine(Machine):
-    """test_engine's Machine, its engine given a recall semaphore (a counter) per partition."""
+    """engine_machine's Machine, its engine given a recall semaphore (a counter) per partition."""
 
     def fresh_engine(self) -> Engine:
         self.recalls = getattr(self, "recalls", {i: FakeBell() for i in self.ids})

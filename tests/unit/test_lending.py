@@ -1,6 +1,6 @@
 """The driver's half of a loan (partitions/lending.py) against the adapter's real engine over a
-bytearray segment (the sans-I/O core of tests/unit/test_engine.py): a grant taken, zeroed,
-written in place, then committed, given back, or found taken back by a restarted adapter."""
+bytearray segment (tests/unit/engine_machine.py): a grant taken, zeroed, written in place, then
+committed, given back, or found taken back by a restarted adapter."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from adapter import receive_area
 from adapter.errors import LockTimeout
 from adapter.ring import KIND_RECORD
 from partitions.lending import Granted, Lending
-from tests.unit.test_engine import Machine
+from tests.unit.engine_machine import Machine
 
 
 class Lender(Lending):

@@ -1,5 +1,5 @@
 """The receiver (partitions/receiver.py) over a bytearray segment that the unit-test engine
-(tests/unit/test_engine.py's Machine) fills: what it trusts of the delivered words."""
+(tests/unit/engine_machine.py's Machine) fills: what it trusts of the delivered words."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from adapter.errors import RingCorrupt
 from adapter.protocol import Op
 from partitions.receiver import Receiver
-from tests.unit.test_engine import Machine, ok, run_bytes
+from tests.unit.engine_machine import Machine, ok, run_bytes
 
 
 @pytest.fixture

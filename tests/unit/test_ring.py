@@ -1,4 +1,6 @@
-"""Ring arithmetic of the receive area (adapter/ring.py), without processes or shared memory.
+"""Ring arithmetic of the receive area (adapter/ring.py), without processes or shared memory:
+record sizes, `reserve` placing a record or refusing it, the counters checked, and
+`next_record` reading one.
 
 The ring lives in a plain bytearray here; the producer is `reserve` plus the writes the adapter
 (or a Fig 12 driver) makes, the consumer is `next_record` plus the receiver's tail update.
@@ -6,39 +8,26 @@ The ring lives in a plain bytearray here; the producer is `reserve` plus the wri
 
 from __future__ import annotations
 
-from collections import deque
-
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from adapter.errors import BadCount, DestinationFull, RingCorrupt, TooLarge
+from adapter.errors import DestinationFull, RingCorrupt, TooLarge
 from adapter.ring import (
     ALIGN,
     HEADER_SIZE,
     KIND_PAD,
     KIND_RECORD,
-    KIND_RUN,
-    MAX_RUN_RECORDS,
-    MIN_RUN,
     RECORD_HEADER,
-    RUN_DESCRIPTOR,
     RecordView,
     align,
     check_counters,
-    check_run,
     max_payload,
     next_record,
     record_size,
     reserve,
 )
-
-CAP = 4096
-
-
-def header_reader(buf: bytearray):
-    return lambda position: RECORD_HEADER.unpack_from(buf, position)
+from tests.unit.ring_bytes import CAP, header_reader
 
 
 def no_headers(position: int):
@@ -276,153 +265,3 @@ def test_record_running_past_head_is_corrupt():
     write(buf, 0, KIND_RECORD, 1, 1, 1000)
     with pytest.raises(RingCorrupt, match="runs past head 128"):
         next_record(0, 128, CAP, header_reader(buf))
-
-
-# -- a simulated ring: producer and consumer driven at random -----------------------------------
-
-
-class RingSimulation(RuleBasedStateMachine):
-    """One producer, one consumer, a bytearray ring and nothing but the pure functions.
-
-    Checks after every step: counters valid; live records never overlap each other (nor does
-    a new record or its PAD overlap a live one); the consumer sees records in FIFO order with
-    intact payloads; DestinationFull only when there really is no room, never for an empty
-    ring; at the end everything accepted has been consumed (nothing lost).
-    """
-
-    @initialize(capacity=st.integers(8, 96).map(lambda k: k * ALIGN),
-                start=st.integers(0, 2**40))
-    def setup(self, capacity, start):
-        self.capacity = capacity
-        self.buf = bytearray(capacity)
-        self.head = self.tail = start * ALIGN  # counters far from 0 must work the same
-        self.live: deque[tuple[int, int, int, bytes]] = deque()  # seq, position, size, payload
-        self.seq = 0
-        self.accepted: list[int] = []
-        self.consumed: list[int] = []
-
-    def payload(self, seq: int, length: int) -> bytes:
-        return bytes((seq * 131 + i * 7) & 0xFF for i in range(length))
-
-    def live_bytes(self) -> set[int]:
-        return {(pos + i) for _, pos, size, _ in self.live for i in range(size)}
-
-    @rule(length=st.one_of(st.integers(-2, 40), st.integers(-2, 800)))
-    def produce(self, length):
-        try:
-            r = reserve(self.head, self.tail, self.capacity, length)
-        except TooLarge:
-            assert length <= 0 or length > max_payload(self.capacity)
-            return
-        except DestinationFull:
-            assert 0 < length <= max_payload(self.capacity)
-            assert self.head != self.tail, "an empty ring refused a record it can hold"
-            need = record_size(length)
-            pos = self.head % self.capacity
-            skip = 0 if pos + need <= self.capacity else self.capacity - pos
-            assert skip + need > self.capacity - (self.head - self.tail)
-            return
-        need = record_size(length)
-        assert 0 <= r.position and r.position + need <= self.capacity
-        written = set(range(r.position, r.position + need))
-        if r.pad_position is not None:
-            assert r.pad_position + HEADER_SIZE <= self.capacity
-            written |= set(range(r.pad_position, r.pad_position + HEADER_SIZE))
-        assert not written & self.live_bytes(), "a write would overwrite unconsumed bytes"
-        assert r.new_head - self.tail <= self.capacity
-        self.seq += 1
-        data = self.payload(self.seq, length)
-        if r.pad_position is not None:
-            RECORD_HEADER.pack_into(self.buf, r.pad_position, KIND_PAD, 0, 0, 0)
-        RECORD_HEADER.pack_into(self.buf, r.position, KIND_RECORD, 42, self.seq, length)
-        self.buf[r.payload_position:r.payload_position + length] = data
-        self.head = r.new_head  # published last
-        self.live.append((self.seq, r.position, need, data))
-        self.accepted.append(self.seq)
-
-    @rule(steps=st.integers(1, 4))
-    def consume(self, steps):
-        for _ in range(steps):
-            if not self.consume_one():
-                break
-
-    def consume_one(self) -> bool:
-        view = next_record(self.tail, self.head, self.capacity, header_reader(self.buf))
-        if view is None:
-            assert not self.live, "a committed record became invisible"
-            assert self.tail == self.head, "padding is always followed by its record"
-            return False
-        seq, position, size, data = self.live.popleft()
-        assert (view.seq, view.source_id, view.position, view.length) == (
-            seq, 42, position, len(data))
-        got = bytes(self.buf[view.payload_position:view.payload_position + view.length])
-        assert got == data, "payload torn or overwritten"
-        self.tail = view.next_tail
-        self.consumed.append(seq)
-        return True
-
-    @precondition(lambda self: self.head == self.tail)
-    @rule(length=st.integers(1, 2000))
-    def empty_ring_takes_any_legal_record(self, length):
-        if length <= max_payload(self.capacity):
-            self.produce(length)
-            assert self.live, "an empty ring refused a record it can hold"
-
-    @invariant()
-    def counters_valid(self):
-        check_counters(self.head, self.tail, self.capacity)
-        assert sum(size for _, _, size, _ in self.live) <= self.head - self.tail
-        assert len(self.live_bytes()) == sum(size for _, _, size, _ in self.live)
-
-    def teardown(self):
-        if not hasattr(self, "live"):
-            return
-        while self.consume_one():
-            pass
-        assert self.consumed == self.accepted, "a record was lost or reordered"
-
-
-TestRingSimulation = RingSimulation.TestCase
-TestRingSimulation.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
-
-
-def test_check_run_gives_the_stride_of_an_honest_run():
-    assert check_run(RUN_DESCRIPTOR.size + 10 * 64, 10, 64) == 64
-    assert check_run(RUN_DESCRIPTOR.size + 3 * 8, 3, 5) == 8  # packets padded to ALIGN
-    assert check_run(MIN_RUN, 1, 1) == 8
-
-
-@pytest.mark.parametrize("count, packets, length", [
-    (0, 1, 1), (MIN_RUN - 8, 1, 1), (MIN_RUN + 1, 1, 1),  # too small, or not a multiple of 8
-    (RUN_DESCRIPTOR.size + 64, 0, 64),  # no packets
-    (RUN_DESCRIPTOR.size + 64, 1, 0),  # empty packets
-    (RUN_DESCRIPTOR.size + 64, 2, 64),  # more than fit
-    (RUN_DESCRIPTOR.size + 128, 1, 64),  # fewer than fill it
-    (RUN_DESCRIPTOR.size + 64, 1, 57 + 64),  # one too long
-    (RUN_DESCRIPTOR.size + 9 * 8, 9, 8),  # more than max_packets (8 below)
-])
-def test_check_run_refuses_a_descriptor_that_does_not_tile_the_run(count, packets, length):
-    with pytest.raises(BadCount, match=f"run of {count} bytes"):
-        check_run(count, packets, length, max_packets=8)
-
-
-@given(packets=st.integers(1, 64), length=st.integers(1, 300),
-       lie=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)))
-def test_check_run_accepts_exactly_the_descriptors_that_tile(packets, length, lie):
-    count = RUN_DESCRIPTOR.size + packets * align(length)
-    assert check_run(count, packets, length) == align(length)
-    tiles = 1 <= lie[0] <= MAX_RUN_RECORDS and lie[1] >= 1 and (
-        RUN_DESCRIPTOR.size + lie[0] * align(lie[1]) == count)
-    if tiles:
-        assert check_run(count, *lie) == align(lie[1])
-    else:
-        with pytest.raises(BadCount):
-            check_run(count, *lie)
-
-
-def test_next_record_reports_a_run_record_by_kind():
-    buf = bytearray(CAP)
-    length = RUN_DESCRIPTOR.size + 4 * 64
-    RECORD_HEADER.pack_into(buf, 0, KIND_RUN, 7, 11, length)
-    view = next_record(0, record_size(length), CAP, header_reader(buf))
-    assert view == RecordView(0, 7, 11, length, record_size(length), KIND_RUN)
