@@ -170,7 +170,7 @@ def _cluster_bench(config: MachineConfig, args: argparse.Namespace) -> int:
 
 def cmd_soak(args: argparse.Namespace) -> int:
 
-    from scripts.launch import largest_packet
+    from scripts.launch import largest_packet, signals_deferred
     from scripts.soak import SoakInterrupted, soak
     from scripts.soak_report import broken_promises, poison_lines, report_table
 
@@ -178,6 +178,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     config = _traffic_config(args.config, "soak")
     limit = largest_packet(config)
     check_packet_size(args.size, limit)
+    if args.kill_every >= args.duration:
+        raise BadOption(f"--kill-every {args.kill_every:g} must be shorter than --duration "
+                        f"{args.duration:g}: the soak would kill nothing")
     from scripts.console import make_console
 
     console = make_console()
@@ -186,12 +189,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
                       batch=args.batch, rogue=args.rogue, flows=args.flows)
     except SoakInterrupted as stop:
         report = stop.report
-        console.print(report_table(report))
-        console.print(f"[yellow]interrupted[/] after {stop.elapsed:.1f} s of "
-                      f"{args.duration:g}: the summary covers the traffic until the stop; "
-                      f"{report.accepted - report.delivered:,} accepted packets were in flight "
-                      f"(not drained, so neither delivered nor counted as lost); lost and "
-                      f"'locks free' were not determined")
+        with signals_deferred():  # another Ctrl-C must not cut the report short
+            console.print(report_table(report))
+            for line in poison_lines(report):
+                console.print(line, highlight=False, soft_wrap=True)
+            console.print(f"[yellow]interrupted[/] after {stop.elapsed:.1f} s of "
+                          f"{args.duration:g}: the summary covers the traffic until the stop; "
+                          f"{report.accepted - report.delivered:,} accepted packets were in "
+                          f"flight (not drained, so neither delivered nor counted as lost); "
+                          f"lost and 'locks free' were not determined")
         return 130
     except KeyboardInterrupt:
         return 130
@@ -334,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = command("soak", "all-to-all traffic while partitions and the adapter are killed; "
-                "fails unless nothing is lost or duplicated")
+                "fails unless nothing is lost or duplicated. Every killed process is "
+                "restarted, whatever the config's restart policy says (restart = always, no "
+                "limit); a death the soak did not cause fails it")
     p.add_argument("--config", metavar="F", help=f"TOML machine config {BUILT_IN}")
     p.add_argument("--duration", type=seconds, default=60.0, metavar="S",
                    help="seconds of traffic")

@@ -249,17 +249,21 @@ def launch(config: MachineConfig, options: TrafficOptions, console: Console | No
             console.print(cost_line(verified(stats), cpu), highlight=False)
         except KeyboardInterrupt:
             interrupted = True
-            console.print("[yellow]interrupted: stopping the machine")
-        if machine.running:
-            stats = shares.look("halt") if shares is not None else collect(machine, "halt")
-            adapter = machine.adapter_stats()
+        with signals_deferred():  # a second Ctrl-C must not cost the report (calls are bounded)
+            if interrupted:
+                console.print("[yellow]interrupted: stopping the machine")
+            if machine.running:
+                stats = shares.look("halt") if shares is not None else collect(machine, "halt")
+                adapter = machine.adapter_stats()
     finally:
         with signals_deferred():
             machine.stop()
-    return report(console, {nid: (c.name, c.state.value) for nid, c in machine.partitions.items()},
-                  stats, [adapter] if adapter else [],
-                  [c.name for c in machine.children() if c.state.value == "dead"], interrupted,
-                  restarted=restarted_partitions(machine))
+    with signals_deferred():  # the report, whole
+        return report(console, {nid: (c.name, c.state.value)
+                                for nid, c in machine.partitions.items()},
+                      stats, [adapter] if adapter else [],
+                      [c.name for c in machine.children() if c.state.value == "dead"],
+                      interrupted, restarted=restarted_partitions(machine))
 
 
 def restarted_partitions(machine: Machine, where: str = "") -> list[str]:

@@ -43,6 +43,7 @@ from scripts.launch import IntervalPrinter, signals_deferred, traffic_errors
 from scripts.rogue import RoguePlan, RogueProcess
 from scripts.shares import Incarnations, collect
 from scripts.soak_report import (  # noqa: F401  (report_table, poison_lines: the CLI's)
+    KillBook,
     Poisoned,
     SoakReport,
     broken_promises,
@@ -132,6 +133,7 @@ class _Soak:
         self.receiver_errors: dict[int, str] = {}
         self.incarnations = Incarnations(machine)  # and what the killed ones counted
         self.absorbed: dict[int, int] = {}  # adapter pid -> stray lock posts it absorbed
+        self.kills = KillBook()  # the deaths the soak caused
         self._next_look = 0.0
 
     def resume(self, until: float) -> None:
@@ -168,7 +170,7 @@ class _Soak:
             event = self.machine.events.pop(0)
             self.console.print(f"  {event}")
             died = DIED.fullmatch(event)
-            if died and int(died["code"]) != -signal.SIGKILL:
+            if died and not self.kills.died(died["name"], int(died["code"])):
                 self.report.deaths.append(f"{event}: not killed by the soak")
 
     def look(self, force: bool = False) -> None:
@@ -232,7 +234,8 @@ class _Soak:
         machine.start()
         console.print(f"soak: run {machine.prefix}, {len(machine.partitions)} partitions, "
                       f"{duration:g} s, a kill every {kill_every:g} s, batch "
-                      f"{self.shape['batch']}")
+                      f"{self.shape['batch']}, seed {self.report.seed} (--seed replays its "
+                      f"choices)")
         intervals = IntervalPrinter(console, "delivered")
         until = time.monotonic() + duration
         for nid in machine.partitions:
@@ -249,6 +252,9 @@ class _Soak:
                 next_kill += kill_every
                 victim = None if self.rng.random() < ADAPTER_SHARE else self.rng.choice(
                     list(machine.partitions))
+                child = machine.adapter if victim is None else machine.partitions[victim]
+                if child is not None and child.proc.poll() is None:  # alive: it will die of it
+                    self.kills.killed(child.name)
                 machine.kill(victim)
                 report.kills += 1
                 report.adapter_kills += victim is None
@@ -319,20 +325,25 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
     hostile process attacks during the kills (see the module docstring). An interrupt raises
     SoakInterrupted carrying the report so far, after the rogue and the machine have stopped."""
     console = console or make_console()
+    if seed is None:  # chosen here and reported, so a failing soak can be replayed
+        seed = random.SystemRandom().randrange(1 << 31)
     config = dataclasses.replace(config, restart="always", restart_limit=1_000_000,
                                  adapter_restart_limit=1_000_000)  # the kills are ours
     machine = Machine(with_program(config, PROGRAM), registry=registry)
     run = _Soak(machine, console, random.Random(seed),
                 {"size": size, "batch": batch, "flows": list(flows)}, rogue)
+    run.report.seed = seed
     started = time.monotonic()
     try:
         try:
             run.run(duration, kill_every)
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted: stopping the machine")
-            run.stop_rogue()
-            if machine.memory is not None:  # the books are in the segment: read them first
-                run.fill()
+            with signals_deferred():  # a second Ctrl-C must not cost the report
+                console.print("[yellow]interrupted: stopping the machine")
+                run.stop_rogue()
+                run.report.drained = False
+                if machine.memory is not None:  # the books are in the segment: read them
+                    run.fill()
             raise SoakInterrupted(run.report, time.monotonic() - started) from None
     finally:
         with signals_deferred():

@@ -51,10 +51,33 @@ class SoakReport:
     stray_posts_absorbed: int = 0  # by the adapter (seen by its last look at each incarnation)
     poisoned: list[Poisoned] = field(default_factory=list)
     rogue_failure: str = ""
+    drained: bool = True  # False: interrupted before the drain (lost, locks free unknown)
+    seed: int | None = None  # the soak's random seed (kills, rogue): --seed replays it
 
     @property
     def ok(self) -> bool:
         return not broken_promises(self)
+
+
+class KillBook:
+    """Which deaths the soak caused: each of its kills excuses ONE death by SIGKILL of that
+    child (by name); any other death (another signal, or a SIGKILL nobody here sent: the OOM
+    killer, an operator) is a broken promise."""
+
+    SIGKILL_CODE = -9  # a Popen return code: minus the signal
+
+    def __init__(self) -> None:
+        self._pending: dict[str, int] = {}
+
+    def killed(self, name: str) -> None:
+        self._pending[name] = self._pending.get(name, 0) + 1
+
+    def died(self, name: str, exit_code: int) -> bool:
+        """Whether the soak caused this death (and it is now accounted for)."""
+        if exit_code != self.SIGKILL_CODE or not self._pending.get(name):
+            return False
+        self._pending[name] -= 1
+        return True
 
 
 def broken_promises(report: SoakReport) -> list[str]:
@@ -87,8 +110,10 @@ def tally(books: Mapping[int, tuple[int, int]], poisoned: Collection[int]) -> tu
 
 def report_table(report: SoakReport) -> Grid:
     table = Grid("soak", [Col("what", "left", True), Col("count")])
+    unknown = set() if report.drained else {"lost", "locks_free"}
     for f in dataclasses.fields(report)[:10]:
-        table.add_row(f.name.replace("_", " "), str(getattr(report, f.name)))
+        value = "not determined" if f.name in unknown else str(getattr(report, f.name))
+        table.add_row(f.name.replace("_", " "), value)
     if report.rogue:
         table.add_row("rogue lock posts", str(report.lock_posts))
         table.add_row("rogue bell posts", str(report.bell_posts))

@@ -25,6 +25,7 @@ receive_area = "256KiB"
 """
 INTERVAL = re.compile(r"^\[\s*[\d.]+-\s*[\d.]+ s\]\s+[\d,]+ (verified|delivered)\s+.*pkt/s "
                       r"errors \d+$", re.MULTILINE)
+STOPPING = re.compile(r"interrupted: stopping the machine")
 
 
 def config(tmp_path: Path, partitions: int = 2) -> Path:
@@ -49,22 +50,32 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
-def interrupt_after_first_interval(tmp_path: Path, *argv: str) -> tuple[int, str]:
+def interrupt_after_first_interval(tmp_path: Path, *argv: str,
+                                   twice: bool = False) -> tuple[int, str]:
     """Start `xpmove ARGV`, wait for its first progress line (traffic is flowing), send it
-    SIGINT as Ctrl-C would; (exit code, whole output)."""
+    SIGINT as Ctrl-C would (`twice`: again as soon as it says it is stopping, while it
+    halts and reports); (exit code, whole output)."""
     proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", *argv], cwd=REPO,
                             env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     out = b""
     deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not INTERVAL.search(out.decode(errors="replace")):
-            assert time.monotonic() < deadline, f"no progress line:\n{out.decode()}"
+
+    def read_until(pattern: re.Pattern[str], what: str) -> None:
+        nonlocal out
+        while not pattern.search(out.decode(errors="replace")):
+            assert time.monotonic() < deadline, f"no {what}:\n{out.decode()}"
             ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
             chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
-            assert chunk, f"output ended before a progress line:\n{out.decode()}"
+            assert chunk, f"output ended before {what}:\n{out.decode()}"
             out += chunk
+
+    try:
+        read_until(INTERVAL, "progress line")
         proc.send_signal(signal.SIGINT)
+        if twice:
+            read_until(STOPPING, "'interrupted: stopping' line")
+            proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=TIMEOUT_S)
     finally:
         if proc.poll() is None:  # the test failed: stop it cleanly (SIGTERM), so no name leaks
@@ -132,9 +143,11 @@ def test_unusable_run_directory_is_one_line(tmp_path: Path, command: str, bad: s
                         proc.stderr), proc.stderr
 
 
-def test_interrupted_launch_says_nothing_was_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("twice", [False, True])
+def test_interrupted_launch_says_nothing_was_lost(tmp_path: Path, twice: bool) -> None:
+    """One Ctrl-C, or a second one while the run halts and reports: the report is whole."""
     code, out = interrupt_after_first_interval(
-        tmp_path, "launch", "--config", str(config(tmp_path)), "--duration", "60")
+        tmp_path, "launch", "--config", str(config(tmp_path)), "--duration", "60", twice=twice)
     assert code == 130, out
     text = words(out)
     assert "NOT clean" not in text and "Traceback" not in text
@@ -144,10 +157,11 @@ def test_interrupted_launch_says_nothing_was_lost(tmp_path: Path) -> None:
     assert int(said.group(1).replace(",", "")) > 0
 
 
-def test_interrupted_soak_prints_its_summary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("twice", [False, True])
+def test_interrupted_soak_prints_its_summary(tmp_path: Path, twice: bool) -> None:
     code, out = interrupt_after_first_interval(
         tmp_path, "soak", "--config", str(config(tmp_path)), "--duration", "60",
-        "--kill-every", "30", "--size", "1KiB")
+        "--kill-every", "30", "--size", "1KiB", twice=twice)
     assert code == 130, out
     text = words(out)
     assert "Traceback" not in text

@@ -11,7 +11,14 @@ from adapter import receive_area
 from hypervisor.config import MachineConfig, PartitionConfig
 from hypervisor.layout import RING_CONTROL_SIZE, plan_segment
 from scripts.rogue import MASK, RoguePlan, garbage, target_words
-from scripts.soak_report import Poisoned, SoakReport, broken_promises, poison_lines, tally
+from scripts.soak_report import (
+    KillBook,
+    Poisoned,
+    SoakReport,
+    broken_promises,
+    poison_lines,
+    tally,
+)
 
 KiB = 1024
 
@@ -109,3 +116,18 @@ def test_garbage_is_a_word_and_never_the_old_value(old, seed):
 def test_the_plan_travels_as_json():
     plan = RoguePlan("xpm-0123abcd", layout(), (20, 30), 7, 0.5, 0.25)
     assert RoguePlan.from_json(plan.to_json()) == plan
+
+
+def test_only_the_soaks_own_kills_excuse_a_death():
+    """Each kill excuses one SIGKILL death of that child; a second SIGKILL of it (the OOM
+    killer, an operator's kill -9), one of a child the soak did not kill, or a death by any
+    other signal or exit is not the soak's."""
+    book = KillBook()
+    book.killed("adapter")
+    book.killed("delta")
+    assert not book.died("charlie", -9)  # nobody here killed charlie
+    assert not book.died("delta", -11)  # a crash, not our SIGKILL (the kill stays pending)
+    assert book.died("delta", -9)
+    assert not book.died("delta", -9)  # one kill, one death
+    assert book.died("adapter", -9)
+    assert not book.died("adapter", 1)
