@@ -17,6 +17,7 @@ but stuck, it would block that destination for ever.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -71,15 +72,29 @@ class RestartBackoff:
             return None
         return 0.0 if restarts == 0 else min(self.cap_s, self.first_s * 2 ** (restarts - 1))
 
-    def give_up_message(self, what: str, key: str) -> str:
+    def give_up_message(self, what: str, key: str, exit_code: int | None = None) -> str:
+        """Why `what` is not restarted; `exit_code` (a Popen return code) says how it last
+        died."""
+        how = "" if exit_code is None else f" ({exit_how(exit_code)})"
         restarts = len(self.deaths) - 1
         if restarts == 0:  # a limit of 0: the first death is the last
-            return (f"{what} died and is not restarted ({key} = {self.limit}; its stderr "
-                    f"above says why it died)")
+            return (f"{what} died{how} and is not restarted ({key} = {self.limit}; if it "
+                    f"said why, its stderr is above)")
         span = self.deaths[-1] - self.deaths[0]
-        return (f"{what} keeps dying: restarted {restarts} times in {span:.1f} s, and each "
-                f"time it died again within {self.stable_s:g} s of its start; not restarted "
-                f"again ({key} = {self.limit}; its stderr above says why it dies)")
+        return (f"{what} keeps dying{how}: restarted {restarts} time{'s' * (restarts != 1)} "
+                f"in {span:.1f} s, and "
+                f"each time it died again within {self.stable_s:g} s of its start; not "
+                f"restarted again ({key} = {self.limit}; if it said why, its stderr is above)")
+
+
+def exit_how(code: int) -> str:
+    """A Popen return code in words: 'killed by SIGKILL' or 'exit code 1'."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class Supervision:
@@ -266,7 +281,7 @@ class Supervision:
         delay = self._adapter_backoff.on_death(now, ran_for)
         if delay is None:
             self.gave_up = self._adapter_backoff.give_up_message(
-                "the adapter", "machine.adapter_restart_limit")
+                "the adapter", "machine.adapter_restart_limit", adapter.proc.returncode)
             self.events.append(self.gave_up)
             raise MachineError(self.gave_up)
         self._adapter_due = now + delay

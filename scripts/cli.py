@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"packets per sender, peer and flow (default: {DEFAULT_PACKETS}, or no "
                         f"limit with --duration)")
     p.add_argument("--duration", type=seconds, default=None, metavar="S",
-                   help="seconds of traffic (default: none, the packet count ends it)")
+                   help="seconds of traffic (default: none, the packet count ends it; with "
+                        "--packets too, whichever comes first)")
     p.add_argument("--size", type=size, default="1KiB", metavar="B",
                    help="packet size: bytes or with a KiB/MiB suffix")
     p.add_argument("--flows", type=flows, default="fig11,fig12",
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-packets", type=count, default=200, metavar="N",
                    help="lone packets per transport in the latency phase")
     p.add_argument("--single-stream", action=argparse.BooleanOptionalAction, default=True,
-                   help="fig11/fig12 at 1 MiB on one route (bytes/s against memcpy)")
+                   help="fig11/fig12 at 1 MiB on one route (bytes/s against memcpy); only "
+                        "when --sizes has 1MiB and there is more than one route")
     p.add_argument("--scaling", action="store_true",
                    help="also fig11/fig12 at 1 KiB all-to-all with 2 and 16 partitions "
                         "(per-packet CPU as the machine grows) (default: off)")

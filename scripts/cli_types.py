@@ -113,4 +113,12 @@ def output_path(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r}: no permission to write in {parent}")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not writable")
+    try:  # what permissions do not show (root, a read-only file system): try it, change nothing
+        if os.path.exists(path):
+            open(path, "a").close()
+        else:
+            open(path, "x").close()
+            os.unlink(path)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot be written ({exc.strerror})") from None
     return path

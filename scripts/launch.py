@@ -9,6 +9,7 @@ its share of the traffic (scripts/shares.py).
 
 from __future__ import annotations
 
+import resource
 import signal
 import time
 from collections.abc import Callable, Collection
@@ -161,14 +162,17 @@ def run_traffic(machine: Machine, shares: Shares, console: Console,
 
 def machine_cpu(machine: Machine) -> float:
     """User + system CPU seconds so far of this process (the hypervisor; on a cluster, with
-    its fabric) and of every live child of the machine: what a run costs, all of it."""
+    its fabric), of every live child of the machine, and of every child it has reaped (a
+    killed adapter's or partition's CPU until its death): what a run costs, all of it, as
+    the difference of two readings."""
     times = psutil.Process().cpu_times()
-    total = times.user + times.system
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = times.user + times.system + reaped.ru_utime + reaped.ru_stime
     for child in machine.children():
         try:
             times = psutil.Process(child.proc.pid).cpu_times()
         except psutil.Error:
-            continue  # it died: its CPU is not counted (a restart is rare, and says so)
+            continue  # dead: counted in `reaped` once it is reaped
         total += times.user + times.system
     return total
 

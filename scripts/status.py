@@ -23,6 +23,7 @@ from rich.text import Text
 
 from hypervisor.control import ControlError, MessageReader
 from hypervisor.names import RunRegistry, _owner_alive
+from scripts.console import make_console
 from scripts.tables import Col, Grid
 
 CONNECT_TIMEOUT_S = 5.0  # a snapshot takes at most about a second (the adapter's counters)
@@ -237,7 +238,7 @@ def status(wanted: str | None, once: bool = False, as_json: bool = False,
            registry: RunRegistry | None = None) -> int:
     """Print one snapshot (`once`) or refresh every `interval` s until Ctrl-C or the run ends.
     0: shown (or the run ended while watched); 1: no run, not found, or the socket refused."""
-    console = console or Console(width=None if sys.stdout.isatty() else 80)
+    console = console or make_console(soft_wrap=False)
     registry = registry or RunRegistry()
     runs = live_runs(registry)
     try:

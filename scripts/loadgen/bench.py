@@ -50,6 +50,7 @@ from hypervisor.layout import SegmentLayout
 from hypervisor.machine import Machine, MachineError
 from hypervisor.names import RunRegistry
 from partitions.blocks import SMALL_BLOCK
+from scripts.cli_types import BadOption
 from scripts.launch import signals_deferred
 from scripts.loadgen import benchcore, targets
 from scripts.loadgen.benchcore import (
@@ -140,11 +141,11 @@ def choose_sizes(options: BenchOptions, layout: SegmentLayout, console: Console
         return sizes
     for size in options.sizes:
         if size < MIN_PACKET:
-            raise SystemExit(f"xpmove bench: --sizes: {size} is below the minimum packet of "
-                             f"{MIN_PACKET} bytes")
+            raise BadOption(f"--sizes: {size} is below the minimum packet of {MIN_PACKET} "
+                            f"bytes")
         if size > limit:
-            raise SystemExit(f"xpmove bench: --sizes: {size:,} B is larger than the {why} "
-                             f"accepts ({limit:,} B)")
+            raise BadOption(f"--sizes: {size:,} B is larger than the {why} accepts "
+                            f"({limit:,} B)")
     return options.sizes
 
 
@@ -240,6 +241,9 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     stream_plans = [RunPlan(t, big[0], route_list[:1], batch, "single-stream")
                     for batch in options.batches for t in adapter_flows] \
         if options.single_stream and big and len(route_list) > 1 else []
+    if options.single_stream and not stream_plans and adapter_flows:
+        console.print("note: no single-stream runs (they need 1MiB in --sizes and more than "
+                      "one route)")
     outcome = Outcome()
     try:
         with outcome.phase(console, "stopping the machine", "bench failed"):
@@ -339,17 +343,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     if results.get("scaling"):
         console.print(scaling_table(results["scaling"]))
     console.print(targets_table(results["targets"]))
-    if options.json_path:
-        with open(options.json_path, "w") as f:
-            json.dump(results, f, indent=1)
-        console.print(f"results written to {options.json_path}")
-    if options.markdown_path:
-        with open(options.markdown_path, "w") as f:
-            f.write(markdown_summary(results))
-        console.print(f"Markdown tables written to {options.markdown_path}")
-    if options.plot_path and runs:
-        plot_fig14(runs, options.plot_path, floor=results.get("floor"))
-        console.print(f"Fig 14 drawn to {options.plot_path}")
+    unwritten = write_outputs(console, options, results, runs)
     checked = [*runs, *results.get("single_stream", []), *results.get("scaling", []),
                *results.get("latency", {}).values()]
     bad = [r for r in checked if r["lost"] or r["corrupt"]]
@@ -363,6 +357,38 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                 and (not options.latency or len(results.get("latency", {}))
                      == len(options.transports))
                 and (not options.scaling or bool(results.get("scaling"))))
-    ok = not bad and not outcome.failed and complete
-    console.print("[green]all packets delivered and verified" if ok else "[red]NOT clean")
-    return (0 if ok else 1), results
+    clean = not bad and not outcome.failed and complete
+    console.print("[red]NOT clean" if not clean else
+                  "[green]all packets delivered and verified" if not unwritten else
+                  f"[red]all packets delivered and verified, but {', '.join(unwritten)} not "
+                  f"written")
+    return (0 if clean and not unwritten else 1), results
+
+
+def write_outputs(console: Console, options: BenchOptions, results: dict,
+                  runs: list[dict]) -> list[str]:
+    """The files asked for (--json, --markdown, --plot); each one that could not be written
+    (a full disk, a read-only file system: the start-up check cannot see those) is named in
+    one line, and returned, after the tables are already on the screen."""
+    writers = [(options.json_path, "results", lambda f: json.dump(results, f, indent=1)),
+               (options.markdown_path, "Markdown tables",
+                lambda f: f.write(markdown_summary(results)))]
+    failed = []
+    for path, what, write in writers:
+        if not path:
+            continue
+        try:
+            with open(path, "w") as f:
+                write(f)
+            console.print(f"{what} written to {path}")
+        except OSError as exc:
+            failed.append(path)
+            console.print(f"[red]xpmove bench: {what} not written to {path}: {exc}")
+    if options.plot_path and runs:
+        try:
+            plot_fig14(runs, options.plot_path, floor=results.get("floor"))
+            console.print(f"Fig 14 drawn to {options.plot_path}")
+        except OSError as exc:
+            failed.append(options.plot_path)
+            console.print(f"[red]xpmove bench: Fig 14 not drawn to {options.plot_path}: {exc}")
+    return failed

@@ -38,6 +38,13 @@ LOAN = "fig12-loan"  # Fig 12 with no move: the batch filled in the ring (LoanFl
 LEASE = "fig12-lease"  # a standing grant: each packet committed by the driver (LeaseFlow)
 
 
+def refused(errors: Counter, exc: XpmoveError, packets: int) -> None:
+    """Count `packets` the adapter path refused with `exc`; not those a wait gave up on
+    because the run was halting (`cut_short`): they were never accepted, nor refused."""
+    if not exc.cut_short:
+        errors[type(exc).__name__] += packets
+
+
 class AdapterFlow(SendTransport):
     """Fig 11 (adapter moves) or Fig 12 (driver moves), through the partition's `Port`.
 
@@ -82,7 +89,7 @@ class AdapterFlow(SendTransport):
             errors[type(exc.error).__name__] += n
             return 0
         except XpmoveError as exc:
-            errors[type(exc).__name__] += n
+            refused(errors, exc, n)
             return 0
         return n
 
@@ -122,7 +129,7 @@ class LoanFlow(AdapterFlow):
         try:
             loan = self._lend(dst, n, size, timeout, stop)
         except XpmoveError as exc:
-            errors[type(exc).__name__] += n
+            refused(errors, exc, n)
             return 0
         failed = None
         try:
@@ -135,7 +142,7 @@ class LoanFlow(AdapterFlow):
         try:
             loan.commit()
         except XpmoveError as exc:
-            errors[type(exc).__name__] += n
+            refused(errors, exc, n)
             return 0
         return n
 
@@ -189,7 +196,7 @@ class LeaseFlow(LoanFlow):
                 lease.send(slot.payload, timeout, stop)
                 sent += 1
         except XpmoveError as exc:
-            errors[type(exc).__name__] += len(batch.slots) - sent
+            refused(errors, exc, len(batch.slots) - sent)
         return sent
 
     def finish(self, errors: Counter, timeout: float) -> Counter:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from rich.console import Console
 
+from scripts.cli_types import BadOption
 from scripts.loadgen.bench import bench
 from scripts.loadgen.options import TRANSPORTS, BenchOptions
 from tests.integration.conftest import TIMEOUT, small_config
@@ -162,7 +163,7 @@ def test_loans_beside_fig12_on_the_command_line(tmp_path):
 
 
 def test_bad_size_rejected_before_anything_starts(registry):
-    with pytest.raises(SystemExit, match="larger than"):
+    with pytest.raises(BadOption, match="larger than"):  # the command line: exit 2
         bench(small_config(2), BenchOptions(sizes=(1 << 20,), packets=1),
               Console(file=io.StringIO()), registry)
     with pytest.raises(SystemExit, match="--scaling"):

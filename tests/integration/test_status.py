@@ -17,8 +17,12 @@ XPMOVE = [sys.executable, "-m", "scripts.cli"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def xpmove_status(registry, *args: str) -> subprocess.CompletedProcess:
+def xpmove_status(registry, *args: str, columns: int | None = None
+                  ) -> subprocess.CompletedProcess:
     env = {**os.environ, "XPMOVE_RUN_DIR": registry.directory}
+    env.pop("COLUMNS", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run([*XPMOVE, "status", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=TIMEOUT * 3)
 
@@ -63,11 +67,14 @@ def test_status_once_json_while_traffic_flows(make_machine, registry):
     before = machine.adapter_stats()["counters"]["requests"]
     wait_for(lambda: machine.adapter_stats()["counters"]["requests"] > before,
              what="traffic still flowing after the status call")
-    # by prefix (a unique leading part), in the table form, at 80 columns
-    result = xpmove_status(registry, machine.prefix[:8], "--once")
+    # by prefix (a unique leading part), in the table form: at $COLUMNS = 80 it fits them;
+    # in a pipe without it, every column is shown (none dropped for a "narrow terminal")
+    result = xpmove_status(registry, machine.prefix[:8], "--once", columns=80)
     assert result.returncode == 0, result.stderr
     assert machine.prefix in result.stdout and "…" not in result.stdout
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    wide = xpmove_status(registry, machine.prefix[:8], "--once")
+    assert wide.returncode == 0 and "narrow terminal" not in wide.stdout, wide.stdout
 
 
 def test_several_runs_are_listed_and_picked_by_prefix(make_machine, registry):

@@ -45,6 +45,11 @@ def test_adapter_restart_limit_default():
 def test_a_limit_of_zero_says_the_first_death_is_the_last():
     b = RestartBackoff(limit=0)
     assert b.on_death(now=5.0, ran_for=1.0) is None
-    assert b.give_up_message("the adapter", "machine.adapter_restart_limit") == (
-        "the adapter died and is not restarted (machine.adapter_restart_limit = 0; its stderr "
-        "above says why it died)")
+    assert b.give_up_message("the adapter", "machine.adapter_restart_limit", -9) == (
+        "the adapter died (killed by SIGKILL) and is not restarted "
+        "(machine.adapter_restart_limit = 0; if it said why, its stderr is above)")
+    streak = RestartBackoff(limit=1, stable_s=10)
+    assert streak.on_death(now=1.0, ran_for=1.0) == 0.0
+    assert streak.on_death(now=2.0, ran_for=1.0) is None
+    assert streak.give_up_message("the adapter", "k", 3).startswith(
+        "the adapter keeps dying (exit code 3): restarted 1 time in 1.0 s")

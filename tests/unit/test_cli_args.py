@@ -104,9 +104,21 @@ def test_output_path_in_read_only_directory_refused(capsys, tmp_path: Path) -> N
         tmp_path.chmod(0o700)
 
 
+def test_output_path_on_a_read_only_file_system_refused(capsys) -> None:
+    """Permissions say yes to root; the file system says no (sysfs here): tried, refused."""
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys")
+    assert "/sys/kernel/r.json': cannot be written" in refused(capsys, "bench", "--json",
+                                                               "/sys/kernel/r.json")
+
+
 def test_output_path_accepted(tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(["bench", "--json", str(tmp_path / "r.json")])
     assert args.json == str(tmp_path / "r.json") and args.plot is None
+    assert list(tmp_path.iterdir()) == []  # the check left nothing behind
+    (tmp_path / "old.json").write_text("kept")
+    cli.build_parser().parse_args(["bench", "--json", str(tmp_path / "old.json")])
+    assert (tmp_path / "old.json").read_text() == "kept"  # nor changed an existing file
 
 
 @pytest.mark.parametrize("command", ["launch", "soak"])
