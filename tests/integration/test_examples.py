@@ -60,14 +60,18 @@ def test_example_runs_and_every_program_returns(example: str, tmp_path: Path) ->
                              re.MULTILINE), output
 
 
-def write_machine(tmp_path: Path, program: str) -> Path:
-    """A two-partition config in tmp_path whose partitions run `tmp_path/prog.py`."""
+def write_machine(tmp_path: Path, program: str,
+                  partitions: tuple[tuple[str, int, str], ...] = (("one", 1, "main"),
+                                                                  ("two", 2, "main"))) -> Path:
+    """A config in tmp_path of 1 MiB partitions (256 KiB receive areas), one per (name,
+    network ID, function), each running `prog:function` of `program` (written, dedented, to
+    tmp_path/prog.py)."""
     (tmp_path / "prog.py").write_text(textwrap.dedent(program))
     config = tmp_path / "machine.toml"
     config.write_text("".join(
         f'[[partition]]\nname = "{name}"\nnetwork_id = {nid}\nmemory = "1MiB"\n'
-        f'receive_area = "256KiB"\nprogram = "prog:main"\n\n'
-        for name, nid in (("one", 1), ("two", 2))))
+        f'receive_area = "256KiB"\nprogram = "prog:{function}"\n\n'
+        for name, nid, function in partitions))
     return config
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_examples import xpmove_run
+from tests.integration.test_examples import write_machine, xpmove_run
 
 GRANT_TIMEOUT_S = 10.0  # the default grant_timeout_s: a lock held that long gets its holder killed
 
@@ -61,15 +61,9 @@ PROGRAMS = """
 
 
 def write_config(tmp_path: Path, leaver: str) -> Path:
-    (tmp_path / "prog.py").write_text(textwrap.dedent(PROGRAMS))
     (tmp_path / "loaned").unlink(missing_ok=True)
-    config = tmp_path / "machine.toml"
-    config.write_text("".join(
-        f'[[partition]]\nname = "{name}"\nnetwork_id = {nid}\nmemory = "1MiB"\n'
-        f'receive_area = "256KiB"\nprogram = "prog:{program}"\n\n'
-        for name, nid, program in (("one", 1, leaver), ("two", 2, "receiver"),
-                                   ("three", 3, "sender"))))
-    return config
+    return write_machine(tmp_path, PROGRAMS, (("one", 1, leaver), ("two", 2, "receiver"),
+                                              ("three", 3, "sender")))
 
 
 @pytest.mark.parametrize("leaver, expect", [
@@ -102,15 +96,9 @@ def test_a_loan_left_open_is_given_back_when_the_program_ends(tmp_path: Path, le
 
 
 def two_partitions(tmp_path: Path, one: str, two: str) -> Path:
-    """Partitions one and two of 1 MiB (256 KiB receive areas) running `prog:one` and
-    `prog:two` of the programs in `one` and `two` (dedented)."""
-    (tmp_path / "prog.py").write_text(textwrap.dedent(one) + textwrap.dedent(two))
-    config = tmp_path / "machine.toml"
-    config.write_text("".join(
-        f'[[partition]]\nname = "{name}"\nnetwork_id = {nid}\nmemory = "1MiB"\n'
-        f'receive_area = "256KiB"\nprogram = "prog:{name}"\n\n'
-        for name, nid in (("one", 1), ("two", 2))))
-    return config
+    """Partitions one and two running the functions `one` and `two` defined in the texts."""
+    return write_machine(tmp_path, textwrap.dedent(one) + textwrap.dedent(two),
+                         (("one", 1, "one"), ("two", 2, "two")))
 
 
 def test_a_run_too_long_for_one_request_is_refused_naming_its_packets(tmp_path: Path) -> None:
