@@ -145,25 +145,8 @@ class PortLoans:
         behind it); a program may too, e.g. in a `finally`. A loan that a view made from it
         still keeps alive (LoanExported) cannot end: it is named as still held."""
         loans = [self._loan, *list(self._lease_loans)]  # list(): one step under the GIL
-        lines = []
-        for loan in dict.fromkeys(x for x in loans if x is not None):
-            what = f"a loan of {loan.size} bytes to network ID {loan.dst}"
-            for attempt in range(2):
-                try:
-                    loan.give_back()
-                except LoanExported:
-                    if attempt == 0:
-                        gc.collect()  # views held only by reference cycles (old frames)
-                        continue
-                    lines.append(f"{what}: still held, a view made from it is alive")
-                except LoanEnded:  # ended meanwhile by its own thread: not left open
-                    break
-                except XpmoveError as exc:  # its grant or lease was lost: nothing delivered
-                    lines.append(f"{what}: ended, nothing delivered ({exc})")
-                else:
-                    lines.append(f"{what}: given back, nothing delivered")
-                break
-        return lines
+        ended = (_give_back(loan) for loan in dict.fromkeys(x for x in loans if x is not None))
+        return [line for line in ended if line is not None]
 
     def _lease_loan(self, loan: Loan, is_open: bool) -> None:
         """A lease's loan started or ended: the book give_back_loans reads (strong references:
@@ -195,3 +178,21 @@ class PortLoans:
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("lease send")
         self._flush_before_sync()
+
+
+def _give_back(loan: Loan) -> str | None:
+    """Give `loan` back; what became of it, for a report (None: its thread ended it first)."""
+    what = f"a loan of {loan.size} bytes to network ID {loan.dst}"
+    for attempt in (1, 2):
+        try:
+            loan.give_back()
+            return f"{what}: given back, nothing delivered"
+        except LoanExported:
+            if attempt == 2:
+                return f"{what}: still held, a view made from it is alive"
+            gc.collect()  # views held only by reference cycles (old frames), then again
+        except LoanEnded:
+            return None
+        except XpmoveError as exc:  # its grant or lease was lost: nothing delivered
+            return f"{what}: ended, nothing delivered ({exc})"
+    return None  # not reached: the second attempt returns
