@@ -10,5 +10,5 @@ from tests.unit.engine_machine import Machine
 @pytest.fixture
 def m() -> Machine:
     """A fresh engine over a bytearray segment (engine_machine.py), for the
-    test_engine_*.py files."""
+    test_engine_*.py files and test_receiver.py."""
     return Machine()

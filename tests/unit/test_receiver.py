@@ -15,11 +15,6 @@ from partitions.receiver import Receiver
 from tests.unit.engine_machine import Machine, ok, run_bytes
 
 
-@pytest.fixture
-def m() -> Machine:
-    return Machine()
-
-
 def receiver(m: Machine, network_id: int = 2) -> Receiver:
     return Receiver(m.mem, m.layout, network_id, None)  # type: ignore[arg-type]  # no wait()
 
