@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from hypervisor.layout import PartitionLayout
 
 OK, LEASE, GRANTED = Status.OK, Op.LEASE, LockState.GRANTED
-# A lease is not recalled before it is this old: two holders asking for one destination in
-# turn could otherwise hand it back and forth before either committed a packet (the reply is
-# not even read yet). A parked request retries every 0.2 ms, so it waits at most this more.
-LEASE_MIN_HOLD_S = 0.001
 
 
 class Leases:
@@ -129,8 +125,6 @@ class Leases:
         grant = rec.grant
         if rec.state is not GRANTED or grant is None or not grant.lease or rec.recalled:
             return
-        if now is not None and now - grant.granted_at < LEASE_MIN_HOLD_S:
-            return  # its holder has not had the time to use it yet: the next try recalls
         rec.recalled, rec.recalled_at = True, now
         receive_area.recall_lease(self.words, self.rings[dst], grant.token)
         bell = self.recalls.get(grant.holder)

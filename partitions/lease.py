@@ -9,8 +9,8 @@ packet costs one wake-up, the receiver's, as over a socket. The lease is given b
 this one's own queued sends) needs the destination: the adapter recalls it, the driver gives
 it back between two commits, and the next `send` asks for it again, waiting its turn like any
 move. So once another sender waits, a lease carries at most the packet being sent (each grant
-carries at least one, so two lessees cannot hand it back and forth with nothing sent), after
-a grant at least 1 ms old (Engine: LEASE_MIN_HOLD_S).
+carries at least one, so two lessees cannot hand it back and forth with nothing sent: the
+keeper leaves a fresh lease's recall to its first commit, for up to 1 ms, leasing.py).
 
     with port.lease(2) as lease:
         for packet in packets:

@@ -37,6 +37,7 @@ What keeps it safe:
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -54,6 +55,13 @@ if TYPE_CHECKING:
     from hypervisor.layout import PartitionLayout
 
 KEEPER_SLICE_S = 0.5  # the keeper re-checks the recall words (and its driver closing) this often
+# A lease the adapter recalls before its holder committed anything under it is given back by
+# that first commit (each grant carries at least one packet: two lessees of one destination
+# cannot hand it back and forth with nothing sent); the keeper gives it back itself only
+# once it is this old, unused. The adapter recalls at once: hand-overs wait for a commit,
+# not a clock (a fixed 1 ms hold in the adapter cost every hand-over that millisecond, and
+# all-to-all leases moved 4-6x fewer packets).
+FIRST_COMMIT_S = 0.001
 KEEPER_RETRY_S = 0.001  # how soon it looks again at a recall it had to leave for a request
 
 
@@ -80,6 +88,8 @@ class HeldLease:
     held: bool = False
     mutex: threading.Lock = field(default_factory=threading.Lock)
     lent: OpenLoan | None = None  # a loan under the lease, reserved and not yet ended
+    fresh_until: float = 0.0  # granted, nothing committed yet: the keeper leaves a recall
+    # to its first commit until then (each grant carries at least one packet)
 
 
 class OpenLoan(NamedTuple):
@@ -150,6 +160,7 @@ class Leasing(DriverParts):
         self.start_keeper()  # (started at the partition's start; drivers made elsewhere too)
         with lease.mutex:  # recalled already? The send this is for commits first, then
             lease.token, lease.held = token, True  # gives it back (or the keeper, if idle)
+            lease.fresh_until = time.monotonic() + FIRST_COMMIT_S
         return lease
 
     def _lease_of(self, dst_id: int) -> HeldLease:
@@ -184,6 +195,7 @@ class Leasing(DriverParts):
                                                  lease.src_index, lease.seq_word, data)
             except XpmoveError as exc:
                 return self._refused(lease, exc)
+            lease.fresh_until = 0.0
             if words[ring.recall] == token:  # another sender waits: after this packet, it
                 self._give_back(lease)  # goes first (each grant carries at least one)
         receive_area.ring_doorbell(words, ring, lease.bell)
@@ -255,6 +267,7 @@ class Leasing(DriverParts):
                     KIND_RECORD if lent.run is None else KIND_RUN)
                 if lent.run is not None:
                     receive_area.write_run_descriptor(self.physical, payload, *lent.run)
+                lease.fresh_until = 0.0
                 receive_area.publish_head(words, dst.control, lent.reservation.new_head)
             if words[ring.recall] == lease.token:
                 self._give_back(lease)
@@ -365,6 +378,8 @@ class Leasing(DriverParts):
                     return False
                 if lease.lent is not None:  # the loan's end gives it back (it reads the
                     return False  # recall word, written before the post that woke us)
+                if time.monotonic() < lease.fresh_until:  # its first commit gives it back
+                    return None  # (or we do, when it stays unused: look again shortly)
                 self._give_back(lease)
                 return True
         # Not a lease we hold: if the segment names us its holder, its LEASE reply was lost

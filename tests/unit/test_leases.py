@@ -15,6 +15,7 @@ from adapter.engine import Engine
 from adapter.errors import DestinationFull, RingCorrupt, Status, XpmoveError
 from adapter.protocol import Move, Op, Request
 from adapter.ring import KIND_RECORD
+from partitions import leasing
 from partitions.leasing import HeldLease, LeaseLost, Leasing
 from tests.unit.engine_machine import IDS, TIMEOUT, FakeBell, Machine, decode, ok
 
@@ -28,6 +29,13 @@ class LeaseMachine(Machine):
 
     def ring(self, dst: int) -> receive_area.RingWords:
         return receive_area.RingWords.of(self.p(dst))
+
+
+@pytest.fixture(autouse=True)
+def no_fresh_hold(monkeypatch):
+    """The keeper gives back a recalled lease at once, as these tests expect; the hold of a
+    fresh lease until its first commit has its own test (it sets FIRST_COMMIT_S itself)."""
+    monkeypatch.setattr(leasing, "FIRST_COMMIT_S", 0.0)
 
 
 class EngineDriver(Leasing):
@@ -139,17 +147,26 @@ def test_a_send_under_a_recalled_lease_commits_its_packet_then_gives_it_back(m):
     assert [r[1:3] for r in m.records(2)] == [(1, 1), (3, 1)]
 
 
-def test_a_lease_is_not_recalled_before_its_holder_could_use_it(m):
+def test_the_keeper_leaves_a_fresh_leases_recall_to_its_first_commit(m, monkeypatch):
+    """The adapter recalls a lease as soon as another request waits; the holder's keeper does
+    not give back a lease granted within FIRST_COMMIT_S that has carried no packet yet (two
+    lessees could otherwise hand it back and forth with nothing sent): its first send commits,
+    then gives it back, and the waiting sender goes next. An unused lease goes back once it
+    is no longer fresh."""
+    monkeypatch.setattr(leasing, "FIRST_COMMIT_S", 60.0)  # fresh for the whole test
     d = EngineDriver(m, 1)
-    d.now = 5.0
     lease = sent(d.take_lease(2))
-    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=5.0003) is None
-    assert receive_area.recalled(m.words, m.ring(2)) == 0  # too young
-    assert m.engine.retry_parked(5.0006) == []
-    assert receive_area.recalled(m.words, m.ring(2)) == 0
-    assert sent(d.lease_send(lease, memoryview(b"first"))) == 1  # it gets to use it
-    assert m.engine.retry_parked(5.0011) == []
-    assert receive_area.recalled(m.words, m.ring(2)) == lease.token  # now recalled
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=5.0) is None  # parked: recalled at once
+    assert receive_area.recalled(m.words, m.ring(2)) == lease.token
+    assert d.answer_recalls() == (0, 1) and lease.held  # left to its first commit
+    assert sent(d.lease_send(lease, memoryview(b"first"))) == 1
+    assert not lease.held and m.locks[2].value == 1  # given back right after it
+    assert len(m.engine.retry_parked(5.0002)) == 1  # the waiting sender went next
+    monkeypatch.setattr(leasing, "FIRST_COMMIT_S", 0.0)  # an unused one, no longer fresh
+    lease = sent(d.take_lease(3))
+    assert m.submit(2, Op.MOVE, [(3, 0, 5)], now=6.0) is None
+    assert d.answer_recalls() == (1, 0) and not lease.held and m.locks[3].value == 1
+
 
 def test_a_full_ring_keeps_the_lease_and_writes_nothing(m):
     d = EngineDriver(m, 1)
