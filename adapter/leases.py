@@ -87,7 +87,8 @@ class Leases:
         """A LEASE from the holder of that very lease: its reply was lost (the adapter
         restarted, and a recovered lease is kept). The lease is confirmed, not granted again;
         a recall in force stays in force (its clock too), so the holder gives it back after
-        its next packet (or its keeper, if it sends none) and asking again never buys time."""
+        its next packet (or its keeper, if it sends none) and asking again buys no time here
+        (the driver holds it as a fresh lease, FIRST_COMMIT_S, at most)."""
         (i, t), = work.checked
         rec = self.book.record(t.dst.network_id)
         assert rec.grant is not None

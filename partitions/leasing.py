@@ -15,7 +15,11 @@ What keeps it safe:
   partition's recall semaphore. The keeper thread (one per driver, blocked on that semaphore)
   gives the lease back: the holder's proof (`released`), then the post of the lock, exactly as
   a Fig 12 grant ends. From the recall on the holder has `grant_timeout_s`, then the machine
-  kills it as a stuck holder. A send finds the recall too, and gives the lease back first.
+  kills it as a stuck holder. A send finds the recall too: it commits its packet, then gives
+  the lease back. A lease that has carried nothing yet is left to its first commit for up to
+  FIRST_COMMIT_S (each grant carries at least one packet); the keeper gives it back after
+  that, unused. So a hand-over waits for a commit, not a clock, unless no commit can come
+  (the holder only took the lease, or the sender that waits is its own thread): then 1 ms.
 * **Never two writers.** Each lease has a mutex: a commit and a give-back never overlap, so
   the lock is posted only between commits. Before each commit the driver checks that the grant
   is still its own (`grant_token`, `holder`, not yet `released`): a lease the adapter took
@@ -62,7 +66,9 @@ KEEPER_SLICE_S = 0.5  # the keeper re-checks the recall words (and its driver cl
 # not a clock (a fixed 1 ms hold in the adapter cost every hand-over that millisecond, and
 # all-to-all leases moved 4-6x fewer packets).
 FIRST_COMMIT_S = 0.001
-KEEPER_RETRY_S = 0.001  # how soon it looks again at a recall it had to leave for a request
+KEEPER_RETRY_S = 0.001  # how soon it looks again at a recall it left (a request in flight,
+# a lease still fresh)
+monotonic = time.monotonic  # the clock of FIRST_COMMIT_S (a test's to replace)
 
 
 class LeaseLost(LockTimeout):
@@ -160,7 +166,7 @@ class Leasing(DriverParts):
         self.start_keeper()  # (started at the partition's start; drivers made elsewhere too)
         with lease.mutex:  # recalled already? The send this is for commits first, then
             lease.token, lease.held = token, True  # gives it back (or the keeper, if idle)
-            lease.fresh_until = time.monotonic() + FIRST_COMMIT_S
+            lease.fresh_until = monotonic() + FIRST_COMMIT_S  # (a renewal too: at most 1 ms)
         return lease
 
     def _lease_of(self, dst_id: int) -> HeldLease:
@@ -358,7 +364,7 @@ class Leasing(DriverParts):
 
     def answer_recalls(self) -> tuple[int, int]:
         """Give back every lease the adapter recalled: (how many were given back, how many
-        must wait for the request in flight and be looked at again shortly)."""
+        must be looked at again shortly: a request in flight, a lease still fresh)."""
         given = deferred = 0
         for dst_id, ring in self.rings.items():
             recalled = self.words[ring.recall]
@@ -378,7 +384,7 @@ class Leasing(DriverParts):
                     return False
                 if lease.lent is not None:  # the loan's end gives it back (it reads the
                     return False  # recall word, written before the post that woke us)
-                if time.monotonic() < lease.fresh_until:  # its first commit gives it back
+                if monotonic() < lease.fresh_until:  # its first commit gives it back
                     return None  # (or we do, when it stays unused: look again shortly)
                 self._give_back(lease)
                 return True
@@ -389,7 +395,9 @@ class Leasing(DriverParts):
             return None
         try:
             with lease.mutex:
-                if (lease.held or receive_area.lease_token(self.words, lease.ring) != recalled):
+                if lease.held:  # its reply was read meanwhile: a held (maybe fresh) lease now
+                    return None  # (False would wait KEEPER_SLICE_S: the recall's post is used)
+                if receive_area.lease_token(self.words, lease.ring) != recalled:
                     return False
                 return self._free_lease(dst_id, recalled)
         finally:

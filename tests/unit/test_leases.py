@@ -147,25 +147,64 @@ def test_a_send_under_a_recalled_lease_commits_its_packet_then_gives_it_back(m):
     assert [r[1:3] for r in m.records(2)] == [(1, 1), (3, 1)]
 
 
-def test_the_keeper_leaves_a_fresh_leases_recall_to_its_first_commit(m, monkeypatch):
+class Clock:
+    """The keeper's clock for FIRST_COMMIT_S (partitions.leasing.monotonic), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(leasing, "monotonic", clock)
+    monkeypatch.setattr(leasing, "FIRST_COMMIT_S", 0.001)  # the real hold, on this clock
+    return clock
+
+
+def test_the_keeper_leaves_a_fresh_leases_recall_to_its_first_commit(m, clock):
     """The adapter recalls a lease as soon as another request waits; the holder's keeper does
     not give back a lease granted within FIRST_COMMIT_S that has carried no packet yet (two
     lessees could otherwise hand it back and forth with nothing sent): its first send commits,
-    then gives it back, and the waiting sender goes next. An unused lease goes back once it
-    is no longer fresh."""
-    monkeypatch.setattr(leasing, "FIRST_COMMIT_S", 60.0)  # fresh for the whole test
+    then gives it back, and the waiting sender goes next."""
     d = EngineDriver(m, 1)
     lease = sent(d.take_lease(2))
     assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=5.0) is None  # parked: recalled at once
     assert receive_area.recalled(m.words, m.ring(2)) == lease.token
     assert d.answer_recalls() == (0, 1) and lease.held  # left to its first commit
+    clock.now += 0.0009
+    assert d.answer_recalls() == (0, 1) and lease.held
     assert sent(d.lease_send(lease, memoryview(b"first"))) == 1
     assert not lease.held and m.locks[2].value == 1  # given back right after it
     assert len(m.engine.retry_parked(5.0002)) == 1  # the waiting sender went next
-    monkeypatch.setattr(leasing, "FIRST_COMMIT_S", 0.0)  # an unused one, no longer fresh
-    lease = sent(d.take_lease(3))
-    assert m.submit(2, Op.MOVE, [(3, 0, 5)], now=6.0) is None
-    assert d.answer_recalls() == (1, 0) and not lease.held and m.locks[3].value == 1
+
+
+def test_a_fresh_lease_left_unused_goes_back_once_no_longer_fresh(m, clock):
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=5.0) is None
+    assert d.answer_recalls() == (0, 1)
+    clock.now += 0.001
+    assert d.answer_recalls() == (1, 0) and not lease.held and m.locks[2].value == 1
+    assert len(m.engine.retry_parked(5.0002)) == 1
+
+
+def test_a_renewal_under_a_recall_buys_at_most_the_fresh_hold(m, clock):
+    """A LEASE whose reply was lost, recalled, then renewed by its holder: the renewal is a
+    fresh lease to the driver (it cannot tell), so it is held FIRST_COMMIT_S at most, then
+    given back once; the recall (and the grant timeout's clock) stays in force."""
+    d = EngineDriver(m, 1)
+    sent(d.take_lease(2))
+    d._leases.clear()  # the driver never learnt of it
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=1.0) is None
+    lease = sent(d.take_lease(2))  # the renewal
+    assert d.answer_recalls() == (0, 1) and lease.held
+    clock.now += 0.001
+    assert d.answer_recalls() == (1, 0)
+    assert d.answer_recalls() == (0, 0) and m.locks[2].value == 1  # posted once
 
 
 def test_a_full_ring_keeps_the_lease_and_writes_nothing(m):
