@@ -98,11 +98,6 @@ class Lease:
         self._held = outcome
 
     @property
-    def open_loan(self) -> Loan | None:
-        """This lease's loan while it is open (`loan`/`loan_run` until its end), else None."""
-        return self._loan
-
-    @property
     def held(self) -> bool:
         """Whether the driver holds the lease right now (a recall may end it at any time)."""
         return self._held is not None and self._held.held

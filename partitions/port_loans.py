@@ -183,16 +183,16 @@ class PortLoans:
 def _give_back(loan: Loan) -> str | None:
     """Give `loan` back; what became of it, for a report (None: its thread ended it first)."""
     what = f"a loan of {loan.size} bytes to network ID {loan.dst}"
-    for attempt in (1, 2):
+    try:
         try:
             loan.give_back()
-            return f"{what}: given back, nothing delivered"
         except LoanExported:
-            if attempt == 2:
-                return f"{what}: still held, a view made from it is alive"
             gc.collect()  # views held only by reference cycles (old frames), then again
-        except LoanEnded:
-            return None
-        except XpmoveError as exc:  # its grant or lease was lost: nothing delivered
-            return f"{what}: ended, nothing delivered ({exc})"
-    return None  # not reached: the second attempt returns
+            loan.give_back()
+    except LoanExported:
+        return f"{what}: still held, a view made from it is alive"
+    except LoanEnded:
+        return None
+    except XpmoveError as exc:  # its grant or lease was lost: nothing delivered
+        return f"{what}: ended, nothing delivered ({exc})"
+    return f"{what}: given back, nothing delivered"

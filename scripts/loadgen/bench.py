@@ -370,25 +370,27 @@ def write_outputs(console: Console, options: BenchOptions, results: dict,
     """The files asked for (--json, --markdown, --plot); each one that could not be written
     (a full disk, a read-only file system: the start-up check cannot see those) is named in
     one line, and returned, after the tables are already on the screen."""
-    writers = [(options.json_path, "results", lambda f: json.dump(results, f, indent=1)),
-               (options.markdown_path, "Markdown tables",
-                lambda f: f.write(markdown_summary(results)))]
+    writers = [
+        (options.json_path, "results written to",
+         lambda path: _write_text(path, json.dumps(results, indent=1))),
+        (options.markdown_path, "Markdown tables written to",
+         lambda path: _write_text(path, markdown_summary(results))),
+        (options.plot_path if runs else None, "Fig 14 drawn to",
+         lambda path: plot_fig14(runs, path, floor=results.get("floor"))),
+    ]
     failed = []
-    for path, what, write in writers:
+    for path, done, write in writers:
         if not path:
             continue
         try:
-            with open(path, "w") as f:
-                write(f)
-            console.print(f"{what} written to {path}")
+            write(path)
+            console.print(f"{done} {path}")
         except OSError as exc:
             failed.append(path)
-            console.print(f"[red]xpmove bench: {what} not written to {path}: {exc}")
-    if options.plot_path and runs:
-        try:
-            plot_fig14(runs, options.plot_path, floor=results.get("floor"))
-            console.print(f"Fig 14 drawn to {options.plot_path}")
-        except OSError as exc:
-            failed.append(options.plot_path)
-            console.print(f"[red]xpmove bench: Fig 14 not drawn to {options.plot_path}: {exc}")
+            console.print(f"[red]xpmove bench: {path} not written: {exc}")
     return failed
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
