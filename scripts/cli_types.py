@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 
 
 class BadOption(Exception):
@@ -114,11 +115,20 @@ def output_path(text: str) -> str:
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not writable")
     try:  # what permissions do not show (root, a read-only file system): try it, change nothing
-        if os.path.exists(path):
-            open(path, "a").close()
-        else:
-            open(path, "x").close()
-            os.unlink(path)
+        _try_writing(path, parent)
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: cannot be written ({exc.strerror})") from None
     return path
+
+
+def _try_writing(path: str, parent: str) -> None:
+    """Open the file for writing without creating it, or, if it is not there, create and
+    remove a file of our own beside it: the path itself is never created, not even for a
+    moment (every MPI rank of a cluster bench checks the same --json at once)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        return
+    except FileNotFoundError:
+        pass
+    with tempfile.NamedTemporaryFile(dir=parent, prefix=".xpmove-write-check-"):
+        pass

@@ -7,12 +7,14 @@ import argparse
 import os
 import re
 import signal
+import threading
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from scripts import cli
+from scripts.cli_types import output_path
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -119,6 +121,28 @@ def test_output_path_accepted(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text("kept")
     cli.build_parser().parse_args(["bench", "--json", str(tmp_path / "old.json")])
     assert (tmp_path / "old.json").read_text() == "kept"  # nor changed an existing file
+
+
+def test_output_path_checked_by_many_at_once(tmp_path: Path) -> None:
+    """Every MPI rank of a cluster bench checks the same --json at once: no check may see
+    another's trace (a check that created the file for a moment refused the other rank's
+    path, "File exists", and left the file behind)."""
+    path = str(tmp_path / "r.json")
+    refusals: list[str] = []
+
+    def check() -> None:
+        for _ in range(2000):
+            try:
+                output_path(path)
+            except argparse.ArgumentTypeError as exc:
+                refusals.append(str(exc))
+
+    threads = [threading.Thread(target=check) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refusals == [] and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["launch", "soak"])
