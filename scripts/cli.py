@@ -29,6 +29,7 @@ from scripts.cli_types import (
     sizes,
     transports,
 )
+from scripts.cluster_start import attend_after_failing
 
 DESCRIPTION = """\
 xpmove runs a logically partitioned machine on one host: every partition is an
@@ -392,6 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit code; a host of a cluster run that fails before meeting the others
+    still meets them, so that they end too (cluster_start.py)."""
+    failed = True
+    try:
+        code = _main(argv)
+        failed = code != 0
+        return code
+    except SystemExit as exc:
+        failed = exc.code not in (None, 0)
+        raise
+    finally:
+        if failed:
+            attend_after_failing(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:

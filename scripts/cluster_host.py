@@ -26,6 +26,7 @@ from rich.console import Console
 
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
+from scripts.cluster_start import check_started, meet
 from scripts.console import make_console
 from scripts.launch import signals_deferred
 from scripts.workload.program import PROGRAM
@@ -51,7 +52,7 @@ def config_digest(config: MachineConfig) -> str:
     return hashlib.sha256(repr(config).encode()).hexdigest()
 
 
-def check_same_config(config: MachineConfig, digests: list[str], command: str) -> None:
+def check_same_config(config: MachineConfig, digests: list[str | None], command: str) -> None:
     """SystemExit on every rank alike if the hosts were not given the same config."""
     differ = [config.hosts[r].name for r, d in enumerate(digests) if d != digests[0]]
     if differ:
@@ -113,10 +114,12 @@ class ClusterHost:
 
         self.config = config
         self.comm: Any = MPI.COMM_WORLD
+        digests = meet(self.comm, config_digest(config))
+        check_started(digests, [h.name for h in config.hosts], command)
         check_world(config, self.comm.Get_size(), command)
         self.rank = self.comm.Get_rank()
         self.name = config.hosts[self.rank].name
-        check_same_config(config, self.comm.allgather(config_digest(config)), command)
+        check_same_config(config, digests, command)
         # rank 0 speaks for the cluster
         self.console = (console or make_console()) if self.rank == 0 else Console(quiet=True)
         self._ending = self.comm.Dup()  # where every host meets at the end of a run (_meet)

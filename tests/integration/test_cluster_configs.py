@@ -49,3 +49,26 @@ def test_hosts_given_different_configs_refuse_before_anything_starts(tmp_path: P
     assert "Traceback" not in out, out
     runs = tmp_path / "runs"
     assert not runs.exists() or not [f for f in os.listdir(runs) if f.endswith(".json")]
+
+
+@pytest.mark.parametrize("refused, message", [
+    (("--duration", "-1"), "argument --duration: '-1'"),
+    (("--config", "/no/such/config.toml"), "/no/such/config.toml"),
+])
+def test_a_host_that_fails_before_starting_ends_the_job_on_every_host(
+        tmp_path: Path, refused: tuple[str, ...], message: str) -> None:
+    """One host's command fails before it starts MPI (its arguments or its config: hosts'
+    file systems differ); the other, already waiting in MPI for it, must end too, promptly,
+    naming it (MPICH's launcher alone would wait for it for good)."""
+    rank = [sys.executable, "-m", "scripts.cli", "launch", "--config", CONFIG]
+    other = [*rank, *refused] if refused[0] != "--config" else [*rank[:-1], refused[1]]
+    done = subprocess.run([str(MPIEXEC), "-n", "1", *rank, "--duration", "5", ":", "-n", "1",
+                           *other], cwd=REPO, env=env(tmp_path), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    out = words(done.stdout + done.stderr)
+    assert done.returncode != 0
+    assert message in out, out
+    assert out.count("host west could not start (its error is printed above)") == 1, out
+    assert "Traceback" not in out and "BAD TERMINATION" not in out, out
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [f for f in os.listdir(runs) if f.endswith(".json")]

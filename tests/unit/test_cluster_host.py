@@ -3,11 +3,15 @@ cluster's progress, the MPI runtime's names found in a maps text."""
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 
 from hypervisor.config import load_config
 from scripts.cluster_host import check_world
 from scripts.cluster_launch import combined
+from scripts.cluster_start import attend_after_failing, check_started, command_of
 
 
 def two_hosts():
@@ -65,3 +69,39 @@ def test_what_was_accepted_for_a_partition_gone_for_good_is_not_waited_for() -> 
              2: {"sent": {"1": 4, "3": 5}, "received": {"1": 10}}}
     assert totals(stats) == (26, 14)
     assert totals(stats, {3}) == (14, 14)  # partition 3 ended: its 12 packets cannot arrive
+
+
+def test_a_host_that_could_not_start_is_named_on_every_host() -> None:
+    names = [h.name for h in two_hosts().hosts]
+    check_started(["d", "d"], names, "launch")
+    with pytest.raises(SystemExit, match=r"xpmove bench: host west could not start"):
+        check_started(["d", None], names, "bench")
+    with pytest.raises(SystemExit, match=r"host east, of MPI rank 2 could not start"):
+        check_started([None, "d", None], names, "run")  # mpiexec -n 3 on two hosts
+
+
+def test_the_command_word_is_found_past_options() -> None:
+    assert command_of(["launch", "--config", "x.toml"]) == "launch"
+    assert command_of(["--version"]) is None
+    assert command_of(["-h", "bench"]) == "bench"
+
+
+def test_only_a_host_of_a_cluster_run_starts_mpi_after_failing(monkeypatch) -> None:
+    """A failure under mpiexec, of a command that runs across hosts, starts MPI to meet the
+    others; anywhere else it just exits (cluster.mpi replaced: what is looked up is noted)."""
+    looked: list[str] = []
+
+    class NoMPI(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            looked.append(name)
+            raise AttributeError(name)
+
+    monkeypatch.setitem(sys.modules, "cluster.mpi", NoMPI("cluster.mpi"))
+    monkeypatch.delenv("PMIX_RANK", raising=False)
+    monkeypatch.delenv("PMI_RANK", raising=False)
+    attend_after_failing(["launch", "--config", "configs/two-hosts.toml"])
+    monkeypatch.setenv("PMI_RANK", "1")
+    attend_after_failing(["status", "--once"])
+    assert looked == []
+    attend_after_failing(["launch", "--config", "configs/two-hosts.toml"])
+    assert "MPI" in looked
