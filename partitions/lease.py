@@ -6,11 +6,14 @@ each `lease.send(data)` then commits one record in the destination's ring with n
 all (the driver does the adapter's Fig 11 steps itself, partitions/leasing.py), so a lone
 packet costs one wake-up, the receiver's, as over a socket. The lease is given back by
 `close()` (or leaving the `with` block), and whenever another sender (another partition, or
-this one's own queued sends) needs the destination: the adapter recalls it, the driver gives
-it back between two commits, and the next `send` asks for it again, waiting its turn like any
-move. So once another sender waits, a lease carries at most the packet being sent (each grant
-carries at least one, so two lessees cannot hand it back and forth with nothing sent: the
-keeper leaves a fresh lease's recall to its first commit, for up to 1 ms, leasing.py).
+this one's own queued sends) needs the destination: the adapter recalls it and the driver
+gives it back between two commits. So once another sender waits, a lease carries at most the
+packet being sent (each grant carries at least one, so two lessees cannot hand it back and
+forth with nothing sent: the keeper leaves a fresh lease's recall to its first commit, for up
+to 1 ms, leasing.py). A recalled lease is contended: for CONTENDED_S the Lease's sends go as
+the port's synchronous Fig 11 sends (one request each, cheaper than a lease handed back and
+forth), then the next send asks for the lease again, waiting its turn like any move. Loans
+under a lease always take the lease.
 
     with port.lease(2) as lease:
         for packet in packets:
@@ -42,6 +45,7 @@ The rules:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
@@ -54,6 +58,17 @@ from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
 
 LoanT = TypeVar("LoanT", bound=Loan)
+Move = Callable[[memoryview, "float | None", "threading.Event | None"], Sent]
+# A lease handed back and forth between senders costs a LEASE request and a recall per packet
+# or so; a synchronous Fig 11 send costs one request. So once the lease is recalled, this long
+# of sends go as those sends; then the next send asks for the lease again. Measured with
+# `xpmove launch --flows fig12-lease --duration 4` (all-to-all, 1 KiB, one packet per call):
+# 40-45 k packets, 6.6 k per CPU-second, when every send asked for the lease again; 51-58 k,
+# 7.5-8.3 k with this at 2 ms, 10 ms or 50 ms alike; a synchronous send alone 61 k, 8.4 k. The
+# shorter it is, the less a sender with one main destination pays per recall by an occasional
+# other sender (each costs it CONTENDED_S of sends at a request each).
+CONTENDED_S = 0.01
+monotonic = time.monotonic  # the clock of CONTENDED_S (a test's to replace)
 
 
 def refuse_if_lent(driver: Driver, what: str) -> None:
@@ -77,8 +92,13 @@ class Lease:
     def __init__(self, driver: Driver, dst: int, max_record: int,
                  before_send: Callable[[], None], stopping: Callable[[threading.Event | None],
                                                                      Callable[[], bool]],
-                 on_loan: Callable[[Loan, bool], None] = lambda loan, is_open: None):
+                 on_loan: Callable[[Loan, bool], None] = lambda loan, is_open: None,
+                 move: Move | None = None):
+        """`move(view, timeout, cancel)`: the port's synchronous Fig 11 send to `dst`, used
+        instead of the lease while it is contended (CONTENDED_S); None: always the lease."""
         self.dst = dst
+        self._move = move
+        self._moves_until = 0.0  # sends go as moves until then (the lease was recalled)
         self._on_loan = on_loan  # told of each loan's start and end (the port's book)
         self._driver = driver
         self._max_record = max_record
@@ -105,8 +125,9 @@ class Lease:
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None,
              cancel: threading.Event | None = None) -> Sent:
         """Commit `data` as ONE record at the destination: the lease's path (one copy, no
-        request) while it is held, else the lease is asked for again first. Returns the `Sent`
-        with its sequence number; raises the typed error (nothing sent) otherwise."""
+        request) while it is held; for CONTENDED_S after a recall, a synchronous Fig 11 send;
+        else the lease is asked for again first. Returns the `Sent` with its sequence number;
+        raises the typed error (nothing sent) otherwise."""
         self._check_usable("send")
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
@@ -123,11 +144,25 @@ class Lease:
             seq = driver.lease_send(held, view)
             if not isinstance(seq, XpmoveError):
                 return Sent(self.dst, seq, count)
+        if self._contended(held):
+            assert self._move is not None
+            return self._move(view, timeout, cancel)
         outcome = retrying(lambda reply_by: self._attempt(view, reply_by),
                            float("inf") if timeout is None else timeout, self._stopping(cancel))
         if isinstance(outcome, XpmoveError):
             raise outcome
         return Sent(self.dst, outcome, count)
+
+    def _contended(self, held: HeldLease | None) -> bool:
+        """Whether this send goes as a Fig 11 move: the lease this object held was recalled
+        (another sender waits for the destination) less than CONTENDED_S ago."""
+        if self._move is None:
+            return False
+        now = monotonic()
+        if held is not None and not held.held:  # lost since the last send: recalled
+            self._held = None
+            self._moves_until = now + CONTENDED_S
+        return now < self._moves_until
 
     def _attempt(self, view: memoryview, reply_by: float | None) -> int | XpmoveError:
         held = self._holding(reply_by)

@@ -137,6 +137,11 @@ class Port(PortLoans):
                 self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
                                   view, timeout, cancel, self._max_run[dst])
             return None
+        return self._send_now(dst, view, flow, timeout, cancel)
+
+    def _send_now(self, dst: int, view: memoryview, flow: Flow | str, timeout: float | None,
+                  cancel: threading.Event | None) -> Sent:
+        """`send(sync=True)`: staged at the top of the send space, moved in one request."""
         with self._staging:
             self._flush_before_sync()
             offset = self._stage_at(len(view), "data")

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from adapter.errors import BadCount, UnknownNetworkId, XpmoveError
+from adapter.protocol import Flow
 from adapter.ring import RUN_DESCRIPTOR, check_run_shape, run_size
 from partitions.lease import Lease, refuse_if_lent
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanEnded, LoanExported, LoanHeld, LoanRun
 
 if TYPE_CHECKING:
-    from partitions.driver import Driver
+    from partitions.driver import Driver, Sent
     from partitions.memory import PartitionView
 
 LoanT = TypeVar("LoanT", bound=Loan)
@@ -42,6 +43,9 @@ class PortLoans:
         _lease_loans: set[Loan]
 
         def _flush_before_sync(self) -> None: ...
+
+        def _send_now(self, dst: int, view: memoryview, flow: Flow | str,
+                      timeout: float | None, cancel: threading.Event | None) -> Sent: ...
 
         def _stage_at(self, size: int, what: str) -> int: ...
 
@@ -162,14 +166,17 @@ class PortLoans:
         """A standing grant on `dst`: `lease.send(data)` then commits each packet there at once,
         with no request to the adapter (one wake-up per lone packet, the receiver's). Given
         back by `close()` (or the `with` block's end), and whenever another sender waits for
-        `dst` (the next send asks again). Waits, retrying like `send`, for the lock. See
+        `dst`: the next sends then go as synchronous Fig 11 sends for a few milliseconds, and
+        the lease is asked for again. Waits, retrying like `send`, for the lock. See
         partitions/lease.py for the rules."""
         self._check_no_loan("lease")
         if dst not in self._max_run:
             self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
         self._flush_before_sync()  # after what was queued before it
         lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
-                      self._stopping, self._lease_loan)
+                      self._stopping, self._lease_loan,
+                      lambda view, timeout, cancel: self._send_now(dst, view, Flow.FIG11,
+                                                                   timeout, cancel))
         lease.acquire(timeout, cancel)
         return lease
 

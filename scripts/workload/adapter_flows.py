@@ -157,8 +157,9 @@ class LeaseFlow(LoanFlow):
     run starts, `connect`, as the sockets connect then), so no packet costs a request: at
     batch 1 each packet is one `lease.send` (one copy), a bigger batch is ONE run loaned
     under the lease, filled in place and committed (`Lease.loan_run`: no copy either).
-    Another sender to the same destination recalls the lease, and the next send asks for it
-    again; the leases are given back when the traffic ends."""
+    Another sender to the same destination recalls the lease: the next sends go as
+    synchronous Fig 11 sends for a while, then ask for it again (partitions/lease.py); the
+    leases are given back when the traffic ends."""
 
     def __init__(self, port: Port):
         super().__init__(port)

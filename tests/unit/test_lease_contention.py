@@ -1,0 +1,72 @@
+"""A lease under contention (partitions/lease.py, CONTENDED_S): once recalled, the Lease's
+sends go as Fig 11 moves for a while, then it asks for the lease again. The engine and the
+driver's half over one bytearray (tests/unit/test_leases.py); the port's move is a recorder."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapter.protocol import Op
+from adapter.ring import max_payload
+from partitions import lease as lease_module
+from partitions.driver import Sent
+from partitions.lease import CONTENDED_S, Lease
+from tests.unit.test_leases import EngineDriver, LeaseMachine
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(lease_module, "monotonic", c)
+    return c
+
+
+def test_a_recalled_lease_sends_as_moves_for_a_while_then_leases_again(clock) -> None:
+    m = LeaseMachine()
+    d = EngineDriver(m, 1)
+    moved: list[bytes] = []
+
+    def move(view, timeout, cancel) -> Sent:
+        moved.append(bytes(view))
+        return Sent(2, 0, len(view))
+
+    lease = Lease(d, 2, max_payload(m.p(2).receive_size), lambda: None,
+                  lambda cancel: lambda: False, move=move)
+    lease.acquire(1.0)
+    assert lease.send(b"one").seq == 1 and moved == []  # leased: no move, no request
+    m.put(3, 0, b"other")
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None  # parked: recalls the lease
+    assert d.answer_recalls() == (1, 0) and not lease.held
+    assert len(m.engine.retry_parked(10.5)) == 1  # the other sender goes
+    lease.send(b"two")
+    clock.now += CONTENDED_S * 0.9
+    lease.send(b"three")
+    assert moved == [b"two", b"three"] and not lease.held  # contended: moves
+    clock.now += CONTENDED_S * 0.2
+    assert lease.send(b"four").seq == 2 and lease.held  # asked for again, and leased
+    assert moved == [b"two", b"three"]
+    assert [r[1:4] for r in m.records(2)] == [(1, 1, b"one"), (3, 1, b"other"),
+                                              (1, 2, b"four")]
+
+
+def test_a_lease_without_a_move_asks_again_at_once(clock) -> None:
+    """A Lease made with no move (the driver's tests, a caller that wants the lease only)
+    keeps the old rule: the next send asks for the lease again."""
+    m = LeaseMachine()
+    d = EngineDriver(m, 1)
+    lease = Lease(d, 2, max_payload(m.p(2).receive_size), lambda: None,
+                  lambda cancel: lambda: False)
+    lease.acquire(1.0)
+    assert lease.send(b"one").seq == 1
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None
+    assert d.answer_recalls() == (1, 0)
+    assert len(m.engine.retry_parked(10.5)) == 1
+    assert lease.send(b"two").seq == 2 and lease.held
