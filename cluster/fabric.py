@@ -58,19 +58,21 @@ RETRY_S = (0.00005, 0.002)
 class Fabric(Puller):
     """One host's fabric; also the machine's Gateway for the partitions of other hosts.
 
-    Life: `Fabric(config, comm)` (collective), `Machine(..., gateway=fabric)`, `machine.start()`
-    (hands over the proxies' pipes), `start(machine)` (collective: the window over the
-    segment), traffic, `stop()` on every host, `close()` (collective: frees the window; every
-    host's fabric has stopped pulling), then `machine.stop()`."""
+    Life: `Fabric(config, comm, Wakeups())` (collective), `Machine(..., gateway=fabric)`,
+    `machine.start()` (hands over the proxies' pipes), `start(machine)` (collective: the
+    window over the segment), traffic, `stop()` on every host, `close()` (collective: frees
+    the window; every host's fabric has stopped pulling), then `machine.stop()`."""
 
-    def __init__(self, config: MachineConfig, comm: Any):
+    def __init__(self, config: MachineConfig, comm: Any, wakeups: Wakeups):
+        """`wakeups`: this host's doorbell socket, made before the hosts met (making it may
+        fail on one host only, and then every host must learn it at that meeting)."""
         self.comm = comm.Dup()  # the fabric's own context: the tools' collectives stay apart
         self.host = comm.Get_rank()
         self.host_of = config.host_of()
         self.hosts = [h.name for h in config.hosts]
         self.network_ids = frozenset(n for n, h in self.host_of.items() if h != self.host)
         self.win: Any = None
-        self.wakeups = Wakeups()
+        self.wakeups = wakeups
         self.wakeups.peers = [tuple(a) for a in self.comm.allgather(self.wakeups.address)]
         self._fds: dict[int, tuple[int, int]] = {}
         self.drivers: dict[int, Driver] = {}

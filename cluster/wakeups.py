@@ -25,9 +25,10 @@ ADDRESS_ENV = "XPMOVE_FABRIC_ADDRESS"  # the address other hosts reach this one'
 
 
 def doorbell_address() -> str:
-    """This host's address for the other hosts' doorbells: $XPMOVE_FABRIC_ADDRESS, else what
-    the host name resolves to (on one machine, any local address)."""
-    return os.environ.get(ADDRESS_ENV) or socket.gethostbyname(socket.gethostname())
+    """This host's address for the other hosts' doorbells: what $XPMOVE_FABRIC_ADDRESS, else
+    the host name, resolves to (on one machine, any local address). Resolved here, so a name
+    that does not resolve is an error at the start, on the host that has it."""
+    return socket.gethostbyname(os.environ.get(ADDRESS_ENV) or socket.gethostname())
 
 
 class Wakeups:

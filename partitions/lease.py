@@ -10,10 +10,13 @@ this one's own queued sends) needs the destination: the adapter recalls it and t
 gives it back between two commits. So once another sender waits, a lease carries at most the
 packet being sent (each grant carries at least one, so two lessees cannot hand it back and
 forth with nothing sent: the keeper leaves a fresh lease's recall to its first commit, for up
-to 1 ms, leasing.py). A recalled lease is contended: for CONTENDED_S the Lease's sends go as
-the port's synchronous Fig 11 sends (one request each, cheaper than a lease handed back and
-forth), then the next send asks for the lease again, waiting its turn like any move. Loans
-under a lease always take the lease.
+to 1 ms, leasing.py). A lease lost to a recall is contended: for CONTENDED_S the Lease's
+sends go as the port's synchronous Fig 11 sends (one request each, cheaper than a lease
+handed back and forth), then the next send asks for the lease again, waiting its turn like
+any move. Such a send is staged in the port's cork area (the top of the send space, which
+the program keeps clear), so only packets that fit it go this way, and, like
+`send(sync=True)`, it holds the port's staging lock until committed. Loans under a lease
+always take the lease.
 
     with port.lease(2) as lease:
         for packet in packets:
@@ -93,12 +96,15 @@ class Lease:
                  before_send: Callable[[], None], stopping: Callable[[threading.Event | None],
                                                                      Callable[[], bool]],
                  on_loan: Callable[[Loan, bool], None] = lambda loan, is_open: None,
-                 move: Move | None = None):
+                 move: Move | None = None, move_max: int = 0):
         """`move(view, timeout, cancel)`: the port's synchronous Fig 11 send to `dst`, used
-        instead of the lease while it is contended (CONTENDED_S); None: always the lease."""
+        for packets of up to `move_max` bytes instead of the lease while it is contended
+        (CONTENDED_S); None: always the lease."""
         self.dst = dst
         self._move = move
-        self._moves_until = 0.0  # sends go as moves until then (the lease was recalled)
+        self._move_max = move_max if move is not None else 0
+        self._moves_until = 0.0  # sends go as moves until then (the lease was lost)
+        self._lost_token = 0  # the token of the grant whose loss began that window
         self._on_loan = on_loan  # told of each loan's start and end (the port's book)
         self._driver = driver
         self._max_record = max_record
@@ -144,7 +150,7 @@ class Lease:
             seq = driver.lease_send(held, view)
             if not isinstance(seq, XpmoveError):
                 return Sent(self.dst, seq, count)
-        if self._contended(held):
+        if count <= self._move_max and self._contended(held):
             assert self._move is not None
             return self._move(view, timeout, cancel)
         outcome = retrying(lambda reply_by: self._attempt(view, reply_by),
@@ -154,13 +160,14 @@ class Lease:
         return Sent(self.dst, outcome, count)
 
     def _contended(self, held: HeldLease | None) -> bool:
-        """Whether this send goes as a Fig 11 move: the lease this object held was recalled
-        (another sender waits for the destination) less than CONTENDED_S ago."""
-        if self._move is None:
-            return False
+        """Whether this send goes as a Fig 11 move: the lease was lost (recalled: another
+        sender waits for the destination; or given back by another Lease object on it) less
+        than CONTENDED_S ago. Reads only: `held` is the driver's one record of the lease on
+        this destination, shared by every thread and Lease object; each grant has its own
+        token, so a loss starts one window however many threads see it."""
         now = monotonic()
-        if held is not None and not held.held:  # lost since the last send: recalled
-            self._held = None
+        if held is not None and not held.held and held.token != self._lost_token:
+            self._lost_token = held.token
             self._moves_until = now + CONTENDED_S
         return now < self._moves_until
 

@@ -41,6 +41,7 @@ class PortLoans:
         _loan: Loan | None
         _loan_thread: int | None
         _lease_loans: set[Loan]
+        _cork_area: tuple[int, int]
 
         def _flush_before_sync(self) -> None: ...
 
@@ -176,7 +177,8 @@ class PortLoans:
         lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
                       self._stopping, self._lease_loan,
                       lambda view, timeout, cancel: self._send_now(dst, view, Flow.FIG11,
-                                                                   timeout, cancel))
+                                                                   timeout, cancel),
+                      self._cork_area[1] - self._cork_area[0])
         lease.acquire(timeout, cancel)
         return lease
 

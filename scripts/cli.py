@@ -29,7 +29,7 @@ from scripts.cli_types import (
     sizes,
     transports,
 )
-from scripts.cluster_start import attend_after_failing
+from scripts.cluster_start import attend_after_failing, one_host
 
 DESCRIPTION = """\
 xpmove runs a logically partitioned machine on one host: every partition is an
@@ -75,15 +75,21 @@ def _available_cpus() -> frozenset[int] | None:
 
 def _config(path: str | None) -> MachineConfig:
     try:
-        return load_config(path, _available_cpus())
+        config = load_config(path, _available_cpus())
     except ConfigError as exc:
         raise SystemExit(f"xpmove: bad config: {exc}") from None
+    if not config.hosts:
+        one_host()  # a failure from here on concerns no other MPI rank
+    return config
 
 
 def bench_machine(path: str | None) -> MachineConfig:
     """The bench's machine: `path`'s if given, else the built-in bench machine (32 MiB rings,
     as configs/bench.toml), not launch's default: see BENCH_BUILT_IN."""
-    return _config(path) if path is not None else bench_config(_available_cpus())
+    if path is not None:
+        return _config(path)
+    one_host()
+    return bench_config(_available_cpus())
 
 
 def _one_host_config(path: str | None, command: str) -> MachineConfig:
@@ -402,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except SystemExit as exc:
         failed = exc.code not in (None, 0)
+        if isinstance(exc.code, str):  # its line first: the other hosts point at it
+            print(exc.code, file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         raise
     finally:
         if failed:

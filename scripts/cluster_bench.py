@@ -11,7 +11,7 @@ Each (transport, route, size, batch) is one run: the senders send for WARMUP_S +
 a margin; between two snapshots taken on every host at once (after a barrier) S = packets
 verified per CPU-second of every process of every host (hypervisors with their fabric,
 adapters, all partitions), the workload's fill and check included, as the bench's S. tcp
-connects to the receiving partition's host address (`cluster.wakeups.doorbell_address`), not
+connects to the receiving partition's host address (its fabric's doorbell address), not
 loopback. The targets of issue 15 are printed MET/MISSED with both operands.
 """
 
@@ -110,11 +110,9 @@ class ClusterBench:
     """One host's part of the cluster bench (every host runs the same sequence)."""
 
     def __init__(self, host: ClusterHost, options: ClusterBenchOptions):
-        from cluster.wakeups import doorbell_address
-
         self.host = host
         self.options = options
-        self.address = doorbell_address()
+        self.address = host.fabric.wakeups.address[0]  # this host's, as the others reach it
         self.routes = routes(host.config)
 
     def call(self, nid: int, msg: dict) -> dict:

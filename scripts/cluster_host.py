@@ -17,9 +17,10 @@ import contextlib
 import hashlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -30,6 +31,9 @@ from scripts.cluster_start import check_started, meet
 from scripts.console import make_console
 from scripts.launch import signals_deferred
 from scripts.workload.program import PROGRAM
+
+if TYPE_CHECKING:
+    from cluster.wakeups import Wakeups
 
 T = TypeVar("T")
 ENDING = "xpmove: host ending"  # what a host that ends early gives a look it joins
@@ -114,12 +118,19 @@ class ClusterHost:
 
         self.config = config
         self.comm: Any = MPI.COMM_WORLD
-        digests = meet(self.comm, config_digest(config))
-        check_started(digests, [h.name for h in config.hosts], command)
-        check_world(config, self.comm.Get_size(), command)
-        self.rank = self.comm.Get_rank()
-        self.name = config.hosts[self.rank].name
-        check_same_config(config, digests, command)
+        wakeups = self._wakeups(command)  # before the hosts meet: it may fail on one only
+        try:
+            digests = meet(self.comm, None if wakeups is None else config_digest(config))
+            check_started(digests, [h.name for h in config.hosts], command)
+            check_world(config, self.comm.Get_size(), command)
+            self.rank = self.comm.Get_rank()
+            self.name = config.hosts[self.rank].name
+            check_same_config(config, digests, command)
+        except BaseException:
+            if wakeups is not None:
+                wakeups.close()
+            raise
+        assert wakeups is not None  # else check_started raised
         # rank 0 speaks for the cluster
         self.console = (console or make_console()) if self.rank == 0 else Console(quiet=True)
         self._ending = self.comm.Dup()  # where every host meets at the end of a run (_meet)
@@ -131,9 +142,25 @@ class ClusterHost:
         # stretch between two looks (the bench's measuring sleep), or they cannot be told
         self.grace = ABORT_GRACE_S
         self._failure: str | None = None  # what ended this host's work early, as printed
-        self.fabric = Fabric(config, self.comm)
+        self.fabric = Fabric(config, self.comm, wakeups)
         self.machine = Machine(with_program(config, PROGRAM) if workload else config,
                                gateway=self.fabric)
+
+    def _wakeups(self, command: str) -> Wakeups | None:
+        """This host's doorbell socket (its address: $XPMOVE_FABRIC_ADDRESS or what its name
+        resolves to), or None, the reason printed, if it cannot be made here."""
+        from cluster.wakeups import Wakeups
+
+        try:
+            return Wakeups()
+        except OSError as exc:
+            rank = self.comm.Get_rank()
+            hosts = self.config.hosts
+            name = hosts[rank].name if rank < len(hosts) else f"of MPI rank {rank}"
+            print(f"xpmove {command}: host {name}: its fabric's doorbell socket: {exc} (set "
+                  f"XPMOVE_FABRIC_ADDRESS to the address the other hosts reach it at)",
+                  file=sys.stderr, flush=True)
+            return None
 
     def allgather(self, value: T, then: Callable[[list[T]], object] | None = None) -> list[T]:
         """`comm.allgather`, but the wait for the other hosts is spent outside MPI (a rank

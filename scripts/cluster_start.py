@@ -12,16 +12,20 @@ on all of them (no runtime name is left in /dev/shm).
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
-import signal
 from typing import Any
 
 COMMANDS = ("launch", "run", "bench")  # the commands that run across hosts
 # How long a rank that failed waits for MPI to start. The others may not start it at all (a
-# one-host config under mpiexec: each rank runs its own machine and nothing waits for this
-# one); then the kernel ends the wait, since MPI_Init holds the interpreter.
-START_S = 30
+# one-host config under mpiexec, each rank running its own machine, when this rank failed
+# before reading its config); then faulthandler's watchdog thread ends the process (exit 1)
+# since MPI_Init holds the interpreter. MPICH then reports the rank's end and leaves its
+# runtime's file in /dev/shm (mpich_shm_*): the one case this module does not clean up.
+START_S = 30.0
 _met = False  # this process has been to the meeting (or is there)
+_one_host = False  # this process's config places everything on one host: nobody waits
 
 
 def launched_by_mpi() -> bool:
@@ -34,6 +38,12 @@ def meet(comm: Any, digest: str | None) -> list[str | None]:
     global _met
     _met = True
     return comm.allgather(digest)
+
+
+def one_host() -> None:
+    """The command's config has no [[host]] tables: its failures concern no other rank."""
+    global _one_host
+    _one_host = True
 
 
 def check_started(digests: list[str | None], host_names: list[str], command: str) -> None:
@@ -53,14 +63,14 @@ def command_of(argv: list[str]) -> str | None:
 
 def attend_after_failing(argv: list[str]) -> None:
     """Called by a process whose command failed: if it is a host of a cluster run that has not
-    met the others yet, meet them with None so that they end too instead of waiting for it."""
-    if _met or not launched_by_mpi() or command_of(argv) not in COMMANDS:
+    met the others yet, meet them with None so that they end too instead of waiting for it.
+    Nothing it does replaces the command's own error: a failure here is ignored."""
+    if _met or _one_host or not launched_by_mpi() or command_of(argv) not in COMMANDS:
         return
-    signal.alarm(START_S)
-    try:
-        from cluster.mpi import MPI  # importing it starts MPI
-    except ImportError:  # no .[cluster] extra here: no host of ours can be waiting in MPI
-        return
-    finally:
-        signal.alarm(0)
-    meet(MPI.COMM_WORLD, None)
+    with contextlib.suppress(Exception), open(os.devnull, "w") as quiet:
+        faulthandler.dump_traceback_later(START_S, exit=True, file=quiet)
+        try:
+            from cluster.mpi import MPI  # importing it starts MPI
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        meet(MPI.COMM_WORLD, None)

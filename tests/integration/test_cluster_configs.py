@@ -72,3 +72,21 @@ def test_a_host_that_fails_before_starting_ends_the_job_on_every_host(
     assert "Traceback" not in out and "BAD TERMINATION" not in out, out
     runs = tmp_path / "runs"
     assert not runs.exists() or not [f for f in os.listdir(runs) if f.endswith(".json")]
+
+
+def test_a_host_whose_doorbell_address_does_not_resolve_ends_the_job_on_every_host(
+        tmp_path: Path) -> None:
+    """The fabric's doorbell socket is made before the hosts meet: a host-only problem there
+    (its $XPMOVE_FABRIC_ADDRESS, or its own name, does not resolve) ends every host at once,
+    naming it, instead of leaving the others inside the fabric's first collective."""
+    rank = [sys.executable, "-m", "scripts.cli", "launch", "--config", CONFIG, "--duration", "5"]
+    done = subprocess.run([str(MPIEXEC), "-n", "1", *rank, ":", "-n", "1", "-env",
+                           "XPMOVE_FABRIC_ADDRESS", "no-such-host.invalid", *rank], cwd=REPO,
+                          env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = words(done.stdout + done.stderr)
+    assert done.returncode != 0
+    assert "xpmove launch: host west: its fabric's doorbell socket:" in out, out
+    assert out.count("host west could not start (its error is printed above)") == 2, out
+    assert "Traceback" not in out and "BAD TERMINATION" not in out, out
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [f for f in os.listdir(runs) if f.endswith(".json")]

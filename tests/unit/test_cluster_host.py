@@ -9,6 +9,7 @@ import types
 import pytest
 
 from hypervisor.config import load_config
+from scripts import cluster_start
 from scripts.cluster_host import check_world
 from scripts.cluster_launch import combined
 from scripts.cluster_start import attend_after_failing, check_started, command_of
@@ -97,6 +98,8 @@ def test_only_a_host_of_a_cluster_run_starts_mpi_after_failing(monkeypatch) -> N
             raise AttributeError(name)
 
     monkeypatch.setitem(sys.modules, "cluster.mpi", NoMPI("cluster.mpi"))
+    monkeypatch.setattr(cluster_start, "_one_host", False)  # (set by any config read here)
+    monkeypatch.setattr(cluster_start, "_met", False)
     monkeypatch.delenv("PMIX_RANK", raising=False)
     monkeypatch.delenv("PMI_RANK", raising=False)
     attend_after_failing(["launch", "--config", "configs/two-hosts.toml"])
@@ -105,3 +108,7 @@ def test_only_a_host_of_a_cluster_run_starts_mpi_after_failing(monkeypatch) -> N
     assert looked == []
     attend_after_failing(["launch", "--config", "configs/two-hosts.toml"])
     assert "MPI" in looked
+    looked.clear()
+    cluster_start.one_host()  # the config read has no [[host]]: nobody waits for this rank
+    attend_after_failing(["launch"])
+    assert looked == []

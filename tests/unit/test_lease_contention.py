@@ -13,6 +13,8 @@ from partitions.driver import Sent
 from partitions.lease import CONTENDED_S, Lease
 from tests.unit.test_leases import EngineDriver, LeaseMachine
 
+MOVE_MAX = 64  # the port's cork area: the largest packet a contended lease sends as a move
+
 
 class Clock:
     def __init__(self) -> None:
@@ -39,7 +41,7 @@ def test_a_recalled_lease_sends_as_moves_for_a_while_then_leases_again(clock) ->
         return Sent(2, 0, len(view))
 
     lease = Lease(d, 2, max_payload(m.p(2).receive_size), lambda: None,
-                  lambda cancel: lambda: False, move=move)
+                  lambda cancel: lambda: False, move=move, move_max=MOVE_MAX)
     lease.acquire(1.0)
     assert lease.send(b"one").seq == 1 and moved == []  # leased: no move, no request
     m.put(3, 0, b"other")
@@ -55,6 +57,27 @@ def test_a_recalled_lease_sends_as_moves_for_a_while_then_leases_again(clock) ->
     assert moved == [b"two", b"three"]
     assert [r[1:4] for r in m.records(2)] == [(1, 1, b"one"), (3, 1, b"other"),
                                               (1, 2, b"four")]
+
+
+def test_a_packet_larger_than_the_cork_area_takes_the_lease_even_when_contended(clock) -> None:
+    """A move is staged in the port's cork area: a larger packet would be staged over the
+    program's own data (or refused as TooLarge by a small send space), so it takes the lease
+    as before."""
+    m = LeaseMachine()
+    d = EngineDriver(m, 1)
+    moved: list[bytes] = []
+    lease = Lease(d, 2, max_payload(m.p(2).receive_size), lambda: None,
+                  lambda cancel: lambda: False,
+                  move=lambda view, timeout, cancel: moved.append(bytes(view)) or Sent(2, 0, 1),
+                  move_max=MOVE_MAX)
+    lease.acquire(1.0)
+    assert lease.send(b"one").seq == 1
+    assert m.submit(3, Op.MOVE, [(2, 0, 5)], now=10.0) is None
+    assert d.answer_recalls() == (1, 0)
+    assert len(m.engine.retry_parked(10.5)) == 1
+    big = bytes(MOVE_MAX + 1)
+    assert lease.send(big).seq == 2 and lease.held and moved == []
+    assert m.records(2)[-1][1:4] == (1, 2, big)
 
 
 def test_a_lease_without_a_move_asks_again_at_once(clock) -> None:
