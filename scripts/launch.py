@@ -99,8 +99,16 @@ class IntervalPrinter:
 
     def tick(self, verified: int, errors: int) -> None:
         """Print the line if one is due."""
-        if not self.due():
-            return
+        if self.due():
+            self._line(verified, errors)
+
+    def last(self, verified: int, errors: int) -> None:
+        """The traffic ended: the part of an interval since the last line, if it verified
+        anything (so the lines add up to the total, as iperf3's do)."""
+        if self.enabled and verified != self.before:
+            self._line(verified, errors)
+
+    def _line(self, verified: int, errors: int) -> None:
         now = time.monotonic()
         self.console.print(interval_line(self.t0 - self.start, now - self.start, verified,
                                          self.before, errors, self.what),
@@ -150,10 +158,12 @@ def run_traffic(machine: Machine, shares: Shares, console: Console,
                             description=f"{received:,} of {of} packets verified")
             intervals.tick(received, errors)
             if senders_done and received >= sent:
+                intervals.last(received, errors)
                 return stats
             if senders_done:
                 drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
                 if late:
+                    intervals.last(received, errors)
                     console.print(f"[red]receivers still missing {sent - received} packets "
                                   f"after {DRAIN_TIMEOUT_S} s")
                     return stats
