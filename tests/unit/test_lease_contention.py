@@ -11,21 +11,14 @@ from adapter.ring import max_payload
 from partitions import lease as lease_module
 from partitions.driver import Sent
 from partitions.lease import CONTENDED_S, Lease
-from tests.unit.test_leases import EngineDriver, LeaseMachine
+from tests.unit.test_leases import Clock, EngineDriver, LeaseMachine
 
 MOVE_MAX = 64  # the port's cork area: the largest packet a contended lease sends as a move
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
+    """The Lease's clock for CONTENDED_S, moved by hand."""
     c = Clock()
     monkeypatch.setattr(lease_module, "monotonic", c)
     return c
