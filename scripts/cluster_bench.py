@@ -210,15 +210,18 @@ def cluster_bench(config: MachineConfig, options: ClusterBenchOptions,
         return 1
     with host.after_run():
         prefixes = host.comm.gather(host.machine.prefix, root=0)
+        written = True
         if host.rank == 0:
-            report(host.console, results, options)
+            written = report(host.console, results, options)
             for h, prefix in zip(host.config.hosts, prefixes, strict=True):
                 host.console.print(f"host {h.name} (run {prefix}): every IPC name unlinked",
                                    highlight=False)
-    return 0 if all(not r.problems for r in results) else 1
+    return 0 if written and all(not r.problems for r in results) else 1
 
 
-def report(console: Console, results: list[Result], options: ClusterBenchOptions) -> None:
+def report(console: Console, results: list[Result], options: ClusterBenchOptions) -> bool:
+    """The table and the targets on the console, the JSON if asked; False if the JSON could
+    not be written (named in one line: a full disk, a read-only file system)."""
     table = Grid("S across hosts (packets per CPU-second of every process of both hosts)",
                  [Col("transport", "left", True), Col("route", "left", True), Col("size"),
                   Col("batch"), Col("S"), Col("us/packet"), Col("packets")])
@@ -229,8 +232,16 @@ def report(console: Console, results: list[Result], options: ClusterBenchOptions
     found = targets(results)
     for what, operands, verdict in found:
         console.print(f"{verdict}: {what}: {operands}", highlight=False, soft_wrap=True)
-    if options.json_path:
-        with open(options.json_path, "w") as f:
-            json.dump({"runs": [{**r._asdict(), "S": r.s} for r in results],
+    if not options.json_path:
+        return True
+    text = json.dumps({"runs": [{**r._asdict(), "S": r.s} for r in results],
                        "targets": [{"target": t, "operands": o, "verdict": v}
-                                   for t, o, v in found]}, f, indent=1)
+                                   for t, o, v in found]}, indent=1)
+    try:
+        with open(options.json_path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        console.print(f"[red]xpmove bench: {options.json_path} not written: {exc}")
+        return False
+    console.print(f"results written to {options.json_path}")
+    return True

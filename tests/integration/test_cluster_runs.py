@@ -111,3 +111,19 @@ def test_leases_across_hosts_deliver_every_packet(tmp_path: Path) -> None:
         (route, b) for route in ("cross", "local") for b in (1, 16)}, runs
     assert all(r["packets"] > 0 and not r["problems"] for r in runs), runs
     assert_names_gone(out, tmp_path)
+
+
+def test_a_json_that_cannot_be_written_is_one_line_and_a_failed_exit(tmp_path: Path) -> None:
+    """The start-up check cannot see a full disk (/dev/full opens for writing): the bench
+    runs, prints its tables, then names the file it could not write and exits non-zero,
+    without a traceback, both hosts' names unlinked."""
+    done = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, "-m", "scripts.cli", "bench", "--config",
+         CONFIG, "--duration", "0.2", "--sizes", "1KiB", "--batch", "16", "--transports",
+         "fig11", "--json", "/dev/full"],
+        cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = words(done.stdout + done.stderr)
+    assert done.returncode != 0, out
+    assert "xpmove bench: /dev/full not written: [Errno 28] No space left on device" in out, out
+    assert "Traceback" not in out, out
+    assert_names_gone(out, tmp_path)
