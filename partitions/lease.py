@@ -198,7 +198,7 @@ class Lease:
             raise (BadCount if count < 1 else TooLarge)(
                 f"loan of {count} bytes under the lease on network ID {self.dst}: allowed "
                 f"1..{self._max_record}")
-        return self._lend(count, None, timeout, cancel, uninit,
+        return self._lend("loan", count, None, timeout, cancel, uninit,
                           lambda g, end: Loan(self._driver, g, self._loan_ended, end))
 
     def loan_run(self, packets: int, length: int, timeout: float | None = None,
@@ -213,15 +213,15 @@ class Lease:
             raise TooLarge(f"{what}: {count} bytes, its records hold at most "
                            f"{self._max_record}")
         run = None if packets == 1 else (packets, length)
-        return self._lend(count, run, timeout, cancel, uninit,
+        return self._lend("loan_run", count, run, timeout, cancel, uninit,
                           lambda g, end: LoanRun(self._driver, g, self._loan_ended, packets,
                                                  length, end))
 
-    def _lend(self, count: int, run: tuple[int, int] | None, timeout: float | None,
+    def _lend(self, what: str, count: int, run: tuple[int, int] | None, timeout: float | None,
               cancel: threading.Event | None, uninit: bool,
               make: Callable[[Granted, Callable[[Granted, bool], XpmoveError | None]], LoanT]
               ) -> LoanT:
-        self._check_usable("loan")
+        self._check_usable(what)
         self._before_send()
         driver = self._driver
 
@@ -251,7 +251,7 @@ class Lease:
         self._on_loan(loan, True)
         if self._closed:  # closed by another thread while this one was lent to: close saw
             loan.give_back()  # no loan, so this one is ours to undo (and the lease with it)
-            raise LeaseClosed(f"loan: the lease on network ID {self.dst} was closed while "
+            raise LeaseClosed(f"{what}: the lease on network ID {self.dst} was closed while "
                               f"the loan was made; nothing was lent")
         return loan
 

@@ -137,6 +137,9 @@ class Leasing(DriverParts):
         if busy is not None:
             return busy
         try:
+            lease = self._leases.get(dst_id)
+            if lease is not None and lease.held:  # another thread of ours took it meanwhile
+                return lease
             return self._ask_lease(dst_id, reply_by)
         finally:
             self._mutex.release()
@@ -154,15 +157,21 @@ class Leasing(DriverParts):
                              detail=r.detail)
         dst, ring = self.by_id[dst_id], self.rings[dst_id]
         token = r.commit_value  # a lease's reply carries its token there
+        lease = self._lease_of(dst_id)
         if (r.dst_address != dst.receive_base or r.count != dst.receive_size
                 or receive_area.lease_token(self.words, ring) != token
                 or not self._still_ours(dst, ring, token)):
+            with lease.mutex:
+                if token == lease.token and not lease.held:
+                    # the adapter confirmed the lease another thread of ours held, which
+                    # gave it back (a recall answered) before we looked: nothing is wrong
+                    return LeaseLost(f"the lease on network ID {dst_id} was given back as "
+                                     f"it was confirmed; nothing was written")
             self._free_lease(dst_id, token)  # never write under what is not plainly our lease
             return RingCorrupt(f"the lease on network ID {dst_id} does not match its control "
                                f"block (receive area [{r.dst_address}, "
                                f"{r.dst_address + r.count}), token {token}, holder "
                                f"{receive_area.read_holder(self.words, dst)}); given back")
-        lease = self._lease_of(dst_id)
         self.start_keeper()  # (started at the partition's start; drivers made elsewhere too)
         with lease.mutex:  # recalled already? The send this is for commits first, then
             lease.token, lease.held = token, True  # gives it back (or the keeper, if idle)

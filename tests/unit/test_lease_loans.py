@@ -190,8 +190,10 @@ def test_the_thread_holding_a_lease_loan_cannot_send_and_close_gives_the_loan_ba
     lease.close()
     assert loan.state is LoanState.GIVEN_BACK and m.records(2) == []
     assert m.locks[2].value == 1  # the lease went back too
-    with pytest.raises(LeaseClosed):
+    with pytest.raises(LeaseClosed, match="^loan: "):
         lease.loan(8)
+    with pytest.raises(LeaseClosed, match="^loan_run: "):  # named as the call the program made
+        lease.loan_run(2, 8)
 
 
 def test_a_close_from_another_thread_while_a_loan_is_made_undoes_the_loan_and_the_lease(m):

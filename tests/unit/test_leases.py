@@ -414,3 +414,46 @@ def test_a_lease_does_not_wait_behind_a_request_that_waits_for_its_own_sender():
     m.put(3, 0, b"to two and four")
     assert m.submit(3, Op.MOVE, [(2, 0, 6), (4, 0, 6)], now=1.0) is None  # parked on 2
     ok(m.submit(1, Op.LEASE, [(4, 0, 1)], now=1.0))  # granted, not parked behind 3
+
+
+def test_a_lease_taken_by_another_thread_while_this_one_waited_for_the_slot_is_shared(m):
+    """Two threads of one partition ask for the lease on one destination at once: the one
+    that waited for the driver's slot finds the lease the other just took, and asks nothing
+    (asking again would have the adapter confirm it, racing the other thread's give-back)."""
+    d = EngineDriver(m, 1)
+    take_slot = d._take_slot
+
+    def other_thread_first(wait):
+        d._take_slot = take_slot
+        sent(d.take_lease(2))  # the other thread, which had the slot
+        return take_slot(wait)
+
+    d._take_slot = other_thread_first
+    lease = sent(d.take_lease(2))
+    assert lease.held and m.engine.counters["leases"] == 1
+    assert m.engine.counters["leases_renewed"] == 0
+
+
+def test_a_lease_confirmed_then_given_back_by_another_thread_is_lost_not_corrupt(m):
+    """The adapter confirms the lease a thread of ours holds (another thread of ours asked
+    for it); the holder gives it back (a recall answered) between that reply and the asking
+    thread's look at the words. Nothing is corrupt: the attempt is LeaseLost (retried),
+    nothing is given back twice, and the next attempt gets a new lease."""
+    d = EngineDriver(m, 1)
+    lease = sent(d.take_lease(2))
+    token = lease.token
+    ask = d._survive_restart
+
+    def confirmed_then_given_back(op, moves, reply_by=None):
+        results = ask(op, moves, reply_by)
+        d.end_lease(lease)  # the holding thread, meanwhile
+        return results
+
+    d._survive_restart = confirmed_then_given_back
+    outcome = d._ask_lease(2, None)  # the asking thread (it found the lease not held yet)
+    assert isinstance(outcome, LeaseLost) and outcome.retryable, outcome
+    assert m.engine.counters["leases_renewed"] == 1 and m.locks[2].value == 1  # posted once
+    d._survive_restart = ask
+    again = sent(d.take_lease(2))
+    assert again.held and again.token > token
+    assert sent(d.lease_send(again, memoryview(b"after"))) == 1
