@@ -66,8 +66,8 @@ Move = Callable[[memoryview, "float | None", "threading.Event | None"], Sent]
 # or so; a synchronous Fig 11 send costs one request. So once the lease is recalled, this long
 # of sends go as those sends; then the next send asks for the lease again. Measured with
 # `xpmove launch --flows fig12-lease --duration 4` (all-to-all, 1 KiB, one packet per call):
-# 40-45 k packets, 6.6 k per CPU-second, when every send asked for the lease again; 51-58 k,
-# 7.5-8.3 k with this at 2 ms, 10 ms or 50 ms alike; a synchronous send alone 61 k, 8.4 k. The
+# 40-45 k packets, 6.6 k per CPU-second, when every send asked for the lease again; 50-58 k,
+# 7.2-8.6 k with this at 2 ms, 10 ms or 50 ms alike; a synchronous send alone 61 k, 8.4 k. The
 # shorter it is, the less a sender with one main destination pays per recall by an occasional
 # other sender (each costs it CONTENDED_S of sends at a request each).
 CONTENDED_S = 0.01
