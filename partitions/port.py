@@ -25,22 +25,21 @@ is raised.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
 from adapter.errors import BadCount, OwnNetworkId, TooLarge, UnknownNetworkId, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, check_run_shape, max_payload, run_size
-from partitions.blocks import BlockHandler
+from partitions.arguments import network_id, whole
 from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
 from partitions.driver import Driver, Sent
 from partitions.loan import Loan
 from partitions.memory import PartitionView
 from partitions.port_loans import PortLoans
+from partitions.port_receiving import PortReceiving
 from partitions.receiver import Packet, Receiver
-
-WAIT_SLICE_S = 0.05  # a wait with no timeout re-checks `stop` at least this often
 
 CommandHandler = Callable[[dict], dict]
 LoanT = TypeVar("LoanT", bound=Loan)
@@ -70,7 +69,7 @@ class Run(NamedTuple):
         return self.offset + RUN_DESCRIPTOR.size + i * self.stride
 
 
-class Port(PortLoans):
+class Port(PortLoans, PortReceiving):
     """A partition program's view of the machine (see the module docstring).
 
     Attributes: `network_id` and `name` of this partition; `peers`, the network IDs of the
@@ -104,6 +103,9 @@ class Port(PortLoans):
         self._loan: Loan | None = None  # the loan this port holds (at most one: see loan())
         self._loan_thread: int | None = None
         self._lease_loans: set[Loan] = set()  # loans open under this port's leases
+        self._receiving = threading.Lock()  # one drain of the receive area at a time
+        self._receiving_thread: int | None = None  # the thread draining (its handler runs)
+        self._put_back: deque[Packet] = deque()  # taken by a packets() loop left early
         self.commands_ready = threading.Event()
 
     # -- sending ----------------------------------------------------------------------------
@@ -123,12 +125,14 @@ class Port(PortLoans):
         """Send `data` (bytes or any buffer) to partition `dst`.
 
         By default the packet is copied into the port's submission queue and the call returns
-        None at once; queued packets coalesce into multiple-write runs (partitions/cork.py).
+        None at once; queued packets coalesce into multiple-write runs (partitions/cork.py). A
+        packet larger than a submission buffer is sent as with `sync=True` (`Sent` returned).
         A queued packet that could not be moved is raised (QueuedSendFailed) from a later send
         or from `flush()`. With `sync=True`, the patent's literal call: the bytes are staged at
         the top of the send space and moved in one request; returns `Sent` once committed.
         `timeout` bounds the retries (and, queued, the wait for room); `cancel`, an extra
         Event, ends them early."""
+        dst = network_id(dst, "send")
         view = memoryview(data).cast("B")
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send")
@@ -165,6 +169,8 @@ class Port(PortLoans):
         default (copied into the submission queue, like `send`; the bytes may be reused at
         once); `sync=True` is the patent's call: no copy but the move itself, `Sent` returned.
         Bytes inside the submission area (`cork_area`) are always sent synchronously."""
+        dst = network_id(dst, "send_from")
+        offset, count = whole(offset, "send_from", "offset"), whole(count, "send_from", "count")
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send_from")  # before the flush of a sync send: it would wait
         if not sync:
@@ -230,6 +236,7 @@ class Port(PortLoans):
                    cancel: threading.Event | None = None) -> Sent:
         """Send several packets of ONE length as one multiple-write run (one request, one ring
         record, one move); `Sent.records` is how many. Copied to the top of the send space."""
+        dst = network_id(dst, "send_batch")
         if not packets:
             raise BadCount("send_batch: no packets")
         self._check_no_loan("send_batch")
@@ -263,6 +270,7 @@ class Port(PortLoans):
         """Send a run laid out in own memory (see `run_at`): its descriptor is written here,
         the packets move as they are. A run of one packet is sent as a plain move.
         Synchronous: it goes after everything queued before it."""
+        dst = network_id(dst, "send_run")
         check_run_shape(run.packets, run.length, f"send_run to network ID {dst}")
         self._flush_before_sync()
         if run.packets == 1:
@@ -277,6 +285,9 @@ class Port(PortLoans):
         receive area); without `dst`, the smallest such limit over all peers."""
         rings = self._driver.by_id
         if dst is not None:
+            dst = network_id(dst, "max_record")
+            if dst == self.network_id:
+                raise OwnNetworkId(f"max_record: network ID {dst} is this partition's own")
             if dst not in rings:
                 raise UnknownNetworkId(f"unknown destination network ID {dst}")
             return max_payload(rings[dst].receive_size)
@@ -308,65 +319,6 @@ class Port(PortLoans):
         if cancel is None:
             return stop.is_set
         return lambda: stop.is_set() or cancel.is_set()
-
-    # -- receiving --------------------------------------------------------------------------
-    def receive(self, timeout: float | None = None) -> Packet | None:
-        """The next packet that arrived (a copy: `Packet(source_id, seq, payload)`), waiting
-        up to `timeout` seconds (None: until one comes or the machine stops); None if none."""
-        got = self.receive_many(1, timeout)
-        return got[0] if got else None
-
-    def receive_many(self, limit: int | None = None, timeout: float | None = None
-                     ) -> list[Packet]:
-        """Every packet that has arrived (at most `limit`), waiting up to `timeout` for the
-        first; an empty list if none came."""
-        got: list[Packet] = []
-
-        def keep(source_id: int, seq: int, rows) -> None:
-            got.extend(Packet(source_id, seq + i, bytes(rows[i])) for i in range(len(rows)))
-
-        self.receive_blocks(keep, timeout, limit)
-        return got
-
-    def packets(self, timeout: float | None = None) -> Iterator[Packet]:
-        """Packets as they arrive, until the machine stops (or `timeout` passes with none)."""
-        while not self.stop.is_set():
-            batch = self.receive_many(timeout=timeout)
-            if not batch:
-                if timeout is not None:
-                    return
-                continue
-            yield from batch
-
-    __iter__ = packets
-
-    def receive_blocks(self, handler: BlockHandler, timeout: float | None = None,
-                       limit: int | None = None) -> int:
-        """Zero-copy receive: `handler(source_id, first_seq, rows)` per block of packets of one
-        source and length (rows: one payload per packet, valid only during the call). Waits up
-        to `timeout` for the first; returns how many packets were handed over."""
-        if timeout != 0:
-            self._check_no_loan("receive")
-        receiver = self._receiver
-        n = receiver.drain(handler, limit)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not n and not self.stop.is_set():
-            left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S,
-                                                              deadline - time.monotonic())
-            if left <= 0:
-                break
-            if receiver.wait(left):
-                n = receiver.drain(handler, limit)
-        return n
-
-    def delivered(self, source_id: int) -> int:
-        """The last sequence number from `source_id` this partition consumed, in any of its
-        incarnations (a restarted program continues after it)."""
-        return self._receiver.delivered(source_id)
-
-    def pending_bytes(self) -> int:
-        """Bytes committed to the receive area and not consumed yet."""
-        return self._receiver.pending_bytes()
 
     # -- commands from the machine's owner --------------------------------------------------
     def on_command(self, handler: CommandHandler) -> None:

@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from adapter.errors import BadCount, UnknownNetworkId, XpmoveError
+from adapter.errors import BadCount, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import RUN_DESCRIPTOR, check_run_shape, run_size
+from partitions.arguments import network_id, whole
 from partitions.lease import Lease, refuse_if_lent
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanEnded, LoanExported, LoanHeld, LoanRun
@@ -73,7 +74,7 @@ class PortLoans:
         memset is skipped only where that is proven. See partitions/loan.py for the rules.
         """
         self._check_no_loan("loan")
-        self._check_loan_args(dst, count, f"loan of {count} bytes")
+        dst, count = self._check_loan_args(dst, count, f"loan of {count!r} bytes")
         self._flush_before_sync()  # after what was queued before it
         offset = self._stage_at(count, "a loan")  # the move's source: a range, nothing staged
         return self._take_loan(dst, offset, count, False, timeout, cancel,
@@ -85,8 +86,9 @@ class PortLoans:
         in `loan.packet(i)`, then commit (ONE record of `packets` sequence numbers). As a
         context manager it gives the loan itself. `uninit` as for `loan`."""
         self._check_no_loan("loan_run")
-        what = f"loan_run of {packets} packets of {length} bytes"
-        self._check_loan_args(dst, min(packets, length), what)
+        what = f"loan_run of {packets!r} packets of {length!r} bytes"
+        packets, length = whole(packets, what, "packets"), whole(length, what, "length")
+        dst, _ = self._check_loan_args(dst, min(packets, length), what)
         check_run_shape(packets, length, what)
 
         def lent(granted: Granted) -> LoanRun:
@@ -127,11 +129,12 @@ class PortLoans:
             self._loan = self._loan_thread = None
 
     @staticmethod
-    def _check_loan_args(dst: int, count: int, what: str) -> None:
-        if not isinstance(dst, int):
-            raise UnknownNetworkId(f"{what}: unknown destination network ID {dst!r}")
+    def _check_loan_args(dst: int, count: int, what: str) -> tuple[int, int]:
+        """(dst, count) as ints; typed errors naming a value that is not one, or a count < 1."""
+        dst, count = network_id(dst, what), whole(count, what, "count")
         if count < 1:
             raise BadCount(f"{what}: the count must be >= 1")
+        return dst, count
 
     def _check_no_loan(self, what: str) -> None:
         """LoanHeld if the calling thread holds this port's loan, or a loan under one of its
@@ -171,6 +174,7 @@ class PortLoans:
         the lease is asked for again. Waits, retrying like `send`, for the lock. See
         partitions/lease.py for the rules."""
         self._check_no_loan("lease")
+        dst = network_id(dst, "lease")
         if dst not in self._max_run:
             self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
         self._flush_before_sync()  # after what was queued before it

@@ -158,3 +158,123 @@ def test_a_send_the_machines_stop_cuts_short(tmp_path: Path, sync: bool, expect:
     assert proc.returncode == 1, out
     assert re.search(r"one \(ID 1\): " + expect, proc.stdout), out
     assert "two (ID 2): still running at the timeout: stopped" in proc.stdout, out
+
+
+def test_values_that_only_look_like_integers_are_refused_and_the_port_keeps_working(
+        tmp_path: Path) -> None:
+    """2.0, True and "2" as a network ID, 8.0 as a count: each a typed error naming the value,
+    at the call (2.0 used to be queued and kill the queue's thread: the port then hung), and
+    the port still sends afterwards; numpy integers are integers."""
+    config = two_partitions(tmp_path, """
+        import numpy as np
+        from partitions import XpmoveError
+
+        def one(port):
+            attempts = {
+                "send 2.0": lambda: port.send(2.0, b"x"),
+                "send True": lambda: port.send(True, b"x"),
+                "send '2'": lambda: port.send("2", b"x"),
+                "sync send 2.0": lambda: port.send(2.0, b"x", sync=True),
+                "send_from 8.0": lambda: port.send_from(2, 0, 8.0, sync=True),
+                "loan 8.0": lambda: port.loan(2, 8.0),
+                "loan_run 2.0": lambda: port.loan_run(2, 2.0, 8),
+                "lease 2.0": lambda: port.lease(2.0),
+                "max_record own": lambda: port.max_record(1),
+                "receive_many 0": lambda: port.receive_many(limit=0),
+            }
+            for name, attempt in attempts.items():
+                try:
+                    attempt()
+                    print(f"{name} accepted")
+                except XpmoveError as exc:
+                    print(f"{name} refused: {type(exc).__name__}: {exc}")
+            port.send(np.int64(2), b"after")
+            print("flushed", port.flush(timeout=5))
+    """, """
+        def two(port):
+            got = port.receive_many(timeout=10)
+            got += port.receive_many(timeout=0.5)
+            print("two got", [p.payload for p in got])
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    for line in ("send 2.0 refused: UnknownNetworkId: send: destination network ID 2.0 is not "
+                 "an integer",
+                 "send True refused: UnknownNetworkId: send: destination network ID True",
+                 "send '2' refused: UnknownNetworkId: send: destination network ID '2'",
+                 "sync send 2.0 refused: UnknownNetworkId",
+                 "send_from 8.0 refused: BadCount: send_from: count 8.0 is not an integer",
+                 "loan 8.0 refused: BadCount", "loan_run 2.0 refused: BadCount",
+                 "lease 2.0 refused: UnknownNetworkId",
+                 "max_record own refused: OwnNetworkId",
+                 "receive_many 0 refused: BadCount: receive_many: limit 0 must be >= 1",
+                 "flushed True", "two got [b'after']"):
+        assert line in proc.stdout, out
+
+
+def test_leaving_a_packets_loop_early_loses_nothing(tmp_path: Path) -> None:
+    """A `for p in port.packets()` left after the first packet of a batch: the packets it had
+    taken and not handed over come from the next receive, in order, once each."""
+    config = two_partitions(tmp_path, """
+        def one(port):
+            port.send_batch(2, [bytes([i]) * 8 for i in range(10)], timeout=10)
+    """, """
+        def two(port):
+            while port.pending_bytes() == 0:
+                port.stop.wait(0.01)  # polling for the batch's arrival, not synchronisation
+            for first in port.packets(timeout=5):
+                break
+            rest = port.receive_many(timeout=2)
+            print("two got", [first.seq] + [p.seq for p in rest])
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "two got [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in proc.stdout, out
+
+
+def test_threads_receiving_at_once_get_every_packet_once(tmp_path: Path) -> None:
+    """Three threads of one partition receiving at once (receive_many and a packets() loop)
+    share the arrivals: each packet reaches exactly one of them, none corrupt (two drains
+    at once used to hand packets out twice and corrupt the ring's tail)."""
+    config = two_partitions(tmp_path, """
+        def one(port):
+            for i in range(0, 20000, 10):  # runs: a drain with a limit stops inside one
+                port.send_batch(2, [(i + j).to_bytes(4, "little") * 16 for j in range(10)],
+                                timeout=30)
+    """, """
+        import threading
+
+        def two(port):
+            got, lock = [], threading.Lock()
+
+            def take(packets):
+                with lock:
+                    got.extend((p.seq, p.payload) for p in packets)
+                    return len(got) >= 20000
+
+            def many():
+                while not take(port.receive_many(limit=3, timeout=0.2)):
+                    pass
+
+            def loop():
+                for p in port.packets(timeout=1):
+                    if take([p]):
+                        return
+
+            threads = [threading.Thread(target=f) for f in (many, many, loop)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            seqs = sorted(seq for seq, _ in got)
+            bad = [s for s, payload in got
+                   if payload != (s - 1).to_bytes(4, "little") * 16]
+            print("two got", len(got), "distinct", len(set(seqs)), "in range",
+                  seqs == list(range(1, 20001)), "bad", len(bad))
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "two got 20000 distinct 20000 in range True bad 0" in proc.stdout, out
