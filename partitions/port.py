@@ -24,16 +24,18 @@ is raised.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
 from adapter.errors import BadCount, OwnNetworkId, TooLarge, UnknownNetworkId, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import ALIGN, RUN_DESCRIPTOR, align, check_run_shape, max_payload, run_size
 from partitions.arguments import network_id, whole
-from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure
+from partitions.cork import CORK_BUFFER, CORK_BUFFERS, Cork, QueuedFailure, QueueFull
 from partitions.driver import Driver, Sent
 from partitions.loan import Loan
 from partitions.memory import PartitionView
@@ -42,6 +44,12 @@ from partitions.port_receiving import PortReceiving
 from partitions.receiver import Packet, Receiver
 
 CommandHandler = Callable[[dict], dict]
+
+
+def _left(timeout: float | None, started: float) -> float | None:
+    """What is left of `timeout` (None: no limit) since `started` (time.monotonic)."""
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
 LoanT = TypeVar("LoanT", bound=Loan)
 
 
@@ -137,7 +145,7 @@ class Port(PortLoans, PortReceiving):
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send")
         if not sync and self._queueable(dst, len(view)):
-            with self._staging:
+            with self._staged(timeout, f"send to network ID {dst}"):
                 self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
                                   view, timeout, cancel, self._max_run[dst])
             return None
@@ -146,8 +154,10 @@ class Port(PortLoans, PortReceiving):
     def _send_now(self, dst: int, view: memoryview, flow: Flow | str, timeout: float | None,
                   cancel: threading.Event | None) -> Sent:
         """`send(sync=True)`: staged at the top of the send space, moved in one request."""
-        with self._staging:
-            self._flush_before_sync()
+        what = f"send to network ID {dst}"
+        started = time.monotonic()
+        with self._staged(timeout, what):
+            timeout = self._flush_before_sync(_left(timeout, started), what)
             offset = self._stage_at(len(view), "data")
             self.memory.write(offset, view)
             return self._send(dst, offset, len(view), flow, False, timeout, cancel)
@@ -179,12 +189,12 @@ class Port(PortLoans, PortReceiving):
                     and self._queueable(dst, count)):
                 if offset + count > self.memory.size:  # OutOfBounds, naming the range
                     self.memory.buffer(offset, count)
-                with self._staging:
+                with self._staged(timeout, f"send_from to network ID {dst}"):
                     self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
                                       self._region[offset:offset + count], timeout, cancel,
                                       self._max_run[dst])
                 return None
-        self._flush_before_sync()
+        timeout = self._flush_before_sync(timeout, f"send_from to network ID {dst}")
         return self._send(dst, offset, count, flow, False, timeout, cancel)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -225,11 +235,33 @@ class Port(PortLoans, PortReceiving):
             self._fits[(dst, count)] = fits
         return fits
 
-    def _flush_before_sync(self) -> None:
+    def _flush_before_sync(self, timeout: float | None = None,
+                           what: str = "a synchronous send") -> float | None:
         """A synchronous send goes after everything queued before it (program order per
-        destination); a failure of the queue is raised here first."""
-        if self._cork.book.queued or self._cork.has_failures:
-            self._cork.flush()
+        destination); a failure of the queue is raised here first. The wait counts against
+        the send's `timeout` (QueueFull when it passes: nothing of the send was sent); what is
+        left of it is returned. A timeout of 0 (one try, no retries) still waits for the
+        queue, which ends at its own packets' timeouts."""
+        if not (self._cork.book.queued or self._cork.has_failures):
+            return timeout
+        started = time.monotonic()
+        if not self._cork.flush(timeout or None):
+            raise QueueFull(f"{what}: the packets queued before it were not all moved within "
+                            f"its timeout ({timeout:g} s); it was not sent")
+        return _left(timeout, started)
+
+    @contextlib.contextmanager
+    def _staged(self, timeout: float | None, what: str) -> Iterator[None]:
+        """The top of the send space (the queue's buffers and staging), held by one call at a
+        time; QueueFull if another call keeps it past `timeout` (a synchronous send waiting
+        for a full destination). A timeout of 0 (one try) waits for it as for the queue."""
+        if not self._staging.acquire(timeout=timeout if timeout and timeout > 0 else -1):
+            raise QueueFull(f"{what}: another thread's synchronous send kept the send space's "
+                            f"top for the whole timeout ({timeout:g} s); it was not sent")
+        try:
+            yield
+        finally:
+            self._staging.release()
 
     def send_batch(self, dst: int, packets: Sequence[bytes | bytearray | memoryview],
                    flow: Flow | str = Flow.FIG11, timeout: float | None = None,
@@ -241,9 +273,11 @@ class Port(PortLoans, PortReceiving):
             raise BadCount("send_batch: no packets")
         self._check_no_loan("send_batch")
         length = len(memoryview(packets[0]).cast("B"))
-        check_run_shape(len(packets), length, f"send_batch to network ID {dst}")
-        with self._staging:
-            self._flush_before_sync()
+        what = f"send_batch to network ID {dst}"
+        check_run_shape(len(packets), length, what)
+        started = time.monotonic()
+        with self._staged(timeout, what):
+            timeout = self._flush_before_sync(_left(timeout, started), what)
             run = Run(0, len(packets), length)
             run = run._replace(offset=self._stage_at(run.size, f"a run of {len(packets)} "
                                                                 f"{length}-byte packets"))
@@ -272,7 +306,7 @@ class Port(PortLoans, PortReceiving):
         Synchronous: it goes after everything queued before it."""
         dst = network_id(dst, "send_run")
         check_run_shape(run.packets, run.length, f"send_run to network ID {dst}")
-        self._flush_before_sync()
+        timeout = self._flush_before_sync(timeout, f"send_run to network ID {dst}")
         if run.packets == 1:
             return self._send(dst, run.packet_offset(0), run.length, flow, False, timeout,
                               cancel)

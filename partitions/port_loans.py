@@ -11,6 +11,7 @@ When the program ends, the partition gives back what is still open (`give_back_l
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 from collections.abc import Callable
@@ -44,12 +45,16 @@ class PortLoans:
         _lease_loans: set[Loan]
         _cork_area: tuple[int, int]
 
-        def _flush_before_sync(self) -> None: ...
+        def _flush_before_sync(self, timeout: float | None = None,
+                               what: str = "a synchronous send") -> float | None: ...
 
         def _send_now(self, dst: int, view: memoryview, flow: Flow | str,
                       timeout: float | None, cancel: threading.Event | None) -> Sent: ...
 
         def _stage_at(self, size: int, what: str) -> int: ...
+
+        def _staged(self, timeout: float | None, what: str
+                    ) -> contextlib.AbstractContextManager[None]: ...
 
         def _queueable(self, dst: int, count: int) -> bool: ...
 
@@ -75,7 +80,7 @@ class PortLoans:
         """
         self._check_no_loan("loan")
         dst, count = self._check_loan_args(dst, count, f"loan of {count!r} bytes")
-        self._flush_before_sync()  # after what was queued before it
+        timeout = self._flush_before_sync(timeout, f"loan to network ID {dst}")  # after the queue
         offset = self._stage_at(count, "a loan")  # the move's source: a range, nothing staged
         return self._take_loan(dst, offset, count, False, timeout, cancel,
                                lambda g: Loan(self._driver, g, self._loan_ended), uninit)
@@ -96,11 +101,13 @@ class PortLoans:
 
         if packets == 1:  # as send_run does: a run of one packet is a plain record
             offset = self._stage_at(length, "a loan")
-            self._flush_before_sync()
+            timeout = self._flush_before_sync(timeout, f"loan_run to network ID {dst}")
             return self._take_loan(dst, offset, length, False, timeout, cancel, lent, uninit)
         size = run_size(packets, length)
-        with self._staging:  # the descriptor the adapter reads, staged as send_batch does
-            self._flush_before_sync()  # the staging area holds the queue's buffers
+        # the descriptor the adapter reads, staged as send_batch does
+        with self._staged(timeout, f"loan_run to network ID {dst}"):
+            # the staging area holds the queue's buffers
+            timeout = self._flush_before_sync(timeout, f"loan_run to network ID {dst}")
             offset = self._stage_at(size, f"a loan of a run of {packets} {length}-byte packets")
             RUN_DESCRIPTOR.pack_into(self.memory.buffer(offset, RUN_DESCRIPTOR.size), 0,
                                      packets, length)
@@ -177,7 +184,7 @@ class PortLoans:
         dst = network_id(dst, "lease")
         if dst not in self._max_run:
             self._queueable(dst, 1)  # raises OwnNetworkId / UnknownNetworkId naming it
-        self._flush_before_sync()  # after what was queued before it
+        timeout = self._flush_before_sync(timeout, f"lease on network ID {dst}")  # after the queue
         lease = Lease(self._driver, dst, self._max_run[dst], self._before_lease_send,
                       self._stopping, self._lease_loan,
                       lambda view, timeout, cancel: self._send_now(dst, view, Flow.FIG11,

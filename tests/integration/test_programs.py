@@ -278,3 +278,45 @@ def test_threads_receiving_at_once_get_every_packet_once(tmp_path: Path) -> None
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "two got 20000 distinct 20000 in range True bad 0" in proc.stdout, out
+
+
+def test_a_sync_send_behind_a_stuck_queue_ends_at_its_timeout(tmp_path: Path) -> None:
+    """The destination never receives: its ring, then the port's queue, fill up. A sync send
+    waits for the queue before it, but only up to its own timeout (it waited for the queue
+    for good), and a queued send from another thread meanwhile ends at ITS timeout (it waited
+    for the sync send's hold on the send space's top): both QueueFull, nothing sent."""
+    config = two_partitions(tmp_path, """
+        import threading
+        import time
+        from partitions import QueueFull
+
+        def one(port):
+            for _ in range(300):  # fill the ring (~250 such packets), then part of the queue
+                port.send(2, b"x" * 1024, timeout=6)  # (retried for 6 s: still queued below)
+            ended = {}
+
+            def sync_send():
+                started = time.monotonic()
+                try:
+                    port.send(2, b"sync", sync=True, timeout=2.0)
+                except QueueFull:
+                    ended["sync"] = time.monotonic() - started
+
+            thread = threading.Thread(target=sync_send)
+            thread.start()
+            time.sleep(0.3)  # let the sync send take the send space's top (not a sync point:
+            started = time.monotonic()  # the check below holds either way)
+            try:
+                port.send(2, b"queued", timeout=0.5)
+            except QueueFull:
+                ended["queued"] = time.monotonic() - started
+            thread.join()
+            print("ended", {k: round(v) for k, v in sorted(ended.items())})
+    """, """
+        def two(port):
+            port.stop.wait()
+    """)
+    proc = xpmove_run(config, tmp_path, tmp_path, timeout=15)
+    out = proc.stdout + proc.stderr
+    assert "ended {'queued': 0, 'sync': 2}" in proc.stdout or \
+        "ended {'queued': 1, 'sync': 2}" in proc.stdout, out
