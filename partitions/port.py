@@ -183,12 +183,11 @@ class Port(PortLoans, PortReceiving):
         offset, count = whole(offset, "send_from", "offset"), whole(count, "send_from", "count")
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send_from")  # before the flush of a sync send: it would wait
+        if offset < 0 or count < 1 or offset + count > self.memory.size:
+            self.memory.buffer(offset, count)  # BadOffset / BadCount / OutOfBounds, named here
         if not sync:
             start, end = self._cork_area
-            if ((offset + count <= start or offset >= end) and offset >= 0
-                    and self._queueable(dst, count)):
-                if offset + count > self.memory.size:  # OutOfBounds, naming the range
-                    self.memory.buffer(offset, count)
+            if (offset + count <= start or offset >= end) and self._queueable(dst, count):
                 with self._staged(timeout, f"send_from to network ID {dst}"):
                     self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
                                       self._region[offset:offset + count], timeout, cancel,
