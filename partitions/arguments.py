@@ -16,19 +16,24 @@ from adapter.errors import BadCount, UnknownNetworkId
 
 def network_id(value: object, what: str) -> int:
     """`value` as a destination network ID; UnknownNetworkId naming it if it is no integer."""
-    if not isinstance(value, bool):
-        try:
-            return operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            pass
-    raise UnknownNetworkId(f"{what}: destination network ID {value!r} is not an integer")
+    number = _integer(value)
+    if number is None:
+        raise UnknownNetworkId(f"{what}: destination network ID {value!r} is not an integer")
+    return number
 
 
 def whole(value: object, what: str, name: str) -> int:
     """`value` as a byte count, offset or packet count; BadCount naming it otherwise."""
-    if not isinstance(value, bool):
-        try:
-            return operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            pass
-    raise BadCount(f"{what}: {name} {value!r} is not an integer")
+    number = _integer(value)
+    if number is None:
+        raise BadCount(f"{what}: {name} {value!r} is not an integer")
+    return number
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
