@@ -44,13 +44,12 @@ from partitions.port_receiving import PortReceiving
 from partitions.receiver import Packet, Receiver
 
 CommandHandler = Callable[[dict], dict]
+LoanT = TypeVar("LoanT", bound=Loan)
 
 
 def _left(timeout: float | None, started: float) -> float | None:
     """What is left of `timeout` (None: no limit) since `started` (time.monotonic)."""
     return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-
-LoanT = TypeVar("LoanT", bound=Loan)
 
 
 class Run(NamedTuple):
@@ -140,24 +139,26 @@ class Port(PortLoans, PortReceiving):
         the top of the send space and moved in one request; returns `Sent` once committed.
         `timeout` bounds the retries (and, queued, the wait for room); `cancel`, an extra
         Event, ends them early."""
-        dst = network_id(dst, "send")
+        if dst.__class__ is not int:  # (the per-packet path: no call for a plain int)
+            dst = network_id(dst, "send")
         view = memoryview(data).cast("B")
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send")
         if not sync and self._queueable(dst, len(view)):
-            with self._staged(timeout, f"send to network ID {dst}"):
+            if not self._staging.acquire(False):
+                self._hold_staging(timeout, f"send to network ID {dst}")
+            try:
                 self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
                                   view, timeout, cancel, self._max_run[dst])
+            finally:
+                self._staging.release()
             return None
         return self._send_now(dst, view, flow, timeout, cancel)
 
     def _send_now(self, dst: int, view: memoryview, flow: Flow | str, timeout: float | None,
                   cancel: threading.Event | None) -> Sent:
         """`send(sync=True)`: staged at the top of the send space, moved in one request."""
-        what = f"send to network ID {dst}"
-        started = time.monotonic()
-        with self._staged(timeout, what):
-            timeout = self._flush_before_sync(_left(timeout, started), what)
+        with self._staged_after_queue(timeout, f"send to network ID {dst}") as timeout:
             offset = self._stage_at(len(view), "data")
             self.memory.write(offset, view)
             return self._send(dst, offset, len(view), flow, False, timeout, cancel)
@@ -179,8 +180,11 @@ class Port(PortLoans, PortReceiving):
         default (copied into the submission queue, like `send`; the bytes may be reused at
         once); `sync=True` is the patent's call: no copy but the move itself, `Sent` returned.
         Bytes inside the submission area (`cork_area`) are always sent synchronously."""
-        dst = network_id(dst, "send_from")
-        offset, count = whole(offset, "send_from", "offset"), whole(count, "send_from", "count")
+        if dst.__class__ is not int:  # (the per-packet path: no calls for plain ints)
+            dst = network_id(dst, "send_from")
+        if offset.__class__ is not int or count.__class__ is not int:
+            offset, count = whole(offset, "send_from", "offset"), whole(count, "send_from",
+                                                                        "count")
         if self._loan is not None or self._driver.lent_leases:
             self._check_no_loan("send_from")  # before the flush of a sync send: it would wait
         if offset < 0 or count < 1 or offset + count > self.memory.size:
@@ -188,10 +192,14 @@ class Port(PortLoans, PortReceiving):
         if not sync:
             start, end = self._cork_area
             if (offset + count <= start or offset >= end) and self._queueable(dst, count):
-                with self._staged(timeout, f"send_from to network ID {dst}"):
+                if not self._staging.acquire(False):
+                    self._hold_staging(timeout, f"send_from to network ID {dst}")
+                try:
                     self._cork.submit(dst, flow if flow.__class__ is Flow else Flow.parse(flow),
                                       self._region[offset:offset + count], timeout, cancel,
                                       self._max_run[dst])
+                finally:
+                    self._staging.release()
                 return None
         timeout = self._flush_before_sync(timeout, f"send_from to network ID {dst}")
         return self._send(dst, offset, count, flow, False, timeout, cancel)
@@ -249,16 +257,24 @@ class Port(PortLoans, PortReceiving):
                             f"its timeout ({timeout:g} s); it was not sent")
         return _left(timeout, started)
 
-    @contextlib.contextmanager
-    def _staged(self, timeout: float | None, what: str) -> Iterator[None]:
-        """The top of the send space (the queue's buffers and staging), held by one call at a
-        time; QueueFull if another call keeps it past `timeout` (a synchronous send waiting
-        for a full destination). A timeout of 0 (one try) waits for it as for the queue."""
+    def _hold_staging(self, timeout: float | None, what: str) -> None:
+        """Take the top of the send space (the queue's buffers and staging: one call at a
+        time; the caller releases it); QueueFull if another call keeps it past `timeout` (a
+        synchronous send waiting for a full destination). A timeout of 0 (one try) waits for
+        it as for the queue."""
         if not self._staging.acquire(timeout=timeout if timeout and timeout > 0 else -1):
             raise QueueFull(f"{what}: another thread's synchronous send kept the send space's "
                             f"top for the whole timeout ({timeout:g} s); it was not sent")
+
+    @contextlib.contextmanager
+    def _staged_after_queue(self, timeout: float | None, what: str
+                            ) -> Iterator[float | None]:
+        """For a synchronous call: the top of the send space held, and everything queued
+        before moved; yields what is left of `timeout`."""
+        started = time.monotonic()
+        self._hold_staging(timeout, what)
         try:
-            yield
+            yield self._flush_before_sync(_left(timeout, started), what)
         finally:
             self._staging.release()
 
@@ -274,9 +290,7 @@ class Port(PortLoans, PortReceiving):
         length = len(memoryview(packets[0]).cast("B"))
         what = f"send_batch to network ID {dst}"
         check_run_shape(len(packets), length, what)
-        started = time.monotonic()
-        with self._staged(timeout, what):
-            timeout = self._flush_before_sync(_left(timeout, started), what)
+        with self._staged_after_queue(timeout, what) as timeout:
             run = Run(0, len(packets), length)
             run = run._replace(offset=self._stage_at(run.size, f"a run of {len(packets)} "
                                                                 f"{length}-byte packets"))

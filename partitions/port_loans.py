@@ -53,8 +53,8 @@ class PortLoans:
 
         def _stage_at(self, size: int, what: str) -> int: ...
 
-        def _staged(self, timeout: float | None, what: str
-                    ) -> contextlib.AbstractContextManager[None]: ...
+        def _staged_after_queue(self, timeout: float | None, what: str
+                                ) -> contextlib.AbstractContextManager[float | None]: ...
 
         def _queueable(self, dst: int, count: int) -> bool: ...
 
@@ -105,9 +105,7 @@ class PortLoans:
             return self._take_loan(dst, offset, length, False, timeout, cancel, lent, uninit)
         size = run_size(packets, length)
         # the descriptor the adapter reads, staged as send_batch does
-        with self._staged(timeout, f"loan_run to network ID {dst}"):
-            # the staging area holds the queue's buffers
-            timeout = self._flush_before_sync(timeout, f"loan_run to network ID {dst}")
+        with self._staged_after_queue(timeout, f"loan_run to network ID {dst}") as timeout:
             offset = self._stage_at(size, f"a loan of a run of {packets} {length}-byte packets")
             RUN_DESCRIPTOR.pack_into(self.memory.buffer(offset, RUN_DESCRIPTOR.size), 0,
                                      packets, length)
