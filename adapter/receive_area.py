@@ -33,6 +33,7 @@ from adapter.ring import (
     KIND_RECORD,
     RECORD_HEADER,
     RUN_DESCRIPTOR,
+    WINDOW,
     Reservation,
     check_counters,
     reserve,
@@ -237,7 +238,8 @@ def commit_record(words: memoryview, memory: memoryview, dst: PartitionLayout, r
     pos = head % capacity
     if (0 < count and head == words[ring.pending] and last < SEQ_LIMIT and 0 <= tail <= head
             and head % ALIGN == 0 and tail % ALIGN == 0 and need <= capacity // 2 // ALIGN * ALIGN
-            and pos + need <= capacity and head + need - tail <= capacity):
+            and pos + need <= capacity and head + need - tail <= capacity
+            and (head != tail or pos + need <= WINDOW)):  # not starts_over
         new_head, first = head + need, last + 1
         base = ring.pending  # begin_commit's stores, in its order
         words[base + 1] = src_index

@@ -1,6 +1,5 @@
 """What the bench measures beside the runs (scripts/loadgen/bench.py): the CPU of the processes
-on a run's path, the host's memcpy bandwidth, and the floor, S of the workload's fill and check
-alone with no transport (the zero-copy limit every transport is reported against)."""
+on a run's path and the host's memcpy bandwidth (the floor is in floor.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +10,10 @@ import time
 import psutil
 
 from hypervisor.machine import Machine
-from partitions.blocks import SMALL_BLOCK
 from scripts.loadgen.benchcore import BenchError
-from scripts.workload.frames import FRAME
-from scripts.workload.pattern import Pattern
-from scripts.workload.transports import BatchLayout, make_batch
 
 MEMCPY_BLOCK = 1 << 20
 MEMCPY_SECONDS = 0.3
-FLOOR_SECONDS = 0.3  # thread CPU seconds of fill + check per (size, batch) for the floor
-FLOOR_BYTES = 8 << 20  # the floor's batch is capped to this many bytes
 
 
 class CpuMeter:
@@ -103,45 +96,3 @@ def host_info(machine: Machine) -> dict:
         "memcpy_dram_note": "1 MiB copies cycling through every partition's sender area, "
                             "working set above the caches when the segment is large enough",
     }
-
-
-def floor_s(size: int, batch: int, seconds: float = FLOOR_SECONDS) -> float:
-    """S of the workload's fill and check alone, no transport: one thread fills a batch of
-    `size`-byte packets in its own memory, laid out as tcp frames, and checks it, in a loop
-    (thread CPU time): the zero-copy limit of every transport."""
-    pattern = Pattern(size)
-    layout = BatchLayout(FRAME.size)
-    n = max(1, min(batch, FLOOR_BYTES // layout.stride(size)))
-    region = memoryview(bytearray(layout.stride(size) * n))
-    b = make_batch(region, size, layout, n)
-    rows = b.payloads
-    views = [memoryview(slot.payload) for slot in b.slots]
-    counter, packets = 0, 0
-    start = time.thread_time()
-    while True:
-        now = time.monotonic_ns()
-        if n < SMALL_BLOCK:
-            for i, v in enumerate(views):
-                pattern.fill(v, 1, 2, counter + 1 + i, now)
-            ok = all(pattern.check(v, 1, 2)[0] for v in views)
-        else:
-            pattern.fill_rows(rows, 1, 2, counter + 1, now)
-            ok = pattern.check_block(rows, 1, 2) is not None
-        if not ok:
-            raise BenchError(f"floor: the pattern check failed at {size} B (a bug)")
-        counter += n
-        packets += n
-        elapsed = time.thread_time() - start
-        if elapsed >= seconds:
-            return packets / elapsed
-
-
-def floors(sizes: tuple[int, ...], batches: tuple[int, ...]) -> dict[str, dict]:
-    """The floor per size at the best of `batches`: {"<size>": {"S", "batch"}}."""
-    out = {}
-    for size in sizes:
-        best = max(((floor_s(size, b), b) for b in batches), key=lambda x: x[0])
-        out[str(size)] = {"S": best[0], "batch": best[1]}
-    return out
-
-

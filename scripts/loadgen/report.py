@@ -78,16 +78,29 @@ def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
 
 
 FLOOR_CAPTION = ("floor: fill + check alone, no transport, in the bench process (the zero-copy "
-                 "limit); S transport: S on C minus every participant's fill and check CPU")
+                 "limit); split: the same with the check in a second process, the batch handed "
+                 "over, the better of both on one core and on two (cores; what any two-process "
+                 "transport could reach); S transport: S on C minus every participant's fill "
+                 "and check CPU")
+
+
+def _split_cells(f: dict) -> tuple[str, str, str]:
+    """The split floor's S, its cores and its share of the floor, or dashes."""
+    split = f.get("split")
+    if not split or not f["S"]:
+        return "-", "-", "-"
+    return f"{split['S']:,.0f}", str(split["cores"]), f"{split['S'] / f['S']:.0%}"
 
 
 def floor_table(floor: dict[str, dict]) -> Grid:
     table = Grid("Floor: S of the workload's fill + check alone, no transport",
-                 [Col("size"), Col("S floor"), Col("us/pkt"), Col("batch")],
+                 [Col("size"), Col("S floor"), Col("us/pkt"), Col("batch"), Col("S split"),
+                  Col("cores"), Col("split %")],
                  caption=FLOOR_CAPTION)
     for size, f in sorted(floor.items(), key=lambda kv: int(kv[0])):
         table.add_row(human_size(int(size)), f"{f['S']:,.0f}",
-                      f"{1e6 / f['S']:.2f}" if f["S"] else "-", str(f["batch"]))
+                      f"{1e6 / f['S']:.2f}" if f["S"] else "-", str(f["batch"]),
+                      *_split_cells(f))
     return table
 
 
@@ -161,10 +174,13 @@ def markdown_summary(results: dict) -> str:
     for label, cells in _matrix(runs, sizes):
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if results.get("floor"):
-        lines += ["", f"Floor ({FLOOR_CAPTION}):", "", "| size | S floor | batch |",
-                  "|---:|---:|---:|"]
+        lines += ["", f"Floor ({FLOOR_CAPTION}):", "",
+                  "| size | S floor | batch | S split | cores | split % |",
+                  "|---:|---:|---:|---:|---:|---:|"]
         for size, f in sorted(results["floor"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {human_size(int(size))} | {f['S']:,.0f} | {f['batch']} |")
+            split, cores, share = _split_cells(f)
+            lines.append(f"| {human_size(int(size))} | {f['S']:,.0f} | {f['batch']} | {split} "
+                         f"| {cores} | {share} |")
     if results.get("single_stream"):
         lines += ["", "Single stream (one route):", "",
                   "| run | size | packets | S (pkt/CPU-s) | MB/s | lost | corrupt |",

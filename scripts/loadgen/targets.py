@@ -188,8 +188,18 @@ def floor_targets(runs: Sequence[Mapping], floor: Mapping[str, Mapping] | None) 
                               note=f"not measured: {why} at {human_size(size)}"))
         else:
             out.append(_at_least(name, least, _s(adapter), Operand("floor", f["S"]),
-                                 share=True))
+                                 share=True, note=_split_note(f)))
     return out
+
+
+def _split_note(floor: Mapping) -> str:
+    """What the floor's loop reaches with its check in a second process (floor.py): the
+    most a two-process transport could, beside the floor target's operands."""
+    split = floor.get("split")
+    if not split or not floor["S"]:
+        return ""
+    return (f"fill + check in two processes, no transport: S {si(split['S'])} "
+            f"({split['S'] / floor['S']:.0%} of the floor)")
 
 
 def latency_target(latency: Mapping[str, Mapping] | None) -> Target:

@@ -5,49 +5,69 @@ same record, the same words, the same sequence number, or the same error with no
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapter import receive_area
 from adapter.errors import XpmoveError
-from adapter.ring import ALIGN, reserve
+from adapter.ring import ALIGN, WINDOW, reserve
 from hypervisor.config import PAGE_SIZE, MachineConfig, PartitionConfig
-from hypervisor.layout import plan_segment
-
-LAYOUT = plan_segment(MachineConfig(partitions=tuple(
-    PartitionConfig(f"p{i}", i, 4 * PAGE_SIZE, PAGE_SIZE) for i in (1, 2))))
-SRC, DST = LAYOUT.by_id()[1], LAYOUT.by_id()[2]
-RING = receive_area.RingWords.of(DST)
-SEQ_WORD = receive_area.seq_words(LAYOUT)[SRC.index][DST.index]
-CAPACITY = DST.receive_size
+from hypervisor.layout import PartitionLayout, SegmentLayout, plan_segment
 
 
-def by_the_helpers(words, memory, data) -> int:
+class Machine(NamedTuple):
+    """Two partitions, p1 sending to p2, whose receive ring is `receive` bytes."""
+
+    layout: SegmentLayout
+    src: PartitionLayout
+    dst: PartitionLayout
+    ring: receive_area.RingWords
+    seq_word: int
+
+    @classmethod
+    def of(cls, receive: int) -> Machine:
+        layout = plan_segment(MachineConfig(partitions=tuple(
+            PartitionConfig(f"p{i}", i, receive + PAGE_SIZE, receive) for i in (1, 2))))
+        src, dst = layout.by_id()[1], layout.by_id()[2]
+        return cls(layout, src, dst, receive_area.RingWords.of(dst),
+                   receive_area.seq_words(layout)[src.index][dst.index])
+
+
+SMALL = Machine.of(PAGE_SIZE)
+CAPACITY = SMALL.dst.receive_size
+
+
+def by_the_helpers(m: Machine, words, memory, data) -> int:
     """What commit_record must equal: the protocol's steps, one helper each."""
-    head, tail = words[RING.head], words[RING.tail]
-    receive_area.check_commit_words(words, DST, RING, head, tail, SEQ_WORD)
-    r = reserve(head, tail, CAPACITY, len(data))
-    first = receive_area.begin_commit(words, RING, r.new_head, SRC.index, SEQ_WORD, 1)
-    payload = receive_area.write_record_header(memory, DST, r, 1, first)
+    head, tail = words[m.ring.head], words[m.ring.tail]
+    receive_area.check_commit_words(words, m.dst, m.ring, head, tail, m.seq_word)
+    r = reserve(head, tail, m.dst.receive_size, len(data))
+    first = receive_area.begin_commit(words, m.ring, r.new_head, m.src.index, m.seq_word, 1)
+    payload = receive_area.write_record_header(memory, m.dst, r, 1, first)
     memory[payload:payload + len(data)] = data
-    receive_area.publish_head(words, DST.control, r.new_head)
+    receive_area.publish_head(words, m.dst.control, r.new_head)
     return first
 
 
-def outcome(commit, head: int, tail: int, pending: int, seq: int, data: bytes):
-    memory = memoryview(bytearray(LAYOUT.total_size))
+def flat(m: Machine, words, memory, data) -> int:
+    return receive_area.commit_record(words, memory, m.dst, m.ring, 1, m.src.index, m.seq_word,
+                                      data)
+
+
+def outcome(commit, head: int, tail: int, pending: int, seq: int, data: bytes,
+            m: Machine = SMALL):
+    memory = memoryview(bytearray(m.layout.total_size))
     words = receive_area.words(memory)
-    words[RING.head], words[RING.tail], words[RING.pending], words[SEQ_WORD] = (
+    words[m.ring.head], words[m.ring.tail], words[m.ring.pending], words[m.seq_word] = (
         head, tail, pending, seq)
     try:
-        result: object = commit(words, memory, memoryview(data))
+        result: object = commit(m, words, memory, memoryview(data))
     except XpmoveError as exc:
         result = (type(exc).__name__, str(exc))
     return result, bytes(memory)
-
-
-def flat(words, memory, data) -> int:
-    return receive_area.commit_record(words, memory, DST, RING, 1, SRC.index, SEQ_WORD, data)
 
 
 NEED_64 = 88  # a record of 64 bytes: header and payload, aligned
@@ -87,4 +107,20 @@ def test_the_flat_path_is_the_usual_case():
     result, memory = outcome(flat, 64, 0, 64, 4, b"lone")
     assert result == 5
     words = memoryview(bytearray(memory)).cast("Q")
-    assert words[RING.head] == 64 + 32 and words[SEQ_WORD] == 5
+    assert words[SMALL.ring.head] == 64 + 32 and words[SMALL.seq_word] == 5
+
+
+
+@pytest.mark.parametrize("head,tail", [
+    (WINDOW - 64, WINDOW - 64),  # empty, would end past the window: starts over
+    (WINDOW - 88, WINDOW - 88),  # empty, ends exactly at the window: stays
+    (WINDOW - 64, WINDOW - 72),  # not empty: stays
+    (9 * WINDOW, 9 * WINDOW),  # empty, past the window: starts over
+])
+def test_commit_record_starts_over_as_reserve_does(head, tail):
+    """A ring bigger than the window (ring.starts_over): the flat path must not place a
+    record where reserve would not."""
+    big = Machine.of(4 * WINDOW)
+    data = b"x" * 64
+    assert outcome(flat, head, tail, head, 0, data, big) == outcome(
+        by_the_helpers, head, tail, head, 0, data, big)

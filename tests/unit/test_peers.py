@@ -102,14 +102,31 @@ def test_floor_table_fits_80_columns():
     from scripts.loadgen.report import floor_table
     from scripts.tables import ELLIPSIS, render_text
 
-    text = render_text(floor_table({"64": {"S": 2.24e7, "batch": 32},
-                                    "1048552": {"S": 4070.0, "batch": 1}}), 80)
+    text = render_text(floor_table({
+        "64": {"S": 2.24e7, "batch": 32, "split": {"S": 1.12e7, "cores": 2, "batch": 32}},
+        "1048552": {"S": 4070.0, "batch": 1}}), 80)
     assert ELLIPSIS not in text and max(map(len, text.splitlines())) <= 80
     assert "22,400,000" in text and "1 MiB-24" in text
+    assert "11,200,000" in text and "50%" in text
 
 
 def test_floor_is_positive_and_checked():
-    from scripts.loadgen.measure import floor_s
+    from scripts.loadgen.floor import floor_s
 
     assert floor_s(64, 1, seconds=0.02) > 0
     assert floor_s(2048, 32, seconds=0.02) > 0
+
+
+def test_split_floor_checks_in_a_second_process_and_leaves_nothing():
+    """The floor's loop with its check in a checker process (a real one, sharing a memfd):
+    positive, per size, at the batch asked; the checker is reaped."""
+    import psutil
+
+    from scripts.loadgen.floor import split_floors
+
+    before = set(psutil.Process().children())
+    out = split_floors({64: 32, 4096: 2}, seconds=0.02)
+    assert set(out) == {64, 4096}
+    assert all(v["S"] > 0 and v["cores"] in (1, 2) for v in out.values())
+    assert out[64]["batch"] == 32 and out[4096]["batch"] == 2
+    assert set(psutil.Process().children()) == before

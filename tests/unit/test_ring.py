@@ -19,6 +19,7 @@ from adapter.ring import (
     KIND_PAD,
     KIND_RECORD,
     RECORD_HEADER,
+    WINDOW,
     RecordView,
     align,
     check_counters,
@@ -26,6 +27,7 @@ from adapter.ring import (
     next_record,
     record_size,
     reserve,
+    starts_over,
 )
 from tests.unit.ring_bytes import CAP, header_reader
 
@@ -129,6 +131,50 @@ def test_wrap_needs_the_unconsumed_start_of_the_ring_to_be_free():
     assert (r.position, r.pad_position, r.new_head) == (0, CAP - 96, tail + CAP)
     with pytest.raises(DestinationFull, match="need 232 bytes, 224 free"):
         reserve(head, tail, CAP, 105)  # one more aligned word would overwrite live bytes
+
+
+# -- reserve: a big ring used as a small one while its reader keeps up -----------------------
+
+BIG = 4 * WINDOW
+
+
+def test_an_empty_big_ring_starts_over_past_the_window():
+    head = 5 * BIG + WINDOW - 64  # empty, the record would end past the window
+    r = reserve(head, head, BIG, 100)
+    assert (r.position, r.pad_position) == (0, WINDOW - 64)
+    assert r.new_head == head + (BIG - (WINDOW - 64)) + record_size(100)
+
+
+def test_a_record_ending_inside_the_window_stays_at_head():
+    head = 5 * BIG + WINDOW - record_size(100)
+    r = reserve(head, head, BIG, 100)
+    assert (r.position, r.pad_position, r.new_head) == (WINDOW - record_size(100), None,
+                                                       head + record_size(100))
+
+
+def test_a_ring_with_unconsumed_records_does_not_start_over():
+    """Only an empty ring starts over: a reader that falls behind keeps the whole ring."""
+    head = WINDOW + 4096
+    r = reserve(head, head - 8, BIG, 100)
+    assert (r.position, r.pad_position) == (head, None)
+
+
+def test_a_big_record_starts_over_only_where_it_fits_before_head():
+    """A record bigger than the window goes back to the start of an empty ring only when
+    it fits before the head (all of the ring is free then, so that is the only condition)."""
+    length = WINDOW
+    need = record_size(length)
+    r = reserve(need - 8, need - 8, BIG, length)  # does not fit in [0, head)
+    assert (r.position, r.pad_position) == (need - 8, None)
+    r = reserve(need, need, BIG, length)  # fits exactly
+    assert (r.position, r.pad_position, r.new_head) == (0, need, BIG + need)
+
+
+def test_a_ring_no_bigger_than_the_window_never_starts_over():
+    head = 3 * WINDOW + WINDOW - 128  # empty, the record ends at the ring's (= window's) end
+    r = reserve(head, head, WINDOW, 100)
+    assert (r.position, r.pad_position) == (WINDOW - 128, None)
+    assert not starts_over(head, head, WINDOW - 128, 128)
 
 
 @given(pos=st.integers(0, CAP // ALIGN - 1).map(lambda k: k * ALIGN),

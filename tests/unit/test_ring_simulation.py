@@ -9,6 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from adapter import ring
 from adapter.errors import DestinationFull, TooLarge
 from adapter.ring import (
     ALIGN,
@@ -130,3 +131,24 @@ class RingSimulation(RuleBasedStateMachine):
 
 TestRingSimulation = RingSimulation.TestCase
 TestRingSimulation.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+class SmallWindowSimulation(RingSimulation):
+    """The same with a window (ring.WINDOW) smaller than the ring, so records start over at
+    the ring's start when they find it empty (ring.starts_over): nothing else may change."""
+
+    @initialize(window=st.integers(1, 96).map(lambda k: k * ALIGN))
+    def small_window(self, window):
+        self.saved_window, ring.WINDOW = ring.WINDOW, window
+
+    def teardown(self):
+        try:
+            super().teardown()
+        finally:
+            if hasattr(self, "saved_window"):
+                ring.WINDOW = self.saved_window
+
+
+TestSmallWindowSimulation = SmallWindowSimulation.TestCase
+TestSmallWindowSimulation.settings = settings(max_examples=150, stateful_step_count=60,
+                                              deadline=None)

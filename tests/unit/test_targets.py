@@ -106,6 +106,17 @@ def test_floor_shares():
     assert mib.met is None and "no usable adapter-path run at 1 MiB" in mib.compared
     assert floor_targets(runs, None)[0].met is None
     assert "no floor" in floor_targets(runs, None)[0].compared
+    assert "two processes" not in one.compared  # no split floor measured: nothing said
+
+
+def test_floor_targets_say_what_two_processes_reach():
+    runs = [run("fig12", 64 * KiB, 30_000, 32)]
+    floor = {str(64 * KiB): {"S": 50_000, "batch": 1,
+                             "split": {"S": 45_000, "cores": 1, "batch": 1}}}
+    sixty_four = floor_targets(runs, floor)[1]
+    assert sixty_four.met is False
+    assert "fill + check in two processes, no transport: S 45 k (90% of the floor)" in (
+        sixty_four.compared)
 
 
 def test_latency_best_adapter_path_against_tcp():
