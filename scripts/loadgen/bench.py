@@ -58,7 +58,7 @@ from scripts.loadgen.benchcore import (
     human_size,
     run_label,
 )
-from scripts.loadgen.floor import FLOOR_SECONDS, floors
+from scripts.loadgen.floor import FLOOR_ROUNDS, FLOOR_SECONDS, floors
 from scripts.loadgen.measure import host_info
 from scripts.loadgen.options import (
     ADAPTER_TRANSPORTS,
@@ -315,11 +315,13 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                        "transport's own cost per packet",
         "floor": "per size: S of fill + check alone in the bench process, no transport (one "
                  "thread fills a batch of tcp-framed packets and checks it, in a loop, thread "
-                 f"CPU time, {FLOOR_SECONDS:g} s per batch), at the best of the run's batches; "
+                 f"CPU time, {FLOOR_SECONDS:g} s per batch), at the best of the run's batches, "
+                 f"each measured {FLOOR_ROUNDS} times; "
                  "its `split`: the same loop at that batch with the check in a second process "
                  "sharing the batch's memory, handed over through a pipe (not counted), both "
-                 "pinned to one core and then to two, the better kept (`cores`): what any "
-                 "two-process transport could reach",
+                 "pinned to one core and then to two, each placement measured "
+                 f"{FLOOR_ROUNDS} times, the best kept (`cores`): what any two-process "
+                 "transport could reach",
         "targets": "issue 14's targets, each with both operands (left: the adapter's side, "
                    "right: what it is held against), ratio = left / right, verdict MET, MISSED "
                    "or not measured (with why); " + targets.CAPTION

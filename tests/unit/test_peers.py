@@ -125,7 +125,7 @@ def test_split_floor_checks_in_a_second_process_and_leaves_nothing():
     from scripts.loadgen.floor import split_floors
 
     before = set(psutil.Process().children())
-    out = split_floors({64: 32, 4096: 2}, seconds=0.02)
+    out = split_floors({64: 32, 4096: 2}, seconds=0.02, rounds=1)
     assert set(out) == {64, 4096}
     assert all(v["S"] > 0 and v["cores"] in (1, 2) for v in out.values())
     assert out[64]["batch"] == 32 and out[4096]["batch"] == 2
