@@ -15,14 +15,15 @@ measured FLOOR_ROUNDS times, as the floor itself is at each batch.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import signal
 import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 from partitions.blocks import SMALL_BLOCK
 from scripts.loadgen.benchcore import BenchError
@@ -37,7 +38,7 @@ FLOOR_ROUNDS = 3  # the floor (each batch) and its split (each placement) are me
 # many times, the best kept: this machine's host moves one measurement by up to a third
 _LAYOUT = BatchLayout(FRAME.size)  # laid out as tcp frames, as every sender's batch is
 _SRC, _DST = 1, 2
-_ASK = struct.Struct("<QQQ")  # packet size, packets, first counter (0 size: stop)
+_ASK = struct.Struct("<QQQ")  # packet size, packets, first counter (end of input: stop)
 _ANSWER = struct.Struct("<QQ")  # intact (1 or 0), thread CPU ns of the check
 
 
@@ -94,16 +95,19 @@ class _Checker:
     def check(self, size: int, n: int, first: int) -> tuple[bool, int]:
         """Have the checker check the batch just filled; (intact, its check's thread ns)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(_ASK.pack(size, n, first))
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.read(_ANSWER.size)
+        try:
+            self.proc.stdin.write(_ASK.pack(size, n, first))
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.read(_ANSWER.size)
+        except BrokenPipeError:
+            answer = b""
         if len(answer) != _ANSWER.size:
             raise BenchError(f"floor: the checker process ended (exit {self.proc.wait()})")
         ok, ns = _ANSWER.unpack(answer)
         return bool(ok), ns
 
 
-@contextmanager
+@contextlib.contextmanager
 def _checker() -> Iterator[_Checker]:
     """A checker process sharing a FLOOR_BYTES memory file (a memfd: no name to clean up),
     stopped and reaped on the way out, whatever happens."""
@@ -125,10 +129,11 @@ def _checker() -> Iterator[_Checker]:
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
-        memory.close()
+        with contextlib.suppress(BufferError):  # views held by an exception's frames: the
+            memory.close()  # mapping goes with them
 
 
-@contextmanager
+@contextlib.contextmanager
 def _pinned(pids: tuple[int, int], cpus: tuple[int, int]) -> Iterator[None]:
     """Pin the two processes to `cpus`; the bench process gets its own affinity back."""
     mine = os.sched_getaffinity(0)
@@ -193,6 +198,7 @@ def floors(sizes: tuple[int, ...], batches: tuple[int, ...]) -> dict[str, dict]:
 def _serve(fd: int) -> None:
     """The checker process: check each batch the bench process says it filled in the shared
     memory file, answer (intact, thread CPU ns of the check); leave at the end of input."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the bench's: it closes our input
     memory = mmap.mmap(fd, 0)
     floors_by_size: dict[tuple[int, int], _Floor] = {}
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

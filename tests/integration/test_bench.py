@@ -194,5 +194,7 @@ def test_peers_beside_tcp(registry, tmp_path):
         assert r["S_transport"] is None or r["S_transport"] >= r["S"] > 0, r
     assert set(results["floor"]) == {str(s) for s in sizes}
     assert all(f["S"] > 0 and f["batch"] in (1, 16) for f in results["floor"].values())
+    assert all(f["split"]["S"] > 0 and f["split"]["batch"] == f["batch"]
+               for f in results["floor"].values())
     assert "Floor" in out.getvalue()
     assert no_children_left()

@@ -116,17 +116,3 @@ def test_floor_is_positive_and_checked():
     assert floor_s(64, 1, seconds=0.02) > 0
     assert floor_s(2048, 32, seconds=0.02) > 0
 
-
-def test_split_floor_checks_in_a_second_process_and_leaves_nothing():
-    """The floor's loop with its check in a checker process (a real one, sharing a memfd):
-    positive, per size, at the batch asked; the checker is reaped."""
-    import psutil
-
-    from scripts.loadgen.floor import split_floors
-
-    before = set(psutil.Process().children())
-    out = split_floors({64: 32, 4096: 2}, seconds=0.02, rounds=1)
-    assert set(out) == {64, 4096}
-    assert all(v["S"] > 0 and v["cores"] in (1, 2) for v in out.values())
-    assert out[64]["batch"] == 32 and out[4096]["batch"] == 2
-    assert set(psutil.Process().children()) == before

@@ -1,0 +1,41 @@
+"""The bench's split floor (scripts/loadgen/floor.py) with its real checker process: the
+floor's loop with its check in a second process sharing a memfd."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from scripts.loadgen.benchcore import BenchError
+from scripts.loadgen.floor import _checker, _Floor, split_floors
+
+
+def test_split_floor_checks_in_a_second_process_and_leaves_nothing():
+    before = set(psutil.Process().children())
+    out = split_floors({64: 32, 4096: 2}, seconds=0.02, rounds=1)
+    assert set(out) == {64, 4096}
+    assert all(v["S"] > 0 and v["cores"] in (1, 2) for v in out.values())
+    assert out[64]["batch"] == 32 and out[4096]["batch"] == 2
+    assert set(psutil.Process().children()) == before
+
+
+def test_a_checker_that_dies_is_a_bench_error_and_is_reaped():
+    with _checker() as checker:
+        checker.proc.kill()
+        checker.proc.wait(timeout=10)
+        with pytest.raises(BenchError, match="the checker process ended"):
+            checker.check(64, 1, 1)
+    assert checker.proc.returncode is not None
+    assert not psutil.Process().children()
+
+
+def test_an_old_batch_is_not_passed_as_the_next_one():
+    """The checker compares the batch's first counter with the one it was told, so a batch
+    it checked before (the fill not done, or lost) does not count as the next one."""
+    with _checker() as checker:
+        assert not checker.check(64, 32, 1)[0]  # nothing filled yet: all zeros
+        floor = _Floor(64, 32, memoryview(checker.memory))
+        floor.fill(1)
+        assert checker.check(64, 32, 1)[0]
+        assert not checker.check(64, 32, 33)[0]  # the same bytes again, told the next batch
+        del floor  # no view of the memory may outlive the checker's context
