@@ -42,15 +42,25 @@ _ASK = struct.Struct("<QQQ")  # packet size, packets, first counter (end of inpu
 _ANSWER = struct.Struct("<QQ")  # intact (1 or 0), thread CPU ns of the check
 
 
+def _packets(size: int, batch: int) -> int:
+    """Packets of a floor batch: `batch`, capped to FLOOR_BYTES (one at least)."""
+    return max(1, min(batch, FLOOR_BYTES // _LAYOUT.stride(size)))
+
+
+def _span(size: int, batch: int) -> int:
+    """Bytes a floor batch takes."""
+    return _LAYOUT.stride(size) * _packets(size, batch)
+
+
 class _Floor:
     """A batch of `batch` packets of `size` bytes (capped to FLOOR_BYTES) laid out in
     `region`, filled and checked the way every sender and receiver of the bench does it:
     as rows from SMALL_BLOCK packets up, packet by packet below."""
 
     def __init__(self, size: int, batch: int, region: memoryview | None = None):
-        self.n = n = max(1, min(batch, FLOOR_BYTES // _LAYOUT.stride(size)))
+        self.n = n = _packets(size, batch)
         if region is None:
-            region = memoryview(bytearray(_LAYOUT.stride(size) * n))
+            region = memoryview(bytearray(_span(size, batch)))
         self.pattern = Pattern(size)
         self.batch: Batch = make_batch(region, size, _LAYOUT, n)
         self.views = [memoryview(slot.payload) for slot in self.batch.slots]
@@ -108,12 +118,12 @@ class _Checker:
 
 
 @contextlib.contextmanager
-def _checker() -> Iterator[_Checker]:
-    """A checker process sharing a FLOOR_BYTES memory file (a memfd: no name to clean up),
-    stopped and reaped on the way out, whatever happens."""
+def _checker(size: int) -> Iterator[_Checker]:
+    """A checker process sharing a memory file of `size` bytes (a memfd: no name to clean
+    up), stopped and reaped on the way out, whatever happens."""
     fd = os.memfd_create("xpmove-floor")
     try:
-        os.ftruncate(fd, FLOOR_BYTES + _LAYOUT.stride(1 << 20))
+        os.ftruncate(fd, size)
         memory = mmap.mmap(fd, 0)
         proc = subprocess.Popen([sys.executable, "-m", "scripts.loadgen.floor", str(fd)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,))
@@ -173,7 +183,7 @@ def split_floors(at: dict[int, int], seconds: float = FLOOR_SECONDS,
     cpus = sorted(os.sched_getaffinity(0))
     placements = [(cpus[0], cpus[0])] + ([(cpus[0], cpus[1])] if len(cpus) > 1 else [])
     out: dict[int, dict] = {}
-    with _checker() as checker:
+    with _checker(max(_span(size, batch) for size, batch in at.items())) as checker:
         for size, batch in at.items():
             for placement in placements * rounds:
                 with _pinned((0, checker.proc.pid), placement):

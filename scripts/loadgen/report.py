@@ -86,10 +86,10 @@ FLOOR_CAPTION = ("floor: fill + check alone, no transport, in the bench process 
 
 def _split_cells(f: dict) -> tuple[str, str, str]:
     """The split floor's S, its cores and its share of the floor, or dashes."""
-    split = f.get("split")
-    if not split or not f["S"]:
+    share = targets.split_share(f)
+    if share is None:
         return "-", "-", "-"
-    return f"{split['S']:,.0f}", str(split["cores"]), f"{split['S'] / f['S']:.0%}"
+    return f"{f['split']['S']:,.0f}", str(f["split"]["cores"]), f"{share:.0%}"
 
 
 def floor_table(floor: dict[str, dict]) -> Grid:

@@ -192,14 +192,20 @@ def floor_targets(runs: Sequence[Mapping], floor: Mapping[str, Mapping] | None) 
     return out
 
 
+def split_share(floor: Mapping) -> float | None:
+    """The split floor's S over the floor's (floor.py), None if the run has no split."""
+    split = floor.get("split")
+    return split["S"] / floor["S"] if split and floor["S"] else None
+
+
 def _split_note(floor: Mapping) -> str:
     """What the floor's loop reaches with its check in a second process (floor.py): the
     most a two-process transport could, beside the floor target's operands."""
-    split = floor.get("split")
-    if not split or not floor["S"]:
+    share = split_share(floor)
+    if share is None:
         return ""
-    return (f"fill + check in two processes, no transport: S {si(split['S'])} "
-            f"({split['S'] / floor['S']:.0%} of the floor)")
+    return (f"fill + check in two processes, no transport: S {si(floor['split']['S'])} "
+            f"({share:.0%} of the floor)")
 
 
 def latency_target(latency: Mapping[str, Mapping] | None) -> Target:

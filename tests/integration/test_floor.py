@@ -19,8 +19,14 @@ def test_split_floor_checks_in_a_second_process_and_leaves_nothing():
     assert set(psutil.Process().children()) == before
 
 
+def test_split_floor_of_packets_bigger_than_its_batch_cap():
+    """A packet above FLOOR_BYTES is a batch of one: the shared memory holds it."""
+    out = split_floors({12 << 20: 16}, seconds=0.01, rounds=1)
+    assert out[12 << 20]["S"] > 0
+
+
 def test_a_checker_that_dies_is_a_bench_error_and_is_reaped():
-    with _checker() as checker:
+    with _checker(1 << 20) as checker:
         checker.proc.kill()
         checker.proc.wait(timeout=10)
         with pytest.raises(BenchError, match="the checker process ended"):
@@ -32,7 +38,7 @@ def test_a_checker_that_dies_is_a_bench_error_and_is_reaped():
 def test_an_old_batch_is_not_passed_as_the_next_one():
     """The checker compares the batch's first counter with the one it was told, so a batch
     it checked before (the fill not done, or lost) does not count as the next one."""
-    with _checker() as checker:
+    with _checker(1 << 20) as checker:
         assert not checker.check(64, 32, 1)[0]  # nothing filled yet: all zeros
         floor = _Floor(64, 32, memoryview(checker.memory))
         floor.fill(1)
