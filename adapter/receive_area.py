@@ -63,6 +63,11 @@ from hypervisor.layout import CACHE_LINE, RING_CONTROL_SIZE, PartitionLayout, Se
 #                 0: a restarted adapter keeps such a grant instead of taking it back
 #   recall        the token of the lease the adapter wants back (another sender waits); the
 #                 holder's driver gives it back when it finds its own token here
+# and one word belongs to the senders:
+#   wanting       1 while a sender waits for room (want_room): the receiver, moving its tail to
+#                 where the ring is at most half full, zeroes it and posts the destination's
+#                 room semaphore once (ring_room_bell), so a full ring's sender sleeps until
+#                 room is freed instead of polling it through refused requests
 HEAD_OFFSET = 0
 PENDING_OFFSET = 8  # 3 x u64: pending head, source partition index, first sequence number
 HOLDER_OFFSET = 32
@@ -73,7 +78,8 @@ TAIL_OFFSET = CACHE_LINE
 SLEEPING_OFFSET = CACHE_LINE + 8
 LEASE_OFFSET = CACHE_LINE + 16
 RECALL_OFFSET = CACHE_LINE + 24
-assert WRITER_OFFSET + 8 <= TAIL_OFFSET and RECALL_OFFSET + 8 <= RING_CONTROL_SIZE
+WANTING_OFFSET = CACHE_LINE + 32
+assert WRITER_OFFSET + 8 <= TAIL_OFFSET and WANTING_OFFSET + 8 <= RING_CONTROL_SIZE
 TOKEN_MASK = (1 << 64) - 1
 MIXED = TOKEN_MASK  # the writer word once two partitions have written the ring's space
 # A pair's sequence word stays below this (centuries at any rate): a larger one is forged, and
@@ -109,6 +115,7 @@ class RingWords(NamedTuple):
     writer: int
     lease: int
     recall: int
+    wanting: int
 
     @classmethod
     def of(cls, dst: PartitionLayout) -> RingWords:
@@ -116,7 +123,7 @@ class RingWords(NamedTuple):
                    _word(dst.control + TAIL_OFFSET), _word(dst.control + SLEEPING_OFFSET),
                    _word(dst.control + GRANT_TOKEN_OFFSET), _word(dst.control + RELEASED_OFFSET),
                    _word(dst.control + WRITER_OFFSET), _word(dst.control + LEASE_OFFSET),
-                   _word(dst.control + RECALL_OFFSET))
+                   _word(dst.control + RECALL_OFFSET), _word(dst.control + WANTING_OFFSET))
 
 
 def read_head(words: memoryview, dst: PartitionLayout) -> int:
@@ -138,6 +145,38 @@ def publish_tail(words: memoryview, control: int, tail: int) -> None:
 
 def set_sleeping(words: memoryview, dst: PartitionLayout, sleeping: bool) -> None:
     words[_word(dst.control + SLEEPING_OFFSET)] = int(sleeping)
+
+
+def want_room(words: memoryview, ring: RingWords) -> None:
+    """A sender about to wait for room: the receiver is to wake it (ring_room_bell)."""
+    words[ring.wanting] = 1
+
+
+def ring_room_bell(words: memoryview, ring: RingWords, bell, capacity: int) -> bool:
+    """After the receiver moved `tail`: if a sender waits for room, wake it once the ring (of
+    `capacity` bytes) is at most half full; True if it posted. Zeroed, then posted: a sender
+    that marks itself after the zeroing has read the new tail first (RoomWait), so it does not
+    sleep on room already freed.
+
+    ONE post, however many senders wait: the others wake at their bound (ROOM_WAIT_S) and
+    look again. A count of waiters was tried and fed itself: a sender woken by a post meant
+    for a waiter already gone is refused, counts itself again, and the next move of the tail
+    posts for it, and for every other such count (16 refusals per grant, fig12-loan 1 KiB).
+    A post for a waiter gone costs one refusal, once.
+
+    Half, not "any room": a sender woken for each record freed takes turns with its receiver
+    a record at a time, a wake-up each, where the old back-off let the receiver drain for up
+    to 2 ms and the sender then moved many records in a row; woken at half, it has half the
+    ring to fill in a row (the low-water mark of any bounded queue).
+
+    Ordering as ring_doorbell's, the roles swapped (the receiver stores `tail`, then loads
+    `wanting`; a sender stores `wanting`, then loads `tail`): a wake-up can be missed, so a
+    sender's wait is always bounded, and a miss costs a late look, never a lost packet."""
+    if not words[ring.wanting] or words[ring.head] - words[ring.tail] > capacity // 2:
+        return False
+    words[ring.wanting] = 0
+    bell.release()
+    return True
 
 
 def ring_doorbell(words: memoryview, ring: RingWords, bell) -> bool:

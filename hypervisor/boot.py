@@ -25,14 +25,15 @@ class Connection:
 
 @dataclass(frozen=True)
 class Boot:
-    """What every child needs: the segment, its layout, the names of locks, doorbells and
-    recall semaphores."""
+    """What every child needs: the segment, its layout, the names of locks, doorbells,
+    recall and room semaphores."""
 
     segment: str
     layout: SegmentLayout
     locks: dict[int, str]
     bells: dict[int, str]
     recalls: dict[int, str]
+    rooms: dict[int, str]  # the partitions' living here (hypervisor/machine.py, Names)
     control_fd: int
 
     def to_json(self) -> str:
@@ -48,6 +49,7 @@ class Boot:
             "locks": {int(k): str(v) for k, v in data["locks"].items()},
             "bells": {int(k): str(v) for k, v in data["bells"].items()},
             "recalls": {int(k): str(v) for k, v in data["recalls"].items()},
+            "rooms": {int(k): str(v) for k, v in data["rooms"].items()},
             "control_fd": int(data["control_fd"]),
         }
 

@@ -77,9 +77,13 @@ class Names:
     locks: dict[int, str] = field(default_factory=dict)
     bells: dict[int, str] = field(default_factory=dict)
     recalls: dict[int, str] = field(default_factory=dict)  # per partition: "give your lease back"
+    # per partition living here: "room was freed in your ring" (its receiver posts it for the
+    # senders waiting, partitions/waiting.py); none for a proxy of another host's partition
+    rooms: dict[int, str] = field(default_factory=dict)
 
     def semaphores(self) -> list[str]:
-        return [*self.locks.values(), *self.bells.values(), *self.recalls.values()]
+        return [*self.locks.values(), *self.bells.values(), *self.recalls.values(),
+                *self.rooms.values()]
 
 
 class Machine(Calls, Supervision):
@@ -108,6 +112,8 @@ class Machine(Calls, Supervision):
             locks={i: ipc_name(self.prefix, f"lock-{i}") for i in ids},
             bells={i: ipc_name(self.prefix, f"bell-{i}") for i in ids},
             recalls={i: ipc_name(self.prefix, f"recall-{i}") for i in ids},
+            rooms={p.network_id: ipc_name(self.prefix, f"room-{p.network_id}")
+                   for p in self.local},
         )
         self.memory: PhysicalMemory | None = None
         self._semaphores: list[posix_ipc.Semaphore] = []
@@ -169,7 +175,8 @@ class Machine(Calls, Supervision):
             raise preallocation_error(exc, self.layout.total_size, shm_free_bytes()) from None
         for name in self.names.locks.values():
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 1))
-        for name in [*self.names.bells.values(), *self.names.recalls.values()]:
+        for name in [*self.names.bells.values(), *self.names.recalls.values(),
+                     *self.names.rooms.values()]:
             self._semaphores.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 0))
 
     def _start_status(self) -> None:
@@ -197,7 +204,7 @@ class Machine(Calls, Supervision):
     def _boot_names(self) -> dict:
         return {"segment": self.names.segment, "layout": self.layout,
                 "locks": self.names.locks, "bells": self.names.bells,
-                "recalls": self.names.recalls}
+                "recalls": self.names.recalls, "rooms": self.names.rooms}
 
     def _spawn_adapter(self, pipes: dict[int, Pipes]) -> Child:
         connections = tuple(Connection(nid, p.request_r, p.reply_w) for nid, p in pipes.items())

@@ -38,7 +38,7 @@ from typing import NamedTuple
 from adapter.errors import RetryableError, XpmoveError
 from adapter.protocol import Flow
 from adapter.ring import RUN_DESCRIPTOR
-from partitions.driver import REPLY_GRACE_S, REPLY_WAIT_MIN_S, Driver, Posted, Sent
+from partitions.driver import Driver, Posted, Sent
 from partitions.submissions import (
     CORK_BUFFERS,
     Buffer,
@@ -46,6 +46,7 @@ from partitions.submissions import (
     SubmissionBook,
     requests_of,
 )
+from partitions.waiting import REPLY_GRACE_S, REPLY_WAIT_MIN_S
 
 CORK_BUFFER = 256 << 10  # bytes per submission buffer (at most an eighth of the send space)
 WAIT_SLICE_S = 0.05  # a wait with no deadline re-checks `stop` at least this often

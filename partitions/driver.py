@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import posix_ipc
 
@@ -28,15 +28,9 @@ from partitions.lending import Granted, Lending
 from partitions.posting import Posted, Posting
 from partitions.replies import Replies
 from partitions.requesting import Requesting
+from partitions.waiting import RoomWait, retrying
 
-RETRY_BACKOFF_S = (0.00005, 0.002)  # first and largest pause between retries
 RECONNECT_WAIT_S = 5.0  # how long a request waits for a restarted adapter
-# A reply is waited for until the caller's deadline, but at least REPLY_WAIT_MIN_S, plus
-# REPLY_GRACE_S: a timeout of 0 (one attempt) or a retry late in its window is not cut short by
-# a busy adapter or a loaded machine, and the adapter's answer to a request parked behind a
-# busy lock (LOCK_TIMEOUT after the lock timeout, 1 s by default) comes before the deadline.
-REPLY_WAIT_MIN_S = 1.0
-REPLY_GRACE_S = 0.25
 
 
 class Sent(NamedTuple):
@@ -50,32 +44,6 @@ class Sent(NamedTuple):
     records: int = 1  # packets, each with its own sequence number
 
 
-T = TypeVar("T")
-
-
-def retrying(attempt: Callable[[float | None], T | XpmoveError], timeout: float,
-             stop: Callable[[], bool] | None) -> T | XpmoveError:
-    """`attempt(reply_by)` again, with a growing pause, while its outcome is a retryable error
-    (destination full, lock timeout), until `timeout` passes or `stop()` is true; the last
-    outcome. `reply_by` ends each attempt's wait for its reply: the deadline, but at least
-    REPLY_WAIT_MIN_S after the request, plus REPLY_GRACE_S (None with an infinite timeout)."""
-    deadline = time.monotonic() + timeout
-    pause = RETRY_BACKOFF_S[0]
-    while True:
-        reply_by = (None if deadline == float("inf") else
-                    max(deadline, time.monotonic() + REPLY_WAIT_MIN_S) + REPLY_GRACE_S)
-        outcome = attempt(reply_by)
-        if not isinstance(outcome, XpmoveError) or not outcome.retryable:
-            return outcome
-        if stop is not None and stop():
-            outcome.cut_short = True  # the stop ended the wait, not the destination
-            return outcome
-        if time.monotonic() >= deadline:
-            return outcome
-        time.sleep(pause)  # back-off while the destination drains, not synchronisation
-        pause = min(pause * 2, RETRY_BACKOFF_S[1])
-
-
 class Driver(Lending, Leasing, Posting, Requesting):
     def __init__(
         self,
@@ -87,6 +55,7 @@ class Driver(Lending, Leasing, Posting, Requesting):
         locks: dict[int, posix_ipc.Semaphore],
         bells: dict[int, posix_ipc.Semaphore],
         recall: posix_ipc.Semaphore | None = None,
+        rooms: dict[int, posix_ipc.Semaphore] | None = None,
     ):
         self.network_id = network_id
         self.physical = physical
@@ -119,6 +88,14 @@ class Driver(Lending, Leasing, Posting, Requesting):
         self.lent_leases: set[int] = set()  # destinations with a loan open under their lease
         self._keeper: threading.Thread | None = None  # answers recalls of leases
         self.keeper_errors = 0  # exceptions the keeper survived
+        # destinations whose receiver wakes senders waiting for room (partitions/waiting.py);
+        # the others (a cluster's proxy rings) are retried after a back-off
+        self._rooms = {dst: RoomWait(self.words, self.rings[dst], bell)
+                       for dst, bell in (rooms or {}).items() if dst != network_id}
+
+    def room(self, dst_id: int) -> RoomWait | None:
+        """How a send to `dst_id` refused for room waits for it (None: a back-off)."""
+        return self._rooms.get(dst_id)
 
     def send_retrying(self, dst_id: int, offset: int, count: int, flow: Flow = Flow.FIG11,
                       run: bool = False, timeout: float = 0.0,
@@ -129,7 +106,8 @@ class Driver(Lending, Leasing, Posting, Requesting):
         The wait for each reply ends with `timeout` too (at least REPLY_WAIT_MIN_S after the
         request, plus REPLY_GRACE_S); `timeout=inf` waits as long as supervision lets it."""
         return retrying(lambda reply_by: self.send_one(dst_id, offset, count, flow, run,
-                                                       reply_by=reply_by), timeout, stop)
+                                                       reply_by=reply_by), timeout, stop,
+                        self._rooms.get(dst_id))
 
     def send_many(self, moves: list[tuple[int, int, int]], flow: Flow = Flow.FIG11,
                   reply_by: float | None = None) -> list[Sent | XpmoveError]:
@@ -227,4 +205,4 @@ class Driver(Lending, Leasing, Posting, Requesting):
         driver is free between tries."""
         take = self.take_grant_uninit if uninit else self.take_grant
         return retrying(lambda reply_by: take(dst_id, offset, count, run, reply_by=reply_by),
-                        timeout, stop)
+                        timeout, stop, self._rooms.get(dst_id))

@@ -55,10 +55,11 @@ from typing import TypeVar
 
 from adapter.errors import BadCount, TooLarge, XpmoveError
 from adapter.ring import check_run_shape, run_size
-from partitions.driver import Driver, Sent, retrying
+from partitions.driver import Driver, Sent
 from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
+from partitions.waiting import retrying
 
 LoanT = TypeVar("LoanT", bound=Loan)
 Move = Callable[[memoryview, "float | None", "threading.Event | None"], Sent]
@@ -154,7 +155,8 @@ class Lease:
             assert self._move is not None
             return self._move(view, timeout, cancel)
         outcome = retrying(lambda reply_by: self._attempt(view, reply_by),
-                           float("inf") if timeout is None else timeout, self._stopping(cancel))
+                           float("inf") if timeout is None else timeout, self._stopping(cancel),
+                           self._driver.room(self.dst))
         if isinstance(outcome, XpmoveError):
             raise outcome
         return Sent(self.dst, outcome, count)
@@ -232,7 +234,7 @@ class Lease:
             return driver.lease_loan(held, count, run, uninit)
 
         outcome = retrying(attempt, float("inf") if timeout is None else timeout,
-                           self._stopping(cancel))
+                           self._stopping(cancel), driver.room(self.dst))
         if isinstance(outcome, XpmoveError):
             raise outcome
         held = self._held

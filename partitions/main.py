@@ -105,11 +105,13 @@ class Partition:
         locks = {k: posix_ipc.Semaphore(boot.locks[k]) for k in lock_ids}
         bells = {k: posix_ipc.Semaphore(boot.bells[k]) for k in bell_ids}
         recall = posix_ipc.Semaphore(boot.recalls[self.network_id])  # its leases' recalls
+        # every room semaphore of this host: its own to post, its destinations' to wait on
+        rooms = {k: posix_ipc.Semaphore(name) for k, name in boot.rooms.items()}
         self.driver = Driver(self.network_id, self.memory.view, boot.layout,
-                             boot.request_fd, boot.reply_fd, locks, bells, recall)
+                             boot.request_fd, boot.reply_fd, locks, bells, recall, rooms)
         self.driver.start_keeper()
         self.receiver = Receiver(self.memory.view, boot.layout, self.network_id,
-                                 bells[self.network_id])
+                                 bells[self.network_id], rooms.get(self.network_id))
         names = {p.network_id: p.name for p in boot.layout.partitions}
         self.port = Port(self.driver, self.receiver, PartitionView(self.memory.view, self.own),
                          names)

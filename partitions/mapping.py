@@ -15,8 +15,10 @@ What stays readable and writable, and why:
 * the other partitions' receive areas: a Fig 12 driver moves into them with a granted lock.
 
 Semaphores: the locks of its destinations (every other partition: the Fig 12 driver posts the
-lock it was granted) and their doorbells, and its own doorbell (its receiver sleeps on it).
-Not its own lock: no partition moves to itself.
+lock it was granted) and their doorbells, and its own doorbell (its receiver sleeps on it);
+its own recall semaphore (its leases); the room semaphores of the partitions on its host (its
+own, posted by its receiver; its destinations', its senders wait on them). Not its own lock:
+no partition moves to itself.
 """
 
 from __future__ import annotations

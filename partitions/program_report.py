@@ -8,7 +8,7 @@ no frame alive, so views the program made of its loans die with it). Two rules:
 * Nothing accepted is lost silently: packets queued and not moved, or a loan left open,
   turn a return, or a stop, into "raised" naming them (`with_problems`).
 * A wait that the machine's stop cut short (an xpmove error marked `cut_short` by the wait
-  that noticed the stop: `driver.retrying`, the cork) is the stop, not a failure: "stopped".
+  that noticed the stop: `waiting.retrying`, the cork) is the stop, not a failure: "stopped".
 """
 
 from __future__ import annotations

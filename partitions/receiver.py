@@ -3,7 +3,8 @@
 Arrivals are learnt from the doorbell semaphore, never by spinning: a mover posts it after
 publishing `head`. Posts accumulate, so a wake-up may find nothing (already drained); that is
 harmless. The tail is published after a record is consumed: only then may a writer reuse the
-space (nothing unconsumed is ever overwritten).
+space (nothing unconsumed is ever overwritten). Then the senders waiting for that space are
+woken (the ring's `wanting` word and room semaphore, receive_area.ring_room_bell).
 
 Records are handed over in blocks (partitions/blocks.py): a run of equal records from one
 source with consecutive sequence numbers is one handler call, found by one vectorised look at
@@ -49,12 +50,13 @@ class Packet:
 
 class Receiver:
     def __init__(self, physical: memoryview, segment: SegmentLayout, network_id: int,
-                 bell: posix_ipc.Semaphore):
+                 bell: posix_ipc.Semaphore, room: posix_ipc.Semaphore | None = None):
         self.physical = physical
         self.segment = segment
         self.own = segment.by_id()[network_id]
         own = self.own
         self.bell = bell
+        self.room = room  # posted for each sender waiting for room when the tail moves
         self.redelivered = 0  # records a previous incarnation consumed but did not free
         self._resume_at = -1  # ring position of a RUN record this incarnation stopped inside
         self._delivered_words = {
@@ -119,7 +121,7 @@ class Receiver:
                 words[slot] = seq + count - 1  # before the tail: a crash re-reads
                 done += count - skip
         if tail != start_tail:
-            receive_area.publish_tail(words, self.own.control, tail)
+            self._free(tail)
         return done
 
     def _lone_record(self, handler: BlockHandler, head: int, tail: int) -> int | None:
@@ -145,8 +147,16 @@ class Receiver:
             taken = 1
         else:
             self.redelivered += 1  # a killed incarnation handled it: exactly once
-        receive_area.publish_tail(self.words, self.own.control, head)
+        self._free(head)
         return taken
+
+    def _free(self, tail: int) -> None:
+        """Publish `tail` (the space before it may be reused), then wake the senders that
+        wait for room."""
+        receive_area.publish_tail(self.words, self.own.control, tail)
+        if self.room is not None:
+            receive_area.ring_room_bell(self.words, self._ring, self.room,
+                                        self.own.receive_size)
 
     def _drain_run(self, handler: BlockHandler, record, limit: int | None) -> tuple[int, bool]:
         """Hand over the packets of a RUN record not yet delivered, at most `limit`, in blocks

@@ -3,20 +3,21 @@
 No POSIX mechanism stops a process of the same user from opening a run's names, so this one does
 what such a process can. It derives the names from the run's prefix (`ls /dev/shm` shows it;
 hypervisor/names.py: "/<prefix>-mem", "/<prefix>-lock-<id>", "/<prefix>-bell-<id>",
-"/<prefix>-recall-<id>"), maps the
+"/<prefix>-recall-<id>", "/<prefix>-room-<id>"), maps the
 whole segment, knows where every word is from the config (hypervisor/layout.py,
 adapter/receive_area.py), and until it is stopped:
 
-* posts a random lock, doorbell or recall semaphore every POST_EVERY_S. A stray post must be
+* posts a random lock, doorbell, recall or room semaphore every POST_EVERY_S. A stray post must be
   ABSORBED with no effect at all, in every flow (the adapter counts and ignores it; a Fig 12
   grant ends only on its holder's token; a doorbell only wakes a receiver early; a recall
-  only wakes a driver's keeper, which gives back only a lease whose `recall` word names it);
+  only wakes a driver's keeper, which gives back only a lease whose `recall` word names it; a
+  room post only wakes a sender early, which asks again);
 * every `garbage_every` seconds writes ONE garbage word into a word of one of its `targets`:
   the destination's ring control block (head, the pending commit's three words, holder, grant
-  token, released, tail, sleeping, lease, recall) or a per-pair word whose destination it is
-  (the pair's sequence word, its delivered word). Such a write POISONS that destination: the
-  promises no longer hold for it (its checks should refuse it, RingCorrupt), but it must not
-  harm any other.
+  token, released, tail, sleeping, lease, recall, wanting) or a per-pair word whose
+  destination it is (the pair's sequence word, its delivered word). Such a write POISONS that
+  destination: the promises no longer hold for it (its checks should refuse it, RingCorrupt),
+  but it must not harm any other.
 
 Each write is one JSON line on stdout (`{"event": "write", ...}`: destination, word, address,
 old and new value, seconds since the start); on SIGTERM it prints `{"event": "done", ...}` with
@@ -62,7 +63,7 @@ def target_words(layout: SegmentLayout, dst_id: int) -> dict[str, int]:
              "holder": ra.HOLDER_OFFSET, "grant_token": ra.GRANT_TOKEN_OFFSET,
              "released": ra.RELEASED_OFFSET, "tail": ra.TAIL_OFFSET,
              "sleeping": ra.SLEEPING_OFFSET, "lease": ra.LEASE_OFFSET,
-             "recall": ra.RECALL_OFFSET}
+             "recall": ra.RECALL_OFFSET, "wanting": ra.WANTING_OFFSET}
     words = {name: dst.control + offset for name, offset in block.items()}
     for src in layout.partitions:
         if src.network_id != dst_id:
@@ -114,7 +115,7 @@ def attack(plan: RoguePlan, out: TextIO, stopped: threading.Event) -> dict:
     words = ra.words(memoryview(segment))
     ids = [p.network_id for p in plan.layout.partitions]
     sems = [(what, posix_ipc.Semaphore(ipc_name(plan.prefix, f"{what}-{nid}")))
-            for what in ("lock", "bell", "recall") for nid in ids]
+            for what in ("lock", "bell", "recall", "room") for nid in ids]
     rng = random.Random(plan.seed)  # the posts
     pick = random.Random(plan.seed + 1)  # the writes: the same words and kinds for a seed
     posts: Counter[str] = Counter()
@@ -143,7 +144,7 @@ def attack(plan: RoguePlan, out: TextIO, stopped: threading.Event) -> dict:
     for _, sem in sems:
         sem.close()
     return {"event": "done", "lock_posts": posts["lock"], "bell_posts": posts["bell"],
-            "recall_posts": posts["recall"], "writes": writes}
+            "recall_posts": posts["recall"], "room_posts": posts["room"], "writes": writes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,6 +162,7 @@ class _Soak:
             self.report.lock_posts = self.rogue.done.get("lock_posts", 0)
             self.report.bell_posts = self.rogue.done.get("bell_posts", 0)
             self.report.recall_posts = self.rogue.done.get("recall_posts", 0)
+            self.report.room_posts = self.rogue.done.get("room_posts", 0)
             self.report.rogue_failure = self.rogue.failure
 
     def events(self) -> None:

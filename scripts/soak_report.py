@@ -48,6 +48,7 @@ class SoakReport:
     lock_posts: int = 0
     bell_posts: int = 0
     recall_posts: int = 0
+    room_posts: int = 0
     stray_posts_absorbed: int = 0  # by the adapter (seen by its last look at each incarnation)
     poisoned: list[Poisoned] = field(default_factory=list)
     rogue_failure: str = ""
@@ -118,6 +119,7 @@ def report_table(report: SoakReport) -> Grid:
         table.add_row("rogue lock posts", str(report.lock_posts))
         table.add_row("rogue bell posts", str(report.bell_posts))
         table.add_row("rogue recall posts", str(report.recall_posts))
+        table.add_row("rogue room posts", str(report.room_posts))
         table.add_row("stray posts absorbed", str(report.stray_posts_absorbed))
         table.add_row("poisoned destinations", str(len(report.poisoned)))
         table.add_row("RingCorrupt at senders", str(report.sender_errors.get("RingCorrupt", 0)))

@@ -53,8 +53,8 @@ def test_a_peers_private_memory_is_not_mapped(make_machine):
 def test_what_a_partition_process_maps_and_opens(make_machine):
     """/proc/PID/maps of partition 1: the peers' private ranges are mapped without access,
     everything else of the segment read-write; the semaphores mapped are the peers' locks,
-    every doorbell and its own recall semaphore (its leases), not its own lock nor another
-    partition's recall semaphore."""
+    every doorbell, its own recall semaphore (its leases) and every room semaphore, not its own
+    lock nor another partition's recall semaphore."""
     m = make_machine(small_config(n=3))
     with open(f"/proc/{m.pid(1)}/maps") as f:
         lines = [line.split() for line in f]
@@ -70,4 +70,5 @@ def test_what_a_partition_process_maps_and_opens(make_machine):
     assert spans[-1][1] - origin == m.layout.total_size
     sems = {x[-1].rsplit("/sem.", 1)[1] for x in lines if len(x) >= 6 and "/sem." in x[-1]}
     assert sems == {n.lstrip("/") for nid, n in m.names.locks.items() if nid != 1} | {
-        n.lstrip("/") for n in m.names.bells.values()} | {m.names.recalls[1].lstrip("/")}
+        n.lstrip("/") for n in m.names.bells.values()} | {m.names.recalls[1].lstrip("/")} | {
+        n.lstrip("/") for n in m.names.rooms.values()}

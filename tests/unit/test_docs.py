@@ -231,6 +231,7 @@ CONTROL_WORDS = {
     "sleeping": receive_area.SLEEPING_OFFSET,
     "lease": receive_area.LEASE_OFFSET,
     "recall": receive_area.RECALL_OFFSET,
+    "wanting": receive_area.WANTING_OFFSET,
 }
 
 

@@ -1,15 +1,14 @@
 """The loan's own rules, without processes: its state table, the views it hands out and when it
-may end (partitions/loan.py), and the driver's retry loop it shares with sends. The driver is a
-stand-in recording what the loan asks of it: the grant itself is covered by
-tests/integration/test_loan.py."""
+may end (partitions/loan.py). The driver is a stand-in recording what the loan asks of it: the
+grant itself is covered by tests/integration/test_loan.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from adapter.errors import DestinationFull, OutOfBounds, RingCorrupt
-from partitions.driver import Sent, retrying
+from adapter.errors import OutOfBounds, RingCorrupt
+from partitions.driver import Sent
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanEnded, LoanExported, LoanRun, LoanState
 
@@ -113,26 +112,3 @@ def test_a_failed_end_still_ends_the_loan():
     with pytest.raises(RingCorrupt):
         loan.commit()
     assert (loan.state, ends) == (LoanState.GIVEN_BACK, [True])
-
-
-def test_retrying_retries_only_retryable_outcomes_until_the_deadline():
-    outcomes = iter([DestinationFull("full"), DestinationFull("full"), "done"])
-    deadlines = []
-
-    def attempt(reply_by):
-        deadlines.append(reply_by)
-        return next(outcomes)
-
-    assert retrying(attempt, 5.0, None) == "done" and len(deadlines) == 3
-    assert all(d is not None for d in deadlines)  # each reply waited for until a deadline
-    assert retrying(lambda reply_by: reply_by, float("inf"), None) is None  # no deadline
-    calls = []
-
-    def refused(reply_by):
-        calls.append(1)
-        return OutOfBounds("never")
-
-    assert isinstance(retrying(refused, 5.0, None), OutOfBounds) and len(calls) == 1
-    full = lambda reply_by: DestinationFull("full")  # noqa: E731
-    assert isinstance(retrying(full, 0.0, None), DestinationFull)
-    assert isinstance(retrying(full, 5.0, lambda: True), DestinationFull)

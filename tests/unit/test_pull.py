@@ -23,7 +23,7 @@ class FakeRing(Puller):
     `_commit` says no (None: try later) to the sources in `full`."""
 
     def __init__(self, sources: list[int], length: int = 100) -> None:
-        self.box = Inbox(1, 9, receive_area.RingWords(0, 1, 2, 3, 4, 5, 6, 7, 8), 0, CAPACITY)
+        self.box = Inbox(1, 9, receive_area.RingWords(0, 1, 2, 3, 4, 5, 6, 7, 8, 9), 0, CAPACITY)
         self.headers, tail, seqs = {}, 0, {}
         for source in sources:
             seqs[source] = seqs.get(source, 0) + 1

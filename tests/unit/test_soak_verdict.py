@@ -96,11 +96,11 @@ def test_target_words_are_the_destinations_own():
     ring = receive_area.RingWords.of(dst)
     block = {a for name, a in mine.items() if " " not in name}
     assert {ring.head * 8, ring.tail * 8, ring.token * 8, ring.released * 8, ring.lease * 8,
-            ring.recall * 8} <= block
+            ring.recall * 8, ring.wanting * 8} <= block
     assert all(dst.control <= a < dst.control + RING_CONTROL_SIZE for a in block)
     assert mine["seq 10->20"] == lay.seq_address(0, 1)
     assert mine["delivered 40->20"] == lay.delivered_address(3, 1)
-    assert len(mine) == 11 + 2 * 3
+    assert len(mine) == 12 + 2 * 3
     assert all(a < lay.control_size and a % 8 == 0 for a in mine.values())
     others = {a for nid in (10, 30, 40) for a in target_words(lay, nid).values()}
     assert not others & set(mine.values())
