@@ -145,7 +145,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(
         transports=args.transports or DEFAULT_TRANSPORTS, sizes=args.sizes,
         duration=args.duration if args.duration is not None else 2.0, packets=args.packets,
-        topology=args.topology, pairs=args.pairs, batches=args.batch, json_path=args.json,
+        topology=args.topology, pairs=args.pairs, placement=args.placement,
+        batches=args.batch, json_path=args.json,
         plot_path=args.plot, markdown_path=args.markdown, latency=args.latency,
         latency_packets=args.latency_packets, single_stream=args.single_stream,
         scaling=args.scaling, scaling_config=args.scaling_config,
@@ -322,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pairs: 1->2, 3->4, ...; all-to-all: every ordered pair")
     p.add_argument("--pairs", default=None, help="explicit routes SRC:DST,..., e.g. 1:2,3:4 "
                    "(default: the routes of --topology)")
+    p.add_argument("--placement", choices=("pairs", "os"), default="pairs",
+                   help="pairs: each route's sender and receiver pinned to one CPU, the routes "
+                        "spread over the usable CPUs (only where routes share no partition and "
+                        "the config pins none of theirs; the split floor's best placement); "
+                        "os: no pinning (default: pairs)")
     p.add_argument("--batch", type=batches, default="1,128,16384",
                    help="comma list of packets per request (fig11/fig12: moves per adapter "
                         "request; tcp/vswitch: frames per sendall); every run is done per value; "

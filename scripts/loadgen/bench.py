@@ -37,6 +37,7 @@ report.py (the tables, the Markdown summary) and targets.py.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -71,6 +72,7 @@ from scripts.loadgen.options import (
     BenchOptions,
     latency_shares,
 )
+from scripts.loadgen.placement import place_routes, placement_note
 from scripts.loadgen.plot import plot_fig14, require_matplotlib
 from scripts.loadgen.report import (
     detail_table,
@@ -227,14 +229,17 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     if options.plot_path:
         require_matplotlib()
     scaling_cfgs = scaling_configs(options) if options.scaling else None
-    machine = Machine(with_program(config, PROGRAM), registry=registry)
-    sizes = choose_sizes(options, machine.layout, console)
     ids = [p.network_id for p in config.partitions]
     try:
         route_list = (benchcore.parse_routes(options.pairs, ids) if options.pairs
                       else benchcore.routes(ids, options.topology))
     except ValueError as exc:
         raise SystemExit(f"xpmove bench: {exc}") from None
+    placed: dict[int, int] = {}
+    if options.placement == "pairs":
+        config, placed = place_routes(config, route_list, sorted(os.sched_getaffinity(0)))
+    machine = Machine(with_program(config, PROGRAM), registry=registry)
+    sizes = choose_sizes(options, machine.layout, console)
     switch = VSwitchProcess() if "vswitch" in options.transports else None
     results: dict = {"runs": [], "host": {}}
     adapter_flows = [t for t in options.transports if t in BATCHING]
@@ -256,7 +261,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                 {p.receive_size for p in config.partitions}))
             console.print(f"machine up: run {machine.prefix}, {len(machine.partitions)} "
                           f"partitions, {rings} rings; "
-                          f"routes {', '.join(f'{s}->{d}' for s, d in route_list)}; "
+                          f"routes {', '.join(f'{s}->{d}' for s, d in route_list)}"
+                          f"{placement_note(route_list, placed)}; "
                           f"batch {','.join(map(str, options.batches))}; memcpy "
                           f"{results['host']['memcpy_GBps']:.1f} GB/s in cache, "
                           f"{results['host']['memcpy_dram_GBps']:.1f} GB/s "
@@ -330,6 +336,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     results["options"] = {"transports": list(options.transports), "sizes": list(sizes),
                           "duration": options.duration, "packets": options.packets,
                           "topology": options.pairs or options.topology,
+                          "placement": {str(k): v for k, v in placed.items()},
                           "batches": list(options.batches), "latency": options.latency,
                           "latency_packets": options.latency_packets,
                           "latency_interval_s": options.latency_interval,

@@ -50,6 +50,7 @@ class BenchOptions:
     packets: int | None = None  # per sender and destination
     topology: str = "pairs"
     pairs: str | None = None  # explicit "1:2,3:4", overrides topology
+    placement: str = "pairs"  # placement.PLACEMENTS: each route on one CPU, or the OS decides
     batches: tuple[int, ...] = DEFAULT_BATCHES  # every (transport, size) runs once per value
     latency: bool = True  # the lone-packet latency phase
     latency_packets: int = LATENCY_PACKETS

@@ -86,6 +86,10 @@ def test_every_transport_pairs(registry, tmp_path):
     assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
     assert on_disk["vswitch"]["counters"]["frames"] == 2 * 2 * 40 * 2 + 15
     assert {r["batch_used"] for r in on_disk["runs"]} == {1, 4}
+    cpus = sorted(os.sched_getaffinity(0))  # each route's two partitions on one CPU, in turn
+    assert on_disk["options"]["placement"] == {"1": cpus[0], "2": cpus[0],
+                                               "3": cpus[1 % len(cpus)], "4": cpus[1 % len(cpus)]}
+    assert f"1->2 on CPU {cpus[0]}" in out.getvalue()
     assert list(on_disk["latency"]) == list(TRANSPORTS)
     for lat in on_disk["latency"].values():
         assert lat["packets"] == 15 and lat["lost"] == 0 and lat["corrupt"] == 0, lat
@@ -116,6 +120,7 @@ def test_batches_all_to_all_and_scaling(registry, tmp_path):
     assert code == 0
     check_results(results, TRANSPORTS, sizes, expected_packets=24 * 6, batches=(8,))
     assert {r["batch_used"] for r in results["runs"]} == {8}
+    assert results["options"]["placement"] == {}  # every partition on three routes
     scaling = results["scaling"]
     assert [(r["partitions"], r["transport"], len(r["routes"])) for r in scaling] == [
         (2, "fig11", 2), (2, "fig12", 2), (2, "fig12-loan", 2), (3, "fig11", 6),

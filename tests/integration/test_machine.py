@@ -328,3 +328,16 @@ def test_a_call_from_another_thread_survives_polling(machine):
     finally:
         caller.join(TIMEOUT)
     assert got == [{"ok": True, "packet": None}] * 5
+
+
+def test_partitions_run_on_the_cpus_their_config_names(make_machine):
+    """`cpus` (what `xpmove bench --placement pairs` sets per route) pins the process."""
+    from dataclasses import replace
+
+    cpus = sorted(os.sched_getaffinity(0))
+    config = small_config(2)
+    pinned = replace(config, partitions=(replace(config.partitions[0], cpus=(cpus[-1],)),
+                                         config.partitions[1]))
+    m = make_machine(pinned)
+    assert os.sched_getaffinity(m.pid(1)) == {cpus[-1]}
+    assert os.sched_getaffinity(m.pid(2)) == set(cpus)
