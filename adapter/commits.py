@@ -90,7 +90,7 @@ class Commits:
             placed: list[tuple[int, Translation, Reservation]] = []
             for i, t in moves:
                 try:  # a run is one record too: contiguous, never wrapped
-                    r = reserve(head, tail, dst.receive_size, t.count)
+                    r = reserve(head, tail, dst.receive_size, t.count, dst.window)
                 except XpmoveError as exc:
                     results[i] = self._failure(exc, t.src.network_id, dst_id, t.src.network_id)
                     if exc.status is Status.DESTINATION_FULL:

@@ -33,7 +33,6 @@ from adapter.ring import (
     KIND_RECORD,
     RECORD_HEADER,
     RUN_DESCRIPTOR,
-    WINDOW,
     Reservation,
     check_counters,
     reserve,
@@ -278,7 +277,7 @@ def commit_record(words: memoryview, memory: memoryview, dst: PartitionLayout, r
     if (0 < count and head == words[ring.pending] and last < SEQ_LIMIT and 0 <= tail <= head
             and head % ALIGN == 0 and tail % ALIGN == 0 and need <= capacity // 2 // ALIGN * ALIGN
             and pos + need <= capacity and head + need - tail <= capacity
-            and (head != tail or pos + need <= WINDOW)):  # not starts_over
+            and (head != tail or pos + need <= dst.window)):  # not starts_over
         new_head, first = head + need, last + 1
         base = ring.pending  # begin_commit's stores, in its order
         words[base + 1] = src_index
@@ -291,7 +290,7 @@ def commit_record(words: memoryview, memory: memoryview, dst: PartitionLayout, r
         words[ring.head] = new_head  # the commit, last
         return first
     check_commit_words(words, dst, ring, head, tail, seq_word)
-    r = reserve(head, tail, capacity, count)
+    r = reserve(head, tail, capacity, count, dst.window)
     first = begin_commit(words, ring, r.new_head, src_index, seq_word, 1)
     payload = write_record_header(memory, dst, r, source_id, first)
     memory[payload:payload + count] = data

@@ -21,7 +21,8 @@ Invariants:
 * A writer never passes `tail`: when there is no room the move fails with DestinationFull,
   unconsumed data is never overwritten.
 * A big ring is used as a small one while its reader keeps up: a record that finds the ring
-  empty and would end past its first `WINDOW` bytes goes back to the ring's start, the rest
+  empty and would end past its first `window` bytes (the partition's `receive_window`,
+  WINDOW by default) goes back to the ring's start, the rest
   skipped as at the end (`starts_over`). The records then cycle through the same few MiB,
   which stay in the caches between the writer and the reader, where walking all of a 32 MiB
   ring sends every line to memory and back (benchmarks/README.md, "A ring that starts over":
@@ -35,6 +36,7 @@ import struct
 from typing import NamedTuple
 
 from adapter.errors import BadCount, DestinationFull, RingCorrupt, TooLarge
+from hypervisor.config import DEFAULT_RECEIVE_WINDOW
 
 RECORD_HEADER = struct.Struct("<IIQQ")  # kind, source network ID, sequence number, length
 HEADER_SIZE = RECORD_HEADER.size
@@ -43,7 +45,7 @@ KIND_RECORD = 0x31434552  # b"REC1"
 KIND_PAD = 0x31444150  # b"PAD1"
 KIND_RUN = 0x314E5552  # b"RUN1"
 RUN_DESCRIPTOR = struct.Struct("<II")  # packets, packet length (first bytes of a RUN payload)
-WINDOW = 8 << 20  # the bytes of a big ring a reader that keeps up cycles through (module doc)
+WINDOW = DEFAULT_RECEIVE_WINDOW  # a ring's window unless its partition's config says (module doc)
 
 
 def align(n: int) -> int:
@@ -90,21 +92,23 @@ class Reservation(NamedTuple):
         return self.position + HEADER_SIZE
 
 
-def starts_over(head: int, tail: int, pos: int, need: int) -> bool:
+def starts_over(head: int, tail: int, pos: int, need: int, window: int | None = None) -> bool:
     """Whether a record of `need` ring bytes, which fits at ring offset `pos`, goes to the
     ring's start instead: the ring is empty, the record fits before `pos` (all of the ring
-    is free) and it would end past the window (see the module doc)."""
-    return head == tail and need <= pos and pos + need > WINDOW
+    is free) and it would end past `window` (None: WINDOW; see the module doc)."""
+    return head == tail and need <= pos and pos + need > (WINDOW if window is None else window)
 
 
-def reserve(head: int, tail: int, capacity: int, length: int) -> Reservation:
-    """Place a record of `length` bytes at `head`, or raise TooLarge / DestinationFull."""
+def reserve(head: int, tail: int, capacity: int, length: int, window: int | None = None
+            ) -> Reservation:
+    """Place a record of `length` bytes at `head` of a ring whose records start over past
+    `window` (None: WINDOW), or raise TooLarge / DestinationFull."""
     check_counters(head, tail, capacity)
     if length <= 0 or length > max_payload(capacity):
         raise TooLarge(f"record of {length} bytes does not fit a ring of {capacity} bytes")
     need = record_size(length)
     pos = head % capacity
-    if pos + need <= capacity and not starts_over(head, tail, pos, need):
+    if pos + need <= capacity and not starts_over(head, tail, pos, need, window):
         skip, position = 0, pos
     else:
         skip, position = capacity - pos, 0

@@ -218,7 +218,8 @@ class Puller:
         (a hint read without its lock: the adapter decides)."""
         words, dst = self.local_rings[dst_id], self.by_id[dst_id]
         try:
-            reserve(self.words[words.head], self.words[words.tail], dst.receive_size, length)
+            reserve(self.words[words.head], self.words[words.tail], dst.receive_size, length,
+                    dst.window)
         except DestinationFull:
             return False
         except XpmoveError:

@@ -41,7 +41,13 @@ MAX_HOSTS = 64
 _MACHINE_KEYS = ("lock_timeout_s", "restart", "restart_limit", "adapter_restart_limit",
                  "grant_timeout_s")
 _PARTITION_REQUIRED = ("name", "network_id", "memory", "receive_area")
-_PARTITION_KEYS = (*_PARTITION_REQUIRED, "cpus", "program")
+_PARTITION_KEYS = (*_PARTITION_REQUIRED, "cpus", "program", "receive_window")
+# A record that finds its receive ring empty and would end past the ring's first
+# `receive_window` bytes starts over at the ring's start (adapter/ring.py, starts_over), so a
+# reader that keeps up cycles through that many bytes. 8 MiB by default: a smaller window
+# gains only where the ring's writers and its reader share a core, and costs fig11 up to 3x
+# when they do not (benchmarks/README.md, "A window of 2 MiB").
+DEFAULT_RECEIVE_WINDOW = 8 << 20
 
 
 class ConfigError(ValueError):
@@ -60,6 +66,7 @@ class PartitionConfig:
     # "package.module:function" called as function(port) in the partition process; None: the
     # partition runs nothing until it is stopped (a tool may still hand it a program).
     program: str | None = None
+    receive_window: int = DEFAULT_RECEIVE_WINDOW  # bytes (see DEFAULT_RECEIVE_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,9 @@ def _parse_partition(
 
     cpus = _parse_cpus(table["cpus"], f"{key}.cpus", available) if "cpus" in table else None
     program = parse_program(table["program"], f"{key}.program") if "program" in table else None
-    return PartitionConfig(name, network_id, memory, receive, cpus, program)
+    window = (_page_size(table["receive_window"], f"{key}.receive_window", PAGE_SIZE)
+              if "receive_window" in table else DEFAULT_RECEIVE_WINDOW)
+    return PartitionConfig(name, network_id, memory, receive, cpus, program, window)
 
 
 def parse_program(value: object, key: str = "program") -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hypervisor.config import PAGE_SIZE, MachineConfig
+from hypervisor.config import DEFAULT_RECEIVE_WINDOW, PAGE_SIZE, MachineConfig
 
 CACHE_LINE = 64
 # One control block per destination ring: two cache lines, one written under the destination's
@@ -48,6 +48,7 @@ class PartitionLayout:
     receive_base: int  # physical address of the receive area (inside the region)
     receive_size: int
     control: int  # physical address of this partition's ring control block
+    window: int = DEFAULT_RECEIVE_WINDOW  # its ring's records start over past this (ring.py)
 
     @property
     def receive_offset(self) -> int:
@@ -119,6 +120,7 @@ def plan_segment(config: MachineConfig) -> SegmentLayout:
                 receive_base=base + p.memory_size - p.receive_size,
                 receive_size=p.receive_size,
                 control=index * RING_CONTROL_SIZE,
+                window=p.receive_window,
             )
         )
         cursor = base + page_align(p.memory_size)

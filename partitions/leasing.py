@@ -233,7 +233,7 @@ class Leasing(DriverParts):
             head, tail = words[ring.head], words[ring.tail]
             try:
                 receive_area.check_commit_words(words, dst, ring, head, tail, lease.seq_word)
-                r = reserve(head, tail, dst.receive_size, count)
+                r = reserve(head, tail, dst.receive_size, count, dst.window)
             except XpmoveError as exc:
                 return self._refused(lease, exc)
             address = dst.receive_base + r.payload_position

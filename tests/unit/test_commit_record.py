@@ -28,9 +28,10 @@ class Machine(NamedTuple):
     seq_word: int
 
     @classmethod
-    def of(cls, receive: int) -> Machine:
+    def of(cls, receive: int, window: int = WINDOW) -> Machine:
         layout = plan_segment(MachineConfig(partitions=tuple(
-            PartitionConfig(f"p{i}", i, receive + PAGE_SIZE, receive) for i in (1, 2))))
+            PartitionConfig(f"p{i}", i, receive + PAGE_SIZE, receive, receive_window=window)
+            for i in (1, 2))))
         src, dst = layout.by_id()[1], layout.by_id()[2]
         return cls(layout, src, dst, receive_area.RingWords.of(dst),
                    receive_area.seq_words(layout)[src.index][dst.index])
@@ -44,7 +45,7 @@ def by_the_helpers(m: Machine, words, memory, data) -> int:
     """What commit_record must equal: the protocol's steps, one helper each."""
     head, tail = words[m.ring.head], words[m.ring.tail]
     receive_area.check_commit_words(words, m.dst, m.ring, head, tail, m.seq_word)
-    r = reserve(head, tail, m.dst.receive_size, len(data))
+    r = reserve(head, tail, m.dst.receive_size, len(data), m.dst.window)
     first = receive_area.begin_commit(words, m.ring, r.new_head, m.src.index, m.seq_word, 1)
     payload = receive_area.write_record_header(memory, m.dst, r, 1, first)
     memory[payload:payload + len(data)] = data
@@ -111,16 +112,18 @@ def test_the_flat_path_is_the_usual_case():
 
 
 
-@pytest.mark.parametrize("head,tail", [
-    (WINDOW - 64, WINDOW - 64),  # empty, would end past the window: starts over
-    (WINDOW - 88, WINDOW - 88),  # empty, ends exactly at the window: stays
-    (WINDOW - 64, WINDOW - 72),  # not empty: stays
-    (9 * WINDOW, 9 * WINDOW),  # empty, past the window: starts over
+@pytest.mark.parametrize("window", [WINDOW, WINDOW // 4])  # the default, a partition's own
+@pytest.mark.parametrize("head,tail", [  # as offsets from the window
+    (-64, -64),  # empty, would end past the window: starts over
+    (-88, -88),  # empty, ends exactly at the window: stays
+    (-64, -72),  # not empty: stays
+    (8 * WINDOW, 8 * WINDOW),  # empty, past the window: starts over
 ])
-def test_commit_record_starts_over_as_reserve_does(head, tail):
-    """A ring bigger than the window (ring.starts_over): the flat path must not place a
-    record where reserve would not."""
-    big = Machine.of(4 * WINDOW)
+def test_commit_record_starts_over_as_reserve_does(window, head, tail):
+    """A ring bigger than its window (ring.starts_over, PartitionLayout.window): the flat
+    path must not place a record where reserve would not."""
+    big = Machine.of(4 * WINDOW, window)
     data = b"x" * 64
+    head, tail = window + head, window + tail
     assert outcome(flat, head, tail, head, 0, data, big) == outcome(
         by_the_helpers, head, tail, head, 0, data, big)

@@ -9,6 +9,7 @@ import copy
 import pytest
 
 from hypervisor.config import (
+    DEFAULT_RECEIVE_WINDOW,
     MAX_TOTAL_MEMORY,
     PAGE_SIZE,
     ConfigError,
@@ -200,10 +201,23 @@ def test_64_partitions_accepted_65_rejected() -> None:
         (("partition", 1, "cpus"), [0, True], ["partition[1].cpus[1]:", "True"]),
         (("partition", 1, "cpus"), [-1], ["partition[1].cpus[0]:", "-1"]),
         (("partition", 1, "cpus"), [0, 0], ["partition[1].cpus[1]: duplicate CPU 0"]),
+        (("partition", 0, "receive_window"), "3000", ["partition[0].receive_window:", "'3000'",
+                                                      "not a multiple of 4096"]),
+        (("partition", 0, "receive_window"), 0, ["partition[0].receive_window:", "below"]),
+        (("partition", 0, "receive_window"), "two", ["partition[0].receive_window:", "'two'"]),
     ],
 )
 def test_rejections_name_key_and_value(path: tuple, value: object, fragments: list) -> None:
     assert_rejected(broken(path, value), *fragments)
+
+
+def test_receive_window_is_the_default_unless_given() -> None:
+    """A ring's records start over past its partition's receive_window (adapter/ring.py)."""
+    assert {p.receive_window for p in config_from_dict(base()).partitions} == {
+        DEFAULT_RECEIVE_WINDOW}
+    data = broken(("partition", 1, "receive_window"), "2MiB")
+    assert [p.receive_window for p in config_from_dict(data).partitions] == [
+        DEFAULT_RECEIVE_WINDOW, 2 * MiB]
 
 
 def test_unavailable_cpu_rejected_only_when_cpus_known() -> None:

@@ -170,6 +170,16 @@ def test_a_big_record_starts_over_only_where_it_fits_before_head():
     assert (r.position, r.pad_position, r.new_head) == (0, need, BIG + need)
 
 
+def test_a_rings_own_window_decides_where_its_records_start_over():
+    """The partition's receive_window (PartitionLayout.window), not WINDOW, when given."""
+    head = 5 * BIG + WINDOW // 4 - 64  # empty; past a window of WINDOW / 4, inside WINDOW
+    assert reserve(head, head, BIG, 100).position == WINDOW // 4 - 64
+    r = reserve(head, head, BIG, 100, WINDOW // 4)
+    assert (r.position, r.pad_position) == (0, WINDOW // 4 - 64)
+    assert starts_over(head, head, WINDOW // 4 - 64, 128, WINDOW // 4)
+    assert not starts_over(head, head, WINDOW // 4 - 64, 128)
+
+
 def test_a_ring_no_bigger_than_the_window_never_starts_over():
     head = 3 * WINDOW + WINDOW - 128  # empty, the record ends at the ring's (= window's) end
     r = reserve(head, head, WINDOW, 100)
