@@ -12,9 +12,9 @@ Measured: benchmarks/README.md, "Placement".
 
 A pinned route's receiver also gets a receive window of PAIR_WINDOW (config
 `receive_window`): its ring's records start over past its first 2 MiB when it is empty, so
-they stay in the caches of the core its sender shares with it (1.17-1.23x for fig12-lease's
-best, pinned; unpinned the same window cost fig11 up to 3x, so it is set only here):
-benchmarks/README.md, "A window of 2 MiB".
+they stay in the caches of the core its sender shares with it (about 1.2x for fig12-lease
+at 1 MiB b1 and b3, pinned; unpinned the same window cost fig11 up to 3x, so it is set only
+here): benchmarks/README.md, "A window of 2 MiB".
 """
 
 from __future__ import annotations
