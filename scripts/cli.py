@@ -326,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", choices=("pairs", "os"), default="pairs",
                    help="pairs: each route's sender and receiver pinned to one CPU, the routes "
                         "spread over the usable CPUs (only where routes share no partition and "
-                        "the config pins none of theirs; the split floor's best placement); "
-                        "os: no pinning (default: pairs)")
+                        "the config pins none of theirs; the split floor's best placement), "
+                        "each receiver's ring with a 2 MiB receive window; os: no pinning, "
+                        "the config's windows (default: pairs)")
     p.add_argument("--batch", type=batches, default="1,128,16384",
                    help="comma list of packets per request (fig11/fig12: moves per adapter "
                         "request; tcp/vswitch: frames per sendall); every run is done per value; "

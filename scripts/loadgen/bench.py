@@ -337,6 +337,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                           "duration": options.duration, "packets": options.packets,
                           "topology": options.pairs or options.topology,
                           "placement": {str(k): v for k, v in placed.items()},
+                          "receive_windows": {str(p.network_id): p.receive_window
+                                              for p in config.partitions},
                           "batches": list(options.batches), "latency": options.latency,
                           "latency_packets": options.latency_packets,
                           "latency_interval_s": options.latency_interval,

@@ -18,9 +18,11 @@ import psutil
 import pytest
 from rich.console import Console
 
+from hypervisor.config import DEFAULT_RECEIVE_WINDOW
 from scripts.cli_types import BadOption
 from scripts.loadgen.bench import bench
 from scripts.loadgen.options import TRANSPORTS, BenchOptions
+from scripts.loadgen.placement import PAIR_WINDOW
 from tests.integration.conftest import TIMEOUT, small_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +92,9 @@ def test_every_transport_pairs(registry, tmp_path):
     assert on_disk["options"]["placement"] == {"1": cpus[0], "2": cpus[0],
                                                "3": cpus[1 % len(cpus)], "4": cpus[1 % len(cpus)]}
     assert f"1->2 on CPU {cpus[0]}" in out.getvalue()
+    windows = {"1": DEFAULT_RECEIVE_WINDOW, "2": PAIR_WINDOW,  # the pinned receivers' only
+               "3": DEFAULT_RECEIVE_WINDOW, "4": PAIR_WINDOW}
+    assert on_disk["options"]["receive_windows"] == windows
     assert list(on_disk["latency"]) == list(TRANSPORTS)
     for lat in on_disk["latency"].values():
         assert lat["packets"] == 15 and lat["lost"] == 0 and lat["corrupt"] == 0, lat
@@ -121,6 +126,7 @@ def test_batches_all_to_all_and_scaling(registry, tmp_path):
     check_results(results, TRANSPORTS, sizes, expected_packets=24 * 6, batches=(8,))
     assert {r["batch_used"] for r in results["runs"]} == {8}
     assert results["options"]["placement"] == {}  # every partition on three routes
+    assert set(results["options"]["receive_windows"].values()) == {DEFAULT_RECEIVE_WINDOW}
     scaling = results["scaling"]
     assert [(r["partitions"], r["transport"], len(r["routes"])) for r in scaling] == [
         (2, "fig11", 2), (2, "fig12", 2), (2, "fig12-loan", 2), (3, "fig11", 6),
