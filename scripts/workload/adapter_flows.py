@@ -36,6 +36,12 @@ from scripts.workload.transports import (
 SYNC_SUFFIX = "-sync"  # fig11-sync, fig12-sync: the patent's literal one request per packet
 LOAN = "fig12-loan"  # Fig 12 with no move: the batch filled in the ring (LoanFlow)
 LEASE = "fig12-lease"  # a standing grant: each packet committed by the driver (LeaseFlow)
+# A batch is one run, of at most this many bytes (and what the smallest ring holds): a bigger
+# run walks more of the ring than the caches keep between its fill and its check. Measured
+# (benchmarks/README.md, "Runs of at most 8 MiB"), against runs as big as 32 MiB rings take:
+# fig12-lease 1.5x at 1 KiB b16384 (8191 packets a run, not 16383) and at 1 MiB (7, not 15),
+# 1.17x at 64 KiB's best (127, not 128 or 255).
+RUN_BYTES = 8 << 20
 
 
 def refused(errors: Counter, exc: XpmoveError, packets: int) -> None:
@@ -53,7 +59,7 @@ class AdapterFlow(SendTransport):
     run), or with `sync` (the transports ``fig11-sync`` / ``fig12-sync``) the patent's literal
     request of one move, answered before the next packet. A batch is ONE multiple-write run
     either way, laid out as the ring will hold it (the run's descriptor, then the packets, each
-    padded to ALIGN)."""
+    padded to ALIGN), of at most RUN_BYTES (`batch_limit`)."""
 
     channel = "adapter"
     layout = BatchLayout(0, RUN_DESCRIPTOR.size, ALIGN)
@@ -64,7 +70,8 @@ class AdapterFlow(SendTransport):
         self.flow = flow
         self.sync = sync
         self.name = flow.value + (SYNC_SUFFIX if sync else "")
-        self._max_run = port.max_record()  # a batch is one run: it must fit the smallest ring
+        # a batch is one run: it must fit the smallest ring, and RUN_BYTES
+        self._max_run = min(port.max_record(), RUN_BYTES)
         self._retracted: Counter = Counter()  # counted as sent, then reported failed
 
     def batch_limit(self, size: int) -> int:
