@@ -39,8 +39,8 @@ LEASE = "fig12-lease"  # a standing grant: each packet committed by the driver (
 # A batch is one run, of at most this many bytes (and what the smallest ring holds): a bigger
 # run walks more of the ring than the caches keep between its fill and its check. Measured
 # (benchmarks/README.md, "Runs of at most 8 MiB"), against runs as big as 32 MiB rings take:
-# fig12-lease 1.5x at 1 KiB b16384 (8191 packets a run, not 16383) and at 1 MiB (7, not 15),
-# 1.17x at 64 KiB's best (127, not 128 or 255).
+# fig12-lease 1.5x at 1 KiB b16384 (8191 packets a run, not 16383), at 1 MiB (7, not 15) and
+# at 64 KiB b16384 (127, not 255; as b128, the best there).
 RUN_BYTES = 8 << 20
 
 
