@@ -107,7 +107,7 @@ class Driver(Lending, Leasing, Posting, Requesting):
         request, plus REPLY_GRACE_S); `timeout=inf` waits as long as supervision lets it."""
         return retrying(lambda reply_by: self.send_one(dst_id, offset, count, flow, run,
                                                        reply_by=reply_by), timeout, stop,
-                        self._rooms.get(dst_id))
+                        self.room(dst_id))
 
     def send_many(self, moves: list[tuple[int, int, int]], flow: Flow = Flow.FIG11,
                   reply_by: float | None = None) -> list[Sent | XpmoveError]:
@@ -205,4 +205,4 @@ class Driver(Lending, Leasing, Posting, Requesting):
         driver is free between tries."""
         take = self.take_grant_uninit if uninit else self.take_grant
         return retrying(lambda reply_by: take(dst_id, offset, count, run, reply_by=reply_by),
-                        timeout, stop, self._rooms.get(dst_id))
+                        timeout, stop, self.room(dst_id))
