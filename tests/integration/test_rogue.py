@@ -70,9 +70,12 @@ def test_cli_soak_rogue_passes_and_names_what_it_poisoned(tmp_path: Path) -> Non
 def test_ctrl_c_stops_and_reaps_the_rogue(registry):
     """SIGINT while the rogue attacks: the soak raises SoakInterrupted after the rogue was
     stopped and reaped (no child of ours is a rogue) and the machine stopped."""
-    def attacking() -> bool:  # it has opened the run's semaphores: its loop is next
+    every_sem = 4 * len(small_config().partitions)  # lock, bell, recall, room per partition
+
+    def attacking() -> bool:  # it has opened ALL the run's semaphores: its loop is next
         try:
-            return any("/sem.xpm-" in m.path for r in rogues() for m in r.memory_maps())
+            return any(sum("/sem.xpm-" in m.path for m in r.memory_maps()) == every_sem
+                       for r in rogues())
         except psutil.Error:
             return False
 
@@ -86,7 +89,11 @@ def test_ctrl_c_stops_and_reaps_the_rogue(registry):
         soak(small_config(), duration=60.0, kill_every=0.5, size=512, seed=3,
              console=quiet(), registry=registry, rogue=True)
     trigger.join(TIMEOUT)
-    assert stopped.value.report.rogue and stopped.value.report.lock_posts > 0
+    report = stopped.value.report
+    # Any kind counts: which semaphore the first posts hit is the seed's draw (CI once saw
+    # six posts and none of them a lock).
+    posts = report.lock_posts + report.bell_posts + report.recall_posts + report.room_posts
+    assert report.rogue and posts > 0, report
     assert rogues() == []
 
 
