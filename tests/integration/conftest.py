@@ -1,6 +1,7 @@
 """Fixtures that start real machines (real processes, segment, semaphores, pipes): one per
 test (`machine`, `make_machine`), or machines the fuzz tests (test_fuzz_*.py) share across
-examples (`rig`); and the sweep after each cluster test's MPI job (`swept`).
+examples (`rig`); the sweep after each cluster test's MPI job (`swept`); and the sweep of
+every test's own run registry (`runs_swept`).
 
 Every fixture that spawns also reaps and unlinks, whatever the test did. One timeout constant
 for the whole suite; tests poll against a deadline instead of sleeping.
@@ -66,6 +67,19 @@ def booted_partition(argv: list[str]) -> int | None:
 def names_exist(machine: Machine) -> list[str]:
     shm = os.listdir("/dev/shm")
     return [n for n in shm if machine.prefix in n]
+
+
+@pytest.fixture(autouse=True)
+def runs_swept(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test with a `tmp_path`: the runs in its registry (`tmp_path/runs`, where
+    the tests point XPMOVE_RUN_DIR) whose owner is dead are unlinked. A test that starts
+    `xpmove` in a subprocess and fails before the run ended kills it in its `finally`, and a
+    killed launcher cannot unlink its names (seen: a ctrl-c test that never delivered its
+    signal left a whole run in /dev/shm). The sweep spares a live owner's run."""
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    if tmp_path is not None and (tmp_path / "runs").is_dir():
+        RunRegistry(str(tmp_path / "runs")).sweep()
 
 
 @pytest.fixture
