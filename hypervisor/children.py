@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from hypervisor.boot import Boot
@@ -24,6 +24,16 @@ KILL_AFTER_S = 2.0  # a child that has not exited this long after being asked is
 CALL_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 30.0  # per child, from the moment it was spawned ...
 STARTUP_PER_CHILD_S = 0.5  # ... plus this for every child started with it (they share CPUs)
+# glibc (2.36 here) copies blocks of 2 KiB and more with `rep movsb`, which on this machine's
+# AMD cores runs about 13x slower when the destination lies 1 to 15 bytes after the source
+# modulo 4 KiB (1 MiB: 300 us against 23; 64 KiB: 19 against 1.4). A record's payload lands
+# at such a distance from the sender's slot in some layouts (the adapter's Fig 11 copy, a
+# driver's), and so does a fill from a reference pattern. The vector loop glibc uses below the
+# threshold copies as fast at every distance (22.7 us a MiB), so every child runs with the
+# threshold out of reach (benchmarks/README.md, "Copies 4 KiB apart"). A value the
+# environment already gives wins.
+REP_MOVSB_TUNABLE = "glibc.cpu.x86_rep_movsb_threshold"
+REP_MOVSB_OFF = 2**31 - 1
 
 
 class MachineError(RuntimeError):
@@ -77,6 +87,16 @@ class Pipes:
             os.close(fd)
 
 
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` for a child, with REP_MOVSB_TUNABLE added to GLIBC_TUNABLES unless it is set
+    there already (pure; glibc elsewhere ignores a tunable it does not know)."""
+    env = dict(environ)
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    if not any(t.split("=", 1)[0] == REP_MOVSB_TUNABLE for t in tunables):
+        env["GLIBC_TUNABLES"] = ":".join([*tunables, f"{REP_MOVSB_TUNABLE}={REP_MOVSB_OFF}"])
+    return env
+
+
 def spawn(module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
           network_id: int | None) -> Child:
     """Start `python -m module --boot JSON`; `boot(control_fd)` builds its boot block."""
@@ -85,6 +105,7 @@ def spawn(module: str, boot: Callable[[int], Boot], fds: list[int], name: str,
         [sys.executable, "-m", module, "--boot", boot(child_end.fileno()).to_json()],
         pass_fds=[*fds, child_end.fileno()],
         stdin=subprocess.DEVNULL,
+        env=child_environment(os.environ),
         # its own process group: a signal meant for the job (a terminal's Ctrl-C, mpiexec
         # forwarding SIGTERM with killpg) reaches the hypervisor, which stops the children
         # in order; killed with it, the adapter would be restarted mid-shutdown and a

@@ -232,6 +232,18 @@ def _processes_of_run(prefix: str) -> list[int]:
     return found
 
 
+def test_every_child_runs_without_rep_movsb(machine):
+    """The adapter and every partition get the glibc tunable that keeps their copies off
+    `rep movsb` (hypervisor/children.py), read from their real environment."""
+    from hypervisor.children import REP_MOVSB_OFF, REP_MOVSB_TUNABLE
+
+    for child in machine.children():
+        with open(f"/proc/{child.proc.pid}/environ", "rb") as f:
+            environ = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+        tunables = environ.get(b"GLIBC_TUNABLES", b"").decode().split(":")
+        assert f"{REP_MOVSB_TUNABLE}={REP_MOVSB_OFF}" in tunables, (child.name, tunables)
+
+
 def test_stop_unlinks_every_name(make_machine):
     m = make_machine(small_config(n=2))
     assert names_exist(m)
