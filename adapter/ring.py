@@ -92,17 +92,17 @@ class Reservation(NamedTuple):
         return self.position + HEADER_SIZE
 
 
-def starts_over(head: int, tail: int, pos: int, need: int, window: int | None = None) -> bool:
+def starts_over(head: int, tail: int, pos: int, need: int, window: int = WINDOW) -> bool:
     """Whether a record of `need` ring bytes, which fits at ring offset `pos`, goes to the
     ring's start instead: the ring is empty, the record fits before `pos` (all of the ring
-    is free) and it would end past `window` (None: WINDOW; see the module doc)."""
-    return head == tail and need <= pos and pos + need > (WINDOW if window is None else window)
+    is free) and it would end past `window` (see the module doc)."""
+    return head == tail and need <= pos and pos + need > window
 
 
-def reserve(head: int, tail: int, capacity: int, length: int, window: int | None = None
+def reserve(head: int, tail: int, capacity: int, length: int, window: int = WINDOW
             ) -> Reservation:
     """Place a record of `length` bytes at `head` of a ring whose records start over past
-    `window` (None: WINDOW), or raise TooLarge / DestinationFull."""
+    `window`, or raise TooLarge / DestinationFull."""
     check_counters(head, tail, capacity)
     if length <= 0 or length > max_payload(capacity):
         raise TooLarge(f"record of {length} bytes does not fit a ring of {capacity} bytes")

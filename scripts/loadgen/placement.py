@@ -45,9 +45,8 @@ def place_routes(config: MachineConfig, routes: Sequence[tuple[int, int]],
     def placed(p: PartitionConfig) -> PartitionConfig:
         if p.network_id not in where:
             return p
-        if p.network_id in receivers:
-            return replace(p, cpus=(where[p.network_id],), receive_window=PAIR_WINDOW)
-        return replace(p, cpus=(where[p.network_id],))
+        window = PAIR_WINDOW if p.network_id in receivers else p.receive_window
+        return replace(p, cpus=(where[p.network_id],), receive_window=window)
 
     return replace(config, partitions=tuple(map(placed, config.partitions))), where
 
