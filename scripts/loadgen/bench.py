@@ -59,7 +59,7 @@ from scripts.loadgen.benchcore import (
     human_size,
     run_label,
 )
-from scripts.loadgen.floor import FLOOR_ROUNDS, FLOOR_SECONDS, floors
+from scripts.loadgen.floor import FLOOR_ROUNDS, FLOOR_SECONDS, measured_floors
 from scripts.loadgen.measure import host_info
 from scripts.loadgen.options import (
     ADAPTER_TRANSPORTS,
@@ -296,8 +296,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
             results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)
     runs = results["runs"]
     if runs:
-        results["floor"] = floors(tuple(sorted({r["packet_size"] for r in runs})),
-                                  options.batches)
+        results["floor"] = measured_floors(tuple(sorted({r["packet_size"] for r in runs})),
+                                           options.batches)
         for r in runs:
             floor = results["floor"][str(r["packet_size"])]["S"]
             r["S_vs_floor"] = r["S"] / floor if floor and r["S"] else None
@@ -319,7 +319,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                        f"every batch or block of {SMALL_BLOCK} packets or more, and every "
                        f"{TIME_EVERY}th smaller one counted {TIME_EVERY} times): the "
                        "transport's own cost per packet",
-        "floor": "per size: S of fill + check alone in the bench process, no transport (one "
+        "floor": "per size: S of fill + check alone in a process started as the partitions are "
+                 "(their environment: glibc's `rep movsb` off), no transport (one "
                  "thread fills a batch of tcp-framed packets and checks it, in a loop, thread "
                  f"CPU time, {FLOOR_SECONDS:g} s per batch), at the best of the run's batches, "
                  f"each measured {FLOOR_ROUNDS} times; "

@@ -4,18 +4,25 @@ every transport is reported against), and the same loop split over two processes
 `floor_s` fills a batch and checks it in one thread, so a packet never leaves one core's
 caches between its fill and its check. Every transport has a second process check what the
 first filled, and on some machines that alone costs more than a transport may add: the
-`split` floor measures it in the same run. The bench process fills each batch, exactly as
+`split` floor measures it in the same run. The floor's process fills each batch, exactly as
 the floor does, in a memory file shared with a checker process (`python -m
-scripts.loadgen.floor`, started once per bench) that checks it, with both pinned to one core
+scripts.loadgen.floor FD`, started once per bench) that checks it, with both pinned to one core
 and then to two; the batch is handed over through a pipe, whose cost is not counted: S =
 packets over the fill's plus the check's thread CPU. That is the most S any two-process
 transport could reach with this workload on this machine: the best of both placements, each
 measured FLOOR_ROUNDS times, as the floor itself is at each batch.
+
+Both are measured in a process started as every partition is (`measured_floors` runs
+`python -m scripts.loadgen.floor --floors` with the child environment of
+hypervisor/children.py), never in the bench process itself: the partitions' copies run with
+glibc's `rep movsb` off, and so must the floor's, or it is not the limit of the same copies
+(at 64 KiB the floor measured 276 k pkt/CPU-s with it off, 250 k with it on).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
 import signal
@@ -25,6 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from hypervisor.children import child_environment
 from partitions.blocks import SMALL_BLOCK
 from scripts.loadgen.benchcore import BenchError
 from scripts.workload.frames import FRAME
@@ -97,7 +105,7 @@ def floor_s(size: int, batch: int, seconds: float = FLOOR_SECONDS) -> float:
 
 
 class _Checker:
-    """The checker process and the memory file it shares with the bench process."""
+    """The checker process and the memory file it shares with the floor's process."""
 
     def __init__(self, proc: subprocess.Popen, memory: mmap.mmap):
         self.proc, self.memory = proc, memory
@@ -145,7 +153,7 @@ def _checker(size: int) -> Iterator[_Checker]:
 
 @contextlib.contextmanager
 def _pinned(pids: tuple[int, int], cpus: tuple[int, int]) -> Iterator[None]:
-    """Pin the two processes to `cpus`; the bench process gets its own affinity back."""
+    """Pin the two processes to `cpus`; the calling process gets its own affinity back."""
     mine = os.sched_getaffinity(0)
     try:
         for pid, cpu in zip(pids, cpus, strict=True):
@@ -193,20 +201,36 @@ def split_floors(at: dict[int, int], seconds: float = FLOOR_SECONDS,
     return out
 
 
-def floors(sizes: tuple[int, ...], batches: tuple[int, ...]) -> dict[str, dict]:
-    """The floor per size at the best of `batches` (each measured FLOOR_ROUNDS times), and
-    beside it the split floor at that batch: {"<size>": {"S", "batch", "split": {"S",
-    "cores", "batch"}}}."""
-    best = {size: max(((floor_s(size, b), b) for b in batches for _ in range(FLOOR_ROUNDS)),
+def floors(sizes: tuple[int, ...], batches: tuple[int, ...], seconds: float = FLOOR_SECONDS,
+           rounds: int = FLOOR_ROUNDS) -> dict[str, dict]:
+    """The floor per size at the best of `batches` (each measured `rounds` times), and beside
+    it the split floor at that batch: {"<size>": {"S", "batch", "split": {"S", "cores",
+    "batch"}}}."""
+    best = {size: max(((floor_s(size, b, seconds), b) for b in batches for _ in range(rounds)),
                       key=lambda x: x[0])
             for size in sizes}
-    split = split_floors({size: b for size, (_, b) in best.items()})
+    split = split_floors({size: b for size, (_, b) in best.items()}, seconds, rounds)
     return {str(size): {"S": s, "batch": b, "split": split[size]}
             for size, (s, b) in best.items()}
 
 
+def measured_floors(sizes: tuple[int, ...], batches: tuple[int, ...],
+                    seconds: float = FLOOR_SECONDS, rounds: int = FLOOR_ROUNDS
+                    ) -> dict[str, dict]:
+    """`floors`, measured in a child process started with the partitions' environment (see
+    the module doc); a BenchError naming its exit and error output if it fails."""
+    argv = [sys.executable, "-m", "scripts.loadgen.floor", "--floors",
+            ",".join(map(str, sizes)), ",".join(map(str, batches)), str(seconds), str(rounds)]
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env=child_environment(os.environ), check=False)
+    if done.returncode != 0:
+        raise BenchError(f"floor: the floor process exited with {done.returncode}: "
+                         f"{done.stderr.strip()[-2000:] or '(no error output)'}")
+    return json.loads(done.stdout)
+
+
 def _serve(fd: int) -> None:
-    """The checker process: check each batch the bench process says it filled in the shared
+    """The checker process: check each batch the floor's process says it filled in the shared
     memory file, answer (intact, thread CPU ns of the check); leave at the end of input."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the bench's: it closes our input
     memory = mmap.mmap(fd, 0)
@@ -226,5 +250,15 @@ def _serve(fd: int) -> None:
         stdout.flush()
 
 
+def _main(argv: list[str]) -> None:
+    """`--floors SIZES BATCHES SECONDS ROUNDS` (sizes and batches comma-separated): print
+    `floors` as JSON; `FD`: serve as the split floor's checker on that memory file."""
+    if argv[0] == "--floors":
+        sizes, batches = (tuple(int(x) for x in arg.split(",")) for arg in argv[1:3])
+        json.dump(floors(sizes, batches, float(argv[3]), int(argv[4])), sys.stdout)
+    else:
+        _serve(int(argv[0]))
+
+
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _main(sys.argv[1:])

@@ -3,11 +3,14 @@ floor's loop with its check in a second process sharing a memfd."""
 
 from __future__ import annotations
 
+import subprocess
+
 import psutil
 import pytest
 
+from hypervisor.children import REP_MOVSB_OFF, REP_MOVSB_TUNABLE
 from scripts.loadgen.benchcore import BenchError
-from scripts.loadgen.floor import _checker, _Floor, split_floors
+from scripts.loadgen.floor import _checker, _Floor, measured_floors, split_floors
 
 
 def test_split_floor_checks_in_a_second_process_and_leaves_nothing():
@@ -45,3 +48,31 @@ def test_an_old_batch_is_not_passed_as_the_next_one():
         assert checker.check(64, 32, 1)[0]
         assert not checker.check(64, 32, 33)[0]  # the same bytes again, told the next batch
         del floor  # no view of the memory may outlive the checker's context
+
+
+def test_the_floor_is_measured_with_the_partitions_copies(monkeypatch):
+    """The floor runs in a child process with the partitions' environment (glibc's
+    `rep movsb` off, hypervisor/children.py), whatever the bench process was started with;
+    it reports what `floors` does and leaves no process behind."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    seen: list[dict] = []
+    real_run = subprocess.run
+
+    def run(argv, **kwargs):
+        seen.append(kwargs["env"])
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    before = set(psutil.Process().children())
+    out = measured_floors((64, 2048), (1, 32), seconds=0.02, rounds=1)
+    assert set(out) == {"64", "2048"}
+    assert all(f["S"] > 0 and f["batch"] in (1, 32) and f["split"]["S"] > 0
+               for f in out.values())
+    assert [env["GLIBC_TUNABLES"] for env in seen] == [f"{REP_MOVSB_TUNABLE}={REP_MOVSB_OFF}"]
+    assert set(psutil.Process().children()) == before
+
+
+def test_a_floor_process_that_fails_is_a_bench_error_naming_why():
+    why = r"(?s)the floor process exited with 1: .*ValueError: packet size 0"
+    with pytest.raises(BenchError, match=why):
+        measured_floors((0,), (1,), seconds=0.02, rounds=1)
