@@ -34,6 +34,7 @@ from adapter.translation import PartitionState
 from hypervisor.boot import AdapterBoot
 from hypervisor.control import Channel
 from hypervisor.memory import PhysicalMemory
+from hypervisor.names import RunRegistry
 
 PARKED_POLL_S = 0.0002  # how often parked requests retry a busy lock
 READ_CHUNK = 65536
@@ -69,6 +70,8 @@ class Adapter:
     """The process shell: pipes, poller, control channel; the engine decides everything else."""
 
     def __init__(self, boot: AdapterBoot):
+        self.boot = boot
+        self.orphaned = False  # the hypervisor's end of the control channel closed
         self.memory = PhysicalMemory.attach(boot.segment)
         locks = {k: SemaphoreLock(v) for k, v in boot.locks.items()}
         bells = {k: posix_ipc.Semaphore(v) for k, v in boot.bells.items()}
@@ -260,6 +263,7 @@ class Adapter:
     def on_control_readable(self) -> None:
         if not self.control.feed_available():
             self.running = False  # the hypervisor is gone: so are we
+            self.orphaned = True
             return
         while (message := self.control.pending()) is not None:
             self.on_control(message)
@@ -289,7 +293,23 @@ def main(argv: list[str] | None = None) -> int:
         adapter.run()
     except KeyboardInterrupt:
         adapter.shutdown()
+    if adapter.orphaned:
+        sweep_orphaned_run(adapter.boot)
     return 0
+
+
+def sweep_orphaned_run(boot: AdapterBoot) -> None:
+    """The hypervisor died without stopping the run (killed: SIGKILL, the OOM killer, or
+    mpiexec's proxies when mpiexec dies): nobody else is left to unlink the run's names, so
+    the adapter does, once the hypervisor is dead (the run registry's sweep of that one run).
+    The partitions leave on their own as their control channels close."""
+    if not boot.run_prefix or not boot.run_dir:
+        return
+    try:
+        RunRegistry(boot.run_dir).sweep_orphan(boot.run_prefix)
+    except (OSError, ValueError) as exc:  # the next start's sweep, or `xpmove cleanup`
+        print(f"adapter: could not unlink the names of run {boot.run_prefix}: {exc}",
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -59,13 +59,19 @@ class AdapterBoot(Boot):
     lock_timeout_s: float
     connections: tuple[Connection, ...]
     retired: tuple[int, ...] = ()  # partitions that ended and will not be restarted
+    # The run's prefix and its registry's directory: if the hypervisor dies without stopping
+    # the run, the adapter unlinks the run's names (adapter/server.py, `sweep_orphaned_run`)
+    run_prefix: str = ""
+    run_dir: str = ""
 
     @classmethod
     def from_json(cls, text: str) -> AdapterBoot:
         data = json.loads(text)
         return cls(**cls._common(data), lock_timeout_s=float(data["lock_timeout_s"]),
                    connections=tuple(Connection(**c) for c in data["connections"]),
-                   retired=tuple(int(n) for n in data.get("retired", ())))
+                   retired=tuple(int(n) for n in data.get("retired", ())),
+                   run_prefix=str(data.get("run_prefix", "")),
+                   run_dir=str(data.get("run_dir", "")))
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,8 @@ class Machine(Calls, Supervision):
         def boot(control_fd: int) -> AdapterBoot:
             return AdapterBoot(**self._boot_names(), control_fd=control_fd,
                                lock_timeout_s=self.config.lock_timeout_s,
-                               connections=connections, retired=tuple(sorted(self.retired)))
+                               connections=connections, retired=tuple(sorted(self.retired)),
+                               run_prefix=self.prefix, run_dir=self.registry.directory)
 
         fds = [fd for p in pipes.values() for fd in p.adapter_ends()]
         return spawn(ADAPTER_MODULE, boot, fds, "adapter", None)

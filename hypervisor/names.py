@@ -18,6 +18,7 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Iterable
 
 import posix_ipc
@@ -41,6 +42,9 @@ DEFAULT_RUN_DIR = default_run_dir()
 # another process may compute slightly differently after a clock step. Erring towards
 # "still alive" only delays a sweep; erring the other way would unlink a live run.
 CREATE_TIME_SLACK_S = 1.0
+ORPHAN_WAIT_S = 0.5  # how long `sweep_orphan` waits for an exiting owner to be dead (its
+# channels close in its last steps, after its memory is gone: microseconds before it is)
+ORPHAN_POLL_S = 0.01
 
 
 def new_run_prefix() -> str:
@@ -271,12 +275,29 @@ class RunRegistry:
             return None
         return record
 
+    def sweep_orphan(self, prefix: str, wait_s: float = ORPHAN_WAIT_S) -> list[str]:
+        """Sweep run `prefix` once its owner is dead, waiting up to `wait_s` for that: what a
+        child of the run does when the hypervisor's end of its control channel closes (the
+        channel closes as the owner exits, a moment before it is dead to psutil). A live
+        owner's run is left alone: the hypervisor stops it and unlinks its names itself."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            record = self._load(prefix, self._path(prefix))
+            if record is None:
+                return []  # unlinked and removed already (a clean stop, or another sweep)
+            if not _owner_alive(record["owner_pid"], record["owner_create_time"]):
+                return self.sweep(only=prefix)
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(ORPHAN_POLL_S)
+
     def records(self) -> list[dict]:
         """Every readable record, sorted by prefix; corrupt files are skipped with a warning."""
         return [r for p, path in self._record_paths() if (r := self._load(p, path)) is not None]
 
-    def sweep(self) -> list[str]:
-        """Unlink the names of every run whose owner is dead and drop its record.
+    def sweep(self, only: str | None = None) -> list[str]:
+        """Unlink the names of every run whose owner is dead (or of run `only`, if its owner
+        is dead) and drop its record.
 
         Live owners' records are left alone. Only names under the record's own prefix are
         unlinked, so a damaged record cannot take out another program's objects. A record
@@ -284,6 +305,8 @@ class RunRegistry:
         """
         unlinked: list[str] = []
         for prefix, path in self._record_paths():
+            if only is not None and prefix != only:
+                continue
             record = self._load(prefix, path)
             if record is None or _owner_alive(record["owner_pid"], record["owner_create_time"]):
                 continue

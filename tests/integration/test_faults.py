@@ -136,8 +136,9 @@ def test_adapter_killed_under_load(make_machine, flow, batch):
     assert set(m.adapter_stats()["locks"].values()) == {"free"}
 
 
-def test_killed_launcher_is_swept(tmp_path):
-    """SIGKILL the launcher: children exit, and the next sweep unlinks the dead run's names."""
+def test_killed_launcher_leaves_no_name(tmp_path):
+    """SIGKILL the launcher under traffic: its children exit, and the adapter, seeing the
+    hypervisor gone, unlinks the run's names and drops its record: no sweep needed."""
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
     proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "launch", "--duration",
                              "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -146,16 +147,16 @@ def test_killed_launcher_is_swept(tmp_path):
         line = proc.stdout.readline()
         assert "machine up" in line, line
         prefix = line.split("run ")[1].split(",")[0]
+        line = proc.stdout.readline()  # the first progress line: traffic flows
+        assert "verified" in line, line
         proc.kill()
         proc.wait(TIMEOUT)
         wait_for(lambda: not _processes_of_run(prefix), what="children to notice and exit")
-        assert [n for n in os.listdir("/dev/shm") if prefix in n]  # left behind, for now
-        registry = RunRegistry(str(tmp_path / "runs"))
-        removed = registry.sweep()
-        assert f"/{prefix}-mem" in removed
-        assert not [n for n in os.listdir("/dev/shm") if prefix in n]
+        wait_for(lambda: not [n for n in os.listdir("/dev/shm") if prefix in n],
+                 what="the adapter to unlink the run's names")
         with pytest.raises(posix_ipc.ExistentialError):
             posix_ipc.SharedMemory(f"/{prefix}-mem")
+        assert not RunRegistry(str(tmp_path / "runs")).records()
     finally:
         if proc.poll() is None:
             proc.kill()

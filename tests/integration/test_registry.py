@@ -160,6 +160,25 @@ def test_sweep_only_touches_dead_runs(tmp_path: Path, spawn_run: Callable[[], Ru
     assert [r["prefix"] for r in registry.records()] == [survivor.prefix]
 
 
+def test_sweep_orphan_sweeps_only_its_run_once_the_owner_is_dead(
+        tmp_path: Path, spawn_run: Callable[[], Run]) -> None:
+    """What an adapter does when its hypervisor's channel closes: its own run only, and
+    nothing while the owner lives (the wait is bounded)."""
+    mine, other, alive = spawn_run(), spawn_run(), spawn_run()
+    for run in (mine, other, alive):
+        run.wait_ready()
+    registry = RunRegistry(tmp_path)
+    assert registry.sweep_orphan(alive.prefix, wait_s=0.05) == []
+    assert exists_shm(alive.shm) and exists_sem(alive.sem)
+    mine.kill()
+    other.kill()
+    assert sorted(registry.sweep_orphan(mine.prefix)) == sorted([mine.shm, mine.sem])
+    assert exists_shm(other.shm) and exists_sem(other.sem)  # dead, but not this sweep's
+    assert sorted(r["prefix"] for r in registry.records()) == sorted([other.prefix,
+                                                                      alive.prefix])
+    assert registry.sweep_orphan(mine.prefix) == []  # its record is gone: nothing to do
+
+
 def test_unreaped_zombie_owner_counts_as_dead(tmp_path: Path, spawn_run: Callable[[], Run]) -> None:
     run = spawn_run()
     run.wait_ready()
