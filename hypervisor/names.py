@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 NAME_MAX = 30  # macOS PSHMNAMLEN is 31 including the NUL; Linux allows far more
 PREFIX_RE = re.compile(r"xpm-[0-9a-f]{8}", re.ASCII)
 _WHAT_RE = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
+# The one kind of file a run may record that is not its own: the shared memory of the MPI
+# runtime its hypervisor maps on a cluster host (MPICH's), which MPI_Finalize unlinks and a
+# killed rank leaves behind (`RunRegistry.add_runtime`).
+RUNTIME_FILE_RE = re.compile(r"/dev/shm/mpich_shm_[0-9A-Za-z]+_[0-9]+", re.ASCII)
 RUN_DIR_ENV = "XPMOVE_RUN_DIR"
 
 
@@ -221,6 +225,21 @@ class RunRegistry:
             listed.extend(n for n in dict.fromkeys(names) if n not in listed)
         os.replace(self._write_tmp(prefix, record), path)
 
+    def add_runtime(self, prefix: str, paths: Iterable[str]) -> None:
+        """Record the MPI runtime's shared-memory files (RUNTIME_FILE_RE; ValueError for any
+        other path) that the run's owner maps, so that a sweep of the run once its owner is
+        dead unlinks them too: the runtime unlinks them at MPI_Finalize, which a killed rank
+        never reaches."""
+        paths = list(paths)
+        for path in paths:
+            if RUNTIME_FILE_RE.fullmatch(path) is None:
+                raise ValueError(f"{path!r} is not a file of the MPI runtime's "
+                                 f"({RUNTIME_FILE_RE.pattern})")
+        record = self._read(self._path(prefix))
+        listed = record.setdefault("runtime", [])
+        listed.extend(p for p in dict.fromkeys(paths) if p not in listed)
+        os.replace(self._write_tmp(prefix, record), self._path(prefix))
+
     def status_socket_path(self, prefix: str) -> str:
         """Where the run's status socket lives: <directory>/<prefix>.sock (hypervisor/status)."""
         return os.path.join(self.directory, f"{prefix}.sock")
@@ -323,5 +342,16 @@ class RunRegistry:
             if record.get("status_socket") is not None:  # only ever at the standard path
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.status_socket_path(prefix))
+            for path in record.get("runtime", ()):  # the MPI runtime's, that pattern only
+                if not isinstance(path, str) or RUNTIME_FILE_RE.fullmatch(path) is None:
+                    log.warning("run record of %s: ignoring foreign file %r", prefix, path)
+                    continue
+                try:
+                    os.unlink(path)
+                    unlinked.append(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:  # the record goes anyway: these are not our names
+                    log.warning("cannot unlink %s: %s", path, e)
             self.remove(prefix)
         return unlinked

@@ -73,15 +73,19 @@ def runtime_names(maps: str) -> list[str]:
         "/dev/shm/mpich_shm_") and not f[5].endswith(" (deleted)")})
 
 
+def mapped_runtime_names() -> list[str]:
+    """The MPI runtime's shared-memory files this process maps (none without /proc)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return runtime_names(f.read())
+    except OSError:
+        return []  # no /proc (not Linux): nothing we can find
+
+
 def unlink_runtime_names() -> None:
     """MPI_Abort skips the MPI_Finalize that unlinks the runtime's shared memory, which
     would be left on the host: unlink it first (the processes mapping it keep it)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = runtime_names(f.read())
-    except OSError:
-        return  # no /proc (not Linux): nothing we can find
-    for path in paths:
+    for path in mapped_runtime_names():
         with contextlib.suppress(OSError):
             os.unlink(path)
 
@@ -202,6 +206,9 @@ class ClusterHost:
             error = None
             try:
                 self.machine.start()
+                # a killed rank never reaches the MPI_Finalize that unlinks these: the run's
+                # sweep (its adapter's, when this process dies) unlinks them then
+                self.machine.registry.add_runtime(self.machine.prefix, mapped_runtime_names())
             except MachineError as exc:
                 error = f"host {self.name}: {exc}"
             errors = [e for e in self.allgather(error, then=self._start_fabric) if e]

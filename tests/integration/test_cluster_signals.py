@@ -27,6 +27,7 @@ from tests.integration.cluster_jobs import (
     traffic_flows,
     words,
 )
+from tests.integration.conftest import mpi_runtime_names, wait_for
 
 pytestmark = pytest.mark.usefixtures("swept")  # tests/integration/conftest.py
 
@@ -83,3 +84,31 @@ def test_sigterm_under_traffic_stops_every_host_and_leaves_nothing(tmp_path: Pat
     assert not [p for p in children if p.is_running() and p.status() != "zombie"]
     east = re.search(r"host east: run (xpm-[0-9a-f]+)", text)
     assert east and not [n for n in os.listdir("/dev/shm") if east.group(1) in n]
+
+
+def test_mpiexec_killed_by_its_output_pipe_leaves_nothing(tmp_path: Path) -> None:
+    """The job's output piped into `head`: once the reader is gone mpiexec dies (SIGPIPE) and
+    takes the ranks with it, so no hypervisor stops its machine. Each host's adapter sees its
+    hypervisor gone and sweeps the run: its names, its record and the MPI runtime's shared
+    memory its rank mapped are all gone without any cleanup run."""
+    before = mpi_runtime_names()
+    proc = subprocess.Popen(command("--duration", "30"), cwd=REPO, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
+        runs = [f[:-5] for f in os.listdir(tmp_path / "runs") if f.endswith(".json")]
+        assert len(runs) == 2, runs
+        job = mpi_runtime_names() - before  # the MPI runtime's, recorded with the runs
+        assert job
+        assert proc.stdout is not None
+        proc.stdout.close()  # as `head` does once it has its lines
+        proc.wait(TIMEOUT_S)
+        assert proc.returncode != 0, words(out.decode())
+
+        def left() -> list[str]:
+            return [n for n in os.listdir("/dev/shm") if any(r in n for r in runs) or n in job]
+
+        wait_for(lambda: not left(), what="the adapters to unlink both runs' names")
+        assert not [f for f in os.listdir(tmp_path / "runs") if f.endswith(".json")]
+    finally:
+        stop(proc)

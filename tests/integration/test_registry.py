@@ -6,6 +6,7 @@ what it names, even when an assertion fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -177,6 +178,33 @@ def test_sweep_orphan_sweeps_only_its_run_once_the_owner_is_dead(
     assert sorted(r["prefix"] for r in registry.records()) == sorted([other.prefix,
                                                                       alive.prefix])
     assert registry.sweep_orphan(mine.prefix) == []  # its record is gone: nothing to do
+
+
+def test_a_dead_runs_mpi_runtime_files_are_unlinked_and_no_others(
+        tmp_path: Path, spawn_run: Callable[[], Run]) -> None:
+    """A cluster host records the MPI runtime's shared memory it maps (a killed rank never
+    reaches the MPI_Finalize that unlinks it); the run's sweep unlinks it. Only that pattern
+    is accepted, and a refused path changes nothing."""
+    run = spawn_run()
+    run.wait_ready()
+    registry = RunRegistry(tmp_path)
+    runtime = f"/dev/shm/mpich_shm_{run.prefix[4:]}_0"
+    try:
+        with open(runtime, "wb"):
+            pass
+        for bad in ("/etc/hostname", "/dev/shm/mpich_shm_x/../../tmp/x", f"/dev/shm/{run.prefix}"):
+            with pytest.raises(ValueError, match="is not a file of the MPI runtime"):
+                registry.add_runtime(run.prefix, [runtime, bad])
+        assert "runtime" not in registry.records()[0]
+        registry.add_runtime(run.prefix, [runtime, runtime])
+        assert registry.records()[0]["runtime"] == [runtime]
+        assert registry.sweep() == []  # its owner lives
+        run.kill()
+        assert sorted(registry.sweep()) == sorted([run.shm, run.sem, runtime])
+        assert not os.path.exists(runtime) and not registry.records()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(runtime)
 
 
 def test_unreaped_zombie_owner_counts_as_dead(tmp_path: Path, spawn_run: Callable[[], Run]) -> None:
