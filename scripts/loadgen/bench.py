@@ -328,7 +328,9 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                  "sharing the batch's memory, handed over through a pipe (not counted), both "
                  "pinned to one core and then to two, each placement measured "
                  f"{FLOOR_ROUNDS} times, the best kept (`cores`): what any two-process "
-                 "transport could reach",
+                 "transport could reach; `alone` is the one-thread loop as measured, and `S` "
+                 "the better of it and the split (a split above the loop alone means the loop "
+                 "was measured in a slow spell: the split is the same loop plus a hand-over)",
         "targets": "issue 14's targets, each with both operands (left: the adapter's side, "
                    "right: what it is held against), ratio = left / right, verdict MET, MISSED "
                    "or not measured (with why); " + targets.CAPTION

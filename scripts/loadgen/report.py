@@ -78,10 +78,11 @@ def _matrix(runs: list[dict], sizes: list[int]) -> list[tuple[str, list[str]]]:
 
 
 FLOOR_CAPTION = ("floor: fill + check alone, no transport, in a process started as the "
-                 "partitions are (the zero-copy limit); split: the same with the check in a "
-                 "second process, the batch handed over, the better of both on one core and on "
-                 "two (cores; what any two-process transport could reach); S transport: S on C "
-                 "minus every participant's fill and check CPU")
+                 "partitions are (the zero-copy limit; the split's S where the split measured "
+                 "above the loop alone, which can only be a slow spell); split: the same with "
+                 "the check in a second process, the batch handed over, the better of both on "
+                 "one core and on two (cores; what any two-process transport could reach); S "
+                 "transport: S on C minus every participant's fill and check CPU")
 
 
 def _split_cells(f: dict) -> tuple[str, str, str]:

@@ -204,8 +204,12 @@ def _split_note(floor: Mapping) -> str:
     share = split_share(floor)
     if share is None:
         return ""
-    return (f"fill + check in two processes, no transport: S {si(floor['split']['S'])} "
+    note = (f"fill + check in two processes, no transport: S {si(floor['split']['S'])} "
             f"({share:.0%} of the floor)")
+    alone = floor.get("alone")
+    if alone is not None and alone < floor["S"]:
+        note += f"; the one-thread loop measured S {si(alone)}, below it: the floor is the split's"
+    return note
 
 
 def latency_target(latency: Mapping[str, Mapping] | None) -> Target:

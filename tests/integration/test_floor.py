@@ -67,7 +67,7 @@ def test_the_floor_is_measured_with_the_partitions_copies(monkeypatch):
     out = measured_floors((64, 2048), (1, 32), seconds=0.02, rounds=1)
     assert set(out) == {"64", "2048"}
     assert all(f["S"] > 0 and f["batch"] in (1, 32) and f["split"]["S"] > 0
-               for f in out.values())
+               and f["S"] == max(f["alone"], f["split"]["S"]) for f in out.values())
     assert [env["GLIBC_TUNABLES"] for env in seen] == [f"{REP_MOVSB_TUNABLE}={REP_MOVSB_OFF}"]
     assert set(psutil.Process().children()) == before
 

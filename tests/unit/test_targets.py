@@ -119,6 +119,20 @@ def test_floor_targets_say_what_two_processes_reach():
         sixty_four.compared)
 
 
+def test_a_floor_raised_to_its_split_says_so():
+    """The floor's S is the split's when the split measured above the loop alone
+    (floor.py): the target is held against it, and the note says what the loop measured."""
+    runs = [run("fig12", 64 * KiB, 36_000, 32)]
+    floor = {str(64 * KiB): {"S": 50_000, "batch": 1, "alone": 48_000,
+                             "split": {"S": 50_000, "cores": 1, "batch": 1}}}
+    sixty_four = floor_targets(runs, floor)[1]
+    assert sixty_four.met is True and sixty_four.right.value == 50_000
+    assert "the one-thread loop measured S 48 k, below it: the floor is the split's" in (
+        sixty_four.compared)
+    floor[str(64 * KiB)]["alone"] = 50_000  # not raised: nothing said
+    assert "one-thread" not in floor_targets(runs, floor)[1].compared
+
+
 def test_latency_best_adapter_path_against_tcp():
     lat = {t: {"p50_us": p, "p99_us": 2 * p, "packets": 200}
            for t, p in (("fig11", 140.0), ("fig12-loan", 90.0), ("vswitch", 60.0),
