@@ -31,7 +31,7 @@ def combined(looks: list[Look]) -> Look:
     """The cluster's progress from every host's (pure)."""
     return (sum(look[0] for look in looks), sum(look[1] for look in looks),
             all(look[2] for look in looks), sum(look[3] for look in looks),
-            any(look[4] for look in looks))
+            any(look[4] for look in looks), any(look[5] for look in looks))
 
 
 def launch_cluster(config: MachineConfig, options: TrafficOptions,
@@ -43,7 +43,8 @@ def launch_cluster(config: MachineConfig, options: TrafficOptions,
         shares = Shares(machine, options.size, options.packets, options.duration,
                         options.flows, [p.network_id for p in config.partitions])
         cpu = machine_cpu(machine)
-        run_traffic(machine, shares, host.console, lambda look: combined(host.allgather(look)))
+        run_traffic(machine, shares, host.console, lambda look: combined(host.allgather(look)),
+                    undeliverable=lambda: bool(host.fabric.problems))
         cpu = machine_cpu(machine) - cpu
         stats = shares.look("halt")
         return stats, {**machine.adapter_stats(), "title": f"adapter of host {host.name}"}, cpu

@@ -33,6 +33,9 @@ from scripts.workload.program import PROGRAM
 POLL_S = 0.2
 INTERVAL_S = 1.0  # one progress line a second when the output is not a terminal
 DRAIN_TIMEOUT_S = 30.0  # after the senders finish, how long receivers may take to catch up
+# ... unless nothing has arrived for this long and some packets are known never to arrive (a
+# cluster host's fabric gave up on a proxy ring, or dropped records): the drain ends then
+STALL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,22 +120,29 @@ class IntervalPrinter:
         self.t0, self.before = now, verified
 
 
-# packets accepted, verified; senders done; errors; the drain deadline passed
-Look = tuple[int, int, bool, int, bool]
+# packets accepted, verified; senders done; errors; the drain deadline passed; the drain has
+# stalled on packets known never to arrive
+Look = tuple[int, int, bool, int, bool, bool]
 
 
 def run_traffic(machine: Machine, shares: Shares, console: Console,
-                combine: Callable[[Look], Look] | None = None) -> dict[int, dict]:
+                combine: Callable[[Look], Look] | None = None,
+                undeliverable: Callable[[], bool] = lambda: False) -> dict[int, dict]:
     """Start every local partition's share of the traffic and supervise until the senders
     are done and every accepted packet arrived (or the drain deadline). A partition the
     machine restarts continues its share. `combine` turns this host's progress into the
-    whole cluster's (every host calls it once per look, so it may be a collective)."""
+    whole cluster's (every host calls it once per look, so it may be a collective).
+    `undeliverable()`: whether this host knows of packets that can never arrive (a cluster
+    fabric's problems); then a drain with no arrival for STALL_S ends without waiting out
+    DRAIN_TIMEOUT_S."""
     shares.start()
     expected = None
     if shares.packets is not None:
         n = len(shares.everyone)
         expected = shares.packets * len(shares.flows) * n * (n - 1)
     drain_deadline = None
+    senders_done = False
+    last_received, moved_at = -1, time.monotonic()
     intervals = IntervalPrinter(console)
     # the description carries the counts: with --duration there is no total to format
     with Progress(TextColumn("[bold]traffic"), BarColumn(), TextColumn("{task.description}"),
@@ -148,11 +158,16 @@ def run_traffic(machine: Machine, shares: Shares, console: Console,
             sent, received = totals(stats, gone)
             # whether the drain is over is decided in the look too: on a cluster every host
             # must end in the same look, and each has its own clock
-            late = drain_deadline is not None and time.monotonic() > drain_deadline
+            now = time.monotonic()
+            late = drain_deadline is not None and now > drain_deadline
+            stuck = senders_done and now - moved_at > STALL_S and undeliverable()
             look = (sent, received,
                     all(s.get("sender_done", False) or nid in gone for nid, s in stats.items()),
-                    traffic_errors(stats), late)
-            sent, received, senders_done, errors, late = combine(look) if combine else look
+                    traffic_errors(stats), late, stuck)
+            sent, received, senders_done, errors, late, stuck = (combine(look) if combine
+                                                                 else look)
+            if received != last_received:  # the whole cluster's count: the same on every host
+                last_received, moved_at = received, time.monotonic()
             of = f"{expected:,}" if expected is not None else f"{sent:,} accepted"
             progress.update(task, completed=received, total=expected or max(sent, 1),
                             description=f"{received:,} of {of} packets verified")
@@ -162,10 +177,12 @@ def run_traffic(machine: Machine, shares: Shares, console: Console,
                 return stats
             if senders_done:
                 drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
-                if late:
+                if late or stuck:
                     intervals.last(received, errors)
                     console.print(f"[red]receivers still missing {sent - received} packets "
-                                  f"after {DRAIN_TIMEOUT_S} s")
+                                  + (f"after {DRAIN_TIMEOUT_S} s" if late else
+                                     f"and none arrived for {STALL_S} s: some are known "
+                                     f"never to arrive (the problems below)"))
                     return stats
             time.sleep(POLL_S)  # pacing the report, not synchronisation
 

@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("mpi4py", reason="the .[cluster] extra (mpi4py, mpich) is not installed")
 
+from scripts.launch import DRAIN_TIMEOUT_S, STALL_S
 from tests.integration.cluster_jobs import (
     CONFIG,
     REPO,
@@ -248,11 +249,17 @@ def test_a_forged_proxy_ring_word_is_contained_and_reported(tmp_path: Path) -> N
             for _ in range(50):  # a commit in flight may publish over one write; not over all
                 segment[head:head + 8] = (1 << 62).to_bytes(8, "little")
                 time.sleep(0.002)  # the attacker's pace, not synchronisation
+        forged = time.monotonic()
         rest, _ = proc.communicate(timeout=TIMEOUT_S)
+        took = time.monotonic() - forged
     finally:
         stop(proc)
     text = words((out + rest).decode())
     assert proc.returncode == 1, text
     assert "host west: the proxy ring of network ID 3 on host east is corrupt" in text, text
     assert "NOT clean" in text and "0 corrupt/gap/duplicate" in text, text
+    # the packets stuck in that ring never arrive: the drain ends once none arrived for
+    # STALL_S, not after DRAIN_TIMEOUT_S (the --duration 3 run ends within it)
+    assert f"none arrived for {STALL_S} s: some are known never to arrive" in text, text
+    assert took < DRAIN_TIMEOUT_S, (took, text)
     assert_names_gone(text, tmp_path)

@@ -20,16 +20,19 @@ def two_hosts():
 
 
 def test_the_cluster_progress_sums_hosts_and_waits_for_every_sender() -> None:
-    assert combined([(10, 8, True, 0, False), (5, 5, False, 2, False)]) == (15, 13, False, 2,
-                                                                           False)
-    assert combined([(1, 1, True, 0, False), (2, 2, True, 0, False)])[2] is True
+    assert combined([(10, 8, True, 0, False, False), (5, 5, False, 2, False, False)]) == (
+        15, 13, False, 2, False, False)
+    assert combined([(1, 1, True, 0, False, False), (2, 2, True, 0, False, False)])[2] is True
 
 
 def test_the_drain_ends_on_every_host_when_one_host_says_it_is_over() -> None:
     """Each host checks the drain deadline on its own clock: the look decides for all, so no
-    host leaves the traffic one look before the others."""
-    assert combined([(9, 8, True, 0, True), (5, 5, True, 0, False)])[4] is True
-    assert combined([(9, 8, True, 0, False), (5, 5, True, 0, False)])[4] is False
+    host leaves the traffic one look before the others. So for a drain stalled on packets one
+    host knows never arrive (its fabric gave up on a proxy ring): the others do not know."""
+    assert combined([(9, 8, True, 0, True, False), (5, 5, True, 0, False, False)])[4] is True
+    assert combined([(9, 8, True, 0, False, False), (5, 5, True, 0, False, False)])[4] is False
+    assert combined([(9, 8, True, 0, False, True), (5, 5, True, 0, False, False)])[5] is True
+    assert combined([(9, 8, True, 0, False, False), (5, 5, True, 0, False, False)])[5] is False
 
 
 def test_a_cluster_config_needs_one_mpi_process_per_host() -> None:
