@@ -234,7 +234,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         route_list = (benchcore.parse_routes(options.pairs, ids) if options.pairs
                       else benchcore.routes(ids, options.topology))
     except ValueError as exc:
-        raise SystemExit(f"xpmove bench: {exc}") from None
+        raise BadOption(str(exc)) from None  # a usage error: exit 2, as the parser's
     placed: dict[int, int] = {}
     if options.placement == "pairs":
         config, placed = place_routes(config, route_list, sorted(os.sched_getaffinity(0)))

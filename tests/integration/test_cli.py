@@ -113,6 +113,8 @@ def test_launch_duration_reaches_traffic_and_prints_progress_in_a_pipe(tmp_path:
     (("bench", "--json", "/no/such/dir/r.json", "--transports", "fig11", "--sizes", "64",
       "--packets", "5", "--batch", "1", "--no-latency", "--no-single-stream"),
      "argument --json: '/no/such/dir/r.json': directory /no/such/dir does not exist"),
+    (("bench", "--pairs", "1:1"), "xpmove bench: --pairs: '1:1' sends to itself"),
+    (("bench", "--pairs", "1:9"), "xpmove bench: --pairs: network ID 9 is not in the machine"),
 ])
 def test_bad_values_refused_before_anything_starts(tmp_path: Path, argv: tuple[str, ...],
                                                    complaint: str) -> None:
