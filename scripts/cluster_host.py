@@ -27,6 +27,7 @@ from rich.console import Console
 
 from hypervisor.config import MachineConfig, with_program
 from hypervisor.machine import Machine, MachineError
+from hypervisor.names import RUNTIME_FILE_RE
 from scripts.cluster_start import check_started, meet
 from scripts.console import make_console
 from scripts.launch import signals_deferred
@@ -206,9 +207,7 @@ class ClusterHost:
             error = None
             try:
                 self.machine.start()
-                # a killed rank never reaches the MPI_Finalize that unlinks these: the run's
-                # sweep (its adapter's, when this process dies) unlinks them then
-                self.machine.registry.add_runtime(self.machine.prefix, mapped_runtime_names())
+                self._record_runtime_names()
             except MachineError as exc:
                 error = f"host {self.name}: {exc}"
             errors = [e for e in self.allgather(error, then=self._start_fabric) if e]
@@ -239,6 +238,19 @@ class ClusterHost:
         for e in errors:
             self.console.print(f"[red]{e}", soft_wrap=True)
         return None if errors else result
+
+    def _record_runtime_names(self) -> None:
+        """Record the MPI runtime's shared memory this rank maps with the run: a killed rank
+        never reaches the MPI_Finalize that unlinks it, and the run's sweep (its adapter's,
+        when this process dies) unlinks it then. Best effort: a file of another shape, or a
+        registry that cannot be written, is left to MPI_Finalize as before (with a warning)."""
+        paths = [p for p in mapped_runtime_names() if RUNTIME_FILE_RE.fullmatch(p)]
+        try:
+            self.machine.registry.add_runtime(self.machine.prefix, paths)
+        except (OSError, ValueError) as exc:
+            Console(stderr=True).print(f"[yellow]host {self.name}: the MPI runtime's files "
+                                       f"are not recorded with the run ({exc}); a killed "
+                                       f"rank leaves them", soft_wrap=True)
 
     def _start_fabric(self, errors: list[str | None]) -> None:
         """Once every host could start its machine: the window (a collective, entered by every
