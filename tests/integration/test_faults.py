@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from hypervisor.names import RunRegistry
+from tests.integration.cluster_jobs import read_until
 from tests.integration.conftest import TIMEOUT, booted_partition, small_config, wait_for
 from tests.integration.test_machine import _processes_of_run, receive, send
 from tests.integration.xpmove_command import reap_group, shm_names, tiny_config, xpmove
@@ -141,14 +142,12 @@ def test_killed_launcher_leaves_no_name(tmp_path):
     hypervisor gone, unlinks the run's names and drops its record: no sweep needed."""
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs")}
     proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "launch", "--duration",
-                             "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    try:
-        line = proc.stdout.readline()
-        assert "machine up" in line, line
-        prefix = line.split("run ")[1].split(",")[0]
-        line = proc.stdout.readline()  # the first progress line: traffic flows
-        assert "verified" in line, line
+                             "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:  # until the first progress line: traffic flows
+        out = read_until(proc, lambda text: " verified " in text, time.monotonic() + TIMEOUT)
+        found = re.search(r"machine up: run (xpm-[0-9a-f]+),", out.decode())
+        assert found, out.decode()
+        prefix = found.group(1)
         proc.kill()
         proc.wait(TIMEOUT)
         wait_for(lambda: not _processes_of_run(prefix), what="children to notice and exit")
