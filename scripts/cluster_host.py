@@ -67,11 +67,10 @@ def check_same_config(config: MachineConfig, digests: list[str | None], command:
 
 
 def runtime_names(maps: str) -> list[str]:
-    """The MPI runtime's shared-memory files (MPICH's /dev/shm/mpich_shm_*) named in a
-    /proc/PID/maps text, those still linked."""
+    """The MPI runtime's shared-memory files (MPICH's, RUNTIME_FILE_RE) named in a
+    /proc/PID/maps text, those still linked (an unlinked one reads "... (deleted)")."""
     fields = (line.split(maxsplit=5) for line in maps.splitlines())
-    return sorted({f[5] for f in fields if len(f) == 6 and f[5].startswith(
-        "/dev/shm/mpich_shm_") and not f[5].endswith(" (deleted)")})
+    return sorted({f[5] for f in fields if len(f) == 6 and RUNTIME_FILE_RE.fullmatch(f[5])})
 
 
 def mapped_runtime_names() -> list[str]:
@@ -242,12 +241,11 @@ class ClusterHost:
     def _record_runtime_names(self) -> None:
         """Record the MPI runtime's shared memory this rank maps with the run: a killed rank
         never reaches the MPI_Finalize that unlinks it, and the run's sweep (its adapter's,
-        when this process dies) unlinks it then. Best effort: a file of another shape, or a
-        registry that cannot be written, is left to MPI_Finalize as before (with a warning)."""
-        paths = [p for p in mapped_runtime_names() if RUNTIME_FILE_RE.fullmatch(p)]
+        when this process dies) unlinks it then. Best effort: if the registry cannot be
+        written, they are left to MPI_Finalize as before (with a warning)."""
         try:
-            self.machine.registry.add_runtime(self.machine.prefix, paths)
-        except (OSError, ValueError) as exc:
+            self.machine.registry.add_runtime(self.machine.prefix, mapped_runtime_names())
+        except OSError as exc:
             Console(stderr=True).print(f"[yellow]host {self.name}: the MPI runtime's files "
                                        f"are not recorded with the run ({exc}); a killed "
                                        f"rank leaves them", soft_wrap=True)
