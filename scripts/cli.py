@@ -113,8 +113,23 @@ def _traffic_config(path: str | None, command: str) -> MachineConfig:
     return config
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopOnFirstSignal:
+    """The command's handler for Ctrl-C and SIGTERM: the first is a KeyboardInterrupt (the
+    command halts and reports), every later one is ignored. Handlers restored between the
+    halt's steps left gaps where a second Ctrl-C replaced the report with a bare exit, or
+    a traceback at exit. A Python-level no-op, not SIG_IGN: children started meanwhile keep
+    the default."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -426,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    handler = StopOnFirstSignal()
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         RunRegistry()  # a run directory that cannot be used is reported before anything starts
         return args.func(args)
@@ -436,6 +452,10 @@ def _main(argv: list[str] | None) -> int:
     except BadOption as exc:
         print(f"xpmove {args.command}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if not handler.stopping:  # a stopping command ignores them until it exits
+            for sig, was in previous.items():
+                signal.signal(sig, was)
 
 
 if __name__ == "__main__":

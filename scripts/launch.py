@@ -241,10 +241,16 @@ def adapter_table(adapter: dict) -> Grid:
     return table
 
 
+def _ignored(signum: int, frame: object) -> None:
+    """A Python-level no-op, not SIG_IGN: a signal the interpreter noted just before the
+    switch is then ignored quietly (with SIG_IGN it prints 'ignored due to race condition'),
+    and a child started meanwhile keeps the default disposition."""
+
+
 @contextmanager
 def signals_deferred():
     """A second Ctrl-C (or SIGTERM) must not cut the clean-up short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _ignored) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

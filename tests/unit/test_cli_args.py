@@ -200,14 +200,9 @@ def test_every_option_shows_its_default(command: str) -> None:
     assert max(len(line) for line in text.splitlines()) <= 80, text
 
 
-@pytest.fixture
-def no_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signal, "signal", lambda *a: None)  # main() installs one for SIGTERM
-
-
 @pytest.mark.parametrize("command", ["launch", "bench", "soak", "run", "cleanup"])
 def test_unusable_run_directory_is_one_line(command: str, tmp_path: Path, capsys,
-                                            monkeypatch, no_signal_handlers) -> None:
+                                            monkeypatch) -> None:
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("XPMOVE_RUN_DIR", str(tmp_path / "file"))
     assert cli.main([command]) == 1
@@ -241,3 +236,19 @@ def test_bench_help_says_why_its_machine_differs() -> None:
     for words in ("configs/bench.toml", "32 MiB receive rings", "31 packets of 64 KiB",
                   "same for every transport", "peers keep their own buffers"):
         assert words in text, words
+
+
+def test_main_leaves_the_signal_handlers_as_it_found_them(tmp_path: Path, monkeypatch) -> None:
+    before = [signal.getsignal(sig) for sig in cli.STOP_SIGNALS]
+    monkeypatch.setenv("XPMOVE_RUN_DIR", str(tmp_path / "runs"))
+    assert cli.main(["cleanup"]) == 0
+    assert [signal.getsignal(sig) for sig in cli.STOP_SIGNALS] == before
+
+
+def test_only_the_first_stop_signal_interrupts() -> None:
+    handler = cli.StopOnFirstSignal()
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)
+    assert handler.stopping
+    handler(signal.SIGINT, None)  # the command is stopping: ignored
+    handler(signal.SIGTERM, None)
