@@ -41,7 +41,9 @@ from scripts.workload.transports import Batch, BatchLayout, make_batch
 
 FLOOR_SECONDS = 0.3  # thread CPU seconds of fill + check per (size, batch) for the floor
 FLOOR_BYTES = 8 << 20  # the floor's batch is capped to this many bytes
-SPLIT_WALL_S = 3.0  # a split measurement stops after this long even if short of its CPU
+SPLIT_WALL_S = 1.0  # a split measurement stops after this long even if short of its CPU:
+# at the default batches one ends by its CPU in 0.3-0.6 s; at batch 1 every packet is a
+# pipe round trip, and 3 s made a 30-packet bench of two sizes take 28 s of its 31
 FLOOR_ROUNDS = 3  # the floor (each batch) and its split (each placement) are measured this
 # many times, the best kept: this machine's host moves one measurement by up to a third
 _LAYOUT = BatchLayout(FRAME.size)  # laid out as tcp frames, as every sender's batch is
