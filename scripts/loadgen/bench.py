@@ -28,10 +28,11 @@ of the receivers) and C (user + system CPU seconds, psutil, of every process on 
 partitions, the adapter for the fig11*/fig12* ones, the switch for vswitch, and this process, whose
 polling is thus charged to every transport alike). S = dT/dC is fitted by
 scripts.loadgen.benchcore.fit_s on the steady-state samples. Exit status 1 if any packet was
-lost or corrupt (or a run failed), 130 when interrupted. This file is the command: its phases
-and their order. One run is runs.py (the virtual switch child vswitch_process.py); the names
-and options options.py; beside the runs, measure.py (the CPU meter, memcpy, the floor),
-report.py (the tables, the Markdown summary) and targets.py.
+lost or corrupt (or a run failed), 130 when interrupted (the runs finished so far are reported
+and written, without a floor: only the clean-up follows a Ctrl-C). This file is the command:
+its phases and their order. One run is runs.py (the virtual switch child vswitch_process.py);
+the names and options options.py; beside the runs, measure.py (the CPU meter, memcpy, the
+floor), report.py (the tables, the Markdown summary) and targets.py.
 """
 
 from __future__ import annotations
@@ -295,12 +296,14 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         with outcome.phase(console, "scaling phase stopped", "scaling phase failed"):
             results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)
     runs = results["runs"]
-    if runs:
-        results["floor"] = measured_floors(tuple(sorted({r["packet_size"] for r in runs})),
-                                           options.batches)
-        for r in runs:
-            floor = results["floor"][str(r["packet_size"])]["S"]
-            r["S_vs_floor"] = r["S"] / floor if floor and r["S"] else None
+    if runs and not outcome.interrupted:  # interrupted: the stop is not held up by more
+        with outcome.phase(console, "the floor is not measured", "the floor failed"):
+            results["floor"] = measured_floors(tuple(sorted({r["packet_size"] for r in runs})),
+                                               options.batches)
+            for r in runs:
+                floor = results["floor"][str(r["packet_size"])]["S"]
+                r["S_vs_floor"] = r["S"] / floor if floor and r["S"] else None
+    results["interrupted"] = outcome.interrupted
     relative_to_tcp(runs)
     results["method"] = {
         "T": "packets delivered and verified (Pattern.check) at the receivers",
@@ -353,7 +356,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
     if runs:
         for table in summary_tables(runs, host.get("memcpy_dram_GBps", 0.0)):
             console.print(table)
-        console.print(floor_table(results["floor"]))
+        if results.get("floor"):
+            console.print(floor_table(results["floor"]))
     if results.get("single_stream"):
         console.print(detail_table("Single stream (one route)",
                                    results["single_stream"], host.get("memcpy_dram_GBps", 0.0)))

@@ -4,6 +4,7 @@ two-partition machine of 1 MiB partitions, so every test takes a few seconds at 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +27,7 @@ receive_area = "256KiB"
 """
 INTERVAL = re.compile(r"^\[\s*[\d.]+-\s*[\d.]+ s\]\s+[\d,]+ (verified|delivered)\s+.*pkt/s "
                       r"errors \d+$", re.MULTILINE)
+BENCH_INTERVAL = re.compile(r"^\[[^\]]+\]\s+[\d.]+-\s*[\d.]+\s+s\s+[\d,]+ pkt ", re.MULTILINE)
 STOPPING = re.compile(r"interrupted: stopping the machine")
 
 
@@ -50,8 +53,8 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
-def interrupt_after_first_interval(tmp_path: Path, *argv: str,
-                                   twice: bool = False) -> tuple[int, str]:
+def interrupt_after_first_interval(tmp_path: Path, *argv: str, twice: bool = False,
+                                   interval: re.Pattern[str] = INTERVAL) -> tuple[int, str]:
     """Start `xpmove ARGV`, wait for its first progress line (traffic is flowing), send it
     SIGINT as Ctrl-C would (`twice`: then again and again, from the moment it says it is
     stopping until it exits, so a further Ctrl-C lands in every step of the halt and the
@@ -77,7 +80,7 @@ def interrupt_after_first_interval(tmp_path: Path, *argv: str,
             out += chunk
 
     try:
-        read_until(INTERVAL, "progress line")
+        read_until(interval, "progress line")
         proc.send_signal(signal.SIGINT)
         if twice:
             read_until(STOPPING, "'interrupted: stopping' line")
@@ -184,3 +187,68 @@ def test_interrupted_soak_prints_its_summary(tmp_path: Path, twice: bool) -> Non
     assert re.search(r"interrupted after [\d.]+ s of 60: the summary covers the traffic until "
                      r"the stop", text), out
     assert "passed" not in text and "FAILED" not in text
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_interrupted_bench_stops_at_once_and_its_json_says_so(tmp_path: Path,
+                                                              twice: bool) -> None:
+    """Ctrl-C in a run under traffic: the run cut short is dropped, no floor is measured
+    (nothing but the clean-up follows a Ctrl-C), the tables and the JSON are written, and
+    the JSON says the bench was interrupted."""
+    path = tmp_path / "r.json"
+    code, out = interrupt_after_first_interval(
+        tmp_path, "bench", "--config", str(config(tmp_path, 4)), "--transports", "fig11,tcp",
+        "--sizes", "1KiB", "--batch", "1", "--duration", "60", "--no-latency",
+        "--no-single-stream", "--json", str(path), twice=twice, interval=BENCH_INTERVAL)
+    assert code == 130, out
+    text = words(out)
+    assert "Traceback" not in text and "NOT clean" not in text
+    assert f"results written to {path}" in text
+    results = json.loads(path.read_text())
+    assert results["interrupted"] is True
+    assert results["runs"] == [] and "floor" not in results
+    floor_targets = [t for t in results["targets"] if "floor" in t["name"]]
+    assert floor_targets and all(t["verdict"] == "not measured" for t in floor_targets)
+
+
+def _child_running(proc: subprocess.Popen, argument: str) -> psutil.Process | None:
+    """The child of `proc` whose command line has `argument`, if one runs now."""
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if argument in child.cmdline():
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_a_ctrl_c_while_the_floor_is_measured_keeps_the_runs(tmp_path: Path) -> None:
+    """Ctrl-C after the runs, while the floor is measured (a bench's last seconds): the runs
+    are reported and written, without a floor, and the floor's process is gone. (It was a
+    traceback, and nothing written.)"""
+    path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "bench", "--config", str(config(tmp_path, 4)),
+         "--transports", "fig11", "--sizes", "1KiB", "--batch", "1", "--duration", "0.5",
+         "--no-latency", "--no-single-stream", "--json", str(path)],
+        cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while (floor := _child_running(proc, "--floors")) is None:
+            assert proc.poll() is None, "the bench ended before its floor was seen"
+            assert time.monotonic() < deadline, "no floor process"
+            time.sleep(0.01)  # polling for the floor's process, against the deadline
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = words(out.decode())
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "interrupted: the floor is not measured" in text
+    results = json.loads(path.read_text())
+    assert results["interrupted"] is True and "floor" not in results
+    assert [(r["transport"], r["packet_size"]) for r in results["runs"]] == [("fig11", 1024)]
+    assert results["runs"][0]["lost"] == 0 and "S_vs_floor" not in results["runs"][0]
+    assert not floor.is_running() or floor.status() == psutil.STATUS_ZOMBIE
