@@ -32,7 +32,7 @@ from adapter.engine import Engine
 from adapter.protocol import MAX_REQUEST_SIZE, ProtocolViolation, RequestDecoder, malformed_reply
 from adapter.translation import PartitionState
 from hypervisor.boot import AdapterBoot
-from hypervisor.control import Channel
+from hypervisor.control import Channel, ControlError
 from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry
 
@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         adapter.run()
     except KeyboardInterrupt:
+        adapter.shutdown()
+    except ControlError:  # a send to a hypervisor that is gone, or that stopped the machine
+        adapter.orphaned = True  # while it started (a Ctrl-C before "ready"): as at EOF
         adapter.shutdown()
     if adapter.orphaned:
         sweep_orphaned_run(adapter.boot)

@@ -343,7 +343,8 @@ def soak(config: MachineConfig, duration: float, kill_every: float, size: int = 
                 console.print("[yellow]interrupted: stopping the machine")
                 run.stop_rogue()
                 run.report.drained = False
-                if machine.memory is not None:  # the books are in the segment: read them
+                if machine.running:  # the books are in the segment (a start that was
+                    # interrupted has stopped it already, its memory closed): read them
                     run.fill()
             raise SoakInterrupted(run.report, time.monotonic() - started) from None
     finally:

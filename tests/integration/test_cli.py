@@ -252,3 +252,33 @@ def test_a_ctrl_c_while_the_floor_is_measured_keeps_the_runs(tmp_path: Path) -> 
     assert [(r["transport"], r["packet_size"]) for r in results["runs"]] == [("fig11", 1024)]
     assert results["runs"][0]["lost"] == 0 and "S_vs_floor" not in results["runs"][0]
     assert not floor.is_running() or floor.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("argv", [("launch", "--duration", "30"),
+                                  ("soak", "--duration", "30", "--kill-every", "10")])
+def test_a_ctrl_c_while_the_machine_starts_stops_it_quietly(tmp_path: Path,
+                                                              argv: tuple[str, ...]) -> None:
+    """Ctrl-C as soon as the adapter is spawned, before the machine is up (the children take
+    a few hundred ms to import and say they are ready): the start is undone, exit 130, no
+    traceback from any process (the adapter's "ready" met a closed channel; the soak read
+    the books of a segment already closed), and nothing left."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", *argv, "--config", str(config(tmp_path))],
+        cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while _child_running(proc, "adapter.server") is None:
+            assert proc.poll() is None, "the command ended before its adapter was seen"
+            assert time.monotonic() < deadline, "no adapter process"
+            time.sleep(0.005)  # polling for the adapter's process, against the deadline
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "Error" not in text, text
+    assert "machine up" not in text and "[   0.0-" not in text, text  # stopped in its start
+    assert "interrupted" in text, text
