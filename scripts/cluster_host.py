@@ -222,9 +222,11 @@ class ClusterHost:
         except BaseException as exc:  # the others may be in a look: end the run for all
             code = 130 if isinstance(exc, KeyboardInterrupt) else 1
             self._failure = str(exc)
+            what = ("interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt)
+                    else f"{type(exc).__name__}: {exc}")
             with signals_deferred():
-                Console(stderr=True).print(f"[red]host {self.name}: {type(exc).__name__}: "
-                                           f"{exc}; ending the MPI job", soft_wrap=True)
+                Console(stderr=True).print(f"[red]host {self.name}: {what}; ending the MPI job",
+                                           soft_wrap=True)
         with held:
             if caught is None:  # the work raised (or a signal came before the hold)
                 caught = held.enter_context(signals_held(deliver=False))

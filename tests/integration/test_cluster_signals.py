@@ -32,8 +32,8 @@ from tests.integration.conftest import mpi_runtime_names, wait_for
 pytestmark = pytest.mark.usefixtures("swept")  # tests/integration/conftest.py
 
 # a host ended by its own signal, or by the other's ending if that came first
-ENDED = re.compile(r"host (?:east|west): (?:KeyboardInterrupt|HostEnding)\b[^;]*; ending the "
-                   r"MPI job")
+ENDED = re.compile(r"host (?:east|west): (?:interrupted \(Ctrl-C or SIGTERM\)|HostEnding\b[^;]*); "
+                   r"ending the MPI job")
 
 
 def test_sigterm_during_a_bench_run_ends_it_on_every_host(tmp_path: Path) -> None:
