@@ -53,6 +53,18 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
+def stop_if_running(proc: subprocess.Popen) -> None:
+    """A test that failed leaves its command running: stop it cleanly (SIGTERM, so no name
+    leaks), killed only if it does not stop within TIMEOUT_S."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def interrupt_after_first_interval(tmp_path: Path, *argv: str, twice: bool = False,
                                    interval: re.Pattern[str] = INTERVAL) -> tuple[int, str]:
     """Start `xpmove ARGV`, wait for its first progress line (traffic is flowing), send it
@@ -92,13 +104,7 @@ def interrupt_after_first_interval(tmp_path: Path, *argv: str, twice: bool = Fal
                     out += os.read(proc.stdout.fileno(), 65536)
         rest, _ = proc.communicate(timeout=TIMEOUT_S)
     finally:
-        if proc.poll() is None:  # the test failed: stop it cleanly (SIGTERM), so no name leaks
-            proc.terminate()
-            try:
-                proc.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_if_running(proc)
     code = 130 if twice and proc.returncode == -signal.SIGINT else proc.returncode
     return code, (out + rest).decode()
 
@@ -222,30 +228,36 @@ def _child_running(proc: subprocess.Popen, argument: str) -> psutil.Process | No
     return None
 
 
+def interrupt_once_child_runs(tmp_path: Path, argv: list[str],
+                              child: str) -> tuple[int, str, psutil.Process]:
+    """Start `xpmove ARGV` and send it SIGINT as soon as a child of it whose command line has
+    `child` runs (polled against a deadline); (exit code, whole output, that child)."""
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", *argv], cwd=REPO,
+                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while (found := _child_running(proc, child)) is None:
+            assert proc.poll() is None, f"{argv[0]} ended before a {child} process was seen"
+            assert time.monotonic() < deadline, f"no {child} process"
+            time.sleep(0.005)  # polling for the child, against the deadline
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        stop_if_running(proc)
+    return proc.returncode, out.decode(), found
+
+
 def test_a_ctrl_c_while_the_floor_is_measured_keeps_the_runs(tmp_path: Path) -> None:
     """Ctrl-C after the runs, while the floor is measured (a bench's last seconds): the runs
     are reported and written, without a floor, and the floor's process is gone. (It was a
     traceback, and nothing written.)"""
     path = tmp_path / "r.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "bench", "--config", str(config(tmp_path, 4)),
-         "--transports", "fig11", "--sizes", "1KiB", "--batch", "1", "--duration", "0.5",
-         "--no-latency", "--no-single-stream", "--json", str(path)],
-        cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while (floor := _child_running(proc, "--floors")) is None:
-            assert proc.poll() is None, "the bench ended before its floor was seen"
-            assert time.monotonic() < deadline, "no floor process"
-            time.sleep(0.01)  # polling for the floor's process, against the deadline
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = words(out.decode())
-    assert proc.returncode == 130, text
+    code, out, floor = interrupt_once_child_runs(
+        tmp_path, ["bench", "--config", str(config(tmp_path, 4)), "--transports", "fig11",
+                   "--sizes", "1KiB", "--batch", "1", "--duration", "0.5", "--no-latency",
+                   "--no-single-stream", "--json", str(path)], "--floors")
+    text = words(out)
+    assert code == 130, text
     assert "Traceback" not in text and "interrupted: the floor is not measured" in text
     results = json.loads(path.read_text())
     assert results["interrupted"] is True and "floor" not in results
@@ -262,23 +274,9 @@ def test_a_ctrl_c_while_the_machine_starts_stops_it_quietly(tmp_path: Path,
     a few hundred ms to import and say they are ready): the start is undone, exit 130, no
     traceback from any process (the adapter's "ready" met a closed channel; the soak read
     the books of a segment already closed), and nothing left."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", *argv, "--config", str(config(tmp_path))],
-        cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while _child_running(proc, "adapter.server") is None:
-            assert proc.poll() is None, "the command ended before its adapter was seen"
-            assert time.monotonic() < deadline, "no adapter process"
-            time.sleep(0.005)  # polling for the adapter's process, against the deadline
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = out.decode()
-    assert proc.returncode == 130, text
+    code, text, _ = interrupt_once_child_runs(
+        tmp_path, [*argv, "--config", str(config(tmp_path))], "adapter.server")
+    assert code == 130, text
     assert "Traceback" not in text and "Error" not in text, text
     assert "machine up" not in text and "[   0.0-" not in text, text  # stopped in its start
     assert "interrupted" in text, text
