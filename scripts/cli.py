@@ -24,6 +24,7 @@ from scripts.cli_types import (
     count,
     flows,
     output_path,
+    plot_path,
     seconds,
     size,
     sizes,
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "partitions make the small machine)")
     p.add_argument("--json", type=output_path, metavar="PATH",
                    help="write the results as JSON (default: not written)")
-    p.add_argument("--plot", type=output_path, metavar="PATH.png", help="draw Fig 14 (needs "
+    p.add_argument("--plot", type=plot_path, metavar="PATH.png", help="draw Fig 14 (needs "
                    "matplotlib: pip install -e '.[plot]') (default: not drawn)")
     p.add_argument("--markdown", type=output_path, metavar="PATH",
                    help="write the summary as Markdown tables (default: not written)")

@@ -121,6 +121,20 @@ def output_path(text: str) -> str:
     return path
 
 
+PLOT_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+
+
+def plot_path(text: str) -> str:
+    """`output_path` whose suffix names a format Fig 14 can be drawn in: a bad one used to
+    fail only after the whole bench, and a missing one made matplotlib write PATH.png."""
+    path = output_path(text)
+    if os.path.splitext(path)[1].lower().lstrip(".") not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a file name ending in the format to draw in "
+            f"({', '.join('.' + f for f in PLOT_FORMATS)}; e.g. fig14.png)")
+    return path
+
+
 def _try_writing(path: str, parent: str) -> None:
     """Open the file for writing without creating it, or, if it is not there, create and
     remove a file of our own beside it: the path itself is never created, not even for a

@@ -92,6 +92,22 @@ def test_output_path_in_missing_directory_refused(capsys, option: str) -> None:
         in line
 
 
+@pytest.mark.parametrize("name", ["fig14.txt", "fig14", "fig14.png.bak"])
+def test_plot_path_without_a_drawable_format_refused(capsys, tmp_path: Path, name: str) -> None:
+    """Refused before anything runs: matplotlib refused it only after the whole bench, and
+    drew a path with no suffix as PATH.png."""
+    line = refused(capsys, "bench", "--plot", str(tmp_path / name))
+    assert f"argument --plot: '{tmp_path / name}': give a file name ending in the format to " \
+           f"draw in (.png, .svg, .pdf," in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["fig14.png", "FIG14.SVG", "fig14.pdf"])
+def test_plot_path_with_a_drawable_format_accepted(tmp_path: Path, name: str) -> None:
+    assert cli.build_parser().parse_args(["bench", "--plot", str(tmp_path / name)]).plot \
+        == str(tmp_path / name)
+
+
 def test_output_path_that_is_a_directory_refused(capsys, tmp_path: Path) -> None:
     assert "is a directory" in refused(capsys, "bench", "--json", str(tmp_path))
 
