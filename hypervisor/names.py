@@ -214,16 +214,11 @@ class RunRegistry:
 
     def add(self, prefix: str, *, shm: Iterable[str] = (), sem: Iterable[str] = ()) -> None:
         """Record names BEFORE creating them, so a crash in between cannot leak them."""
-        path = self._path(prefix)
         shm, sem = list(shm), list(sem)
         for name in (*shm, *sem):
             if not _belongs(prefix, name):
                 raise ValueError(f"IPC name {name!r} does not belong to run {prefix!r}")
-        record = self._read(path)
-        for key, names in (("shm", shm), ("sem", sem)):
-            listed = record.setdefault(key, [])
-            listed.extend(n for n in dict.fromkeys(names) if n not in listed)
-        os.replace(self._write_tmp(prefix, record), path)
+        self._extend(prefix, {"shm": shm, "sem": sem})
 
     def add_runtime(self, prefix: str, paths: Iterable[str]) -> None:
         """Record the MPI runtime's shared-memory files (RUNTIME_FILE_RE; ValueError for any
@@ -235,10 +230,16 @@ class RunRegistry:
             if RUNTIME_FILE_RE.fullmatch(path) is None:
                 raise ValueError(f"{path!r} is not a file of the MPI runtime's "
                                  f"({RUNTIME_FILE_RE.pattern})")
-        record = self._read(self._path(prefix))
-        listed = record.setdefault("runtime", [])
-        listed.extend(p for p in dict.fromkeys(paths) if p not in listed)
-        os.replace(self._write_tmp(prefix, record), self._path(prefix))
+        self._extend(prefix, {"runtime": paths})
+
+    def _extend(self, prefix: str, lists: dict[str, list[str]]) -> None:
+        """Add each list's entries to the record's list of that key (once each), atomically."""
+        path = self._path(prefix)
+        record = self._read(path)
+        for key, names in lists.items():
+            listed = record.setdefault(key, [])
+            listed.extend(n for n in dict.fromkeys(names) if n not in listed)
+        os.replace(self._write_tmp(prefix, record), path)
 
     def status_socket_path(self, prefix: str) -> str:
         """Where the run's status socket lives: <directory>/<prefix>.sock (hypervisor/status)."""
@@ -305,7 +306,7 @@ class RunRegistry:
             if record is None:
                 return []  # unlinked and removed already (a clean stop, or another sweep)
             if not _owner_alive(record["owner_pid"], record["owner_create_time"]):
-                return self.sweep(only=prefix)
+                return self._sweep_dead(prefix, record)
             if time.monotonic() >= deadline:
                 return []
             time.sleep(ORPHAN_POLL_S)
@@ -314,9 +315,8 @@ class RunRegistry:
         """Every readable record, sorted by prefix; corrupt files are skipped with a warning."""
         return [r for p, path in self._record_paths() if (r := self._load(p, path)) is not None]
 
-    def sweep(self, only: str | None = None) -> list[str]:
-        """Unlink the names of every run whose owner is dead (or of run `only`, if its owner
-        is dead) and drop its record.
+    def sweep(self) -> list[str]:
+        """Unlink the names of every run whose owner is dead and drop its record.
 
         Live owners' records are left alone. Only names under the record's own prefix are
         unlinked, so a damaged record cannot take out another program's objects. A record
@@ -324,34 +324,37 @@ class RunRegistry:
         """
         unlinked: list[str] = []
         for prefix, path in self._record_paths():
-            if only is not None and prefix != only:
-                continue
             record = self._load(prefix, path)
             if record is None or _owner_alive(record["owner_pid"], record["owner_create_time"]):
                 continue
-            names = {}
-            for key in ("shm", "sem"):
-                names[key] = [n for n in record[key] if _belongs(prefix, n)]
-                for bad in (n for n in record[key] if not _belongs(prefix, n)):
-                    log.warning("run record %s: ignoring foreign name %r", path, bad)
-            done, failed = _unlink_all(names["shm"], names["sem"])
-            unlinked.extend(done)
-            if failed:
-                log.warning("run record %s kept: could not unlink %s", path, failed)
+            unlinked.extend(self._sweep_dead(prefix, record))
+        return unlinked
+
+    def _sweep_dead(self, prefix: str, record: dict) -> list[str]:
+        """Unlink what the record of run `prefix`, whose owner is dead, lists, and drop the
+        record (kept if a name of the run's own could not be unlinked); what was unlinked."""
+        names = {}
+        for key in ("shm", "sem"):
+            names[key] = [n for n in record[key] if _belongs(prefix, n)]
+            for bad in (n for n in record[key] if not _belongs(prefix, n)):
+                log.warning("run record of %s: ignoring foreign name %r", prefix, bad)
+        unlinked, failed = _unlink_all(names["shm"], names["sem"])
+        if failed:
+            log.warning("run record of %s kept: could not unlink %s", prefix, failed)
+            return unlinked
+        if record.get("status_socket") is not None:  # only ever at the standard path
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.status_socket_path(prefix))
+        for file in record.get("runtime", ()):  # the MPI runtime's, that pattern only
+            if not isinstance(file, str) or RUNTIME_FILE_RE.fullmatch(file) is None:
+                log.warning("run record of %s: ignoring foreign file %r", prefix, file)
                 continue
-            if record.get("status_socket") is not None:  # only ever at the standard path
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.status_socket_path(prefix))
-            for path in record.get("runtime", ()):  # the MPI runtime's, that pattern only
-                if not isinstance(path, str) or RUNTIME_FILE_RE.fullmatch(path) is None:
-                    log.warning("run record of %s: ignoring foreign file %r", prefix, path)
-                    continue
-                try:
-                    os.unlink(path)
-                    unlinked.append(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:  # the record goes anyway: these are not our names
-                    log.warning("cannot unlink %s: %s", path, e)
-            self.remove(prefix)
+            try:
+                os.unlink(file)
+                unlinked.append(file)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # the record goes anyway: these are not our names
+                log.warning("cannot unlink %s: %s", file, e)
+        self.remove(prefix)
         return unlinked
