@@ -380,18 +380,24 @@ def check_commit_words(words: memoryview, dst: PartitionLayout, ring: RingWords,
     published (the pending head: a plausible but forged head differs) and the pair's sequence
     word leaves room. The adapter (Engine) and a lease's holder (partitions/leasing.py) both
     check these words before each commit: `tail` comes from the receiving partition."""
-    where = f"network ID {dst.network_id}'s control block"
     try:
         check_counters(head, tail, dst.receive_size)
     except RingCorrupt as exc:
-        raise RingCorrupt(f"{where}: {exc}") from None
+        raise RingCorrupt(f"{_block(dst)}: {exc}") from None
     pending = words[ring.pending]
     if head != pending:
-        raise RingCorrupt(f"{where}: head {head} is not the last commit's pending_head "
+        raise RingCorrupt(f"{_block(dst)}: head {head} is not the last commit's pending_head "
                           f"{pending}")
     seq = words[seq_word]
     if seq >= SEQ_LIMIT:
-        raise RingCorrupt(f"{where}: a pair's sequence word is {seq} (limit {SEQ_LIMIT})")
+        raise RingCorrupt(f"{_block(dst)}: a pair's sequence word is {seq} (limit "
+                          f"{SEQ_LIMIT})")
+
+
+def _block(dst: PartitionLayout) -> str:
+    """How an error names a destination's control block (formatted only for an error: the
+    check runs before every commit)."""
+    return f"network ID {dst.network_id}'s control block"
 
 
 def read_pending(words: memoryview, dst: PartitionLayout) -> tuple[int, int, int]:

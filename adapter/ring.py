@@ -99,6 +99,14 @@ def starts_over(head: int, tail: int, pos: int, need: int, window: int = WINDOW)
     return head == tail and need <= pos and pos + need > window
 
 
+def _place(head: int, tail: int, capacity: int, need: int, window: int) -> tuple[int, int]:
+    """(bytes skipped, ring offset) of a record of `need` ring bytes written at `head`."""
+    pos = head % capacity
+    if pos + need <= capacity and not starts_over(head, tail, pos, need, window):
+        return 0, pos
+    return capacity - pos, 0
+
+
 def reserve(head: int, tail: int, capacity: int, length: int, window: int = WINDOW
             ) -> Reservation:
     """Place a record of `length` bytes at `head` of a ring whose records start over past
@@ -107,16 +115,25 @@ def reserve(head: int, tail: int, capacity: int, length: int, window: int = WIND
     if length <= 0 or length > max_payload(capacity):
         raise TooLarge(f"record of {length} bytes does not fit a ring of {capacity} bytes")
     need = record_size(length)
-    pos = head % capacity
-    if pos + need <= capacity and not starts_over(head, tail, pos, need, window):
-        skip, position = 0, pos
-    else:
-        skip, position = capacity - pos, 0
+    skip, position = _place(head, tail, capacity, need, window)
     free = capacity - (head - tail)
     if skip + need > free:
         raise DestinationFull(f"need {skip + need} bytes, {free} free")
+    pos = head % capacity
     pad = pos if skip >= HEADER_SIZE else None
     return Reservation(position, length, pad, head + skip + need)
+
+
+def has_room(head: int, tail: int, capacity: int, length: int, window: int = WINDOW) -> bool:
+    """Whether `reserve` would find room for a record of `length` bytes: a writer's look
+    before it asks, so that waiting for its reader costs no refusal. Only a look: counters or
+    a length `reserve` would refuse as wrong say True, and `reserve` says what is wrong."""
+    if (capacity <= 0 or capacity % ALIGN or not 0 <= tail <= head <= tail + capacity
+            or not 0 < length <= max_payload(capacity)):
+        return True
+    need = record_size(length)
+    skip, _ = _place(head, tail, capacity, need, window)
+    return skip + need <= capacity - (head - tail)
 
 
 class RecordView(NamedTuple):

@@ -54,12 +54,12 @@ from types import TracebackType
 from typing import TypeVar
 
 from adapter.errors import BadCount, TooLarge, XpmoveError
-from adapter.ring import check_run_shape, run_size
+from adapter.ring import MAX_RUN_RECORDS, check_run_shape, run_size
 from partitions.driver import Driver, Sent
 from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
-from partitions.waiting import retrying
+from partitions.waiting import ROOM_WAIT_S, retrying
 
 LoanT = TypeVar("LoanT", bound=Loan)
 Move = Callable[[memoryview, "float | None", "threading.Event | None"], Sent]
@@ -208,10 +208,10 @@ class Lease:
         """`loan` for a run of `packets` packets of `length` bytes (`loan.packet(i)`), ONE
         record of `packets` sequence numbers, as `Port.loan_run` but with no request."""
         count = length if packets == 1 else run_size(packets, length)
-        what = f"loan_run of {packets} packets of {length} bytes under the lease on network " \
-               f"ID {self.dst}"
-        check_run_shape(packets, length, what)
-        if count > self._max_record:
+        if not 1 <= packets <= MAX_RUN_RECORDS or length < 1 or count > self._max_record:
+            what = (f"loan_run of {packets} packets of {length} bytes under the lease on "
+                    f"network ID {self.dst}")
+            check_run_shape(packets, length, what)
             raise TooLarge(f"{what}: {count} bytes, its records hold at most "
                            f"{self._max_record}")
         run = None if packets == 1 else (packets, length)
@@ -225,19 +225,29 @@ class Lease:
               ) -> LoanT:
         self._check_usable(what)
         self._before_send()
-        driver = self._driver
+        driver, held = self._driver, self._held
+        outcome: Granted | XpmoveError | None = None
+        if held is not None and held.held:  # the common case: no retry loop, no closure
+            room = driver.room(self.dst)
+            if room is not None and timeout != 0:
+                mark = room.mark()  # before the look, as `retrying` marks before a try
+                if not driver.lease_has_room(held, count):  # the receiver reads the last
+                    # run still: wait for it here, where a try would be refused first
+                    room.wait(mark, ROOM_WAIT_S if timeout is None else min(ROOM_WAIT_S,
+                                                                            timeout))
+            outcome = driver.lease_loan(held, count, run, uninit)
+        if outcome is None or isinstance(outcome, XpmoveError):
+            def attempt(reply_by: float | None) -> Granted | XpmoveError:
+                held = self._holding(reply_by)  # the held lease at once, else a LEASE request
+                if isinstance(held, XpmoveError):
+                    return held
+                return driver.lease_loan(held, count, run, uninit)
 
-        def attempt(reply_by: float | None) -> Granted | XpmoveError:
-            held = self._holding(reply_by)  # the held lease at once, else a LEASE request
-            if isinstance(held, XpmoveError):
-                return held
-            return driver.lease_loan(held, count, run, uninit)
-
-        outcome = retrying(attempt, float("inf") if timeout is None else timeout,
-                           self._stopping(cancel), driver.room(self.dst))
-        if isinstance(outcome, XpmoveError):
-            raise outcome
-        held = self._held
+            outcome = retrying(attempt, float("inf") if timeout is None else timeout,
+                               self._stopping(cancel), driver.room(self.dst))
+            if isinstance(outcome, XpmoveError):
+                raise outcome
+            held = self._held
         assert held is not None and held.lent is not None
         opened = held.lent  # this loan's: only its own end may end it
 

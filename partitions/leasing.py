@@ -51,7 +51,14 @@ import posix_ipc
 from adapter import receive_area
 from adapter.errors import LockTimeout, RingCorrupt, Status, XpmoveError, error_for
 from adapter.protocol import Move, Op
-from adapter.ring import KIND_RECORD, KIND_RUN, RUN_DESCRIPTOR, Reservation, reserve
+from adapter.ring import (
+    KIND_RECORD,
+    KIND_RUN,
+    RUN_DESCRIPTOR,
+    Reservation,
+    has_room,
+    reserve,
+)
 from partitions.driver_parts import DriverParts
 from partitions.lending import Granted
 
@@ -215,6 +222,12 @@ class Leasing(DriverParts):
                 self._give_back(lease)  # goes first (each grant carries at least one)
         receive_area.ring_doorbell(words, ring, lease.bell)
         return seq
+
+    def lease_has_room(self, lease: HeldLease, count: int) -> bool:
+        """Whether a record of `count` bytes would fit the leased ring now (`has_room`: a
+        look, no lock, nothing checked; `lease_loan` decides)."""
+        words, ring, dst = self.words, lease.ring, lease.dst
+        return has_room(words[ring.head], words[ring.tail], dst.receive_size, count, dst.window)
 
     def lease_loan(self, lease: HeldLease, count: int, run: tuple[int, int] | None,
                    uninit: bool) -> Granted | XpmoveError:

@@ -23,6 +23,7 @@ from adapter.ring import (
     RecordView,
     align,
     check_counters,
+    has_room,
     max_payload,
     next_record,
     record_size,
@@ -321,3 +322,38 @@ def test_record_running_past_head_is_corrupt():
     write(buf, 0, KIND_RECORD, 1, 1, 1000)
     with pytest.raises(RingCorrupt, match="runs past head 128"):
         next_record(0, 128, CAP, header_reader(buf))
+
+
+@given(capacity=st.sampled_from([4096, 65536, 1 << 20]), used=st.integers(0, 1 << 20),
+       pos=st.integers(0, (1 << 20) // ALIGN).map(lambda k: k * ALIGN),
+       turns=st.integers(0, 3), length=st.integers(1, 1 << 19),
+       window=st.sampled_from([4096, 1 << 16, WINDOW]))
+def test_has_room_says_what_reserve_would_do(capacity, used, pos, turns, length, window):
+    """A writer's look before it asks (`has_room`) agrees with `reserve` on every ring state
+    `reserve` accepts: True exactly when a record of `length` bytes is placed, False exactly
+    when it is refused for room."""
+    head = turns * capacity + pos % capacity
+    tail = max(0, head - min(used, capacity) // ALIGN * ALIGN)
+    try:
+        reserve(head, tail, capacity, length, window)
+    except DestinationFull:
+        assert not has_room(head, tail, capacity, length, window)
+    except (TooLarge, RingCorrupt):
+        assert has_room(head, tail, capacity, length, window)  # reserve names what is wrong
+    else:
+        assert has_room(head, tail, capacity, length, window)
+
+
+@pytest.mark.parametrize("head, tail, capacity, length", [
+    (100, 200, 4096, 8),  # tail past head
+    (0, 0, 4096, 0),  # no bytes
+    (0, 0, 4096, 4096),  # more than half the ring
+    (8192, 0, 4096, 8),  # more unread than the ring holds
+    (0, 0, 4100, 8),  # a capacity that is no multiple of ALIGN
+])
+def test_has_room_leaves_wrong_words_to_reserve(head, tail, capacity, length):
+    """Counters or a length that `reserve` refuses as wrong: the look says True, so the
+    writer asks, and the refusal names what is wrong (the look never waits on them)."""
+    assert has_room(head, tail, capacity, length)
+    with pytest.raises((RingCorrupt, TooLarge)):
+        reserve(head, tail, capacity, length)
