@@ -15,6 +15,7 @@ import pytest
 
 from scripts import cli
 from scripts.cli_types import output_path
+from scripts.loadgen.options import DEFAULT_BATCHES, BenchOptions
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -78,6 +79,13 @@ def test_transports_parsed() -> None:
     args = cli.build_parser().parse_args(["bench", "--transports", "tcp, fig11,tcp"])
     assert args.transports == ("tcp", "fig11")
     assert cli.build_parser().parse_args(["bench"]).transports is None  # = DEFAULT_TRANSPORTS
+
+
+def test_the_default_batches_are_the_bench_options_defaults() -> None:
+    """One default for a bench's batches, whether it comes from the command line or from
+    BenchOptions (they were 1,128,16384 and (1, 32))."""
+    assert cli.build_parser().parse_args(["bench"]).batch == DEFAULT_BATCHES
+    assert BenchOptions().batches == DEFAULT_BATCHES == (1, 128, 16384)
 
 
 def test_batches_and_sizes_parsed() -> None:
