@@ -19,11 +19,12 @@ RUN_TIMEOUT_S = 60
 RUN_PREFIX = re.compile(r"machine up: run (xpm-[0-9a-f]{8})")
 
 
-def xpmove_run(config: Path, cwd: Path, tmp_path: Path,
-               timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def xpmove_run(config: Path, cwd: Path, tmp_path: Path, timeout: float = RUN_TIMEOUT_S,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`xpmove run --config CONFIG --timeout T` in `cwd`; checks that the run's names are gone."""
     env = {**os.environ, "XPMOVE_RUN_DIR": str(tmp_path / "runs"),
-           "COLUMNS": "250"}  # the report is one line per partition, not wrapped at 80
+           "COLUMNS": "250",  # the report is one line per partition, not wrapped at 80
+           **(extra_env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "scripts.cli", "run", "--config", str(config),
          "--timeout", str(timeout)],
@@ -58,6 +59,22 @@ def test_example_runs_and_every_program_returns(example: str, tmp_path: Path) ->
         for flow in ("fig11", "fig12", "lease"):
             assert re.search(rf"^{flow}: .*p50 [0-9.]+ us, p99 [0-9.]+ us", proc.stdout,
                              re.MULTILINE), output
+
+
+@pytest.mark.parametrize("mode", ["fill", "none", "stream:65536"])
+def test_the_run_cost_benchmark_reports_each_side_in_each_mode(mode: str, tmp_path: Path
+                                                               ) -> None:
+    """benchmarks/run_cost.py, a few runs: both sides report their CPU a run and its split
+    (a bad packet would make the receiver raise, and the run fail)."""
+    proc = xpmove_run(REPO / "benchmarks" / "run_cost.toml", REPO, tmp_path, extra_env={
+        "XPMOVE_RUN_COST": mode, "XPMOVE_RUN_COST_RUNS": "20",
+        "XPMOVE_RUN_COST_PACKETS": "16", "XPMOVE_RUN_COST_SIZE": "4096"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for side in ("sender", "receiver"):
+        assert re.search(rf"^{side} \({re.escape(mode)}, 20 runs of 16 x 4096 B\): [0-9.]+ us "
+                         r"CPU a run, work [0-9.]+, the lease path [0-9.]+$", proc.stdout,
+                         re.MULTILINE), output
 
 
 def write_machine(tmp_path: Path, program: str,
