@@ -22,6 +22,7 @@ The targets, in the order printed:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -87,11 +88,17 @@ class Target:
 
 
 def measured_text(target: Mapping) -> str:
-    """The ratio as the table shows it (a share when the goal is a percentage)."""
+    """The ratio as the table shows it (a share when the goal is a percentage), cut toward
+    the side the goal excludes (down for ">=", up for "<="): a ratio never reads as the goal
+    its verdict missed (0.699 of a ">= 70%" goal is "69%", not "70%")."""
     ratio = target.get("ratio")
     if ratio is None:
         return "-"
-    return f"{ratio:.0%}" if target.get("goal", "").endswith("%") else f"{ratio:.2f}x"
+    goal = target.get("goal", "")
+    hundredths = ratio * 100  # whole per cent, or hundredths of x
+    cut = (math.ceil(hundredths - 1e-9) if goal.startswith("<=")
+           else math.floor(hundredths + 1e-9))
+    return f"{cut}%" if goal.endswith("%") else f"{cut / 100:.2f}x"
 
 
 # -- picking runs -----------------------------------------------------------------------------

@@ -179,3 +179,19 @@ def test_the_scaling_config_is_where_the_bench_looks():
     from scripts.loadgen.options import SIXTEEN
 
     assert SIXTEEN.is_file(), SIXTEEN
+
+
+@pytest.mark.parametrize("ratio, goal, shown", [
+    (0.6995, ">= 70%", "69%"),  # missed: never "70%"
+    (0.7, ">= 70%", "70%"),
+    (0.7549, ">= 70%", "75%"),
+    (0.9999, ">= 1x", "0.99x"),  # missed: never "1.00x"
+    (1.0, ">= 1x", "1.00x"),
+    (1.456, ">= 1x", "1.45x"),
+    (1.0001, "<= 1x", "1.01x"),  # missed: never "1.00x"
+    (0.851, "<= 1x", "0.86x"),
+])
+def test_a_shown_ratio_never_reads_as_the_goal_its_verdict_missed(ratio, goal, shown):
+    """The run at dbda672 printed "70% >= 70% MISSED" for 69.9 %: a ratio is cut toward the
+    side its goal excludes, so what the table shows and its verdict always agree."""
+    assert measured_text({"ratio": ratio, "goal": goal}) == shown
