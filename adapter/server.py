@@ -32,7 +32,7 @@ from adapter.engine import Engine
 from adapter.protocol import MAX_REQUEST_SIZE, ProtocolViolation, RequestDecoder, malformed_reply
 from adapter.translation import PartitionState
 from hypervisor.boot import AdapterBoot
-from hypervisor.control import Channel, ControlError
+from hypervisor.control import Channel, ControlError, unless_undone
 from hypervisor.memory import PhysicalMemory
 from hypervisor.names import RunRegistry
 
@@ -287,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C in a terminal reaches the whole process group: the hypervisor coordinates
     # shutdown (as for the partitions), so an adapter that left on its own would be restarted
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    adapter = Adapter(AdapterBoot.from_json(args.boot))
+    boot = AdapterBoot.from_json(args.boot)
+    adapter = unless_undone(lambda: Adapter(boot), boot.control_fd)
+    if adapter is None:  # the start was undone before we attached (a Ctrl-C): nothing to do
+        return 0
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
     try:
         adapter.run()

@@ -8,12 +8,18 @@ pair so that file descriptors can be passed later (e.g. fresh adapter pipes).
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
+import posix_ipc
+
+T = TypeVar("T")
 LENGTH = struct.Struct("<I")
 MAX_MESSAGE = 1 << 20
 
@@ -58,6 +64,38 @@ class MessageReader:
 
 
 MAX_FDS = 16
+# A child that cannot find its machine's names waits this long for its channel to close: a
+# start undone under it (a Ctrl-C) closes it at once; a hypervisor that still waits for the
+# child's "ready" does not, and the child's failure is then a fault, reported in full.
+UNDONE_WAIT_S = 2.0
+
+
+def unless_undone(attach: Callable[[], T], control_fd: int) -> T | None:
+    """A child's `attach()` to its machine (the segment, the semaphores); None if the machine's
+    names are gone because its start was undone under the child (a Ctrl-C right after the
+    spawn: the hypervisor closed the child's channel and unlinked them, possibly before the
+    child registered with it). Names gone while the channel stays open are a fault: raised."""
+    try:
+        return attach()
+    except posix_ipc.ExistentialError:
+        if closed_within(control_fd):
+            return None
+        raise
+
+
+def closed_within(fd: int, seconds: float = UNDONE_WAIT_S) -> bool:
+    """Whether the peer of the control socket `fd` closes it within `seconds` (its end of
+    file), taking none of its data: how a child that cannot attach to its machine tells a
+    start undone under it from a fault."""
+    deadline = time.monotonic() + seconds
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([sock], [], [], left)[0]:
+                try:
+                    return sock.recv(1, socket.MSG_PEEK) == b""
+                except OSError:  # reset by a peer that is gone
+                    return True
+    return False
 
 
 class Channel:

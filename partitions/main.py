@@ -40,7 +40,7 @@ import posix_ipc
 
 from adapter.errors import XpmoveError
 from hypervisor.boot import PartitionBoot
-from hypervisor.control import Channel, ControlError
+from hypervisor.control import Channel, ControlError, unless_undone
 from hypervisor.memory import PhysicalMemory
 from partitions import program_report
 from partitions.cork import QueuedFailure, QueuedSendFailed
@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 pid` dumps every thread's stack
     boot = PartitionBoot.from_json(args.boot)
     set_affinity(boot.cpus)
-    code = Partition(boot).run()
+    partition = unless_undone(lambda: Partition(boot), boot.control_fd)
+    if partition is None:  # the start was undone before we attached (a Ctrl-C): nothing to do
+        return 0
+    code = partition.run()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # daemon threads (a program ignoring stop) must not hold the exit

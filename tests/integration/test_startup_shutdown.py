@@ -9,11 +9,17 @@ import os
 import re
 import resource
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
+from hypervisor.boot import AdapterBoot, PartitionBoot
+from hypervisor.layout import plan_segment
+from hypervisor.names import ipc_name, new_run_prefix
+from tests.integration.cluster_jobs import REPO
 from tests.integration.conftest import names_exist, small_config
 from tests.integration.xpmove_command import reap_group, shm_names, tiny_config, xpmove
 
@@ -112,3 +118,53 @@ def test_the_segment_is_allocated_when_it_is_created(make_machine):
     st = os.stat(f"/dev/shm/{m.names.segment.lstrip('/')}")
     assert st.st_size == m.layout.total_size
     assert st.st_blocks * 512 >= st.st_size, (st.st_blocks * 512, st.st_size)
+
+
+# -- a start undone under a child: its machine's names are gone before it attaches ---------------
+def gone_machine_boot(module: str, control_fd: int, pipe_fds: tuple[int, int]) -> str:
+    """The boot block of a machine whose names were never created (as after a start undone:
+    unlinked before the child attached), for the adapter or partition 1."""
+    config = small_config(2, program=None)
+    prefix = new_run_prefix()
+    ids = [p.network_id for p in config.partitions]
+    names = {"segment": ipc_name(prefix, "mem"), "layout": plan_segment(config),
+             **{kind: {i: ipc_name(prefix, f"{kind[:-1]}-{i}") for i in ids}
+                for kind in ("locks", "bells", "recalls", "rooms")}}
+    if module == "adapter.server":
+        return AdapterBoot(**names, control_fd=control_fd, lock_timeout_s=1.0,
+                           connections=()).to_json()
+    return PartitionBoot(**names, control_fd=control_fd, network_id=1, request_fd=pipe_fds[1],
+                         reply_fd=pipe_fds[0], cpus=None, program=None).to_json()
+
+
+@pytest.mark.parametrize("module", ["adapter.server", "partitions.main"])
+@pytest.mark.parametrize("undone", [True, False], ids=["start-undone", "hypervisor-waits"])
+def test_a_child_that_finds_its_machine_gone_leaves_quietly_only_if_its_start_was_undone(
+        module: str, undone: bool) -> None:
+    """A Ctrl-C right after a child was spawned undoes the start: the hypervisor closes the
+    child's channel and unlinks the names, possibly before the child attached (CI saw the
+    adapter's ExistentialError traceback in `soak`'s output). Such a child leaves quietly,
+    exit 0. A child whose hypervisor still waits for it (its channel open) and finds no names
+    has met a fault: it fails with the error, which the hypervisor reports."""
+    parent, child = socket.socketpair()
+    read_end, write_end = os.pipe()
+    boot = gone_machine_boot(module, child.fileno(), (read_end, write_end))
+    proc = subprocess.Popen([sys.executable, "-m", module, "--boot", boot], cwd=REPO,
+                            pass_fds=[child.fileno(), read_end, write_end],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        child.close()
+        if undone:
+            parent.close()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        parent.close()
+        os.close(read_end)
+        os.close(write_end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if undone:
+        assert (proc.returncode, out, err) == (0, "", "")
+    else:
+        assert proc.returncode != 0 and "ExistentialError" in err, (proc.returncode, err)
