@@ -383,18 +383,18 @@ def check_commit_words(words: memoryview, dst: PartitionLayout, ring: RingWords,
     try:
         check_counters(head, tail, dst.receive_size)
     except RingCorrupt as exc:
-        raise RingCorrupt(f"{_block(dst)}: {exc}") from None
+        raise RingCorrupt(f"{_control_block_name(dst)}: {exc}") from None
     pending = words[ring.pending]
     if head != pending:
-        raise RingCorrupt(f"{_block(dst)}: head {head} is not the last commit's pending_head "
-                          f"{pending}")
+        raise RingCorrupt(f"{_control_block_name(dst)}: head {head} is not the last commit's "
+                          f"pending_head {pending}")
     seq = words[seq_word]
     if seq >= SEQ_LIMIT:
-        raise RingCorrupt(f"{_block(dst)}: a pair's sequence word is {seq} (limit "
+        raise RingCorrupt(f"{_control_block_name(dst)}: a pair's sequence word is {seq} (limit "
                           f"{SEQ_LIMIT})")
 
 
-def _block(dst: PartitionLayout) -> str:
+def _control_block_name(dst: PartitionLayout) -> str:
     """How an error names a destination's control block (formatted only for an error: the
     check runs before every commit)."""
     return f"network ID {dst.network_id}'s control block"

@@ -69,13 +69,21 @@ def max_payload(capacity: int) -> int:
     return (capacity // 2) // ALIGN * ALIGN - HEADER_SIZE
 
 
+def _capacity_ok(capacity: int) -> bool:
+    # a wrap would leave head unaligned and the ring unreadable from then on
+    return capacity > 0 and capacity % ALIGN == 0
+
+
+def _counters_ok(head: int, tail: int, capacity: int) -> bool:
+    return (0 <= tail <= head and head - tail <= capacity and head % ALIGN == 0
+            and tail % ALIGN == 0)
+
+
 def check_counters(head: int, tail: int, capacity: int) -> None:
     """Reject counters no correct writer/reader pair could have produced."""
-    if capacity <= 0 or capacity % ALIGN:
-        # a wrap would leave head unaligned and the ring unreadable from then on
+    if not _capacity_ok(capacity):
         raise RingCorrupt(f"ring capacity {capacity} is not a positive multiple of {ALIGN}")
-    if not (0 <= tail <= head and head - tail <= capacity and head % ALIGN == 0
-            and tail % ALIGN == 0):
+    if not _counters_ok(head, tail, capacity):
         raise RingCorrupt(f"ring counters head {head} tail {tail} invalid for capacity {capacity}")
 
 
@@ -128,7 +136,7 @@ def has_room(head: int, tail: int, capacity: int, length: int, window: int = WIN
     """Whether `reserve` would find room for a record of `length` bytes: a writer's look
     before it asks, so that waiting for its reader costs no refusal. Only a look: counters or
     a length `reserve` would refuse as wrong say True, and `reserve` says what is wrong."""
-    if (capacity <= 0 or capacity % ALIGN or not 0 <= tail <= head <= tail + capacity
+    if (not _capacity_ok(capacity) or not _counters_ok(head, tail, capacity)
             or not 0 < length <= max_payload(capacity)):
         return True
     need = record_size(length)
@@ -186,11 +194,16 @@ def run_size(packets: int, length: int) -> int:
     return RUN_DESCRIPTOR.size + packets * align(length)
 
 
+def run_shape_ok(packets: int, length: int) -> bool:
+    """Whether a run of `packets` packets of `length` bytes is one a request may carry
+    (1..MAX_RUN_RECORDS packets, each >= 1 byte)."""
+    return 1 <= packets <= MAX_RUN_RECORDS and length >= 1
+
+
 def check_run_shape(packets: int, length: int, what: str) -> None:
-    """BadCount naming the values unless a run of `packets` packets of `length` bytes is one
-    a request may carry (1..MAX_RUN_RECORDS packets, each >= 1 byte): checked where the
-    program names them, since the adapter's refusal reaches it only as a status code."""
-    if not 1 <= packets <= MAX_RUN_RECORDS or length < 1:
+    """BadCount naming the values unless `run_shape_ok`: checked where the program names
+    them, since the adapter's refusal reaches it only as a status code."""
+    if not run_shape_ok(packets, length):
         raise BadCount(f"{what}: a run holds 1..{MAX_RUN_RECORDS} packets of >= 1 byte each "
                        f"(got {packets} packets of {length} bytes)")
 

@@ -54,12 +54,12 @@ from types import TracebackType
 from typing import TypeVar
 
 from adapter.errors import BadCount, TooLarge, XpmoveError
-from adapter.ring import MAX_RUN_RECORDS, check_run_shape, run_size
+from adapter.ring import check_run_shape, run_shape_ok, run_size
 from partitions.driver import Driver, Sent
 from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
-from partitions.waiting import ROOM_WAIT_S, retrying
+from partitions.waiting import ROOM_WAIT_S, RoomWait, retrying
 
 LoanT = TypeVar("LoanT", bound=Loan)
 Move = Callable[[memoryview, "float | None", "threading.Event | None"], Sent]
@@ -208,7 +208,7 @@ class Lease:
         """`loan` for a run of `packets` packets of `length` bytes (`loan.packet(i)`), ONE
         record of `packets` sequence numbers, as `Port.loan_run` but with no request."""
         count = length if packets == 1 else run_size(packets, length)
-        if not 1 <= packets <= MAX_RUN_RECORDS or length < 1 or count > self._max_record:
+        if not run_shape_ok(packets, length) or count > self._max_record:
             what = (f"loan_run of {packets} packets of {length} bytes under the lease on "
                     f"network ID {self.dst}")
             check_run_shape(packets, length, what)
@@ -226,28 +226,26 @@ class Lease:
         self._check_usable(what)
         self._before_send()
         driver, held = self._driver, self._held
-        outcome: Granted | XpmoveError | None = None
+        started, room = time.monotonic(), driver.room(self.dst)
+        tried: tuple[Granted | XpmoveError, int] | None = None
         if held is not None and held.held:  # the common case: no retry loop, no closure
-            room = driver.room(self.dst)
-            if room is not None and timeout != 0:
-                mark = room.mark()  # before the look, as `retrying` marks before a try
-                if not driver.lease_has_room(held, count):  # the receiver reads the last
-                    # run still: wait for it here, where a try would be refused first
-                    room.wait(mark, ROOM_WAIT_S if timeout is None else min(ROOM_WAIT_S,
-                                                                            timeout))
-            outcome = driver.lease_loan(held, count, run, uninit)
-        if outcome is None or isinstance(outcome, XpmoveError):
+            mark = self._room_first(room, held, count, timeout, cancel)
+            tried = driver.lease_loan(held, count, run, uninit), mark
+        if tried is not None and not isinstance(tried[0], XpmoveError):
+            granted = tried[0]
+        else:
             def attempt(reply_by: float | None) -> Granted | XpmoveError:
                 held = self._holding(reply_by)  # the held lease at once, else a LEASE request
                 if isinstance(held, XpmoveError):
                     return held
                 return driver.lease_loan(held, count, run, uninit)
 
-            outcome = retrying(attempt, float("inf") if timeout is None else timeout,
-                               self._stopping(cancel), driver.room(self.dst))
+            left = (float("inf") if timeout is None
+                    else max(0.0, timeout - (time.monotonic() - started)))
+            outcome = retrying(attempt, left, self._stopping(cancel), room, tried)
             if isinstance(outcome, XpmoveError):
                 raise outcome
-            held = self._held
+            granted, held = outcome, self._held
         assert held is not None and held.lent is not None
         opened = held.lent  # this loan's: only its own end may end it
 
@@ -255,9 +253,9 @@ class Lease:
             return driver.end_lease_loan(held, opened, granted, commit)
 
         try:
-            loan = make(outcome, end)
+            loan = make(granted, end)
         except BaseException:
-            end(outcome, False)
+            end(granted, False)
             raise
         self._loan, self._loan_thread = loan, threading.get_ident()
         self._on_loan(loan, True)
@@ -266,6 +264,22 @@ class Lease:
             raise LeaseClosed(f"{what}: the lease on network ID {self.dst} was closed while "
                               f"the loan was made; nothing was lent")
         return loan
+
+    def _room_first(self, room: RoomWait | None, held: HeldLease, count: int,
+                    timeout: float | None, cancel: threading.Event | None) -> int:
+        """Before a loan under the held lease: if its ring has no room for `count` bytes (in
+        the steady state of a run a time, the receiver still reads the last run), wait for
+        the receiver's room bell here, where asking would be refused first (at most
+        ROOM_WAIT_S and `timeout`; not with a timeout of 0 or a cancel set). Returns the room
+        mark for the try that follows (`retrying`'s, if it is refused after all)."""
+        if room is None:
+            return 0
+        mark = room.mark()  # before the look, as `retrying` marks before a try
+        if ((timeout is None or timeout > 0) and not (cancel is not None and cancel.is_set())
+                and not self._driver.lease_has_room(held, count)):
+            room.wait(mark, ROOM_WAIT_S if timeout is None else min(ROOM_WAIT_S, timeout))
+            mark = room.mark()
+        return mark
 
     def _loan_ended(self, loan: Loan) -> None:
         self._on_loan(loan, False)

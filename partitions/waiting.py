@@ -67,21 +67,26 @@ class RoomWait:
 
 
 def retrying(attempt: Callable[[float | None], T | XpmoveError], timeout: float,
-             stop: Callable[[], bool] | None, room: RoomWait | None = None) -> T | XpmoveError:
+             stop: Callable[[], bool] | None, room: RoomWait | None = None,
+             tried: tuple[T | XpmoveError, int] | None = None) -> T | XpmoveError:
     """`attempt(reply_by)` again while its outcome is a retryable error (destination full, lock
     timeout), until `timeout` passes or `stop()` is true; the last outcome. Between tries, a
     refusal for room waits on `room` (the destination's, if it has one; at most ROOM_WAIT_S),
     any other a growing pause. `reply_by` ends each attempt's wait for its reply: the deadline,
     but at least REPLY_WAIT_MIN_S after the request, plus REPLY_GRACE_S (None with an infinite
-    timeout)."""
+    timeout). `tried`: the outcome of a try the caller made itself (a fast path), with the
+    room mark taken before it, judged as the first try's."""
     deadline = time.monotonic() + timeout
     pause = RETRY_BACKOFF_S[0]
     while True:
         now = time.monotonic()
-        reply_by = (None if deadline == float("inf") else
-                    max(deadline, now + REPLY_WAIT_MIN_S) + REPLY_GRACE_S)
-        mark = room.mark() if room is not None else 0
-        outcome = attempt(reply_by)
+        if tried is not None:
+            (outcome, mark), tried = tried, None
+        else:
+            reply_by = (None if deadline == float("inf") else
+                        max(deadline, now + REPLY_WAIT_MIN_S) + REPLY_GRACE_S)
+            mark = room.mark() if room is not None else 0
+            outcome = attempt(reply_by)
         if not isinstance(outcome, XpmoveError) or not outcome.retryable:
             return outcome
         if stop is not None and stop():

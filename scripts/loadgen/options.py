@@ -24,8 +24,9 @@ DRAIN_TIMEOUT_S = 15.0  # after the senders stop, how long receivers may take to
 PACKETS_TIMEOUT_S = 120.0  # a --packets run that takes longer than this is cut off
 LATENCY_SAMPLES = 20_000  # per receiver, for the pooled percentiles
 SWITCH_TIMEOUT_S = 10.0
-# the patent's literal flow, a run of 128 packets, and as many as a run holds (8 MiB of
-# packets, scripts/workload/adapter_flows.py RUN_BYTES): `xpmove bench --batch`'s default
+# the patent's literal flow, a run of 128 packets, and 16384, which each transport cuts to
+# what one batch of it holds (the adapter paths: runs of at most 8 MiB, RUN_BYTES in
+# scripts/workload/adapter_flows.py): `xpmove bench --batch`'s default (a test keeps it so)
 DEFAULT_BATCHES = (1, 128, 16384)
 LATENCY_SIZE = 64
 LATENCY_PACKETS = 200

@@ -221,7 +221,7 @@ def markdown_summary(results: dict) -> str:
 def _percent(share: float | None) -> str:
     """A share of the floor in whole per cent, cut down as the targets table cuts it (a run at
     69.9 % of the floor reads 69, under a 70 % target it missed)."""
-    return str(int(100 * share + 1e-9)) if share else "-"
+    return str(targets.hundredths(share)) if share else "-"
 
 
 def _s_cell(r: dict, fmt=lambda x: f"{x:,.0f}") -> str:

@@ -95,10 +95,14 @@ def measured_text(target: Mapping) -> str:
     if ratio is None:
         return "-"
     goal = target.get("goal", "")
-    hundredths = ratio * 100  # whole per cent, or hundredths of x
-    cut = (math.ceil(hundredths - 1e-9) if goal.startswith("<=")
-           else math.floor(hundredths + 1e-9))
+    cut = hundredths(ratio, up=goal.startswith("<="))
     return f"{cut}%" if goal.endswith("%") else f"{cut / 100:.2f}x"
+
+
+def hundredths(ratio: float, up: bool = False) -> int:
+    """`ratio` in whole hundredths (per cent, or hundredths of x), cut down (or `up`) rather
+    than rounded: what a ">=" (or "<=") goal compares never reads as on its other side."""
+    return math.ceil(ratio * 100 - 1e-9) if up else math.floor(ratio * 100 + 1e-9)
 
 
 # -- picking runs -----------------------------------------------------------------------------

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from adapter import receive_area
-from adapter.errors import BadCount, DestinationFull, LockTimeout, TooLarge, XpmoveError
+from adapter.errors import (
+    BadCount,
+    DestinationFull,
+    LockTimeout,
+    RingCorrupt,
+    TooLarge,
+    XpmoveError,
+)
 from adapter.protocol import Op
 from adapter.ring import KIND_RECORD, KIND_RUN, RUN_DESCRIPTOR, align, max_payload
 from partitions.lease import Lease, LeaseClosed
@@ -206,15 +213,61 @@ def test_a_lease_loan_that_finds_its_ring_full_waits_for_room_and_is_never_refus
     refused (a refusal cost a sender about 10 us a run: benchmarks/README.md)."""
     d = RoomDriver(m, 1)
     lease = lease_of(m, d)
-    half = m.p(2).receive_size // 2 - 24
     for _ in range(2):  # two records of half the ring each: full
-        with lease.loan(half) as view:
+        with lease.loan(CAP) as view:
             view[:4] = b"full"
-    with lease.loan(half) as view:
+    with lease.loan(CAP) as view:
         view[:4] = b"next"
     assert d.bell.waits == 1 and m.words[m.ring(2).wanting] == 1
     assert not any(isinstance(o, XpmoveError) for o in d.outcomes), d.outcomes
-    assert len(d.outcomes) == 3 and m.records(2)[-1][2:] == (3, b"next" + bytes(half - 4))
+    assert len(d.outcomes) == 3 and m.records(2)[-1][2:] == (3, b"next" + bytes(CAP - 4))
+
+
+def full_ring(m: LeaseMachine, d: RoomDriver) -> Lease:
+    """The program's lease on 2, its ring filled by two loans of half of it each."""
+    lease = lease_of(m, d)
+    for _ in range(2):
+        with lease.loan(CAP) as view:
+            view[:4] = b"full"
+    return lease
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_a_loan_with_no_time_to_wait_tries_once_and_waits_for_nothing(m, timeout):
+    """A timeout of 0 (or below) is one try: no wait for room first, one lease_loan, and its
+    refusal raised as it is."""
+    d = RoomDriver(m, 1)
+    lease = full_ring(m, d)
+    d.outcomes.clear()
+    with pytest.raises(DestinationFull):
+        lease.loan(CAP, timeout=timeout)
+    assert d.bell.waits == 0 and len(d.outcomes) == 1 and lease.held
+
+
+def test_a_cancelled_loan_does_not_wait_for_room_and_says_it_was_cut_short(m):
+    d = RoomDriver(m, 1)
+    full_ring(m, d)
+    lease = Lease(d, 2, CAP, lambda: None,
+                  lambda cancel: lambda: cancel is not None and cancel.is_set())  # as the port's
+    lease.acquire(1.0)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(DestinationFull) as refused:
+        lease.loan(CAP, timeout=None, cancel=cancel)
+    assert d.bell.waits == 0 and refused.value.cut_short
+
+
+def test_a_corrupt_ring_fails_the_loan_at_once_with_no_lease_asked_again(m):
+    """A refusal that is no matter of time (the ring's words are wrong) is raised as the
+    lease's holder found it: the lease goes back, and no LEASE request follows."""
+    d = RoomDriver(m, 1)
+    lease = lease_of(m, d)
+    m.words[m.ring(2).pending] += 8  # `head` is no longer what the last commit published
+    requests = m.engine.counters["requests"]
+    with pytest.raises(RingCorrupt, match="pending_head"):
+        lease.loan(8, timeout=5.0)
+    assert m.engine.counters["requests"] == requests and len(d.outcomes) == 1
+    assert not lease.held
 
 
 @pytest.mark.parametrize("call, error, named", [

@@ -327,13 +327,15 @@ def test_record_running_past_head_is_corrupt():
 @given(capacity=st.sampled_from([4096, 65536, 1 << 20]), used=st.integers(0, 1 << 20),
        pos=st.integers(0, (1 << 20) // ALIGN).map(lambda k: k * ALIGN),
        turns=st.integers(0, 3), length=st.integers(1, 1 << 19),
-       window=st.sampled_from([4096, 1 << 16, WINDOW]))
-def test_has_room_says_what_reserve_would_do(capacity, used, pos, turns, length, window):
-    """A writer's look before it asks (`has_room`) agrees with `reserve` on every ring state
-    `reserve` accepts: True exactly when a record of `length` bytes is placed, False exactly
-    when it is refused for room."""
+       window=st.sampled_from([4096, 1 << 16, WINDOW]),
+       skew=st.sampled_from([0, 0, 0, 0, 3, -8, 8 << 20]))
+def test_has_room_says_what_reserve_would_do(capacity, used, pos, turns, length, window, skew):
+    """A writer's look before it asks (`has_room`) agrees with `reserve` on every ring state:
+    True exactly when a record of `length` bytes is placed, False exactly when it is refused
+    for room, and True for words `reserve` refuses as wrong (`skew`: a misaligned tail, a
+    tail past head, more unread than the ring holds)."""
     head = turns * capacity + pos % capacity
-    tail = max(0, head - min(used, capacity) // ALIGN * ALIGN)
+    tail = max(0, head - min(used, capacity) // ALIGN * ALIGN + skew)
     try:
         reserve(head, tail, capacity, length, window)
     except DestinationFull:
@@ -349,6 +351,7 @@ def test_has_room_says_what_reserve_would_do(capacity, used, pos, turns, length,
     (0, 0, 4096, 0),  # no bytes
     (0, 0, 4096, 4096),  # more than half the ring
     (8192, 0, 4096, 8),  # more unread than the ring holds
+    (8192, 4099, 4096, 8),  # a misaligned tail (and, read as it stands, no room)
     (0, 0, 4100, 8),  # a capacity that is no multiple of ALIGN
 ])
 def test_has_room_leaves_wrong_words_to_reserve(head, tail, capacity, length):

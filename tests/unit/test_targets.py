@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+from scripts.loadgen.report import _percent
 from scripts.loadgen.targets import (
     PEERS,
     evaluate,
     floor_targets,
+    hundredths,
     latency_target,
     measured_text,
     peers_target,
@@ -195,3 +197,11 @@ def test_a_shown_ratio_never_reads_as_the_goal_its_verdict_missed(ratio, goal, s
     """The run at dbda672 printed "70% >= 70% MISSED" for 69.9 %: a ratio is cut toward the
     side its goal excludes, so what the table shows and its verdict always agree."""
     assert measured_text({"ratio": ratio, "goal": goal}) == shown
+
+
+def test_a_runs_share_of_the_floor_reads_as_the_targets_table_reads_it():
+    """The per-run '% floor' column (report.py) cuts as measured_text does: the run at
+    dbda672 (69.98 %) read 70 there under a target it missed."""
+    assert (_percent(0.6998), _percent(0.7), _percent(None)) == ("69", "70", "-")
+    assert (hundredths(0.6998), hundredths(1.0001, up=True), hundredths(0.99, up=True)) \
+        == (69, 101, 99)
