@@ -13,6 +13,8 @@ XPMOVE_RUN_COST:
 * ``none``: nothing, the packets are neither written nor read;
 * ``stream:BYTES``: each side writes (sender) or reads (receiver) BYTES of its own private
   memory once a run instead, touching no packet: what a run's streams do to the path's caches.
+  The memory is a bytearray written once first (4 KiB pages, as the segment's; no page left
+  to the kernel's shared zero page); the receiver reads it as two halves compared.
 
 Run from the repository root:
 
@@ -49,15 +51,16 @@ def cpu_s() -> float:
 
 
 def streams() -> tuple[Callable[[int], None], Callable[[], None]]:
-    """(write, read) of `stream:BYTES`: one pass over BYTES of private memory each."""
+    """(write, read) of `stream:BYTES`: one pass over BYTES of private memory each (the read
+    a memcmp of two halves: `bytes.startswith` on a buffer, no copy)."""
     n = int(MODE.split(":", 1)[1])
-    written, zeros = np.zeros(n, np.uint8), bytes(n)
-    return (lambda i: written.fill(i & 0xFF)), (lambda: zeros.startswith(written))
+    written = np.frombuffer(bytearray(b"\x5a") * n, np.uint8)  # every page written now
+    reference, other = b"\x5a" * (n // 2), memoryview(bytearray(b"\x5a") * (n // 2))
+    return (lambda i: written.fill(i & 0xFF)), (lambda: reference.startswith(other))
 
 
 def send(port: Port, pattern: Pattern) -> float:
     """The sender's runs; returns the thread CPU seconds of its work."""
-    stride = SIZE + (-SIZE % 8)
     write = streams()[0] if MODE.startswith("stream:") else None
     work, first = 0.0, 1
     with port.lease(RECEIVER, timeout=TIMEOUT_S) as lease:
@@ -66,7 +69,7 @@ def send(port: Port, pattern: Pattern) -> float:
                 started = time.thread_time()
                 if MODE == "fill":
                     rows = np.ndarray((PACKETS, SIZE), np.uint8, buffer=run.view,
-                                      strides=(stride, 1))
+                                      strides=(run.stride, 1))
                     pattern.fill_rows(rows, SENDER, RECEIVER, first, 0)
                     del rows  # nothing made from a loan may outlive it
                 elif write is not None:
@@ -96,11 +99,16 @@ def receive(port: Port, pattern: Pattern) -> float:
 
     got = 0
     while got < RUNS * PACKETS:
-        got += port.receive_blocks(handler, timeout=TIMEOUT_S)
+        n = port.receive_blocks(handler, timeout=TIMEOUT_S)
+        if not n:
+            raise TimeoutError(f"no run within {TIMEOUT_S} s ({got} packets received)")
+        got += n
     return work
 
 
 def main(port: Port) -> None:
+    if MODE not in ("fill", "none") and not MODE.startswith("stream:"):
+        raise ValueError(f"XPMOVE_RUN_COST={MODE!r}: fill, none or stream:BYTES")
     pattern = Pattern(SIZE)
     started = cpu_s()
     work = (send if port.network_id == SENDER else receive)(port, pattern)
