@@ -147,16 +147,21 @@ class Lease:
                            f"at most {self._max_record}")
         self._before_send()
         driver, held = self._driver, self._held
+        started, room = time.monotonic(), driver.room(self.dst)
+        tried: tuple[int | XpmoveError, int] | None = None
         if held is not None and held.held:  # the common case: no retry loop, no closure
+            mark = room.mark() if room is not None else 0  # before the try, as retrying's
             seq = driver.lease_send(held, view)
             if not isinstance(seq, XpmoveError):
                 return Sent(self.dst, seq, count)
+            tried = seq, mark  # judged by retrying as its first try: no second one at once
         if count <= self._move_max and self._contended(held):
             assert self._move is not None
             return self._move(view, timeout, cancel)
-        outcome = retrying(lambda reply_by: self._attempt(view, reply_by),
-                           float("inf") if timeout is None else timeout, self._stopping(cancel),
-                           self._driver.room(self.dst))
+        left = float("inf") if timeout is None else max(0.0, timeout - (time.monotonic()
+                                                                        - started))
+        outcome = retrying(lambda reply_by: self._attempt(view, reply_by), left,
+                           self._stopping(cancel), room, tried)
         if isinstance(outcome, XpmoveError):
             raise outcome
         return Sent(self.dst, outcome, count)

@@ -374,3 +374,23 @@ def test_close_from_another_thread_leaves_an_open_loan_to_its_thread(m):
     assert loan.commit().seq == 1 and m.records(2) == [(KIND_RECORD, 1, 1, b"data")]
     lease.close()
     assert m.locks[2].value == 1
+
+
+def test_a_lease_send_keeps_retryings_rules_for_the_try_it_made_itself(m):
+    """The lone packet's fast path, as the loan's: a timeout of 0 is one try (no second one
+    at once), a corrupt ring fails at once with no LEASE request, and a full ring waits for
+    the receiver, then the packet goes."""
+    d = RoomDriver(m, 1)
+    lease = full_ring(m, d)
+    tries = []
+    send = d.lease_send
+    d.lease_send = lambda held, view: tries.append(send(held, view)) or tries[-1]
+    with pytest.raises(DestinationFull):
+        lease.send(b"one try", timeout=0)
+    assert len(tries) == 1 and d.bell.waits == 0
+    assert lease.send(b"waits", timeout=5.0).seq == 3 and d.bell.waits == 1
+    m.words[m.ring(2).pending] += 8  # `head` is no longer what the last commit published
+    requests, tries[:] = m.engine.counters["requests"], []
+    with pytest.raises(RingCorrupt, match="pending_head"):
+        lease.send(b"corrupt", timeout=5.0)
+    assert len(tries) == 1 and m.engine.counters["requests"] == requests
