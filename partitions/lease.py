@@ -59,7 +59,7 @@ from partitions.driver import Driver, Sent
 from partitions.leasing import HeldLease, LeaseLost
 from partitions.lending import Granted
 from partitions.loan import Loan, LoanHeld, LoanRun
-from partitions.waiting import ROOM_WAIT_S, RoomWait, retrying
+from partitions.waiting import ROOM_WAIT_S, RoomWait, retrying, time_left
 
 LoanT = TypeVar("LoanT", bound=Loan)
 Move = Callable[[memoryview, "float | None", "threading.Event | None"], Sent]
@@ -108,6 +108,7 @@ class Lease:
         self._lost_token = 0  # the token of the grant whose loss began that window
         self._on_loan = on_loan  # told of each loan's start and end (the port's book)
         self._driver = driver
+        self._room = driver.room(dst)  # the driver's rooms are fixed when it is made
         self._max_record = max_record
         self._before_send = before_send
         self._stopping = stopping
@@ -146,8 +147,8 @@ class Lease:
             raise TooLarge(f"send of {count} bytes to network ID {self.dst}: its records hold "
                            f"at most {self._max_record}")
         self._before_send()
-        driver, held = self._driver, self._held
-        started, room = time.monotonic(), driver.room(self.dst)
+        driver, held, room = self._driver, self._held, self._room
+        started = time.monotonic()
         tried: tuple[int | XpmoveError, int] | None = None
         if held is not None and held.held:  # the common case: no retry loop, no closure
             mark = room.mark() if room is not None else 0  # before the try, as retrying's
@@ -158,10 +159,8 @@ class Lease:
         if count <= self._move_max and self._contended(held):
             assert self._move is not None
             return self._move(view, timeout, cancel)
-        left = float("inf") if timeout is None else max(0.0, timeout - (time.monotonic()
-                                                                        - started))
-        outcome = retrying(lambda reply_by: self._attempt(view, reply_by), left,
-                           self._stopping(cancel), room, tried)
+        outcome = retrying(lambda reply_by: self._attempt(view, reply_by),
+                           time_left(timeout, started), self._stopping(cancel), room, tried)
         if isinstance(outcome, XpmoveError):
             raise outcome
         return Sent(self.dst, outcome, count)
@@ -230,8 +229,8 @@ class Lease:
               ) -> LoanT:
         self._check_usable(what)
         self._before_send()
-        driver, held = self._driver, self._held
-        started, room = time.monotonic(), driver.room(self.dst)
+        driver, held, room = self._driver, self._held, self._room
+        started = time.monotonic()
         tried: tuple[Granted | XpmoveError, int] | None = None
         if held is not None and held.held:  # the common case: no retry loop, no closure
             mark = self._room_first(room, held, count, timeout, cancel)
@@ -245,9 +244,8 @@ class Lease:
                     return held
                 return driver.lease_loan(held, count, run, uninit)
 
-            left = (float("inf") if timeout is None
-                    else max(0.0, timeout - (time.monotonic() - started)))
-            outcome = retrying(attempt, left, self._stopping(cancel), room, tried)
+            outcome = retrying(attempt, time_left(timeout, started), self._stopping(cancel),
+                               room, tried)
             if isinstance(outcome, XpmoveError):
                 raise outcome
             granted, held = outcome, self._held

@@ -66,6 +66,12 @@ class RoomWait:
         return True
 
 
+def time_left(timeout: float | None, started: float) -> float:
+    """What is left at this moment of `timeout` (None: no limit, inf) begun at `started`
+    (time.monotonic): what a fast path that tried first hands `retrying`."""
+    return float("inf") if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
+
 def retrying(attempt: Callable[[float | None], T | XpmoveError], timeout: float,
              stop: Callable[[], bool] | None, room: RoomWait | None = None,
              tried: tuple[T | XpmoveError, int] | None = None) -> T | XpmoveError:
