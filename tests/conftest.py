@@ -5,8 +5,9 @@ run registry before it creates a name, so the suite notes each prefix registered
 wrapper installed for the session, test-side only). Tests that start `xpmove` in a subprocess
 check their own run's names themselves. Other runs on the machine (a developer's launch, a
 parallel session) are none of this suite's business. iceoryx2 (a bench peer) keeps a
-machine-wide management file by design (`iox2_*.global_mgmt`): one the suite created is
-removed at its end.
+management file by design (`iox2_*.global_mgmt` in its default home): the suite's nodes live
+in homes of their own (`Iceoryx2Home`), so a new one in the default home is a leak, removed
+and reported at the end.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def dev_shm_unchanged():
         yield
     finally:
         RunRegistry.register = register  # type: ignore[method-assign]
-    for name in peer_names() - peers_before:
+    strays = peer_names() - peers_before
+    for name in strays:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(SHM, name))
-    leaked = names_of(prefixes)
+    leaked = names_of(prefixes) | strays
     assert not leaked, f"the test suite leaked IPC names: {sorted(leaked)}"

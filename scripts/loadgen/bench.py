@@ -89,6 +89,7 @@ from scripts.loadgen.runs import Bench, RunPlan
 from scripts.loadgen.vswitch_process import VSwitchProcess
 from scripts.workload import peers as peer_transports
 from scripts.workload.frames import FRAME
+from scripts.workload.iceoryx2_peer import Iceoryx2Home
 from scripts.workload.pattern import MIN_PACKET
 from scripts.workload.program import PROGRAM
 from scripts.workload.receive_check import TIME_EVERY
@@ -252,6 +253,8 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         console.print("note: no single-stream runs (they need 1MiB in --sizes and more than "
                       "one route)")
     outcome = Outcome()
+    peer_home = (Iceoryx2Home.create() if peer_transports.ICEORYX2 in options.transports
+                 else None)
     try:
         with outcome.phase(console, "stopping the machine", "bench failed"):
             machine.start()
@@ -268,7 +271,7 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                           f"{results['host']['memcpy_GBps']:.1f} GB/s in cache, "
                           f"{results['host']['memcpy_dram_GBps']:.1f} GB/s "
                           f"over {results['host']['memcpy_dram_working_set_bytes'] >> 20} MiB")
-            b = Bench(machine, options, console, switch)
+            b = Bench(machine, options, console, switch, peer_home=peer_home)
             plans = [RunPlan(t, size, route_list, batch)
                      for size, batch, t in run_matrix(sizes, options)]
             with _progress(console) as progress:
@@ -291,7 +294,11 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
             if switch is not None:
                 results["vswitch"] = switch.stop()
-            machine.stop()
+            try:
+                machine.stop()
+            finally:
+                if peer_home is not None:  # its nodes are gone with the partitions
+                    peer_home.remove()
     if scaling_cfgs is not None and not outcome.interrupted and not outcome.failed:
         with outcome.phase(console, "scaling phase stopped", "scaling phase failed"):
             results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)

@@ -29,6 +29,8 @@ from scripts.loadgen.options import (
     latency_shares,
 )
 from scripts.loadgen.vswitch_process import VSwitchProcess
+from scripts.workload.iceoryx2_peer import HOME, Iceoryx2Home
+from scripts.workload.peers import ICEORYX2
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Bench:
     runs: list[dict] = field(default_factory=list)
     last_cpu: dict[str, float] = field(default_factory=dict)
     work_s: list[float] = field(default_factory=list)
+    peer_home: Iceoryx2Home | None = None  # where the partitions' iceoryx2 nodes keep files
 
     def call(self, nid: int, msg: dict) -> dict:
         reply = self.machine.call(nid, msg)
@@ -96,6 +99,8 @@ class Bench:
             if transport == "vswitch":
                 assert self.switch is not None
                 msg["vswitch_port"] = self.switch.port
+            if transport == ICEORYX2 and self.peer_home is not None:
+                msg[HOME] = self.peer_home.message()
             reply = self.call(nid, msg)
             if "port" in reply or "address" in reply:
                 ports[nid] = reply.get("port", reply.get("address"))

@@ -8,17 +8,29 @@ until the subscriber has attached their connection (`_handshake`): iceoryx2 atta
 lazily, in the subscriber's next `receive()`, and until then a full buffer drops samples
 (`send()` returns 0) although the publisher retries until delivered (iceoryx2 issue #305).
 
+Where its files go: iceoryx2 keeps a management file in /dev/shm by design, and node and
+service files under /tmp/iceoryx2/, which outlive the processes (the management file always).
+So a bench gives its run's nodes a home of their own (`Iceoryx2Home`: a name prefix and a
+root directory, sent with `bench_open`), and removes it, whatever is left in it, when the
+machine has stopped: the bench leaves /dev/shm and /tmp as it found them.
+
 The iceoryx2 package (the ``peers`` extra) is imported only when a peer is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import shutil
 import struct
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,11 +53,70 @@ ICEORYX_PUBLISHERS = 64
 HELLO = struct.Struct("<I")  # a publisher's first sample: its network ID, shorter than a FRAME
 
 
+SHM_DIR = "/dev/shm"  # where iceoryx2 puts its shared-memory files (POSIX shm names)
+HOME = "iceoryx2_home"  # the bench_open field that carries an Iceoryx2Home (`message`)
+
+
+@dataclass(frozen=True)
+class Iceoryx2Home:
+    """Where one run's iceoryx2 nodes keep their files: shared-memory names starting with
+    `prefix`, node and service files under the directory `root`. Made by the bench
+    (`create`), sent to every partition (`message`, `from_message`), and removed by the bench
+    once the partitions have stopped (`remove`)."""
+
+    prefix: str
+    root: str
+
+    @classmethod
+    def create(cls) -> Iceoryx2Home:
+        root = tempfile.mkdtemp(prefix="xpmove-iceoryx2-")
+        return cls(f"xpmove-iox2-{os.path.basename(root).rsplit('-', 1)[-1]}_", root)
+
+    @classmethod
+    def from_message(cls, home: Mapping[str, str]) -> Iceoryx2Home:
+        return cls(str(home["prefix"]), str(home["root"]))
+
+    def message(self) -> dict[str, str]:
+        return {"prefix": self.prefix, "root": self.root}
+
+    def files(self) -> list[str]:
+        """The shared-memory files of this home that exist now."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(self.prefix))
+        return []
+
+    def remove(self) -> None:
+        """Unlink this home's shared-memory files and its directory (idempotent)."""
+        for name in self.files():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, name))
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class Iceoryx2Node:
-    """The process's one iceoryx2 node (created on first use, signal handling left to us)."""
+    """The process's one iceoryx2 node (created on first use, signal handling left to us), in
+    the home the bench gave (`settle`), else in iceoryx2's default places."""
 
     _node: Any = None
+    _home: Iceoryx2Home | None = None
     _lock = threading.Lock()
+
+    @classmethod
+    def settle(cls, home: Iceoryx2Home) -> None:
+        """Make the node in `home`; a TransportError (nothing changed) if it was already made
+        elsewhere: its files would be left behind, and the peers would not find each other."""
+        with cls._lock:
+            if cls._node is not None and cls._home != home:
+                raise TransportError(f"iceoryx2: this partition's node lives in {cls._home}; "
+                                     f"a run asked for {home}")
+            cls._home = home
+
+    @classmethod
+    def drop(cls) -> None:
+        """Forget the node and its home (its files go with its last port); the next `get`
+        makes a new one. For a process done with iceoryx2, or a test that settled a home."""
+        with cls._lock:
+            cls._node = cls._home = None
 
     @classmethod
     def get(cls) -> Any:
@@ -54,8 +125,13 @@ class Iceoryx2Node:
                 import iceoryx2 as iox2
 
                 iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
-                cls._node = (iox2.NodeBuilder.new()
-                             .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
+                builder = iox2.NodeBuilder.new()
+                if cls._home is not None:
+                    config = iox2.config.default()
+                    config.global_cfg.prefix = iox2.FileName.new(cls._home.prefix)
+                    config.global_cfg.root_path = iox2.Path.new(cls._home.root + "/")
+                    builder = builder.config(config)
+                cls._node = (builder.signal_handling_mode(iox2.SignalHandlingMode.Disabled)
                              .create(iox2.ServiceType.Ipc))
             return cls._node
 

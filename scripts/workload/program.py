@@ -8,7 +8,8 @@ launch, bench and soak run it in every partition and steer it with commands
     receive_on   only receive and verify (a partition that is not sending)
     bench_open   start a load-generator run: zero the counters, receive on one transport
                  (tcp: listens on `bind`, default loopback, returns its `port`; zmq, pipe,
-                 iceoryx2: returns its `address`)
+                 iceoryx2: returns its `address`; iceoryx2 also takes `iceoryx2_home`, where
+                 this process's node keeps its files)
     bench_send   send to `peers` on that transport (tcp and the peers: connect to `ports`
                  first, the destinations' ports or addresses; tcp: [address, port] for a
                  destination on another host)
@@ -37,7 +38,13 @@ from scripts.workload.adapter_flows import (
     LeaseFlow,
     LoanFlow,
 )
-from scripts.workload.iceoryx2_peer import Iceoryx2Publisher, Iceoryx2Subscriber
+from scripts.workload.iceoryx2_peer import (
+    HOME,
+    Iceoryx2Home,
+    Iceoryx2Node,
+    Iceoryx2Publisher,
+    Iceoryx2Subscriber,
+)
 from scripts.workload.sockets import LOOPBACK, SwitchPort, TcpLinks, TcpListener
 from scripts.workload.traffic import PlanError, Traffic, TrafficPlan
 from scripts.workload.transports import ReceiveEndpoint, SendTransport, TransportError
@@ -52,6 +59,14 @@ PROGRAM = f"{__name__}:main"
 
 def failure(exc: BaseException) -> dict:
     return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+
+
+def _home(home: object) -> Iceoryx2Home:
+    """The `iceoryx2_home` of a bench_open: {"prefix": str, "root": str}, else a PlanError."""
+    if (not isinstance(home, dict) or set(home) != {"prefix", "root"}
+            or not all(isinstance(v, str) and v for v in home.values())):
+        raise PlanError(f"{HOME}: {home!r} is not {{'prefix': name prefix, 'root': directory}}")
+    return Iceoryx2Home.from_message(home)
 
 
 class Workload:
@@ -139,6 +154,8 @@ class Workload:
             elif transport in peers.PEERS:
                 endpoint = self._peer_endpoint(transport)
                 if isinstance(endpoint, Iceoryx2Subscriber):
+                    if HOME in msg:  # before the node is made: its files go there
+                        Iceoryx2Node.settle(_home(msg[HOME]))
                     reply["address"] = endpoint.open(self.port.network_id)
                 else:
                     reply["address"] = endpoint.open()  # type: ignore[attr-defined]
@@ -200,6 +217,7 @@ class Workload:
     def close(self) -> None:
         self.traffic.stop()
         self.close_sockets()
+        Iceoryx2Node.drop()  # its files go now, not whenever the interpreter's exit frees it
 
 
 def main(port: Port) -> None:

@@ -184,13 +184,23 @@ def test_bad_size_rejected_before_anything_starts(registry):
     assert registry.records() == []  # a run registers before it creates any name
 
 
-def test_peers_beside_tcp(registry, tmp_path):
-    """The peers (zmq, pipe, iceoryx2) carry the same verified packets as tcp, batch 1 and 16."""
+def test_peers_beside_tcp(registry, tmp_path, monkeypatch):
+    """The peers (zmq, pipe, iceoryx2) carry the same verified packets as tcp, batch 1 and 16;
+    iceoryx2's files were all in the bench's own home, which is gone after it."""
+    from scripts.workload.iceoryx2_peer import Iceoryx2Home
     from scripts.workload.peers import PEERS, available
 
     missing = set(PEERS) - set(available())
     if missing:
         pytest.skip(f"peer packages not installed: {sorted(missing)} (pip install -e '.[peers]')")
+    homes: list[tuple[Iceoryx2Home, list[str]]] = []
+    remove = Iceoryx2Home.remove
+
+    def noting(home: Iceoryx2Home) -> None:
+        homes.append((home, home.files()))  # what the partitions left there
+        remove(home)
+
+    monkeypatch.setattr(Iceoryx2Home, "remove", noting)
     transports = ("zmq", "pipe", "iceoryx2", "tcp")
     sizes = (64, 2048)
     options = BenchOptions(transports=transports, sizes=sizes, packets=30, batches=(1, 16),
@@ -209,3 +219,6 @@ def test_peers_beside_tcp(registry, tmp_path):
                for f in results["floor"].values())
     assert "Floor" in out.getvalue()
     assert no_children_left()
+    [(home, files)] = homes
+    assert any(f.endswith(".global_mgmt") for f in files), files  # the nodes lived there
+    assert home.files() == [] and not os.path.exists(home.root)

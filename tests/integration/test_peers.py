@@ -16,16 +16,23 @@ from tests.integration.conftest import TIMEOUT
 
 pytest.importorskip("iceoryx2")
 
-from scripts.workload.iceoryx2_peer import ICEORYX_BUFFER, Iceoryx2Publisher  # noqa: E402
+from scripts.workload.iceoryx2_peer import (  # noqa: E402
+    ICEORYX_BUFFER,
+    Iceoryx2Home,
+    Iceoryx2Node,
+    Iceoryx2Publisher,
+)
 
 SAMPLES = 3 * ICEORYX_BUFFER  # more than the subscriber's buffer holds
 PAYLOAD = 64
 
 
-def subscriber(conn) -> None:
-    """Open the receiving endpoint, say its name, poll only when told, report the count."""
+def subscriber(conn, home: Iceoryx2Home) -> None:
+    """Open the receiving endpoint in `home`, say its name, poll only when told, report the
+    count."""
     from scripts.workload.iceoryx2_peer import Iceoryx2Subscriber
 
+    Iceoryx2Node.settle(home)
     endpoint = Iceoryx2Subscriber()
     try:
         conn.send(endpoint.open(2))
@@ -41,7 +48,9 @@ def subscriber(conn) -> None:
 def test_a_publisher_drops_nothing_before_the_subscriber_attaches():
     ctx = multiprocessing.get_context("spawn")
     here, there = ctx.Pipe()
-    child = ctx.Process(target=subscriber, args=(there,), daemon=True)
+    home = Iceoryx2Home.create()  # both ends' files there, removed at the end
+    Iceoryx2Node.settle(home)
+    child = ctx.Process(target=subscriber, args=(there, home), daemon=True)
     child.start()
     publisher = Iceoryx2Publisher(1)
     errors: Counter = Counter()
@@ -73,8 +82,10 @@ def test_a_publisher_drops_nothing_before_the_subscriber_attaches():
         assert sum(sent) == SAMPLES and received == SAMPLES
     finally:
         publisher.close()
+        Iceoryx2Node.drop()
         child.join(TIMEOUT)
         if child.is_alive():
             child.kill()
             child.join(TIMEOUT)
+        home.remove()
         assert child.exitcode == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,41 @@ def test_floor_is_positive_and_checked():
     assert floor_s(64, 1, seconds=0.02) > 0
     assert floor_s(2048, 32, seconds=0.02) > 0
 
+
+
+def test_an_iceoryx2_home_is_its_own_and_goes_whole(tmp_path, monkeypatch):
+    """A bench's iceoryx2 home: a fresh directory and a name prefix no other home shares, sent
+    as a message and read back; `remove` takes every file of its prefix and the directory,
+    and nothing else (twice is harmless)."""
+    import scripts.workload.iceoryx2_peer as peer
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(peer, "SHM_DIR", str(shm))
+    monkeypatch.setattr(peer.tempfile, "tempdir", str(tmp_path))
+    home, other = peer.Iceoryx2Home.create(), peer.Iceoryx2Home.create()
+    assert home.prefix != other.prefix and home.root != other.root
+    assert peer.Iceoryx2Home.from_message(home.message()) == home
+    for name in (f"{home.prefix}a.global_mgmt", f"{home.prefix}b.data", f"{other.prefix}c",
+                 "iox2_d.global_mgmt"):
+        (shm / name).write_bytes(b"x")
+    os.mkdir(os.path.join(home.root, "nodes"))
+    assert os.path.dirname(home.root) == str(tmp_path)
+    assert home.files() == [f"{home.prefix}a.global_mgmt", f"{home.prefix}b.data"]
+    home.remove()
+    home.remove()
+    left = sorted(p.name for p in shm.iterdir())
+    assert left == sorted([f"{other.prefix}c", "iox2_d.global_mgmt"])
+    assert not os.path.exists(home.root) and os.path.isdir(other.root)
+
+
+@pytest.mark.parametrize("home", [None, "x", {"prefix": "p"}, {"prefix": "p", "root": ""},
+                                  {"prefix": "p", "root": "/r", "more": 1},
+                                  {"prefix": 1, "root": "/r"}])
+def test_a_bench_open_with_a_malformed_iceoryx2_home_is_refused_naming_it(home):
+    from scripts.workload.program import _home
+    from scripts.workload.traffic import PlanError
+
+    with pytest.raises(PlanError, match="iceoryx2_home") as caught:
+        _home(home)
+    assert repr(home) in str(caught.value)
