@@ -118,3 +118,17 @@ def test_timeout_stops_a_program_that_never_returns(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "one (ID 1): returned" in proc.stdout
     assert re.search(r"two \(ID 2\): .*stopped", proc.stdout), proc.stdout
+
+
+def test_the_loaded_floor_benchmark_prints_each_size_alone_and_at_once() -> None:
+    """benchmarks/loaded_floor.py, one short repeat: the floor alone and one per CPU at once."""
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/loaded_floor.py", "--sizes", "1024,65536", "--repeats", "1",
+         "--seconds", "0.02", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for size in (1024, 65536):
+        assert re.search(rf"^{size} B: alone [0-9,]+; \d+ at once [0-9,]+( / [0-9,]+)*: "
+                         rf"[0-9.]+% of alone$", proc.stdout, re.MULTILINE), proc.stdout
+        assert re.search(rf"^{size} B: at once / alone, median of 1: [0-9.]+% \(range ",
+                         proc.stdout, re.MULTILINE), proc.stdout
