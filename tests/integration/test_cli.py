@@ -280,3 +280,34 @@ def test_a_ctrl_c_while_the_machine_starts_stops_it_quietly(tmp_path: Path,
     assert "Traceback" not in text and "Error" not in text, text
     assert "machine up" not in text and "[   0.0-" not in text, text  # stopped in its start
     assert "interrupted" in text, text
+
+
+def test_a_ctrl_c_while_the_command_loads_exits_130_quietly() -> None:
+    """The `xpmove` entry point (pyproject's [project.scripts]) with a Ctrl-C landing while
+    the command line is being imported, before its signal handlers exist: exit 130 and not a
+    word, as a Ctrl-C at any later moment (the import is made to raise KeyboardInterrupt
+    there: a real Ctrl-C cannot be aimed at those 85 ms)."""
+    loading = ("import builtins\n"
+               "real = builtins.__import__\n"
+               "def interrupted(name, *args, **kwargs):\n"
+               "    if name == 'scripts.cli':\n"
+               "        raise KeyboardInterrupt\n"
+               "    return real(name, *args, **kwargs)\n"
+               "builtins.__import__ = interrupted\n"
+               "from scripts.entry import main\n"
+               "raise SystemExit(main())\n")
+    proc = subprocess.run([sys.executable, "-c", loading], cwd=REPO, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "")
+
+
+def test_the_installed_command_is_the_entry_point() -> None:
+    """pyproject's `xpmove` runs scripts/entry.py's main, which runs the command line."""
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["xpmove"] == "scripts.entry:main"
+    proc = subprocess.run([sys.executable, "-c", "from scripts.entry import main; "
+                           "raise SystemExit(main())", "--version"], cwd=REPO,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0 and "xpmove" in proc.stdout, proc.stdout + proc.stderr
