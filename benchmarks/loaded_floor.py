@@ -1,12 +1,14 @@
 """The floor alone and the floor beside itself: what a second route costs a loop that has no
-transport at all (benchmarks/README.md, "The floor with every CPU busy").
+transport at all (benchmarks/README.md, "One route or two, and the floor with every CPU
+busy").
 
 The bench measures its floor (scripts/loadgen/floor.py: fill + check in one thread, no
 transport) with the rest of the machine idle, and its runs with one route per CPU, all at
-once. This runs the floor's own measurement the bench's way (`python -m scripts.loadgen.floor
---floors`, in the partitions' environment, best of the floor's rounds) in one process pinned
-to the first CPU, then in one process per usable CPU at the same time, and again, alternating,
-and prints each size's S alone, S of each loop at once, and their ratio.
+once. This measures the floor's loop the bench's way (`floor_s` at each of the bench's
+batches, best of the floor's rounds, in a process started in the partitions' environment)
+in one process pinned to the first CPU, then in one process per usable CPU at the same time,
+and again, alternating, and prints each size's S alone, S of each loop at once, and their
+ratio. (The split floor, which the bench measures beside it, is left out.)
 
 Usage, from the repository root:
 
@@ -27,28 +29,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hypervisor.children import child_environment  # noqa: E402
-from scripts.loadgen.floor import FLOOR_ROUNDS, FLOOR_SECONDS  # noqa: E402
+from scripts.loadgen.floor import FLOOR_ROUNDS, FLOOR_SECONDS, floor_s  # noqa: E402
 from scripts.loadgen.options import DEFAULT_BATCHES  # noqa: E402
+
+
+def best_floors(sizes: list[int], seconds: float, rounds: int) -> dict[str, float]:
+    """{size: the floor's S}: the best of `rounds` measurements at each of the bench's
+    batches, as the bench's floor (floor.py `floors`) without its split."""
+    return {str(size): max(floor_s(size, batch, seconds) for batch in DEFAULT_BATCHES
+                           for _ in range(rounds))
+            for size in sizes}
 
 
 def floors_at_once(cpus: list[int], sizes: list[int], seconds: float, rounds: int
                    ) -> list[dict[str, float]]:
     """One floor process per CPU of `cpus`, pinned there, all started together: each one's
-    {size: S of the loop alone in that process}."""
-    argv = [sys.executable, "-m", "scripts.loadgen.floor", "--floors",
-            ",".join(map(str, sizes)), ",".join(map(str, DEFAULT_BATCHES)), str(seconds),
-            str(rounds)]
+    `best_floors`. If one fails, the others are stopped and the failure is the exit."""
+    argv = [sys.executable, __file__, "--child", "--sizes", ",".join(map(str, sizes)),
+            "--seconds", str(seconds), "--rounds", str(rounds)]
     procs = [subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               env=child_environment(os.environ), text=True,
                               preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}))
              for cpu in cpus]
-    out = []
-    for proc in procs:
-        stdout, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"a floor process exited with {proc.returncode}")
-        out.append({size: f["alone"] for size, f in json.loads(stdout).items()})
-    return out
+    try:
+        out = []
+        for proc in procs:
+            stdout, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"a floor process exited with {proc.returncode}")
+            out.append(json.loads(stdout))
+        return out
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,8 +74,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="thread CPU seconds of each measurement (the bench's)")
     parser.add_argument("--rounds", type=int, default=FLOOR_ROUNDS,
                         help="measurements per batch, the best kept (the bench's)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child:  # one floor process: its floors as JSON
+        json.dump(best_floors(sizes, args.seconds, args.rounds), sys.stdout)
+        return
     cpus = sorted(os.sched_getaffinity(0))
     ratios: dict[str, list[float]] = {str(s): [] for s in sizes}
     for _ in range(args.repeats):

@@ -253,10 +253,11 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
         console.print("note: no single-stream runs (they need 1MiB in --sizes and more than "
                       "one route)")
     outcome = Outcome()
-    peer_home = (Iceoryx2Home.create() if peer_transports.ICEORYX2 in options.transports
-                 else None)
+    peer_home: Iceoryx2Home | None = None
     try:
         with outcome.phase(console, "stopping the machine", "bench failed"):
+            if peer_transports.ICEORYX2 in options.transports:
+                peer_home = Iceoryx2Home.create()
             machine.start()
             if switch is not None:
                 switch.start()
@@ -292,13 +293,15 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                         options.transports, route_list[0], lambda: progress.advance(lone))
     finally:
         with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
-            if switch is not None:
-                results["vswitch"] = switch.stop()
             try:
-                machine.stop()
+                if switch is not None:
+                    results["vswitch"] = switch.stop()
             finally:
-                if peer_home is not None:  # its nodes are gone with the partitions
-                    peer_home.remove()
+                try:
+                    machine.stop()
+                finally:
+                    if peer_home is not None:  # its nodes are gone with the partitions
+                        peer_home.remove()
     if scaling_cfgs is not None and not outcome.interrupted and not outcome.failed:
         with outcome.phase(console, "scaling phase stopped", "scaling phase failed"):
             results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)

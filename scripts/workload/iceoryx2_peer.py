@@ -11,8 +11,8 @@ lazily, in the subscriber's next `receive()`, and until then a full buffer drops
 Where its files go: iceoryx2 keeps a management file in /dev/shm by design, and node and
 service files under /tmp/iceoryx2/, which outlive the processes (the management file always).
 So a bench gives its run's nodes a home of their own (`Iceoryx2Home`: a name prefix and a
-root directory, sent with `bench_open`), and removes it, whatever is left in it, when the
-machine has stopped: the bench leaves /dev/shm and /tmp as it found them.
+root directory under /tmp, sent with `bench_open`), and removes it, whatever is left in it,
+when the machine has stopped: the bench leaves /dev/shm and /tmp as it found them.
 
 The iceoryx2 package (the ``peers`` extra) is imported only when a peer is used.
 """
@@ -55,6 +55,14 @@ HELLO = struct.Struct("<I")  # a publisher's first sample: its network ID, short
 
 SHM_DIR = "/dev/shm"  # where iceoryx2 puts its shared-memory files (POSIX shm names)
 HOME = "iceoryx2_home"  # the bench_open field that carries an Iceoryx2Home (`message`)
+HOME_DIR = "/tmp"  # where a home's root goes: iceoryx2's own default root is under it too,
+# and a socket's path is short there whatever $TMPDIR says (see SOCKET_PATH_MAX)
+HOME_NAME = "xpmove-iox2-"  # a home's root is HOME_DIR/HOME_NAME<token>, its prefix
+# HOME_NAME<token>_
+# iceoryx2 wakes listeners through unix datagram sockets named root + prefix + a listener ID
+# of up to 39 digits + ".event"; a socket's path holds at most 107 bytes
+SOCKET_PATH_MAX = 107
+SOCKET_NAME_MAX = 39 + len(".event")
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,15 @@ class Iceoryx2Home:
 
     @classmethod
     def create(cls) -> Iceoryx2Home:
-        root = tempfile.mkdtemp(prefix="xpmove-iceoryx2-")
-        return cls(f"xpmove-iox2-{os.path.basename(root).rsplit('-', 1)[-1]}_", root)
+        """A fresh home: its root made now (0700), its prefix unique with it."""
+        root = tempfile.mkdtemp(prefix=HOME_NAME, dir=HOME_DIR)
+        home = cls(f"{os.path.basename(root)}_", root)
+        longest = len(home.root) + 1 + len(home.prefix) + SOCKET_NAME_MAX
+        if longest > SOCKET_PATH_MAX:  # only if HOME_DIR's /tmp were a longer link's name
+            home.remove()
+            raise TransportError(f"iceoryx2: the home {home.root} makes socket paths of "
+                                 f"{longest} bytes (at most {SOCKET_PATH_MAX})")
+        return home
 
     @classmethod
     def from_message(cls, home: Mapping[str, str]) -> Iceoryx2Home:
@@ -95,16 +110,17 @@ class Iceoryx2Home:
 
 class Iceoryx2Node:
     """The process's one iceoryx2 node (created on first use, signal handling left to us), in
-    the home the bench gave (`settle`), else in iceoryx2's default places."""
+    the home the bench gave (`use_home`), else in iceoryx2's default places."""
 
     _node: Any = None
     _home: Iceoryx2Home | None = None
     _lock = threading.Lock()
 
     @classmethod
-    def settle(cls, home: Iceoryx2Home) -> None:
-        """Make the node in `home`; a TransportError (nothing changed) if it was already made
-        elsewhere: its files would be left behind, and the peers would not find each other."""
+    def use_home(cls, home: Iceoryx2Home | None) -> None:
+        """Where the node is to be made (None: iceoryx2's default places); a TransportError
+        (nothing changed) if it was made elsewhere already: its files would be left behind,
+        and the peers would not find each other."""
         with cls._lock:
             if cls._node is not None and cls._home != home:
                 raise TransportError(f"iceoryx2: this partition's node lives in {cls._home}; "
@@ -113,10 +129,10 @@ class Iceoryx2Node:
 
     @classmethod
     def drop(cls) -> None:
-        """Forget the node and its home (its files go with its last port); the next `get`
-        makes a new one. For a process done with iceoryx2, or a test that settled a home."""
+        """Let the node go (its ports hold it until they are released); a later `get` makes
+        a new one, in the same home. For a process done with iceoryx2."""
         with cls._lock:
-            cls._node = cls._home = None
+            cls._node = None
 
     @classmethod
     def get(cls) -> Any:

@@ -142,6 +142,7 @@ class Workload:
         transport = msg.get("transport")
         if transport not in TRANSPORTS:
             raise PlanError(f"transport: unknown {transport!r} (known: {list(TRANSPORTS)})")
+        home = _home(msg[HOME]) if HOME in msg else None  # refused before anything changes
         self.close_sockets()
         self.traffic.reset()
         reply: dict = {"ok": True, "pid": os.getpid()}
@@ -154,8 +155,8 @@ class Workload:
             elif transport in peers.PEERS:
                 endpoint = self._peer_endpoint(transport)
                 if isinstance(endpoint, Iceoryx2Subscriber):
-                    if HOME in msg:  # before the node is made: its files go there
-                        Iceoryx2Node.settle(_home(msg[HOME]))
+                    if home is not None:  # before the node is made: its files go there
+                        Iceoryx2Node.use_home(home)
                     reply["address"] = endpoint.open(self.port.network_id)
                 else:
                     reply["address"] = endpoint.open()  # type: ignore[attr-defined]
@@ -217,7 +218,7 @@ class Workload:
     def close(self) -> None:
         self.traffic.stop()
         self.close_sockets()
-        Iceoryx2Node.drop()  # its files go now, not whenever the interpreter's exit frees it
+        Iceoryx2Node.drop()  # the node's own files go now (the bench removes its home)
 
 
 def main(port: Port) -> None:

@@ -222,3 +222,24 @@ def test_peers_beside_tcp(registry, tmp_path, monkeypatch):
     [(home, files)] = homes
     assert any(f.endswith(".global_mgmt") for f in files), files  # the nodes lived there
     assert home.files() == [] and not os.path.exists(home.root)
+
+
+def test_a_bench_open_with_a_malformed_iceoryx2_home_is_refused_and_changes_nothing(
+        make_machine):
+    """A bench_open whose iceoryx2_home is not {prefix, root} is refused, naming it, before
+    it touches the partition's endpoints: the tcp listener the last bench_open opened still
+    takes a connection."""
+    import socket
+
+    from hypervisor.config import with_program
+    from scripts.workload.program import PROGRAM
+
+    m = make_machine(with_program(small_config(2), PROGRAM))
+    opened = m.call(2, {"cmd": "bench_open", "transport": "tcp"})
+    assert opened["ok"], opened
+    bad = {"prefix": "xpmove-iox2-x_"}
+    reply = m.call(2, {"cmd": "bench_open", "transport": "iceoryx2", "iceoryx2_home": bad})
+    assert (reply["ok"], reply["error"]) == (False, "PlanError"), reply
+    assert repr(bad) in reply["message"], reply
+    with socket.create_connection(("127.0.0.1", opened["port"]), timeout=TIMEOUT):
+        pass  # still listening: nothing was closed

@@ -32,7 +32,7 @@ def subscriber(conn, home: Iceoryx2Home) -> None:
     count."""
     from scripts.workload.iceoryx2_peer import Iceoryx2Subscriber
 
-    Iceoryx2Node.settle(home)
+    Iceoryx2Node.use_home(home)
     endpoint = Iceoryx2Subscriber()
     try:
         conn.send(endpoint.open(2))
@@ -49,13 +49,13 @@ def test_a_publisher_drops_nothing_before_the_subscriber_attaches():
     ctx = multiprocessing.get_context("spawn")
     here, there = ctx.Pipe()
     home = Iceoryx2Home.create()  # both ends' files there, removed at the end
-    Iceoryx2Node.settle(home)
     child = ctx.Process(target=subscriber, args=(there, home), daemon=True)
-    child.start()
     publisher = Iceoryx2Publisher(1)
     errors: Counter = Counter()
     sent: list[int] = []
     try:
+        Iceoryx2Node.use_home(home)
+        child.start()
         assert here.poll(TIMEOUT), "the subscriber did not open"
         publisher.connect({2: here.recv()})
         region = bytearray(FRAME.size + PAYLOAD)
@@ -83,9 +83,11 @@ def test_a_publisher_drops_nothing_before_the_subscriber_attaches():
     finally:
         publisher.close()
         Iceoryx2Node.drop()
-        child.join(TIMEOUT)
-        if child.is_alive():
-            child.kill()
+        Iceoryx2Node.use_home(None)  # this process's next node, if any, where it was
+        if child.pid is not None:
             child.join(TIMEOUT)
+            if child.is_alive():
+                child.kill()
+                child.join(TIMEOUT)
         home.remove()
-        assert child.exitcode == 0
+    assert child.exitcode == 0

@@ -119,31 +119,33 @@ def test_floor_is_positive_and_checked():
     assert floor_s(2048, 32, seconds=0.02) > 0
 
 
-
 def test_an_iceoryx2_home_is_its_own_and_goes_whole(tmp_path, monkeypatch):
-    """A bench's iceoryx2 home: a fresh directory and a name prefix no other home shares, sent
-    as a message and read back; `remove` takes every file of its prefix and the directory,
-    and nothing else (twice is harmless)."""
+    """A bench's iceoryx2 home: a fresh directory under /tmp and a name prefix no other home
+    shares, sent as a message and read back; `remove` takes every file of its prefix and the
+    directory, and nothing else (twice is harmless)."""
     import scripts.workload.iceoryx2_peer as peer
 
     shm = tmp_path / "shm"
     shm.mkdir()
     monkeypatch.setattr(peer, "SHM_DIR", str(shm))
-    monkeypatch.setattr(peer.tempfile, "tempdir", str(tmp_path))
     home, other = peer.Iceoryx2Home.create(), peer.Iceoryx2Home.create()
-    assert home.prefix != other.prefix and home.root != other.root
-    assert peer.Iceoryx2Home.from_message(home.message()) == home
-    for name in (f"{home.prefix}a.global_mgmt", f"{home.prefix}b.data", f"{other.prefix}c",
-                 "iox2_d.global_mgmt"):
-        (shm / name).write_bytes(b"x")
-    os.mkdir(os.path.join(home.root, "nodes"))
-    assert os.path.dirname(home.root) == str(tmp_path)
-    assert home.files() == [f"{home.prefix}a.global_mgmt", f"{home.prefix}b.data"]
-    home.remove()
-    home.remove()
-    left = sorted(p.name for p in shm.iterdir())
-    assert left == sorted([f"{other.prefix}c", "iox2_d.global_mgmt"])
-    assert not os.path.exists(home.root) and os.path.isdir(other.root)
+    try:
+        assert home.prefix != other.prefix and home.root != other.root
+        assert os.path.dirname(home.root) == peer.HOME_DIR == "/tmp"
+        assert peer.Iceoryx2Home.from_message(home.message()) == home
+        for name in (f"{home.prefix}a.global_mgmt", f"{home.prefix}b.data",
+                     f"{other.prefix}c", "iox2_d.global_mgmt"):
+            (shm / name).write_bytes(b"x")
+        os.mkdir(os.path.join(home.root, "nodes"))
+        assert home.files() == [f"{home.prefix}a.global_mgmt", f"{home.prefix}b.data"]
+        home.remove()
+        home.remove()
+        left = sorted(p.name for p in shm.iterdir())
+        assert left == sorted([f"{other.prefix}c", "iox2_d.global_mgmt"])
+        assert not os.path.exists(home.root) and os.path.isdir(other.root)
+    finally:
+        home.remove()
+        other.remove()
 
 
 @pytest.mark.parametrize("home", [None, "x", {"prefix": "p"}, {"prefix": "p", "root": ""},
@@ -156,3 +158,21 @@ def test_a_bench_open_with_a_malformed_iceoryx2_home_is_refused_naming_it(home):
     with pytest.raises(PlanError, match="iceoryx2_home") as caught:
         _home(home)
     assert repr(home) in str(caught.value)
+
+
+def test_an_iceoryx2_home_whose_socket_paths_would_not_fit_is_refused(tmp_path, monkeypatch):
+    """iceoryx2 names a listener's socket root + prefix + up to 45 bytes: a home where that
+    passes a socket path's 107 bytes is refused naming it, and nothing of it is left."""
+    import scripts.workload.iceoryx2_peer as peer
+    from scripts.workload.transports import TransportError
+
+    deep = tmp_path / ("d" * max(1, peer.SOCKET_PATH_MAX - len(str(tmp_path))))
+    deep.mkdir()
+    monkeypatch.setattr(peer, "HOME_DIR", str(deep))
+    with pytest.raises(TransportError, match="socket paths of [0-9]+ bytes"):
+        peer.Iceoryx2Home.create()
+    assert list(deep.iterdir()) == []
+    monkeypatch.undo()
+    home = peer.Iceoryx2Home.create()  # under /tmp: it fits
+    assert len(home.root) + 1 + len(home.prefix) + peer.SOCKET_NAME_MAX <= peer.SOCKET_PATH_MAX
+    home.remove()
