@@ -39,6 +39,14 @@ from tests.integration.conftest import booted_partition
 pytestmark = pytest.mark.usefixtures("swept")  # tests/integration/conftest.py
 
 
+def host_process(rank: int, launcher: psutil.Process) -> psutil.Process | None:
+    """The `xpmove launch` process of host `rank` itself (not its adapter or partitions)."""
+    return next((p for p, argv in of_rank(rank, launcher)
+                 if "launch" in argv and not any(m in argv for m in ("adapter.server",
+                                                                      "partitions.main"))),
+                None)
+
+
 def partition_of(rank: int, network_id: int, launcher: psutil.Process) -> psutil.Process | None:
     """The process of partition `network_id` on host `rank` (its boot block names it)."""
     for proc, argv in of_rank(rank, launcher):
@@ -229,7 +237,10 @@ def test_a_hung_host_is_down_for_the_others_and_nothing_is_lost(tmp_path: Path) 
 def test_a_forged_proxy_ring_word_is_contained_and_reported(tmp_path: Path) -> None:
     """A word no correct writer could leave (charlie's proxy ring head on east, forged far past
     its tail) stops the pulling of that ring only: it is reported, every other pair's traffic
-    is verified, and the run says it is not clean."""
+    is verified, and the run says it is not clean. The records in that ring then never
+    arrive, and the drain ends once none arrived for STALL_S. West, which pulls that ring, is
+    paused (SIGSTOP) from before the forgery until records wait there: forged while the ring
+    was empty (west pulls within a few ms), nothing would be stuck (seen once in CI)."""
     import mmap
 
     from adapter import receive_area
@@ -243,12 +254,23 @@ def test_a_forged_proxy_ring_word_is_contained_and_reported(tmp_path: Path) -> N
         out = traffic_flows(proc, time.monotonic() + TIMEOUT_S)
         east = re.search(r"host east: run (xpm-[0-9a-f]+)", words(out.decode()))
         assert east, out.decode()
+        west = host_process(1, psutil.Process(proc.pid))
+        assert west is not None, "no process of host west (rank 1)"
         with open(f"/dev/shm/{east.group(1)}-mem", "r+b") as f, \
                 mmap.mmap(f.fileno(), 0) as segment:
             head = charlie.control + receive_area.HEAD_OFFSET
-            for _ in range(50):  # a commit in flight may publish over one write; not over all
-                segment[head:head + 8] = (1 << 62).to_bytes(8, "little")
-                time.sleep(0.002)  # the attacker's pace, not synchronisation
+            tail = charlie.control + receive_area.TAIL_OFFSET
+            west.suspend()
+            try:
+                deadline = time.monotonic() + TIMEOUT_S
+                while segment[head:head + 8] == segment[tail:tail + 8]:  # nothing waits yet
+                    assert time.monotonic() < deadline, "no record reached charlie's ring"
+                    time.sleep(0.002)  # polling against the deadline
+                for _ in range(50):  # a commit in flight may publish over one write; not all
+                    segment[head:head + 8] = (1 << 62).to_bytes(8, "little")
+                    time.sleep(0.002)  # the attacker's pace, not synchronisation
+            finally:
+                west.resume()
         forged = time.monotonic()
         rest, _ = proc.communicate(timeout=TIMEOUT_S)
         took = time.monotonic() - forged
