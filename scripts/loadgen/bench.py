@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 from rich.console import Console
@@ -292,16 +292,14 @@ def bench(config: MachineConfig, options: BenchOptions, console: Console | None 
                     results["latency"] = b.lone_latencies(
                         options.transports, route_list[0], lambda: progress.advance(lone))
     finally:
-        with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
-            try:
-                if switch is not None:
-                    results["vswitch"] = switch.stop()
-            finally:
-                try:
-                    machine.stop()
-                finally:
-                    if peer_home is not None:  # its nodes are gone with the partitions
-                        peer_home.remove()
+        # a second Ctrl-C must not cut the clean-up short; each step runs whatever the one
+        # before it raised (an ExitStack runs its callbacks last in, first out)
+        with signals_deferred(), ExitStack() as cleanup:
+            if peer_home is not None:  # last: its nodes are gone with the partitions
+                cleanup.callback(peer_home.remove)
+            cleanup.callback(machine.stop)
+            if switch is not None:
+                results["vswitch"] = switch.stop()
     if scaling_cfgs is not None and not outcome.interrupted and not outcome.failed:
         with outcome.phase(console, "scaling phase stopped", "scaling phase failed"):
             results["scaling"] = scaling_phase(options, scaling_cfgs, console, registry)
